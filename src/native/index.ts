@@ -1,0 +1,51 @@
+// The Linux calls Node lacks, from our N-API addon (native/extfs_native.c, built by node-gyp at install).
+// Every function is synchronous and throws an Error with `code` (e.g. 'EINVAL') and `errno` set on failure.
+import path from 'node:path'
+
+/** One FIEMAP extent as the kernel reports it; offsets and lengths in bytes. */
+export interface FiemapExtent {
+  logical: number
+  /** Offset on the block device the filesystem sits on (not the raw disk when on a partition). */
+  physical: number
+  length: number
+  /** FIEMAP_EXTENT_* flags. */
+  flags: number
+}
+
+export const FIEMAP_EXTENT_LAST = 0x00000001
+export const FIEMAP_EXTENT_UNKNOWN = 0x00000002
+export const FIEMAP_EXTENT_DELALLOC = 0x00000004
+export const FIEMAP_EXTENT_ENCODED = 0x00000008
+export const FIEMAP_EXTENT_DATA_ENCRYPTED = 0x00000080
+export const FIEMAP_EXTENT_NOT_ALIGNED = 0x00000100
+export const FIEMAP_EXTENT_DATA_INLINE = 0x00000200
+export const FIEMAP_EXTENT_DATA_TAIL = 0x00000400
+export const FIEMAP_EXTENT_UNWRITTEN = 0x00000800
+export const FIEMAP_EXTENT_MERGED = 0x00001000
+export const FIEMAP_EXTENT_SHARED = 0x00002000
+
+export interface NativeAddon {
+  /** All extents of the open file `fd`, with FIEMAP_FLAG_SYNC (dirty data flushed first). */
+  fiemap(fd: number): FiemapExtent[]
+  /** FIFREEZE on a file descriptor open on the filesystem's mountpoint directory. */
+  freeze(fd: number): void
+  /** FITHAW; throws EINVAL when the filesystem is not frozen. */
+  thaw(fd: number): void
+  /** BLKGETSIZE64: the size of an open block device in bytes. */
+  blockDeviceSize(fd: number): number
+  /** BLKSSZGET: the logical sector size of an open block device in bytes. */
+  logicalBlockSize(fd: number): number
+  /** llistxattr(2): attribute names of a path, without following a final symlink. */
+  listXattrs(path: string): string[]
+  /** lgetxattr(2): one attribute's value. */
+  getXattr(path: string, name: string): Buffer
+  /**
+   * Read `length` bytes at byte `position` of `fd` (opened with O_DIRECT) into `target[targetOffset..]`.
+   * Offsets and lengths need no alignment: the addon reads the enclosing 4096-aligned range into an
+   * aligned bounce buffer and copies. Returns the bytes copied, short only at the end of the device.
+   */
+  preadDirect(fd: number, target: Buffer, targetOffset: number, length: number, position: number): number
+}
+
+// dist/native/index.js and src/native/index.ts both sit two levels below the package root.
+export const native: NativeAddon = require(path.join(__dirname, '..', '..', 'build', 'Release', 'extfs_native.node'))
