@@ -1,0 +1,199 @@
+// The command line. Parses, calls one layer, and turns typed errors into one line on stderr and a
+// documented exit code (src/cli/exit-codes.ts). No logic of its own.
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { spawn } from 'node:child_process'
+import { Command, CommanderError, Option } from 'commander'
+import { ExitCode } from './exit-codes'
+import { ExtfsError } from '../errors'
+import { createLogger } from '../log'
+import { readKeyFile } from '../manifest/sign'
+import { exportImage } from '../export/export'
+import { releaseImage } from '../frozen/release'
+import { readCheckedManifest, loadImage } from '../mover/load'
+import { requireRoot } from '../mover/checks'
+import { serve } from '../mover/serve'
+import { DEFAULT_LOG_FILE, READY_FD_ENV, reportReady, startBackground } from '../mover/daemon'
+import { unmountView } from '../mover/umount'
+import { formatSummary, summarize } from './inspect'
+
+function collectDevice(value: string, acc: Map<string, string>): Map<string, string> {
+  const eq = value.indexOf('=')
+  if (eq <= 0 || eq === value.length - 1) throw new ExtfsError(ExitCode.Usage, `--device takes <id>=<path>, got ${value}`)
+  acc.set(value.slice(0, eq), value.slice(eq + 1))
+  return acc
+}
+
+const keyOption = () => new Option('--key <file>', 'shared HMAC key file: sign at export, require a valid signature elsewhere')
+const deviceOption = () => new Option('--device <id=path>', 'use this block device for a manifest device (repeatable)').argParser(collectDevice).default(new Map())
+const logLevelOption = () => new Option('--log-level <level>', 'pino log level').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info')
+
+function key(opts: { key?: string }): Buffer | undefined {
+  return opts.key ? readKeyFile(opts.key) : undefined
+}
+
+interface MountCliOptions {
+  key?: string
+  device: Map<string, string>
+  foreground?: boolean
+  allowOther?: boolean
+  logFile?: string
+  logLevel: string
+}
+
+/** The arguments a background child gets: the parent's, re-stated (the parent's argv may hold `backup`). */
+function childArgs(manifest: string, mountpoint: string, o: MountCliOptions): string[] {
+  const args = ['mount', manifest, mountpoint, '--log-level', o.logLevel]
+  if (o.key) args.push('--key', o.key)
+  if (o.allowOther) args.push('--allow-other')
+  for (const [id, p] of o.device) args.push('--device', `${id}=${p}`)
+  return args
+}
+
+async function mountCommand(manifest: string, mountpoint: string, o: MountCliOptions): Promise<void> {
+  if (!o.foreground) {
+    await startBackground(childArgs(path.resolve(manifest), path.resolve(mountpoint), o), o.logFile ?? DEFAULT_LOG_FILE)
+    return
+  }
+  const log = createLogger({ level: o.logLevel, file: o.logFile })
+  let failure: Error | undefined
+  await serve({
+    manifestPath: path.resolve(manifest), mountpoint, allowOther: !!o.allowOther, key: key(o), deviceOverrides: o.device, log,
+    onReady: (err) => {
+      failure = err
+      if (process.env[READY_FD_ENV]) reportReady(err)
+    },
+  })
+  if (failure) throw failure
+}
+
+async function backupCommand(manifest: string, command: string[], o: MountCliOptions): Promise<number> {
+  const mountpoint = fs.mkdtempSync(path.join(os.tmpdir(), 'extfs-backup-'))
+  try {
+    await startBackground(childArgs(path.resolve(manifest), mountpoint, o), o.logFile ?? DEFAULT_LOG_FILE)
+    try {
+      return await new Promise<number>((resolve) => {
+        const child = spawn(command[0], command.slice(1), { cwd: mountpoint, stdio: 'inherit' })
+        const forward = (sig: NodeJS.Signals) => child.kill(sig)
+        process.on('SIGINT', forward).on('SIGTERM', forward)
+        child.on('error', (err) => {
+          process.stderr.write(`extfs: cannot run ${command[0]}: ${err.message}\n`)
+          resolve(127)
+        })
+        child.on('exit', (code, signal) => resolve(code ?? 128 + (signal ? os.constants.signals[signal] : 0)))
+      })
+    } finally {
+      await unmountView(mountpoint)
+    }
+  } finally {
+    fs.rmdirSync(mountpoint)
+  }
+}
+
+export function buildProgram(): Command {
+  const program = new Command('extfs')
+    .description('Indirect backup: export a frozen image as an extent manifest; mount it read-only on a mover host')
+    .version(require('../../package.json').version)
+    .exitOverride()
+    .configureOutput({ outputError: (msg, write) => write(msg.replace(/^error: /, 'extfs: ')) })
+
+  program.command('export')
+    .description('freeze the paths\' filesystem, map every file to raw-device extents, write the manifest')
+    .argument('<path...>', 'files or directory trees on one mounted local filesystem')
+    .requiredOption('--output <manifest>', 'where to write the manifest (not on the frozen filesystem)')
+    .addOption(new Option('--frozen-image <kind>', 'how the image is held still').choices(['freeze', 'none']).default('freeze'))
+    .option('--assume-stable', 'with --frozen-image none on a read-write mount: you guarantee nothing writes')
+    .option('--record <file>', 'where to publish the config-ID record (default: <manifest>.config-id)')
+    .addOption(keyOption())
+    .addOption(logLevelOption())
+    .action((paths: string[], o) => {
+      requireRoot('export')
+      const log = createLogger({ level: o.logLevel })
+      const m = exportImage({ paths, output: o.output, frozenImage: o.frozenImage, assumeStable: !!o.assumeStable, record: o.record, key: key(o), warn: (msg) => log.warn(msg) })
+      log.debug({ output: path.resolve(o.output), configId: m.configId, inodes: m.inodes.length }, 'exported')
+      const held = m.frozenImage.kind === 'freeze' ? `; ${m.frozenImage.mountpoint} stays frozen until: extfs release ${o.output}` : ''
+      process.stdout.write(`exported ${m.inodes.length} inodes to ${o.output}, config ID ${m.configId}${held}\n`)
+    })
+
+  program.command('mount')
+    .description('serve a manifest read-only through FUSE; returns once the view serves')
+    .argument('<manifest>').argument('<mountpoint>')
+    .addOption(deviceOption())
+    .addOption(keyOption())
+    .option('--foreground', 'stay attached; unmount on SIGINT/SIGTERM')
+    .option('--allow-other', 'let users other than root read the view (permissions still apply)')
+    .option('--log-file <file>', `log here (background default: ${DEFAULT_LOG_FILE})`)
+    .addOption(logLevelOption())
+    .action(mountCommand)
+
+  program.command('umount')
+    .description('unmount a view, also one whose process died')
+    .argument('<mountpoint>')
+    .action(unmountView)
+
+  program.command('inspect')
+    .description('files, bytes, extents, devices, frozen image and config ID of a manifest')
+    .argument('<manifest>')
+    .option('--json', 'machine-readable output')
+    .addOption(keyOption())
+    .action((manifest: string, o) => {
+      const s = summarize(readCheckedManifest(manifest, key(o)))
+      process.stdout.write((o.json ? JSON.stringify(s, null, 2) : formatSummary(s)) + '\n')
+    })
+
+  program.command('verify')
+    .description('pre-flight on the mover: devices resolve, fingerprints match, config ID current')
+    .argument('<manifest>')
+    .addOption(deviceOption())
+    .addOption(keyOption())
+    .action((manifest: string, o) => {
+      requireRoot('verify')
+      const image = loadImage(manifest, { key: key(o), deviceOverrides: o.device })
+      for (const d of image.devices) d.close()
+      process.stdout.write(`ok: config ID ${image.manifest.configId} is current; devices ${image.devices.map((d) => `${d.id}=${d.path}`).join(' ')} match\n`)
+    })
+
+  program.command('release')
+    .description('end the frozen image (thaw) and mark its config ID released')
+    .argument('<manifest>')
+    .addOption(keyOption())
+    .action((manifest: string, o) => {
+      requireRoot('release')
+      const m = readCheckedManifest(manifest, key(o))
+      const { thawed } = releaseImage(path.resolve(manifest), m)
+      process.stdout.write(`released ${m.configId}${m.frozenImage.kind === 'freeze' ? (thawed ? `; ${m.frozenImage.mountpoint} thawed` : `; ${m.frozenImage.mountpoint} was not frozen`) : ''}\n`)
+    })
+
+  program.command('backup')
+    .description('mount on a private mountpoint, run the command there, unmount, exit with its status')
+    .argument('<manifest>').argument('<command...>')
+    .addOption(deviceOption())
+    .addOption(keyOption())
+    .option('--log-file <file>', `view log (default: ${DEFAULT_LOG_FILE})`)
+    .addOption(logLevelOption())
+    .action(async (manifest: string, command: string[], o) => {
+      process.exitCode = await backupCommand(manifest, command, o)
+    })
+
+  return program
+}
+
+export async function main(argv: string[]): Promise<void> {
+  try {
+    await buildProgram().parseAsync(argv)
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      process.exitCode = err.exitCode === 0 ? ExitCode.Ok : ExitCode.Usage
+      return
+    }
+    if (err instanceof ExtfsError) {
+      process.stderr.write(`extfs: ${err.message}\n`)
+      process.exitCode = err.exitCode
+      return
+    }
+    process.stderr.write(`extfs: internal error: ${(err as Error)?.message ?? String(err)}\n`)
+    if (process.env.EXTFS_DEBUG) process.stderr.write(`${(err as Error)?.stack}\n`)
+    process.exitCode = ExitCode.Internal
+  }
+}

@@ -1,0 +1,35 @@
+// Reading raw block devices on the mover: read-only, O_DIRECT so that bytes never come from a stale
+// page cache of the device (another host may have written them since this host last looked).
+import fs from 'node:fs'
+import { native } from '../native'
+import { DeviceError } from '../errors'
+
+export class RawDevice {
+  private constructor(readonly id: string, readonly path: string, readonly fd: number, readonly size: number) {}
+
+  static open(id: string, devicePath: string): RawDevice {
+    let fd: number
+    try {
+      fd = fs.openSync(devicePath, fs.constants.O_RDONLY | fs.constants.O_DIRECT)
+    } catch (err) {
+      throw new DeviceError(`device ${id}: cannot open ${devicePath}: ${(err as NodeJS.ErrnoException).code}`)
+    }
+    try {
+      if (!fs.fstatSync(fd).isBlockDevice()) throw new DeviceError(`device ${id}: ${devicePath} is not a block device`)
+      return new RawDevice(id, devicePath, fd, native.blockDeviceSize(fd))
+    } catch (err) {
+      fs.closeSync(fd)
+      throw err
+    }
+  }
+
+  /** Read exactly `length` bytes at `position` into `target[offset..]`; a short read is an error. */
+  readExact(target: Buffer, offset: number, length: number, position: number): void {
+    const n = native.preadDirect(this.fd, target, offset, length, position)
+    if (n !== length) throw new Error(`short read from ${this.path}: ${n} of ${length} bytes at ${position}`)
+  }
+
+  close(): void {
+    fs.closeSync(this.fd)
+  }
+}

@@ -1,0 +1,64 @@
+// Finding the manifest's devices on the mover and proving them, before anything is served.
+import fs from 'node:fs'
+import type { Device, Manifest } from '../manifest/types'
+import { listRawDevices } from '../mapping/blockdev'
+import { identitiesMatch, probeIdentity } from './identity'
+import { RawDevice } from './reader'
+import { firstMismatch } from './fingerprint'
+import { DeviceError } from '../errors'
+
+/** Bytes of the device the manifest's extents and fingerprints reach: a device smaller than this cannot serve. */
+function bytesNeeded(manifest: Manifest, index: number): number {
+  let end = 0
+  for (const inode of manifest.inodes) {
+    for (const e of inode.extents ?? []) if (e.device === index) end = Math.max(end, e.deviceOffset + e.length)
+  }
+  for (const f of manifest.devices[index].fingerprints) end = Math.max(end, f.offset + f.length)
+  return end
+}
+
+/** Scan this host's whole-disk devices for one of the same size whose stable identifiers agree. */
+function findByIdentity(device: Device): string {
+  const candidates = listRawDevices().filter((d) => d.size === device.size)
+  const matches = candidates.filter((d) => identitiesMatch(device.identity, probeIdentity(d.path)))
+  if (matches.length === 0) {
+    throw new DeviceError(`device ${device.id} (${device.size} bytes, ${JSON.stringify(device.identity)}) not found on this host; name it with --device ${device.id}=/dev/...`)
+  }
+  if (matches.length > 1) {
+    throw new DeviceError(`device ${device.id} matches several devices (${matches.map((m) => m.path).join(', ')}); name one with --device ${device.id}=/dev/...`)
+  }
+  return matches[0].path
+}
+
+function openAndProve(manifest: Manifest, index: number, devicePath: string): RawDevice {
+  const device = manifest.devices[index]
+  if (!fs.existsSync(devicePath)) throw new DeviceError(`device ${device.id}: ${devicePath} does not exist`)
+  const raw = RawDevice.open(device.id, devicePath)
+  try {
+    const needed = bytesNeeded(manifest, index)
+    if (raw.size < needed) throw new DeviceError(`device ${device.id}: ${devicePath} is too small (${raw.size} bytes, the image needs ${needed})`)
+    const bad = firstMismatch(raw, device.fingerprints)
+    if (bad) throw new DeviceError(`device ${device.id}: ${devicePath} is not the exported device (fingerprint at byte ${bad.offset} differs)`)
+    return raw
+  } catch (err) {
+    raw.close()
+    throw err
+  }
+}
+
+/** Resolve every device (`overrides` maps device id to path) and prove it; all or nothing. */
+export function resolveDevices(manifest: Manifest, overrides: Map<string, string>): RawDevice[] {
+  for (const id of overrides.keys()) {
+    if (!manifest.devices.some((d) => d.id === id)) throw new DeviceError(`--device ${id}: the manifest has no device ${id}`)
+  }
+  const opened: RawDevice[] = []
+  try {
+    manifest.devices.forEach((device, index) => {
+      opened.push(openAndProve(manifest, index, overrides.get(device.id) ?? findByIdentity(device)))
+    })
+    return opened
+  } catch (err) {
+    for (const d of opened) d.close()
+    throw err
+  }
+}

@@ -1,0 +1,108 @@
+// The FUSE adapter: a thin shell turning fuse-native's path-based callbacks into FrozenView calls and
+// typed errors into negative errnos. No logic lives here; only integers reach fuse-native's callbacks.
+import Fuse from 'fuse-native'
+import type { Logger } from 'pino'
+import type { FrozenView, Attr } from '../view/view'
+import { ViewError } from '../errors'
+import { Errno } from '../view/errno'
+
+type Cb = (...args: any[]) => void
+
+/** ViewError carries its errno; anything else is a bug and becomes EIO, logged once here. */
+function errnoOf(err: unknown, log: Logger, op: string, path: string): number {
+  if (err instanceof ViewError) return -err.errno
+  log.error({ op, path, err: (err as Error)?.message }, 'unexpected error')
+  return -Errno.EIO
+}
+
+// fuse-native takes times as milliseconds (a libfuse2/JS limit); the native engine will carry nanoseconds.
+function ms(t: [number, number]): number {
+  return t[0] * 1000 + Math.floor(t[1] / 1_000_000)
+}
+
+function toStat(a: Attr) {
+  return {
+    mode: a.mode, uid: a.uid, gid: a.gid, size: a.size, nlink: a.nlink, ino: a.ino, rdev: a.rdev,
+    blksize: a.blksize, blocks: a.blocks, atime: ms(a.atime), mtime: ms(a.mtime), ctime: ms(a.ctime),
+  }
+}
+
+const O_ACCMODE = 3
+
+export function fuseOperations(view: FrozenView, log: Logger): Record<string, Cb> {
+  // Guard: resolve the path, run the worker, map errors to an errno in one place.
+  const guard = (op: string, path: string, cb: Cb, worker: (ino: number) => void) => {
+    try {
+      worker(view.resolve(path))
+    } catch (err) {
+      cb(errnoOf(err, log, op, path))
+    }
+  }
+  const readOnly = (cb: Cb) => cb(-Errno.EROFS)
+  const ops: Record<string, Cb> = {
+    getattr: (path, cb) => guard('getattr', path, cb, (ino) => cb(0, toStat(view.getattr(ino)))),
+    fgetattr: (path, _fd, cb) => guard('getattr', path, cb, (ino) => cb(0, toStat(view.getattr(ino)))),
+    readdir: (path, cb) =>
+      guard('readdir', path, cb, (ino) => {
+        const entries = view.readdir(ino)
+        cb(0, entries.map((e) => e.name), entries.map((e) => toStat(view.getattr(e.ino))))
+      }),
+    open: (path, flags, cb) => {
+      if ((flags & O_ACCMODE) !== 0) return readOnly(cb)
+      guard('open', path, cb, (ino) => {
+        view.open(ino, path)
+        cb(0, 0)
+      })
+    },
+    read: (path, _fd, buf, len, pos, cb) => guard('read', path, cb, (ino) => cb(view.read(ino, buf, len, pos))),
+    release: (_path, _fd, cb) => cb(0),
+    readlink: (path, cb) => guard('readlink', path, cb, (ino) => cb(0, view.readlink(ino))),
+    listxattr: (path, cb) => guard('listxattr', path, cb, (ino) => cb(0, view.listxattr(ino))),
+    getxattr: (path, name, _position, cb) => guard('getxattr', path, cb, (ino) => cb(0, view.getxattr(ino, name))),
+    statfs: (_path, cb) => cb(0, view.statfs()),
+  }
+  for (const op of ['write', 'create', 'truncate', 'ftruncate', 'unlink', 'rename', 'link', 'symlink', 'mkdir', 'rmdir',
+    'mknod', 'chmod', 'chown', 'utimens', 'setxattr', 'removexattr']) {
+    ops[op] = (...args: unknown[]) => readOnly(args[args.length - 1] as Cb)
+  }
+  return ops
+}
+
+export interface FuseMountOptions {
+  fsname: string
+  allowOther: boolean
+}
+
+/**
+ * fuse-native has no switch for `ro` or `use_ino`; both matter (mutations refused by the kernel,
+ * hard links sharing an inode number), so they are appended to the option string it builds.
+ */
+class ReadOnlyFuse extends Fuse {
+  override _fuseOptions(): string {
+    const base = super._fuseOptions()
+    return (base ? base + ',' : '-o') + 'ro,use_ino'
+  }
+}
+
+/** A mounted view. The immutable image allows long kernel caching of entries, attributes and data. */
+export class FuseEngine {
+  private fuse?: ReadOnlyFuse
+
+  constructor(private readonly view: FrozenView, private readonly log: Logger) {}
+
+  mount(mountpoint: string, opts: FuseMountOptions): Promise<void> {
+    const day = 86400
+    this.fuse = new ReadOnlyFuse(mountpoint, fuseOperations(this.view, this.log), {
+      fsname: opts.fsname, subtype: 'extfs', allowOther: opts.allowOther, defaultPermissions: true,
+      kernelCache: true, entryTimeout: day, attrTimeout: day, acAttrTimeout: day,
+    })
+    return new Promise((resolve, reject) => this.fuse!.mount((err) => (err ? reject(err) : resolve())))
+  }
+
+  unmount(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      if (!this.fuse) return resolve()
+      this.fuse.unmount((err) => (err ? reject(err) : resolve()))
+    })
+  }
+}

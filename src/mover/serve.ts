@@ -1,0 +1,81 @@
+// Serving a view in this process until it is unmounted or signalled.
+import fs from 'node:fs'
+import type { Logger } from 'pino'
+import { loadImage, LoadOptions } from './load'
+import { checkMountpoint, requireFuse, requireRoot } from './checks'
+import { FrozenView } from '../view/view'
+import { FuseEngine } from '../fuse/adapter'
+import { isMountpoint } from '../mapping/mountinfo'
+import { clearState, saveState } from './state'
+import { ExtfsError, MountpointError } from '../errors'
+import { ExitCode } from '../cli/exit-codes'
+
+export interface ServeOptions extends LoadOptions {
+  manifestPath: string
+  mountpoint: string
+  allowOther: boolean
+  log: Logger
+  /** Called once: undefined when the view serves, or the error that stopped it from serving. */
+  onReady: (err?: Error) => void
+}
+
+// How often the view checks that nobody unmounted it behind its back (plain `umount`).
+const MOUNT_POLL_MS = 1000
+
+/** Resolves when the view has been unmounted (by signal, `extfs umount` or plain umount). */
+export async function serve(opts: ServeOptions): Promise<void> {
+  const { log } = opts
+  let engine: FuseEngine | undefined
+  let mountpoint = ''
+  let image
+  try {
+    requireRoot('mount')
+    requireFuse()
+    mountpoint = checkMountpoint(opts.mountpoint)
+    image = loadImage(opts.manifestPath, opts)
+    const view = new FrozenView(image.manifest, image.devices, image.config, log)
+    engine = new FuseEngine(view, log)
+    try {
+      await engine.mount(mountpoint, { fsname: `extfs:${image.manifest.configId}`, allowOther: opts.allowOther })
+    } catch (err) {
+      throw new ExtfsError(ExitCode.NoFuse, `FUSE mount on ${mountpoint} failed: ${(err as Error).message}`)
+    }
+    // The view serves once the kernel answers for the mountpoint with the image's root inode (use_ino).
+    const st = await fs.promises.stat(mountpoint)
+    if (st.ino !== view.rootIno) throw new MountpointError(`mount on ${mountpoint} does not answer as the view`)
+  } catch (err) {
+    if (engine) await engine.unmount().catch(() => undefined)
+    for (const d of image?.devices ?? []) d.close()
+    opts.onReady(err as Error)
+    return
+  }
+
+  saveState({ pid: process.pid, mountpoint, manifest: opts.manifestPath })
+  log.info({ mountpoint, manifest: opts.manifestPath, configId: image.manifest.configId, devices: image.devices.map((d) => `${d.id}=${d.path}`) }, 'serving frozen view')
+  opts.onReady()
+
+  await new Promise<void>((resolve) => {
+    let stopping = false
+    const stop = async (why: string) => {
+      if (stopping) return
+      stopping = true
+      try {
+        if (isMountpoint(mountpoint)) await engine!.unmount()
+      } catch (err) {
+        log.error({ mountpoint, err: (err as Error).message }, 'unmount failed (busy?); still serving')
+        stopping = false
+        return
+      }
+      clearInterval(poll)
+      log.info({ mountpoint, why }, 'view unmounted')
+      resolve()
+    }
+    process.on('SIGINT', () => void stop('SIGINT'))
+    process.on('SIGTERM', () => void stop('SIGTERM'))
+    const poll = setInterval(() => {
+      if (!isMountpoint(mountpoint)) void stop('unmounted externally')
+    }, MOUNT_POLL_MS)
+  })
+  clearState(mountpoint, process.pid)
+  for (const d of image.devices) d.close()
+}

@@ -1,0 +1,41 @@
+// `extfs umount`: ask the serving process to unmount and exit; unmount directly when it is gone
+// (a dead view leaves a mount whose every access fails with ENOTCONN).
+import path from 'node:path'
+import { execFileSync } from 'node:child_process'
+import { readMountTable } from '../mapping/mountinfo'
+import { clearState, loadState, processAlive } from './state'
+import { MountpointError } from '../errors'
+
+const WAIT_MS = 15000
+const STEP_MS = 50
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms))
+}
+
+function extfsMountAt(mountpoint: string): boolean {
+  return readMountTable().some((m) => m.mountpoint === mountpoint && m.source.startsWith('extfs:'))
+}
+
+export async function unmountView(target: string): Promise<void> {
+  const mountpoint = path.resolve(target)
+  if (!extfsMountAt(mountpoint)) throw new MountpointError(`${target} is not an extfs mount`)
+  const state = loadState(mountpoint)
+  if (state && processAlive(state.pid)) {
+    process.kill(state.pid, 'SIGTERM')
+    for (let waited = 0; waited < WAIT_MS; waited += STEP_MS) {
+      if (!processAlive(state.pid)) break
+      await sleep(STEP_MS)
+    }
+    if (!extfsMountAt(mountpoint)) return
+    if (processAlive(state.pid)) throw new MountpointError(`${target} is busy (a process is using it); the view keeps serving`)
+  }
+  // No live server: the endpoint is dead, a plain unmount removes it.
+  try {
+    execFileSync('umount', [mountpoint], { stdio: ['ignore', 'ignore', 'pipe'] })
+  } catch (err) {
+    const stderr = String((err as { stderr?: Buffer }).stderr ?? '').trim()
+    throw new MountpointError(`cannot unmount ${target}: ${stderr || (err as Error).message}`)
+  }
+  if (state) clearState(mountpoint, state.pid)
+}

@@ -1,0 +1,14 @@
+// Linux errno values the view answers with (asm-generic/errno-base.h, errno.h).
+export enum Errno {
+  EPERM = 1,
+  ENOENT = 2,
+  EIO = 5,
+  EACCES = 13,
+  ENOTDIR = 20,
+  EISDIR = 21,
+  EINVAL = 22,
+  EROFS = 30,
+  ENODATA = 61,
+  ENOTSUP = 95,
+  ESTALE = 116,
+}
