@@ -74,13 +74,37 @@ export interface FuseMountOptions {
 }
 
 /**
- * fuse-native has no switch for `ro` or `use_ino`; both matter (mutations refused by the kernel,
- * hard links sharing an inode number), so they are appended to the option string it builds.
+ * Two gaps in fuse-native 2.2.6, closed here until the native engine replaces it:
+ * - no switch for `ro` or `use_ino`; both matter (mutations refused by the kernel, hard links sharing an
+ *   inode number), so they are appended to the option string it builds;
+ * - getxattr/listxattr ignore the caller's buffer size: a value larger than the buffer (tar probes with
+ *   a small one) overflowed it instead of answering ERANGE, so the caller can retry with a larger one.
  */
 class ReadOnlyFuse extends Fuse {
   override _fuseOptions(): string {
     const base = super._fuseOptions()
     return (base ? base + ',' : '-o') + 'ro,use_ino'
+  }
+
+  _op_getxattr(signal: Cb, path: string, name: string, valueBuf: Buffer, position: number): void {
+    this.ops.getxattr(path, name, position, (err: number, value?: Buffer) => {
+      if (err || !value) return signal(err || -Errno.ENODATA, valueBuf.buffer)
+      if (valueBuf.length === 0) return signal(value.length, valueBuf.buffer) // size probe
+      if (value.length > valueBuf.length) return signal(-Errno.ERANGE, valueBuf.buffer)
+      value.copy(valueBuf)
+      signal(value.length, valueBuf.buffer)
+    })
+  }
+
+  _op_listxattr(signal: Cb, path: string, listBuf: Buffer): void {
+    this.ops.listxattr(path, (err: number, names?: string[]) => {
+      if (err || !names) return signal(err || -Errno.EIO, listBuf.buffer)
+      const list = Buffer.from(names.map((n) => n + '\0').join(''), 'utf8')
+      if (listBuf.length === 0) return signal(list.length, listBuf.buffer) // size probe
+      if (list.length > listBuf.length) return signal(-Errno.ERANGE, listBuf.buffer)
+      list.copy(listBuf)
+      signal(list.length, listBuf.buffer)
+    })
   }
 }
 

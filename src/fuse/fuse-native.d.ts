@@ -5,6 +5,7 @@ declare module 'fuse-native' {
     constructor(mnt: string, ops: Record<string, (...args: any[]) => void>, opts?: Record<string, unknown>)
     mount(cb: (err: Error | null) => void): void
     unmount(cb: (err: Error | null) => void): void
+    ops: Record<string, (...args: any[]) => void>
     _fuseOptions(): string
     static unmount(mnt: string, cb: Cb): void
   }

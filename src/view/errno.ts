@@ -8,6 +8,7 @@ export enum Errno {
   EISDIR = 21,
   EINVAL = 22,
   EROFS = 30,
+  ERANGE = 34,
   ENODATA = 61,
   ENOTSUP = 95,
   ESTALE = 116,

@@ -1,0 +1,638 @@
+// Validation of a manifest received from another host: pure, no I/O.
+//
+// The manifest decides which device bytes the view serves, so it is treated as hostile input: every
+// field is checked for type, range and consistency, every list is bounded, and unknown fields are
+// refused (a newer writer that adds meaning must say so with a version or feature flag). The first
+// problem found throws a ManifestError with one line naming it and where it is, e.g.
+//   inode 12: entry "a/b" contains "/"
+// The rules are documented in docs/manifest-format.md; keep the two in step.
+//
+// Speed matters (a million inodes should validate in well under a few seconds), so the per-item
+// checks are plain functions that return a problem or nothing; the caller builds the message only on
+// failure. No closures or regular expressions per item where a cheap comparison does.
+import { ManifestError } from '../errors'
+import {
+  KNOWN_FEATURES,
+  MANIFEST_FORMAT,
+  MANIFEST_VERSION,
+  type Device,
+  type Inode,
+  type Manifest,
+} from './types'
+
+const KiB = 1024
+const MiB = 1024 * KiB
+
+/** Bounds on everything a manifest may hold. Sizes in bytes unless named otherwise. */
+export const LIMITS = {
+  inodes: 10_000_000,
+  /** Extents over all inodes together. */
+  extents: 100_000_000,
+  entriesPerDir: 10_000_000,
+  devices: 1024,
+  fingerprintsPerDevice: 4096,
+  fingerprintBytes: 1 * MiB,
+  features: 64,
+  xattrsPerInode: 1024,
+  xattrNameBytes: 255,
+  xattrValueBytes: 64 * KiB,
+  inlineBytes: 64 * KiB,
+  /** NAME_MAX */
+  nameBytes: 255,
+  /** PATH_MAX minus the NUL: the longest symlink target Linux stores. */
+  symlinkBytes: 4095,
+  /** Paths named in the header (config record, mountpoint, source paths, device hint). */
+  pathBytes: 4096,
+  sourcePaths: 100_000,
+  /** Short free-form strings: host name, identity fields, fsType, createdAt. */
+  shortString: 256,
+} as const
+
+const UINT32_MAX = 0xffff_ffff
+const MAX_SAFE = Number.MAX_SAFE_INTEGER
+const NSEC_PER_SEC = 1_000_000_000
+
+const MANIFEST_KEYS = keySet('format', 'version', 'features', 'configId', 'createdAt', 'source',
+  'frozenImage', 'configRecord', 'blockSize', 'devices', 'root', 'inodes', 'signature')
+const SOURCE_KEYS = keySet('host', 'paths')
+const FROZEN_KEYS = keySet('kind', 'mountpoint', 'fsType', 'fsUuid')
+const SIGNATURE_KEYS = keySet('alg', 'value')
+const DEVICE_KEYS = keySet('id', 'size', 'identity', 'fingerprints', 'hint')
+const IDENTITY_KEYS = ['fsUuid', 'ptUuid', 'wwn', 'serial'] as const
+const IDENTITY_KEY_SET = keySet(...IDENTITY_KEYS)
+const FINGERPRINT_KEYS = keySet('offset', 'length', 'sha256')
+const INODE_KEYS = keySet('ino', 'kind', 'perm', 'uid', 'gid', 'nlink', 'size', 'blocks', 'atime',
+  'mtime', 'ctime', 'rdev', 'xattrs', 'extents', 'inline', 'target', 'entries')
+const EXTENT_KEYS = keySet('fileOffset', 'device', 'deviceOffset', 'length')
+const ENTRY_KEYS = keySet('name', 'ino')
+const INODE_KINDS = keySet('file', 'dir', 'symlink', 'fifo', 'char', 'block', 'socket')
+const FROZEN_KINDS = keySet('freeze', 'none')
+const XATTR_PREFIXES = ['user.', 'trusted.', 'security.', 'system.'] as const
+
+const CONFIG_ID = /^[A-Za-z0-9_-]{8,128}$/
+const DEVICE_ID = /^[A-Za-z0-9_.-]{1,64}$/
+const SHA256_HEX = /^[0-9a-f]{64}$/
+/** With the u flag a surrogate pair is one code point, so this matches only lone surrogates. */
+const LONE_SURROGATE = /\p{Cs}/u
+
+type Obj = Record<string, unknown>
+
+/** Parse manifest JSON text and validate it. */
+export function parseManifest(text: string): Manifest {
+  let value: unknown
+  try {
+    value = JSON.parse(text)
+  } catch (err) {
+    throw new ManifestError(`manifest is not valid JSON (truncated?): ${(err as Error).message}`)
+  }
+  return validateManifest(value)
+}
+
+/** Check a parsed manifest against every rule of format version 1; returns it typed, unchanged. */
+export function validateManifest(value: unknown): Manifest {
+  if (!isObject(value)) bad('manifest', `must be a JSON object, got ${describe(value)}`)
+  // Format, version and features first: a newer manifest must get the "upgrade" message, not a
+  // complaint about some field this build does not know.
+  checkFormatAndVersion(value)
+  const features = checkFeatures(value.features)
+  checkKnownKeys(value, MANIFEST_KEYS, 'manifest')
+  checkHeader(value)
+  const deviceSizes = checkDevices(value.devices)
+  const inodes = checkInodeList(value.inodes, deviceSizes, features.has('inline-data'))
+  checkTree(value.root, inodes.list, inodes.index)
+  return value as unknown as Manifest
+}
+
+// ---------------------------------------------------------------------------------------------
+// Header
+
+function checkFormatAndVersion(m: Obj): void {
+  if (m.format !== MANIFEST_FORMAT) {
+    bad('manifest', `format is ${describe(m.format)}, expected "${MANIFEST_FORMAT}": not an extfs manifest`)
+  }
+  const v = m.version
+  if (!isInt(v, 0, MAX_SAFE)) bad('manifest', `version must be a non-negative integer, got ${describe(v)}`)
+  if (v !== MANIFEST_VERSION) {
+    const hint = v > MANIFEST_VERSION ? '; upgrade extfs' : ''
+    throw new ManifestError(`unknown manifest version ${v}: this extfs reads version ${MANIFEST_VERSION}${hint}`)
+  }
+}
+
+function checkFeatures(value: unknown): Set<string> {
+  if (!Array.isArray(value)) bad('manifest', `features must be an array of strings, got ${describe(value)}`)
+  if (value.length > LIMITS.features) bad('manifest', `${value.length} features, over the limit of ${LIMITS.features}`)
+  const known: readonly string[] = KNOWN_FEATURES
+  const seen = new Set<string>()
+  for (const f of value) {
+    if (typeof f !== 'string') bad('manifest', `features must be strings, got ${describe(f)}`)
+    if (!known.includes(f)) {
+      throw new ManifestError(`manifest uses feature ${quote(f)} that this extfs does not know ` +
+        `(it knows: ${known.join(', ') || 'none'}); upgrade extfs`)
+    }
+    if (seen.has(f)) bad('manifest', `feature ${quote(f)} is listed twice`)
+    seen.add(f)
+  }
+  return seen
+}
+
+function checkHeader(m: Obj): void {
+  if (typeof m.configId !== 'string' || !CONFIG_ID.test(m.configId)) {
+    bad('manifest', `configId ${describe(m.configId)} is invalid: expected 8 to 128 characters of A-Z a-z 0-9 _ -`)
+  }
+  checkRecordPath(m.configRecord)
+  checkShortString(m.createdAt, 'manifest', 'createdAt')
+  if (Number.isNaN(Date.parse(m.createdAt as string))) {
+    bad('manifest', `createdAt ${describe(m.createdAt)} is not a date`)
+  }
+  checkSource(m.source)
+  checkFrozenImage(m.frozenImage)
+  const bs = m.blockSize
+  if (!isInt(bs, 512, 65536) || (bs & (bs - 1)) !== 0) {
+    bad('manifest', `blockSize must be a power of two from 512 to 65536, got ${describe(bs)}`)
+  }
+  if (m.signature !== undefined) checkSignatureShape(m.signature)
+}
+
+function checkSource(s: unknown): void {
+  if (!isObject(s)) bad('manifest', `source must be an object {host, paths}, got ${describe(s)}`)
+  checkKnownKeys(s, SOURCE_KEYS, 'source')
+  checkShortString(s.host, 'source', 'host')
+  if (!Array.isArray(s.paths)) bad('source', `paths must be an array of strings, got ${describe(s.paths)}`)
+  if (s.paths.length > LIMITS.sourcePaths) {
+    bad('source', `${s.paths.length} paths, over the limit of ${LIMITS.sourcePaths}`)
+  }
+  for (let i = 0; i < s.paths.length; i++) {
+    const problem = pathProblem(s.paths[i])
+    if (problem !== undefined) bad('source', `paths[${i}] ${problem}`)
+  }
+}
+
+function checkFrozenImage(f: unknown): void {
+  if (!isObject(f)) bad('manifest', `frozenImage must be an object, got ${describe(f)}`)
+  checkKnownKeys(f, FROZEN_KEYS, 'frozenImage')
+  if (typeof f.kind !== 'string' || !FROZEN_KINDS.has(f.kind)) {
+    bad('frozenImage', `kind must be "freeze" or "none", got ${describe(f.kind)}`)
+  }
+  checkAbsolutePath(f.mountpoint, 'frozenImage', 'mountpoint')
+  checkShortString(f.fsType, 'frozenImage', 'fsType')
+  if (f.fsUuid !== undefined) checkShortString(f.fsUuid, 'frozenImage', 'fsUuid')
+}
+
+function checkSignatureShape(s: unknown): void {
+  if (!isObject(s)) bad('manifest', `signature must be an object {alg, value}, got ${describe(s)}`)
+  checkKnownKeys(s, SIGNATURE_KEYS, 'signature')
+  if (s.alg !== 'hmac-sha256') bad('signature', `alg must be "hmac-sha256", got ${describe(s.alg)}`)
+  if (typeof s.value !== 'string' || !SHA256_HEX.test(s.value)) {
+    bad('signature', `value must be 64 lowercase hex digits, got ${describe(s.value)}`)
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Devices
+
+/** Returns each device's size in bytes, indexed like `devices` (extents refer to devices by index). */
+function checkDevices(value: unknown): number[] {
+  if (!Array.isArray(value)) bad('manifest', `devices must be an array, got ${describe(value)}`)
+  if (value.length > LIMITS.devices) bad('manifest', `${value.length} devices, over the limit of ${LIMITS.devices}`)
+  const ids = new Set<string>()
+  const sizes: number[] = []
+  for (let i = 0; i < value.length; i++) {
+    const d = checkDevice(value[i], i)
+    if (ids.has(d.id)) bad(`devices[${i}]`, `id ${quote(d.id)} is used by another device too`)
+    ids.add(d.id)
+    sizes.push(d.size)
+  }
+  return sizes
+}
+
+function checkDevice(d: unknown, i: number): Device {
+  const where = `devices[${i}]`
+  if (!isObject(d)) bad(where, `must be an object, got ${describe(d)}`)
+  checkKnownKeys(d, DEVICE_KEYS, where)
+  if (typeof d.id !== 'string' || !DEVICE_ID.test(d.id)) {
+    bad(where, `id ${describe(d.id)} is invalid: expected 1 to 64 characters of A-Z a-z 0-9 _ . -`)
+  }
+  if (!isInt(d.size, 1, MAX_SAFE)) bad(where, `size must be a positive integer (bytes), got ${describe(d.size)}`)
+  if (!isObject(d.identity)) bad(where, `identity must be an object, got ${describe(d.identity)}`)
+  checkKnownKeys(d.identity, IDENTITY_KEY_SET, `${where}.identity`)
+  for (const k of IDENTITY_KEYS) {
+    if (d.identity[k] !== undefined) checkShortString(d.identity[k], `${where}.identity`, k)
+  }
+  if (d.hint !== undefined) {
+    const problem = pathProblem(d.hint)
+    if (problem !== undefined) bad(where, `hint ${problem}`)
+  }
+  checkFingerprints(d.fingerprints, d.size, where)
+  return d as unknown as Device
+}
+
+function checkFingerprints(list: unknown, deviceSize: number, where: string): void {
+  if (!Array.isArray(list)) bad(where, `fingerprints must be an array, got ${describe(list)}`)
+  if (list.length > LIMITS.fingerprintsPerDevice) {
+    bad(where, `${list.length} fingerprints, over the limit of ${LIMITS.fingerprintsPerDevice}`)
+  }
+  for (let j = 0; j < list.length; j++) {
+    const f: unknown = list[j]
+    const at = `${where}.fingerprints[${j}]`
+    if (!isObject(f)) bad(at, `must be an object, got ${describe(f)}`)
+    checkKnownKeys(f, FINGERPRINT_KEYS, at)
+    if (!isInt(f.offset, 0, MAX_SAFE)) bad(at, `offset must be a non-negative integer, got ${describe(f.offset)}`)
+    if (!isInt(f.length, 1, LIMITS.fingerprintBytes)) {
+      bad(at, `length must be an integer from 1 to ${LIMITS.fingerprintBytes}, got ${describe(f.length)}`)
+    }
+    if (f.offset + f.length > deviceSize) {
+      bad(at, `bytes ${f.offset}..${f.offset + f.length} run past device end (${deviceSize} bytes)`)
+    }
+    if (typeof f.sha256 !== 'string' || !SHA256_HEX.test(f.sha256)) {
+      bad(at, `sha256 must be 64 lowercase hex digits, got ${describe(f.sha256)}`)
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inodes: each one on its own (fields, extents, xattrs). How they link up is checkTree's job.
+
+interface InodeTable {
+  list: Inode[]
+  index: InoIndex
+}
+
+/** Running totals across inodes, for the manifest-wide bounds. */
+interface Totals {
+  extents: number
+}
+
+function checkInodeList(value: unknown, deviceSizes: number[], inlineAllowed: boolean): InodeTable {
+  if (!Array.isArray(value)) bad('manifest', `inodes must be an array, got ${describe(value)}`)
+  if (value.length > LIMITS.inodes) bad('manifest', `${value.length} inodes, over the limit of ${LIMITS.inodes}`)
+  const totals: Totals = { extents: 0 }
+  let maxIno = 0
+  for (let i = 0; i < value.length; i++) {
+    const node = checkInode(value[i], i, deviceSizes, inlineAllowed, totals)
+    if (node.ino > maxIno) maxIno = node.ino
+  }
+  const list = value as Inode[]
+  return { list, index: indexInodes(list, maxIno) }
+}
+
+/**
+ * ino → position in the inode list, or -1. Inode numbers are usually dense (renumbered, or a
+ * filesystem's own), and then a flat table is several times faster and lighter than a Map; sparse
+ * numbers (a hostile manifest may use anything up to 2^53) fall back to a Map.
+ */
+interface InoIndex {
+  /** table[ino] = position + 1; 0 = no such inode. */
+  table: Int32Array | undefined
+  map: Map<number, number> | undefined
+}
+
+function indexInodes(list: Inode[], maxIno: number): InoIndex {
+  const dense = maxIno <= 4 * list.length + 1024
+  const index: InoIndex = dense
+    ? { table: new Int32Array(maxIno + 1), map: undefined }
+    : { table: undefined, map: new Map<number, number>() }
+  for (let i = 0; i < list.length; i++) {
+    const ino = list[i]!.ino
+    if (lookupIno(index, ino) !== -1) bad(`inode ${ino}`, 'is listed twice')
+    if (index.table !== undefined) index.table[ino] = i + 1
+    else index.map!.set(ino, i)
+  }
+  return index
+}
+
+function lookupIno(index: InoIndex, ino: number): number {
+  if (index.table !== undefined) return ino < index.table.length ? index.table[ino]! - 1 : -1
+  return index.map!.get(ino) ?? -1
+}
+
+function checkInode(n: unknown, i: number, deviceSizes: number[], inlineAllowed: boolean, totals: Totals): Inode {
+  if (!isObject(n)) bad(`inodes[${i}]`, `must be an object, got ${describe(n)}`)
+  const ino = n.ino
+  if (!isInt(ino, 1, MAX_SAFE)) bad(`inodes[${i}]`, `ino must be a positive integer, got ${describe(ino)}`)
+  const unknown = unknownKey(n, INODE_KEYS)
+  if (unknown !== undefined) bad(`inode ${ino}`, `unknown field ${quote(unknown)}`)
+  const kind = n.kind
+  if (typeof kind !== 'string' || !INODE_KINDS.has(kind)) {
+    bad(`inode ${ino}`, `kind must be one of file, dir, symlink, fifo, char, block, socket; got ${describe(kind)}`)
+  }
+  checkAttributes(n, ino)
+  checkKindFields(n, ino, kind)
+  if (n.xattrs !== undefined) checkXattrs(n.xattrs, ino)
+  if (n.extents !== undefined) totals.extents += checkExtents(n.extents, ino, n.size as number, deviceSizes)
+  if (totals.extents > LIMITS.extents) bad('manifest', `more than ${LIMITS.extents} extents in all`)
+  if (n.inline !== undefined) checkInline(n, ino, inlineAllowed)
+  if (n.target !== undefined) checkTarget(n.target, ino)
+  return n as unknown as Inode
+}
+
+/** The stat(2) fields every inode has. */
+function checkAttributes(n: Obj, ino: number): void {
+  if (!isInt(n.perm, 0, 0o7777)) bad(`inode ${ino}`, `perm must be an integer from 0 to 0o7777, got ${describe(n.perm)}`)
+  if (!isInt(n.uid, 0, UINT32_MAX)) bad(`inode ${ino}`, `uid must be an integer from 0 to ${UINT32_MAX}, got ${describe(n.uid)}`)
+  if (!isInt(n.gid, 0, UINT32_MAX)) bad(`inode ${ino}`, `gid must be an integer from 0 to ${UINT32_MAX}, got ${describe(n.gid)}`)
+  if (!isInt(n.nlink, 1, UINT32_MAX)) bad(`inode ${ino}`, `nlink must be an integer from 1 to ${UINT32_MAX}, got ${describe(n.nlink)}`)
+  if (!isInt(n.size, 0, MAX_SAFE)) bad(`inode ${ino}`, `size must be a non-negative integer, got ${describe(n.size)}`)
+  if (!isInt(n.blocks, 0, MAX_SAFE)) bad(`inode ${ino}`, `blocks must be a non-negative integer, got ${describe(n.blocks)}`)
+  checkTime(n.atime, ino, 'atime')
+  checkTime(n.mtime, ino, 'mtime')
+  checkTime(n.ctime, ino, 'ctime')
+}
+
+function checkTime(t: unknown, ino: number, field: string): void {
+  if (!Array.isArray(t) || t.length !== 2 || !isInt(t[0], -MAX_SAFE, MAX_SAFE) || !isInt(t[1], 0, NSEC_PER_SEC - 1)) {
+    bad(`inode ${ino}`, `${field} must be [seconds, nanoseconds] with 0 <= nanoseconds < 1e9, got ${describe(t)}`)
+  }
+}
+
+/** Which optional fields each kind may (or must) carry. */
+function checkKindFields(n: Obj, ino: number, kind: string): void {
+  const isFile = kind === 'file'
+  if (n.extents !== undefined && !isFile) bad(`inode ${ino}`, `a ${kind} cannot have extents (only regular files do)`)
+  if (n.inline !== undefined && !isFile) bad(`inode ${ino}`, `a ${kind} cannot have inline data (only regular files do)`)
+  if (n.entries !== undefined && kind !== 'dir') bad(`inode ${ino}`, `a ${kind} cannot have entries (only directories do)`)
+  if (n.target !== undefined && kind !== 'symlink') bad(`inode ${ino}`, `a ${kind} cannot have a target (only symlinks do)`)
+  if (n.rdev !== undefined && kind !== 'char' && kind !== 'block') {
+    bad(`inode ${ino}`, `a ${kind} cannot have rdev (only char and block devices do)`)
+  }
+  if (n.rdev !== undefined && !isInt(n.rdev, 0, MAX_SAFE)) {
+    bad(`inode ${ino}`, `rdev must be a non-negative integer, got ${describe(n.rdev)}`)
+  }
+  if (kind === 'dir' && !Array.isArray(n.entries)) bad(`inode ${ino}`, `a dir needs an entries array, got ${describe(n.entries)}`)
+  if (kind === 'symlink' && n.target === undefined) bad(`inode ${ino}`, 'a symlink needs a target')
+  if (isFile && n.inline !== undefined && n.extents !== undefined) {
+    bad(`inode ${ino}`, 'has both inline data and extents')
+  }
+}
+
+function checkTarget(target: unknown, ino: number): void {
+  if (typeof target !== 'string' || target.length === 0) {
+    bad(`inode ${ino}`, `symlink target must be a non-empty string, got ${describe(target)}`)
+  }
+  if (target.indexOf('\0') !== -1) bad(`inode ${ino}`, `symlink target ${quote(target)} contains NUL`)
+  const bytes = utf8Length(target)
+  if (bytes > LIMITS.symlinkBytes) {
+    bad(`inode ${ino}`, `symlink target is ${bytes} bytes, over the limit of ${LIMITS.symlinkBytes}`)
+  }
+  if (LONE_SURROGATE.test(target)) bad(`inode ${ino}`, `symlink target ${quote(target)} is not valid Unicode`)
+}
+
+function checkInline(n: Obj, ino: number, inlineAllowed: boolean): void {
+  if (!inlineAllowed) bad(`inode ${ino}`, 'has inline data but the manifest does not declare feature "inline-data"')
+  const bytes = base64Length(n.inline, LIMITS.inlineBytes)
+  if (bytes === TOO_LONG) bad(`inode ${ino}`, `inline data is over the limit of ${LIMITS.inlineBytes} bytes`)
+  if (bytes < 0) bad(`inode ${ino}`, 'inline data is not valid base64')
+  if (bytes !== n.size) bad(`inode ${ino}`, `inline data is ${bytes} bytes but size is ${n.size as number}`)
+}
+
+function checkXattrs(x: unknown, ino: number): void {
+  if (!isObject(x)) bad(`inode ${ino}`, `xattrs must be an object {name: base64 value}, got ${describe(x)}`)
+  let count = 0
+  for (const name in x) {
+    if (++count > LIMITS.xattrsPerInode) bad(`inode ${ino}`, `more than ${LIMITS.xattrsPerInode} xattrs`)
+    const problem = xattrNameProblem(name)
+    if (problem !== undefined) bad(`inode ${ino}`, `xattr name ${quote(name)} ${problem}`)
+    const bytes = base64Length(x[name], LIMITS.xattrValueBytes)
+    if (bytes === TOO_LONG) bad(`inode ${ino}`, `xattr ${quote(name)} value is over the limit of ${LIMITS.xattrValueBytes} bytes`)
+    if (bytes < 0) bad(`inode ${ino}`, `xattr ${quote(name)} value is not valid base64`)
+  }
+}
+
+function xattrNameProblem(name: string): string | undefined {
+  const bytes = utf8Length(name)
+  if (bytes === 0) return 'is empty'
+  if (bytes > LIMITS.xattrNameBytes) return `is ${bytes} bytes, over the limit of ${LIMITS.xattrNameBytes}`
+  if (name.indexOf('\0') !== -1) return 'contains NUL'
+  if (LONE_SURROGATE.test(name)) return 'is not valid Unicode'
+  for (const prefix of XATTR_PREFIXES) {
+    if (name.startsWith(prefix)) return name.length > prefix.length ? undefined : 'has nothing after its namespace'
+  }
+  return 'must start with user., trusted., security. or system.'
+}
+
+/**
+ * Checks one file's extents; returns how many there are. Extents must lie inside their device, start
+ * inside the file, and be sorted by fileOffset without overlapping. Only the last may run past EOF.
+ */
+function checkExtents(list: unknown, ino: number, size: number, deviceSizes: number[]): number {
+  if (!Array.isArray(list)) bad(`inode ${ino}`, `extents must be an array, got ${describe(list)}`)
+  if (list.length > LIMITS.extents) bad(`inode ${ino}`, `${list.length} extents, over the limit of ${LIMITS.extents}`)
+  let prevStart = -1
+  let prevEnd = 0
+  for (let i = 0; i < list.length; i++) {
+    const e: unknown = list[i]
+    if (!isObject(e)) bad(`inode ${ino}`, `extents[${i}] must be an object, got ${describe(e)}`)
+    const unknown = unknownKey(e, EXTENT_KEYS)
+    if (unknown !== undefined) bad(`inode ${ino}`, `extents[${i}] has unknown field ${quote(unknown)}`)
+    const { fileOffset, device, deviceOffset, length } = e
+    if (!isInt(length, 1, MAX_SAFE)) bad(`inode ${ino}`, `extents[${i}].length must be a positive integer, got ${describe(length)}`)
+    if (!isInt(fileOffset, 0, MAX_SAFE - length)) {
+      bad(`inode ${ino}`, `extents[${i}].fileOffset must be a non-negative integer, got ${describe(fileOffset)}`)
+    }
+    if (fileOffset >= size) bad(`inode ${ino}`, `extents[${i}] starts at ${fileOffset}, at or past the file size ${size}`)
+    if (!isInt(device, 0, deviceSizes.length - 1)) {
+      bad(`inode ${ino}`, `extents[${i}].device ${describe(device)} does not exist (the manifest lists ${deviceSizes.length} devices)`)
+    }
+    if (!isInt(deviceOffset, 0, MAX_SAFE)) {
+      bad(`inode ${ino}`, `extents[${i}].deviceOffset must be a non-negative integer, got ${describe(deviceOffset)}`)
+    }
+    const deviceSize = deviceSizes[device]!
+    if (deviceOffset + length > deviceSize) {
+      bad(`inode ${ino}`, `extents[${i}] past device end: bytes ${deviceOffset}..${deviceOffset + length} ` +
+        `of device ${device}, which is ${deviceSize} bytes`)
+    }
+    if (fileOffset < prevStart) {
+      bad(`inode ${ino}`, `extents unsorted: extents[${i}] starts at ${fileOffset}, before extents[${i - 1}] at ${prevStart}`)
+    }
+    if (fileOffset < prevEnd) {
+      bad(`inode ${ino}`, `extents overlapping: extents[${i - 1}] ends at ${prevEnd}, extents[${i}] starts at ${fileOffset}`)
+    }
+    prevStart = fileOffset
+    prevEnd = fileOffset + length
+  }
+  return list.length
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tree: walk from the root, checking each directory's entries. Every directory must be reached
+// exactly once (one parent, no cycles) and every inode at least once (no orphans); files may be
+// reached many times (hard links).
+
+function checkTree(root: unknown, inodes: Inode[], index: InoIndex): void {
+  if (!isInt(root, 1, MAX_SAFE)) bad('manifest', `root must be a positive integer, got ${describe(root)}`)
+  const rootIndex = lookupIno(index, root)
+  if (rootIndex === -1) bad('manifest', `root inode ${root} is missing from the inode list`)
+  if (inodes[rootIndex]!.kind !== 'dir') bad('manifest', `root inode ${root} is a ${inodes[rootIndex]!.kind}, not a dir`)
+
+  const reached = new Uint8Array(inodes.length)
+  /** Position of each directory's parent in `inodes`; -1 until reached (and for the root). */
+  const parentOf = new Int32Array(inodes.length).fill(-1)
+  reached[rootIndex] = 1
+  let reachedCount = 1
+  const stack = [rootIndex]
+  while (stack.length > 0) {
+    const dirIndex = stack.pop()!
+    const dir = inodes[dirIndex]!
+    const entries = dir.entries as unknown[]
+    if (entries.length > LIMITS.entriesPerDir) {
+      bad(`inode ${dir.ino}`, `${entries.length} entries, over the limit of ${LIMITS.entriesPerDir}`)
+    }
+    const names = entries.length > 1 ? new Set<string>() : undefined
+    for (let i = 0; i < entries.length; i++) {
+      const e = checkEntry(entries[i], dir.ino, i, names)
+      const childIndex = lookupIno(index, e.ino)
+      if (childIndex === -1) bad(`inode ${dir.ino}`, `entry ${quote(e.name)} points at inode ${e.ino}, which does not exist`)
+      const child = inodes[childIndex]!
+      if (child.kind === 'dir') {
+        if (childIndex === rootIndex) bad(`inode ${dir.ino}`, `entry ${quote(e.name)} points back at the root directory (a cycle)`)
+        if (reached[childIndex]) rejectSecondParent(inodes, parentOf, childIndex, dirIndex, e.name)
+        parentOf[childIndex] = dirIndex
+        stack.push(childIndex)
+      }
+      if (!reached[childIndex]) {
+        reached[childIndex] = 1
+        reachedCount++
+      }
+    }
+  }
+  if (reachedCount < inodes.length) {
+    const orphan = inodes[reached.indexOf(0)]!
+    bad(`inode ${orphan.ino}`, 'is not reachable from the root (an orphan)')
+  }
+}
+
+function checkEntry(e: unknown, dirIno: number, i: number, names: Set<string> | undefined): { name: string; ino: number } {
+  if (!isObject(e)) bad(`inode ${dirIno}`, `entries[${i}] must be an object {name, ino}, got ${describe(e)}`)
+  const unknown = unknownKey(e, ENTRY_KEYS)
+  if (unknown !== undefined) bad(`inode ${dirIno}`, `entries[${i}] has unknown field ${quote(unknown)}`)
+  const name = e.name
+  if (typeof name !== 'string') bad(`inode ${dirIno}`, `entries[${i}].name must be a string, got ${describe(name)}`)
+  const problem = entryNameProblem(name)
+  if (problem !== undefined) bad(`inode ${dirIno}`, `entry ${quote(name)} ${problem}`)
+  if (names !== undefined) {
+    if (names.has(name)) bad(`inode ${dirIno}`, `entry ${quote(name)} appears twice`)
+    names.add(name)
+  }
+  if (!isInt(e.ino, 1, MAX_SAFE)) bad(`inode ${dirIno}`, `entry ${quote(name)} has ino ${describe(e.ino)}, not a positive integer`)
+  return e as { name: string; ino: number }
+}
+
+function entryNameProblem(name: string): string | undefined {
+  if (name.length === 0) return 'is empty'
+  if (name === '.' || name === '..') return 'is reserved'
+  if (name.indexOf('/') !== -1) return 'contains "/"'
+  if (name.indexOf('\0') !== -1) return 'contains NUL'
+  // A UTF-16 code unit is at most 3 UTF-8 bytes: short names need no byte count.
+  if (name.length * 3 > LIMITS.nameBytes) {
+    const bytes = Buffer.byteLength(name, 'utf8')
+    if (bytes > LIMITS.nameBytes) return `is ${bytes} bytes, over the limit of ${LIMITS.nameBytes}`
+  }
+  // Lone surrogates all encode to U+FFFD: two different names would look alike through the view.
+  if (LONE_SURROGATE.test(name)) return 'is not valid Unicode (lone surrogate)'
+  return undefined
+}
+
+/** A directory reached a second time: say whether it is its own ancestor (a cycle) or has two parents. */
+function rejectSecondParent(inodes: Inode[], parentOf: Int32Array, child: number, from: number, name: string): never {
+  const childIno = inodes[child]!.ino
+  for (let up = from; up !== -1; up = parentOf[up]!) {
+    if (up === child) bad(`inode ${inodes[from]!.ino}`, `entry ${quote(name)} points at directory ${childIno}, its own ancestor (a cycle)`)
+  }
+  const first = inodes[parentOf[child]!]!.ino
+  if (parentOf[child] === from) bad(`inode ${first}`, `directory ${childIno} has two parents: it is entered twice here, the second time as ${quote(name)}`)
+  bad(`inode ${childIno}`, `directory has two parents: inode ${first} and inode ${inodes[from]!.ino} (entry ${quote(name)})`)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers
+
+function bad(where: string, what: string): never {
+  throw new ManifestError(`${where}: ${what}`)
+}
+
+function keySet(...keys: string[]): ReadonlySet<string> {
+  return new Set(keys)
+}
+
+function isObject(v: unknown): v is Obj {
+  return typeof v === 'object' && v !== null && !Array.isArray(v)
+}
+
+function isInt(v: unknown, min: number, max: number): v is number {
+  return typeof v === 'number' && Number.isInteger(v) && v >= min && v <= max
+}
+
+function unknownKey(o: Obj, known: ReadonlySet<string>): string | undefined {
+  for (const k in o) if (!known.has(k)) return k
+  return undefined
+}
+
+function checkKnownKeys(o: Obj, known: ReadonlySet<string>, where: string): void {
+  const k = unknownKey(o, known)
+  if (k !== undefined) bad(where, `unknown field ${quote(k)}`)
+}
+
+function checkShortString(v: unknown, where: string, field: string): asserts v is string {
+  if (typeof v !== 'string' || v.length === 0 || v.length > LIMITS.shortString || v.indexOf('\0') !== -1) {
+    bad(where, `${field} must be a string of 1 to ${LIMITS.shortString} characters without NUL, got ${describe(v)}`)
+  }
+}
+
+function pathProblem(v: unknown): string | undefined {
+  if (typeof v !== 'string' || v.length === 0) return `must be a non-empty string, got ${describe(v)}`
+  if (v.indexOf('\0') !== -1) return `${quote(v)} contains NUL`
+  if (utf8Length(v) > LIMITS.pathBytes) return `is over the limit of ${LIMITS.pathBytes} bytes`
+  return undefined
+}
+
+/** The record is absolute, or a plain file name beside the manifest (shared storage may sit at other paths on the mover). */
+function checkRecordPath(v: unknown): void {
+  const problem = pathProblem(v)
+  if (problem !== undefined) bad('manifest', `configRecord ${problem}`)
+  const p = v as string
+  if (!p.startsWith('/') && (p.includes('/') || p === '.' || p === '..')) {
+    bad('manifest', `configRecord ${quote(p)} must be an absolute path or a file name beside the manifest`)
+  }
+}
+
+function checkAbsolutePath(v: unknown, where: string, field: string): void {
+  const problem = pathProblem(v)
+  if (problem !== undefined) bad(where, `${field} ${problem}`)
+  if (!(v as string).startsWith('/')) bad(where, `${field} ${quote(v as string)} is not an absolute path`)
+}
+
+function utf8Length(s: string): number {
+  return Buffer.byteLength(s, 'utf8')
+}
+
+const TOO_LONG = -2
+
+/**
+ * Decoded length of strict base64 (standard alphabet, padded, canonical); -1 when `v` is not that,
+ * TOO_LONG when it would decode to more than `max` bytes (checked before decoding anything).
+ */
+function base64Length(v: unknown, max: number): number {
+  if (typeof v !== 'string' || v.length % 4 !== 0) return -1
+  if (v.length > Math.ceil(max / 3) * 4) return TOO_LONG
+  // Node's decoder skips junk; a round trip that gives back the same text proves the input was clean.
+  const bytes = Buffer.from(v, 'base64')
+  if (bytes.toString('base64') !== v) return -1
+  return bytes.length > max ? TOO_LONG : bytes.length
+}
+
+/** A value for an error message: JSON, cut short. */
+function describe(v: unknown): string {
+  if (v === undefined) return 'nothing'
+  if (typeof v === 'string') return quote(v)
+  let s: string
+  try {
+    s = JSON.stringify(v) ?? String(v)
+  } catch {
+    s = String(v)
+  }
+  return s.length > 80 ? `${s.slice(0, 80)}...` : s
+}
+
+/** A string for an error message: JSON-quoted (so NUL and newlines show as escapes), cut short. */
+function quote(s: string): string {
+  return s.length > 80 ? `${JSON.stringify(s.slice(0, 80))}...` : JSON.stringify(s)
+}

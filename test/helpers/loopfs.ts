@@ -1,0 +1,227 @@
+// Throw-away filesystems on loop devices for end-to-end tests. Other agents share the machine's loop
+// devices, so we only ever detach the device we attached (by name) and never `losetup -D`.
+import { spawnSync } from 'node:child_process'
+import { promises as fsp, readFileSync, rmSync } from 'node:fs'
+import * as os from 'node:os'
+import * as path from 'node:path'
+import { run, runOk } from './exec'
+
+export interface LoopFsOptions {
+  fs: 'ext4' | 'xfs'
+  /** Put the filesystem in a single partition starting at sector 2048 (1 MiB) instead of the whole device. */
+  partition?: 'gpt' | 'mbr'
+  /** Image size; default 128 MiB for ext4, 320 MiB for XFS (mkfs.xfs refuses less than 300 MB). */
+  sizeMiB?: number
+  mkfsArgs?: string[]
+  /** Extra `mount -o` options. */
+  mountOptions?: string
+}
+
+export interface LoopFs {
+  /** Sparse image file backing the loop device. */
+  image: string
+  /** The loop device we attached, e.g. /dev/loop3. */
+  loopDevice: string
+  /** The device the filesystem lives on: loopDevice, or /dev/loopNp1 when partitioned. */
+  fsDevice: string
+  /** Byte offset of fsDevice on loopDevice (0 without a partition). */
+  partitionStartBytes: number
+  mountpoint: string
+  /** mkdtemp directory holding the image and the mountpoint. */
+  tmpdir: string
+}
+
+/** What has been set up so far; cleanup undoes exactly these steps, also after a partial create. */
+interface State {
+  tmpdir: string
+  image?: string
+  loopDevice?: string
+  partitioned?: boolean
+  mountpoint?: string
+  mounted?: boolean
+}
+
+/** Everything not yet destroyed; the exit/signal handlers clean these up as a last resort. */
+export const registry = new Set<State>()
+
+const PARTITION_START_SECTOR = 2048
+
+export async function createLoopFs(opts: LoopFsOptions): Promise<LoopFs> {
+  // realpath: the kernel reports the loop backing file resolved, and we compare against it.
+  const st: State = { tmpdir: await fsp.realpath(await fsp.mkdtemp(path.join(os.tmpdir(), `extfs-loop-${opts.fs}-`))) }
+  register(st)
+  try {
+    st.image = path.join(st.tmpdir, 'disk.img')
+    const sizeMiB = opts.sizeMiB ?? (opts.fs === 'xfs' ? 320 : 128)
+    await fsp.writeFile(st.image, '')
+    await fsp.truncate(st.image, sizeMiB * 1024 * 1024) // sparse: costs nothing until written
+
+    st.loopDevice = (await runOk('losetup', ['-f', '--show', st.image])).stdout.trim()
+    let fsDevice = st.loopDevice
+    let partitionStartBytes = 0
+    if (opts.partition) {
+      const label = opts.partition === 'gpt' ? 'gpt' : 'dos'
+      const type = opts.partition === 'gpt' ? 'linux' : '83'
+      // sfdisk complains it cannot re-read the table (no partition scan on these loop devices); that
+      // is expected, partx below tells the kernel instead.
+      await runOk('sfdisk', ['-q', st.loopDevice], { input: `label: ${label}\nstart=${PARTITION_START_SECTOR}, type=${type}\n` })
+      st.partitioned = true
+      await runOk('partx', ['-a', st.loopDevice])
+      fsDevice = `${st.loopDevice}p1`
+      // Trust the kernel's view of the start, not our intent: the mapping code must add exactly this.
+      const sysStart = path.join('/sys/class/block', path.basename(fsDevice), 'start')
+      partitionStartBytes = Number(readFileSync(sysStart, 'utf8').trim()) * 512
+      await waitForPath(fsDevice)
+    }
+
+    await runOk(opts.fs === 'xfs' ? 'mkfs.xfs' : 'mkfs.ext4', [
+      ...(opts.fs === 'xfs' ? ['-q', '-f'] : ['-q', '-F']),
+      // mke2fs picks 1 KiB blocks for small filesystems; 4 KiB is what real disks (and the
+      // block-boundary file sizes in populate.ts) assume.
+      ...(opts.fs === 'ext4' && !opts.mkfsArgs?.includes('-b') ? ['-b', '4096'] : []),
+      ...(opts.mkfsArgs ?? []),
+      fsDevice,
+    ])
+    st.mountpoint = path.join(st.tmpdir, 'mnt')
+    await fsp.mkdir(st.mountpoint)
+    await runOk('mount', [...(opts.mountOptions ? ['-o', opts.mountOptions] : []), fsDevice, st.mountpoint])
+    st.mounted = true
+    return { image: st.image, loopDevice: st.loopDevice, fsDevice, partitionStartBytes, mountpoint: st.mountpoint, tmpdir: st.tmpdir }
+  } catch (e) {
+    await destroyState(st)
+    throw e
+  }
+}
+
+/** Tear down a LoopFs; best effort, returns the problems it met (empty when everything went away). */
+export async function destroyLoopFs(ctx: LoopFs): Promise<string[]> {
+  const st = [...registry].find((s) => s.tmpdir === ctx.tmpdir)
+  if (!st) return [] // already destroyed
+  return destroyState(st)
+}
+
+/** Create, run fn, and always destroy, even if fn throws or leaves the filesystem frozen. */
+export async function withLoopFs(opts: LoopFsOptions, fn: (ctx: LoopFs) => Promise<void>): Promise<void> {
+  const ctx = await createLoopFs(opts)
+  let failed = false
+  try {
+    await fn(ctx)
+  } catch (e) {
+    failed = true
+    throw e
+  } finally {
+    const problems = await destroyLoopFs(ctx)
+    // A test failure is more useful than a cleanup complaint; only report cleanup when fn succeeded.
+    if (problems.length && !failed) throw new Error(`loop fs cleanup: ${problems.join('; ')}`)
+  }
+}
+
+/** Flush and remount read-only (a stand-in for a frozen image that needs no thaw). */
+export async function remountReadOnly(ctx: LoopFs): Promise<void> {
+  await runOk('sync', ['-f', ctx.mountpoint])
+  await runOk('mount', ['-o', 'remount,ro', ctx.mountpoint])
+}
+
+export async function remountReadWrite(ctx: LoopFs): Promise<void> {
+  await runOk('mount', ['-o', 'remount,rw', ctx.mountpoint])
+}
+
+async function destroyState(st: State): Promise<string[]> {
+  const problems: string[] = []
+  if (st.mounted && st.mountpoint) {
+    // A frozen filesystem cannot be unmounted and blocks every writer; thaw first, ignore "not frozen".
+    await run('fsfreeze', ['-u', st.mountpoint], { timeoutMs: 10_000 })
+    let unmounted = false
+    for (let i = 0; i < 5 && !unmounted; i++) {
+      if (i) await sleep(200 * i)
+      unmounted = (await run('umount', [st.mountpoint], { timeoutMs: 30_000 })).code === 0 || !isMounted(st.mountpoint)
+    }
+    if (!unmounted) {
+      const r = await run('umount', ['-l', st.mountpoint], { timeoutMs: 30_000 })
+      problems.push(`umount ${st.mountpoint} failed, ${r.code === 0 ? 'lazily detached' : r.stderr.trim()}`)
+    }
+    st.mounted = isMounted(st.mountpoint)
+  }
+  // Only touch the device if it is still ours: after a crash the number may have been reused.
+  if (st.loopDevice && loopBackingFile(st.loopDevice) === st.image) {
+    if (st.partitioned) {
+      const r = await run('partx', ['-d', st.loopDevice])
+      if (r.code !== 0) problems.push(`partx -d ${st.loopDevice}: ${r.stderr.trim()}`)
+    }
+    const r = await run('losetup', ['-d', st.loopDevice])
+    if (r.code !== 0) problems.push(`losetup -d ${st.loopDevice}: ${r.stderr.trim()}`)
+  }
+  st.loopDevice = undefined
+  // Never recurse into a filesystem that is somehow still mounted.
+  if (st.mounted) problems.push(`${st.mountpoint} still mounted; left ${st.tmpdir} in place`)
+  else await fsp.rm(st.tmpdir, { recursive: true, force: true }).catch((e) => problems.push(`rm ${st.tmpdir}: ${e}`))
+  registry.delete(st)
+  return problems
+}
+
+/** The file a loop device is attached to, or undefined if it is free. */
+export function loopBackingFile(loopDevice: string): string | undefined {
+  try {
+    const f = readFileSync(path.join('/sys/block', path.basename(loopDevice), 'loop/backing_file'), 'utf8').trim()
+    return f.replace(/ \(deleted\)$/, '')
+  } catch {
+    return undefined
+  }
+}
+
+export function isMounted(mountpoint: string): boolean {
+  // mountinfo escapes spaces etc. as octal; our mountpoints come from mkdtemp and have none.
+  return readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .some((line) => line.split(' ')[4] === mountpoint)
+}
+
+async function waitForPath(p: string): Promise<void> {
+  // devtmpfs creates partition nodes asynchronously with respect to partx; wait a little.
+  for (let i = 0; i < 50; i++) {
+    if (await fsp.stat(p).then(() => true, () => false)) return
+    await sleep(20)
+  }
+  throw new Error(`${p} did not appear`)
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms))
+}
+
+// --- last-resort cleanup at process exit -------------------------------------------------------
+// Exit handlers cannot await, so this path is synchronous. It only touches registered state.
+
+let handlersInstalled = false
+function register(st: State): void {
+  registry.add(st)
+  if (handlersInstalled) return
+  handlersInstalled = true
+  process.on('exit', cleanupRegisteredSync)
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+    process.once(sig, () => {
+      cleanupRegisteredSync()
+      process.kill(process.pid, sig) // re-raise with the default action now that our handler is gone
+    })
+  }
+}
+
+export function cleanupRegisteredSync(): void {
+  for (const st of [...registry]) {
+    const sh = (cmd: string, args: string[]) => spawnSync(cmd, args, { stdio: 'ignore', timeout: 15_000 })
+    if (st.mounted && st.mountpoint) {
+      sh('fsfreeze', ['-u', st.mountpoint])
+      if (sh('umount', [st.mountpoint]).status !== 0) sh('umount', ['-l', st.mountpoint])
+    }
+    if (st.loopDevice && loopBackingFile(st.loopDevice) === st.image) {
+      if (st.partitioned) sh('partx', ['-d', st.loopDevice])
+      sh('losetup', ['-d', st.loopDevice])
+    }
+    try {
+      if (!st.mountpoint || !isMounted(st.mountpoint)) rmSync(st.tmpdir, { recursive: true, force: true })
+    } catch {
+      // best effort
+    }
+    registry.delete(st)
+  }
+}
