@@ -625,9 +625,10 @@ function describe(v: unknown): string {
   if (typeof v === 'string') return quote(v)
   let s: string
   try {
-    s = JSON.stringify(v) ?? String(v)
+    s = JSON.stringify(v) ?? typeof v
   } catch {
-    s = String(v)
+    // Nested too deep for JSON.stringify (String() would recurse as deep): name the shape only.
+    s = Array.isArray(v) ? 'a deeply nested array' : 'a deeply nested object'
   }
   return s.length > 80 ? `${s.slice(0, 80)}...` : s
 }
