@@ -1,8 +1,14 @@
 // The Linux calls Node lacks, from our N-API addon (native/extfs_native.c, built by node-gyp at install).
-// Every function is synchronous and throws an Error with `code` (e.g. 'EINVAL') and `errno` set on failure.
+// Every function is synchronous and throws an Error with `code` (e.g. 'EINVAL'), `errno` (22) and `syscall`
+// ('FITHAW') set on a failed syscall; bad arguments throw TypeError or RangeError.
 import path from 'node:path'
 
-/** One FIEMAP extent as the kernel reports it; offsets and lengths in bytes. */
+/**
+ * One FIEMAP extent as the kernel reports it; offsets and lengths in bytes. On ext4 the last extent's
+ * length is rounded up to the block size (a 200-byte file reports 4096), so clamp to st_size. Inline
+ * data (FIEMAP_EXTENT_DATA_INLINE) has an unaligned `physical` inside the inode table and its exact
+ * length; the device only holds those bytes once the journal is checkpointed (e.g. by FIFREEZE).
+ */
 export interface FiemapExtent {
   logical: number
   /** Offset on the block device the filesystem sits on (not the raw disk when on a partition). */
