@@ -12,7 +12,7 @@ import { readKeyFile } from '../manifest/sign'
 import { exportImage } from '../export/export'
 import { releaseImage } from '../frozen/release'
 import { readCheckedManifest, loadImage } from '../mover/load'
-import { requireRoot } from '../mover/checks'
+import { checkMountpoint, requireFuse, requireRoot } from '../mover/checks'
 import { serve } from '../mover/serve'
 import { DEFAULT_LOG_FILE, READY_FD_ENV, reportReady, startBackground } from '../mover/daemon'
 import { unmountView } from '../mover/umount'
@@ -51,8 +51,21 @@ function childArgs(manifest: string, mountpoint: string, o: MountCliOptions): st
   return args
 }
 
+/**
+ * What the parent of a background view checks itself before starting it, so that these failures get
+ * their own exit code and message even when the view process could not even start (no /dev at all).
+ * The view process checks everything again.
+ */
+function backgroundPreflight(o: MountCliOptions, mountpoint?: string): void {
+  requireRoot('mount')
+  requireFuse()
+  key(o)
+  if (mountpoint) checkMountpoint(mountpoint)
+}
+
 async function mountCommand(manifest: string, mountpoint: string, o: MountCliOptions): Promise<void> {
   if (!o.foreground) {
+    backgroundPreflight(o, mountpoint)
     await startBackground(childArgs(path.resolve(manifest), path.resolve(mountpoint), o), o.logFile ?? DEFAULT_LOG_FILE)
     return
   }
@@ -69,6 +82,7 @@ async function mountCommand(manifest: string, mountpoint: string, o: MountCliOpt
 }
 
 async function backupCommand(manifest: string, command: string[], o: MountCliOptions): Promise<number> {
+  backgroundPreflight(o)
   const mountpoint = fs.mkdtempSync(path.join(os.tmpdir(), 'extfs-backup-'))
   try {
     await startBackground(childArgs(path.resolve(manifest), mountpoint, o), o.logFile ?? DEFAULT_LOG_FILE)

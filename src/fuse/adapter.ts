@@ -1,6 +1,7 @@
 // The FUSE adapter: a thin shell turning fuse-native's path-based callbacks into FrozenView calls and
 // typed errors into negative errnos. No logic lives here; only integers reach fuse-native's callbacks.
 import Fuse from 'fuse-native'
+import { execFile } from 'node:child_process'
 import type { Logger } from 'pino'
 import type { FrozenView, Attr } from '../view/view'
 import { ViewError } from '../errors'
@@ -71,6 +72,18 @@ export function fuseOperations(view: FrozenView, log: Logger): Record<string, Cb
 export interface FuseMountOptions {
   fsname: string
   allowOther: boolean
+}
+
+/**
+ * fuse-native unmounts with `fusermount -uz`, a lazy unmount: a view in use would be detached under its
+ * readers' feet and report success. Unmount for real instead, so a busy view says so and keeps serving;
+ * a mountpoint already gone (unmounted from outside) counts as done, so fuse-native lets go of its loop.
+ */
+Fuse.unmount = (mnt: string, cb: Cb) => {
+  execFile('umount', [mnt], (err, _stdout, stderr) => {
+    if (!err || /not mounted|no mount point/.test(stderr)) return cb(null)
+    cb(new Error(stderr.trim() || err.message))
+  })
 }
 
 /**

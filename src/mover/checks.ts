@@ -1,7 +1,7 @@
 // Pre-flight checks of the mover's environment: each failure is one line and a documented exit code.
 import fs from 'node:fs'
 import path from 'node:path'
-import { isMountpoint } from '../mapping/mountinfo'
+import { readMountTable } from '../mapping/mountinfo'
 import { ExtfsError, MountpointError } from '../errors'
 import { ExitCode } from '../cli/exit-codes'
 
@@ -27,7 +27,9 @@ export function checkMountpoint(mountpoint: string): string {
     if (code === 'ENOTCONN') throw new MountpointError(`mountpoint ${mountpoint} is a dead FUSE mount; run extfs umount ${mountpoint}`)
     throw new MountpointError(`mountpoint ${mountpoint} does not exist`)
   }
-  if (isMountpoint(real)) throw new MountpointError(`mountpoint ${mountpoint} is already a mount`)
+  const existing = readMountTable().find((m) => m.mountpoint === real)
+  if (existing?.source.startsWith('extfs:')) throw new MountpointError(`mountpoint ${mountpoint} is already an extfs view (extfs umount ${mountpoint} first)`)
+  if (existing) throw new MountpointError(`mountpoint ${mountpoint} is already a mount`)
   if (!fs.statSync(real).isDirectory()) throw new MountpointError(`mountpoint ${mountpoint} is not a directory`)
   if (fs.readdirSync(real).length > 0) throw new MountpointError(`mountpoint ${mountpoint} is not empty`)
   return path.resolve(real)

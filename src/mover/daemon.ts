@@ -46,6 +46,7 @@ export function startBackground(args: string[], logFile: string): Promise<number
   })
   fs.closeSync(logFd)
   return new Promise((resolve, reject) => {
+    child.on('error', (err) => reject(new ExtfsError(ExitCode.Internal, `cannot start the view process: ${err.message}`)))
     let text = ''
     const pipe = child.stdio[3] as NodeJS.ReadableStream
     pipe.setEncoding('utf8')

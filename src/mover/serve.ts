@@ -20,7 +20,7 @@ export interface ServeOptions extends LoadOptions {
 }
 
 // How often the view checks that nobody unmounted it behind its back (plain `umount`).
-const MOUNT_POLL_MS = 1000
+const MOUNT_POLL_MS = 250
 
 /** Resolves when the view has been unmounted (by signal, `extfs umount` or plain umount). */
 export async function serve(opts: ServeOptions): Promise<void> {
@@ -60,7 +60,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
       if (stopping) return
       stopping = true
       try {
-        if (isMountpoint(mountpoint)) await engine!.unmount()
+        await engine!.unmount()
       } catch (err) {
         log.error({ mountpoint, err: (err as Error).message }, 'unmount failed (busy?); still serving')
         stopping = false

@@ -20,22 +20,19 @@ function extfsMountAt(mountpoint: string): boolean {
 export async function unmountView(target: string): Promise<void> {
   const mountpoint = path.resolve(target)
   if (!extfsMountAt(mountpoint)) throw new MountpointError(`${target} is not an extfs mount`)
-  const state = loadState(mountpoint)
-  if (state && processAlive(state.pid)) {
-    process.kill(state.pid, 'SIGTERM')
-    for (let waited = 0; waited < WAIT_MS; waited += STEP_MS) {
-      if (!processAlive(state.pid)) break
-      await sleep(STEP_MS)
-    }
-    if (!extfsMountAt(mountpoint)) return
-    if (processAlive(state.pid)) throw new MountpointError(`${target} is busy (a process is using it); the view keeps serving`)
-  }
-  // No live server: the endpoint is dead, a plain unmount removes it.
+  // A real (not lazy) unmount: refused while the view is in use, so nobody's backup is cut off.
+  // Works the same for a live view and a dead one (whose process is gone).
   try {
     execFileSync('umount', [mountpoint], { stdio: ['ignore', 'ignore', 'pipe'] })
   } catch (err) {
     const stderr = String((err as { stderr?: Buffer }).stderr ?? '').trim()
+    if (/busy/i.test(stderr)) throw new MountpointError(`${target} is busy (a process is using it); the view keeps serving`)
     throw new MountpointError(`cannot unmount ${target}: ${stderr || (err as Error).message}`)
   }
-  if (state) clearState(mountpoint, state.pid)
+  // The serving process notices within a second and exits; wait for it, so the view is fully gone.
+  const state = loadState(mountpoint)
+  if (!state) return
+  for (let waited = 0; waited < WAIT_MS && processAlive(state.pid); waited += STEP_MS) await sleep(STEP_MS)
+  if (processAlive(state.pid)) process.kill(state.pid, 'SIGTERM')
+  clearState(mountpoint, state.pid)
 }
