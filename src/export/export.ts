@@ -48,6 +48,11 @@ function sourceFilesystem(paths: string[]): { dev: bigint; mount: MountEntry; re
       throw new ExportError(`${p}: no such file or directory`)
     }
   })
+  for (const a of realPaths) {
+    const inside = realPaths.find((b) => b !== a && (a === '/' || b.startsWith(a + '/')))
+    if (inside) throw new ExportError(`${inside} is inside ${a}: give each tree once`)
+    if (realPaths.indexOf(a) !== realPaths.lastIndexOf(a)) throw new ExportError(`${a} is given twice`)
+  }
   const devs = realPaths.map((p) => fs.lstatSync(p, { bigint: true }).dev)
   const other = devs.findIndex((d) => d !== devs[0])
   if (other >= 0) throw new ExportError(`${paths[0]} and ${paths[other]} are on different filesystems: export one filesystem at a time`)

@@ -407,6 +407,8 @@ t.test('export refusals (and two exports that work)', async (t) => {
       /filesystem type proc is not supported/)
     await exportRefused('paths on two different filesystems', async () => ['export', data, state, '--output', path.join(out, 'm.json')],
       /are on different filesystems/)
+    await exportRefused('overlapping paths', async () => ['export', data, path.join(data, path.basename((await fsp.readdir(data))[0])), '--output', path.join(out, 'm.json')],
+      /is inside .*: give each tree once/)
     await exportRefused('a nonexistent path', async () => ['export', path.join(data, 'no-such'), '--output', path.join(out, 'm.json')],
       /no-such: no such file or directory/)
 
