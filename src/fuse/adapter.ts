@@ -4,6 +4,7 @@ import Fuse from 'fuse-native'
 import { execFile } from 'node:child_process'
 import type { Logger } from 'pino'
 import type { FrozenView, Attr } from '../view/view'
+import type { MountOptions, ViewEngine } from '../view/engine'
 import { ViewError } from '../errors'
 import { Errno } from '../view/errno'
 
@@ -69,11 +70,6 @@ export function fuseOperations(view: FrozenView, log: Logger): Record<string, Cb
   return ops
 }
 
-export interface FuseMountOptions {
-  fsname: string
-  allowOther: boolean
-}
-
 /**
  * fuse-native unmounts with `fusermount -uz`, a lazy unmount: a view in use would be detached under its
  * readers' feet and report success. Unmount for real instead, so a busy view says so and keeps serving;
@@ -122,12 +118,16 @@ class ReadOnlyFuse extends Fuse {
 }
 
 /** A mounted view. The immutable image allows long kernel caching of entries, attributes and data. */
-export class FuseEngine {
+export class FuseEngine implements ViewEngine {
   private fuse?: ReadOnlyFuse
 
   constructor(private readonly view: FrozenView, private readonly log: Logger) {}
 
-  mount(mountpoint: string, opts: FuseMountOptions): Promise<void> {
+  get rootIno(): number {
+    return this.view.rootIno
+  }
+
+  mount(mountpoint: string, opts: MountOptions): Promise<void> {
     const day = 86400
     this.fuse = new ReadOnlyFuse(mountpoint, fuseOperations(this.view, this.log), {
       fsname: opts.fsname, subtype: 'extfs', allowOther: opts.allowOther, defaultPermissions: true,

@@ -4,7 +4,9 @@ import type { Logger } from 'pino'
 import { loadImage, LoadOptions } from './load'
 import { checkMountpoint, requireFuse, requireRoot } from './checks'
 import { FrozenView } from '../view/view'
+import type { ViewEngine } from '../view/engine'
 import { FuseEngine } from '../fuse/adapter'
+import type { LoadedImage } from './load'
 import { isMountpoint } from '../mapping/mountinfo'
 import { clearState, saveState } from './state'
 import { ExtfsError, MountpointError } from '../errors'
@@ -19,13 +21,17 @@ export interface ServeOptions extends LoadOptions {
   onReady: (err?: Error) => void
 }
 
+function createEngine(image: LoadedImage, log: Logger): ViewEngine {
+  return new FuseEngine(new FrozenView(image.manifest, image.devices, image.config, log), log)
+}
+
 // How often the view checks that nobody unmounted it behind its back (plain `umount`).
 const MOUNT_POLL_MS = 250
 
 /** Resolves when the view has been unmounted (by signal, `extfs umount` or plain umount). */
 export async function serve(opts: ServeOptions): Promise<void> {
   const { log } = opts
-  let engine: FuseEngine | undefined
+  let engine: ViewEngine | undefined
   let mountpoint = ''
   let image
   try {
@@ -33,8 +39,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
     requireFuse()
     mountpoint = checkMountpoint(opts.mountpoint)
     image = loadImage(opts.manifestPath, opts)
-    const view = new FrozenView(image.manifest, image.devices, image.config, log)
-    engine = new FuseEngine(view, log)
+    engine = createEngine(image, log)
     try {
       await engine.mount(mountpoint, { fsname: `extfs:${image.manifest.configId}`, allowOther: opts.allowOther })
     } catch (err) {
@@ -42,7 +47,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
     }
     // The view serves once the kernel answers for the mountpoint with the image's root inode (use_ino).
     const st = await fs.promises.stat(mountpoint)
-    if (st.ino !== view.rootIno) throw new MountpointError(`mount on ${mountpoint} does not answer as the view`)
+    if (st.ino !== engine.rootIno) throw new MountpointError(`mount on ${mountpoint} does not answer as the view`)
   } catch (err) {
     if (engine) await engine.unmount().catch(() => undefined)
     for (const d of image?.devices ?? []) d.close()

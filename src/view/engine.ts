@@ -1,0 +1,20 @@
+// The narrow interface between the mover's control plane and whatever serves the view to the kernel.
+// Two engines implement it: fuse-native (src/fuse/, every request in JS) and the native engine
+// (src/engine/, requests served in C on libfuse3's low-level API; JS stays out of the request path).
+export interface MountOptions {
+  /** Shown as the mount source: `extfs:<config id>`. */
+  fsname: string
+  allowOther: boolean
+}
+
+export interface ViewEngine {
+  /** Inode number the kernel reports for the view's root (serve() checks it to prove the mount). */
+  readonly rootIno: number
+  /** Mount and start serving; resolves once requests are being answered. */
+  mount(mountpoint: string, opts: MountOptions): Promise<void>
+  /**
+   * Unmount (not lazily) and stop serving. Rejects with a message containing "busy" while the view is
+   * in use, and keeps serving then; resolves when the mountpoint was already unmounted from outside.
+   */
+  unmount(): Promise<void>
+}
