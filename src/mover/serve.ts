@@ -6,6 +6,7 @@ import { checkMountpoint, requireFuse, requireRoot } from './checks'
 import { FrozenView } from '../view/view'
 import type { ViewEngine } from '../view/engine'
 import { FuseEngine } from '../fuse/adapter'
+import { NativeEngine } from '../engine/native-engine'
 import type { LoadedImage } from './load'
 import { isMountpoint } from '../mapping/mountinfo'
 import { clearState, saveState } from './state'
@@ -21,8 +22,13 @@ export interface ServeOptions extends LoadOptions {
   onReady: (err?: Error) => void
 }
 
+/**
+ * The native engine (C on libfuse3, src/engine/) serves by default; EXTFS_ENGINE=fuse-native selects
+ * the first engine (every request in JS), kept as a reference and a fallback.
+ */
 function createEngine(image: LoadedImage, log: Logger): ViewEngine {
-  return new FuseEngine(new FrozenView(image.manifest, image.devices, image.config, log), log)
+  if (process.env.EXTFS_ENGINE === 'fuse-native') return new FuseEngine(new FrozenView(image.manifest, image.devices, image.config, log), log)
+  return new NativeEngine(image.manifest, image.devices, image.config, log)
 }
 
 // How often the view checks that nobody unmounted it behind its back (plain `umount`).

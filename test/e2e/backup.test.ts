@@ -9,8 +9,8 @@ import { snapshotTree, diffTrees, Tree } from '../helpers/tree'
 import { tarRoundTrip, rsyncCopy, ddCompare } from '../helpers/backup-tools'
 import { extfs, release, scratchDir, withView } from '../helpers/extfs'
 
-// fuse-native passes times in milliseconds; the native read path will make this 1.
-const VIEW_TIME_PRECISION_NS = 1_000_000
+// The native engine serves the manifest's nanosecond times exactly.
+const VIEW_TIME_PRECISION_NS = 1
 
 const layouts: { name: string; opts: LoopFsOptions }[] = [
   { name: 'ext4 on a whole device', opts: { fs: 'ext4' } },

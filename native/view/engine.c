@@ -1,0 +1,387 @@
+// N-API glue of the native view engine (src/engine/native-engine.ts is its only caller):
+//   layout()                                   struct sizes and field offsets of tables.h
+//   mount(tables, record, mountpoint, options, judge, onEvent) → handle
+//   unmount(handle) → Promise                  umount(2), end the loop, free everything
+// mount() copies and checks the tables, mounts with libfuse3 and runs fuse_session_loop_mt on its
+// own pthread: from then on requests are served in C and the Node event loop stays free.
+#include "engine.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+
+#define CHECK(call)                                                  \
+  do {                                                               \
+    if ((call) != napi_ok) return napi_throw_error(env, NULL, #call), NULL; \
+  } while (0)
+
+// -------------------------------------------------------------------------------- table check
+
+static int in_range(uint64_t off, uint64_t len, uint64_t size) {
+  return off <= size && len <= size - off;
+}
+
+// A NUL-terminated string of `len` bytes at blob[off].
+static int cstring_at(const char *blob, uint64_t size, uint64_t off, uint64_t len) {
+  return in_range(off, len + 1, size) && blob[off + len] == '\0';
+}
+
+#define SECTION(field, off, n, type)                                                                   \
+  do {                                                                                                  \
+    if ((off) % 8 != 0 || !in_range((off), (uint64_t)(n) * sizeof(type), len)) return "section " #field " out of bounds"; \
+    t->field = (const type *)(base + (off));                                                            \
+  } while (0)
+
+const char *xt_check(const void *image, uint64_t len, struct xt_tables *t) {
+  const char *base = image;
+  const struct xt_header *h = image;
+  if (len < sizeof *h || h->magic != XT_MAGIC) return "not a table image (bad magic)";
+  if (h->version != XT_VERSION) return "table image version mismatch";
+  if (h->total_size != len) return "table image size mismatch";
+  if (h->n_inodes == 0) return "no inodes";
+  t->image = (void *)image;
+  t->h = h;
+  SECTION(inodes, h->inodes_off, h->n_inodes, struct xt_inode);
+  SECTION(dirents, h->dirents_off, h->n_dirents, struct xt_dirent);
+  SECTION(extents, h->extents_off, h->n_extents, struct xt_extent);
+  SECTION(xattrs, h->xattrs_off, h->n_xattrs, struct xt_xattr);
+  SECTION(devices, h->devices_off, h->n_devices, struct xt_device);
+  if (!in_range(h->names_off, h->names_size, len) || !in_range(h->data_off, h->data_size, len)) return "blob out of bounds";
+  t->names = base + h->names_off;
+  t->data = base + h->data_off;
+
+  if (!S_ISDIR(t->inodes[0].mode)) return "inode 0 (the root) is not a directory";
+  for (uint32_t i = 0; i < h->n_inodes; i++) {
+    const struct xt_inode *n = &t->inodes[i];
+    if (n->parent >= h->n_inodes) return "inode parent out of range";
+    if (S_ISDIR(n->mode) && !in_range(n->first, n->count, h->n_dirents)) return "dirents out of range";
+    if (S_ISREG(n->mode) && (n->flags & XT_INLINE) && !in_range(n->first, n->count, h->data_size)) return "inline data out of range";
+    if (S_ISREG(n->mode) && !(n->flags & XT_INLINE) && !in_range(n->first, n->count, h->n_extents)) return "extents out of range";
+    if (S_ISLNK(n->mode) && !cstring_at(t->data, h->data_size, n->first, n->count)) return "symlink target out of range";
+    if (!in_range(n->xattr_first, n->xattr_count, h->n_xattrs)) return "xattrs out of range";
+    // listxattr replies with one inode's names as they lie: they must be back to back.
+    for (uint32_t k = 1; k < n->xattr_count; k++) {
+      const struct xt_xattr *a = &t->xattrs[n->xattr_first + k - 1];
+      if ((uint64_t)a->name_off + a->name_len + 1 != a[1].name_off) return "xattr names not contiguous";
+    }
+  }
+  for (uint32_t i = 0; i < h->n_dirents; i++) {
+    const struct xt_dirent *d = &t->dirents[i];
+    if (d->child >= h->n_inodes || !cstring_at(t->names, h->names_size, d->name_off, d->name_len)) return "dirent out of range";
+  }
+  for (uint32_t i = 0; i < h->n_extents; i++)
+    if (t->extents[i].device >= h->n_devices) return "extent device out of range";
+  for (uint32_t i = 0; i < h->n_xattrs; i++) {
+    const struct xt_xattr *x = &t->xattrs[i];
+    if (!cstring_at(t->data, h->data_size, x->name_off, x->name_len) || !in_range(x->value_off, x->value_len, h->data_size))
+      return "xattr out of range";
+  }
+  for (uint32_t i = 0; i < h->n_devices; i++)
+    if (t->devices[i].fd < 0) return "device fd missing";
+  return NULL;
+}
+
+// ---------------------------------------------------------------------------------- layout()
+
+static int set_num(napi_env env, napi_value obj, const char *key, double v) {
+  napi_value js;
+  return napi_create_double(env, v, &js) == napi_ok && napi_set_named_property(env, obj, key, js) == napi_ok;
+}
+
+// {size, fields: {name: {offset, size}}}
+static napi_value describe(napi_env env, size_t size, const char **names, const size_t *offs, const size_t *sizes, size_t n) {
+  napi_value d, fields, f;
+  if (napi_create_object(env, &d) != napi_ok || napi_create_object(env, &fields) != napi_ok || !set_num(env, d, "size", (double)size))
+    return NULL;
+  for (size_t i = 0; i < n; i++) {
+    if (napi_create_object(env, &f) != napi_ok || !set_num(env, f, "offset", (double)offs[i]) ||
+        !set_num(env, f, "size", (double)sizes[i]) || napi_set_named_property(env, fields, names[i], f) != napi_ok)
+      return NULL;
+  }
+  return napi_set_named_property(env, d, "fields", fields) == napi_ok ? d : NULL;
+}
+
+// One struct of tables.h, described through a sample `s` of it and its field list.
+#define NAME(f) #f,
+#define OFF(f) (size_t)((const char *)&s.f - (const char *)&s),
+#define SIZE(f) sizeof s.f,
+#define DESCRIBE(KEY, T, LIST)                                                                     \
+  do {                                                                                             \
+    T s;                                                                                           \
+    static const char *names[] = {LIST(NAME)};                                                     \
+    const size_t offs[] = {LIST(OFF)}, sizes[] = {LIST(SIZE)};                                     \
+    napi_value d = describe(env, sizeof s, names, offs, sizes, sizeof names / sizeof *names);      \
+    if (d == NULL || napi_set_named_property(env, out, KEY, d) != napi_ok) return NULL;            \
+  } while (0)
+
+static napi_value js_layout(napi_env env, napi_callback_info info) {
+  (void)info;
+  napi_value out;
+  CHECK(napi_create_object(env, &out));
+  if (!set_num(env, out, "version", XT_VERSION) || !set_num(env, out, "magic", XT_MAGIC)) return NULL;
+  DESCRIBE("header", struct xt_header, XT_HEADER_FIELDS);
+  DESCRIBE("inode", struct xt_inode, XT_INODE_FIELDS);
+  DESCRIBE("dirent", struct xt_dirent, XT_DIRENT_FIELDS);
+  DESCRIBE("extent", struct xt_extent, XT_EXTENT_FIELDS);
+  DESCRIBE("xattr", struct xt_xattr, XT_XATTR_FIELDS);
+  DESCRIBE("device", struct xt_device, XT_DEVICE_FIELDS);
+  return out;
+}
+
+// ---------------------------------------------------------------------------------- events
+
+// On the JS thread: onEvent({kind, index, offset, device, deviceOffset, reason}). env is NULL when
+// the function is torn down with events still queued; they are dropped.
+static void event_js(napi_env env, napi_value fn, void *context, void *data) {
+  (void)context;
+  struct xt_event *ev = data;
+  napi_value obj, kind, reason, undefined, result;
+  if (env != NULL && napi_create_object(env, &obj) == napi_ok &&
+      napi_create_string_utf8(env, ev->kind == XT_EV_OPEN_REFUSED ? "open" : "read", NAPI_AUTO_LENGTH, &kind) == napi_ok &&
+      napi_set_named_property(env, obj, "kind", kind) == napi_ok && set_num(env, obj, "index", ev->index) &&
+      set_num(env, obj, "offset", (double)ev->offset) && set_num(env, obj, "device", ev->device) &&
+      set_num(env, obj, "deviceOffset", (double)ev->device_offset) &&
+      napi_create_string_utf8(env, ev->reason, NAPI_AUTO_LENGTH, &reason) == napi_ok &&
+      napi_set_named_property(env, obj, "reason", reason) == napi_ok && napi_get_undefined(env, &undefined) == napi_ok) {
+    if (napi_call_function(env, undefined, fn, 1, &obj, &result) != napi_ok) {
+      napi_value exc;
+      napi_get_and_clear_last_exception(env, &exc);
+    }
+  }
+  free(ev);
+}
+
+napi_status xt_call_js(struct engine *e, napi_threadsafe_function fn, void *data, napi_threadsafe_function_call_mode mode) {
+  pthread_rwlock_rdlock(&e->js_lock);
+  napi_status s = e->js_closed ? napi_closing : napi_call_threadsafe_function(fn, data, mode);
+  pthread_rwlock_unlock(&e->js_lock);
+  return s;
+}
+
+void xt_post_event(struct engine *e, const struct xt_event *ev) {
+  struct xt_event *copy = malloc(sizeof *copy);
+  if (copy == NULL) return;
+  *copy = *ev;
+  if (xt_call_js(e, e->events, copy, napi_tsfn_nonblocking) != napi_ok) free(copy);
+}
+
+// The process exits with the view still mounted: Node is about to free the threadsafe functions,
+// so the workers must stop calling them (opens are refused from here on; the mount dies with us).
+static void env_closing(void *arg) {
+  struct engine *e = arg;
+  pthread_rwlock_wrlock(&e->js_lock);
+  e->js_closed = 1;
+  pthread_rwlock_unlock(&e->js_lock);
+}
+
+// ---------------------------------------------------------------------------- session thread
+
+static void *loop_main(void *arg) {
+  struct engine *e = arg;
+  struct fuse_loop_config *cfg = fuse_loop_cfg_create();
+  if (cfg == NULL) return NULL;
+  fuse_loop_cfg_set_clone_fd(cfg, 1);         // one /dev/fuse fd per worker: no contention on one queue
+  fuse_loop_cfg_set_max_threads(cfg, 16);     // readahead keeps several 1 MiB reads in flight
+  fuse_loop_cfg_set_idle_threads(cfg, 16);    // keep them: creating threads per burst costs more
+  fuse_session_loop_mt(e->se, cfg);
+  fuse_loop_cfg_destroy(cfg);
+  return NULL;
+}
+
+// Everything but the struct itself, which lives on as long as JS holds its handle (see js_unmount).
+static void engine_teardown(struct engine *e) {
+  if (e->se != NULL) fuse_session_destroy(e->se);
+  xt_config_destroy(e);
+  pthread_rwlock_destroy(&e->js_lock);
+  free(e->t.image);
+  free(e->mountpoint);
+  e->done = 1;
+}
+
+static void engine_free(struct engine *e) {
+  engine_teardown(e);
+  free(e);
+}
+
+// The handle was collected: free the struct once torn down (a view never unmounted stays mounted
+// until the process exits; its memory with it).
+static void handle_finalize(napi_env env, void *data, void *hint) {
+  (void)env, (void)hint;
+  struct engine *e = data;
+  if (e->done) free(e);
+  else e->orphaned = 1;
+}
+
+static char *get_string(napi_env env, napi_value v) {
+  size_t len;
+  if (napi_get_value_string_utf8(env, v, NULL, 0, &len) != napi_ok) return NULL;
+  char *s = malloc(len + 1);
+  if (s != NULL) napi_get_value_string_utf8(env, v, s, len + 1, &len);
+  if (s != NULL && strlen(s) != len) free(s), s = NULL; // embedded NUL
+  return s;
+}
+
+static struct engine *engine_new(napi_env env, napi_value record, napi_value mountpoint) {
+  struct engine *e = calloc(1, sizeof *e);
+  if (e == NULL) return NULL;
+  char *path = get_string(env, record);
+  int err = path == NULL || xt_config_init(e, path) != 0;
+  free(path);
+  if (err) return free(e), NULL;
+  pthread_rwlock_init(&e->js_lock, NULL);
+  if ((e->mountpoint = get_string(env, mountpoint)) == NULL) return engine_free(e), NULL;
+  return e;
+}
+
+static napi_value fail(napi_env env, struct engine *e, const char *msg) {
+  if (e != NULL) engine_free(e);
+  napi_throw_error(env, NULL, msg);
+  return NULL;
+}
+
+static napi_value js_mount(napi_env env, napi_callback_info info) {
+  size_t argc = 6;
+  napi_value argv[6], name;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  void *buf;
+  size_t len;
+  bool is_buffer = false;
+  if (argc < 6 || napi_is_buffer(env, argv[0], &is_buffer) != napi_ok || !is_buffer) return fail(env, NULL, "mount(tables, record, mountpoint, options, judge, onEvent)");
+  CHECK(napi_get_buffer_info(env, argv[0], &buf, &len));
+
+  char msg[512], *options = get_string(env, argv[3]);
+  struct engine *e = engine_new(env, argv[1], argv[2]);
+  if (e == NULL || options == NULL) {
+    free(options);
+    return fail(env, e, "mount: out of memory or bad string argument");
+  }
+  // A private copy: the request path must not depend on a JS buffer's lifetime or contents.
+  const char *bad = (e->t.image = malloc(len > 0 ? len : 1)) == NULL ? "out of memory" : NULL;
+  if (bad == NULL) {
+    memcpy(e->t.image, buf, len);
+    bad = xt_check(e->t.image, len, &e->t);
+  }
+  if (bad != NULL) {
+    free(options);
+    snprintf(msg, sizeof msg, "mount: bad tables: %s", bad);
+    return fail(env, e, msg);
+  }
+
+  xt_config_prime(env, e, argv[4]);
+
+  char *args_v[] = {"extfs", "-o", options, NULL};
+  struct fuse_args args = FUSE_ARGS_INIT(3, args_v);
+  e->se = fuse_session_new(&args, &xt_ops, sizeof xt_ops, e);
+  fuse_opt_free_args(&args);
+  free(options);
+  if (e->se == NULL) return fail(env, e, "mount: fuse_session_new failed (bad options?)");
+  if (fuse_session_mount(e->se, e->mountpoint) != 0) {
+    snprintf(msg, sizeof msg, "mount: fuse_session_mount on %s failed", e->mountpoint);
+    return fail(env, e, msg);
+  }
+
+  // The threadsafe functions keep the process alive while the view serves; released at unmount.
+  if (napi_create_string_utf8(env, "extfs-view", NAPI_AUTO_LENGTH, &name) != napi_ok ||
+      napi_create_threadsafe_function(env, argv[4], NULL, name, 0, 1, NULL, NULL, NULL, xt_judge_js, &e->judge) != napi_ok ||
+      napi_create_threadsafe_function(env, argv[5], NULL, name, 1024, 1, NULL, NULL, NULL, event_js, &e->events) != napi_ok) {
+    if (e->judge != NULL) napi_release_threadsafe_function(e->judge, napi_tsfn_abort);
+    fuse_session_unmount(e->se);
+    return fail(env, e, "mount: cannot create threadsafe functions");
+  }
+
+  // Node handles signals; the loop and the workers it starts inherit a mask that blocks them all.
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, &old);
+  int err = pthread_create(&e->loop, NULL, loop_main, e);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (err != 0) {
+    napi_release_threadsafe_function(e->judge, napi_tsfn_abort);
+    napi_release_threadsafe_function(e->events, napi_tsfn_abort);
+    fuse_session_unmount(e->se);
+    return fail(env, e, "mount: cannot start the session thread");
+  }
+  napi_add_env_cleanup_hook(env, env_closing, e); // after the functions: runs before their teardown
+  napi_value handle;
+  CHECK(napi_create_external(env, e, handle_finalize, NULL, &handle));
+  return handle;
+}
+
+// ---------------------------------------------------------------------------------- unmount
+
+// On libuv's pool. A real umount(2): EBUSY leaves the view serving. Unmounted already (EINVAL:
+// not a mountpoint any more) counts as done. Once unmounted, the kernel ends the connection, the
+// workers read ENODEV and the loop returns.
+static void unmount_execute(napi_env env, void *data) {
+  (void)env;
+  struct engine *e = data;
+  if (umount2(e->mountpoint, 0) != 0 && errno != EINVAL && errno != ENOENT) {
+    e->unmount_err = errno;
+    return;
+  }
+  e->unmount_err = 0;
+  pthread_join(e->loop, NULL);
+  fuse_session_unmount(e->se); // closes /dev/fuse; finds the connection gone and unmounts nothing
+}
+
+static void unmount_complete(napi_env env, napi_status status, void *data) {
+  struct engine *e = data;
+  napi_deferred deferred = e->unmount_deferred;
+  napi_delete_async_work(env, e->unmount_work);
+  e->unmounting = 0;
+  napi_value err, msg;
+  if (status != napi_ok || e->unmount_err != 0) {
+    char text[512];
+    snprintf(text, sizeof text, "umount %s: %s", e->mountpoint, status != napi_ok ? "cancelled" : strerror(e->unmount_err));
+    napi_create_string_utf8(env, text, NAPI_AUTO_LENGTH, &msg);
+    napi_create_error(env, NULL, msg, &err);
+    napi_reject_deferred(env, deferred, err);
+    return;
+  }
+  // The loop has ended: no worker can call into JS any more.
+  napi_remove_env_cleanup_hook(env, env_closing, e);
+  napi_release_threadsafe_function(e->judge, napi_tsfn_release);
+  napi_release_threadsafe_function(e->events, napi_tsfn_release);
+  engine_teardown(e);
+  if (e->orphaned) free(e);
+  napi_value undefined;
+  napi_get_undefined(env, &undefined);
+  napi_resolve_deferred(env, deferred, undefined);
+}
+
+static napi_value js_unmount(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], promise, name;
+  struct engine *e;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 1 || napi_get_value_external(env, argv[0], (void **)&e) != napi_ok) return fail(env, NULL, "unmount(handle)");
+  if (e->unmounting) return fail(env, NULL, "unmount already in progress");
+  CHECK(napi_create_promise(env, &e->unmount_deferred, &promise));
+  if (e->done) { // unmounted before: nothing to do
+    napi_value undefined;
+    napi_get_undefined(env, &undefined);
+    napi_resolve_deferred(env, e->unmount_deferred, undefined);
+    return promise;
+  }
+  CHECK(napi_create_string_utf8(env, "extfs-view-unmount", NAPI_AUTO_LENGTH, &name));
+  CHECK(napi_create_async_work(env, NULL, name, unmount_execute, unmount_complete, e, &e->unmount_work));
+  CHECK(napi_queue_async_work(env, e->unmount_work));
+  e->unmounting = 1;
+  return promise;
+}
+
+static napi_value init(napi_env env, napi_value exports) {
+  const napi_property_descriptor props[] = {
+    {"layout", NULL, js_layout, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"mount", NULL, js_mount, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"unmount", NULL, js_unmount, NULL, NULL, NULL, napi_enumerable, NULL},
+  };
+  CHECK(napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

@@ -1,0 +1,155 @@
+// The read path: a request (offset, size) of one file → zero runs and device ranges (the same plan as
+// src/extents/plan.ts), read with pread(2) on the O_DIRECT device fds into a per-thread aligned
+// buffer, then one reply. O_DIRECT wants offset, length and buffer aligned (4096 covers every logical
+// block size), so a device range is read as the enclosing aligned range: straight into the reply
+// buffer when the range and its place in the buffer are both aligned (the usual case: block-aligned
+// extents, page-aligned requests), else through a bounce buffer and a copy.
+// A device that fails or reads short is EIO, logged with inode, offset and device; never zeros.
+#include "engine.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define ALIGN ((uint64_t)4096)
+#define BOUNCE (((size_t)1 << 20) + 2 * ALIGN) // bytes; a misaligned range is copied in pieces this size
+
+static uint64_t align_down(uint64_t x) {
+  return x & ~(ALIGN - 1);
+}
+static uint64_t align_up(uint64_t x) {
+  return (x + ALIGN - 1) & ~(ALIGN - 1);
+}
+
+// Per worker thread: the reply buffer and the bounce buffer, freed when libfuse ends the thread.
+struct tbuf {
+  uint8_t *out, *bounce;
+  size_t out_cap;
+};
+static pthread_key_t tbuf_key;
+static pthread_once_t tbuf_once = PTHREAD_ONCE_INIT;
+
+static void tbuf_free(void *p) {
+  struct tbuf *b = p;
+  free(b->out);
+  free(b->bounce);
+  free(b);
+}
+static void tbuf_key_init(void) {
+  pthread_key_create(&tbuf_key, tbuf_free);
+}
+
+// This thread's buffers with at least `need` bytes of reply buffer; NULL when memory ran out.
+static struct tbuf *tbuf_get(size_t need) {
+  pthread_once(&tbuf_once, tbuf_key_init);
+  struct tbuf *b = pthread_getspecific(tbuf_key);
+  if (b == NULL) {
+    if ((b = calloc(1, sizeof *b)) == NULL) return NULL;
+    void *p;
+    if (posix_memalign(&p, ALIGN, BOUNCE) != 0) return free(b), NULL;
+    b->bounce = p;
+    pthread_setspecific(tbuf_key, b);
+  }
+  if (b->out_cap < need) {
+    void *p;
+    if (posix_memalign(&p, ALIGN, need) != 0) return NULL;
+    free(b->out);
+    b->out = p;
+    b->out_cap = need;
+  }
+  return b;
+}
+
+// Read `want` bytes at `off` into `dst`, going on after short reads; 0 when at least `need` arrived
+// (an aligned range may run past the end of the device), else an errno with `why` filled in.
+static int pread_full(int fd, uint8_t *dst, size_t want, uint64_t off, size_t need, char *why, size_t why_len) {
+  size_t got = 0;
+  while (got < want) {
+    ssize_t n = pread(fd, dst + got, want - got, (off_t)(off + got));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      int err = errno;
+      snprintf(why, why_len, "pread of %zu bytes at %llu: %s", want - got, (unsigned long long)(off + got), strerror(err));
+      return EIO;
+    }
+    if (n == 0) break;
+    got += (size_t)n;
+  }
+  if (got >= need) return 0;
+  snprintf(why, why_len, "short read: %zu of %zu bytes at %llu", got, need, (unsigned long long)off);
+  return EIO;
+}
+
+// `len` bytes of device `d` at `doff` into out[pos..]. out has room up to align_up(pos + len).
+static int read_range(struct tbuf *b, const struct xt_device *d, size_t pos, uint64_t doff, size_t len, char *why, size_t why_len) {
+  if (pos % ALIGN == 0 && doff % ALIGN == 0) {
+    // Straight in. The aligned length may run past this range into the buffer's slack or the next
+    // piece's place, which is filled after this one.
+    return pread_full(d->fd, b->out + pos, (size_t)align_up(len), doff, len, why, why_len);
+  }
+  while (len > 0) {
+    uint64_t start = align_down(doff), skip = doff - start;
+    size_t chunk = len < BOUNCE - 2 * ALIGN ? len : BOUNCE - 2 * ALIGN;
+    int err = pread_full(d->fd, b->bounce, (size_t)align_up(skip + chunk), start, (size_t)(skip + chunk), why, why_len);
+    if (err != 0) return err;
+    memcpy(b->out + pos, b->bounce + skip, chunk);
+    pos += chunk;
+    doff += chunk;
+    len -= chunk;
+  }
+  return 0;
+}
+
+// Index (in ext[0..count)) of the first extent ending after `off`: extents are sorted and disjoint,
+// so their ends increase too (see firstExtentEndingAfter in src/extents/plan.ts).
+static uint32_t first_ending_after(const struct xt_extent *ext, uint32_t count, uint64_t off) {
+  uint32_t lo = 0, hi = count;
+  while (lo < hi) {
+    uint32_t mid = lo + (hi - lo) / 2;
+    if (ext[mid].file_offset + ext[mid].length <= off) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+void xt_read(fuse_req_t req, fuse_ino_t nodeid, size_t size, off_t off, struct fuse_file_info *fi) {
+  (void)fi;
+  struct engine *e = fuse_req_userdata(req);
+  const struct xt_inode *n = xt_node(e, nodeid);
+  if (n == NULL) return (void)fuse_reply_err(req, ENOENT);
+  if (!S_ISREG(n->mode)) return (void)fuse_reply_err(req, EISDIR);
+  // Clip at EOF: the tail of the last block, which the last extent may cover, is never returned.
+  uint64_t start = off < 0 ? 0 : (uint64_t)off;
+  if (start >= n->size) return (void)fuse_reply_buf(req, NULL, 0);
+  uint64_t end = n->size - start < size ? n->size : start + size;
+  size_t len = (size_t)(end - start);
+  if (n->flags & XT_INLINE) return (void)fuse_reply_buf(req, e->t.data + n->first + start, len);
+
+  struct tbuf *b = tbuf_get((size_t)align_up(len) + ALIGN);
+  if (b == NULL) return (void)fuse_reply_err(req, ENOMEM);
+  const struct xt_extent *ext = e->t.extents + n->first;
+  uint64_t pos = start;
+  for (uint32_t i = first_ending_after(ext, n->count, start); i < n->count && pos < end; i++) {
+    if (ext[i].file_offset >= end) break;
+    if (ext[i].file_offset > pos) { // a hole, or an unwritten range: zeros
+      memset(b->out + (pos - start), 0, (size_t)(ext[i].file_offset - pos));
+      pos = ext[i].file_offset;
+    }
+    uint64_t stop = ext[i].file_offset + ext[i].length < end ? ext[i].file_offset + ext[i].length : end;
+    uint64_t doff = ext[i].device_offset + (pos - ext[i].file_offset);
+    char why[256];
+    int err = read_range(b, &e->t.devices[ext[i].device], (size_t)(pos - start), doff, (size_t)(stop - pos), why, sizeof why);
+    if (err != 0) {
+      struct xt_event ev = {.kind = XT_EV_READ_FAILED, .index = (uint32_t)(nodeid - 1), .offset = pos,
+                            .device = ext[i].device, .device_offset = doff};
+      snprintf(ev.reason, sizeof ev.reason, "%s", why);
+      xt_post_event(e, &ev);
+      return (void)fuse_reply_err(req, err);
+    }
+    pos = stop;
+  }
+  if (pos < end) memset(b->out + (pos - start), 0, (size_t)(end - pos)); // a hole up to EOF
+  fuse_reply_buf(req, (const char *)b->out, len);
+}

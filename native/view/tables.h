@@ -1,0 +1,120 @@
+// The view's tables: one immutable, little-endian image packed by src/engine/tables.ts from a
+// validated manifest. This header and that module are the two halves of one contract; the addon
+// exports every struct's size and field offsets (layout()) and JS refuses to run if they disagree.
+//
+//   header | inodes[n_inodes] | dirents[n_dirents] | extents[n_extents] | xattrs[n_xattrs]
+//          | devices[n_devices] | names blob | data blob              (each section 8-aligned)
+//
+// - Inodes by dense index; index 0 is the root. FUSE nodeid = index + 1, so the root is FUSE_ROOT_ID.
+//   Hard links are one index reached from several dirents. st_ino is the manifest's `ino`.
+// - Dirents of one directory are contiguous and sorted by name bytes (memcmp, then shorter first):
+//   lookup is a binary search, readdir walks them in order and uses the position as the offset.
+// - Names blob: entry names, UTF-8, each followed by a NUL (fuse_add_direntry wants C strings).
+// - Extents of one file are contiguous and sorted by file_offset, non-overlapping (as validated).
+// - Data blob: symlink targets (NUL-terminated), inline file contents, xattr name lists (one inode's
+//   names back to back, each NUL-terminated: exactly what listxattr returns) and xattr values.
+//   Identical values and name lists are stored once.
+// Blob offsets are u32: the packer refuses images whose blobs pass 4 GiB.
+#ifndef EXTFS_VIEW_TABLES_H
+#define EXTFS_VIEW_TABLES_H
+
+#include <stdint.h>
+
+#define XT_MAGIC 0x54565845u // "EXVT" read as a little-endian u32
+#define XT_VERSION 1u
+
+// xt_inode.flags
+#define XT_INLINE 1u // regular file whose content is in the data blob (first = offset, count = length)
+
+struct xt_header {
+  uint32_t magic, version;
+  uint64_t total_size; // bytes of the whole image, header included
+  uint32_t n_inodes, n_dirents, n_extents, n_xattrs, n_devices;
+  uint32_t block_size; // st_blksize and statfs f_bsize
+  uint64_t inodes_off, dirents_off, extents_off, xattrs_off, devices_off; // byte offsets in the image
+  uint64_t names_off, names_size, data_off, data_size;
+  // statfs figures, as FrozenView.statfs() reports them (blocks in units of frsize)
+  uint64_t sf_bsize, sf_frsize, sf_blocks, sf_bfree, sf_bavail, sf_files, sf_ffree, sf_favail, sf_namemax;
+};
+
+struct xt_inode {
+  uint64_t ino;    // st_ino: the manifest's inode number
+  uint64_t size;   // bytes
+  uint64_t blocks; // st_blocks: 512-byte units allocated on the initiator
+  uint64_t rdev;   // st_rdev for char/block nodes, Linux dev_t encoding
+  int64_t atime_sec, mtime_sec, ctime_sec;
+  uint32_t atime_nsec, mtime_nsec, ctime_nsec;
+  uint32_t uid, gid, nlink;
+  // What `first`/`count` mean depends on the kind:
+  //   dir: dirents[first .. first+count);  file: extents[first .. first+count), or with XT_INLINE
+  //   data[first .. first+count);  symlink: target at data[first], count bytes (NUL follows).
+  uint32_t first, count;
+  uint32_t xattr_first, xattr_count; // xattrs[xattr_first .. +xattr_count), in manifest order
+  uint32_t parent;                   // index of the (first) directory naming it; the root names itself
+  uint16_t mode;                     // st_mode: type bits | permission bits
+  uint16_t flags;                    // XT_INLINE
+};
+
+struct xt_dirent {
+  uint32_t name_off; // in the names blob
+  uint32_t child;    // inode index
+  uint16_t name_len; // bytes, without the NUL (at most 255)
+  uint16_t reserved;
+};
+
+struct xt_extent {
+  uint64_t file_offset;
+  uint64_t device_offset; // on the raw device, partition start included
+  uint64_t length;
+  uint32_t device; // index into devices
+  uint32_t reserved;
+};
+
+struct xt_xattr {
+  uint32_t name_off;  // in the data blob, NUL-terminated; one inode's names are back to back
+  uint32_t value_off; // in the data blob
+  uint32_t value_len;
+  uint16_t name_len; // bytes, without the NUL
+  uint16_t reserved;
+};
+
+struct xt_device {
+  int32_t fd; // open O_RDONLY|O_DIRECT by the control plane, which also closes it after unmount
+  uint32_t reserved;
+  uint64_t size; // bytes, as the manifest states it
+};
+
+// Field lists, used by layout() to export offsets. Keep in step with the structs above.
+#define XT_HEADER_FIELDS(F)                                                                                  \
+  F(magic) F(version) F(total_size) F(n_inodes) F(n_dirents) F(n_extents) F(n_xattrs) F(n_devices)          \
+  F(block_size) F(inodes_off) F(dirents_off) F(extents_off) F(xattrs_off) F(devices_off) F(names_off)       \
+  F(names_size) F(data_off) F(data_size) F(sf_bsize) F(sf_frsize) F(sf_blocks) F(sf_bfree) F(sf_bavail)    \
+  F(sf_files) F(sf_ffree) F(sf_favail) F(sf_namemax)
+#define XT_INODE_FIELDS(F)                                                                                   \
+  F(ino) F(size) F(blocks) F(rdev) F(atime_sec) F(mtime_sec) F(ctime_sec) F(atime_nsec) F(mtime_nsec)       \
+  F(ctime_nsec) F(uid) F(gid) F(nlink) F(first) F(count) F(xattr_first) F(xattr_count) F(parent) F(mode)   \
+  F(flags)
+#define XT_DIRENT_FIELDS(F) F(name_off) F(child) F(name_len) F(reserved)
+#define XT_EXTENT_FIELDS(F) F(file_offset) F(device_offset) F(length) F(device) F(reserved)
+#define XT_XATTR_FIELDS(F) F(name_off) F(value_off) F(value_len) F(name_len) F(reserved)
+#define XT_DEVICE_FIELDS(F) F(fd) F(reserved) F(size)
+
+// A loaded image: pointers into one malloc'd copy, checked once by xt_check() so that the request
+// path can trust every index and offset in it.
+struct xt_tables {
+  void *image;
+  const struct xt_header *h;
+  const struct xt_inode *inodes;
+  const struct xt_dirent *dirents;
+  const struct xt_extent *extents;
+  const struct xt_xattr *xattrs;
+  const struct xt_device *devices;
+  const char *names;
+  const char *data;
+};
+
+// Check every section bound, index and blob range of a packed image (len bytes at image) and fill
+// `t`. Returns NULL, or a static message saying what is wrong. Defined in engine.c.
+const char *xt_check(const void *image, uint64_t len, struct xt_tables *t);
+
+#endif

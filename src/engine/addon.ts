@@ -1,0 +1,55 @@
+// The native view engine's addon (native/view/, target extfs_view in binding.gyp), loaded once and
+// checked against the table layout of ./tables.ts before anything is handed to it.
+import path from 'node:path'
+import { checkLayout, type NativeLayout } from './tables'
+
+/** What C reports to JS, asynchronously, for a log line. */
+export interface EngineEvent {
+  kind: 'open' | 'read'
+  /** Inode index in the tables. */
+  index: number
+  /** read: file offset of the failed piece. */
+  offset: number
+  /** read: device index. */
+  device: number
+  /** read: byte offset on the device. */
+  deviceOffset: number
+  /** open: why the image is not current; read: what the device did. */
+  reason: string
+}
+
+export interface Verdict {
+  ok: boolean
+  reason?: string
+}
+
+/** Opaque: one mounted session. */
+export type SessionHandle = { readonly __session: unique symbol }
+
+export interface ViewAddon {
+  layout(): NativeLayout
+  /**
+   * Copy and check `tables`, mount with libfuse3 (`options` is a `-o` string) and serve on a session
+   * thread. `judge` is called on the JS thread when the config-ID record changed since the last "ok"
+   * (a FUSE open waits for it, at most 5 s); `onEvent` receives log events. Throws if not mounted.
+   */
+  mount(tables: Buffer, recordPath: string, mountpoint: string, options: string, judge: () => Verdict, onEvent: (ev: EngineEvent) => void): SessionHandle
+  /** umount(2) (not lazy), end the session, free everything. Rejects "...busy" and keeps serving. */
+  unmount(handle: SessionHandle): Promise<void>
+}
+
+let loaded: ViewAddon | undefined
+
+/**
+ * The addon, built by node-gyp into build/Release. EXTFS_VIEW_ADDON names another build of it (an
+ * AddressSanitizer build for tests, say).
+ */
+export function viewAddon(): ViewAddon {
+  if (loaded) return loaded
+  // dist/engine/addon.js and src/engine/addon.ts both sit two levels below the package root.
+  const file = process.env.EXTFS_VIEW_ADDON || path.join(__dirname, '..', '..', 'build', 'Release', 'extfs_view.node')
+  const addon = require(file) as ViewAddon
+  checkLayout(addon.layout())
+  loaded = addon
+  return addon
+}

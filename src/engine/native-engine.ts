@@ -1,0 +1,120 @@
+// The native engine: the view served in C on libfuse3's low-level API (native/view/). JS packs the
+// manifest into tables once, mounts, and then only answers two rare calls from C: "judge the
+// config-ID record, it changed" and "log this refused open / failed read". Requests never reach JS.
+import { promises as fsp, writeFileSync } from 'node:fs'
+import type { Logger } from 'pino'
+import type { Manifest } from '../manifest/types'
+import type { RawDevice } from '../device/reader'
+import type { ConfigWatch } from '../configid/record'
+import type { MountOptions, ViewEngine } from '../view/engine'
+import { packTables, type PackedTables, type PathTable } from './tables'
+import { viewAddon, type EngineEvent, type SessionHandle, type Verdict } from './addon'
+
+/**
+ * Readahead window of the view's backing device info, in KiB. The kernel starts FUSE mounts at
+ * 128 KiB, which caps sequential reads at 128 KiB requests; a larger window lets the kernel send
+ * 1 MiB requests (max_pages) and keep several in flight on the session's worker threads.
+ */
+const READAHEAD_KB = 16384
+
+/**
+ * Serving keeps the process alive (two threadsafe functions stay referenced) until unmount() has
+ * resolved; then nothing of the engine is left. While mounted, the serving process's JS thread must
+ * not open files in the view synchronously (fs.*Sync): an open may wait for this thread to judge a
+ * changed config-ID record, and would be refused after 5 s. Asynchronous calls are fine.
+ */
+export class NativeEngine implements ViewEngine {
+  readonly rootIno: number
+  private packed?: PackedTables
+  private readonly paths: PathTable
+  private readonly deviceIds: string[]
+  private session?: SessionHandle
+  private unmounting?: Promise<void>
+
+  constructor(
+    private readonly manifest: Manifest,
+    private readonly devices: RawDevice[],
+    private readonly config: ConfigWatch,
+    private readonly log: Logger,
+  ) {
+    this.packed = packTables(manifest, devices.map((d) => d.fd))
+    this.paths = this.packed.paths
+    this.deviceIds = devices.map((d) => d.id)
+    this.rootIno = manifest.root
+  }
+
+  async mount(mountpoint: string, opts: MountOptions): Promise<void> {
+    if (this.session) throw new Error(`view already mounted`)
+    const addon = viewAddon()
+    const packed = this.packed ?? packTables(this.manifest, this.devices.map((d) => d.fd))
+    const options = ['ro', 'default_permissions', `fsname=${escapeOption(opts.fsname)}`, 'subtype=extfs']
+    if (opts.allowOther) options.push('allow_other')
+    this.session = addon.mount(packed.image, this.config.file, mountpoint, options.join(','),
+      () => this.judge(), (ev) => this.report(ev))
+    this.packed = undefined // C keeps its own copy; a later mount packs again
+    this.log.debug({ mountpoint, tables: packed.counts, bytes: packed.image.length }, 'native engine mounted')
+    try {
+      // Answered once the kernel finished FUSE_INIT with the session thread: the view serves.
+      const st = await fsp.stat(mountpoint)
+      if (st.ino !== this.rootIno) throw new Error(`mount on ${mountpoint} answers with inode ${st.ino}, not the view's root ${this.rootIno}`)
+      this.raiseReadahead(st.dev)
+    } catch (err) {
+      await this.unmount().catch(() => undefined)
+      throw err
+    }
+  }
+
+  unmount(): Promise<void> {
+    const session = this.session
+    if (!session) return Promise.resolve()
+    this.unmounting ??= viewAddon().unmount(session).then(
+      () => {
+        this.session = undefined
+        this.unmounting = undefined
+      },
+      (err: Error) => {
+        this.unmounting = undefined
+        throw err
+      },
+    )
+    return this.unmounting
+  }
+
+  /** Called from C (JS thread) when the record changed since the last "ok": ConfigWatch decides. */
+  private judge(): Verdict {
+    try {
+      const v = this.config.check()
+      return v.ok ? { ok: true } : { ok: false, reason: v.reason }
+    } catch (err) {
+      return { ok: false, reason: `config-ID check failed: ${(err as Error).message}` }
+    }
+  }
+
+  /** Log lines for what C refused or failed; the same fields and messages as FrozenView. */
+  private report(ev: EngineEvent): void {
+    const ino = this.paths.ino(ev.index)
+    if (ev.kind === 'open') {
+      this.log.warn({ op: 'open', path: this.paths.path(ev.index), ino, reason: ev.reason }, 'open refused: frozen image not current')
+    } else {
+      this.log.error({ op: 'read', ino, offset: ev.offset, device: this.deviceIds[ev.device] ?? ev.device, deviceOffset: ev.deviceOffset, err: ev.reason }, 'read failed')
+    }
+  }
+
+  private raiseReadahead(dev: number): void {
+    // Linux dev_t, glibc encoding (gnu_dev_major/minor); FUSE mounts have major 0.
+    const d = BigInt(dev)
+    const major = ((d >> 8n) & 0xfffn) | ((d >> 32n) & ~0xfffn)
+    const minor = (d & 0xffn) | ((d >> 12n) & ~0xffn)
+    const file = `/sys/class/bdi/${major}:${minor}/read_ahead_kb`
+    try {
+      writeFileSync(file, `${READAHEAD_KB}\n`)
+    } catch (err) {
+      this.log.debug({ file, err: (err as Error).message }, 'cannot raise readahead; reads stay at 128 KiB')
+    }
+  }
+}
+
+/** libfuse splits -o at commas; a backslash escapes one. */
+function escapeOption(value: string): string {
+  return value.replace(/[\\,]/g, (c) => `\\${c}`)
+}

@@ -1,0 +1,479 @@
+// The native engine's tables: a validated manifest packed into one little-endian image that the C
+// engine serves from without calling back into JS. Pure: no I/O.
+//
+// This module and native/view/tables.h are the two halves of one layout; the addon exports its
+// struct sizes and field offsets and `checkLayout` refuses to run when they differ from LAYOUT.
+//
+//   header | inodes | dirents | extents | xattrs | devices | names blob | data blob   (8-aligned)
+//
+// - inodes by dense index in breadth-first order from the root (index 0; FUSE nodeid = index + 1,
+//   so the root is FUSE_ROOT_ID). Hard links are one index named by several dirents. st_ino is the
+//   manifest `ino`. A directory's children get neighbouring indexes, so a listing stays in cache.
+// - dirents of one directory are contiguous and sorted by the UTF-8 bytes of their names
+//   (Buffer.compare = memcmp, then shorter first): lookup is a binary search; readdir walks them in
+//   order with the position as the offset.
+// - extents of one file are contiguous, sorted by fileOffset; neighbours contiguous on file and
+//   device are merged (fewer preads, same bytes).
+// - names blob: entry names, each NUL-terminated. data blob: symlink targets (NUL-terminated), inline
+//   contents, xattr name lists (one inode's names back to back, NUL-terminated: listxattr's reply)
+//   and xattr values; identical values and name lists are stored once.
+//
+// Cost per inode: 104 bytes (inode) + 12 per name (dirent) + name bytes + 1, + 32 per extent, + 16
+// per xattr (+ its name and value unless shared). A 4 KiB file named "f000123" with one extent:
+// 104 + 12 + 8 + 32 = 156 bytes.
+import type { Extent, Inode, Manifest } from '../manifest/types'
+
+export const TABLES_MAGIC = 0x54565845 // "EXVT" as a little-endian u32
+export const TABLES_VERSION = 1
+/** xt_inode.flags: a regular file whose content is in the data blob. */
+export const FLAG_INLINE = 1
+
+type FieldType = 'u16' | 'u32' | 'i32' | 'u64' | 'i64'
+const FIELD_BYTES: Record<FieldType, number> = { u16: 2, u32: 4, i32: 4, u64: 8, i64: 8 }
+
+export interface StructLayout {
+  size: number
+  fields: Record<string, { offset: number; size: number; type: FieldType }>
+}
+
+/** Offsets as a C compiler lays the struct out on x86-64 and arm64: natural alignment, no packing. */
+function struct(spec: string): StructLayout {
+  const fields: StructLayout['fields'] = {}
+  let offset = 0
+  let align = 1
+  for (const item of spec.trim().split(/\s+/)) {
+    const [name, type] = item.split(':') as [string, FieldType]
+    const size = FIELD_BYTES[type]
+    offset = Math.ceil(offset / size) * size
+    fields[name] = { offset, size, type }
+    offset += size
+    align = Math.max(align, size)
+  }
+  return { size: Math.ceil(offset / align) * align, fields }
+}
+
+export const LAYOUT = {
+  header: struct(`magic:u32 version:u32 total_size:u64 n_inodes:u32 n_dirents:u32 n_extents:u32 n_xattrs:u32
+    n_devices:u32 block_size:u32 inodes_off:u64 dirents_off:u64 extents_off:u64 xattrs_off:u64 devices_off:u64
+    names_off:u64 names_size:u64 data_off:u64 data_size:u64 sf_bsize:u64 sf_frsize:u64 sf_blocks:u64
+    sf_bfree:u64 sf_bavail:u64 sf_files:u64 sf_ffree:u64 sf_favail:u64 sf_namemax:u64`),
+  inode: struct(`ino:u64 size:u64 blocks:u64 rdev:u64 atime_sec:i64 mtime_sec:i64 ctime_sec:i64 atime_nsec:u32
+    mtime_nsec:u32 ctime_nsec:u32 uid:u32 gid:u32 nlink:u32 first:u32 count:u32 xattr_first:u32 xattr_count:u32
+    parent:u32 mode:u16 flags:u16`),
+  dirent: struct('name_off:u32 child:u32 name_len:u16 reserved:u16'),
+  extent: struct('file_offset:u64 device_offset:u64 length:u64 device:u32 reserved:u32'),
+  xattr: struct('name_off:u32 value_off:u32 value_len:u32 name_len:u16 reserved:u16'),
+  device: struct('fd:i32 reserved:u32 size:u64'),
+} as const
+
+export type StructName = keyof typeof LAYOUT
+
+/** What the addon's layout() returns: {version, magic, <struct>: {size, fields: {name: {offset, size}}}}. */
+export interface NativeLayout {
+  version: number
+  magic: number
+  [struct: string]: number | { size: number; fields: Record<string, { offset: number; size: number }> }
+}
+
+/** Throws unless the addon was built from the same layout as this module. */
+export function checkLayout(native: NativeLayout): void {
+  const problems: string[] = []
+  if (native.version !== TABLES_VERSION || native.magic !== TABLES_MAGIC) problems.push(`version ${native.version}, expected ${TABLES_VERSION}`)
+  for (const [name, js] of Object.entries(LAYOUT)) {
+    const c = native[name]
+    if (typeof c !== 'object') {
+      problems.push(`${name}: missing in the addon`)
+      continue
+    }
+    if (c.size !== js.size) problems.push(`${name}: size ${c.size} in C, ${js.size} in JS`)
+    const names = new Set([...Object.keys(c.fields), ...Object.keys(js.fields)])
+    for (const f of names) {
+      const a = c.fields[f]
+      const b = (js.fields as StructLayout['fields'])[f]
+      if (!a || !b || a.offset !== b.offset || a.size !== b.size) {
+        problems.push(`${name}.${f}: ${a ? `${a.size}@${a.offset}` : 'absent'} in C, ${b ? `${b.size}@${b.offset}` : 'absent'} in JS`)
+      }
+    }
+  }
+  if (problems.length) throw new Error(`native view tables layout differs from src/engine/tables.ts: ${problems.join('; ')}`)
+}
+
+// ------------------------------------------------------------------------------------- packing
+
+const TYPE_BITS: Record<Inode['kind'], number> = {
+  file: 0o100000, dir: 0o040000, symlink: 0o120000, fifo: 0o010000, char: 0o020000, block: 0o060000, socket: 0o140000,
+}
+const U32_MAX = 0xffff_ffff
+const TWO32 = 2 ** 32
+
+/** The statfs figures of FrozenView.statfs(): sizes of the image as exported, nothing free. */
+export interface StatFsFigures {
+  bsize: number; frsize: number; blocks: number; bfree: number; bavail: number
+  files: number; ffree: number; favail: number; namemax: number
+}
+
+export function imageStatFs(manifest: Manifest): StatFsFigures {
+  const bsize = manifest.blockSize
+  let blocks512 = 0 // st_blocks counts 512-byte units
+  for (const i of manifest.inodes) blocks512 += i.blocks
+  const files = manifest.inodes.length
+  return { bsize, frsize: bsize, blocks: Math.ceil((blocks512 * 512) / bsize), bfree: 0, bavail: 0, files, ffree: 0, favail: 0, namemax: 255 }
+}
+
+/** An append-only blob whose pieces can be shared: `add` with the same key returns the same offset. */
+class Blob {
+  readonly parts: Buffer[] = []
+  size = 0
+  private readonly seen = new Map<string, number>()
+
+  add(bytes: Buffer, key?: string): number {
+    if (key !== undefined) {
+      const at = this.seen.get(key)
+      if (at !== undefined) return at
+      this.seen.set(key, this.size)
+    }
+    const at = this.size
+    this.parts.push(bytes)
+    this.size += bytes.length
+    if (this.size > U32_MAX) throw new RangeError('view tables: a blob passes 4 GiB (u32 offsets)')
+    return at
+  }
+}
+
+const NUL = Buffer.alloc(1)
+
+/** Merge extents that continue each other on file and device (same device). */
+export function mergeExtents(extents: readonly Extent[]): Extent[] {
+  const out: Extent[] = []
+  for (const e of extents) {
+    const last = out[out.length - 1]
+    if (last && last.device === e.device && last.fileOffset + last.length === e.fileOffset && last.deviceOffset + last.length === e.deviceOffset) {
+      out[out.length - 1] = { ...last, length: last.length + e.length }
+    } else out.push(e)
+  }
+  return out
+}
+
+export interface PackedTables {
+  image: Buffer
+  paths: PathTable
+  counts: { inodes: number; dirents: number; extents: number; xattrs: number; names: number; data: number }
+}
+
+/**
+ * Pack a validated manifest (the validator guarantees a tree: every inode reachable, one parent per
+ * directory, sorted non-overlapping extents). `deviceFds` is indexed like manifest.devices.
+ */
+export function packTables(manifest: Manifest, deviceFds: readonly number[]): PackedTables {
+  if (deviceFds.length !== manifest.devices.length) throw new RangeError(`view tables: ${deviceFds.length} device fds for ${manifest.devices.length} devices`)
+  const byIno = new Map<number, Inode>()
+  for (const i of manifest.inodes) byIno.set(i.ino, i)
+  const root = byIno.get(manifest.root)
+  if (!root || root.kind !== 'dir') throw new RangeError('view tables: the root is not a directory')
+
+  // Breadth-first numbering; dirents in directory (= index) order, each directory's sorted by bytes.
+  const order: Inode[] = [root]
+  const indexOf = new Map<number, number>([[root.ino, 0]])
+  const parent: number[] = [0]
+  const nameDirent: number[] = [-1]
+  const dirFirst = new Map<number, number>()
+  const names = new Blob()
+  const dNameOff: number[] = []
+  const dNameLen: number[] = []
+  const dChild: number[] = []
+  for (let i = 0; i < order.length; i++) {
+    const dir = order[i]!
+    if (dir.kind !== 'dir') continue
+    dirFirst.set(i, dChild.length)
+    const entries = (dir.entries ?? []).map((e) => ({ name: Buffer.from(e.name, 'utf8'), ino: e.ino }))
+    entries.sort((a, b) => Buffer.compare(a.name, b.name))
+    for (const e of entries) {
+      let child = indexOf.get(e.ino)
+      if (child === undefined) {
+        const node = byIno.get(e.ino)
+        if (!node) throw new RangeError(`view tables: entry ${e.name.toString()} names missing inode ${e.ino}`)
+        child = order.length
+        indexOf.set(e.ino, child)
+        order.push(node)
+        parent.push(i)
+        nameDirent.push(dChild.length)
+      }
+      dNameOff.push(names.add(e.name))
+      names.add(NUL)
+      dNameLen.push(e.name.length)
+      dChild.push(child)
+    }
+  }
+  if (order.length !== manifest.inodes.length) throw new RangeError(`view tables: ${manifest.inodes.length - order.length} inodes unreachable from the root`)
+  if (dChild.length > U32_MAX) throw new RangeError('view tables: too many directory entries')
+
+  // Per inode: what first/count point at, extents, xattrs, and the data blob.
+  const data = new Blob()
+  const first = new Array<number>(order.length).fill(0)
+  const count = new Array<number>(order.length).fill(0)
+  const flags = new Array<number>(order.length).fill(0)
+  const xFirst = new Array<number>(order.length).fill(0)
+  const xCount = new Array<number>(order.length).fill(0)
+  const extents: Extent[] = []
+  const xattrs: { nameOff: number; nameLen: number; valueOff: number; valueLen: number }[] = []
+  for (let i = 0; i < order.length; i++) {
+    const n = order[i]!
+    if (n.kind === 'dir') {
+      first[i] = dirFirst.get(i)!
+      count[i] = n.entries?.length ?? 0
+    } else if (n.kind === 'symlink') {
+      const target = Buffer.from(n.target ?? '', 'utf8')
+      first[i] = data.add(Buffer.concat([target, NUL]), `L${n.target}`)
+      count[i] = target.length
+    } else if (n.kind === 'file' && n.inline !== undefined) {
+      const content = Buffer.from(n.inline, 'base64')
+      first[i] = data.add(content, `I${n.inline}`)
+      count[i] = content.length
+      flags[i] = FLAG_INLINE
+    } else if (n.kind === 'file') {
+      const merged = mergeExtents(n.extents ?? [])
+      first[i] = extents.length
+      count[i] = merged.length
+      for (const e of merged) extents.push(e)
+    }
+    const attrNames = Object.keys(n.xattrs ?? {})
+    if (attrNames.length > 0) {
+      const encoded = attrNames.map((a) => Buffer.from(a, 'utf8'))
+      let at = data.add(Buffer.concat(encoded.flatMap((b) => [b, NUL])), `N${attrNames.join('\0')}`)
+      xFirst[i] = xattrs.length
+      xCount[i] = attrNames.length
+      for (const [k, name] of attrNames.entries()) {
+        const b64 = n.xattrs![name]!
+        const value = Buffer.from(b64, 'base64')
+        xattrs.push({ nameOff: at, nameLen: encoded[k]!.length, valueOff: data.add(value, `V${b64}`), valueLen: value.length })
+        at += encoded[k]!.length + 1
+      }
+    }
+  }
+  if (extents.length > U32_MAX || xattrs.length > U32_MAX) throw new RangeError('view tables: too many extents or xattrs')
+
+  // Sections, 8-aligned, in the order of tables.h.
+  const L = LAYOUT
+  const align8 = (x: number) => Math.ceil(x / 8) * 8
+  const inodesOff = align8(L.header.size)
+  const direntsOff = align8(inodesOff + order.length * L.inode.size)
+  const extentsOff = align8(direntsOff + dChild.length * L.dirent.size)
+  const xattrsOff = align8(extentsOff + extents.length * L.extent.size)
+  const devicesOff = align8(xattrsOff + xattrs.length * L.xattr.size)
+  const namesOff = align8(devicesOff + deviceFds.length * L.device.size)
+  const dataOff = align8(namesOff + names.size)
+  const total = align8(dataOff + data.size)
+  const image = Buffer.alloc(total)
+  const w = new Writer(image)
+
+  const sf = imageStatFs(manifest)
+  w.struct('header', 0, {
+    magic: TABLES_MAGIC, version: TABLES_VERSION, total_size: total, n_inodes: order.length, n_dirents: dChild.length,
+    n_extents: extents.length, n_xattrs: xattrs.length, n_devices: deviceFds.length, block_size: manifest.blockSize,
+    inodes_off: inodesOff, dirents_off: direntsOff, extents_off: extentsOff, xattrs_off: xattrsOff, devices_off: devicesOff,
+    names_off: namesOff, names_size: names.size, data_off: dataOff, data_size: data.size,
+    sf_bsize: sf.bsize, sf_frsize: sf.frsize, sf_blocks: sf.blocks, sf_bfree: sf.bfree, sf_bavail: sf.bavail,
+    sf_files: sf.files, sf_ffree: sf.ffree, sf_favail: sf.favail, sf_namemax: sf.namemax,
+  })
+  for (let i = 0; i < order.length; i++) {
+    const n = order[i]!
+    w.struct('inode', inodesOff + i * L.inode.size, {
+      ino: n.ino, size: n.size, blocks: n.blocks, rdev: n.rdev ?? 0,
+      atime_sec: n.atime[0], mtime_sec: n.mtime[0], ctime_sec: n.ctime[0],
+      atime_nsec: n.atime[1], mtime_nsec: n.mtime[1], ctime_nsec: n.ctime[1],
+      uid: n.uid, gid: n.gid, nlink: n.nlink, first: first[i]!, count: count[i]!,
+      xattr_first: xFirst[i]!, xattr_count: xCount[i]!, parent: parent[i]!, mode: TYPE_BITS[n.kind] | n.perm, flags: flags[i]!,
+    })
+  }
+  for (let d = 0; d < dChild.length; d++) {
+    w.struct('dirent', direntsOff + d * L.dirent.size, { name_off: dNameOff[d]!, child: dChild[d]!, name_len: dNameLen[d]! })
+  }
+  extents.forEach((e, k) => w.struct('extent', extentsOff + k * L.extent.size, {
+    file_offset: e.fileOffset, device_offset: e.deviceOffset, length: e.length, device: e.device,
+  }))
+  xattrs.forEach((x, k) => w.struct('xattr', xattrsOff + k * L.xattr.size, {
+    name_off: x.nameOff, value_off: x.valueOff, value_len: x.valueLen, name_len: x.nameLen,
+  }))
+  deviceFds.forEach((fd, k) => w.struct('device', devicesOff + k * L.device.size, { fd, size: manifest.devices[k]!.size }))
+  copyParts(image, namesOff, names.parts)
+  copyParts(image, dataOff, data.parts)
+
+  // For log lines: index → ino and path, without keeping the image (C has its own copy).
+  const nameOffs = Uint32Array.from(nameDirent, (d) => (d < 0 ? 0 : dNameOff[d]!))
+  const nameLens = Uint16Array.from(nameDirent, (d) => (d < 0 ? 0 : dNameLen[d]!))
+  const paths = new PathTable(Float64Array.from(order, (n) => n.ino), Int32Array.from(parent), nameOffs, nameLens,
+    Buffer.from(image.subarray(namesOff, namesOff + names.size)))
+  return {
+    image, paths,
+    counts: { inodes: order.length, dirents: dChild.length, extents: extents.length, xattrs: xattrs.length, names: names.size, data: data.size },
+  }
+}
+
+function copyParts(image: Buffer, at: number, parts: Buffer[]): void {
+  for (const p of parts) at += p.copy(image, at)
+}
+
+/** Writes struct fields by name at their LAYOUT offsets; u64/i64 from safe integers (< 2^53). */
+class Writer {
+  private readonly view: DataView
+
+  constructor(buf: Buffer) {
+    this.view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength)
+  }
+
+  struct(name: StructName, at: number, values: Record<string, number>): void {
+    const fields = LAYOUT[name].fields as StructLayout['fields']
+    for (const key in values) {
+      const f = fields[key]
+      if (f === undefined) throw new Error(`view tables: ${name} has no field ${key}`)
+      const v = values[key]!
+      const o = at + f.offset
+      switch (f.type) {
+        case 'u16': this.view.setUint16(o, v, true); break
+        case 'u32': this.view.setUint32(o, v, true); break
+        case 'i32': this.view.setInt32(o, v, true); break
+        case 'u64':
+        case 'i64': // two's complement: the high word carries the sign
+          this.view.setUint32(o, ((v % TWO32) + TWO32) % TWO32, true)
+          this.view.setInt32(o + 4, Math.floor(v / TWO32), true)
+          break
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------- reading
+
+/** Inode index → manifest ino and a path in the view ("/a/b"), for log lines. */
+export class PathTable {
+  constructor(
+    private readonly inos: Float64Array,
+    private readonly parents: Int32Array,
+    private readonly nameOffs: Uint32Array,
+    private readonly nameLens: Uint16Array,
+    private readonly names: Buffer,
+  ) {}
+
+  ino(index: number): number {
+    return this.inos[index] ?? -1
+  }
+
+  /** The path of the first name of the inode (a hard link has others). */
+  path(index: number): string {
+    if (index < 0 || index >= this.inos.length) return `(inode index ${index})`
+    const parts: string[] = []
+    for (let i = index; i !== 0; i = this.parents[i]!) {
+      parts.push(this.names.toString('utf8', this.nameOffs[i]!, this.nameOffs[i]! + this.nameLens[i]!))
+    }
+    return '/' + parts.reverse().join('/')
+  }
+}
+
+/** A struct read back: field name → value. */
+type Fields = Record<string, number>
+
+/**
+ * Reads a packed image the way the C engine does (binary-search lookup, extents, xattrs). For tests
+ * and debugging; the request path is in C.
+ */
+export class TableReader {
+  private readonly view: DataView
+  readonly header: Fields
+
+  constructor(private readonly image: Buffer) {
+    this.view = new DataView(image.buffer, image.byteOffset, image.byteLength)
+    this.header = this.struct('header', 0)
+  }
+
+  struct(name: StructName, at: number): Fields {
+    const out: Record<string, number> = {}
+    for (const [key, f] of Object.entries(LAYOUT[name].fields as StructLayout['fields'])) {
+      const o = at + f.offset
+      out[key] = f.type === 'u16' ? this.view.getUint16(o, true)
+        : f.type === 'u32' ? this.view.getUint32(o, true)
+          : f.type === 'i32' ? this.view.getInt32(o, true)
+            : this.view.getInt32(o + 4, true) * TWO32 + this.view.getUint32(o, true)
+    }
+    return out
+  }
+
+  inode(index: number): Fields {
+    return this.struct('inode', this.header.inodes_off + index * LAYOUT.inode.size)
+  }
+
+  dirent(k: number): { child: number; name: Buffer } {
+    const d = this.struct('dirent', this.header.dirents_off + k * LAYOUT.dirent.size)
+    const at = this.header.names_off + d.name_off
+    return { child: d.child, name: this.image.subarray(at, at + d.name_len) }
+  }
+
+  /** A directory's entries in table order. */
+  readdir(dirIndex: number): { name: string; child: number }[] {
+    const dir = this.inode(dirIndex)
+    return Array.from({ length: dir.count }, (_, k) => {
+      const d = this.dirent(dir.first + k)
+      return { name: d.name.toString('utf8'), child: d.child }
+    })
+  }
+
+  /** Binary search by name bytes, as ops.c does; the child's index or undefined. */
+  lookup(dirIndex: number, name: string): number | undefined {
+    const dir = this.inode(dirIndex)
+    const want = Buffer.from(name, 'utf8')
+    let lo = 0
+    let hi = dir.count
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1
+      const d = this.dirent(dir.first + mid)
+      const c = Buffer.compare(d.name, want)
+      if (c === 0) return d.child
+      if (c < 0) lo = mid + 1
+      else hi = mid
+    }
+    return undefined
+  }
+
+  /** The index reached from the root by a "/"-separated path. */
+  resolve(path: string): number | undefined {
+    let index: number | undefined = 0
+    for (const part of path.split('/')) if (part && index !== undefined) index = this.lookup(index, part)
+    return index
+  }
+
+  extents(index: number): Extent[] {
+    const n = this.inode(index)
+    if (n.flags & FLAG_INLINE) return []
+    return Array.from({ length: n.count }, (_, k) => {
+      const e = this.struct('extent', this.header.extents_off + (n.first + k) * LAYOUT.extent.size)
+      return { fileOffset: e.file_offset, device: e.device, deviceOffset: e.device_offset, length: e.length }
+    })
+  }
+
+  /** Bytes of the data blob: symlink target or inline content. */
+  data(index: number): Buffer {
+    const n = this.inode(index)
+    const at = this.header.data_off + n.first
+    return this.image.subarray(at, at + n.count)
+  }
+
+  xattrs(index: number): Record<string, Buffer> {
+    const n = this.inode(index)
+    const out: Record<string, Buffer> = {}
+    for (let k = 0; k < n.xattr_count; k++) {
+      const x = this.struct('xattr', this.header.xattrs_off + (n.xattr_first + k) * LAYOUT.xattr.size)
+      const d = this.header.data_off
+      out[this.image.toString('utf8', d + x.name_off, d + x.name_off + x.name_len)] = this.image.subarray(d + x.value_off, d + x.value_off + x.value_len)
+    }
+    return out
+  }
+
+  /** listxattr's reply: the inode's names back to back, NUL-terminated. */
+  listxattr(index: number): Buffer {
+    const n = this.inode(index)
+    if (n.xattr_count === 0) return Buffer.alloc(0)
+    const firstX = this.struct('xattr', this.header.xattrs_off + n.xattr_first * LAYOUT.xattr.size)
+    const lastX = this.struct('xattr', this.header.xattrs_off + (n.xattr_first + n.xattr_count - 1) * LAYOUT.xattr.size)
+    const d = this.header.data_off
+    return this.image.subarray(d + firstX.name_off, d + lastX.name_off + lastX.name_len + 1)
+  }
+}
