@@ -47,9 +47,6 @@ static struct tbuf *tbuf_get(size_t need) {
   struct tbuf *b = pthread_getspecific(tbuf_key);
   if (b == NULL) {
     if ((b = calloc(1, sizeof *b)) == NULL) return NULL;
-    void *p;
-    if (posix_memalign(&p, ALIGN, BOUNCE) != 0) return free(b), NULL;
-    b->bounce = p;
     pthread_setspecific(tbuf_key, b);
   }
   if (b->out_cap < need) {
@@ -88,6 +85,11 @@ static int read_range(struct tbuf *b, const struct xt_device *d, size_t pos, uin
     // Straight in. The aligned length may run past this range into the buffer's slack or the next
     // piece's place, which is filled after this one.
     return pread_full(d->fd, b->out + pos, (size_t)align_up(len), doff, len, why, why_len);
+  }
+  if (b->bounce == NULL) { // only misaligned ranges need one: allocated on first use
+    void *p;
+    if (posix_memalign(&p, ALIGN, BOUNCE) != 0) return snprintf(why, why_len, "out of memory"), ENOMEM;
+    b->bounce = p;
   }
   while (len > 0) {
     uint64_t start = align_down(doff), skip = doff - start;

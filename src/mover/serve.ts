@@ -55,8 +55,10 @@ export async function serve(opts: ServeOptions): Promise<void> {
     const st = await fs.promises.stat(mountpoint)
     if (st.ino !== engine.rootIno) throw new MountpointError(`mount on ${mountpoint} does not answer as the view`)
   } catch (err) {
-    if (engine) await engine.unmount().catch(() => undefined)
-    for (const d of image?.devices ?? []) d.close()
+    // The device fds may be closed only once nothing serves from them: while an unmount has not gone
+    // through, the engine may still read them, and a reused fd number would serve foreign bytes.
+    const stopped = engine ? await engine.unmount().then(() => true, () => false) : true
+    if (stopped) for (const d of image?.devices ?? []) d.close()
     opts.onReady(err as Error)
     return
   }
