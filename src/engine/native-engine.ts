@@ -7,6 +7,7 @@ import type { Manifest } from '../manifest/types'
 import type { RawDevice } from '../device/reader'
 import type { ConfigWatch } from '../configid/record'
 import type { MountOptions, ViewEngine } from '../view/engine'
+import { splitDev } from '../mapping/blockdev'
 import { packTables, type PackedTables, type PathTable } from './tables'
 import { viewAddon, type EngineEvent, type SessionHandle, type Verdict } from './addon'
 
@@ -101,10 +102,7 @@ export class NativeEngine implements ViewEngine {
   }
 
   private raiseReadahead(dev: number): void {
-    // Linux dev_t, glibc encoding (gnu_dev_major/minor); FUSE mounts have major 0.
-    const d = BigInt(dev)
-    const major = ((d >> 8n) & 0xfffn) | ((d >> 32n) & ~0xfffn)
-    const minor = (d & 0xffn) | ((d >> 12n) & ~0xffn)
+    const { major, minor } = splitDev(dev) // FUSE mounts have major 0
     const file = `/sys/class/bdi/${major}:${minor}/read_ahead_kb`
     try {
       writeFileSync(file, `${READAHEAD_KB}\n`)

@@ -11,7 +11,7 @@ import { writeManifestFile } from '../manifest/io'
 import { writeRecord } from '../configid/record'
 import { freezeFilesystem, thawFilesystem } from '../frozen/freeze'
 import { mountOf, MountEntry } from '../mapping/mountinfo'
-import { rawDeviceOf } from '../mapping/blockdev'
+import { rawDeviceOf, splitDev } from '../mapping/blockdev'
 import { probeIdentity } from '../device/identity'
 import { RawDevice } from '../device/reader'
 import { takeFingerprints } from '../device/fingerprint'
@@ -30,14 +30,6 @@ export interface ExportOptions {
   record?: string
   key?: Buffer
   warn: (msg: string) => void
-}
-
-// glibc's dev_t encoding (see makedev(3)).
-function splitDev(dev: bigint): { major: number; minor: number } {
-  return {
-    major: Number(((dev >> 8n) & 0xfffn) | ((dev >> 32n) & ~0xfffn)),
-    minor: Number((dev & 0xffn) | ((dev >> 12n) & ~0xffn)),
-  }
 }
 
 function sourceFilesystem(paths: string[]): { dev: bigint; mount: MountEntry; realPaths: string[] } {

@@ -15,6 +15,15 @@ export interface RawDevice {
   size: number
 }
 
+/** Major and minor of a Linux dev_t as stat(2) reports it (glibc encoding, see makedev(3)). */
+export function splitDev(dev: bigint | number): { major: number; minor: number } {
+  const d = BigInt(dev)
+  return {
+    major: Number(((d >> 8n) & 0xfffn) | ((d >> 32n) & ~0xfffn)),
+    minor: Number((d & 0xffn) | ((d >> 12n) & ~0xffn)),
+  }
+}
+
 const SECTOR = 512 // sysfs "start" and "size" count 512-byte sectors, whatever the device's block size
 
 function readNumber(file: string): number {

@@ -1,5 +1,5 @@
-// `extfs umount`: ask the serving process to unmount and exit; unmount directly when it is gone
-// (a dead view leaves a mount whose every access fails with ENOTCONN).
+// `extfs umount`: a real (not lazy) unmount, the same for a live view and a dead one (whose every
+// access fails with ENOTCONN); then wait for the serving process, which notices and exits.
 import path from 'node:path'
 import { execFileSync } from 'node:child_process'
 import { readMountTable } from '../mapping/mountinfo'

@@ -7,7 +7,10 @@
 //   /sub         inode 3  dir
 //   /sub/hard    inode 2  (a hard link to /a)
 //   /ln          inode 4  symlink -> a
+import type { Test } from 'tap'
 import type { Device, Extent, Inode, Manifest, Timespec } from '../../src/manifest/types'
+import { ManifestError } from '../../src/errors'
+import { ExitCode } from '../../src/cli/exit-codes'
 
 export const T0: Timespec = [1_700_000_000, 123_456_789]
 
@@ -64,4 +67,18 @@ export function inodeOf(m: Manifest, ino: number): Inode {
   const node = m.inodes.find((n) => n.ino === ino)
   if (node === undefined) throw new Error(`test manifest has no inode ${ino}`)
   return node
+}
+
+/** Asserts that `fn` refuses with a one-line ManifestError (exit BadManifest) matching `message`. */
+export function refused(t: Test, fn: () => unknown, message: RegExp): void {
+  try {
+    fn()
+    t.fail(`accepted, expected ${message}`)
+  } catch (err) {
+    t.type(err, ManifestError)
+    const e = err as ManifestError
+    t.equal(e.exitCode, ExitCode.BadManifest)
+    t.match(e.message, message)
+    t.notMatch(e.message, /\n/, 'one line')
+  }
 }

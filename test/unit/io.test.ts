@@ -1,26 +1,13 @@
 // Manifest files: bounded reading, atomic writing.
-import t, { type Test } from 'tap'
+import t from 'tap'
 import fs from 'node:fs'
 import path from 'node:path'
-import { ExitCode } from '../../src/cli/exit-codes'
-import { ManifestError } from '../../src/errors'
 import { readManifestFile, writeFileAtomic, writeManifestFile } from '../../src/manifest/io'
 import { signManifest, verifyManifestSignature } from '../../src/manifest/sign'
-import { inodeOf, makeManifest } from '../helpers/manifest-factory'
+import { inodeOf, makeManifest, refused } from '../helpers/manifest-factory'
 
 const FIXTURES = path.join(__dirname, '..', 'fixtures')
 
-function refused(t: Test, fn: () => unknown, message: RegExp): void {
-  try {
-    fn()
-    t.fail(`accepted, expected ${message}`)
-  } catch (err) {
-    t.type(err, ManifestError)
-    t.equal((err as ManifestError).exitCode, ExitCode.BadManifest)
-    t.match((err as Error).message, message)
-    t.notMatch((err as Error).message, /\n/, 'one line')
-  }
-}
 
 /** Counts fs.readSync calls while `fn` runs (io.ts calls it through the shared module object). */
 function countReads(fn: () => void): number {

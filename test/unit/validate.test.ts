@@ -1,12 +1,10 @@
 // The manifest validator, table-driven: a valid base manifest, then one mutation per bad input with
 // the message it must produce. Plus the golden fixtures of every format version.
-import t, { type Test } from 'tap'
+import t from 'tap'
 import fs from 'node:fs'
 import path from 'node:path'
-import { ExitCode } from '../../src/cli/exit-codes'
-import { ManifestError } from '../../src/errors'
 import { parseManifest, validateManifest } from '../../src/manifest/validate'
-import { extent, inodeOf as typedInodeOf, makeInode, makeManifest } from '../helpers/manifest-factory'
+import { extent, inodeOf as typedInodeOf, makeInode, makeManifest, refused } from '../helpers/manifest-factory'
 
 const FIXTURES = path.join(__dirname, '..', 'fixtures')
 // Mutations reach into places the types forbid (that is the point), so they see the manifest untyped.
@@ -15,18 +13,6 @@ type Loose = any
 /** The inode numbered `ino`, untyped for mutation. */
 const inodeOf = (m: Loose, ino: number): Loose => typedInodeOf(m, ino)
 
-function refused(t: Test, fn: () => unknown, message: RegExp): void {
-  try {
-    fn()
-    t.fail(`accepted, expected ${message}`)
-  } catch (err) {
-    t.type(err, ManifestError)
-    const e = err as ManifestError
-    t.equal(e.exitCode, ExitCode.BadManifest)
-    t.match(e.message, message)
-    t.notMatch(e.message, /\n/, 'one line')
-  }
-}
 
 t.test('the base manifest is valid', async (t) => {
   const m = makeManifest()
