@@ -37,6 +37,8 @@ export interface NativeAddon {
   freeze(fd: number): void
   /** FITHAW; throws EINVAL when the filesystem is not frozen. */
   thaw(fd: number): void
+  /** FICLONE: `destFd` (an empty file opened for writing) shares every block of `srcFd`; EOPNOTSUPP without reflink. */
+  ficlone(srcFd: number, destFd: number): void
   /** BLKGETSIZE64: the size of an open block device in bytes. */
   blockDeviceSize(fd: number): number
   /** BLKSSZGET: the logical sector size of an open block device in bytes. */
