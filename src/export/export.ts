@@ -4,14 +4,16 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { randomBytes } from 'node:crypto'
-import type { Extent, FrozenImageKind, Inode, Manifest } from '../manifest/types'
+import type { Device, Extent, FrozenImageKind, Inode, Manifest } from '../manifest/types'
+import type { RawDisk } from '../mapping/span'
 import { MANIFEST_FORMAT, MANIFEST_VERSION } from '../manifest/types'
 import { signManifest } from '../manifest/sign'
 import { writeManifestFile } from '../manifest/io'
 import { writeRecord } from '../configid/record'
 import { freezeFilesystem, thawFilesystem } from '../frozen/freeze'
 import { mountOf, MountEntry } from '../mapping/mountinfo'
-import { rawDeviceOf, splitDev } from '../mapping/blockdev'
+import { splitDev } from '../mapping/blockdev'
+import { FileMapper } from '../mapping/mapper'
 import { probeIdentity } from '../device/identity'
 import { RawDevice } from '../device/reader'
 import { takeFingerprints } from '../device/fingerprint'
@@ -69,6 +71,19 @@ function allExtents(inodes: Iterable<Inode>): Extent[] {
   return out
 }
 
+/** The manifest's devices: every disk the extents reach, each with its identity and fingerprints. */
+function describeDevices(disks: RawDisk[], extents: Extent[]): Device[] {
+  return disks.map((disk, index) => {
+    const raw = RawDevice.open(`d${index}`, disk.path)
+    try {
+      const fingerprints = takeFingerprints(raw, extents.filter((e) => e.device === index))
+      return { id: `d${index}`, size: disk.size, identity: probeIdentity(disk.path), fingerprints, hint: disk.path }
+    } finally {
+      raw.close()
+    }
+  })
+}
+
 function synthesizeRoot(children: { name: string; ino: number }[], ino: number): Inode {
   const now = Date.now()
   const t: [number, number] = [Math.floor(now / 1000), (now % 1000) * 1_000_000]
@@ -102,18 +117,12 @@ export function exportImage(opts: ExportOptions): Manifest {
     throw new ExportError(`${mount.mountpoint} is mounted read-write: --frozen-image none needs a read-only mount, or --assume-stable if you guarantee nothing writes to it`)
   }
 
-  const raw = rawDeviceOf(mount.major, mount.minor)
+  const mapper = FileMapper.forMount(mount, { throughLoop: false })
   if (opts.frozenImage === 'freeze') freezeFilesystem(mount.mountpoint)
   try {
-    const walker = new Walker({ dev, deviceIndex: 0, deviceOffset: raw.offset, warn: opts.warn })
+    const walker = new Walker({ dev, mapper, warn: opts.warn })
     const root = buildTree(walker, realPaths)
-    const device = RawDevice.open('d0', raw.path)
-    let fingerprints
-    try {
-      fingerprints = takeFingerprints(device, allExtents(walker.inodes.values()))
-    } finally {
-      device.close()
-    }
+    const devices = describeDevices(mapper.disks, allExtents(walker.inodes.values()))
     const configId = randomBytes(16).toString('hex')
     let manifest: Manifest = {
       format: MANIFEST_FORMAT,
@@ -126,7 +135,7 @@ export function exportImage(opts: ExportOptions): Manifest {
       // Relative when beside the manifest, so both hosts may mount the shared storage at different paths.
       configRecord: path.dirname(record) === path.dirname(output) ? path.basename(record) : record,
       blockSize: fs.statfsSync(mount.mountpoint).bsize,
-      devices: [{ id: 'd0', size: raw.size, identity: probeIdentity(raw.path), fingerprints, hint: raw.path }],
+      devices,
       root,
       inodes: [...walker.inodes.values()].sort((a, b) => a.ino - b.ino),
     }

@@ -4,7 +4,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import type { DirEntry, Inode, InodeKind, Timespec } from '../manifest/types'
 import { native } from '../native'
-import { mapFile } from '../mapping/fiemap'
+import type { FileMapper } from '../mapping/mapper'
 import { ExportError } from '../errors'
 
 /** Inline content is carried in the manifest only up to this size (ext4 inline data is far smaller). */
@@ -13,9 +13,8 @@ const MAX_INLINE = 64 * 1024
 export interface WalkTarget {
   /** st_dev of the filesystem being exported: entries on other filesystems are skipped. */
   dev: bigint
-  /** Index of the raw device in the manifest and the filesystem's offset on it. */
-  deviceIndex: number
-  deviceOffset: number
+  /** Maps each regular file to extents on raw disks. */
+  mapper: FileMapper
   /** Called for what is skipped (other filesystems under the tree). */
   warn: (msg: string) => void
 }
@@ -123,15 +122,15 @@ export class Walker {
     // O_NOATIME: reading inline data must not touch the frozen filesystem's metadata.
     const fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOATIME)
     try {
-      const m = mapFile(fd, file, inode.size, this.target.deviceIndex, this.target.deviceOffset)
+      const m = this.target.mapper.map(fd, file, inode.size)
       if (m.kind === 'extents') {
         inode.extents = m.extents
         return
       }
-      if (inode.size > MAX_INLINE) throw new ExportError(`${file}: inline data of ${inode.size} bytes is over the ${MAX_INLINE}-byte limit`)
+      if (inode.size > MAX_INLINE) throw new ExportError(`${file}: ${m.why} data of ${inode.size} bytes is over the ${MAX_INLINE}-byte limit for carrying it in the manifest`)
       const data = Buffer.alloc(inode.size)
       const n = fs.readSync(fd, data, 0, inode.size, 0)
-      if (n !== inode.size) throw new ExportError(`${file}: short read of inline data (${n} of ${inode.size} bytes)`)
+      if (n !== inode.size) throw new ExportError(`${file}: short read of ${m.why} data (${n} of ${inode.size} bytes)`)
       inode.inline = data.toString('base64')
     } finally {
       fs.closeSync(fd)
