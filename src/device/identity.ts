@@ -35,6 +35,8 @@ export function probeIdentity(devicePath: string): DeviceIdentity {
     const [key, value] = line.split('=', 2)
     if (key === 'UUID' && value) id.fsUuid = value
     if (key === 'PTUUID' && value) id.ptUuid = value
+    // btrfs: every member device carries the filesystem's UUID; UUID_SUB tells the members apart.
+    if (key === 'UUID_SUB' && value) id.devUuid = value
   }
   return id
 }
@@ -42,7 +44,7 @@ export function probeIdentity(devicePath: string): DeviceIdentity {
 /** True when two identities share at least one stable identifier and contradict on none. */
 export function identitiesMatch(recorded: DeviceIdentity, found: DeviceIdentity): boolean {
   let shared = 0
-  for (const key of ['wwn', 'serial', 'ptUuid', 'fsUuid'] as const) {
+  for (const key of ['wwn', 'serial', 'ptUuid', 'fsUuid', 'devUuid'] as const) {
     const a = recorded[key]
     const b = found[key]
     if (a === undefined || b === undefined) continue

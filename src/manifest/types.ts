@@ -29,6 +29,8 @@ export interface DeviceIdentity {
   fsUuid?: string
   /** Partition-table UUID (GPT disk GUID or MBR disk id), when the device is partitioned. */
   ptUuid?: string
+  /** Member-device UUID of a multi-device filesystem (btrfs UUID_SUB); fsUuid alone is shared by all members. */
+  devUuid?: string
   wwn?: string
   serial?: string
 }
