@@ -5,7 +5,7 @@
   "targets": [
     {
       "target_name": "extfs_native",
-      "sources": ["native/extfs_native.c"],
+      "sources": ["native/extfs_native.c", "native/btrfs.c"],
       "cflags": ["-Wall", "-Wextra", "-O2", "-D_GNU_SOURCE"]
     },
     {

@@ -4,7 +4,7 @@
 //
 // Numbers cross the boundary as JS doubles, so every 64-bit value is checked against 2^53 rather
 // than silently rounded. Syscall failures throw an Error with `code` ('EBUSY') and `errno` (16).
-#include <node_api.h>
+#include "extfs_native.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -23,12 +23,6 @@
 #define MAX_CHUNK (1u << 20)          // bytes per pread(2), so the bounce buffer stays at 1 MiB
 #define FIEMAP_BATCH 256              // extents per FS_IOC_FIEMAP call
 
-// Evaluate an N-API call; on failure make sure an exception is pending and return NULL to JS.
-#define CHECK(call)                               \
-  do {                                            \
-    if ((call) != napi_ok) return napi_fail(env); \
-  } while (0)
-
 // ---------------------------------------------------------------------------------- errors
 
 static const struct { int no; const char *name; } errno_names[] = {
@@ -45,7 +39,7 @@ static const struct { int no; const char *name; } errno_names[] = {
 
 // Throw `Error("<what>: <strerror>")` with `code`, `errno` and `syscall` set, like Node's fs errors.
 // Returns NULL so callers can `return throw_errno(...)`.
-static napi_value throw_errno(napi_env env, const char *what, int err) {
+napi_value throw_errno(napi_env env, const char *what, int err) {
   char code[16];
   const char *name = NULL;
   for (size_t i = 0; i < sizeof errno_names / sizeof errno_names[0]; i++)
@@ -72,7 +66,7 @@ static napi_value throw_errno(napi_env env, const char *what, int err) {
 }
 
 // An N-API call itself failed: rethrow its pending exception, or make one from its error info.
-static napi_value napi_fail(napi_env env) {
+napi_value napi_fail(napi_env env) {
   bool pending = false;
   napi_is_exception_pending(env, &pending);
   if (!pending) {
@@ -105,7 +99,7 @@ static bool get_uint(napi_env env, napi_value v, const char *name, double max, u
   return true;
 }
 
-static bool get_fd(napi_env env, napi_value v, int *fd) {
+bool get_fd(napi_env env, napi_value v, int *fd) {
   uint64_t u;
   if (!get_uint(env, v, "fd", INT32_MAX, &u)) return false;
   *fd = (int)u;
@@ -135,7 +129,7 @@ static char *get_cstring(napi_env env, napi_value v, const char *name) {
 }
 
 // A u64 from the kernel as a JS number; RangeError rather than losing precision above 2^53.
-static bool make_u64(napi_env env, uint64_t v, const char *what, napi_value *out) {
+bool make_u64(napi_env env, uint64_t v, const char *what, napi_value *out) {
   if (v > (1ull << 53)) {
     char msg[128];
     snprintf(msg, sizeof msg, "%s %llu exceeds 2^53", what, (unsigned long long)v);
@@ -144,12 +138,6 @@ static bool make_u64(napi_env env, uint64_t v, const char *what, napi_value *out
   }
   return napi_create_double(env, (double)v, out) == napi_ok;
 }
-
-// Fetch exactly `n` arguments (missing ones are `undefined` and fail their type checks).
-#define ARGS(n)                                                   \
-  size_t argc = (n);                                              \
-  napi_value argv[(n) > 0 ? (n) : 1];                             \
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL))
 
 // -------------------------------------------------------------------------------- FIEMAP
 
@@ -424,6 +412,8 @@ static napi_value init(napi_env env, napi_value exports) {
     {"listXattrs", NULL, list_xattrs, NULL, NULL, NULL, napi_enumerable, NULL},
     {"getXattr", NULL, get_xattr, NULL, NULL, NULL, napi_enumerable, NULL},
     {"preadDirect", NULL, pread_direct, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"btrfsChunks", NULL, btrfs_chunks, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"btrfsDevices", NULL, btrfs_devices, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   CHECK(napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
   return exports;

@@ -17,7 +17,8 @@ import type { Extent } from '../manifest/types'
 import type { MountEntry } from './mountinfo'
 import type { RawDisk, RawSpan } from './span'
 import { devKey } from './span'
-import { rawDeviceOf } from './blockdev'
+import { BtrfsLayout } from './btrfs'
+import { DeviceStack } from './stack'
 import { ExportError } from '../errors'
 
 /** Stored somewhere other than plain blocks (inline in metadata, compressed): only the content can be carried. */
@@ -47,11 +48,22 @@ export class FileMapper {
 
   private constructor(private readonly resolve: AddressSpace) {}
 
-  static forMount(mount: MountEntry, _opts: MapperOptions): FileMapper {
-    if (mount.fsType === 'btrfs') throw new ExportError(`${mount.mountpoint}: btrfs mapping is not wired in yet`)
-    const raw = rawDeviceOf(mount.major, mount.minor)
-    const disk: RawDisk = { name: raw.name, path: raw.path, major: mount.major, minor: mount.minor, size: raw.size }
-    return new FileMapper((offset, length) => [{ raw: disk, offset: offset + raw.offset, length }])
+  /**
+   * The mapper for the filesystem mounted at `mount`. Call it once the image is stable (frozen, or a
+   * snapshot taken): btrfs chunks and loop backing files are read here and not again.
+   */
+  static forMount(mount: MountEntry, opts: MapperOptions): FileMapper {
+    const stack = new DeviceStack({ throughLoop: opts.throughLoop })
+    if (mount.fsType !== 'btrfs') {
+      const dev = { major: mount.major, minor: mount.minor }
+      return new FileMapper((offset, length) => stack.resolve(dev, offset, length))
+    }
+    // btrfs: FIEMAP's addresses are logical; the chunk tree places them on the member devices,
+    // which may themselves sit on partitions, device-mapper or loop files.
+    const layout = BtrfsLayout.read(mount.mountpoint)
+    return new FileMapper((logical, length) =>
+      layout.resolve(logical, length).flatMap((s) => (s.dev ? stack.resolve(s.dev, s.offset, s.length) : [{ raw: null, offset: 0, length: s.length }])),
+    )
   }
 
   /**

@@ -30,6 +30,27 @@ export const FIEMAP_EXTENT_UNWRITTEN = 0x00000800
 export const FIEMAP_EXTENT_MERGED = 0x00001000
 export const FIEMAP_EXTENT_SHARED = 0x00002000
 
+/** One btrfs chunk: `length` bytes of logical address space from `logical`, laid out on `stripes`. */
+export interface BtrfsChunk {
+  logical: number
+  length: number
+  /** Block group flags: BTRFS_BLOCK_GROUP_{DATA,SYSTEM,METADATA} and the profile bits (RAID0, DUP...). */
+  type: number
+  /** Bytes per stripe unit (64 KiB in practice). */
+  stripeLen: number
+  numStripes: number
+  /** Copies per stripe set in RAID10 (2); 1 or 0 otherwise. */
+  subStripes: number
+  /** `offset` is the physical byte offset of the stripe on member `devid`; `devUuid` is that member's UUID. */
+  stripes: { devid: number; offset: number; devUuid: string }[]
+}
+
+/** A btrfs filesystem's members as BTRFS_IOC_DEV_INFO reports them (`path` as the kernel knows it). */
+export interface BtrfsDevices {
+  fsid: string
+  devices: { devid: number; uuid: string; path: string; totalBytes: number }[]
+}
+
 export interface NativeAddon {
   /** All extents of the open file `fd`, with FIEMAP_FLAG_SYNC (dirty data flushed first). */
   fiemap(fd: number): FiemapExtent[]
@@ -53,7 +74,12 @@ export interface NativeAddon {
    * aligned bounce buffer and copies. Returns the bytes copied, short only at the end of the device.
    */
   preadDirect(fd: number, target: Buffer, targetOffset: number, length: number, position: number): number
+  /** BTRFS_IOC_TREE_SEARCH_V2 over the chunk tree of the btrfs filesystem `fd` is open on, sorted by `logical`. */
+  btrfsChunks(fd: number): BtrfsChunk[]
+  /** BTRFS_IOC_FS_INFO + BTRFS_IOC_DEV_INFO: the fsid and every present member device, by devid. */
+  btrfsDevices(fd: number): BtrfsDevices
 }
 
-// dist/native/index.js and src/native/index.ts both sit two levels below the package root.
-export const native: NativeAddon = require(path.join(__dirname, '..', '..', 'build', 'Release', 'extfs_native.node'))
+// dist/native/index.js and src/native/index.ts both sit two levels below the package root. EXTFS_ADDON_DIR
+// names another build of both addons (scripts/sanitize: an AddressSanitizer build).
+export const native: NativeAddon = require(path.join(process.env.EXTFS_ADDON_DIR || path.join(__dirname, '..', '..', 'build', 'Release'), 'extfs_native.node'))
