@@ -177,7 +177,7 @@ t.test('compressed extents are flagged ENCODED', async (t) => {
 })
 
 t.test('a directory on another filesystem is refused with a one-line ExportError', async (t) => {
-  const dir = fs.mkdtempSync('/dev/shm/h1-notbtrfs-') // tmpfs: never btrfs
+  const dir = fs.mkdtempSync('/dev/shm/extfs-notbtrfs-') // tmpfs: never btrfs
   try {
     t.throws(() => BtrfsLayout.read(dir), /cannot read the btrfs device list: .*(ENOTTY|Inappropriate ioctl)/)
   } finally {

@@ -15,7 +15,7 @@ export interface NestedFs {
   /** Where the filesystem is: loopDevice, or its first partition. */
   fsDevice: string
   partitioned: boolean
-  /** A mkdtemp directory /tmp/h2-*, the mount point itself. */
+  /** A mkdtemp directory /tmp/extfs-inner-*, the mount point itself. */
   mountpoint: string
 }
 
@@ -61,7 +61,7 @@ async function setUp(image: string, o: { partition: boolean; fresh: boolean; rea
       await waitForPath(fsDevice)
     }
     if (o.fresh) await runOk('mkfs.ext4', ['-q', '-F', '-b', '4096', fsDevice])
-    st.mountpoint = await fsp.mkdtemp('/tmp/h2-')
+    st.mountpoint = await fsp.mkdtemp('/tmp/extfs-inner-')
     await runOk('mount', [...(o.readOnly ? ['-o', 'ro,noload'] : []), fsDevice, st.mountpoint])
     st.mounted = true
     return { image, loopDevice: st.loopDevice, fsDevice, partitioned: o.partition, mountpoint: st.mountpoint }
