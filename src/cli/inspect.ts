@@ -42,7 +42,7 @@ export function formatSummary(s: Summary): string {
   const kinds = Object.entries(s.inodes).map(([k, n]) => `${n} ${k}`).join(', ')
   const lines = [
     `config ID     ${s.configId}`,
-    `frozen image  ${s.frozenImage.kind} of ${s.frozenImage.mountpoint} (${s.frozenImage.fsType}) on ${s.host} at ${s.createdAt}`,
+    `frozen image  ${s.frozenImage.kind}${s.frozenImage.mechanism ? ` (${s.frozenImage.mechanism} at ${s.frozenImage.imagePath})` : ''} of ${s.frozenImage.mountpoint} (${s.frozenImage.fsType}) on ${s.host} at ${s.createdAt}`,
     `signed        ${s.signed ? 'yes (hmac-sha256)' : 'no'}`,
     `inodes        ${kinds}`,
     `files         ${s.bytes} bytes; ${s.extents} extents holding ${s.extentBytes} bytes; ${s.inlineFiles} inline`,

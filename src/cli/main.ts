@@ -9,8 +9,10 @@ import { ExitCode } from './exit-codes'
 import { ExtfsError } from '../errors'
 import { createLogger } from '../log'
 import { readKeyFile } from '../manifest/sign'
-import { exportImage } from '../export/export'
-import { releaseImage } from '../frozen/release'
+import { DEFAULT_CARRY_MAX, exportImage } from '../export/export'
+import { releaseFromJournal, releaseImage, ReleaseResult } from '../frozen/release'
+import type { Manifest } from '../manifest/types'
+import { LIMITS } from '../manifest/validate'
 import { readCheckedManifest, loadImage } from '../mover/load'
 import { checkMountpoint, requireFuse, requireRoot } from '../mover/checks'
 import { serve } from '../mover/serve'
@@ -28,6 +30,29 @@ function collectDevice(value: string, acc: Map<string, string>): Map<string, str
 const keyOption = () => new Option('--key <file>', 'shared HMAC key file: sign at export, require a valid signature elsewhere')
 const deviceOption = () => new Option('--device <id=path>', 'use this block device for a manifest device (repeatable)').argParser(collectDevice).default(new Map())
 const logLevelOption = () => new Option('--log-level <level>', 'pino log level').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info')
+
+/** --carry-max: bytes, at most what a mover accepts inline (LIMITS.inlineBytes). */
+function parseCarryMax(value: string): number {
+  const n = Number(value)
+  if (!/^[0-9]+$/.test(value) || !Number.isSafeInteger(n)) throw new ExtfsError(ExitCode.Usage, `--carry-max takes a number of bytes, got ${value}`)
+  if (n > LIMITS.inlineBytes) throw new ExtfsError(ExitCode.Usage, `--carry-max ${n} is over ${LIMITS.inlineBytes}, the most a mover accepts per file`)
+  return n
+}
+
+/** What export says about the image it holds and how to end it. */
+function heldImage(m: Manifest, output: string): string {
+  const f = m.frozenImage
+  if (f.kind === 'freeze') return `; ${f.mountpoint} stays frozen until: extfs release ${output}`
+  if (f.kind === 'snapshot') return `; image: ${f.mechanism} at ${f.imagePath}, kept until: extfs release ${output}`
+  return ''
+}
+
+function describeRelease(r: ReleaseResult, m: Manifest | undefined): string {
+  const parts = [r.configId ? `released ${r.configId}` : 'released the image of an export that did not finish']
+  if (r.thawed !== undefined) parts.push(r.thawed ? `${m?.frozenImage.mountpoint ?? 'the filesystem'} thawed` : `${m?.frozenImage.mountpoint ?? 'the filesystem'} was not frozen`)
+  if (r.removed) parts.push(`removed ${r.removed}`)
+  return parts.join('; ')
+}
 
 function key(opts: { key?: string }): Buffer | undefined {
   return opts.key ? readKeyFile(opts.key) : undefined
@@ -113,21 +138,27 @@ export function buildProgram(): Command {
     .configureOutput({ outputError: (msg, write) => write(msg.replace(/^error: /, 'extfs: ')) })
 
   program.command('export')
-    .description('freeze the paths\' filesystem, map every file to raw-device extents, write the manifest')
+    .description('hold a frozen image of the paths (freeze, snapshot), map every file to raw-device extents, write the manifest')
     .argument('<path...>', 'files or directory trees on one mounted local filesystem')
     .requiredOption('--output <manifest>', 'where to write the manifest (not on the frozen filesystem)')
-    .addOption(new Option('--frozen-image <kind>', 'how the image is held still').choices(['freeze', 'none']).default('freeze'))
+    .addOption(new Option('--frozen-image <kind>', 'how the image is held still: freeze the fs, a snapshot (btrfs) or clone set (reflink), or none').choices(['freeze', 'snapshot', 'none']).default('freeze'))
     .option('--assume-stable', 'with --frozen-image none on a read-write mount: you guarantee nothing writes')
+    .option('--pre-freeze <command>', 'run with /bin/sh -c before the image is taken; failing aborts the export')
+    .option('--post-thaw <command>', 'run with /bin/sh -c right after the image is taken, or taking it failed')
+    .option('--carry-max <bytes>', `carry inline or compressed files up to this size in the manifest (default ${DEFAULT_CARRY_MAX})`, parseCarryMax, DEFAULT_CARRY_MAX)
+    .option('--through-loop', 'map files on a loop device through its backing file to the disk underneath')
     .option('--record <file>', 'where to publish the config-ID record (default: <manifest>.config-id)')
     .addOption(keyOption())
     .addOption(logLevelOption())
     .action((paths: string[], o) => {
       requireRoot('export')
       const log = createLogger({ level: o.logLevel })
-      const m = exportImage({ paths, output: o.output, frozenImage: o.frozenImage, assumeStable: !!o.assumeStable, record: o.record, key: key(o), warn: (msg) => log.warn(msg) })
+      const m = exportImage({
+        paths, output: o.output, frozenImage: o.frozenImage, assumeStable: !!o.assumeStable, record: o.record, key: key(o),
+        preFreeze: o.preFreeze, postThaw: o.postThaw, carryMax: o.carryMax, throughLoop: !!o.throughLoop, warn: (msg) => log.warn(msg),
+      })
       log.debug({ output: path.resolve(o.output), configId: m.configId, inodes: m.inodes.length }, 'exported')
-      const held = m.frozenImage.kind === 'freeze' ? `; ${m.frozenImage.mountpoint} stays frozen until: extfs release ${o.output}` : ''
-      process.stdout.write(`exported ${m.inodes.length} inodes to ${o.output}, config ID ${m.configId}${held}\n`)
+      process.stdout.write(`exported ${m.inodes.length} inodes to ${o.output}, config ID ${m.configId}${heldImage(m, o.output)}\n`)
     })
 
   program.command('mount')
@@ -169,14 +200,21 @@ export function buildProgram(): Command {
     })
 
   program.command('release')
-    .description('end the frozen image (thaw) and mark its config ID released')
+    .description('end the frozen image (thaw, or remove the snapshot or clones) and mark its config ID released; also after an export that died')
     .argument('<manifest>')
     .addOption(keyOption())
     .action((manifest: string, o) => {
       requireRoot('release')
+      const file = path.resolve(manifest)
+      if (!fs.existsSync(file)) {
+        // Export died before writing the manifest: its journal lists what it had begun to create.
+        const r = releaseFromJournal(file)
+        if (!r) throw new ExtfsError(ExitCode.BadManifest, `${manifest}: no manifest, and no journal of an unfinished export (${manifest}.frozen-image): nothing to release`)
+        process.stdout.write(describeRelease(r, undefined) + '\n')
+        return
+      }
       const m = readCheckedManifest(manifest, key(o))
-      const { thawed } = releaseImage(path.resolve(manifest), m)
-      process.stdout.write(`released ${m.configId}${m.frozenImage.kind === 'freeze' ? (thawed ? `; ${m.frozenImage.mountpoint} thawed` : `; ${m.frozenImage.mountpoint} was not frozen`) : ''}\n`)
+      process.stdout.write(describeRelease(releaseImage(file, m), m) + '\n')
     })
 
   program.command('backup')

@@ -7,11 +7,17 @@ import { RawDevice } from './reader'
 import { firstMismatch } from './fingerprint'
 import { DeviceError } from '../errors'
 
-/** Bytes of the device the manifest's extents and fingerprints reach: a device smaller than this cannot serve. */
-function bytesNeeded(manifest: Manifest, index: number): number {
-  let end = 0
-  for (const inode of manifest.inodes) {
-    for (const e of inode.extents ?? []) if (e.device === index) end = Math.max(end, e.deviceOffset + e.length)
+/**
+ * Bytes of the device the manifest's extents and fingerprints reach: a device smaller than this cannot
+ * serve. `extentEnd` is the end of the furthest extent when the loader computed it (a streamed
+ * manifest keeps no inodes); otherwise the extents are scanned.
+ */
+function bytesNeeded(manifest: Manifest, index: number, extentEnd?: number): number {
+  let end = extentEnd ?? 0
+  if (extentEnd === undefined) {
+    for (const inode of manifest.inodes) {
+      for (const e of inode.extents ?? []) if (e.device === index) end = Math.max(end, e.deviceOffset + e.length)
+    }
   }
   for (const f of manifest.devices[index].fingerprints) end = Math.max(end, f.offset + f.length)
   return end
@@ -30,12 +36,12 @@ function findByIdentity(device: Device): string {
   return matches[0].path
 }
 
-function openAndProve(manifest: Manifest, index: number, devicePath: string): RawDevice {
+function openAndProve(manifest: Manifest, index: number, devicePath: string, extentEnd?: number): RawDevice {
   const device = manifest.devices[index]
   if (!fs.existsSync(devicePath)) throw new DeviceError(`device ${device.id}: ${devicePath} does not exist`)
   const raw = RawDevice.open(device.id, devicePath)
   try {
-    const needed = bytesNeeded(manifest, index)
+    const needed = bytesNeeded(manifest, index, extentEnd)
     if (raw.size < needed) throw new DeviceError(`device ${device.id}: ${devicePath} is too small (${raw.size} bytes, the image needs ${needed})`)
     const bad = firstMismatch(raw, device.fingerprints)
     if (bad) throw new DeviceError(`device ${device.id}: ${devicePath} is not the exported device (fingerprint at byte ${bad.offset} differs)`)
@@ -46,15 +52,18 @@ function openAndProve(manifest: Manifest, index: number, devicePath: string): Ra
   }
 }
 
-/** Resolve every device (`overrides` maps device id to path) and prove it; all or nothing. */
-export function resolveDevices(manifest: Manifest, overrides: Map<string, string>): RawDevice[] {
+/**
+ * Resolve every device (`overrides` maps device id to path) and prove it; all or nothing.
+ * `extentEnds`: per device, the end of its furthest extent, when already known.
+ */
+export function resolveDevices(manifest: Manifest, overrides: Map<string, string>, extentEnds?: readonly number[]): RawDevice[] {
   for (const id of overrides.keys()) {
     if (!manifest.devices.some((d) => d.id === id)) throw new DeviceError(`--device ${id}: the manifest has no device ${id}`)
   }
   const opened: RawDevice[] = []
   try {
     manifest.devices.forEach((device, index) => {
-      opened.push(openAndProve(manifest, index, overrides.get(device.id) ?? findByIdentity(device)))
+      opened.push(openAndProve(manifest, index, overrides.get(device.id) ?? findByIdentity(device), extentEnds?.[index]))
     })
     return opened
   } catch (err) {

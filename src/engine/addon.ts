@@ -41,13 +41,13 @@ export interface ViewAddon {
 let loaded: ViewAddon | undefined
 
 /**
- * The addon, built by node-gyp into build/Release. EXTFS_VIEW_ADDON names another build of it (an
- * AddressSanitizer build for tests, say).
+ * The addon, built by node-gyp into build/Release. EXTFS_ADDON_DIR names another directory holding
+ * both addons (scripts/sanitize points it at an AddressSanitizer build).
  */
 export function viewAddon(): ViewAddon {
   if (loaded) return loaded
   // dist/engine/addon.js and src/engine/addon.ts both sit two levels below the package root.
-  const file = process.env.EXTFS_VIEW_ADDON || path.join(__dirname, '..', '..', 'build', 'Release', 'extfs_view.node')
+  const file = path.join(process.env.EXTFS_ADDON_DIR || path.join(__dirname, '..', '..', 'build', 'Release'), 'extfs_view.node')
   const addon = require(file) as ViewAddon
   checkLayout(addon.layout())
   loaded = addon

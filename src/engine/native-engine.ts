@@ -8,7 +8,9 @@ import type { RawDevice } from '../device/reader'
 import type { ConfigWatch } from '../configid/record'
 import type { MountOptions, ViewEngine } from '../view/engine'
 import { splitDev } from '../mapping/blockdev'
-import { packTables, type PackedTables, type PathTable } from './tables'
+import { packTables, stagedTablesOf, type PackedTables, type PathTable } from './tables'
+import { withDeviceFds } from './stream-tables'
+import { collectGarbage } from './memory'
 import { viewAddon, type EngineEvent, type SessionHandle, type Verdict } from './addon'
 
 /**
@@ -38,7 +40,9 @@ export class NativeEngine implements ViewEngine {
     private readonly config: ConfigWatch,
     private readonly log: Logger,
   ) {
-    this.packed = packTables(manifest, devices.map((d) => d.fd))
+    // A streamed manifest (src/mover/load.ts) arrives packed already; one read whole is packed here.
+    const staged = stagedTablesOf(manifest)
+    this.packed = staged ? withDeviceFds(staged, devices.map((d) => d.fd)) : packTables(manifest, devices.map((d) => d.fd))
     this.paths = this.packed.paths
     this.deviceIds = devices.map((d) => d.id)
     this.rootIno = manifest.root
@@ -48,11 +52,17 @@ export class NativeEngine implements ViewEngine {
     if (this.session) throw new Error(`view already mounted`)
     const addon = viewAddon()
     const packed = this.packed ?? packTables(this.manifest, this.devices.map((d) => d.fd))
+    // The addon copies the image: collect what loading left behind first, so the peak is the two
+    // copies and little else (src/engine/memory.ts).
+    collectGarbage()
     const options = ['ro', 'default_permissions', `fsname=${escapeOption(opts.fsname)}`, 'subtype=extfs']
     if (opts.allowOther) options.push('allow_other')
     this.session = addon.mount(packed.image, this.config.file, mountpoint, options.join(','),
       () => this.judge(), (ev) => this.report(ev))
-    this.packed = undefined // C keeps its own copy; a later mount packs again
+    // C keeps its own copy; a later mount packs again (a streamed manifest then reads its file whole).
+    this.packed = undefined
+    const staged = stagedTablesOf(this.manifest)
+    if (staged) staged.image = Buffer.alloc(0)
     this.log.debug({ mountpoint, tables: packed.counts, bytes: packed.image.length }, 'native engine mounted')
     try {
       // Answered once the kernel finished FUSE_INIT with the session thread: the view serves.

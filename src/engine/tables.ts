@@ -22,6 +22,7 @@
 // per xattr (+ its name and value unless shared). A 4 KiB file named "f000123" with one extent:
 // 104 + 12 + 8 + 32 = 156 bytes.
 import type { Extent, Inode, Manifest } from '../manifest/types'
+import type { StagedTables } from './stream-tables'
 
 export const TABLES_MAGIC = 0x54565845 // "EXVT" as a little-endian u32
 export const TABLES_VERSION = 1
@@ -106,6 +107,18 @@ const TYPE_BITS: Record<Inode['kind'], number> = {
 const U32_MAX = 0xffff_ffff
 const TWO32 = 2 ** 32
 
+/** Manifests streamed into tables (stream-tables.ts streamedManifest): their inodes exist only there. */
+const streamed = new WeakMap<object, StagedTables>()
+
+export function attachStaged(m: Manifest, tables: StagedTables): void {
+  streamed.set(m, tables)
+}
+
+/** The tables a streamed manifest was packed into, or undefined for a manifest read whole. */
+export function stagedTablesOf(m: Manifest): StagedTables | undefined {
+  return streamed.get(m)
+}
+
 /** The statfs figures of FrozenView.statfs(): sizes of the image as exported, nothing free. */
 export interface StatFsFigures {
   bsize: number; frsize: number; blocks: number; bfree: number; bavail: number
@@ -113,6 +126,8 @@ export interface StatFsFigures {
 }
 
 export function imageStatFs(manifest: Manifest): StatFsFigures {
+  const fromStream = streamed.get(manifest)
+  if (fromStream) return fromStream.statfs
   const bsize = manifest.blockSize
   let blocks512 = 0 // st_blocks counts 512-byte units
   for (const i of manifest.inodes) blocks512 += i.blocks

@@ -1,16 +1,21 @@
 // `extfs export`: stabilize a frozen image of the paths, map every file to raw-device extents and
-// publish the manifest plus its config-ID record.
+// publish the manifest plus its config-ID record. Order matters for crash safety: everything is checked,
+// the pre-freeze hook runs, the journal is written, and only then is anything created.
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { randomBytes } from 'node:crypto'
-import type { Device, Extent, FrozenImageKind, Inode, Manifest } from '../manifest/types'
+import type { Device, Extent, FrozenImage, FrozenImageKind, Inode, Manifest } from '../manifest/types'
 import type { RawDisk } from '../mapping/span'
 import { MANIFEST_FORMAT, MANIFEST_VERSION } from '../manifest/types'
 import { signManifest } from '../manifest/sign'
 import { writeManifestFile } from '../manifest/io'
 import { writeRecord } from '../configid/record'
-import { freezeFilesystem, thawFilesystem } from '../frozen/freeze'
+import { planSnapshot, SnapshotPlan } from '../frozen/snapshot'
+import { imageDirOf, newImageId } from '../frozen/image-dir'
+import { journalPathOf, removeJournal, writeJournal } from '../frozen/journal'
+import { HookContext, runPostThaw, runPreFreeze } from '../frozen/hooks'
+import { Hold, takeImage, undoImage } from './hold'
 import { mountOf, MountEntry } from '../mapping/mountinfo'
 import { splitDev } from '../mapping/blockdev'
 import { FileMapper } from '../mapping/mapper'
@@ -20,8 +25,11 @@ import { takeFingerprints } from '../device/fingerprint'
 import { Walker } from './walk'
 import { ExportError } from '../errors'
 
-/** Filesystems whose FIEMAP `physical` is a byte offset on their block device. (btrfs reports logical addresses.) */
-const SUPPORTED_FS = new Set(['ext2', 'ext3', 'ext4', 'xfs'])
+/** Filesystems the mapper resolves to raw disks (btrfs through its chunk tree). */
+const SUPPORTED_FS = new Set(['ext2', 'ext3', 'ext4', 'xfs', 'btrfs'])
+
+/** Default --carry-max: inline and compressed files up to this size are carried in the manifest. */
+export const DEFAULT_CARRY_MAX = 64 * 1024
 
 export interface ExportOptions {
   paths: string[]
@@ -31,6 +39,13 @@ export interface ExportOptions {
   /** Where to publish the config-ID record; default beside the manifest. */
   record?: string
   key?: Buffer
+  /** Shell commands run before the image is taken and right after (also when taking it failed). */
+  preFreeze?: string
+  postThaw?: string
+  /** Largest inline or compressed file carried in the manifest, bytes. */
+  carryMax: number
+  /** Map through loop devices to the disk under their backing files. */
+  throughLoop: boolean
   warn: (msg: string) => void
 }
 
@@ -49,11 +64,13 @@ function sourceFilesystem(paths: string[]): { dev: bigint; mount: MountEntry; re
   }
   const devs = realPaths.map((p) => fs.lstatSync(p, { bigint: true }).dev)
   const other = devs.findIndex((d) => d !== devs[0])
-  if (other >= 0) throw new ExportError(`${paths[0]} and ${paths[other]} are on different filesystems: export one filesystem at a time`)
+  if (other >= 0) throw new ExportError(`${paths[0]} and ${paths[other]} are on different filesystems (or btrfs subvolumes): export one at a time`)
   const { major, minor } = splitDev(devs[0])
   const mount = mountOf(realPaths[0])
-  if (!mount || mount.major !== major || mount.minor !== minor) throw new ExportError(`${paths[0]}: cannot find its mount in /proc/self/mountinfo`)
-  if (!SUPPORTED_FS.has(mount.fsType)) throw new ExportError(`${mount.mountpoint}: filesystem type ${mount.fsType} is not supported (ext4 and XFS are)`)
+  // btrfs gives every subvolume its own st_dev, so only its mount entry's type can be checked.
+  const sameDevice = mount && (mount.fsType === 'btrfs' || (mount.major === major && mount.minor === minor))
+  if (!mount || !sameDevice) throw new ExportError(`${paths[0]}: cannot find its mount in /proc/self/mountinfo`)
+  if (!SUPPORTED_FS.has(mount.fsType)) throw new ExportError(`${mount.mountpoint}: filesystem type ${mount.fsType} is not supported (ext4, XFS and btrfs are)`)
   return { dev: devs[0], mount, realPaths }
 }
 
@@ -90,8 +107,9 @@ function synthesizeRoot(children: { name: string; ino: number }[], ino: number):
   return { ino, kind: 'dir', perm: 0o755, uid: 0, gid: 0, nlink: 2, size: 0, blocks: 0, atime: t, mtime: t, ctime: t, entries: children }
 }
 
-function buildTree(walker: Walker, realPaths: string[]): number {
-  const roots = realPaths.map((p) => ({ name: path.basename(p), ino: walker.visit(p) }))
+/** `baseNames[i]` is what the view calls `walkPaths[i]` (its base name on the source, also inside a snapshot). */
+function buildTree(walker: Walker, walkPaths: string[], baseNames: string[]): number {
+  const roots = walkPaths.map((p, i) => ({ name: baseNames[i], ino: walker.visit(p) }))
   if (roots.length === 1 && walker.inodes.get(roots[0].ino)!.kind === 'dir') return roots[0].ino
   // Several paths, or a single file: a synthetic root holds each by its base name.
   const names = new Set<string>()
@@ -106,22 +124,80 @@ function buildTree(walker: Walker, realPaths: string[]): number {
   return ino
 }
 
+/** The filesystem's UUID, recorded so that release can tell it is still the same filesystem. */
+function fsUuidOf(mount: MountEntry): string | undefined {
+  if (!mount.source.startsWith('/dev/')) return undefined
+  return probeIdentity(mount.source).fsUuid
+}
+
+/** Check what the chosen kind of image needs before anything is created. */
+function checkKind(opts: ExportOptions, mount: MountEntry, dev: bigint, realPaths: string[], output: string, record: string): SnapshotPlan | undefined {
+  if (opts.frozenImage === 'freeze') {
+    refuseOnFrozenFs(output, 'output', dev)
+    refuseOnFrozenFs(record, 'config-ID record', dev)
+  } else if (opts.frozenImage === 'none' && !mount.readOnly && !opts.assumeStable) {
+    throw new ExportError(`${mount.mountpoint} is mounted read-write: --frozen-image none needs a read-only mount, or --assume-stable if you guarantee nothing writes to it`)
+  }
+  return opts.frozenImage === 'snapshot' ? planSnapshot(mount, realPaths) : undefined
+}
+
 export function exportImage(opts: ExportOptions): Manifest {
   const { dev, mount, realPaths } = sourceFilesystem(opts.paths)
   const output = path.resolve(opts.output)
   const record = opts.record ? path.resolve(opts.record) : `${output}.config-id`
-  if (opts.frozenImage === 'freeze') {
-    refuseOnFrozenFs(output, 'output', dev)
-    refuseOnFrozenFs(record, 'config-ID record', dev)
-  } else if (!mount.readOnly && !opts.assumeStable) {
-    throw new ExportError(`${mount.mountpoint} is mounted read-write: --frozen-image none needs a read-only mount, or --assume-stable if you guarantee nothing writes to it`)
+  const plan = checkKind(opts, mount, dev, realPaths, output, record)
+  const journal = journalPathOf(output)
+  // One image per manifest path: a second export would overwrite the only record of the first image.
+  if (fs.existsSync(journal)) throw new ExportError(`${journal} exists: the image last exported to ${opts.output} was not released; run: extfs release ${opts.output}`)
+  const mapper = FileMapper.forMount(mount, { throughLoop: opts.throughLoop })
+
+  const imageId = newImageId()
+  const frozenImage: FrozenImage = { kind: opts.frozenImage, mountpoint: mount.mountpoint, fsType: mount.fsType }
+  const fsUuid = fsUuidOf(mount)
+  if (fsUuid) frozenImage.fsUuid = fsUuid
+  if (plan) Object.assign(frozenImage, { mechanism: plan.mechanism, imageId, imagePath: imageDirOf(mount.mountpoint, imageId) })
+  const hooks: HookContext = {
+    imageId, kind: opts.frozenImage, mechanism: plan?.mechanism ?? opts.frozenImage, mountpoint: mount.mountpoint, paths: realPaths, manifest: output,
   }
 
-  const mapper = FileMapper.forMount(mount, { throughLoop: false })
-  if (opts.frozenImage === 'freeze') freezeFilesystem(mount.mountpoint)
+  runPreFreeze(opts.preFreeze, hooks)
+  let thawHookDone = false
+  const postThaw = (status: 'taken' | 'failed') => {
+    if (thawHookDone) return
+    thawHookDone = true
+    runPostThaw(opts.postThaw, hooks, status, opts.warn)
+  }
+  if (opts.frozenImage !== 'none') {
+    writeJournal(journal, {
+      format: 'extfs-frozen-image-journal', version: 1, imageId, kind: opts.frozenImage, mechanism: plan?.mechanism,
+      mountpoint: mount.mountpoint, fsType: mount.fsType, fsUuid, imagePath: frozenImage.imagePath, manifest: output, record, createdAt: new Date().toISOString(),
+    })
+  }
+  /** After a failure: remove what was created; the journal goes only once nothing is left for release to do. */
+  const undo = (created: boolean) => {
+    try {
+      if (created || frozenImage.kind === 'snapshot') undoImage(frozenImage)
+      removeJournal(journal)
+    } catch (err) {
+      opts.warn(`could not undo the image (${(err as Error).message}); run: extfs release ${opts.output}`)
+    }
+  }
+
+  let hold: Hold
   try {
-    const walker = new Walker({ dev, mapper, warn: opts.warn })
-    const root = buildTree(walker, realPaths)
+    hold = takeImage(frozenImage, plan, realPaths, dev)
+  } catch (err) {
+    postThaw('failed')
+    undo(false)
+    throw err
+  }
+  // A clone set is taken file by file during the walk: its post-thaw hook runs after the last clone.
+  if (!hold.live) postThaw('taken')
+  const toSource = inSourceTerms(hold, realPaths)
+  try {
+    const walker = new Walker({ dev: hold.dev, mapper, warn: (m) => opts.warn(toSource(m)), openFile: hold.openFile, carryMax: opts.carryMax, skip: new Set([...hold.skip, journal]), live: hold.live })
+    const root = buildTree(walker, hold.walkPaths, realPaths.map((p) => path.basename(p)))
+    postThaw('taken')
     const devices = describeDevices(mapper.disks, allExtents(walker.inodes.values()))
     const configId = randomBytes(16).toString('hex')
     let manifest: Manifest = {
@@ -131,7 +207,7 @@ export function exportImage(opts: ExportOptions): Manifest {
       configId,
       createdAt: new Date().toISOString(),
       source: { host: os.hostname(), paths: realPaths },
-      frozenImage: { kind: opts.frozenImage, mountpoint: mount.mountpoint, fsType: mount.fsType },
+      frozenImage,
       // Relative when beside the manifest, so both hosts may mount the shared storage at different paths.
       configRecord: path.dirname(record) === path.dirname(output) ? path.basename(record) : record,
       blockSize: fs.statfsSync(mount.mountpoint).bsize,
@@ -151,7 +227,15 @@ export function exportImage(opts: ExportOptions): Manifest {
     }
     return manifest
   } catch (err) {
-    if (opts.frozenImage === 'freeze') thawFilesystem(mount.mountpoint)
+    postThaw('failed')
+    undo(true)
+    if (err instanceof ExportError) err.message = toSource(err.message)
     throw err
   }
+}
+
+/** Messages name files as the owner knows them, not by their place inside our snapshot. */
+function inSourceTerms(hold: Hold, realPaths: string[]): (text: string) => string {
+  const moved = hold.walkPaths.map((w, i) => [w, realPaths[i]]).filter(([w, r]) => w !== r)
+  return (text) => moved.reduce((t, [w, r]) => t.split(w).join(r), text)
 }

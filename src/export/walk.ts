@@ -1,22 +1,32 @@
-// Walk the exported paths on the frozen filesystem and describe every inode: metadata, xattrs, and
-// for regular files their physical extents (or inline content).
+// Walk the exported paths of the frozen image and describe every inode: metadata, xattrs, and for
+// regular files their physical extents (or carried content). The image is the frozen filesystem
+// itself, a btrfs snapshot, or (clone sets) the live filesystem whose files are cloned as they are met.
 import fs from 'node:fs'
 import path from 'node:path'
 import type { DirEntry, Inode, InodeKind, Timespec } from '../manifest/types'
 import { native } from '../native'
 import type { FileMapper } from '../mapping/mapper'
+import type { FileData, OpenFile } from '../frozen/clone-set'
 import { ExportError } from '../errors'
-
-/** Inline content is carried in the manifest only up to this size (ext4 inline data is far smaller). */
-const MAX_INLINE = 64 * 1024
 
 export interface WalkTarget {
   /** st_dev of the filesystem being exported: entries on other filesystems are skipped. */
   dev: bigint
   /** Maps each regular file to extents on raw disks. */
   mapper: FileMapper
-  /** Called for what is skipped (other filesystems under the tree). */
+  /** Called for what is skipped (other filesystems under the tree, files that vanished). */
   warn: (msg: string) => void
+  /** Opens each regular file: in place, or by cloning it first (clone sets). */
+  openFile: OpenFile
+  /** Largest inline or compressed file whose content is carried in the manifest (--carry-max), bytes. */
+  carryMax: number
+  /** Absolute paths never descended into (the image directory of a clone set or snapshot). */
+  skip: ReadonlySet<string>
+  /**
+   * The filesystem is live (clone sets): an entry may vanish between readdir and lstat or open; it is
+   * skipped with a warning. On a frozen image that cannot happen, so it stays an error there.
+   */
+  live: boolean
 }
 
 const NS = 1_000_000_000n
@@ -47,7 +57,9 @@ function readXattrs(file: string): Record<string, string> | undefined {
   try {
     names = native.listXattrs(file)
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOTSUP') return undefined
+    // ENOENT: deleted after it was described, which only a live filesystem (clone sets) allows.
+    const code = (err as NodeJS.ErrnoException).code
+    if (code === 'ENOTSUP' || code === 'ENOENT') return undefined
     throw new ExportError(`${file}: cannot list extended attributes: ${(err as Error).message}`)
   }
   if (names.length === 0) return undefined
@@ -66,22 +78,26 @@ export class Walker {
   visit(file: string): number {
     // Iterative, so deep trees cannot overflow the stack: directories are finished after their children.
     const rootIno = this.describe(file, fs.lstatSync(file, { bigint: true }))
+    if (rootIno === undefined) throw new ExportError(`${file}: vanished while it was being exported`)
     const stack: { dir: string; inode: Inode }[] = []
     const first = this.inodes.get(rootIno)!
     if (first.kind === 'dir') stack.push({ dir: file, inode: first })
     while (stack.length > 0) {
       const { dir, inode } = stack.pop()!
       const entries: DirEntry[] = []
-      for (const raw of fs.readdirSync(dir, { encoding: 'buffer' })) {
+      for (const raw of this.readdir(dir)) {
         const name = utf8Name(raw, dir)
         const child = path.join(dir, name)
-        const st = fs.lstatSync(child, { bigint: true })
+        if (this.target.skip.has(child)) continue
+        const st = this.lstat(child)
+        if (!st) continue
         if (st.dev !== this.target.dev) {
-          this.target.warn(`${child}: on another filesystem, skipped`)
+          this.target.warn(`${child}: on another filesystem (or btrfs subvolume), skipped`)
           continue
         }
         const known = this.inodes.get(Number(st.ino))
         const ino = known ? known.ino : this.describe(child, st)
+        if (ino === undefined) continue
         const childInode = this.inodes.get(ino)!
         if (known) childInode.nlink++ // another name of a hard-linked inode
         entries.push({ name, ino })
@@ -93,7 +109,53 @@ export class Walker {
     return rootIno
   }
 
-  private describe(file: string, st: fs.BigIntStats): number {
+  private readdir(dir: string): Buffer[] {
+    try {
+      return fs.readdirSync(dir, { encoding: 'buffer' })
+    } catch (err) {
+      if (!this.vanished(err, dir)) throw err
+      return []
+    }
+  }
+
+  private lstat(file: string): fs.BigIntStats | undefined {
+    try {
+      return fs.lstatSync(file, { bigint: true })
+    } catch (err) {
+      if (!this.vanished(err, file)) throw err
+      return undefined
+    }
+  }
+
+  /** On a live filesystem a missing entry was deleted after readdir: warn and skip it. */
+  private vanished(err: unknown, file: string): boolean {
+    const code = (err as NodeJS.ErrnoException).code
+    if (!this.target.live || (code !== 'ENOENT' && code !== 'ENOTDIR')) return false
+    this.target.warn(`${file}: vanished while the image was taken, skipped`)
+    return true
+  }
+
+  /** Returns the inode number, or undefined when a regular file vanished before it could be opened. */
+  private describe(file: string, found: fs.BigIntStats): number | undefined {
+    let st = found
+    let data: FileData | undefined
+    if (found.isFile()) {
+      data = this.target.openFile(file, found)
+      if (!data) {
+        if (!this.target.live) throw new ExportError(`${file}: changed while the image was frozen`)
+        this.target.warn(`${file}: vanished or replaced while the image was taken, skipped`)
+        return undefined
+      }
+      st = data.meta
+    }
+    try {
+      return this.describeWith(file, st, data)
+    } finally {
+      data?.close()
+    }
+  }
+
+  private describeWith(file: string, st: fs.BigIntStats, data: FileData | undefined): number {
     const kind = kindOf(st)
     const inode: Inode = {
       ino: Number(st.ino),
@@ -103,37 +165,37 @@ export class Walker {
       gid: Number(st.gid),
       // nlink counts the names found in the exported tree (a faithful copy of it), not outside it.
       nlink: 1,
-      size: Number(st.size),
-      blocks: Number(st.blocks),
+      // A clone's size and allocation, not the original's: they must agree with the extents mapped.
+      size: Number((data?.data ?? st).size),
+      blocks: Number((data?.data ?? st).blocks),
       atime: timespec(st.atimeNs),
       mtime: timespec(st.mtimeNs),
       ctime: timespec(st.ctimeNs),
     }
     if (kind === 'char' || kind === 'block') inode.rdev = Number(st.rdev)
     if (kind === 'symlink') inode.target = utf8Name(fs.readlinkSync(file, { encoding: 'buffer' }), file)
-    if (kind === 'file') this.mapRegularFile(file, inode)
+    if (data) this.mapRegularFile(data.fd, file, inode)
     const xattrs = readXattrs(file)
     if (xattrs) inode.xattrs = xattrs
     this.inodes.set(inode.ino, inode)
     return inode.ino
   }
 
-  private mapRegularFile(file: string, inode: Inode): void {
-    // O_NOATIME: reading inline data must not touch the frozen filesystem's metadata.
-    const fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOATIME)
-    try {
-      const m = this.target.mapper.map(fd, file, inode.size)
-      if (m.kind === 'extents') {
-        inode.extents = m.extents
-        return
-      }
-      if (inode.size > MAX_INLINE) throw new ExportError(`${file}: ${m.why} data of ${inode.size} bytes is over the ${MAX_INLINE}-byte limit for carrying it in the manifest`)
-      const data = Buffer.alloc(inode.size)
-      const n = fs.readSync(fd, data, 0, inode.size, 0)
-      if (n !== inode.size) throw new ExportError(`${file}: short read of ${m.why} data (${n} of ${inode.size} bytes)`)
-      inode.inline = data.toString('base64')
-    } finally {
-      fs.closeSync(fd)
+  /** `fd` is the file itself, or its clone: the bytes the manifest describes. */
+  private mapRegularFile(fd: number, file: string, inode: Inode): void {
+    const m = this.target.mapper.map(fd, file, inode.size)
+    if (m.kind === 'extents') {
+      inode.extents = m.extents
+      return
     }
+    // Inline or compressed: not readable raw, so the content itself goes into the manifest.
+    const max = this.target.carryMax
+    if (inode.size > max) {
+      throw new ExportError(`${file}: ${m.why} data of ${inode.size} bytes is over the ${max}-byte limit for carrying it in the manifest (--carry-max)`)
+    }
+    const content = Buffer.alloc(inode.size)
+    const n = fs.readSync(fd, content, 0, inode.size, 0)
+    if (n !== inode.size) throw new ExportError(`${file}: short read of ${m.why} data (${n} of ${inode.size} bytes)`)
+    inode.inline = content.toString('base64')
   }
 }

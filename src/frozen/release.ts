@@ -1,25 +1,86 @@
 // `extfs release`: end the frozen image. The record is marked released first, so movers refuse new
-// opens before the filesystem can change under them; then the filesystem is thawed.
-import type { Manifest } from '../manifest/types'
+// opens before the image can change under them; then the filesystem is thawed (freeze) or the snapshot
+// or clone set is removed (snapshot), and finally the export's journal goes.
+//
+// Release works from the manifest or, when export died before writing one, from the journal beside it
+// (`<manifest>.frozen-image`). Both are data: only the image directory export creates, carrying its
+// marker, is ever removed, so nothing of the owner's is touched. Releasing twice is harmless.
+import fs from 'node:fs'
+import type { FrozenImage, Manifest } from '../manifest/types'
 import { recordPath, writeRecord } from '../configid/record'
 import { thawFilesystem } from './freeze'
+import { discardImage } from './discard'
+import { FrozenImageJournal, journalPathOf, readJournal, removeJournal } from './journal'
 import { mountOf } from '../mapping/mountinfo'
+import { probeIdentity } from '../device/identity'
 import { ExtfsError } from '../errors'
 import { ExitCode } from '../cli/exit-codes'
 
 export interface ReleaseResult {
-  /** False when the filesystem was not frozen any more (released before, or thawed by hand). */
-  thawed: boolean
+  configId?: string
+  /** freeze: false when the filesystem was not frozen any more (released before, or thawed by hand). */
+  thawed?: boolean
+  /** snapshot: the image directory removed now, if it was still there. */
+  removed?: string
+  /** True when only the journal of an unfinished export was found. */
+  fromJournal: boolean
+}
+
+/** The image must still be mounted where export found it, and be the same filesystem. */
+function checkStillMounted(image: Pick<FrozenImage, 'mountpoint' | 'fsType' | 'fsUuid'>): void {
+  const mount = mountOf(image.mountpoint)
+  const what = `${image.mountpoint} is no longer the ${image.fsType} filesystem this image `
+  if (!mount || mount.mountpoint !== image.mountpoint || mount.fsType !== image.fsType) {
+    throw new ExtfsError(ExitCode.Export, `${what}was taken of; mount it there and release again`)
+  }
+  if (image.fsUuid && mount.source.startsWith('/dev/') && probeIdentity(mount.source).fsUuid !== image.fsUuid) {
+    throw new ExtfsError(ExitCode.Export, `${what}was taken of (its UUID differs); mount it there and release again`)
+  }
+}
+
+/** Thaw, or remove the snapshot image; the record has been marked already. */
+function endImage(image: FrozenImage | FrozenImageJournal, imageId: string | undefined): Pick<ReleaseResult, 'thawed' | 'removed'> {
+  if (image.kind === 'freeze') return { thawed: thawFilesystem(image.mountpoint) }
+  if (image.kind === 'snapshot' && image.imagePath && imageId) {
+    const removed = discardImage({ mountpoint: image.mountpoint, imageId, imagePath: image.imagePath, mechanism: image.mechanism })
+    return removed ? { removed: image.imagePath } : {}
+  }
+  return {}
+}
+
+/** The journal belongs to this manifest's image (and not to a later, unrelated export). */
+function journalMatches(j: FrozenImageJournal, image: FrozenImage): boolean {
+  if (j.kind !== image.kind || j.mountpoint !== image.mountpoint) return false
+  return image.kind !== 'snapshot' || j.imageId === image.imageId
 }
 
 export function releaseImage(manifestPath: string, manifest: Manifest): ReleaseResult {
   const image = manifest.frozenImage
-  if (image.kind === 'freeze') {
-    const mount = mountOf(image.mountpoint)
-    if (!mount || mount.mountpoint !== image.mountpoint || mount.fsType !== image.fsType) {
-      throw new ExtfsError(ExitCode.Export, `${image.mountpoint} is no longer the ${image.fsType} filesystem this image froze`)
-    }
-  }
+  if (image.kind !== 'none') checkStillMounted(image)
   writeRecord(recordPath(manifestPath, manifest.configRecord), manifest.configId, 'released')
-  return { thawed: image.kind === 'freeze' ? thawFilesystem(image.mountpoint) : false }
+  const result: ReleaseResult = { configId: manifest.configId, fromJournal: false, ...endImage(image, image.imageId) }
+  const journalPath = journalPathOf(manifestPath)
+  const journal = readJournal(journalPath)
+  if (journal && journalMatches(journal, image)) removeJournal(journalPath)
+  return result
+}
+
+/** Release after an export that died before writing its manifest; undefined when there is no journal either. */
+export function releaseFromJournal(manifestPath: string): ReleaseResult | undefined {
+  const journalPath = journalPathOf(manifestPath)
+  const journal = readJournal(journalPath)
+  if (!journal) return undefined
+  checkStillMounted(journal)
+  // Export writes the record last, so it rarely exists here; when it does, it must say released.
+  let configId: string | undefined
+  try {
+    const r = JSON.parse(fs.readFileSync(journal.record, 'utf8')) as { configId?: unknown }
+    if (typeof r.configId === 'string') configId = r.configId
+  } catch {
+    // No record (the usual case), or one we cannot read: nothing to mark.
+  }
+  if (configId) writeRecord(journal.record, configId, 'released')
+  const result: ReleaseResult = { configId, fromJournal: true, ...endImage(journal, journal.imageId) }
+  removeJournal(journalPath)
+  return result
 }

@@ -70,7 +70,7 @@ function readManifestText(path: string, maxBytes: number): string {
   }
 }
 
-function openManifest(path: string): number {
+export function openManifest(path: string): number {
   try {
     return fs.openSync(path, 'r')
   } catch (err) {

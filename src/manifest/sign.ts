@@ -32,15 +32,53 @@ export function signManifest(m: Manifest, key: Buffer): Manifest {
 
 /** Throws ManifestError unless `m` carries a valid signature made with `key`. */
 export function verifyManifestSignature(m: Manifest, key: Buffer): void {
-  const sig = m.signature
+  checkSignature(m.signature, () => hmacHex(withoutSignature(m), key))
+}
+
+/**
+ * Throws ManifestError unless `sig` is an hmac-sha256 signature equal to the HMAC `expectedHex()`
+ * computes (constant-time comparison). Shared by verifyManifestSignature and the streaming loader,
+ * which computes the HMAC with CanonicalHmac as the manifest streams by.
+ */
+export function checkSignature(sig: Manifest['signature'] | null, expectedHex: () => string): void {
   if (sig === undefined || sig === null) throw new ManifestError('manifest is not signed but --key was given')
   if (sig.alg !== 'hmac-sha256') {
     throw new ManifestError(`manifest signature algorithm ${JSON.stringify(sig.alg)} is not supported (expected hmac-sha256)`)
   }
-  const expected = Buffer.from(hmacHex(withoutSignature(m), key), 'hex')
+  const expected = Buffer.from(expectedHex(), 'hex')
   const given = typeof sig.value === 'string' && /^[0-9a-f]{64}$/.test(sig.value) ? Buffer.from(sig.value, 'hex') : undefined
   if (given === undefined || !crypto.timingSafeEqual(given, expected)) {
     throw new ManifestError('manifest signature does not match: altered, or signed with another key')
+  }
+}
+
+/**
+ * An HMAC over canonical JSON written piece by piece: `raw` for structure the caller lays out itself
+ * (braces, keys, commas), `value` for a whole value in canonical form. The streaming loader writes
+ * `{` + the sorted top-level pairs before "inodes" + `"inodes":[` + each inode + `]` + the pairs
+ * after it + `}`, which is exactly canonicalJson of the manifest without its signature.
+ */
+export class CanonicalHmac {
+  private readonly hmac: crypto.Hmac
+  private readonly out: ChunkWriter
+
+  constructor(key: Buffer) {
+    const hmac = crypto.createHmac('sha256', key)
+    this.hmac = hmac
+    this.out = new ChunkWriter((chunk) => hmac.update(chunk, 'utf8'))
+  }
+
+  raw(text: string): void {
+    this.out.push(text)
+  }
+
+  value(v: unknown): void {
+    writeValue(v, this.out)
+  }
+
+  digestHex(): string {
+    this.out.flush()
+    return this.hmac.digest('hex')
   }
 }
 

@@ -89,7 +89,10 @@ export interface Inode {
   entries?: DirEntry[]
 }
 
-export type FrozenImageKind = 'freeze' | 'none'
+export type FrozenImageKind = 'freeze' | 'none' | 'snapshot'
+
+/** How a `snapshot` image is held: a read-only btrfs subvolume snapshot, or reflink clones of each file. */
+export type SnapshotMechanism = 'btrfs-snapshot' | 'clone-set'
 
 export interface FrozenImage {
   kind: FrozenImageKind
@@ -97,6 +100,12 @@ export interface FrozenImage {
   mountpoint: string
   fsType: string
   fsUuid?: string
+  /** `snapshot` only: which mechanism export picked. */
+  mechanism?: SnapshotMechanism
+  /** `snapshot` only: 32 hex digits naming the image directory (`<mountpoint>/.extfs-images/<imageId>`). */
+  imageId?: string
+  /** `snapshot` only: the image directory export created and `release` removes (holds the snapshot or the clones). */
+  imagePath?: string
 }
 
 export interface Signature {

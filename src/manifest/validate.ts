@@ -55,7 +55,7 @@ const NSEC_PER_SEC = 1_000_000_000
 const MANIFEST_KEYS = keySet('format', 'version', 'features', 'configId', 'createdAt', 'source',
   'frozenImage', 'configRecord', 'blockSize', 'devices', 'root', 'inodes', 'signature')
 const SOURCE_KEYS = keySet('host', 'paths')
-const FROZEN_KEYS = keySet('kind', 'mountpoint', 'fsType', 'fsUuid')
+const FROZEN_KEYS = keySet('kind', 'mountpoint', 'fsType', 'fsUuid', 'mechanism', 'imageId', 'imagePath')
 const SIGNATURE_KEYS = keySet('alg', 'value')
 const DEVICE_KEYS = keySet('id', 'size', 'identity', 'fingerprints', 'hint')
 const IDENTITY_KEYS = ['fsUuid', 'ptUuid', 'devUuid', 'wwn', 'serial'] as const
@@ -66,7 +66,9 @@ const INODE_KEYS = keySet('ino', 'kind', 'perm', 'uid', 'gid', 'nlink', 'size', 
 const EXTENT_KEYS = keySet('fileOffset', 'device', 'deviceOffset', 'length')
 const ENTRY_KEYS = keySet('name', 'ino')
 const INODE_KINDS = keySet('file', 'dir', 'symlink', 'fifo', 'char', 'block', 'socket')
-const FROZEN_KINDS = keySet('freeze', 'none')
+const FROZEN_KINDS = keySet('freeze', 'none', 'snapshot')
+const SNAPSHOT_MECHANISMS = keySet('btrfs-snapshot', 'clone-set')
+const IMAGE_ID = /^[0-9a-f]{32}$/
 const XATTR_PREFIXES = ['user.', 'trusted.', 'security.', 'system.'] as const
 
 const CONFIG_ID = /^[A-Za-z0-9_-]{8,128}$/
@@ -91,6 +93,25 @@ export function parseManifest(text: string): Manifest {
 /** Check a parsed manifest against every rule of format version 1; returns it typed, unchanged. */
 export function validateManifest(value: unknown): Manifest {
   if (!isObject(value)) bad('manifest', `must be a JSON object, got ${describe(value)}`)
+  const { deviceSizes, inlineAllowed } = validateHeader(value)
+  const inodes = checkInodeList(value.inodes, deviceSizes, inlineAllowed)
+  checkTree(value.root, inodes.list, inodes.index)
+  return value as unknown as Manifest
+}
+
+/** What the inode checks need from a validated header. */
+export interface HeaderFacts {
+  /** Each device's size in bytes, indexed like `devices`. */
+  deviceSizes: number[]
+  inlineAllowed: boolean
+}
+
+/**
+ * Every top-level check but the inodes and the tree: shared by validateManifest and the streaming
+ * loader (src/manifest/stream.ts), which passes the top-level fields without `inodes` (and without
+ * `root` or `signature` when they come after the inodes in the file: see checkLateField).
+ */
+export function validateHeader(value: Obj): HeaderFacts {
   // Format, version and features first: a newer manifest must get the "upgrade" message, not a
   // complaint about some field this build does not know.
   checkFormatAndVersion(value)
@@ -98,9 +119,20 @@ export function validateManifest(value: unknown): Manifest {
   checkKnownKeys(value, MANIFEST_KEYS, 'manifest')
   checkHeader(value)
   const deviceSizes = checkDevices(value.devices)
-  const inodes = checkInodeList(value.inodes, deviceSizes, features.has('inline-data'))
-  checkTree(value.root, inodes.list, inodes.index)
-  return value as unknown as Manifest
+  return { deviceSizes, inlineAllowed: features.has('inline-data') }
+}
+
+/** A top-level field the streaming loader met after the inodes: the checks validateHeader makes of it. */
+export function checkLateField(key: string, value: unknown): void {
+  if (!MANIFEST_KEYS.has(key)) bad('manifest', `unknown field ${quote(key)}`)
+  if (key === 'signature') checkSignatureShape(value)
+  else if (key === 'root') checkRoot(value)
+  else throw new Error(`checkLateField: ${key} is not checked late`)
+}
+
+/** The root field's own shape; that it names a directory is checked with the tree. */
+export function checkRoot(root: unknown): asserts root is number {
+  if (!isInt(root, 1, MAX_SAFE)) bad('manifest', `root must be a positive integer, got ${describe(root)}`)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -171,11 +203,23 @@ function checkFrozenImage(f: unknown): void {
   if (!isObject(f)) bad('manifest', `frozenImage must be an object, got ${describe(f)}`)
   checkKnownKeys(f, FROZEN_KEYS, 'frozenImage')
   if (typeof f.kind !== 'string' || !FROZEN_KINDS.has(f.kind)) {
-    bad('frozenImage', `kind must be "freeze" or "none", got ${describe(f.kind)}`)
+    bad('frozenImage', `kind must be "freeze", "none" or "snapshot", got ${describe(f.kind)}`)
   }
   checkAbsolutePath(f.mountpoint, 'frozenImage', 'mountpoint')
   checkShortString(f.fsType, 'frozenImage', 'fsType')
   if (f.fsUuid !== undefined) checkShortString(f.fsUuid, 'frozenImage', 'fsUuid')
+  if (f.kind !== 'snapshot') {
+    // Only a snapshot has an image of its own for `release` to remove.
+    for (const k of ['mechanism', 'imageId', 'imagePath']) {
+      if (f[k] !== undefined) bad('frozenImage', `${k} is only allowed with kind "snapshot"`)
+    }
+    return
+  }
+  if (typeof f.mechanism !== 'string' || !SNAPSHOT_MECHANISMS.has(f.mechanism)) {
+    bad('frozenImage', `mechanism must be "btrfs-snapshot" or "clone-set", got ${describe(f.mechanism)}`)
+  }
+  if (typeof f.imageId !== 'string' || !IMAGE_ID.test(f.imageId)) bad('frozenImage', `imageId must be 32 lowercase hex digits, got ${describe(f.imageId)}`)
+  checkAbsolutePath(f.imagePath, 'frozenImage', 'imagePath')
 }
 
 function checkSignatureShape(s: unknown): void {
@@ -258,7 +302,7 @@ interface InodeTable {
 }
 
 /** Running totals across inodes, for the manifest-wide bounds. */
-interface Totals {
+export interface Totals {
   extents: number
 }
 
@@ -305,7 +349,8 @@ function lookupIno(index: InoIndex, ino: number): number {
   return index.map!.get(ino) ?? -1
 }
 
-function checkInode(n: unknown, i: number, deviceSizes: number[], inlineAllowed: boolean, totals: Totals): Inode {
+/** One inode on its own (`i` is its position in the list, for messages). Its entries are checkEntries' job. */
+export function checkInode(n: unknown, i: number, deviceSizes: number[], inlineAllowed: boolean, totals: Totals): Inode {
   if (!isObject(n)) bad(`inodes[${i}]`, `must be an object, got ${describe(n)}`)
   const ino = n.ino
   if (!isInt(ino, 1, MAX_SAFE)) bad(`inodes[${i}]`, `ino must be a positive integer, got ${describe(ino)}`)
@@ -458,7 +503,7 @@ function checkExtents(list: unknown, ino: number, size: number, deviceSizes: num
 // reached many times (hard links).
 
 function checkTree(root: unknown, inodes: Inode[], index: InoIndex): void {
-  if (!isInt(root, 1, MAX_SAFE)) bad('manifest', `root must be a positive integer, got ${describe(root)}`)
+  checkRoot(root)
   const rootIndex = lookupIno(index, root)
   if (rootIndex === -1) bad('manifest', `root inode ${root} is missing from the inode list`)
   if (inodes[rootIndex]!.kind !== 'dir') bad('manifest', `root inode ${root} is a ${inodes[rootIndex]!.kind}, not a dir`)
@@ -473,9 +518,7 @@ function checkTree(root: unknown, inodes: Inode[], index: InoIndex): void {
     const dirIndex = stack.pop()!
     const dir = inodes[dirIndex]!
     const entries = dir.entries as unknown[]
-    if (entries.length > LIMITS.entriesPerDir) {
-      bad(`inode ${dir.ino}`, `${entries.length} entries, over the limit of ${LIMITS.entriesPerDir}`)
-    }
+    checkEntryCount(entries, dir.ino)
     const names = entries.length > 1 ? new Set<string>() : undefined
     for (let i = 0; i < entries.length; i++) {
       const e = checkEntry(entries[i], dir.ino, i, names)
@@ -498,6 +541,23 @@ function checkTree(root: unknown, inodes: Inode[], index: InoIndex): void {
     const orphan = inodes[reached.indexOf(0)]!
     bad(`inode ${orphan.ino}`, 'is not reachable from the root (an orphan)')
   }
+}
+
+function checkEntryCount(entries: unknown[], dirIno: number): void {
+  if (entries.length > LIMITS.entriesPerDir) {
+    bad(`inode ${dirIno}`, `${entries.length} entries, over the limit of ${LIMITS.entriesPerDir}`)
+  }
+}
+
+/**
+ * A directory's entries on their own (count, fields, names, no name twice), as checkTree checks each
+ * directory it reaches. The streaming loader checks them as the directory streams by; where they
+ * point (existing inodes, a tree) is checked after the stream (src/manifest/tree.ts).
+ */
+export function checkEntries(entries: unknown[], dirIno: number): void {
+  checkEntryCount(entries, dirIno)
+  const names = entries.length > 1 ? new Set<string>() : undefined
+  for (let i = 0; i < entries.length; i++) checkEntry(entries[i], dirIno, i, names)
 }
 
 function checkEntry(e: unknown, dirIno: number, i: number, names: Set<string> | undefined): { name: string; ino: number } {
@@ -545,7 +605,8 @@ function rejectSecondParent(inodes: Inode[], parentOf: Int32Array, child: number
 // ---------------------------------------------------------------------------------------------
 // Small helpers
 
-function bad(where: string, what: string): never {
+/** Throws the one-line ManifestError `<where>: <what>`. */
+export function bad(where: string, what: string): never {
   throw new ManifestError(`${where}: ${what}`)
 }
 
@@ -634,6 +695,6 @@ function describe(v: unknown): string {
 }
 
 /** A string for an error message: JSON-quoted (so NUL and newlines show as escapes), cut short. */
-function quote(s: string): string {
+export function quote(s: string): string {
   return s.length > 80 ? `${JSON.stringify(s.slice(0, 80))}...` : JSON.stringify(s)
 }

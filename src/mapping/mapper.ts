@@ -60,9 +60,19 @@ export class FileMapper {
     }
     // btrfs: FIEMAP's addresses are logical; the chunk tree places them on the member devices,
     // which may themselves sit on partitions, device-mapper or loop files.
-    const layout = BtrfsLayout.read(mount.mountpoint)
+    let layout = BtrfsLayout.read(mount.mountpoint)
+    const members = (logical: number, length: number) => {
+      try {
+        return layout.resolve(logical, length)
+      } catch {
+        // A chunk allocated since the layout was read: the flush that takes the image, or the owner's
+        // writes while a clone set is taken file by file. Read the chunk tree again, once.
+        layout = BtrfsLayout.read(mount.mountpoint)
+        return layout.resolve(logical, length)
+      }
+    }
     return new FileMapper((logical, length) =>
-      layout.resolve(logical, length).flatMap((s) => (s.dev ? stack.resolve(s.dev, s.offset, s.length) : [{ raw: null, offset: 0, length: s.length }])),
+      members(logical, length).flatMap((s) => (s.dev ? stack.resolve(s.dev, s.offset, s.length) : [{ raw: null, offset: 0, length: s.length }])),
     )
   }
 
