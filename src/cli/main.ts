@@ -19,6 +19,8 @@ import { serve } from '../mover/serve'
 import { DEFAULT_LOG_FILE, READY_FD_ENV, reportReady, startBackground } from '../mover/daemon'
 import { unmountView } from '../mover/umount'
 import { formatSummary, summarize } from './inspect'
+import { remapImage } from '../remap/remap'
+import { StaleError } from '../errors'
 
 function collectDevice(value: string, acc: Map<string, string>): Map<string, string> {
   const eq = value.indexOf('=')
@@ -215,6 +217,24 @@ export function buildProgram(): Command {
       }
       const m = readCheckedManifest(manifest, key(o))
       process.stdout.write(describeRelease(releaseImage(file, m), m) + '\n')
+    })
+
+  program.command('remap')
+    .description('map the frozen image again; publish a delta of the files whose extents moved and a new config ID')
+    .argument('<manifest>')
+    .addOption(keyOption())
+    .addOption(logLevelOption())
+    .action((manifest: string, o) => {
+      requireRoot('remap')
+      const log = createLogger({ level: o.logLevel })
+      const r = remapImage(manifest, { key: key(o), warn: (msg) => log.warn(msg) })
+      if (r.state === 'released') throw new StaleError(`frozen image ${r.configId} was released: nothing to remap`)
+      if (r.state === 'unchanged') {
+        process.stdout.write(`unchanged ${r.configId}\n`)
+        return
+      }
+      const d = r.delta!
+      process.stdout.write(`remapped ${d.from} -> ${d.to}: ${d.files.length} files, ${d.devices.length} new devices, delta ${r.deltaBytes} bytes (manifest ${r.manifestBytes} bytes)\n`)
     })
 
   program.command('backup')

@@ -3,6 +3,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import { writeFileAtomic } from '../manifest/io'
+import { ManifestError } from '../errors'
 
 export const RECORD_FORMAT = 'extfs-config-record'
 
@@ -14,11 +15,91 @@ export interface ConfigRecord {
   configId: string
   state: RecordState
   updatedAt: string
+  /**
+   * The delta chain (docs/remap.md): deltas[i-1] is delta i's file, a plain name in the record's
+   * directory or an absolute path. Absent: no deltas (also records written before deltas existed).
+   */
+  deltas?: string[]
+  /** How export mapped the image, so `extfs remap` maps it the same way. Initiator-only; movers ignore it. */
+  mapping?: RecordMapping
 }
 
-export function writeRecord(file: string, configId: string, state: RecordState): void {
+/** Export's mapping options, kept for remap. Absent (older records): no --through-loop, default --carry-max. */
+export interface RecordMapping {
+  throughLoop: boolean
+  /** --carry-max, bytes. */
+  carryMax: number
+}
+
+export interface RecordExtras {
+  deltas?: string[]
+  mapping?: RecordMapping
+}
+
+/** Fields a record may hold; readRecord refuses others (a newer writer must bump the version). */
+const RECORD_KEYS = new Set(['format', 'version', 'configId', 'state', 'updatedAt', 'deltas', 'mapping'])
+/** Most deltas one chain may hold: each remap that found moves adds one. */
+export const MAX_DELTAS = 100_000
+
+export function writeRecord(file: string, configId: string, state: RecordState, extras: RecordExtras = {}): void {
   const record: ConfigRecord = { format: RECORD_FORMAT, version: 1, configId, state, updatedAt: new Date().toISOString() }
+  if (extras.deltas !== undefined && extras.deltas.length > 0) record.deltas = extras.deltas
+  if (extras.mapping !== undefined) record.mapping = extras.mapping
   writeFileAtomic(file, JSON.stringify(record) + '\n')
+}
+
+/** Read and check the record in `file`: one-line ManifestErrors naming the file and the problem. */
+export function readRecord(file: string): ConfigRecord {
+  let text: string
+  try {
+    const st = fs.statSync(file)
+    // A record is a few hundred bytes plus ~30 per delta: anything far larger is not one.
+    if (st.size > 64 * 1024 + MAX_DELTAS * 300) throw new ManifestError(`config-ID record ${file} is ${st.size} bytes: not a record`)
+    text = fs.readFileSync(file, 'utf8')
+  } catch (err) {
+    if (err instanceof ManifestError) throw err
+    throw new ManifestError(`config-ID record ${file} unreadable: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)
+  }
+  let r: unknown
+  try {
+    r = JSON.parse(text)
+  } catch {
+    throw new ManifestError(`config-ID record ${file} is not valid JSON`)
+  }
+  const bad = (what: string): never => { throw new ManifestError(`config-ID record ${file}: ${what}`) }
+  if (typeof r !== 'object' || r === null || Array.isArray(r)) return bad('not a JSON object')
+  const o = r as Record<string, unknown>
+  if (o.format !== RECORD_FORMAT) bad(`format is ${JSON.stringify(o.format)}, expected "${RECORD_FORMAT}"`)
+  if (o.version !== 1) bad(`unknown version ${JSON.stringify(o.version)}: this extfs reads version 1; upgrade extfs`)
+  for (const k in o) if (!RECORD_KEYS.has(k)) bad(`unknown field ${JSON.stringify(k)}`)
+  if (typeof o.configId !== 'string' || !/^[A-Za-z0-9_-]{8,128}$/.test(o.configId)) bad(`configId ${JSON.stringify(o.configId)} is invalid`)
+  if (o.state !== 'current' && o.state !== 'released') bad(`unknown state ${JSON.stringify(o.state)}`)
+  if (typeof o.updatedAt !== 'string') bad('updatedAt must be a string')
+  if (o.deltas !== undefined) {
+    if (!Array.isArray(o.deltas) || o.deltas.length > MAX_DELTAS) bad(`deltas must be an array of at most ${MAX_DELTAS} file names`)
+    for (const d of o.deltas as unknown[]) {
+      if (typeof d !== 'string' || !isDeltaName(d)) bad(`deltas: ${JSON.stringify(d)} is not a file name beside the record or an absolute path`)
+    }
+  }
+  if (o.mapping !== undefined) {
+    const m = o.mapping as Record<string, unknown> | null
+    if (typeof m !== 'object' || m === null || typeof m.throughLoop !== 'boolean' || !Number.isSafeInteger(m.carryMax) || (m.carryMax as number) < 0 ||
+        Object.keys(m).some((k) => k !== 'throughLoop' && k !== 'carryMax')) {
+      bad(`mapping must be {throughLoop: boolean, carryMax: bytes}, got ${JSON.stringify(o.mapping)}`)
+    }
+  }
+  return o as unknown as ConfigRecord
+}
+
+/** Like the manifest's configRecord: a plain name (beside the record) or an absolute path; no NUL. */
+function isDeltaName(d: string): boolean {
+  if (d.length === 0 || d.length > 4096 || d.includes('\0')) return false
+  return d.startsWith('/') || (!d.includes('/') && d !== '.' && d !== '..')
+}
+
+/** Where a delta named in the record at `recordFile` lives. */
+export function deltaPathOf(recordFile: string, name: string): string {
+  return path.resolve(path.dirname(recordFile), name)
 }
 
 /** Where the record named in a manifest lives: relative names are beside the manifest. */

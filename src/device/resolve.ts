@@ -19,7 +19,6 @@ function bytesNeeded(manifest: Manifest, index: number, extentEnd?: number): num
       for (const e of inode.extents ?? []) if (e.device === index) end = Math.max(end, e.deviceOffset + e.length)
     }
   }
-  for (const f of manifest.devices[index].fingerprints) end = Math.max(end, f.offset + f.length)
   return end
 }
 
@@ -36,12 +35,15 @@ function findByIdentity(device: Device): string {
   return matches[0].path
 }
 
-function openAndProve(manifest: Manifest, index: number, devicePath: string, extentEnd?: number): RawDevice {
-  const device = manifest.devices[index]
+/**
+ * Open `device` at `devicePath` and prove it is the exported one: big enough for `extentEnd` and every
+ * fingerprint, and every fingerprint matching.
+ */
+function openAndProve(device: Device, devicePath: string, extentEnd: number): RawDevice {
   if (!fs.existsSync(devicePath)) throw new DeviceError(`device ${device.id}: ${devicePath} does not exist`)
   const raw = RawDevice.open(device.id, devicePath)
   try {
-    const needed = bytesNeeded(manifest, index, extentEnd)
+    const needed = device.fingerprints.reduce((end, f) => Math.max(end, f.offset + f.length), extentEnd)
     if (raw.size < needed) throw new DeviceError(`device ${device.id}: ${devicePath} is too small (${raw.size} bytes, the image needs ${needed})`)
     const bad = firstMismatch(raw, device.fingerprints)
     if (bad) throw new DeviceError(`device ${device.id}: ${devicePath} is not the exported device (fingerprint at byte ${bad.offset} differs)`)
@@ -50,6 +52,11 @@ function openAndProve(manifest: Manifest, index: number, devicePath: string, ext
     raw.close()
     throw err
   }
+}
+
+/** One device met after mounting (a delta's new device): found by `path` or by identity, then proven. */
+export function resolveDevice(device: Device, path: string | undefined, extentEnd: number): RawDevice {
+  return openAndProve(device, path ?? findByIdentity(device), extentEnd)
 }
 
 /**
@@ -63,7 +70,7 @@ export function resolveDevices(manifest: Manifest, overrides: Map<string, string
   const opened: RawDevice[] = []
   try {
     manifest.devices.forEach((device, index) => {
-      opened.push(openAndProve(manifest, index, overrides.get(device.id) ?? findByIdentity(device), extentEnds?.[index]))
+      opened.push(openAndProve(device, overrides.get(device.id) ?? findByIdentity(device), bytesNeeded(manifest, index, extentEnds?.[index])))
     })
     return opened
   } catch (err) {

@@ -220,7 +220,8 @@ export function exportImage(opts: ExportOptions): Manifest {
     // record a manifest serves nothing, so a failure here leaves nothing usable behind.
     writeManifestFile(output, manifest)
     try {
-      writeRecord(record, configId, 'current')
+      // The mapping options go into the record so that `extfs remap` maps the image the same way.
+      writeRecord(record, configId, 'current', { mapping: { throughLoop: opts.throughLoop, carryMax: opts.carryMax } })
     } catch (err) {
       fs.rmSync(output, { force: true })
       throw err

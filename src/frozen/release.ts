@@ -7,7 +7,7 @@
 // marker, is ever removed, so nothing of the owner's is touched. Releasing twice is harmless.
 import fs from 'node:fs'
 import type { FrozenImage, Manifest } from '../manifest/types'
-import { recordPath, writeRecord } from '../configid/record'
+import { readRecord, recordPath, writeRecord } from '../configid/record'
 import { thawFilesystem } from './freeze'
 import { discardImage } from './discard'
 import { FrozenImageJournal, journalPathOf, readJournal, removeJournal } from './journal'
@@ -24,6 +24,20 @@ export interface ReleaseResult {
   removed?: string
   /** True when only the journal of an unfinished export was found. */
   fromJournal: boolean
+}
+
+/**
+ * Mark the record released, keeping the config ID and delta chain it has reached (remap moved it past
+ * the manifest's); a record that cannot be read is replaced by one naming the manifest's config ID.
+ */
+function markReleased(file: string, manifestConfigId: string): void {
+  let record
+  try {
+    record = readRecord(file)
+  } catch {
+    record = undefined
+  }
+  writeRecord(file, record?.configId ?? manifestConfigId, 'released', { deltas: record?.deltas, mapping: record?.mapping })
 }
 
 /** The image must still be mounted where export found it, and be the same filesystem. */
@@ -57,7 +71,7 @@ function journalMatches(j: FrozenImageJournal, image: FrozenImage): boolean {
 export function releaseImage(manifestPath: string, manifest: Manifest): ReleaseResult {
   const image = manifest.frozenImage
   if (image.kind !== 'none') checkStillMounted(image)
-  writeRecord(recordPath(manifestPath, manifest.configRecord), manifest.configId, 'released')
+  markReleased(recordPath(manifestPath, manifest.configRecord), manifest.configId)
   const result: ReleaseResult = { configId: manifest.configId, fromJournal: false, ...endImage(image, image.imageId) }
   const journalPath = journalPathOf(manifestPath)
   const journal = readJournal(journalPath)

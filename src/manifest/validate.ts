@@ -71,7 +71,7 @@ const SNAPSHOT_MECHANISMS = keySet('btrfs-snapshot', 'clone-set')
 const IMAGE_ID = /^[0-9a-f]{32}$/
 const XATTR_PREFIXES = ['user.', 'trusted.', 'security.', 'system.'] as const
 
-const CONFIG_ID = /^[A-Za-z0-9_-]{8,128}$/
+export const CONFIG_ID = /^[A-Za-z0-9_-]{8,128}$/
 const DEVICE_ID = /^[A-Za-z0-9_.-]{1,64}$/
 const SHA256_HEX = /^[0-9a-f]{64}$/
 /** With the u flag a surrogate pair is one code point, so this matches only lone surrogates. */
@@ -222,7 +222,7 @@ function checkFrozenImage(f: unknown): void {
   checkAbsolutePath(f.imagePath, 'frozenImage', 'imagePath')
 }
 
-function checkSignatureShape(s: unknown): void {
+export function checkSignatureShape(s: unknown): void {
   if (!isObject(s)) bad('manifest', `signature must be an object {alg, value}, got ${describe(s)}`)
   checkKnownKeys(s, SIGNATURE_KEYS, 'signature')
   if (s.alg !== 'hmac-sha256') bad('signature', `alg must be "hmac-sha256", got ${describe(s.alg)}`)
@@ -249,7 +249,7 @@ function checkDevices(value: unknown): number[] {
   return sizes
 }
 
-function checkDevice(d: unknown, i: number): Device {
+export function checkDevice(d: unknown, i: number): Device {
   const where = `devices[${i}]`
   if (!isObject(d)) bad(where, `must be an object, got ${describe(d)}`)
   checkKnownKeys(d, DEVICE_KEYS, where)
@@ -421,7 +421,7 @@ function checkTarget(target: unknown, ino: number): void {
   if (LONE_SURROGATE.test(target)) bad(`inode ${ino}`, `symlink target ${quote(target)} is not valid Unicode`)
 }
 
-function checkInline(n: Obj, ino: number, inlineAllowed: boolean): void {
+export function checkInline(n: Obj, ino: number, inlineAllowed: boolean): void {
   if (!inlineAllowed) bad(`inode ${ino}`, 'has inline data but the manifest does not declare feature "inline-data"')
   const bytes = base64Length(n.inline, LIMITS.inlineBytes)
   if (bytes === TOO_LONG) bad(`inode ${ino}`, `inline data is over the limit of ${LIMITS.inlineBytes} bytes`)
@@ -458,7 +458,7 @@ function xattrNameProblem(name: string): string | undefined {
  * Checks one file's extents; returns how many there are. Extents must lie inside their device, start
  * inside the file, and be sorted by fileOffset without overlapping. Only the last may run past EOF.
  */
-function checkExtents(list: unknown, ino: number, size: number, deviceSizes: number[]): number {
+export function checkExtents(list: unknown, ino: number, size: number, deviceSizes: number[]): number {
   if (!Array.isArray(list)) bad(`inode ${ino}`, `extents must be an array, got ${describe(list)}`)
   if (list.length > LIMITS.extents) bad(`inode ${ino}`, `${list.length} extents, over the limit of ${LIMITS.extents}`)
   let prevStart = -1
@@ -614,11 +614,11 @@ function keySet(...keys: string[]): ReadonlySet<string> {
   return new Set(keys)
 }
 
-function isObject(v: unknown): v is Obj {
+export function isObject(v: unknown): v is Obj {
   return typeof v === 'object' && v !== null && !Array.isArray(v)
 }
 
-function isInt(v: unknown, min: number, max: number): v is number {
+export function isInt(v: unknown, min: number, max: number): v is number {
   return typeof v === 'number' && Number.isInteger(v) && v >= min && v <= max
 }
 
@@ -681,7 +681,7 @@ function base64Length(v: unknown, max: number): number {
 }
 
 /** A value for an error message: JSON, cut short. */
-function describe(v: unknown): string {
+export function describe(v: unknown): string {
   if (v === undefined) return 'nothing'
   if (typeof v === 'string') return quote(v)
   let s: string

@@ -1,0 +1,103 @@
+// The mover following the initiator's config-ID chain (docs/remap.md). When the record changes, the
+// deltas after the view's current config ID are read and checked (chain, validation, signature), their
+// new devices found and proven, and then all of them are applied to the engine in one step. Anything
+// wrong leaves the view on its old map and opens refused, with the reason.
+import path from 'node:path'
+import type { Device } from '../manifest/types'
+import type { DeltaFile } from '../delta/types'
+import type { DeltaContext } from '../delta/validate'
+import { readDeltaFile } from '../delta/io'
+import { readRecord } from '../configid/record'
+import { resolveDevice } from '../device/resolve'
+import type { RawDevice } from '../device/reader'
+
+/** What the engine must offer to follow: replace some files' extents and add devices, atomically. */
+export interface DeltaTarget {
+  applyDelta(files: DeltaFile[], newDevices: RawDevice[]): void
+}
+
+export type Verdict = { ok: true } | { ok: false; reason: string }
+
+export interface FollowOptions {
+  /** The manifest's configId (c0) and its devices. */
+  image: string
+  devices: readonly Device[]
+  /** ino → size of every regular file of the image. */
+  fileSizes: DeltaContext['fileSizes']
+  recordFile: string
+  key?: Buffer
+  /** --device overrides, by device id: they apply to devices a delta brings too. */
+  deviceOverrides: Map<string, string>
+  /** Called with every device opened for a delta, so the caller closes them after unmount. */
+  adopt: (d: RawDevice) => void
+  /** One line per followed delta. */
+  note: (msg: string) => void
+}
+
+export class ChainFollower {
+  private configId: string
+  private seq = 0
+  private readonly devices: Device[]
+
+  constructor(private readonly target: DeltaTarget, private readonly opts: FollowOptions) {
+    this.configId = opts.image
+    this.devices = [...opts.devices]
+  }
+
+  /** The config ID the view serves under now. */
+  get current(): string {
+    return this.configId
+  }
+
+  /** Judge the record: serve, follow it to its config ID, or refuse. Never throws. */
+  judge(): Verdict {
+    try {
+      const record = readRecord(this.opts.recordFile)
+      if (record.state === 'released') return { ok: false, reason: `frozen image ${record.configId} was released` }
+      if (record.configId === this.configId) return { ok: true }
+      this.follow(record.deltas ?? [], record.configId)
+      return { ok: true }
+    } catch (err) {
+      return { ok: false, reason: (err as Error).message }
+    }
+  }
+
+  /** Read, check and apply deltas seq+1.. of `chain`, which must end at `target`. All or nothing. */
+  private follow(chain: string[], target: string): void {
+    if (chain.length <= this.seq) throw new Error(`config ID changed from ${this.configId} to ${target} without a delta leading there`)
+    let ctx: DeltaContext = { image: this.opts.image, seq: this.seq + 1, from: this.configId, devices: this.devices, fileSizes: this.opts.fileSizes }
+    const files = new Map<number, DeltaFile>()
+    const newDevices: Device[] = []
+    for (const name of chain.slice(this.seq)) {
+      const delta = readDeltaFile(path.resolve(path.dirname(this.opts.recordFile), name), ctx, { key: this.opts.key })
+      for (const f of delta.files) files.set(f.ino, f) // a later delta's list replaces an earlier one's
+      newDevices.push(...delta.devices)
+      ctx = { ...ctx, seq: delta.seq + 1, from: delta.to, devices: [...ctx.devices, ...delta.devices] }
+    }
+    if (ctx.from !== target) throw new Error(`the delta chain ends at ${ctx.from}, but the record names ${target}`)
+    const opened = this.prove(newDevices, [...files.values()])
+    this.target.applyDelta([...files.values()], opened)
+    for (const d of opened) this.opts.adopt(d)
+    this.devices.push(...newDevices)
+    this.opts.note(`followed the config ID from ${this.configId} to ${ctx.from}: ${files.size} files moved, ${newDevices.length} new devices`)
+    this.configId = ctx.from
+    this.seq = ctx.seq - 1
+  }
+
+  /** Find and prove each new device before anything of the delta is used. */
+  private prove(devices: Device[], files: DeltaFile[]): RawDevice[] {
+    const opened: RawDevice[] = []
+    try {
+      devices.forEach((device, i) => {
+        const index = this.devices.length + i
+        let end = 0
+        for (const f of files) for (const e of f.extents ?? []) if (e.device === index) end = Math.max(end, e.deviceOffset + e.length)
+        opened.push(resolveDevice(device, this.opts.deviceOverrides.get(device.id), end))
+      })
+      return opened
+    } catch (err) {
+      for (const d of opened) d.close()
+      throw err
+    }
+  }
+}

@@ -1,0 +1,260 @@
+// `extfs remap`: map every regular file of a frozen image again and publish what moved (docs/remap.md).
+// Blocks of an image move while it exists (xfs_fsr on clones, btrfs balance or replace). The current
+// map (manifest ⊕ the record's deltas) is compared file by file with a fresh mapping; the files whose
+// extents differ go into a new delta with their complete new extent lists, disks the current map does
+// not know become new devices, and the record moves to a new config ID. Order for readers on the other
+// host: the delta file first (atomically), then the record (atomically), so a record's config ID always
+// has its delta on storage.
+import fs from 'node:fs'
+import path from 'node:path'
+import { randomBytes } from 'node:crypto'
+import type { Device, Extent, Manifest } from '../manifest/types'
+import type { RawDisk } from '../mapping/span'
+import { readCheckedManifest } from '../mover/load'
+import { readRecord, recordPath, writeRecord, type RecordMapping } from '../configid/record'
+import { readChain, writeDeltaFile } from '../delta/io'
+import type { FileLocation, ImageMap } from '../delta/chain'
+import { signDelta } from '../delta/sign'
+import { DELTA_FORMAT, DELTA_VERSION, type Delta, type DeltaFile } from '../delta/types'
+import { readMountTable, type MountEntry } from '../mapping/mountinfo'
+import { FileMapper, type FileMapping } from '../mapping/mapper'
+import { identitiesMatch, probeIdentity } from '../device/identity'
+import { RawDevice } from '../device/reader'
+import { takeFingerprints } from '../device/fingerprint'
+import { imagesRootOf } from '../frozen/image-dir'
+import { SNAPSHOT_NAME } from '../frozen/discard'
+import { DEFAULT_CARRY_MAX } from '../export/export'
+import { ExportError, StaleError } from '../errors'
+
+export interface RemapOptions {
+  /** Shared key: the manifest and every delta must be signed with it, and the new delta is. */
+  key?: Buffer
+  warn: (m: string) => void
+}
+
+export interface RemapResult {
+  /** unchanged: nothing moved, nothing written. released: the record says released, nothing written. */
+  state: 'unchanged' | 'remapped' | 'released'
+  /** The config ID now current (the new one when remapped; the record's when released). */
+  configId: string
+  delta?: Delta
+  deltaPath?: string
+  /** Size of the delta file written, bytes. */
+  deltaBytes?: number
+  /** Size of the manifest file, bytes: what a full re-export would publish again. */
+  manifestBytes: number
+}
+
+export function remapImage(manifestPath: string, opts: RemapOptions): RemapResult {
+  const manifestFile = path.resolve(manifestPath)
+  const manifest = readCheckedManifest(manifestFile, opts.key)
+  const manifestBytes = fs.statSync(manifestFile).size
+  const recordFile = recordPath(manifestFile, manifest.configRecord)
+  const record = readRecord(recordFile)
+  if (record.state === 'released') return { state: 'released', configId: record.configId, manifestBytes }
+  const map = readChain(manifest, recordFile, record, opts.key)
+  const mapping = record.mapping ?? defaultMapping(opts.warn, recordFile)
+
+  const mount = imageMount(manifest)
+  const paths = locateFiles(manifest, map)
+  // One mapper for the whole remap: btrfs chunks and loop backing files are read once, as export does.
+  const mapper = FileMapper.forMount(mount, { throughLoop: mapping.throughLoop })
+  const mapped = mapAll(map, paths, mapper, mapping.carryMax)
+  const disks = assignDevices(mapper.disks, map.devices)
+  const files = changedFiles(map, mapped, disks)
+  if (files.length === 0) return { state: 'unchanged', configId: map.configId, manifestBytes }
+
+  const newDevices = describeNewDevices(mapper.disks, disks, map.devices, files)
+  const seq = map.seq + 1
+  let delta: Delta = {
+    format: DELTA_FORMAT, version: DELTA_VERSION, image: map.image, seq, from: map.configId,
+    to: randomBytes(16).toString('hex'), createdAt: new Date().toISOString(),
+    reason: newDevices.length > 0 ? 'extents moved; devices changed' : 'extents moved',
+    devices: newDevices, files,
+  }
+  if (opts.key) delta = signDelta(delta, opts.key)
+  const deltaPath = `${manifestFile}.delta-${seq}`
+  writeDeltaFile(deltaPath, delta, map.context())
+  const deltaBytes = fs.statSync(deltaPath).size
+
+  // Release may have marked the record meanwhile: never turn a released image current again.
+  const now = readRecord(recordFile)
+  if (now.state !== 'current' || now.configId !== record.configId || (now.deltas ?? []).length !== (record.deltas ?? []).length) {
+    fs.rmSync(deltaPath, { force: true })
+    throw new StaleError(`config-ID record ${recordFile} changed while remapping (now ${now.state} ${now.configId}): nothing published`)
+  }
+  const name = path.dirname(deltaPath) === path.dirname(recordFile) ? path.basename(deltaPath) : deltaPath
+  writeRecord(recordFile, delta.to, 'current', { deltas: [...(record.deltas ?? []), name], mapping: record.mapping })
+  return { state: 'remapped', configId: delta.to, delta, deltaPath, deltaBytes, manifestBytes }
+}
+
+function defaultMapping(warn: (m: string) => void, recordFile: string): RecordMapping {
+  warn(`${recordFile} does not say how export mapped the image (written by an older extfs): remapping without --through-loop, carry max ${DEFAULT_CARRY_MAX}`)
+  return { throughLoop: false, carryMax: DEFAULT_CARRY_MAX }
+}
+
+/** The mount the image lives on, still the filesystem export saw (type, and UUID where it can tell). */
+function imageMount(m: Manifest): MountEntry {
+  const f = m.frozenImage
+  const mount = readMountTable().filter((e) => e.mountpoint === f.mountpoint).pop()
+  if (!mount) throw new ExportError(`${f.mountpoint} is not mounted: cannot remap its image`)
+  if (mount.fsType !== f.fsType) throw new ExportError(`${f.mountpoint} is now ${mount.fsType}, the image was on ${f.fsType}: cannot remap`)
+  if (f.fsUuid && mount.source.startsWith('/dev/')) {
+    // After a btrfs replace the mount source may name the old, wiped member: no UUID there is no contradiction.
+    const now = probeIdentity(mount.source).fsUuid
+    if (now !== undefined && now !== f.fsUuid) throw new ExportError(`${f.mountpoint} holds filesystem ${now}, the image was on ${f.fsUuid}: cannot remap`)
+  }
+  return mount
+}
+
+/**
+ * ino → a path naming that file's bytes in the image: the clone `<imagePath>/<ino>` of a clone set; the
+ * file inside a btrfs snapshot (whose inode numbers are the manifest's); otherwise the exported file.
+ */
+function locateFiles(m: Manifest, map: ImageMap): Map<number, string> {
+  const f = m.frozenImage
+  const out = new Map<number, string>()
+  if (f.kind === 'snapshot') {
+    if (!fs.existsSync(f.imagePath!)) throw new ExportError(`image directory ${f.imagePath} is gone: released without its record?`)
+    if (f.mechanism === 'clone-set') {
+      for (const ino of map.files.keys()) out.set(ino, path.join(f.imagePath!, String(ino)))
+      return out
+    }
+    // The whole snapshot: only the manifest's inodes are kept, so what lies outside the exported
+    // paths costs an lstat and nothing else.
+    walkInto([path.join(f.imagePath!, SNAPSHOT_NAME)], new Set(), map, out)
+    return out
+  }
+  walkInto(m.source.paths, new Set([imagesRootOf(f.mountpoint)]), map, out)
+  return out
+}
+
+/** Walk `roots` (same st_dev as the first, `skip` not entered), noting the path of each wanted regular file. */
+function walkInto(roots: string[], skip: ReadonlySet<string>, map: ImageMap, out: Map<number, string>): void {
+  const dev = fs.lstatSync(roots[0]!).dev
+  const stack = [...roots]
+  while (stack.length > 0 && out.size < map.files.size) {
+    const p = stack.pop()!
+    const st = fs.lstatSync(p)
+    if (st.dev !== dev) continue
+    if (st.isFile() && map.files.has(st.ino) && !out.has(st.ino)) out.set(st.ino, p)
+    else if (st.isDirectory()) {
+      for (const name of fs.readdirSync(p)) {
+        const child = path.join(p, name)
+        if (!skip.has(child)) stack.push(child)
+      }
+    }
+  }
+}
+
+/** Map every regular file of the image once more; the mapper's device indexes are its own. */
+function mapAll(map: ImageMap, paths: Map<number, string>, mapper: FileMapper, carryMax: number): Map<number, FileMapping | { kind: 'inline'; inline: string }> {
+  const out = new Map<number, FileMapping | { kind: 'inline'; inline: string }>()
+  for (const [ino, loc] of map.files) {
+    const file = paths.get(ino)
+    if (file === undefined) throw new ExportError(`inode ${ino}: not found in the image any more`)
+    let fd: number
+    try {
+      fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOATIME | fs.constants.O_NOFOLLOW)
+    } catch (err) {
+      throw new ExportError(`${file} (inode ${ino}): cannot open: ${(err as NodeJS.ErrnoException).code}`)
+    }
+    try {
+      const st = fs.fstatSync(fd)
+      if (!st.isFile() || st.size !== loc.size) {
+        throw new ExportError(`${file} (inode ${ino}): is ${st.isFile() ? `${st.size} bytes` : 'not a regular file'}, the image's file is ${loc.size} bytes: the image changed`)
+      }
+      const m = mapper.map(fd, file, loc.size)
+      if (m.kind === 'extents' || loc.inline !== undefined) {
+        out.set(ino, m) // carried content of a frozen file cannot change: only moves of raw extents matter
+        continue
+      }
+      // Raw blocks before, not readable raw now (inline, compressed): carry the content, as export does.
+      if (loc.size > carryMax) throw new ExportError(`${file}: ${m.why} data of ${loc.size} bytes is over the ${carryMax}-byte limit for carrying it (--carry-max at export)`)
+      const content = Buffer.alloc(loc.size)
+      if (fs.readSync(fd, content, 0, loc.size, 0) !== loc.size) throw new ExportError(`${file}: short read of ${m.why} data`)
+      out.set(ino, { kind: 'inline', inline: content.toString('base64') })
+    } finally {
+      fs.closeSync(fd)
+    }
+  }
+  return out
+}
+
+/**
+ * For each disk the mapper met, its index in the new map: a device of the current map keeps its index
+ * when it is the same device node on this host, of the same size, with a matching identity. Anything
+ * else is new (-1 here) — a replaced device included: btrfs replace gives the new member the old one's
+ * UUIDs, so identity alone would not tell them apart.
+ */
+function assignDevices(disks: RawDisk[], devices: Device[]): number[] {
+  return disks.map((disk) => {
+    const found = probeIdentity(disk.path)
+    return devices.findIndex((d) => d.hint === disk.path && d.size === disk.size &&
+      (identitiesMatch(d.identity, found) || (isEmpty(d.identity) && isEmpty(found))))
+  })
+}
+
+function isEmpty(o: object): boolean {
+  return Object.keys(o).length === 0
+}
+
+/** Index of mapper disk `i` in the new map: known devices keep theirs; new ones follow, in mapper order. */
+function globalIndex(disks: number[], known: number): (i: number) => number {
+  const next: number[] = []
+  let n = known
+  for (const d of disks) next.push(d >= 0 ? d : n++)
+  return (i) => next[i]!
+}
+
+function changedFiles(map: ImageMap, mapped: Map<number, FileMapping | { kind: 'inline'; inline: string }>, disks: number[]): DeltaFile[] {
+  const index = globalIndex(disks, map.devices.length)
+  const out: DeltaFile[] = []
+  const inos = [...mapped.keys()].sort((a, b) => a - b)
+  for (const ino of inos) {
+    const m = mapped.get(ino)!
+    const loc = map.files.get(ino)!
+    if (m.kind === 'carry') continue // carried before and now: unchanged
+    if (m.kind === 'inline') {
+      out.push({ ino, inline: m.inline })
+      continue
+    }
+    const extents = m.extents.map((e) => ({ ...e, device: index(e.device) }))
+    if (!sameExtents(loc, extents)) out.push({ ino, extents })
+  }
+  return out
+}
+
+function sameExtents(loc: FileLocation, now: Extent[]): boolean {
+  const was = loc.extents
+  if (was === undefined || was.length !== now.length) return false
+  for (let i = 0; i < now.length; i++) {
+    const a = was[i]!
+    const b = now[i]!
+    if (a.fileOffset !== b.fileOffset || a.device !== b.device || a.deviceOffset !== b.deviceOffset || a.length !== b.length) return false
+  }
+  return true
+}
+
+/** The delta's new devices, in index order, fingerprinted over the delta's extents on each. */
+function describeNewDevices(rawDisks: RawDisk[], disks: number[], devices: Device[], files: DeltaFile[]): Device[] {
+  const index = globalIndex(disks, devices.length)
+  const ids = new Set(devices.map((d) => d.id))
+  const out: Device[] = []
+  for (let i = 0; i < rawDisks.length; i++) {
+    if (disks[i]! >= 0) continue
+    const disk = rawDisks[i]!
+    const at = index(i)
+    let id = `d${at}`
+    for (let k = 1; ids.has(id); k++) id = `d${at}-${k}`
+    ids.add(id)
+    const extents = files.flatMap((f) => (f.extents ?? []).filter((e) => e.device === at))
+    const raw = RawDevice.open(id, disk.path)
+    try {
+      out.push({ id, size: disk.size, identity: probeIdentity(disk.path), fingerprints: takeFingerprints(raw, extents), hint: disk.path })
+    } finally {
+      raw.close()
+    }
+  }
+  return out
+}

@@ -1,0 +1,258 @@
+// `extfs remap` after real relocations on loop devices: xfs_fsr of reflink clones, btrfs balance of a
+// read-only snapshot, btrfs replace of a member by a spare (the old member wiped afterwards). Each time
+// the new map (manifest ⊕ deltas) is read raw from the devices, O_DIRECT, and compared with the files.
+import t, { type Test } from 'tap'
+import { existsSync, promises as fsp, readFileSync, statSync } from 'node:fs'
+import * as path from 'node:path'
+import { remountReadOnly, withLoopFs } from '../helpers/loopfs'
+import { withBtrfs } from '../helpers/btrfs'
+import { runOk } from '../helpers/exec'
+import { seededBytes } from '../helpers/populate'
+import { extfs, release, scratchDir } from '../helpers/extfs'
+import { RawDevice } from '../../src/device/reader'
+import { readChain } from '../../src/delta/io'
+import type { ImageMap } from '../../src/delta/chain'
+import { readRecord, recordPath } from '../../src/configid/record'
+import { readManifestFile } from '../../src/manifest/io'
+
+const KiB = 1024
+const MiB = 1024 * KiB
+const readJson = (file: string) => JSON.parse(readFileSync(file, 'utf8'))
+
+/** The current map of the image behind `manifest`, read the way a mover would. */
+function currentMap(manifest: string, key?: Buffer): ImageMap {
+  const m = readManifestFile(manifest)
+  const record = recordPath(manifest, m.configRecord)
+  return readChain(m, record, readRecord(record), key)
+}
+
+/** A file's bytes as the map places them, read raw (O_DIRECT) from the devices' initiator paths. */
+function readThroughMap(map: ImageMap, ino: number, devices: Map<number, RawDevice>): Buffer {
+  const loc = map.files.get(ino)!
+  if (loc.inline !== undefined) return Buffer.from(loc.inline, 'base64')
+  const out = Buffer.alloc(loc.size)
+  for (const e of loc.extents ?? []) {
+    const length = Math.min(e.length, loc.size - e.fileOffset)
+    let dev = devices.get(e.device)
+    if (!dev) {
+      dev = RawDevice.open(map.devices[e.device]!.id, map.devices[e.device]!.hint!)
+      devices.set(e.device, dev)
+    }
+    dev.readExact(out, e.fileOffset, length, e.deviceOffset)
+  }
+  return out
+}
+
+/** Every expected file (by ino) read through the current map equals its content. */
+function checkRaw(t: Test, map: ImageMap, expected: Map<number, Buffer>, what: string): void {
+  const devices = new Map<number, RawDevice>()
+  try {
+    const wrong = [...expected].filter(([ino, content]) => !readThroughMap(map, ino, devices).equals(content)).map(([ino]) => ino)
+    t.same(wrong, [], `${what}: every file read raw through the new map equals its content (${expected.size} files)`)
+  } finally {
+    for (const d of devices.values()) d.close()
+  }
+}
+
+/** Write files in alternating fsync'd chunks so their extents interleave (xfs_fsr then has work). */
+async function writeInterleaved(files: { file: string; seed: number }[], chunks: number, chunk: number): Promise<void> {
+  const handles = await Promise.all(files.map((f) => fsp.open(f.file, 'w')))
+  for (let i = 0; i < chunks; i++) {
+    for (const [j, fh] of handles.entries()) {
+      await fh.write(seededBytes(files[j]!.seed * 1000 + i, chunk), 0, chunk, i * chunk)
+      await fh.sync()
+    }
+  }
+  await Promise.all(handles.map((fh) => fh.close()))
+}
+
+async function fileContent(file: string): Promise<Buffer> {
+  return fsp.readFile(file)
+}
+
+/** ino → content of every regular file directly in `dir` (as on the source, which nobody writes here). */
+async function contentsByIno(dir: string): Promise<Map<number, Buffer>> {
+  const out = new Map<number, Buffer>()
+  for (const name of await fsp.readdir(dir)) {
+    const st = await fsp.lstat(path.join(dir, name))
+    if (st.isFile()) out.set(st.ino, await fileContent(path.join(dir, name)))
+  }
+  return out
+}
+
+const REMAPPED = /^remapped ([0-9a-f]{32}) -> ([0-9a-f]{32}): (\d+) files, (\d+) new devices, delta (\d+) bytes \(manifest (\d+) bytes\)\n$/
+
+t.test('XFS clone set: unchanged, xfs_fsr of three clones, released', async (t) => {
+  const state = await scratchDir(t)
+  await withLoopFs({ fs: 'xfs', mkfsArgs: ['-m', 'reflink=1'] }, async (fs) => {
+    const data = path.join(fs.mountpoint, 'data')
+    await fsp.mkdir(data)
+    for (let i = 0; i < 200; i++) await fsp.writeFile(path.join(data, `small-${i}`), seededBytes(i + 1, 8 * KiB))
+    const big = [0, 1, 2].map((i) => ({ file: path.join(data, `big-${i}`), seed: 500 + i }))
+    await writeInterleaved(big, 48, 64 * KiB)
+    await runOk('sync', ['-f', data])
+    const expected = await contentsByIno(data)
+    const manifest = path.join(state, 'xfs.json')
+    try {
+      const exp = await extfs(['export', data, '--output', manifest, '--frozen-image', 'snapshot'])
+      t.equal(exp.code, 0, `export: ${exp.stderr}`)
+      const m = readJson(manifest)
+      t.equal(m.frozenImage.mechanism, 'clone-set')
+      const record = `${manifest}.config-id`
+      t.match(readJson(record), { mapping: { throughLoop: false, carryMax: 65536 } }, 'export keeps its mapping options in the record')
+
+      // a. Nothing moved: nothing written.
+      const recordBefore = readFileSync(record, 'utf8')
+      const same = await extfs(['remap', manifest])
+      t.equal(same.code, 0, `remap: ${same.stderr}`)
+      t.equal(same.stdout, `unchanged ${m.configId}\n`)
+      t.notOk(existsSync(`${manifest}.delta-1`), 'no delta file')
+      t.equal(readFileSync(record, 'utf8'), recordBefore, 'record untouched')
+
+      // c. xfs_fsr defragments reflinked clones too: their blocks move (the originals keep theirs).
+      const bigInos = big.map((b) => statSync(b.file).ino).sort((a, b) => a - b)
+      for (const ino of bigInos) {
+        const clone = path.join(m.frozenImage.imagePath, String(ino))
+        await runOk('xfs_fsr', ['-v', clone])
+      }
+      const moved = await extfs(['remap', manifest])
+      t.equal(moved.code, 0, `remap: ${moved.stderr}`)
+      const match = REMAPPED.exec(moved.stdout)
+      t.ok(match, `remapped line: ${moved.stdout}`)
+      const delta = readJson(`${manifest}.delta-1`)
+      t.same(delta.files.map((f: { ino: number }) => f.ino), bigInos, 'the delta holds exactly the three defragmented files')
+      t.match(delta, { format: 'extfs-delta', version: 1, image: m.configId, seq: 1, from: m.configId, devices: [] })
+      t.equal(delta.files.every((f: { extents: unknown[] }) => f.extents.length === 1), true, 'each now one extent')
+      const before = bigInos.map((ino) => m.inodes.find((n: { ino: number }) => n.ino === ino).extents.length)
+      t.ok(before.every((n) => n > 1), `they were fragmented: ${before.join(', ')} extents`)
+      t.match(readJson(record), { configId: delta.to, state: 'current', deltas: [path.basename(manifest) + '.delta-1'], mapping: { throughLoop: false } })
+      const deltaBytes = statSync(`${manifest}.delta-1`).size
+      const manifestBytes = statSync(manifest).size
+      t.equal(Number(match?.[5]), deltaBytes)
+      t.equal(Number(match?.[6]), manifestBytes)
+      t.comment(`xfs_fsr of 3 of 203 files: delta ${deltaBytes} bytes vs manifest ${manifestBytes} bytes (${(100 * deltaBytes / manifestBytes).toFixed(1)}%)`)
+      checkRaw(t, currentMap(manifest), expected, 'after xfs_fsr')
+
+      const again = await extfs(['remap', manifest])
+      t.equal(again.stdout, `unchanged ${delta.to}\n`, 'the chain is read back: nothing moved since')
+
+      // e. Released: exit 7, nothing written.
+      t.equal((await extfs(['release', manifest])).code, 0)
+      const released = readFileSync(record, 'utf8')
+      const r = await extfs(['remap', manifest])
+      t.equal(r.code, 7, 'Stale')
+      t.match(r.stderr, /^extfs: frozen image \S+ was released: nothing to remap\n$/)
+      t.equal(r.stdout, '')
+      t.notOk(existsSync(`${manifest}.delta-2`), 'no delta written')
+      t.equal(readFileSync(record, 'utf8'), released, 'record untouched')
+    } finally {
+      await release(manifest)
+    }
+  })
+})
+
+t.test('btrfs balance of a read-only snapshot (signed)', async (t) => {
+  const state = await scratchDir(t)
+  const key = path.join(state, 'key')
+  await fsp.writeFile(key, 'remap-test-key-0123456789abcdef')
+  const keyBytes = readFileSync(key)
+  await withBtrfs({ devices: 1, data: 'single', metadata: 'dup' }, async (fs) => {
+    const data = path.join(fs.mountpoint, 'data')
+    await runOk('btrfs', ['subvolume', 'create', data])
+    for (let i = 0; i < 4; i++) await fsp.writeFile(path.join(data, `big-${i}`), seededBytes(700 + i, (i + 1) * MiB + 123))
+    for (let i = 0; i < 20; i++) await fsp.writeFile(path.join(data, `small-${i}`), seededBytes(800 + i, 16 * KiB))
+    await runOk('sync', ['-f', data])
+    const expected = await contentsByIno(data)
+    const manifest = path.join(state, 'btrfs.json')
+    try {
+      const exp = await extfs(['export', data, '--output', manifest, '--frozen-image', 'snapshot', '--key', key])
+      t.equal(exp.code, 0, `export: ${exp.stderr}`)
+      const m = readJson(manifest)
+      t.equal(m.frozenImage.mechanism, 'btrfs-snapshot')
+      const same = await extfs(['remap', manifest, '--key', key])
+      t.equal(same.stdout, `unchanged ${m.configId}\n`, `nothing moved yet: ${same.stderr}`)
+
+      await runOk('btrfs', ['balance', 'start', '-d', '--full-balance', fs.mountpoint], { timeoutMs: 120_000 })
+      const moved = await extfs(['remap', manifest, '--key', key])
+      t.equal(moved.code, 0, `remap: ${moved.stderr}`)
+      t.match(moved.stdout, REMAPPED)
+      const delta = readJson(`${manifest}.delta-1`)
+      t.match(delta.signature, { alg: 'hmac-sha256', value: /^[0-9a-f]{64}$/ }, 'signed with --key')
+      t.same(delta.files.map((f: { ino: number }) => f.ino).sort((a: number, b: number) => a - b), [...expected.keys()].sort((a, b) => a - b),
+        'balance relocated every data chunk: every file moved')
+      t.comment(`btrfs balance -d: ${delta.files.length} files moved, delta ${statSync(`${manifest}.delta-1`).size} bytes vs manifest ${statSync(manifest).size} bytes`)
+      checkRaw(t, currentMap(manifest, keyBytes), expected, 'after balance')
+
+      const unsigned = await extfs(['remap', manifest])
+      t.equal(unsigned.stdout, `unchanged ${delta.to}\n`, 'without --key the chain is read unchecked')
+    } finally {
+      await release(manifest)
+    }
+  })
+})
+
+t.test('btrfs replace of a member by a spare; the old member wiped', async (t) => {
+  const state = await scratchDir(t)
+  const sizeMiB = 160
+  await withBtrfs({ devices: 3, data: 'single', metadata: 'raid1', sizeMiB }, async (fs) => {
+    // The third member becomes the spare: removed (btrfs relocates what it held), then free.
+    const spare = fs.loopDevices[2]!
+    await runOk('btrfs', ['device', 'remove', spare, fs.mountpoint], { timeoutMs: 120_000 })
+    const data = path.join(fs.mountpoint, 'data')
+    await runOk('btrfs', ['subvolume', 'create', data])
+    for (let i = 0; i < 6; i++) await fsp.writeFile(path.join(data, `f-${i}`), seededBytes(900 + i, 3 * MiB + 17 * i))
+    await runOk('sync', ['-f', data])
+    const expected = await contentsByIno(data)
+    const manifest = path.join(state, 'replace.json')
+    try {
+      const exp = await extfs(['export', data, '--output', manifest, '--frozen-image', 'snapshot'])
+      t.equal(exp.code, 0, `export: ${exp.stderr}`)
+      const m = readJson(manifest)
+      // Replace the member holding the most extents.
+      const counts = new Map<number, number>()
+      for (const n of m.inodes) for (const e of n.extents ?? []) counts.set(e.device, (counts.get(e.device) ?? 0) + 1)
+      const oldIndex = [...counts].sort((a, b) => b[1] - a[1])[0]![0]
+      const old = m.devices[oldIndex].hint as string
+      t.ok(fs.loopDevices.includes(old), `the replaced member ${old} is one of ours`)
+
+      await runOk('btrfs', ['replace', 'start', '-B', '-f', old, spare, fs.mountpoint], { timeoutMs: 120_000 })
+      const moved = await extfs(['remap', manifest])
+      t.equal(moved.code, 0, `remap: ${moved.stderr}`)
+      t.match(moved.stdout, REMAPPED)
+      const delta = readJson(`${manifest}.delta-1`)
+      t.equal(delta.devices.length, 1, 'one new device')
+      t.equal(delta.devices[0].hint, spare, 'the spare')
+      t.equal(delta.devices[0].id, `d${m.devices.length}`)
+      t.ok(delta.devices[0].fingerprints.length > 0, 'fingerprinted')
+      const onOld = m.inodes.filter((n: { extents?: { device: number }[] }) => n.extents?.some((e) => e.device === oldIndex)).map((n: { ino: number }) => n.ino)
+      t.same(delta.files.map((f: { ino: number }) => f.ino), onOld, 'exactly the files that had extents on the replaced member')
+      t.notOk(delta.files.some((f: { extents: { device: number }[] }) => f.extents.some((e) => e.device === oldIndex)), 'nothing left on the old member')
+      t.comment(`btrfs replace: ${delta.files.length} of ${expected.size} files moved; old identity ${JSON.stringify(m.devices[oldIndex].identity)}, new ${JSON.stringify(delta.devices[0].identity)}`)
+
+      // The old member is no longer in the filesystem: wipe it, then the new map must still read true.
+      await runOk('dd', ['if=/dev/zero', `of=${old}`, 'bs=1M', `count=${sizeMiB}`, 'oflag=direct', 'status=none'], { timeoutMs: 120_000 })
+      checkRaw(t, currentMap(manifest), expected, 'after replace and wipe')
+    } finally {
+      await release(manifest)
+    }
+  })
+})
+
+t.test('ext4 image of kind none: the exported files are walked again; nothing moved', async (t) => {
+  const state = await scratchDir(t)
+  await withLoopFs({ fs: 'ext4' }, async (fs) => {
+    const data = path.join(fs.mountpoint, 'data')
+    await fsp.mkdir(path.join(data, 'sub'), { recursive: true })
+    for (let i = 0; i < 10; i++) await fsp.writeFile(path.join(data, i % 2 ? 'sub' : '', `f-${i}`), seededBytes(950 + i, 20 * KiB * (i + 1)))
+    await fsp.link(path.join(data, 'f-0'), path.join(data, 'sub', 'hard'))
+    await remountReadOnly(fs)
+    const manifest = path.join(state, 'none.json')
+    const exp = await extfs(['export', data, '--output', manifest, '--frozen-image', 'none'])
+    t.equal(exp.code, 0, `export: ${exp.stderr}`)
+    const r = await extfs(['remap', manifest])
+    t.equal(r.code, 0, `remap: ${r.stderr}`)
+    t.equal(r.stdout, `unchanged ${readJson(manifest).configId}\n`)
+    t.notOk(existsSync(`${manifest}.delta-1`))
+    await release(manifest)
+  })
+})
