@@ -21,6 +21,8 @@ import { unmountView } from '../mover/umount'
 import { formatSummary, summarize } from './inspect'
 import { remapImage } from '../remap/remap'
 import { StaleError } from '../errors'
+import { parseSeconds, runServe } from '../serve/run'
+import { DEFAULT_STATE_PATH } from '../serve/state'
 
 function collectDevice(value: string, acc: Map<string, string>): Map<string, string> {
   const eq = value.indexOf('=')
@@ -236,6 +238,20 @@ export function buildProgram(): Command {
       const d = r.delta!
       process.stdout.write(`remapped ${d.from} -> ${d.to}: ${d.files.length} files, ${d.devices.length} new devices, delta ${r.deltaBytes} bytes (manifest ${r.manifestBytes} bytes)\n`)
     })
+
+  program.command('serve')
+    .description('answer manifests, config IDs and deltas over HTTP(S) for movers, authenticated with the shared key; re-map the images on a schedule')
+    .argument('<manifest...>', 'manifests to serve; each is named by its base name without .json')
+    .requiredOption('--listen <host:port>', 'address to listen on, e.g. 0.0.0.0:7070 ([::]:7070 for IPv6)')
+    .requiredOption('--key <file>', 'shared HMAC key file: every request and answer is authenticated with it (required)')
+    .option('--state <db>', 'SQLite database of images, config IDs and delta history', DEFAULT_STATE_PATH)
+    .option('--interval <seconds>', 're-map every image this often; 0: only on request', parseSeconds('--interval', 0), 60)
+    .option('--lease <seconds>', 'how long a mover may serve opens after asking', parseSeconds('--lease', 0.001), 30)
+    .option('--skew <seconds>', 'clock difference allowed in a request\'s timestamp', parseSeconds('--skew', 1), 60)
+    .option('--cert <file>', 'TLS certificate (PEM); with --tls-key, serve HTTPS')
+    .option('--tls-key <file>', 'TLS private key (PEM)')
+    .addOption(logLevelOption())
+    .action(runServe)
 
   program.command('backup')
     .description('mount on a private mountpoint, run the command there, unmount, exit with its status')

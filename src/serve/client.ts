@@ -1,0 +1,188 @@
+// The mover's side of `extfs serve`: signed requests, answers checked against their MAC before a byte
+// of them is believed, one-line errors. `baseUrl` names one image: http(s)://initiator:7070/<image>.
+import http from 'node:http'
+import https from 'node:https'
+import { ExtfsError } from '../errors'
+import { ExitCode } from '../cli/exit-codes'
+import { DEFAULT_MAX_MANIFEST_BYTES } from '../manifest/io'
+import { DEFAULT_MAX_DELTA_BYTES } from '../delta/io'
+import { signRequest, verifyResponseMac } from './auth'
+
+export interface ClientOptions {
+  /** CA certificate(s) to trust for https (a self-signed initiator's certificate). */
+  ca?: string | Buffer
+  /** How long to wait for an answer beyond the long poll's own wait, ms (default 10 s). */
+  timeoutMs?: number
+  /** Largest manifest accepted, bytes (default the manifest reader's 1 GiB). */
+  maxManifestBytes?: number
+}
+
+/** What the initiator said about the image, and until when (this host's clock, unix ms) it may be trusted. */
+export interface ConfigState {
+  /** c0: the manifest's config ID. */
+  image: string
+  configId: string
+  state: 'current' | 'released'
+  /** Sequence numbers of every delta of the chain, 1..k. */
+  deltas: number[]
+  leaseMs: number
+  /** Request sent + time the server held it + leaseMs: opens may be served until then. */
+  leaseUntil: number
+}
+
+/** The initiator could not be asked, refused, or answered something that cannot be believed. */
+export class ConfigServiceError extends ExtfsError {
+  constructor(message: string, readonly status?: number) {
+    super(ExitCode.Stale, message)
+    this.name = 'ConfigServiceError'
+  }
+}
+
+const IMAGE_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/
+const CONFIG_ID_RE = /^[A-Za-z0-9_-]{8,128}$/
+const JSON_MAX_BYTES = 16 * 1024 * 1024
+
+export class ConfigClient {
+  /** The image's name on the server. */
+  readonly image: string
+  private readonly origin: URL
+  private readonly agent: http.Agent
+  private readonly timeoutMs: number
+
+  constructor(baseUrl: string, private readonly key: Buffer, private readonly opts: ClientOptions = {}) {
+    let url: URL
+    try {
+      url = new URL(baseUrl)
+    } catch {
+      throw new ExtfsError(ExitCode.Usage, `${baseUrl} is not a URL (expected http(s)://host:port/<image>)`)
+    }
+    const name = url.pathname.replace(/^\//, '')
+    if ((url.protocol !== 'http:' && url.protocol !== 'https:') || !IMAGE_RE.test(name) || url.search || url.hash || url.username) {
+      throw new ExtfsError(ExitCode.Usage, `${baseUrl}: expected http(s)://host:port/<image>`)
+    }
+    this.image = name
+    this.origin = new URL(url.origin)
+    this.timeoutMs = opts.timeoutMs ?? 10_000
+    this.agent = url.protocol === 'https:' ? new https.Agent({ keepAlive: true, ca: opts.ca }) : new http.Agent({ keepAlive: true })
+  }
+
+  /** Names of every image the server answers for. */
+  async images(): Promise<string[]> {
+    const v = await this.json('GET', '/images', 0)
+    if (!Array.isArray(v.images) || !v.images.every((n: unknown) => typeof n === 'string')) throw this.protocol('/images', 'no images list')
+    return v.images as string[]
+  }
+
+  /** The manifest file's bytes (the caller parses and checks it with the key as for a local file). */
+  async manifest(): Promise<Buffer> {
+    const r = await this.request('GET', `/images/${this.image}/manifest`, this.opts.maxManifestBytes ?? DEFAULT_MAX_MANIFEST_BYTES, 0)
+    return r.body
+  }
+
+  /**
+   * The image's config. With `after`, the server holds the request up to `waitMs` (at most 60 s) until
+   * the config ID differs from `after` or the image is released, then answers (also when nothing changed).
+   */
+  async config(after?: string, waitMs = 0): Promise<ConfigState> {
+    if (after !== undefined && !CONFIG_ID_RE.test(after)) throw new ExtfsError(ExitCode.Usage, `after: ${JSON.stringify(after)} is not a config ID`)
+    if (!Number.isSafeInteger(waitMs) || waitMs < 0) throw new ExtfsError(ExitCode.Usage, `waitMs must be milliseconds, got ${waitMs}`)
+    const q = new URLSearchParams()
+    if (after !== undefined) q.set('after', after)
+    if (waitMs > 0) q.set('wait', String(waitMs))
+    const target = `/images/${this.image}/config${q.toString() ? `?${q}` : ''}`
+    const sentAt = Date.now()
+    const v = await this.json('GET', target, waitMs)
+    const elapsed = Date.now() - sentAt
+    const ok = typeof v.image === 'string' && typeof v.configId === 'string' && CONFIG_ID_RE.test(v.configId) &&
+      (v.state === 'current' || v.state === 'released') && Array.isArray(v.deltas) && v.deltas.every((s: unknown, i: number) => s === i + 1) &&
+      Number.isSafeInteger(v.leaseMs) && v.leaseMs >= 0 && Number.isSafeInteger(v.heldMs) && v.heldMs >= 0
+    if (!ok) throw this.protocol(target, 'malformed config answer')
+    // The answer was true when it was made: at least heldMs after sending, never later than now.
+    const held = Math.min(v.heldMs as number, elapsed)
+    return { image: v.image, configId: v.configId, state: v.state, deltas: v.deltas, leaseMs: v.leaseMs, leaseUntil: sentAt + held + (v.leaseMs as number) }
+  }
+
+  /** Delta `seq`'s file bytes (checked by the caller: chain, signature, validation). */
+  async delta(seq: number): Promise<Buffer> {
+    if (!Number.isSafeInteger(seq) || seq < 1) throw new ExtfsError(ExitCode.Usage, `delta seq must be 1 or more, got ${seq}`)
+    return (await this.request('GET', `/images/${this.image}/deltas/${seq}`, DEFAULT_MAX_DELTA_BYTES, 0)).body
+  }
+
+  /** Ask the initiator to re-map the image now. */
+  async remap(): Promise<{ state: string; configId: string; deltaBytes?: number; manifestBytes: number }> {
+    return this.json('POST', `/images/${this.image}/remap`, 0) as Promise<{ state: string; configId: string; deltaBytes?: number; manifestBytes: number }>
+  }
+
+  /** Closes kept-alive connections. */
+  close(): void {
+    this.agent.destroy()
+  }
+
+  // ---------------------------------------------------------------------------------------------
+
+  private async json(method: string, target: string, waitMs: number): Promise<Record<string, any>> {
+    const r = await this.request(method, target, JSON_MAX_BYTES, waitMs)
+    let v: unknown
+    try {
+      v = JSON.parse(r.body.toString('utf8'))
+    } catch {
+      throw this.protocol(target, 'answer is not JSON')
+    }
+    if (typeof v !== 'object' || v === null || Array.isArray(v)) throw this.protocol(target, 'answer is not a JSON object')
+    return v as Record<string, unknown>
+  }
+
+  private protocol(target: string, what: string): ConfigServiceError {
+    return new ConfigServiceError(`${this.origin.origin}${target}: ${what}`)
+  }
+
+  /** One signed request; resolves only with a 200 whose MAC verified. */
+  private request(method: string, target: string, maxBytes: number, waitMs: number): Promise<{ status: number; body: Buffer }> {
+    const headers = signRequest(this.key, method, target)
+    const nonce = headers['X-Extfs-Nonce']
+    const where = `${this.origin.origin}${target}`
+    const mod = this.origin.protocol === 'https:' ? https : http
+    return new Promise((resolve, reject) => {
+      const fail = (msg: string, status?: number) => reject(new ConfigServiceError(msg, status))
+      const req = mod.request(new URL(target, this.origin), { method, headers: { ...headers, 'content-length': 0 }, agent: this.agent })
+      req.setTimeout(waitMs + this.timeoutMs, () => req.destroy(new Error(`no answer within ${Math.round((waitMs + this.timeoutMs) / 1000)} s`)))
+      req.on('error', (err: NodeJS.ErrnoException) => fail(`${where}: ${err.code ?? err.message}`))
+      req.on('response', (res) => {
+        const chunks: Buffer[] = []
+        let got = 0
+        res.on('data', (c: Buffer) => {
+          got += c.length
+          if (got > maxBytes) {
+            req.destroy()
+            fail(`${where}: answer over ${maxBytes} bytes`)
+          } else chunks.push(c)
+        })
+        res.on('error', (err) => fail(`${where}: ${err.message}`))
+        res.on('end', () => {
+          if (got > maxBytes) return
+          const body = Buffer.concat(chunks)
+          const status = res.statusCode ?? 0
+          const authentic = verifyResponseMac(this.key, status, nonce, body, res.headers['x-extfs-auth'])
+          const said = errorOf(body)
+          if (!authentic) {
+            return fail(`${where}: answer not authenticated (forged, or the initiator has another key)${status !== 200 ? `; it said ${status}${said ? ` ${said}` : ''}` : ''}`, status)
+          }
+          if (status !== 200) return fail(`${where}: ${status}${said ? ` ${said}` : ''}`, status)
+          resolve({ status, body })
+        })
+      })
+      req.end()
+    })
+  }
+}
+
+/** The one-line error of a JSON error answer, if that is what `body` is. */
+function errorOf(body: Buffer): string | undefined {
+  if (body.length > 4096) return undefined
+  try {
+    const v = JSON.parse(body.toString('utf8'))
+    return typeof v?.error === 'string' ? v.error.replace(/[\r\n]+/g, ' ') : undefined
+  } catch {
+    return undefined
+  }
+}
