@@ -2,6 +2,7 @@
 //   layout()                                   struct sizes and field offsets of tables.h
 //   mount(tables, record, mountpoint, options, judge, onEvent) → handle
 //   unmount(handle) → Promise                  umount(2), end the loop, free everything
+//   applyDelta(handle, delta, deviceFds), tainted(handle), generation(handle)   see delta.c
 // mount() copies and checks the tables, mounts with libfuse3 and runs fuse_session_loop_mt on its
 // own pthread: from then on requests are served in C and the Node event loop stays free.
 #include "engine.h"
@@ -129,6 +130,9 @@ static napi_value js_layout(napi_env env, napi_callback_info info) {
   DESCRIBE("extent", struct xt_extent, XT_EXTENT_FIELDS);
   DESCRIBE("xattr", struct xt_xattr, XT_XATTR_FIELDS);
   DESCRIBE("device", struct xt_device, XT_DEVICE_FIELDS);
+  DESCRIBE("delta_header", struct xt_delta_header, XT_DELTA_HEADER_FIELDS);
+  DESCRIBE("delta_file", struct xt_delta_file, XT_DELTA_FILE_FIELDS);
+  if (!set_num(env, out, "deltaVersion", XT_DELTA_VERSION) || !set_num(env, out, "deltaMagic", XT_DELTA_MAGIC)) return NULL;
   return out;
 }
 
@@ -196,6 +200,7 @@ static void *loop_main(void *arg) {
 static void engine_teardown(struct engine *e) {
   if (e->se != NULL) fuse_session_destroy(e->se);
   xt_config_destroy(e);
+  xt_delta_destroy(e);
   pthread_rwlock_destroy(&e->js_lock);
   free(e->t.image);
   free(e->mountpoint);
@@ -265,6 +270,7 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
     memcpy(e->t.image, buf, len);
     bad = xt_check(e->t.image, len, &e->t);
   }
+  if (bad == NULL && xt_delta_init(e) != 0) bad = "out of memory";
   if (bad != NULL) {
     free(options);
     snprintf(msg, sizeof msg, "mount: bad tables: %s", bad);
@@ -379,6 +385,9 @@ static napi_value init(napi_env env, napi_value exports) {
     {"layout", NULL, js_layout, NULL, NULL, NULL, napi_enumerable, NULL},
     {"mount", NULL, js_mount, NULL, NULL, NULL, napi_enumerable, NULL},
     {"unmount", NULL, js_unmount, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"applyDelta", NULL, xt_js_apply_delta, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"tainted", NULL, xt_js_tainted, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"generation", NULL, xt_js_generation, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   CHECK(napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
   return exports;

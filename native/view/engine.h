@@ -7,6 +7,7 @@
 #include <fuse_lowlevel.h>
 #include <node_api.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <sys/stat.h>
 
@@ -16,6 +17,28 @@
 #define XT_TTL 86400.0
 // How long an open waits for JS to judge a changed config-ID record before refusing it (ESTALE).
 #define XT_JUDGE_TIMEOUT_S 5
+
+// A file's extent list as a delta replaced it (engine.c installs it, read.c serves through it). The
+// extents never change once published; the two counters do. Kept until unmount (see delta.c).
+struct xt_map {
+  struct xt_map *older;     // every map installed so far, newest first: freed at teardown
+  uint64_t generation;      // the map generation that installed it
+  _Atomic uint64_t fresh;   // bytes served through this map (since it was installed)
+  _Atomic uint32_t tainted; // the file was served under an earlier map: superseded bytes may be out
+  uint32_t count;
+  struct xt_extent ext[];
+};
+typedef _Atomic(struct xt_map *) xt_map_ptr;
+
+// The device fds a read may use: the tables' own, then those deltas added. Replaced whole (by
+// pointer) when a delta adds devices; indexes only ever grow, so any set a reader holds covers the
+// extents of every map it could have loaded before it.
+struct xt_devset {
+  struct xt_devset *older; // freed at teardown
+  uint32_t n;
+  const struct xt_device *d;
+  struct xt_device own[]; // d points here, except in the first set (the tables' devices)
+};
 
 // Identity of the config-ID record file: the initiator replaces it by rename, so any change shows.
 struct cfg_stamp {
@@ -44,6 +67,18 @@ struct engine {
   // Guards calls into those against Node tearing them down at process exit with the view mounted.
   pthread_rwlock_t js_lock;
   int js_closed;
+
+  // Deltas (delta.c). Written only on the JS thread; read by the workers with atomic loads alone.
+  //   maps[index]: the inode's current map, NULL while it still has the tables' extents; the array
+  //   (8 bytes per inode) is allocated by the first delta. served[index] (1 byte per inode, from mount):
+  //   1 once a read of the inode was served. generation: 0 at mount, +1 per delta.
+  _Atomic(xt_map_ptr *) maps;
+  _Atomic uint8_t *served;
+  _Atomic(struct xt_devset *) devs;
+  _Atomic uint64_t generation;
+  struct xt_map *all_maps;
+  uint32_t *remapped; // inode indexes that have a map, in installation order (for tainted())
+  uint32_t n_remapped, cap_remapped;
 
   // Unmount (engine.c): async work on libuv's pool, so the JS thread stays free to answer `judge`.
   napi_async_work unmount_work;
@@ -75,6 +110,21 @@ const struct xt_inode *xt_node(const struct engine *e, fuse_ino_t nodeid);
 
 // read.c
 void xt_read(fuse_req_t req, fuse_ino_t nodeid, size_t size, off_t off, struct fuse_file_info *fi);
+
+// delta.c
+int xt_delta_init(struct engine *e); // at mount: served[] and the first device set; 0 or ENOMEM
+void xt_delta_destroy(struct engine *e);
+// The map a read resolves through: NULL for the tables' extents. One load per level, no lock.
+static inline struct xt_map *xt_map_of(struct engine *e, uint32_t index) {
+  xt_map_ptr *maps = atomic_load_explicit(&e->maps, memory_order_acquire);
+  return maps == NULL ? NULL : atomic_load_explicit(&maps[index], memory_order_acquire);
+}
+// After a read served `len` bytes of inode `index` through `m` (NULL: the tables' extents), before
+// replying: remembers the read, and taints the file if a delta replaced `m` meanwhile.
+void xt_note_served(struct engine *e, uint32_t index, struct xt_map *m, uint64_t len);
+napi_value xt_js_apply_delta(napi_env env, napi_callback_info info);
+napi_value xt_js_tainted(napi_env env, napi_callback_info info);
+napi_value xt_js_generation(napi_env env, napi_callback_info info);
 
 // config.c
 int xt_config_init(struct engine *e, const char *record_path);

@@ -182,7 +182,7 @@ static void op_open(fuse_req_t req, fuse_ino_t nodeid, struct fuse_file_info *fi
   if (S_ISDIR(n->mode)) return (void)fuse_reply_err(req, EISDIR);
   int err = xt_config_check(eng(req), (uint32_t)(nodeid - 1));
   if (err != 0) return (void)fuse_reply_err(req, err);
-  fi->keep_cache = 1; // cached pages stay valid across opens: the bytes never change
+  fi->keep_cache = 1; // cached pages stay valid across opens (a delta drops a moved file's: delta.c)
   fi->noflush = 1;    // nothing to flush on close: saves a round trip per file
   fuse_reply_open(req, fi);
 }

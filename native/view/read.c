@@ -5,6 +5,8 @@
 // buffer when the range and its place in the buffer are both aligned (the usual case: block-aligned
 // extents, page-aligned requests), else through a bounce buffer and a copy.
 // A device that fails or reads short is EIO, logged with inode, offset and device; never zeros.
+// A request resolves through one map of the file, loaded once (delta.c): the tables' extents, or the
+// list the latest delta installed; served reads are noted before the reply (xt_note_served).
 #include "engine.h"
 
 #include <errno.h>
@@ -131,9 +133,14 @@ void xt_read(fuse_req_t req, fuse_ino_t nodeid, size_t size, off_t off, struct f
 
   struct tbuf *b = tbuf_get((size_t)align_up(len) + ALIGN);
   if (b == NULL) return (void)fuse_reply_err(req, ENOMEM);
-  const struct xt_extent *ext = e->t.extents + n->first;
+  uint32_t index = (uint32_t)(nodeid - 1);
+  struct xt_map *m = xt_map_of(e, index);
+  const struct xt_extent *ext = m != NULL ? m->ext : e->t.extents + n->first;
+  uint32_t count = m != NULL ? m->count : n->count;
+  // After the map: a delta publishes its devices before the maps that use them.
+  const struct xt_device *devs = atomic_load_explicit(&e->devs, memory_order_acquire)->d;
   uint64_t pos = start;
-  for (uint32_t i = first_ending_after(ext, n->count, start); i < n->count && pos < end; i++) {
+  for (uint32_t i = first_ending_after(ext, count, start); i < count && pos < end; i++) {
     if (ext[i].file_offset >= end) break;
     if (ext[i].file_offset > pos) { // a hole, or an unwritten range: zeros
       memset(b->out + (pos - start), 0, (size_t)(ext[i].file_offset - pos));
@@ -142,9 +149,9 @@ void xt_read(fuse_req_t req, fuse_ino_t nodeid, size_t size, off_t off, struct f
     uint64_t stop = ext[i].file_offset + ext[i].length < end ? ext[i].file_offset + ext[i].length : end;
     uint64_t doff = ext[i].device_offset + (pos - ext[i].file_offset);
     char why[256];
-    int err = read_range(b, &e->t.devices[ext[i].device], (size_t)(pos - start), doff, (size_t)(stop - pos), why, sizeof why);
+    int err = read_range(b, &devs[ext[i].device], (size_t)(pos - start), doff, (size_t)(stop - pos), why, sizeof why);
     if (err != 0) {
-      struct xt_event ev = {.kind = XT_EV_READ_FAILED, .index = (uint32_t)(nodeid - 1), .offset = pos,
+      struct xt_event ev = {.kind = XT_EV_READ_FAILED, .index = index, .offset = pos,
                             .device = ext[i].device, .device_offset = doff};
       snprintf(ev.reason, sizeof ev.reason, "%s", why);
       xt_post_event(e, &ev);
@@ -153,5 +160,6 @@ void xt_read(fuse_req_t req, fuse_ino_t nodeid, size_t size, off_t off, struct f
     pos = stop;
   }
   if (pos < end) memset(b->out + (pos - start), 0, (size_t)(end - pos)); // a hole up to EOF
+  xt_note_served(e, index, m, len);
   fuse_reply_buf(req, (const char *)b->out, len);
 }

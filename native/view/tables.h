@@ -84,6 +84,33 @@ struct xt_device {
   uint64_t size; // bytes, as the manifest states it
 };
 
+// A delta (docs/native-engine.md, "Deltas"): new extent lists for some regular files and new
+// devices, packed by src/engine/delta-tables.ts and applied by applyDelta() in one step.
+//
+//   delta_header | files[n_files] | extents[n_extents] | devices[n_devices]   (each section 8-aligned)
+//
+// - files sorted by inode index (as the tables number inodes), each at most once; a file's extents
+//   are extents[first .. first+count), the files' ranges back to back in file order. Only regular
+//   files with extents may be named (inline content is not replaced).
+// - extents as in the tables: sorted by file_offset, non-overlapping, length > 0; `device` indexes
+//   the tables' devices followed by this delta's (and earlier deltas') new ones.
+// - devices: the new ones, appended in this order; `fd` is ignored (applyDelta's deviceFds give them).
+#define XT_DELTA_MAGIC 0x44565845u // "EXVD" read as a little-endian u32
+#define XT_DELTA_VERSION 1u
+
+struct xt_delta_header {
+  uint32_t magic, version;
+  uint64_t total_size; // bytes of the whole delta, header included
+  uint32_t n_files, n_extents, n_devices, reserved;
+  uint64_t files_off, extents_off, devices_off; // byte offsets in the delta
+};
+
+struct xt_delta_file {
+  uint32_t index; // inode index in the tables
+  uint32_t first, count;
+  uint32_t reserved;
+};
+
 // Field lists, used by layout() to export offsets. Keep in step with the structs above.
 #define XT_HEADER_FIELDS(F)                                                                                  \
   F(magic) F(version) F(total_size) F(n_inodes) F(n_dirents) F(n_extents) F(n_xattrs) F(n_devices)          \
@@ -98,6 +125,10 @@ struct xt_device {
 #define XT_EXTENT_FIELDS(F) F(file_offset) F(device_offset) F(length) F(device) F(reserved)
 #define XT_XATTR_FIELDS(F) F(name_off) F(value_off) F(value_len) F(name_len) F(reserved)
 #define XT_DEVICE_FIELDS(F) F(fd) F(reserved) F(size)
+#define XT_DELTA_HEADER_FIELDS(F)                                                                            \
+  F(magic) F(version) F(total_size) F(n_files) F(n_extents) F(n_devices) F(reserved) F(files_off)          \
+  F(extents_off) F(devices_off)
+#define XT_DELTA_FILE_FIELDS(F) F(index) F(first) F(count) F(reserved)
 
 // A loaded image: pointers into one malloc'd copy, checked once by xt_check() so that the request
 // path can trust every index and offset in it.

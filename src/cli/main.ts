@@ -18,6 +18,7 @@ import { checkMountpoint, requireFuse, requireRoot } from '../mover/checks'
 import { serve } from '../mover/serve'
 import { DEFAULT_LOG_FILE, READY_FD_ENV, reportReady, startBackground } from '../mover/daemon'
 import { unmountView } from '../mover/umount'
+import { loadState, takeReport } from '../mover/state'
 import { formatSummary, summarize } from './inspect'
 import { remapImage } from '../remap/remap'
 import { StaleError } from '../errors'
@@ -115,8 +116,10 @@ async function backupCommand(manifest: string, command: string[], o: MountCliOpt
   const mountpoint = fs.mkdtempSync(path.join(os.tmpdir(), 'extfs-backup-'))
   try {
     await startBackground(childArgs(path.resolve(manifest), mountpoint, o), o.logFile ?? DEFAULT_LOG_FILE)
+    const viewPid = loadState(mountpoint)?.pid
+    let status = 0
     try {
-      return await new Promise<number>((resolve) => {
+      status = await new Promise<number>((resolve) => {
         const child = spawn(command[0], command.slice(1), { cwd: mountpoint, stdio: 'inherit' })
         const forward = (sig: NodeJS.Signals) => child.kill(sig)
         process.on('SIGINT', forward).on('SIGTERM', forward)
@@ -126,11 +129,37 @@ async function backupCommand(manifest: string, command: string[], o: MountCliOpt
         })
         child.on('exit', (code, signal) => resolve(code ?? 128 + (signal ? os.constants.signals[signal] : 0)))
       })
+      await checkRecordOnce(mountpoint)
     } finally {
       await unmountView(mountpoint)
     }
+    // Bytes of these files may have come from blocks the initiator had moved away: the backup of them is not trustworthy.
+    const tainted = viewPid === undefined ? [] : takeReport(mountpoint, viewPid)?.tainted ?? []
+    if (tainted.length > 0) {
+      process.stderr.write(`extfs: ${tainted.length} file(s) were read under a superseded map and not read again: ${tainted.join(', ')}\n`)
+      return status === 0 ? ExitCode.Stale : status
+    }
+    return status
   } finally {
     fs.rmdirSync(mountpoint)
+  }
+}
+
+/**
+ * One last config-ID check before the view goes: opening any regular file makes the view judge the
+ * record, so a remap published while the command ran still taints what was read before it.
+ */
+async function checkRecordOnce(mountpoint: string): Promise<void> {
+  const dirs = [mountpoint]
+  for (let seen = 0; dirs.length > 0 && seen < 10_000; seen++) {
+    const dir = dirs.shift()!
+    const entries = await fs.promises.readdir(dir, { withFileTypes: true }).catch(() => [])
+    const file = entries.find((e) => e.isFile())
+    if (file) {
+      await fs.promises.open(path.join(dir, file.name), 'r').then((h) => h.close(), () => undefined)
+      return
+    }
+    dirs.push(...entries.filter((e) => e.isDirectory()).map((e) => path.join(dir, e.name)))
   }
 }
 

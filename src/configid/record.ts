@@ -126,12 +126,18 @@ function judge(text: string, expectedId: string): Verdict {
   return { ok: true }
 }
 
+/** What the view asks on every open whose record changed: may opens be served? (`file` is the record.) */
+export interface ConfigCheck {
+  readonly file: string
+  check(): Verdict
+}
+
 /**
  * Checks the record for one expected config ID. Each check costs one stat(2); the file is re-read and
  * re-judged only when its identity (inode, size, mtime, ctime) changed, since the initiator always
  * replaces it by rename.
  */
-export class ConfigWatch {
+export class ConfigWatch implements ConfigCheck {
   private stamp = ''
   private verdict: Verdict = { ok: false, reason: 'not checked yet' }
 

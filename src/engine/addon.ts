@@ -2,6 +2,7 @@
 // checked against the table layout of ./tables.ts before anything is handed to it.
 import path from 'node:path'
 import { checkLayout, type NativeLayout } from './tables'
+import { checkDeltaLayout } from './delta-tables'
 
 /** What C reports to JS, asynchronously, for a log line. */
 export interface EngineEvent {
@@ -36,6 +37,17 @@ export interface ViewAddon {
   mount(tables: Buffer, recordPath: string, mountpoint: string, options: string, judge: () => Verdict, onEvent: (ev: EngineEvent) => void): SessionHandle
   /** umount(2) (not lazy), end the session, free everything. Rejects "...busy" and keeps serving. */
   unmount(handle: SessionHandle): Promise<void>
+  /**
+   * Apply a delta packed by delta-tables.ts in one step: the named files' extent lists are replaced,
+   * the devices appended (their fds, open until unmount resolved, in the delta's device order), the
+   * kernel's cached pages of those files dropped, the generation increased by one. Throws (changing
+   * nothing) when the delta is malformed or does not fit the tables; no JS thread sync I/O meanwhile.
+   */
+  applyDelta(handle: SessionHandle, delta: Buffer, deviceFds: number[]): void
+  /** Inode indexes (ascending) of files served under a map a delta has since replaced, not yet re-read in full. */
+  tainted(handle: SessionHandle): number[]
+  /** Map generation: 0 at mount, +1 per applied delta. */
+  generation(handle: SessionHandle): number
 }
 
 let loaded: ViewAddon | undefined
@@ -50,6 +62,7 @@ export function viewAddon(): ViewAddon {
   const file = path.join(process.env.EXTFS_ADDON_DIR || path.join(__dirname, '..', '..', 'build', 'Release'), 'extfs_view.node')
   const addon = require(file) as ViewAddon
   checkLayout(addon.layout())
+  checkDeltaLayout(addon.layout())
   loaded = addon
   return addon
 }

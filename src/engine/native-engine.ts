@@ -3,14 +3,15 @@
 // config-ID record, it changed" and "log this refused open / failed read". Requests never reach JS.
 import { promises as fsp, writeFileSync } from 'node:fs'
 import type { Logger } from 'pino'
-import type { Manifest } from '../manifest/types'
+import type { Extent, Manifest } from '../manifest/types'
 import type { RawDevice } from '../device/reader'
-import type { ConfigWatch } from '../configid/record'
+import type { ConfigCheck } from '../configid/record'
 import type { MountOptions, ViewEngine } from '../view/engine'
 import { splitDev } from '../mapping/blockdev'
 import { packTables, stagedTablesOf, type PackedTables, type PathTable } from './tables'
 import { withDeviceFds } from './stream-tables'
 import { collectGarbage } from './memory'
+import { packDelta, type DeltaEntry } from './delta-tables'
 import { viewAddon, type EngineEvent, type SessionHandle, type Verdict } from './addon'
 
 /**
@@ -33,11 +34,13 @@ export class NativeEngine implements ViewEngine {
   private readonly deviceIds: string[]
   private session?: SessionHandle
   private unmounting?: Promise<void>
+  /** taintedFiles() once unmounted: the list as it stood when unmount() was called. */
+  private lastTainted: string[] = []
 
   constructor(
     private readonly manifest: Manifest,
     private readonly devices: RawDevice[],
-    private readonly config: ConfigWatch,
+    private readonly config: ConfigCheck,
     private readonly log: Logger,
   ) {
     // A streamed manifest (src/mover/load.ts) arrives packed already; one read whole is packed here.
@@ -78,6 +81,7 @@ export class NativeEngine implements ViewEngine {
   unmount(): Promise<void> {
     const session = this.session
     if (!session) return Promise.resolve()
+    if (!this.unmounting) this.lastTainted = this.taintedFiles()
     this.unmounting ??= viewAddon().unmount(session).then(
       () => {
         this.session = undefined
@@ -91,7 +95,47 @@ export class NativeEngine implements ViewEngine {
     return this.unmounting
   }
 
-  /** Called from C (JS thread) when the record changed since the last "ok": ConfigWatch decides. */
+  /**
+   * Replace the extent lists of `files` and add `newDevices`, atomically for each file: a read sees
+   * the old map or the new one, never a mix; reads that start after this returns use the new one
+   * (cached pages are dropped). Extents' `device` indexes the view's devices with `newDevices`
+   * appended; their fds must stay open until unmount() resolved (the caller closes them). Replacing
+   * a file's content by `inline` data is refused (throws): the C engine serves inline content from
+   * the immutable data blob only, and extent-less relocations of such tiny files do not happen.
+   * Throws, changing nothing, when a file is not a regular file with extents of this image or the
+   * delta is malformed. A file already read is tainted until read again in full (taintedFiles()).
+   */
+  applyDelta(files: { ino: number; extents?: Extent[]; inline?: string }[], newDevices: RawDevice[]): void {
+    const session = this.session
+    if (!session || this.unmounting) throw new Error('applyDelta: the view is not mounted')
+    const entries: DeltaEntry[] = files.map((f) => {
+      if (f.inline !== undefined) throw new Error(`applyDelta: inode ${f.ino}: replacing a file's content by inline data is not supported by the native engine`)
+      const index = this.paths.index(f.ino)
+      if (index < 0) throw new Error(`applyDelta: inode ${f.ino} is not in the image`)
+      return { index, extents: f.extents ?? [] }
+    })
+    const delta = packDelta(entries, newDevices.map((d) => d.size))
+    viewAddon().applyDelta(session, delta, newDevices.map((d) => d.fd))
+    this.deviceIds.push(...newDevices.map((d) => d.id))
+    this.log.info({ generation: viewAddon().generation(session), files: files.length, devices: newDevices.map((d) => d.id), bytes: delta.length }, 'delta applied')
+  }
+
+  /**
+   * Paths (first name) of files read under a superseded map and not re-read in full since. Once
+   * unmounted: the list as of the unmount() call (a umount only succeeds with no file open).
+   */
+  taintedFiles(): string[] {
+    if (!this.session) return [...this.lastTainted]
+    return viewAddon().tainted(this.session).map((index) => this.paths.path(index))
+  }
+
+  /** Map generation: 0 at mount, +1 per applied delta. */
+  generation(): number {
+    if (!this.session) throw new Error('generation: the view is not mounted')
+    return viewAddon().generation(this.session)
+  }
+
+  /** Called from C (JS thread) when the record changed since the last "ok": the config check decides (and may follow a delta). */
   private judge(): Verdict {
     try {
       const v = this.config.check()

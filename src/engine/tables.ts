@@ -65,6 +65,9 @@ export const LAYOUT = {
   extent: struct('file_offset:u64 device_offset:u64 length:u64 device:u32 reserved:u32'),
   xattr: struct('name_off:u32 value_off:u32 value_len:u32 name_len:u16 reserved:u16'),
   device: struct('fd:i32 reserved:u32 size:u64'),
+  // Deltas (delta-tables.ts): not part of the image, but the same contract with the addon.
+  delta_header: struct('magic:u32 version:u32 total_size:u64 n_files:u32 n_extents:u32 n_devices:u32 reserved:u32 files_off:u64 extents_off:u64 devices_off:u64'),
+  delta_file: struct('index:u32 first:u32 count:u32 reserved:u32'),
 } as const
 
 export type StructName = keyof typeof LAYOUT
@@ -329,7 +332,7 @@ function copyParts(image: Buffer, at: number, parts: Buffer[]): void {
 }
 
 /** Writes struct fields by name at their LAYOUT offsets; u64/i64 from safe integers (< 2^53). */
-class Writer {
+export class Writer {
   private readonly view: DataView
 
   constructor(buf: Buffer) {
@@ -369,8 +372,26 @@ export class PathTable {
     private readonly names: Buffer,
   ) {}
 
+  private byIno?: Uint32Array
+
   ino(index: number): number {
     return this.inos[index] ?? -1
+  }
+
+  /** The index of the inode numbered `ino`, or -1. The first call sorts an index (4 bytes per inode). */
+  index(ino: number): number {
+    const inos = this.inos
+    const order = (this.byIno ??= Uint32Array.from(inos.keys()).sort((a, b) => inos[a]! - inos[b]!))
+    let lo = 0
+    let hi = order.length
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1
+      const v = inos[order[mid]!]!
+      if (v === ino) return order[mid]!
+      if (v < ino) lo = mid + 1
+      else hi = mid
+    }
+    return -1
   }
 
   /** The path of the first name of the inode (a hard link has others). */

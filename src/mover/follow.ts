@@ -7,7 +7,7 @@ import type { Device } from '../manifest/types'
 import type { DeltaFile } from '../delta/types'
 import type { DeltaContext } from '../delta/validate'
 import { readDeltaFile } from '../delta/io'
-import { readRecord } from '../configid/record'
+import { readRecord, type ConfigCheck } from '../configid/record'
 import { resolveDevice } from '../device/resolve'
 import type { RawDevice } from '../device/reader'
 
@@ -22,8 +22,8 @@ export interface FollowOptions {
   /** The manifest's configId (c0) and its devices. */
   image: string
   devices: readonly Device[]
-  /** ino → size of every regular file of the image. */
-  fileSizes: DeltaContext['fileSizes']
+  /** ino → size of every regular file of the image; asked for once, when the first delta arrives. */
+  fileSizes: () => DeltaContext['fileSizes']
   recordFile: string
   key?: Buffer
   /** --device overrides, by device id: they apply to devices a delta brings too. */
@@ -34,14 +34,33 @@ export interface FollowOptions {
   note: (msg: string) => void
 }
 
-export class ChainFollower {
+/**
+ * The view's config check when it can follow deltas: `check()` answers every open whose record changed,
+ * on the serving process's JS thread (the waiting open is refused after 5 s).
+ */
+export class ChainFollower implements ConfigCheck {
   private configId: string
   private seq = 0
   private readonly devices: Device[]
+  private target?: DeltaTarget
+  private sizes?: DeltaContext['fileSizes']
 
-  constructor(private readonly target: DeltaTarget, private readonly opts: FollowOptions) {
+  constructor(private readonly opts: FollowOptions) {
     this.configId = opts.image
     this.devices = [...opts.devices]
+  }
+
+  get file(): string {
+    return this.opts.recordFile
+  }
+
+  /** The engine deltas are applied to; until attached, a changed config ID is refused. */
+  attach(target: DeltaTarget): void {
+    this.target = target
+  }
+
+  check(): Verdict {
+    return this.judge()
   }
 
   /** The config ID the view serves under now. */
@@ -64,8 +83,9 @@ export class ChainFollower {
 
   /** Read, check and apply deltas seq+1.. of `chain`, which must end at `target`. All or nothing. */
   private follow(chain: string[], target: string): void {
+    if (!this.target) throw new Error(`config ID changed from ${this.configId} to ${target} and this engine cannot follow it`)
     if (chain.length <= this.seq) throw new Error(`config ID changed from ${this.configId} to ${target} without a delta leading there`)
-    let ctx: DeltaContext = { image: this.opts.image, seq: this.seq + 1, from: this.configId, devices: this.devices, fileSizes: this.opts.fileSizes }
+    let ctx: DeltaContext = { image: this.opts.image, seq: this.seq + 1, from: this.configId, devices: this.devices, fileSizes: (this.sizes ??= this.opts.fileSizes()) }
     const files = new Map<number, DeltaFile>()
     const newDevices: Device[] = []
     for (const name of chain.slice(this.seq)) {
@@ -76,7 +96,12 @@ export class ChainFollower {
     }
     if (ctx.from !== target) throw new Error(`the delta chain ends at ${ctx.from}, but the record names ${target}`)
     const opened = this.prove(newDevices, [...files.values()])
-    this.target.applyDelta([...files.values()], opened)
+    try {
+      this.target.applyDelta([...files.values()], opened)
+    } catch (err) {
+      for (const d of opened) d.close()
+      throw err
+    }
     for (const d of opened) this.opts.adopt(d)
     this.devices.push(...newDevices)
     this.opts.note(`followed the config ID from ${this.configId} to ${ctx.from}: ${files.size} files moved, ${newDevices.length} new devices`)

@@ -9,7 +9,8 @@ import { FuseEngine } from '../fuse/adapter'
 import { NativeEngine } from '../engine/native-engine'
 import type { LoadedImage } from './load'
 import { isMountpoint } from '../mapping/mountinfo'
-import { clearState, saveState } from './state'
+import { clearState, saveReport, saveState } from './state'
+import { ChainFollower } from './follow'
 import { ExtfsError, MountpointError } from '../errors'
 import { ExitCode } from '../cli/exit-codes'
 
@@ -26,9 +27,24 @@ export interface ServeOptions extends LoadOptions {
  * The native engine (C on libfuse3, src/engine/) serves by default; EXTFS_ENGINE=fuse-native selects
  * the first engine (every request in JS), kept as a reference and a fallback.
  */
-function createEngine(image: LoadedImage, log: Logger): ViewEngine {
+function createEngine(image: LoadedImage, opts: ServeOptions): ViewEngine {
+  const { log } = opts
   if (process.env.EXTFS_ENGINE === 'fuse-native') return new FuseEngine(new FrozenView(image.manifest, image.devices, image.config, log), log)
-  return new NativeEngine(image.manifest, image.devices, image.config, log)
+  const { manifest } = image
+  const follower = new ChainFollower({
+    image: manifest.configId,
+    devices: manifest.devices,
+    // Only when a delta arrives: a streamed manifest then reads its inodes once more (src/mover/load.ts).
+    fileSizes: () => new Map(manifest.inodes.filter((i) => i.kind === 'file').map((i) => [i.ino, i.size])),
+    recordFile: image.config.file,
+    key: opts.key,
+    deviceOverrides: opts.deviceOverrides,
+    adopt: (d) => image.devices.push(d), // closed with the others once the view stopped
+    note: (msg) => log.info({ mountpoint: opts.mountpoint }, msg),
+  })
+  const engine = new NativeEngine(manifest, image.devices, follower, log)
+  follower.attach(engine)
+  return engine
 }
 
 // How often the view checks that nobody unmounted it behind its back (plain `umount`).
@@ -45,7 +61,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
     requireFuse()
     mountpoint = checkMountpoint(opts.mountpoint)
     image = loadImage(opts.manifestPath, opts)
-    engine = createEngine(image, log)
+    engine = createEngine(image, opts)
     try {
       await engine.mount(mountpoint, { fsname: `extfs:${image.manifest.configId}`, allowOther: opts.allowOther })
     } catch (err) {
@@ -80,6 +96,9 @@ export async function serve(opts: ServeOptions): Promise<void> {
         return
       }
       clearInterval(poll)
+      const tainted = engine instanceof NativeEngine ? engine.taintedFiles() : []
+      saveReport(mountpoint, { pid: process.pid, tainted })
+      if (tainted.length > 0) log.warn({ mountpoint, tainted }, 'files were read under a superseded map and not re-read')
       log.info({ mountpoint, why }, 'view unmounted')
       resolve()
     }

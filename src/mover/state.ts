@@ -34,6 +34,33 @@ export function clearState(mountpoint: string, pid: number): void {
   if (state && state.pid === pid) fs.rmSync(stateFile(mountpoint), { force: true })
 }
 
+/** What a view leaves behind when it stops, for `extfs backup`: the files read under a superseded map. */
+export interface ViewReport {
+  pid: number
+  tainted: string[]
+}
+
+function reportFile(mountpoint: string): string {
+  return stateFile(mountpoint).replace(/\.json$/, '.report.json')
+}
+
+export function saveReport(mountpoint: string, report: ViewReport): void {
+  fs.mkdirSync(STATE_DIR, { recursive: true })
+  fs.writeFileSync(reportFile(mountpoint), JSON.stringify(report))
+}
+
+/** The report of the view that served `mountpoint` as process `pid`, removed once read. */
+export function takeReport(mountpoint: string, pid: number): ViewReport | undefined {
+  const file = reportFile(mountpoint)
+  try {
+    const report = JSON.parse(fs.readFileSync(file, 'utf8')) as ViewReport
+    fs.rmSync(file, { force: true })
+    return report.pid === pid ? report : undefined
+  } catch {
+    return undefined
+  }
+}
+
 export function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0)
