@@ -70,6 +70,8 @@ interface MountCliOptions {
   allowOther?: boolean
   logFile?: string
   logLevel: string
+  /** Leave a report of tainted files when the view stops (set by `extfs backup` for its own view). */
+  report?: boolean
 }
 
 /** The arguments a background child gets: the parent's, re-stated (the parent's argv may hold `backup`). */
@@ -102,7 +104,7 @@ async function mountCommand(manifest: string, mountpoint: string, o: MountCliOpt
   const log = createLogger({ level: o.logLevel, file: o.logFile })
   let failure: Error | undefined
   await serve({
-    manifestPath: path.resolve(manifest), mountpoint, allowOther: !!o.allowOther, key: key(o), deviceOverrides: o.device, log,
+    manifestPath: path.resolve(manifest), mountpoint, allowOther: !!o.allowOther, key: key(o), deviceOverrides: o.device, log, report: !!o.report,
     onReady: (err) => {
       failure = err
       if (process.env[READY_FD_ENV]) reportReady(err)
@@ -115,7 +117,7 @@ async function backupCommand(manifest: string, command: string[], o: MountCliOpt
   backgroundPreflight(o)
   const mountpoint = fs.mkdtempSync(path.join(os.tmpdir(), 'extfs-backup-'))
   try {
-    await startBackground(childArgs(path.resolve(manifest), mountpoint, o), o.logFile ?? DEFAULT_LOG_FILE)
+    await startBackground([...childArgs(path.resolve(manifest), mountpoint, o), '--report'], o.logFile ?? DEFAULT_LOG_FILE)
     const viewPid = loadState(mountpoint)?.pid
     let status = 0
     try {
@@ -203,6 +205,7 @@ export function buildProgram(): Command {
     .option('--allow-other', 'let users other than root read the view (permissions still apply)')
     .option('--log-file <file>', `log here (background default: ${DEFAULT_LOG_FILE})`)
     .addOption(logLevelOption())
+    .addOption(new Option('--report', 'leave a report of files read under a superseded map (for extfs backup)').hideHelp())
     .action(mountCommand)
 
   program.command('umount')

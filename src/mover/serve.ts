@@ -18,6 +18,8 @@ export interface ServeOptions extends LoadOptions {
   manifestPath: string
   mountpoint: string
   allowOther: boolean
+  /** Leave a report of tainted files in /run/extfs when stopping, for the `extfs backup` that started us. */
+  report: boolean
   log: Logger
   /** Called once: undefined when the view serves, or the error that stopped it from serving. */
   onReady: (err?: Error) => void
@@ -97,7 +99,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
       }
       clearInterval(poll)
       const tainted = engine instanceof NativeEngine ? engine.taintedFiles() : []
-      saveReport(mountpoint, { pid: process.pid, tainted })
+      if (opts.report) saveReport(mountpoint, { pid: process.pid, tainted })
       if (tainted.length > 0) log.warn({ mountpoint, tainted }, 'files were read under a superseded map and not re-read')
       log.info({ mountpoint, why }, 'view unmounted')
       resolve()

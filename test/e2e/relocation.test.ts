@@ -105,6 +105,8 @@ t.test('extfs backup names the files read under a superseded map, unless they we
       const failing = await run(path.resolve('bin/extfs'), ['backup', manifest, '--', 'sh', '-c', `cat d >/dev/null && ${move} && exit 3`], { timeoutMs: 180_000 })
       t.equal(failing.code, 3, 'the command\'s own failure status is kept')
       t.match(failing.stderr, /\bd\b/, 'and d is still named')
+      const reports = (await fsp.readdir('/run/extfs').catch(() => [] as string[])).filter((n) => n.endsWith('.report.json'))
+      t.same(reports, [], 'no view report is left behind in /run/extfs')
     } finally {
       await release(manifest)
     }
