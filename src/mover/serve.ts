@@ -58,6 +58,12 @@ export async function serve(opts: ServeOptions): Promise<void> {
   let engine: ViewEngine | undefined
   let mountpoint = ''
   let image
+  // Signals are taken from the start: the kernel serves the view (and a script may already send
+  // SIGTERM) before this thread has finished its checks after mounting. Acted on once serving.
+  let pendingStop: string | undefined
+  let requestStop = (why: string) => void (pendingStop ??= why)
+  process.on('SIGINT', () => requestStop('SIGINT'))
+  process.on('SIGTERM', () => requestStop('SIGTERM'))
   try {
     requireRoot('mount')
     requireFuse()
@@ -104,11 +110,11 @@ export async function serve(opts: ServeOptions): Promise<void> {
       log.info({ mountpoint, why }, 'view unmounted')
       resolve()
     }
-    process.on('SIGINT', () => void stop('SIGINT'))
-    process.on('SIGTERM', () => void stop('SIGTERM'))
+    requestStop = (why) => void stop(why)
     const poll = setInterval(() => {
       if (!isMountpoint(mountpoint)) void stop('unmounted externally')
     }, MOUNT_POLL_MS)
+    if (pendingStop) void stop(pendingStop)
   })
   clearState(mountpoint, process.pid)
   for (const d of image.devices) d.close()
