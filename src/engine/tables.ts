@@ -23,6 +23,7 @@
 // 104 + 12 + 8 + 32 = 156 bytes.
 import type { Extent, Inode, Manifest } from '../manifest/types'
 import type { StagedTables } from './stream-tables'
+import { Blob } from './blob'
 
 export const TABLES_MAGIC = 0x54565845 // "EXVT" as a little-endian u32
 export const TABLES_VERSION = 1
@@ -138,25 +139,6 @@ export function imageStatFs(manifest: Manifest): StatFsFigures {
   return { bsize, frsize: bsize, blocks: Math.ceil((blocks512 * 512) / bsize), bfree: 0, bavail: 0, files, ffree: 0, favail: 0, namemax: 255 }
 }
 
-/** An append-only blob whose pieces can be shared: `add` with the same key returns the same offset. */
-class Blob {
-  readonly parts: Buffer[] = []
-  size = 0
-  private readonly seen = new Map<string, number>()
-
-  add(bytes: Buffer, key?: string): number {
-    if (key !== undefined) {
-      const at = this.seen.get(key)
-      if (at !== undefined) return at
-      this.seen.set(key, this.size)
-    }
-    const at = this.size
-    this.parts.push(bytes)
-    this.size += bytes.length
-    if (this.size > U32_MAX) throw new RangeError('view tables: a blob passes 4 GiB (u32 offsets)')
-    return at
-  }
-}
 
 const NUL = Buffer.alloc(1)
 
@@ -313,8 +295,8 @@ export function packTables(manifest: Manifest, deviceFds: readonly number[]): Pa
     name_off: x.nameOff, value_off: x.valueOff, value_len: x.valueLen, name_len: x.nameLen,
   }))
   deviceFds.forEach((fd, k) => w.struct('device', devicesOff + k * L.device.size, { fd, size: manifest.devices[k]!.size }))
-  copyParts(image, namesOff, names.parts)
-  copyParts(image, dataOff, data.parts)
+  names.drainTo(image, namesOff)
+  data.drainTo(image, dataOff)
 
   // For log lines: index → ino and path, without keeping the image (C has its own copy).
   const nameOffs = Uint32Array.from(nameDirent, (d) => (d < 0 ? 0 : dNameOff[d]!))
@@ -327,9 +309,6 @@ export function packTables(manifest: Manifest, deviceFds: readonly number[]): Pa
   }
 }
 
-function copyParts(image: Buffer, at: number, parts: Buffer[]): void {
-  for (const p of parts) at += p.copy(image, at)
-}
 
 /** Writes struct fields by name at their LAYOUT offsets; u64/i64 from safe integers (< 2^53). */
 export class Writer {

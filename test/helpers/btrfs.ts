@@ -6,7 +6,7 @@ import { promises as fsp, rmSync } from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
 import { run, runOk } from './exec'
-import { isMounted, loopBackingFile } from './loopfs'
+import { cleanupAtExit, isMounted, loopBackingFile, unmountTestFs, unmountTestFsSync } from './loopfs'
 
 export type BtrfsProfile = 'single' | 'dup' | 'raid0' | 'raid1' | 'raid10' | 'raid1c3' | 'raid1c4'
 
@@ -102,20 +102,7 @@ export async function withBtrfs(opts: BtrfsOptions, fn: (ctx: BtrfsFs) => Promis
 
 async function destroyState(st: State): Promise<string[]> {
   const problems: string[] = []
-  if (st.mounted && st.mountpoint) {
-    // A frozen filesystem cannot be unmounted and blocks every writer; thaw first, ignore "not frozen".
-    await run('fsfreeze', ['-u', st.mountpoint], { timeoutMs: 10_000 })
-    let unmounted = false
-    for (let i = 0; i < 5 && !unmounted; i++) {
-      if (i) await sleep(200 * i)
-      unmounted = (await run('umount', [st.mountpoint], { timeoutMs: 30_000 })).code === 0 || !isMounted(st.mountpoint)
-    }
-    if (!unmounted) {
-      const r = await run('umount', ['-l', st.mountpoint], { timeoutMs: 30_000 })
-      problems.push(`umount ${st.mountpoint} failed, ${r.code === 0 ? 'lazily detached' : r.stderr.trim()}`)
-    }
-    st.mounted = isMounted(st.mountpoint)
-  }
+  if (st.mounted && st.mountpoint) st.mounted = await unmountTestFs(st.mountpoint, problems)
   for (const a of st.attached) {
     // Only touch the device if it is still ours: after a crash the number may have been reused.
     if (loopBackingFile(a.loopDevice) !== a.image) continue
@@ -133,9 +120,6 @@ async function destroyState(st: State): Promise<string[]> {
   return problems
 }
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms))
-}
 
 // --- last-resort cleanup at process exit -------------------------------------------------------
 // Exit handlers cannot await, so this path is synchronous. It only touches registered state.
@@ -145,22 +129,13 @@ function register(st: State): void {
   btrfsRegistry.add(st)
   if (handlersInstalled) return
   handlersInstalled = true
-  process.on('exit', cleanupBtrfsSync)
-  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
-    process.once(sig, () => {
-      cleanupBtrfsSync()
-      process.kill(process.pid, sig) // re-raise with the default action now that our handler is gone
-    })
-  }
+  cleanupAtExit(cleanupBtrfsSync)
 }
 
 export function cleanupBtrfsSync(): void {
   for (const st of [...btrfsRegistry]) {
     const sh = (cmd: string, args: string[]) => spawnSync(cmd, args, { stdio: 'ignore', timeout: 15_000 })
-    if (st.mounted && st.mountpoint) {
-      sh('fsfreeze', ['-u', st.mountpoint])
-      if (sh('umount', [st.mountpoint]).status !== 0) sh('umount', ['-l', st.mountpoint])
-    }
+    if (st.mounted && st.mountpoint) unmountTestFsSync(st.mountpoint)
     for (const a of st.attached) {
       if (loopBackingFile(a.loopDevice) !== a.image) continue
       sh('btrfs', ['device', 'scan', '--forget', a.loopDevice])

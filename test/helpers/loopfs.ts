@@ -128,20 +128,7 @@ export async function remountReadWrite(ctx: LoopFs): Promise<void> {
 
 async function destroyState(st: State): Promise<string[]> {
   const problems: string[] = []
-  if (st.mounted && st.mountpoint) {
-    // A frozen filesystem cannot be unmounted and blocks every writer; thaw first, ignore "not frozen".
-    await run('fsfreeze', ['-u', st.mountpoint], { timeoutMs: 10_000 })
-    let unmounted = false
-    for (let i = 0; i < 5 && !unmounted; i++) {
-      if (i) await sleep(200 * i)
-      unmounted = (await run('umount', [st.mountpoint], { timeoutMs: 30_000 })).code === 0 || !isMounted(st.mountpoint)
-    }
-    if (!unmounted) {
-      const r = await run('umount', ['-l', st.mountpoint], { timeoutMs: 30_000 })
-      problems.push(`umount ${st.mountpoint} failed, ${r.code === 0 ? 'lazily detached' : r.stderr.trim()}`)
-    }
-    st.mounted = isMounted(st.mountpoint)
-  }
+  if (st.mounted && st.mountpoint) st.mounted = await unmountTestFs(st.mountpoint, problems)
   // Only touch the device if it is still ours: after a crash the number may have been reused.
   if (st.loopDevice && loopBackingFile(st.loopDevice) === st.image) {
     if (st.partitioned) {
@@ -157,6 +144,32 @@ async function destroyState(st: State): Promise<string[]> {
   else await fsp.rm(st.tmpdir, { recursive: true, force: true }).catch((e) => problems.push(`rm ${st.tmpdir}: ${e}`))
   registry.delete(st)
   return problems
+}
+
+/**
+ * Thaw and unmount a test filesystem, retrying while it is busy, lazily as the last resort; problems go
+ * to `problems`. Returns whether it is still mounted.
+ */
+export async function unmountTestFs(mountpoint: string, problems: string[]): Promise<boolean> {
+  // A frozen filesystem cannot be unmounted and blocks every writer; thaw first, ignore "not frozen".
+  await run('fsfreeze', ['-u', mountpoint], { timeoutMs: 10_000 })
+  let unmounted = false
+  for (let i = 0; i < 5 && !unmounted; i++) {
+    if (i) await sleep(200 * i)
+    unmounted = (await run('umount', [mountpoint], { timeoutMs: 30_000 })).code === 0 || !isMounted(mountpoint)
+  }
+  if (!unmounted) {
+    const r = await run('umount', ['-l', mountpoint], { timeoutMs: 30_000 })
+    problems.push(`umount ${mountpoint} failed, ${r.code === 0 ? 'lazily detached' : r.stderr.trim()}`)
+  }
+  return isMounted(mountpoint)
+}
+
+/** unmountTestFs for exit handlers, which cannot await. */
+export function unmountTestFsSync(mountpoint: string): void {
+  const sh = (cmd: string, args: string[]) => spawnSync(cmd, args, { stdio: 'ignore', timeout: 15_000 })
+  sh('fsfreeze', ['-u', mountpoint])
+  if (sh('umount', [mountpoint]).status !== 0) sh('umount', ['-l', mountpoint])
 }
 
 /** The file a loop device is attached to, or undefined if it is free. */
@@ -176,7 +189,7 @@ export function isMounted(mountpoint: string): boolean {
     .some((line) => line.split(' ')[4] === mountpoint)
 }
 
-async function waitForPath(p: string): Promise<void> {
+export async function waitForPath(p: string): Promise<void> {
   // devtmpfs creates partition nodes asynchronously with respect to partx; wait a little.
   for (let i = 0; i < 50; i++) {
     if (await fsp.stat(p).then(() => true, () => false)) return
@@ -185,34 +198,44 @@ async function waitForPath(p: string): Promise<void> {
   throw new Error(`${p} did not appear`)
 }
 
-function sleep(ms: number): Promise<void> {
+export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms))
 }
 
 // --- last-resort cleanup at process exit -------------------------------------------------------
 // Exit handlers cannot await, so this path is synchronous. It only touches registered state.
 
-let handlersInstalled = false
-function register(st: State): void {
-  registry.add(st)
-  if (handlersInstalled) return
-  handlersInstalled = true
-  process.on('exit', cleanupRegisteredSync)
+/**
+ * Run `cleanup` at exit and on SIGINT/SIGTERM/SIGHUP (then re-raised with the default action).
+ * `first`: before the handlers installed so far (what sits on top of another helper's devices).
+ */
+export function cleanupAtExit(cleanup: () => void, opts: { first?: boolean } = {}): void {
+  if (opts.first) {
+    process.prependListener('exit', cleanup)
+    for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.prependOnceListener(sig, cleanup)
+    return
+  }
+  process.on('exit', cleanup)
   for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
     process.once(sig, () => {
-      cleanupRegisteredSync()
+      cleanup()
       process.kill(process.pid, sig) // re-raise with the default action now that our handler is gone
     })
   }
 }
 
+let handlersInstalled = false
+function register(st: State): void {
+  registry.add(st)
+  if (handlersInstalled) return
+  handlersInstalled = true
+  cleanupAtExit(cleanupRegisteredSync)
+}
+
 export function cleanupRegisteredSync(): void {
   for (const st of [...registry]) {
     const sh = (cmd: string, args: string[]) => spawnSync(cmd, args, { stdio: 'ignore', timeout: 15_000 })
-    if (st.mounted && st.mountpoint) {
-      sh('fsfreeze', ['-u', st.mountpoint])
-      if (sh('umount', [st.mountpoint]).status !== 0) sh('umount', ['-l', st.mountpoint])
-    }
+    if (st.mounted && st.mountpoint) unmountTestFsSync(st.mountpoint)
     if (st.loopDevice && loopBackingFile(st.loopDevice) === st.image) {
       if (st.partitioned) sh('partx', ['-d', st.loopDevice])
       sh('losetup', ['-d', st.loopDevice])

@@ -5,7 +5,7 @@
 import { spawnSync } from 'node:child_process'
 import { promises as fsp, rmdirSync } from 'node:fs'
 import { run, runOk } from './exec'
-import { isMounted, loopBackingFile } from './loopfs'
+import { cleanupAtExit, isMounted, loopBackingFile, unmountTestFs, unmountTestFsSync, waitForPath } from './loopfs'
 
 export interface NestedFs {
   /** The image file (on the outer filesystem), as a real path: the kernel reports it resolved. */
@@ -79,14 +79,7 @@ export async function destroyNestedFs(n: NestedFs): Promise<string[]> {
 
 async function destroyState(st: State): Promise<string[]> {
   const problems: string[] = []
-  if (st.mounted && st.mountpoint) {
-    for (let i = 0; i < 5 && isMounted(st.mountpoint); i++) {
-      if (i) await new Promise((r) => setTimeout(r, 200 * i))
-      await run('umount', [st.mountpoint], { timeoutMs: 30_000 })
-    }
-    st.mounted = isMounted(st.mountpoint)
-    if (st.mounted) problems.push(`umount ${st.mountpoint} failed`)
-  }
+  if (st.mounted && st.mountpoint) st.mounted = await unmountTestFs(st.mountpoint, problems)
   // Only touch the device if it is still ours (after a crash the number may have been reused).
   if (!st.mounted && st.loopDevice && loopBackingFile(st.loopDevice) === st.image) {
     if (st.partitioned) await run('partx', ['-d', st.loopDevice])
@@ -98,29 +91,19 @@ async function destroyState(st: State): Promise<string[]> {
   return problems
 }
 
-async function waitForPath(p: string): Promise<void> {
-  // devtmpfs creates partition nodes asynchronously with respect to partx.
-  for (let i = 0; i < 50; i++) {
-    if (await fsp.stat(p).then(() => true, () => false)) return
-    await new Promise((r) => setTimeout(r, 20))
-  }
-  throw new Error(`${p} did not appear`)
-}
-
 // Last resort at exit or on a signal, synchronous; prepended so inner goes before loopfs.ts's outer.
 let installed = false
 function register(st: State): void {
   live.add(st)
   if (installed) return
   installed = true
-  process.prependListener('exit', cleanupSync)
-  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.prependOnceListener(sig, cleanupSync)
+  cleanupAtExit(cleanupSync, { first: true })
 }
 
 function cleanupSync(): void {
   for (const st of [...live].reverse()) {
     const sh = (cmd: string, args: string[]) => spawnSync(cmd, args, { stdio: 'ignore', timeout: 15_000 })
-    if (st.mounted && st.mountpoint && sh('umount', [st.mountpoint]).status !== 0) sh('umount', ['-l', st.mountpoint])
+    if (st.mounted && st.mountpoint) unmountTestFsSync(st.mountpoint)
     if (st.loopDevice && loopBackingFile(st.loopDevice) === st.image) {
       if (st.partitioned) sh('partx', ['-d', st.loopDevice])
       sh('losetup', ['-d', st.loopDevice])
