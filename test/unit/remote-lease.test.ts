@@ -5,49 +5,25 @@
 // are tested on real views elsewhere (test/e2e/two-hosts.test.ts, engine-delta.test.ts).
 import t, { type Test } from 'tap'
 import fs from 'node:fs'
-import os from 'node:os'
 import path from 'node:path'
 import pino from 'pino'
-import { ConfigServer, type Remapper } from '../../src/serve/server'
+import { ConfigServer } from '../../src/serve/server'
 import { ServeState } from '../../src/serve/state'
 import { ConfigClient } from '../../src/serve/client'
 import { readRecord, writeRecord, type Verdict } from '../../src/configid/record'
-import { signManifest } from '../../src/manifest/sign'
 import { RemoteImage } from '../../src/mover/remote'
-
-const KEY = Buffer.from('0123456789abcdef0123456789abcdef')
-const FIXTURE = path.join(__dirname, '..', 'fixtures', 'manifest-v1-minimal.json')
+import { KEY, fakeRemapper, signedImage } from '../helpers/serve-image'
 const LEASE_MS = 600
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
-/** Writes the next delta and record as `extfs remap` does (the real one is tested in e2e/remap). */
-const remapper: Remapper = {
-  remap(manifestPath) {
-    const recordFile = `${manifestPath}.config-id`
-    const rec = readRecord(recordFile)
-    const seq = (rec.deltas?.length ?? 0) + 1
-    const to = `c${seq}-aaaaaaaaaaaa`
-    const name = `${path.basename(manifestPath)}.delta-${seq}`
-    const delta = { format: 'extfs-delta', version: 1, image: 'minimal-0001', seq, from: rec.configId, to, devices: [], files: [] }
-    fs.writeFileSync(path.join(path.dirname(manifestPath), name), JSON.stringify(delta))
-    writeRecord(recordFile, to, 'current', { deltas: [...(rec.deltas ?? []), name] })
-    return { state: 'remapped', configId: to, deltaBytes: 10, manifestBytes: 1 }
-  },
-}
-
 async function setup(t: Test) {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'extfs-remote-unit-'))
-  const manifest = path.join(dir, 'nightly.json')
-  const m = JSON.parse(fs.readFileSync(FIXTURE, 'utf8'))
-  m.configRecord = 'nightly.json.config-id'
-  fs.writeFileSync(manifest, JSON.stringify(signManifest(m, KEY)))
-  writeRecord(`${manifest}.config-id`, m.configId, 'current')
+  const { dir, manifest } = signedImage('extfs-remote-unit-')
   const log = pino({ level: 'debug' }, { write: (l: string) => lines.push(l) })
   const lines: string[] = []
   const state = new ServeState(path.join(dir, 'serve.db'))
   let server: ConfigServer | undefined
   const start = async (port: number) => {
-    server = new ConfigServer({ manifests: [manifest], key: KEY, state, log, remapper, intervalMs: 0, leaseMs: LEASE_MS })
+    server = new ConfigServer({ manifests: [manifest], key: KEY, state, log, remapper: fakeRemapper(['c1-aaaaaaaaaaaa']), intervalMs: 0, leaseMs: LEASE_MS })
     return (await server.listen('127.0.0.1', port)).port
   }
   const stop = async () => {
