@@ -5,10 +5,10 @@ import t, { type Test } from 'tap'
 import { existsSync, promises as fsp, readFileSync, statSync } from 'node:fs'
 import * as path from 'node:path'
 import { remountReadOnly, withLoopFs } from '../helpers/loopfs'
-import { withBtrfs } from '../helpers/btrfs'
+import { busiestDevice, withBtrfs, withBtrfsAndSpare } from '../helpers/btrfs'
 import { runOk } from '../helpers/exec'
-import { seededBytes } from '../helpers/populate'
-import { extfs, release, scratchDir } from '../helpers/extfs'
+import { seededBytes, writeInterleaved } from '../helpers/populate'
+import { extfs, release, REMAPPED, scratchDir } from '../helpers/extfs'
 import { RawDevice } from '../../src/device/reader'
 import { readChain } from '../../src/delta/io'
 import type { ImageMap } from '../../src/delta/chain'
@@ -54,18 +54,6 @@ function checkRaw(t: Test, map: ImageMap, expected: Map<number, Buffer>, what: s
   }
 }
 
-/** Write files in alternating fsync'd chunks so their extents interleave (xfs_fsr then has work). */
-async function writeInterleaved(files: { file: string; seed: number }[], chunks: number, chunk: number): Promise<void> {
-  const handles = await Promise.all(files.map((f) => fsp.open(f.file, 'w')))
-  for (let i = 0; i < chunks; i++) {
-    for (const [j, fh] of handles.entries()) {
-      await fh.write(seededBytes(files[j]!.seed * 1000 + i, chunk), 0, chunk, i * chunk)
-      await fh.sync()
-    }
-  }
-  await Promise.all(handles.map((fh) => fh.close()))
-}
-
 async function fileContent(file: string): Promise<Buffer> {
   return fsp.readFile(file)
 }
@@ -79,8 +67,6 @@ async function contentsByIno(dir: string): Promise<Map<number, Buffer>> {
   }
   return out
 }
-
-const REMAPPED = /^remapped ([0-9a-f]{32}) -> ([0-9a-f]{32}): (\d+) files, (\d+) new devices, delta (\d+) bytes \(manifest (\d+) bytes\)\n$/
 
 t.test('XFS clone set: unchanged, xfs_fsr of three clones, released', async (t) => {
   const state = await scratchDir(t)
@@ -194,10 +180,7 @@ t.test('btrfs balance of a read-only snapshot (signed)', async (t) => {
 t.test('btrfs replace of a member by a spare; the old member wiped', async (t) => {
   const state = await scratchDir(t)
   const sizeMiB = 160
-  await withBtrfs({ devices: 3, data: 'single', metadata: 'raid1', sizeMiB }, async (fs) => {
-    // The third member becomes the spare: removed (btrfs relocates what it held), then free.
-    const spare = fs.loopDevices[2]!
-    await runOk('btrfs', ['device', 'remove', spare, fs.mountpoint], { timeoutMs: 120_000 })
+  await withBtrfsAndSpare({ members: 2, data: 'single', metadata: 'raid1', sizeMiB }, async (fs, spare) => {
     const data = path.join(fs.mountpoint, 'data')
     await runOk('btrfs', ['subvolume', 'create', data])
     for (let i = 0; i < 6; i++) await fsp.writeFile(path.join(data, `f-${i}`), seededBytes(900 + i, 3 * MiB + 17 * i))
@@ -208,10 +191,7 @@ t.test('btrfs replace of a member by a spare; the old member wiped', async (t) =
       const exp = await extfs(['export', data, '--output', manifest, '--frozen-image', 'snapshot'])
       t.equal(exp.code, 0, `export: ${exp.stderr}`)
       const m = readJson(manifest)
-      // Replace the member holding the most extents.
-      const counts = new Map<number, number>()
-      for (const n of m.inodes) for (const e of n.extents ?? []) counts.set(e.device, (counts.get(e.device) ?? 0) + 1)
-      const oldIndex = [...counts].sort((a, b) => b[1] - a[1])[0]![0]
+      const oldIndex = busiestDevice(m)
       const old = m.devices[oldIndex].hint as string
       t.ok(fs.loopDevices.includes(old), `the replaced member ${old} is one of ours`)
 
