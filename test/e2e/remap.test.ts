@@ -2,7 +2,8 @@
 // read-only snapshot, btrfs replace of a member by a spare (the old member wiped afterwards). Each time
 // the new map (manifest ⊕ deltas) is read raw from the devices, O_DIRECT, and compared with the files.
 import t, { type Test } from 'tap'
-import { existsSync, promises as fsp, readFileSync, statSync } from 'node:fs'
+import { existsSync, promises as fsp, readFileSync, statSync, writeFileSync } from 'node:fs'
+import { spawnSync } from 'node:child_process'
 import * as path from 'node:path'
 import { remountReadOnly, withLoopFs } from '../helpers/loopfs'
 import { busiestDevice, withBtrfs, withBtrfsAndSpare } from '../helpers/btrfs'
@@ -233,6 +234,19 @@ t.test('ext4 image of kind none: the exported files are walked again; nothing mo
     t.equal(r.code, 0, `remap: ${r.stderr}`)
     t.equal(r.stdout, `unchanged ${readJson(manifest).configId}\n`)
     t.notOk(existsSync(`${manifest}.delta-1`))
+
+    // One remap at a time: a lock held by a live process refuses, one left by a dead process is taken over.
+    const lock = `${manifest}.remap-lock`
+    writeFileSync(lock, `${process.pid}\n`)
+    const busy = await extfs(['remap', manifest])
+    t.equal(busy.code, 8, 'a remap while another runs exits 8')
+    t.match(busy.stderr, new RegExp(`^extfs: another remap of this image is running \\(pid ${process.pid}, `), `and says so: ${busy.stderr.trim()}`)
+    t.ok(existsSync(lock), 'the other\'s lock is left alone')
+    const dead = spawnSync('true').pid
+    writeFileSync(lock, `${dead}\n`)
+    const taken = await extfs(['remap', manifest])
+    t.equal(taken.code, 0, `a lock whose owner died is taken over: ${taken.stderr}`)
+    t.notOk(existsSync(lock), 'and removed after the remap')
     await release(manifest)
   })
 })
