@@ -12,7 +12,7 @@ import { snapshotTree, diffTrees } from '../helpers/tree'
 import { tarRoundTrip } from '../helpers/backup-tools'
 import { extfs, release, scratchDir, withView } from '../helpers/extfs'
 import { readJson } from '../helpers/tamper'
-import { RawDevice } from '../../src/device/reader'
+import { overwrittenOldExtents as countOverwritten } from '../helpers/moved'
 
 const MiB = 1024 * 1024
 const FILES = ['a', 'b', 'c', 'd', 'e', 'f']
@@ -42,23 +42,7 @@ async function overwrittenOldExtents(manifest: string, source: string): Promise<
   const m = await readJson(manifest)
   const byName = new Map<string, number>()
   for (const i of m.inodes) for (const e of i.entries ?? []) byName.set(e.name, e.ino)
-  const devices = m.devices.map((d: { id: string; hint: string }) => RawDevice.open(d.id, d.hint))
-  let changed = 0
-  try {
-    for (const name of FILES) {
-      const inode = m.inodes.find((i: { ino: number }) => i.ino === byName.get(name))
-      const content = await fsp.readFile(path.join(source, name))
-      for (const e of inode.extents) {
-        const len = Math.min(e.length, content.length - e.fileOffset)
-        const raw = Buffer.alloc(len)
-        devices[e.device].readExact(raw, 0, len, e.deviceOffset)
-        if (!raw.equals(content.subarray(e.fileOffset, e.fileOffset + len))) changed++
-      }
-    }
-  } finally {
-    for (const d of devices) d.close()
-  }
-  return changed
+  return countOverwritten(manifest, await Promise.all(FILES.map(async (name) => ({ ino: byName.get(name)!, content: await fsp.readFile(path.join(source, name)) }))))
 }
 
 t.test('a mounted view follows a btrfs balance and the backup stays exact', async (t) => {

@@ -50,7 +50,7 @@ export async function createHostPair(t?: { teardown(fn: () => unknown): void }):
   const made: string[] = []
   const destroy = async (): Promise<string[]> => {
     const problems: string[] = []
-    for (const ns of made.splice(0)) problems.push(...(await deleteNamespace(ns)))
+    for (const ns of made.splice(0)) problems.push(...emptyAndDelete(ns))
     return problems
   }
   try {
@@ -131,35 +131,43 @@ async function waitLinkUp(h: Host): Promise<void> {
   throw new Error(`${h.dev} in ${h.ns} did not come up`)
 }
 
-/** Processes still inside a namespace of ours are ours; they would keep it (and the veth) alive. */
-async function deleteNamespace(ns: string): Promise<string[]> {
-  const problems: string[] = []
-  const pids = (await run('ip', ['netns', 'pids', ns])).stdout.split(/\s+/).filter(Boolean).map(Number)
+/** Pids inside a namespace (`ip netns pids`); every one is ours, since the namespace is. */
+function pidsIn(ns: string): number[] {
+  const out = spawnSync('ip', ['netns', 'pids', ns], { encoding: 'utf8', timeout: 10_000 }).stdout ?? ''
+  return out.split(/\s+/).filter(Boolean).map(Number)
+}
+
+function signal(pids: number[], sig: NodeJS.Signals): void {
   for (const pid of pids) {
-    problems.push(`pid ${pid} was still in ${ns}; killed`)
     try {
-      process.kill(pid, 'SIGKILL')
+      process.kill(pid, sig)
     } catch {
       // gone meanwhile
     }
   }
-  const r = await run('ip', ['netns', 'del', ns])
-  if (r.code !== 0) problems.push(`ip netns del ${ns}: ${r.stderr.trim()}`)
+}
+
+/**
+ * Processes still inside a namespace would keep it (and the veth) alive: SIGTERM first (a view's
+ * process then unmounts and removes its state), SIGKILL what is left after 3 s. Synchronous, so the
+ * exit handler can use it too.
+ */
+function emptyAndDelete(ns: string): string[] {
+  const problems: string[] = []
+  let pids = pidsIn(ns)
+  if (pids.length > 0) {
+    problems.push(`pids ${pids.join(' ')} were still in ${ns}`)
+    signal(pids, 'SIGCONT') // a stopped process cannot act on SIGTERM
+    signal(pids, 'SIGTERM')
+    for (let i = 0; i < 30 && (pids = pidsIn(ns)).length > 0; i++) spawnSync('sleep', ['0.1'])
+    signal(pids, 'SIGKILL')
+  }
+  const r = spawnSync('ip', ['netns', 'del', ns], { encoding: 'utf8', timeout: 10_000 })
+  if (r.status !== 0) problems.push(`ip netns del ${ns}: ${(r.stderr ?? '').trim() || r.error?.message}`)
   else created.delete(ns)
   return problems
 }
 
 function destroyAllSync(): void {
-  for (const ns of [...created]) {
-    const pids = spawnSync('ip', ['netns', 'pids', ns], { encoding: 'utf8', timeout: 10_000 }).stdout ?? ''
-    for (const pid of pids.split(/\s+/).filter(Boolean)) {
-      try {
-        process.kill(Number(pid), 'SIGKILL')
-      } catch {
-        // gone
-      }
-    }
-    spawnSync('ip', ['netns', 'del', ns], { stdio: 'ignore', timeout: 10_000 })
-    created.delete(ns)
-  }
+  for (const ns of [...created]) emptyAndDelete(ns)
 }
