@@ -47,6 +47,7 @@ interface Served {
 }
 
 function createEngine(image: LoadedImage, opts: ServeOptions, remote?: RemoteImage): Served {
+  // From serve as from shared storage, deltas are checked with the key (remap signs them with it).
   const { log } = opts
   if (process.env.EXTFS_ENGINE === 'fuse-native') return { engine: new FuseEngine(new FrozenView(image.manifest, image.devices, image.config, log), log) }
   const { manifest } = image
@@ -56,8 +57,7 @@ function createEngine(image: LoadedImage, opts: ServeOptions, remote?: RemoteIma
     // Only when a delta arrives: a streamed manifest then reads its inodes once more (src/mover/load.ts).
     fileSizes: () => new Map(manifest.inodes.filter((i) => i.kind === 'file').map((i) => [i.ino, i.size])),
     recordFile: image.config.file,
-    // From serve, deltas come in answers authenticated with the key already (src/serve/auth.ts).
-    key: remote ? undefined : opts.key,
+    key: opts.key,
     deviceOverrides: opts.deviceOverrides,
     adopt: (d) => image.devices.push(d), // closed with the others once the view stopped
     note: (msg) => log.info({ mountpoint: opts.mountpoint }, msg),
@@ -114,8 +114,8 @@ export async function serve(opts: ServeOptions): Promise<void> {
     if (opts.remote) {
       if (!opts.key) throw new ExtfsError(ExitCode.Usage, `mounting from ${opts.remote.url} needs --key (the key extfs serve was given)`)
       remote = await RemoteImage.open({ url: opts.remote.url, key: opts.key, ca: opts.remote.ca, leaseCapMs: opts.remote.leaseCapMs, log })
-      // The answers were authenticated with the key: the mirrored manifest needs no signature of its own.
-      image = loadImage(remote.manifestPath, { deviceOverrides: opts.deviceOverrides, recordFile: remote.recordFile })
+      // serve only serves manifests signed with its key; checked here as for a local file with --key.
+      image = loadImage(remote.manifestPath, { key: opts.key, deviceOverrides: opts.deviceOverrides, recordFile: remote.recordFile })
     } else {
       image = loadImage(opts.manifestPath, opts)
     }
