@@ -18,7 +18,7 @@ import { run, runOk, RunResult } from '../helpers/exec'
 import { EXTFS, ensureUnmounted, release } from '../helpers/extfs'
 import { cleanupAtExit, isMounted, sleep, withLoopFs } from '../helpers/loopfs'
 import { createHostPair, Host, HostPair } from '../helpers/netns'
-import { populateEveryKind, seededBytes } from '../helpers/populate'
+import { populateEveryKind, seededBytes, writeInterleaved } from '../helpers/populate'
 import { diffTrees, snapshotTree, Tree } from '../helpers/tree'
 import { tarRoundTrip } from '../helpers/backup-tools'
 import { overwrittenOldExtents } from '../helpers/moved'
@@ -171,23 +171,6 @@ exit 0
 
 const RELOC_FILES = ['r0', 'r1', 'r2', 'r3']
 const RELOC_SIZE = 1024 * KiB
-const relocBytes = (i: number) => seededBytes(700 + i, RELOC_SIZE)
-
-/** RELOC_FILES written 64 KiB at a time in turn, each write synced: every file ends up in many extents. */
-async function writeFragmented(dir: string): Promise<void> {
-  await fsp.mkdir(dir)
-  const handles = await Promise.all(RELOC_FILES.map((n) => fsp.open(path.join(dir, n), 'w')))
-  try {
-    for (let off = 0; off < RELOC_SIZE; off += 64 * KiB) {
-      for (const [i, fh] of handles.entries()) {
-        await fh.write(relocBytes(i), off, 64 * KiB, off)
-        await fh.sync()
-      }
-    }
-  } finally {
-    for (const fh of handles) await fh.close()
-  }
-}
 
 /**
  * Last resort at exit (a crash, a signal): every view under `scratch` unmounted (`extfs umount`, lazily
@@ -271,7 +254,10 @@ t.test('two hosts: serve in one network namespace, the mover in another', async 
         // Fragmented files in a tree of their own, so that only this image's clones share their blocks:
         // once xfs_fsr moved the clones, the owner's in-place writes land on the image's old blocks.
         const relocData = path.join(fs.mountpoint, 'reloc-data')
-        await writeFragmented(relocData)
+        await fsp.mkdir(relocData)
+        // 64 KiB at a time in turn, each write synced: every file ends up in many extents.
+        await writeInterleaved(RELOC_FILES.map((n, i) => ({ file: path.join(relocData, n), seed: 70 + i })), RELOC_SIZE / (64 * KiB), 64 * KiB)
+        const relocContents = new Map(await Promise.all(RELOC_FILES.map(async (n) => [n, await fsp.readFile(path.join(relocData, n))] as [string, Buffer])))
         const reloc = await exportAs('reloc', relocData)
         const relocImage = await snapshotTree(relocData, { timePrecisionNs: NS })
 
@@ -510,7 +496,7 @@ t.test('two hosts: serve in one network namespace, the mover in another', async 
         await t.test('relocation through serve: xfs_fsr moves clones under the view, a remap asked from the mover, the view follows', async (t) => {
           const v = await mountView('reloc')
           const names = RELOC_FILES.map((n) => path.join(relocData, n))
-          t.ok((await fsp.readFile(path.join(v.mnt, RELOC_FILES[0]))).equals(relocBytes(0)), `${RELOC_FILES[0]} reads right before the move`)
+          t.ok((await fsp.readFile(path.join(v.mnt, RELOC_FILES[0]))).equals(relocContents.get(RELOC_FILES[0])!), `${RELOC_FILES[0]} reads right before the move`)
           const imagePath = JSON.parse(readFileSync(reloc, 'utf8')).frozenImage.imagePath as string
           // The image's clones are named by the original's inode number (src/frozen/clone-set.ts).
           const clones = await Promise.all(names.slice(0, 3).map(async (f) => path.join(imagePath, String((await fsp.stat(f)).ino))))
@@ -527,8 +513,7 @@ t.test('two hosts: serve in one network namespace, the mover in another', async 
             await fh.sync()
             await fh.close()
           }
-          const moved = await Promise.all(RELOC_FILES.map(async (n, i) => ({ ino: Number((await fsp.stat(path.join(relocData, n))).ino), content: relocBytes(i) })))
-          t.ok((await overwrittenOldExtents(reloc, moved)) > 0, 'the image\'s old locations now hold other bytes (reading them would be wrong)')
+          t.ok((await overwrittenOldExtents(reloc, relocContents)) > 0, 'the image\'s old locations now hold other bytes (reading them would be wrong)')
 
           const [remap] = await agent(mover, 'client', { baseUrl: `${base}/reloc`, keyFile, calls: [{ call: 'remap' }] })
           t.match(remap, { ok: true, value: { state: 'remapped' } }, `the mover asked the initiator to remap: ${JSON.stringify(remap.value ?? remap.message)}`)

@@ -1,19 +1,26 @@
-// Whether blocks a manifest points at still hold the image: after a relocation (btrfs balance, xfs_fsr)
-// and writes that reuse the old places, reading the manifest's extents raw must give other bytes, or
-// a test that "the view followed" would pass without any following.
-import { promises as fsp } from 'node:fs'
+// Whether blocks a manifest points at still hold the image: after a relocation (btrfs balance, xfs_fsr,
+// btrfs replace) and writes that reuse the old places, reading the manifest's extents raw must give
+// other bytes, or a test that "the view followed" would pass without any following.
+import { readJson, Loose } from './tamper'
 import { RawDevice } from '../../src/device/reader'
 
-/** How many extents of these files (by inode) no longer hold the file's image bytes at their place. */
-export async function overwrittenOldExtents(manifest: string, files: Array<{ ino: number; content: Buffer }>): Promise<number> {
-  const m = JSON.parse(await fsp.readFile(manifest, 'utf8'))
-  const devices: RawDevice[] = m.devices.map((d: { id: string; hint: string }) => RawDevice.open(d.id, d.hint))
+/** name → inode of the entries in the image's root directory. */
+export function rootFiles(m: Loose): Map<string, Loose> {
+  const byIno = new Map<number, Loose>(m.inodes.map((i: Loose) => [i.ino, i]))
+  const out = new Map<string, Loose>()
+  for (const i of m.inodes) for (const e of i.entries ?? []) out.set(e.name, byIno.get(e.ino))
+  return out
+}
+
+/** How many of the manifest's extents of `contents`' files (by name, in the root) no longer hold the file's bytes at their old place. */
+export async function overwrittenOldExtents(manifest: string, contents: Map<string, Buffer>): Promise<number> {
+  const m = await readJson(manifest)
+  const files = rootFiles(m)
+  const devices = m.devices.map((d: { id: string; hint: string }) => RawDevice.open(d.id, d.hint))
   let changed = 0
   try {
-    for (const { ino, content } of files) {
-      const inode = m.inodes.find((i: { ino: number }) => i.ino === ino)
-      if (!inode) throw new Error(`inode ${ino} is not in ${manifest}`)
-      for (const e of inode.extents) {
+    for (const [name, content] of contents) {
+      for (const e of files.get(name).extents) {
         const len = Math.min(e.length, content.length - e.fileOffset)
         const raw = Buffer.alloc(len)
         devices[e.device].readExact(raw, 0, len, e.deviceOffset)
