@@ -14,8 +14,8 @@ import { seededBytes, writeInterleaved } from '../helpers/populate'
 import { snapshotTree, diffTrees, Tree } from '../helpers/tree'
 import { tarRoundTrip } from '../helpers/backup-tools'
 import { extfs, release, REMAPPED, scratchDir, withView } from '../helpers/extfs'
-import { readJson, Loose } from '../helpers/tamper'
-import { RawDevice } from '../../src/device/reader'
+import { readJson } from '../helpers/tamper'
+import { overwrittenOldExtents, rootFiles } from '../helpers/moved'
 
 const KiB = 1024
 const MiB = 1024 * KiB
@@ -50,35 +50,6 @@ async function relocate(fs: BtrfsFs): Promise<void> {
 /** name → content of each of `names` in `dir`. */
 async function readNamed(dir: string, names: string[]): Promise<Map<string, Buffer>> {
   return new Map(await Promise.all(names.map(async (n) => [n, await fsp.readFile(path.join(dir, n))] as [string, Buffer])))
-}
-
-/** name → inode of the entries in the image's root directory. */
-function rootFiles(m: Loose): Map<string, Loose> {
-  const byIno = new Map<number, Loose>(m.inodes.map((i: Loose) => [i.ino, i]))
-  const out = new Map<string, Loose>()
-  for (const i of m.inodes) for (const e of i.entries ?? []) out.set(e.name, byIno.get(e.ino))
-  return out
-}
-
-/** How many of the manifest's extents of `contents`' files (by name, in the root) no longer hold the file's bytes at their old place. */
-async function overwrittenOldExtents(manifest: string, contents: Map<string, Buffer>): Promise<number> {
-  const m = await readJson(manifest)
-  const files = rootFiles(m)
-  const devices = m.devices.map((d: { id: string; hint: string }) => RawDevice.open(d.id, d.hint))
-  let changed = 0
-  try {
-    for (const [name, content] of contents) {
-      for (const e of files.get(name).extents) {
-        const len = Math.min(e.length, content.length - e.fileOffset)
-        const raw = Buffer.alloc(len)
-        devices[e.device].readExact(raw, 0, len, e.deviceOffset)
-        if (!raw.equals(content.subarray(e.fileOffset, e.fileOffset + len))) changed++
-      }
-    }
-  } finally {
-    for (const d of devices) d.close()
-  }
-  return changed
 }
 
 /** `extfs remap` must publish a delta of at least one file; returns its files and new devices. */
