@@ -138,7 +138,8 @@ export async function backupCommand(source: string, command: string[], o: MountC
     // The last check's own open does not count: everything the command read was served before it.
     const refused = (report?.refused ?? 0) - (finalOpenRefused ? 1 : 0)
     if (status === 0 && refused > 0) {
-      process.stderr.write(`extfs: the view refused or failed ${refused} open(s) or read(s) while the command ran (see ${o.logFile ?? DEFAULT_LOG_FILE}); the backup is incomplete\n`)
+      const why = report?.firstRefusal ? `, first: ${report.firstRefusal}` : ''
+      process.stderr.write(`extfs: the view refused or failed ${refused} request(s) while the command ran${why}; the backup is incomplete (log: ${o.logFile ?? DEFAULT_LOG_FILE})\n`)
       return ExitCode.Stale
     }
     return status

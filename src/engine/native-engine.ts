@@ -39,6 +39,7 @@ export class NativeEngine implements ViewEngine {
   private lastTainted: string[] = []
   /** Opens and reads refused since mount (stale, released, lease expired), and reads that failed. */
   private refusals = 0
+  private firstRefusal?: string
 
   constructor(
     private readonly manifest: Manifest,
@@ -147,9 +148,9 @@ export class NativeEngine implements ViewEngine {
     viewAddon().setLease(this.session, Math.floor(ms))
   }
 
-  /** Opens and reads refused or failed since mount: an `extfs backup` with any is not a clean one. */
-  refusedRequests(): number {
-    return this.refusals
+  /** Opens and reads refused or failed since mount, and why the first was: an `extfs backup` with any is not a clean one. */
+  refusedRequests(): { count: number; first?: string } {
+    return { count: this.refusals, first: this.firstRefusal }
   }
 
   /**
@@ -171,6 +172,7 @@ export class NativeEngine implements ViewEngine {
   private report(ev: EngineEvent): void {
     const ino = this.paths.ino(ev.index)
     this.refusals++
+    this.firstRefusal ??= `${ev.kind === 'read' ? 'read failed' : `${ev.kind === 'open' ? 'open' : 'read'} refused`}: ${ev.reason}`
     if (ev.kind === 'open') {
       this.log.warn({ op: 'open', path: this.paths.path(ev.index), ino, reason: ev.reason }, 'open refused: frozen image not current')
     } else if (ev.kind === 'read-refused') {

@@ -163,8 +163,8 @@ export async function serve(opts: ServeOptions): Promise<void> {
       clearInterval(poll)
       stopFollowing()
       const tainted = engine instanceof NativeEngine ? engine.taintedFiles() : []
-      const refused = engine instanceof NativeEngine ? engine.refusedRequests() : 0
-      if (opts.report) saveReport(mountpoint, { pid: process.pid, tainted, refused })
+      const refused = engine instanceof NativeEngine ? engine.refusedRequests() : { count: 0 }
+      if (opts.report) saveReport(mountpoint, { pid: process.pid, tainted, refused: refused.count, firstRefusal: refused.first })
       if (tainted.length > 0) log.warn({ mountpoint, tainted }, 'files were read under a superseded map and not re-read')
       log.info({ mountpoint, why }, 'view unmounted')
       resolve()

@@ -40,6 +40,8 @@ export interface ViewReport {
   tainted: string[]
   /** Opens and reads the view refused (image not current, lease expired) or failed (device errors). */
   refused: number
+  /** Why the first of them was refused or failed. */
+  firstRefusal?: string
 }
 
 function reportFile(mountpoint: string): string {

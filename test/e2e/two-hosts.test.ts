@@ -446,10 +446,11 @@ t.test('two hosts: serve in one network namespace, the mover in another', async 
           if (!existsSync(path.join(flags, 'ready'))) throw new Error(`backup ended before it read: ${JSON.stringify(await done)}`)
           return { done, log }
         }
-        const checkBackupFailed = async (t: Test, r: RunResult, flags: string) => {
+        const checkBackupFailed = async (t: Test, r: RunResult, flags: string, cause: RegExp) => {
           t.equal(r.code, 7, `extfs backup exits 7 (stale) although its command exited 0 (${r.code}, ${r.timedOut ? 'timed out' : 'in time'})`)
           const extfsLines = r.stderr.split('\n').filter((l) => l.startsWith('extfs: '))
-          t.match(extfsLines, [/^extfs: the view refused .*open\(s\) or read\(s\).*incomplete/], `one line says why: ${JSON.stringify(extfsLines)}`)
+          t.match(extfsLines, [/^extfs: the view refused or failed \d+ request\(s\) while the command ran, first: .*incomplete/], `one line says so: ${JSON.stringify(extfsLines)}`)
+          t.match(extfsLines[0] ?? '', cause, 'and names the cause')
           t.equal(await fsp.readFile(path.join(flags, 'held'), 'utf8').then((s) => s.trim(), () => 'missing'), 'failed', 'a read on the file held open since before: refused')
           const files = (await fsp.readFile(path.join(flags, 'files'), 'utf8').catch(() => '')).trim().split('\n').filter(Boolean)
           const regular = [...image.values()].filter((e) => e.kind === 'file').length
@@ -474,7 +475,7 @@ t.test('two hosts: serve in one network namespace, the mover in another', async 
           await sleep(PAST_LEASE_MS)
           await fsp.writeFile(path.join(flags, 'go'), '')
           const r = await b.done
-          await checkBackupFailed(t, r, flags)
+          await checkBackupFailed(t, r, flags, /first: (open|read) refused: frozen image \S+ was released/)
           const why = await refusal(b.log, (r) => /released/.test(r))
           t.ok(why, `the view's log says the image was released: ${why?.reason ?? JSON.stringify((await logLines(b.log)).slice(-3))}`)
         })
@@ -487,7 +488,7 @@ t.test('two hosts: serve in one network namespace, the mover in another', async 
           await sleep(PAST_LEASE_MS)
           await fsp.writeFile(path.join(flags, 'go'), '')
           const r = await b.done
-          await checkBackupFailed(t, r, flags)
+          await checkBackupFailed(t, r, flags, /first: (open|read) refused: initiator http:\S+ not reachable .*the lease expired/)
           const why = await refusal(b.log, (r) => r.includes(base) && /not reachable.*lease expired/.test(r))
           t.ok(why, `the view's log names the initiator as unreachable and the lease as expired: ${why?.reason ?? JSON.stringify((await logLines(b.log)).slice(-3))}`)
           served = await startServe(initiator, serveArgs, (fn) => teardowns.push(fn))
