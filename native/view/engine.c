@@ -1,8 +1,9 @@
 // N-API glue of the native view engine (src/engine/native-engine.ts is its only caller):
 //   layout()                                   struct sizes and field offsets of tables.h
-//   mount(tables, record, mountpoint, options, judge, onEvent) → handle
+//   mount(tables, record, mountpoint, options, judge, onEvent, leaseMs) → handle
 //   unmount(handle) → Promise                  umount(2), end the loop, free everything
 //   applyDelta(handle, delta, deviceFds), tainted(handle), generation(handle)   see delta.c
+//   setLease(handle, ms)                       how long opens and reads are served unasked (config.c)
 // mount() copies and checks the tables, mounts with libfuse3 and runs fuse_session_loop_mt on its
 // own pthread: from then on requests are served in C and the Node event loop stays free.
 #include "engine.h"
@@ -138,6 +139,8 @@ static napi_value js_layout(napi_env env, napi_callback_info info) {
 
 // ---------------------------------------------------------------------------------- events
 
+static const char *const event_kinds[] = {[XT_EV_OPEN_REFUSED] = "open", [XT_EV_READ_FAILED] = "read", [XT_EV_READ_REFUSED] = "read-refused"};
+
 // On the JS thread: onEvent({kind, index, offset, device, deviceOffset, reason}). env is NULL when
 // the function is torn down with events still queued; they are dropped.
 static void event_js(napi_env env, napi_value fn, void *context, void *data) {
@@ -145,7 +148,7 @@ static void event_js(napi_env env, napi_value fn, void *context, void *data) {
   struct xt_event *ev = data;
   napi_value obj, kind, reason, undefined, result;
   if (env != NULL && napi_create_object(env, &obj) == napi_ok &&
-      napi_create_string_utf8(env, ev->kind == XT_EV_OPEN_REFUSED ? "open" : "read", NAPI_AUTO_LENGTH, &kind) == napi_ok &&
+      napi_create_string_utf8(env, event_kinds[ev->kind], NAPI_AUTO_LENGTH, &kind) == napi_ok &&
       napi_set_named_property(env, obj, "kind", kind) == napi_ok && set_num(env, obj, "index", ev->index) &&
       set_num(env, obj, "offset", (double)ev->offset) && set_num(env, obj, "device", ev->device) &&
       set_num(env, obj, "deviceOffset", (double)ev->device_offset) &&
@@ -238,6 +241,7 @@ static struct engine *engine_new(napi_env env, napi_value record, napi_value mou
   free(path);
   if (err) return free(e), NULL;
   pthread_rwlock_init(&e->js_lock, NULL);
+  xt_lease_set(e, -1);
   if ((e->mountpoint = get_string(env, mountpoint)) == NULL) return engine_free(e), NULL;
   return e;
 }
@@ -249,13 +253,16 @@ static napi_value fail(napi_env env, struct engine *e, const char *msg) {
 }
 
 static napi_value js_mount(napi_env env, napi_callback_info info) {
-  size_t argc = 6;
-  napi_value argv[6], name;
+  size_t argc = 7;
+  napi_value argv[7], name;
+  int64_t lease_ms = -1;
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   void *buf;
   size_t len;
   bool is_buffer = false;
-  if (argc < 6 || napi_is_buffer(env, argv[0], &is_buffer) != napi_ok || !is_buffer) return fail(env, NULL, "mount(tables, record, mountpoint, options, judge, onEvent)");
+  if (argc < 7 || napi_is_buffer(env, argv[0], &is_buffer) != napi_ok || !is_buffer || napi_get_value_int64(env, argv[6], &lease_ms) != napi_ok) {
+    return fail(env, NULL, "mount(tables, record, mountpoint, options, judge, onEvent, leaseMs)");
+  }
   CHECK(napi_get_buffer_info(env, argv[0], &buf, &len));
 
   char msg[512], *options = get_string(env, argv[3]);
@@ -277,6 +284,7 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
     return fail(env, e, msg);
   }
 
+  xt_lease_set(e, lease_ms); // before the first request can arrive
   xt_config_prime(env, e, argv[4]);
 
   char *args_v[] = {"extfs", "-o", options, NULL};
@@ -380,6 +388,20 @@ static napi_value js_unmount(napi_env env, napi_callback_info info) {
   return promise;
 }
 
+// setLease(handle, ms): opens and reads are served without asking judge() for ms more milliseconds;
+// ms < 0: no lease. Any thread may have read the old value; the next request sees the new one.
+static napi_value js_set_lease(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  struct engine *e;
+  int64_t ms;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 2 || napi_get_value_external(env, argv[0], (void **)&e) != napi_ok || napi_get_value_int64(env, argv[1], &ms) != napi_ok) return fail(env, NULL, "setLease(handle, ms)");
+  if (e->done) return fail(env, NULL, "setLease: the view is not mounted");
+  xt_lease_set(e, ms);
+  return NULL;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   const napi_property_descriptor props[] = {
     {"layout", NULL, js_layout, NULL, NULL, NULL, napi_enumerable, NULL},
@@ -388,6 +410,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"applyDelta", NULL, xt_js_apply_delta, NULL, NULL, NULL, napi_enumerable, NULL},
     {"tainted", NULL, xt_js_tainted, NULL, NULL, NULL, napi_enumerable, NULL},
     {"generation", NULL, xt_js_generation, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"setLease", NULL, js_set_lease, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   CHECK(napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
   return exports;

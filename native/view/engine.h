@@ -60,6 +60,8 @@ struct engine {
   pthread_mutex_t cfg_mu;
   int cfg_ok;
   struct cfg_stamp cfg_stamp;
+  // Opens and reads are served without asking JS until then (CLOCK_MONOTONIC ns); INT64_MAX: no lease.
+  _Atomic int64_t lease_until_ns;
 
   // Into JS: `judge` blocks a FUSE worker until ConfigWatch.check() answers; `events` never blocks
   // (log lines for refused opens and failed reads). Both are released after the loop has ended.
@@ -90,7 +92,7 @@ struct engine {
 };
 
 // A log event for JS (engine.c delivers it; JS turns the inode index into a path and logs with pino).
-enum xt_event_kind { XT_EV_OPEN_REFUSED = 1, XT_EV_READ_FAILED = 2 };
+enum xt_event_kind { XT_EV_OPEN_REFUSED = 1, XT_EV_READ_FAILED = 2, XT_EV_READ_REFUSED = 3 };
 struct xt_event {
   int kind;
   uint32_t index;         // inode index
@@ -134,6 +136,10 @@ void xt_config_destroy(struct engine *e);
 void xt_config_prime(napi_env env, struct engine *e, napi_value judge);
 // 0 when opens may be served, else ESTALE (and the refusal is logged).
 int xt_config_check(struct engine *e, uint32_t index);
+// Reads: 0 while the lease is fresh (one clock read), else JS renews it or the read is ESTALE (logged).
+int xt_read_check(struct engine *e, uint32_t index, uint64_t offset);
+// Serve without asking JS for `ms` more milliseconds; ms < 0: no lease (never expires).
+void xt_lease_set(struct engine *e, int64_t ms);
 // The call_js of the `judge` threadsafe function.
 void xt_judge_js(napi_env env, napi_value fn, void *context, void *data);
 

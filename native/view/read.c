@@ -5,6 +5,7 @@
 // buffer when the range and its place in the buffer are both aligned (the usual case: block-aligned
 // extents, page-aligned requests), else through a bounce buffer and a copy.
 // A device that fails or reads short is EIO, logged with inode, offset and device; never zeros.
+// Every read first checks the lease (config.c): a clock read while it is fresh.
 // A request resolves through one map of the file, loaded once (delta.c): the tables' extents, or the
 // list the latest delta installed; served reads are noted before the reply (xt_note_served).
 #include "engine.h"
@@ -124,6 +125,8 @@ void xt_read(fuse_req_t req, fuse_ino_t nodeid, size_t size, off_t off, struct f
   const struct xt_inode *n = xt_node(e, nodeid);
   if (n == NULL) return (void)fuse_reply_err(req, ENOENT);
   if (!S_ISREG(n->mode)) return (void)fuse_reply_err(req, EISDIR);
+  int refused = xt_read_check(e, (uint32_t)(nodeid - 1), off < 0 ? 0 : (uint64_t)off);
+  if (refused != 0) return (void)fuse_reply_err(req, refused);
   // Clip at EOF: the tail of the last block, which the last extent may cover, is never returned.
   uint64_t start = off < 0 ? 0 : (uint64_t)off;
   if (start >= n->size) return (void)fuse_reply_buf(req, NULL, 0);

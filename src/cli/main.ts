@@ -1,9 +1,7 @@
 // The command line. Parses, calls one layer, and turns typed errors into one line on stderr and a
 // documented exit code (src/cli/exit-codes.ts). No logic of its own.
 import fs from 'node:fs'
-import os from 'node:os'
 import path from 'node:path'
-import { spawn } from 'node:child_process'
 import { Command, CommanderError, Option } from 'commander'
 import { ExitCode } from './exit-codes'
 import { ExtfsError } from '../errors'
@@ -14,11 +12,10 @@ import { releaseFromJournal, releaseImage, ReleaseResult } from '../frozen/relea
 import type { Manifest } from '../manifest/types'
 import { LIMITS } from '../manifest/validate'
 import { readCheckedManifest, loadImage } from '../mover/load'
-import { checkMountpoint, requireFuse, requireRoot } from '../mover/checks'
-import { serve } from '../mover/serve'
-import { DEFAULT_LOG_FILE, READY_FD_ENV, reportReady, startBackground } from '../mover/daemon'
+import { requireRoot } from '../mover/checks'
+import { DEFAULT_LOG_FILE } from '../mover/daemon'
 import { unmountView } from '../mover/umount'
-import { loadState, takeReport } from '../mover/state'
+import { backupCommand, mountCommand } from './mount'
 import { formatSummary, summarize } from './inspect'
 import { remapImage } from '../remap/remap'
 import { StaleError } from '../errors'
@@ -34,6 +31,9 @@ function collectDevice(value: string, acc: Map<string, string>): Map<string, str
 
 const keyOption = () => new Option('--key <file>', 'shared HMAC key file: sign at export, require a valid signature elsewhere')
 const deviceOption = () => new Option('--device <id=path>', 'use this block device for a manifest device (repeatable)').argParser(collectDevice).default(new Map())
+const caOption = () => new Option('--ca <pem>', 'with https://: CA certificate to trust for the initiator (a self-signed one\'s own certificate)')
+const leaseOption = () => new Option('--lease <seconds>', 'with http(s)://: serve opens and reads at most this long after the initiator last answered (default: its --lease)')
+  .argParser(parseSeconds('--lease', 0.001))
 const logLevelOption = () => new Option('--log-level <level>', 'pino log level').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info')
 
 /** --carry-max: bytes, at most what a mover accepts inline (LIMITS.inlineBytes). */
@@ -61,108 +61,6 @@ function describeRelease(r: ReleaseResult, m: Manifest | undefined): string {
 
 function key(opts: { key?: string }): Buffer | undefined {
   return opts.key ? readKeyFile(opts.key) : undefined
-}
-
-interface MountCliOptions {
-  key?: string
-  device: Map<string, string>
-  foreground?: boolean
-  allowOther?: boolean
-  logFile?: string
-  logLevel: string
-  /** Leave a report of tainted files when the view stops (set by `extfs backup` for its own view). */
-  report?: boolean
-}
-
-/** The arguments a background child gets: the parent's, re-stated (the parent's argv may hold `backup`). */
-function childArgs(manifest: string, mountpoint: string, o: MountCliOptions): string[] {
-  const args = ['mount', manifest, mountpoint, '--log-level', o.logLevel]
-  if (o.key) args.push('--key', o.key)
-  if (o.allowOther) args.push('--allow-other')
-  for (const [id, p] of o.device) args.push('--device', `${id}=${p}`)
-  return args
-}
-
-/**
- * What the parent of a background view checks itself before starting it, so that these failures get
- * their own exit code and message even when the view process could not even start (no /dev at all).
- * The view process checks everything again.
- */
-function backgroundPreflight(o: MountCliOptions, mountpoint?: string): void {
-  requireRoot('mount')
-  requireFuse()
-  key(o)
-  if (mountpoint) checkMountpoint(mountpoint)
-}
-
-async function mountCommand(manifest: string, mountpoint: string, o: MountCliOptions): Promise<void> {
-  if (!o.foreground) {
-    backgroundPreflight(o, mountpoint)
-    await startBackground(childArgs(path.resolve(manifest), path.resolve(mountpoint), o), o.logFile ?? DEFAULT_LOG_FILE)
-    return
-  }
-  const log = createLogger({ level: o.logLevel, file: o.logFile })
-  let failure: Error | undefined
-  await serve({
-    manifestPath: path.resolve(manifest), mountpoint, allowOther: !!o.allowOther, key: key(o), deviceOverrides: o.device, log, report: !!o.report,
-    onReady: (err) => {
-      failure = err
-      if (process.env[READY_FD_ENV]) reportReady(err)
-    },
-  })
-  if (failure) throw failure
-}
-
-async function backupCommand(manifest: string, command: string[], o: MountCliOptions): Promise<number> {
-  backgroundPreflight(o)
-  const mountpoint = fs.mkdtempSync(path.join(os.tmpdir(), 'extfs-backup-'))
-  try {
-    await startBackground([...childArgs(path.resolve(manifest), mountpoint, o), '--report'], o.logFile ?? DEFAULT_LOG_FILE)
-    const viewPid = loadState(mountpoint)?.pid
-    let status = 0
-    try {
-      status = await new Promise<number>((resolve) => {
-        const child = spawn(command[0], command.slice(1), { cwd: mountpoint, stdio: 'inherit' })
-        const forward = (sig: NodeJS.Signals) => child.kill(sig)
-        process.on('SIGINT', forward).on('SIGTERM', forward)
-        child.on('error', (err) => {
-          process.stderr.write(`extfs: cannot run ${command[0]}: ${err.message}\n`)
-          resolve(127)
-        })
-        child.on('exit', (code, signal) => resolve(code ?? 128 + (signal ? os.constants.signals[signal] : 0)))
-      })
-      await checkRecordOnce(mountpoint)
-    } finally {
-      await unmountView(mountpoint)
-    }
-    // Bytes of these files may have come from blocks the initiator had moved away: the backup of them is not trustworthy.
-    const tainted = viewPid === undefined ? [] : takeReport(mountpoint, viewPid)?.tainted ?? []
-    if (tainted.length > 0) {
-      process.stderr.write(`extfs: ${tainted.length} file(s) were read under a superseded map and not read again: ${tainted.join(', ')}\n`)
-      return status === 0 ? ExitCode.Stale : status
-    }
-    return status
-  } finally {
-    fs.rmdirSync(mountpoint)
-  }
-}
-
-/**
- * One last config-ID check before the view goes: opening any regular file makes the view judge the
- * record, so a remap published while the command ran still taints what was read before it.
- */
-async function checkRecordOnce(mountpoint: string): Promise<void> {
-  const dirs = [mountpoint]
-  for (let seen = 0; dirs.length > 0 && seen < 10_000; seen++) {
-    const dir = dirs.shift()!
-    const entries = await fs.promises.readdir(dir, { withFileTypes: true }).catch(() => [])
-    const file = entries.find((e) => e.isFile())
-    if (file) {
-      await fs.promises.open(path.join(dir, file.name), 'r').then((h) => h.close(), () => undefined)
-      return
-    }
-    dirs.push(...entries.filter((e) => e.isDirectory()).map((e) => path.join(dir, e.name)))
-  }
 }
 
 export function buildProgram(): Command {
@@ -198,9 +96,11 @@ export function buildProgram(): Command {
 
   program.command('mount')
     .description('serve a manifest read-only through FUSE; returns once the view serves')
-    .argument('<manifest>').argument('<mountpoint>')
+    .argument('<manifest>', 'a manifest file, or http(s)://initiator:port/<image> of extfs serve').argument('<mountpoint>')
     .addOption(deviceOption())
     .addOption(keyOption())
+    .addOption(caOption())
+    .addOption(leaseOption())
     .option('--foreground', 'stay attached; unmount on SIGINT/SIGTERM')
     .option('--allow-other', 'let users other than root read the view (permissions still apply)')
     .option('--log-file <file>', `log here (background default: ${DEFAULT_LOG_FILE})`)
@@ -287,9 +187,11 @@ export function buildProgram(): Command {
 
   program.command('backup')
     .description('mount on a private mountpoint, run the command there, unmount, exit with its status')
-    .argument('<manifest>').argument('<command...>')
+    .argument('<manifest>', 'a manifest file, or http(s)://initiator:port/<image> of extfs serve').argument('<command...>')
     .addOption(deviceOption())
     .addOption(keyOption())
+    .addOption(caOption())
+    .addOption(leaseOption())
     .option('--log-file <file>', `view log (default: ${DEFAULT_LOG_FILE})`)
     .addOption(logLevelOption())
     .action(async (manifest: string, command: string[], o) => {

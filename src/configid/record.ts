@@ -126,10 +126,13 @@ function judge(text: string, expectedId: string): Verdict {
   return { ok: true }
 }
 
-/** What the view asks on every open whose record changed: may opens be served? (`file` is the record.) */
+/**
+ * What the view asks on every open whose record changed (and every open and read once a lease
+ * expired): may opens be served? (`file` is the record.) A promise when the answer needs the network.
+ */
 export interface ConfigCheck {
   readonly file: string
-  check(): Verdict
+  check(): Verdict | Promise<Verdict>
 }
 
 /**

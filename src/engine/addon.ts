@@ -6,22 +6,18 @@ import { checkDeltaLayout } from './delta-tables'
 
 /** What C reports to JS, asynchronously, for a log line. */
 export interface EngineEvent {
-  kind: 'open' | 'read'
+  /** A refused open, a failed device read, a read refused for an expired lease. */
+  kind: 'open' | 'read' | 'read-refused'
   /** Inode index in the tables. */
   index: number
-  /** read: file offset of the failed piece. */
+  /** read, read-refused: file offset of the failed piece or request. */
   offset: number
   /** read: device index. */
   device: number
   /** read: byte offset on the device. */
   deviceOffset: number
-  /** open: why the image is not current; read: what the device did. */
+  /** open, read-refused: why the image is not current; read: what the device did. */
   reason: string
-}
-
-export interface Verdict {
-  ok: boolean
-  reason?: string
 }
 
 /** Opaque: one mounted session. */
@@ -31,10 +27,12 @@ export interface ViewAddon {
   layout(): NativeLayout
   /**
    * Copy and check `tables`, mount with libfuse3 (`options` is a `-o` string) and serve on a session
-   * thread. `judge` is called on the JS thread when the config-ID record changed since the last "ok"
-   * (a FUSE open waits for it, at most 5 s); `onEvent` receives log events. Throws if not mounted.
+   * thread. `judge` is called on the JS thread when the config-ID record changed since the last "ok",
+   * and for every open and read once the lease expired; it answers through `answer`, at once or later
+   * (the FUSE request waits at most 5 s, then is refused; later answers are ignored). `onEvent`
+   * receives log events. `leaseMs` is the lease at mount (as setLease). Throws if not mounted.
    */
-  mount(tables: Buffer, recordPath: string, mountpoint: string, options: string, judge: () => Verdict, onEvent: (ev: EngineEvent) => void): SessionHandle
+  mount(tables: Buffer, recordPath: string, mountpoint: string, options: string, judge: (answer: Answer) => void, onEvent: (ev: EngineEvent) => void, leaseMs: number): SessionHandle
   /** umount(2) (not lazy), end the session, free everything. Rejects "...busy" and keeps serving. */
   unmount(handle: SessionHandle): Promise<void>
   /**
@@ -48,7 +46,12 @@ export interface ViewAddon {
   tainted(handle: SessionHandle): number[]
   /** Map generation: 0 at mount, +1 per applied delta. */
   generation(handle: SessionHandle): number
+  /** Serve opens and reads without asking judge() for `ms` more milliseconds; ms < 0: no lease (the default). */
+  setLease(handle: SessionHandle, ms: number): void
 }
+
+/** judge()'s reply: the first call counts. */
+export type Answer = (ok: boolean, reason?: string) => void
 
 let loaded: ViewAddon | undefined
 

@@ -1,6 +1,7 @@
 // The native engine: the view served in C on libfuse3's low-level API (native/view/). JS packs the
 // manifest into tables once, mounts, and then only answers two rare calls from C: "judge the
-// config-ID record, it changed" and "log this refused open / failed read". Requests never reach JS.
+// config-ID record, it changed (or the lease expired)" and "log this refused open / failed read".
+// Requests never reach JS.
 import { promises as fsp, writeFileSync } from 'node:fs'
 import type { Logger } from 'pino'
 import type { Extent, Manifest } from '../manifest/types'
@@ -12,7 +13,7 @@ import { packTables, stagedTablesOf, type PackedTables, type PathTable } from '.
 import { withDeviceFds } from './stream-tables'
 import { collectGarbage } from './memory'
 import { packDelta, type DeltaEntry } from './delta-tables'
-import { viewAddon, type EngineEvent, type SessionHandle, type Verdict } from './addon'
+import { viewAddon, type Answer, type EngineEvent, type SessionHandle } from './addon'
 
 /**
  * Readahead window of the view's backing device info, in KiB. The kernel starts FUSE mounts at
@@ -36,6 +37,8 @@ export class NativeEngine implements ViewEngine {
   private unmounting?: Promise<void>
   /** taintedFiles() once unmounted: the list as it stood when unmount() was called. */
   private lastTainted: string[] = []
+  /** Opens and reads refused since mount (stale, released, lease expired), and reads that failed. */
+  private refusals = 0
 
   constructor(
     private readonly manifest: Manifest,
@@ -61,7 +64,7 @@ export class NativeEngine implements ViewEngine {
     const options = ['ro', 'default_permissions', `fsname=${escapeOption(opts.fsname)}`, 'subtype=extfs']
     if (opts.allowOther) options.push('allow_other')
     this.session = addon.mount(packed.image, this.config.file, mountpoint, options.join(','),
-      () => this.judge(), (ev) => this.report(ev))
+      (answer) => this.judge(answer), (ev) => this.report(ev), Math.floor(opts.leaseMs ?? -1))
     // C keeps its own copy; a later mount packs again (a streamed manifest then reads its file whole).
     this.packed = undefined
     const staged = stagedTablesOf(this.manifest)
@@ -135,21 +138,43 @@ export class NativeEngine implements ViewEngine {
     return viewAddon().generation(this.session)
   }
 
-  /** Called from C (JS thread) when the record changed since the last "ok": the config check decides (and may follow a delta). */
-  private judge(): Verdict {
+  /**
+   * Serve opens and reads without asking the config check for `ms` more milliseconds (a lease from
+   * `extfs serve`); 0 sends every open and read to it; ms < 0: no lease, the record stamp decides.
+   */
+  setLease(ms: number): void {
+    if (!this.session || this.unmounting) return
+    viewAddon().setLease(this.session, Math.floor(ms))
+  }
+
+  /** Opens and reads refused or failed since mount: an `extfs backup` with any is not a clean one. */
+  refusedRequests(): number {
+    return this.refusals
+  }
+
+  /**
+   * Called from C (JS thread) when the record changed since the last "ok", or the lease expired: the
+   * config check decides (it may follow a delta, or ask the initiator first).
+   */
+  private judge(answer: Answer): void {
+    const failed = (err: unknown) => answer(false, `config-ID check failed: ${(err as Error).message}`)
     try {
       const v = this.config.check()
-      return v.ok ? { ok: true } : { ok: false, reason: v.reason }
+      if (v instanceof Promise) v.then((r) => answer(r.ok, r.ok ? undefined : r.reason), failed)
+      else answer(v.ok, v.ok ? undefined : v.reason)
     } catch (err) {
-      return { ok: false, reason: `config-ID check failed: ${(err as Error).message}` }
+      failed(err)
     }
   }
 
   /** Log lines for what C refused or failed; the same fields and messages as FrozenView. */
   private report(ev: EngineEvent): void {
     const ino = this.paths.ino(ev.index)
+    this.refusals++
     if (ev.kind === 'open') {
       this.log.warn({ op: 'open', path: this.paths.path(ev.index), ino, reason: ev.reason }, 'open refused: frozen image not current')
+    } else if (ev.kind === 'read-refused') {
+      this.log.warn({ op: 'read', path: this.paths.path(ev.index), ino, offset: ev.offset, reason: ev.reason }, 'read refused: frozen image not current')
     } else {
       this.log.error({ op: 'read', ino, offset: ev.offset, device: this.deviceIds[ev.device] ?? ev.device, deviceOffset: ev.deviceOffset, err: ev.reason }, 'read failed')
     }

@@ -2,6 +2,7 @@
 // deltas after the view's current config ID are read and checked (chain, validation, signature), their
 // new devices found and proven, and then all of them are applied to the engine in one step. Anything
 // wrong leaves the view on its old map and opens refused, with the reason.
+import fs from 'node:fs'
 import path from 'node:path'
 import type { Device } from '../manifest/types'
 import type { DeltaFile } from '../delta/types'
@@ -44,6 +45,9 @@ export class ChainFollower implements ConfigCheck {
   private readonly devices: Device[]
   private target?: DeltaTarget
   private sizes?: DeltaContext['fileSizes']
+  /** poll(): the record's identity when last judged there, and whether it said released. */
+  private polledStamp = ''
+  private releasedSeen = false
 
   constructor(private readonly opts: FollowOptions) {
     this.configId = opts.image
@@ -68,10 +72,31 @@ export class ChainFollower implements ConfigCheck {
     return this.configId
   }
 
+  /**
+   * Look at the record now, when its identity changed since the last look (one stat(2) otherwise):
+   * a new delta is followed at once instead of at the next open, and a release is seen while no file
+   * is being opened. Returns whether the image was released (the view then refuses reads too), and
+   * the reason of a refusal the first time it is seen.
+   */
+  poll(): { released: boolean; refused?: string } {
+    let stamp = ''
+    try {
+      const st = fs.statSync(this.opts.recordFile)
+      stamp = `${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`
+    } catch {
+      // Unreadable now: the next open asks judge(), which refuses with the reason.
+    }
+    if (stamp === '' || stamp === this.polledStamp) return { released: this.releasedSeen }
+    this.polledStamp = stamp
+    const v = this.judge()
+    return { released: this.releasedSeen, refused: v.ok ? undefined : v.reason }
+  }
+
   /** Judge the record: serve, follow it to its config ID, or refuse. Never throws. */
   judge(): Verdict {
     try {
       const record = readRecord(this.opts.recordFile)
+      this.releasedSeen = record.state === 'released'
       if (record.state === 'released') return { ok: false, reason: `frozen image ${record.configId} was released` }
       if (record.configId === this.configId) return { ok: true }
       this.follow(record.deltas ?? [], record.configId)

@@ -13,6 +13,8 @@ import { StaleError } from '../errors'
 export interface LoadOptions {
   key?: Buffer
   deviceOverrides: Map<string, string>
+  /** The config-ID record, instead of the one the manifest names (a mover following `extfs serve`). */
+  recordFile?: string
 }
 
 export interface LoadedImage {
@@ -55,7 +57,7 @@ export function loadImage(manifestPath: string, opts: LoadOptions): LoadedImage 
   const manifest = process.env.EXTFS_ENGINE === 'fuse-native'
     ? readCheckedManifest(manifestPath, opts.key)
     : readPackedManifest(manifestPath, opts.key)
-  const config = new ConfigWatch(recordPath(manifestPath, manifest.configRecord), manifest.configId)
+  const config = new ConfigWatch(opts.recordFile ?? recordPath(manifestPath, manifest.configRecord), manifest.configId)
   const verdict = config.check()
   // The native engine follows a record that moved on through deltas (src/mover/follow.ts); its first
   // open reads and checks the chain. The fuse-native engine cannot follow: it needs the manifest's own ID.

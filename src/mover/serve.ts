@@ -11,11 +11,22 @@ import type { LoadedImage } from './load'
 import { isMountpoint } from '../mapping/mountinfo'
 import { clearState, saveReport, saveState } from './state'
 import { ChainFollower } from './follow'
+import { RemoteImage } from './remote'
 import { ExtfsError, MountpointError } from '../errors'
 import { ExitCode } from '../cli/exit-codes'
 
+/** A mover following `extfs serve` instead of files on shared storage (src/mover/remote.ts). */
+export interface RemoteSource {
+  url: string
+  ca?: Buffer
+  /** The mover's cap on the initiator's lease, ms. */
+  leaseCapMs?: number
+}
+
 export interface ServeOptions extends LoadOptions {
+  /** The manifest file; with `remote`, the URL (for logs and state only). */
   manifestPath: string
+  remote?: RemoteSource
   mountpoint: string
   allowOther: boolean
   /** Leave a report of tainted files in /run/extfs when stopping, for the `extfs backup` that started us. */
@@ -29,9 +40,15 @@ export interface ServeOptions extends LoadOptions {
  * The native engine (C on libfuse3, src/engine/) serves by default; EXTFS_ENGINE=fuse-native selects
  * the first engine (every request in JS), kept as a reference and a fallback.
  */
-function createEngine(image: LoadedImage, opts: ServeOptions): ViewEngine {
+interface Served {
+  engine: ViewEngine
+  /** The native engine's chain follower: also polled, so deltas and releases act between opens. */
+  follower?: ChainFollower
+}
+
+function createEngine(image: LoadedImage, opts: ServeOptions, remote?: RemoteImage): Served {
   const { log } = opts
-  if (process.env.EXTFS_ENGINE === 'fuse-native') return new FuseEngine(new FrozenView(image.manifest, image.devices, image.config, log), log)
+  if (process.env.EXTFS_ENGINE === 'fuse-native') return { engine: new FuseEngine(new FrozenView(image.manifest, image.devices, image.config, log), log) }
   const { manifest } = image
   const follower = new ChainFollower({
     image: manifest.configId,
@@ -39,14 +56,38 @@ function createEngine(image: LoadedImage, opts: ServeOptions): ViewEngine {
     // Only when a delta arrives: a streamed manifest then reads its inodes once more (src/mover/load.ts).
     fileSizes: () => new Map(manifest.inodes.filter((i) => i.kind === 'file').map((i) => [i.ino, i.size])),
     recordFile: image.config.file,
-    key: opts.key,
+    // From serve, deltas come in answers authenticated with the key already (src/serve/auth.ts).
+    key: remote ? undefined : opts.key,
     deviceOverrides: opts.deviceOverrides,
     adopt: (d) => image.devices.push(d), // closed with the others once the view stopped
     note: (msg) => log.info({ mountpoint: opts.mountpoint }, msg),
   })
-  const engine = new NativeEngine(manifest, image.devices, follower, log)
+  const engine = new NativeEngine(manifest, image.devices, remote ? remote.guard(follower) : follower, log)
   follower.attach(engine)
-  return engine
+  return { engine, follower }
+}
+
+/**
+ * Shared storage: the record is looked at every MOUNT_POLL_MS besides on opens, so a delta is followed
+ * and a release stops reads of open files without waiting for the next open. From serve: the mirror
+ * is looked at whenever an answer changed it, and the lease follows the initiator's answers.
+ */
+function startFollowing(served: Served, opts: ServeOptions, remote?: RemoteImage): () => void {
+  const { engine, follower } = served
+  if (!(engine instanceof NativeEngine) || !follower) return () => undefined
+  let released = false
+  const look = () => {
+    const r = follower.poll()
+    if (r.refused) opts.log.warn({ mountpoint: opts.mountpoint, reason: r.refused }, 'frozen image not current: opens are refused')
+    if (!remote && r.released !== released) engine.setLease(r.released ? 0 : -1) // 0: every read asks, and is refused
+    released = r.released
+  }
+  if (remote) {
+    remote.attach(engine, look)
+    return () => remote.close()
+  }
+  const timer = setInterval(look, MOUNT_POLL_MS)
+  return () => clearInterval(timer)
 }
 
 // How often the view checks that nobody unmounted it behind its back (plain `umount`).
@@ -56,6 +97,8 @@ const MOUNT_POLL_MS = 250
 export async function serve(opts: ServeOptions): Promise<void> {
   const { log } = opts
   let engine: ViewEngine | undefined
+  let served: Served | undefined
+  let remote: RemoteImage | undefined
   let mountpoint = ''
   let image
   // Signals are taken from the start: the kernel serves the view (and a script may already send
@@ -68,10 +111,18 @@ export async function serve(opts: ServeOptions): Promise<void> {
     requireRoot('mount')
     requireFuse()
     mountpoint = checkMountpoint(opts.mountpoint)
-    image = loadImage(opts.manifestPath, opts)
-    engine = createEngine(image, opts)
+    if (opts.remote) {
+      if (!opts.key) throw new ExtfsError(ExitCode.Usage, `mounting from ${opts.remote.url} needs --key (the key extfs serve was given)`)
+      remote = await RemoteImage.open({ url: opts.remote.url, key: opts.key, ca: opts.remote.ca, leaseCapMs: opts.remote.leaseCapMs, log })
+      // The answers were authenticated with the key: the mirrored manifest needs no signature of its own.
+      image = loadImage(remote.manifestPath, { deviceOverrides: opts.deviceOverrides, recordFile: remote.recordFile })
+    } else {
+      image = loadImage(opts.manifestPath, opts)
+    }
+    served = createEngine(image, opts, remote)
+    engine = served.engine
     try {
-      await engine.mount(mountpoint, { fsname: `extfs:${image.manifest.configId}`, allowOther: opts.allowOther })
+      await engine.mount(mountpoint, { fsname: `extfs:${image.manifest.configId}`, allowOther: opts.allowOther, leaseMs: remote?.leaseLeft() })
     } catch (err) {
       throw new ExtfsError(ExitCode.NoFuse, `FUSE mount on ${mountpoint} failed: ${(err as Error).message}`)
     }
@@ -83,12 +134,17 @@ export async function serve(opts: ServeOptions): Promise<void> {
     // through, the engine may still read them, and a reused fd number would serve foreign bytes.
     const stopped = engine ? await engine.unmount().then(() => true, () => false) : true
     if (stopped) for (const d of image?.devices ?? []) d.close()
+    remote?.close()
     opts.onReady(err as Error)
     return
   }
 
+  const stopFollowing = startFollowing(served!, opts, remote)
   saveState({ pid: process.pid, mountpoint, manifest: opts.manifestPath })
-  log.info({ mountpoint, manifest: opts.manifestPath, configId: image.manifest.configId, devices: image.devices.map((d) => `${d.id}=${d.path}`) }, 'serving frozen view')
+  log.info({
+    mountpoint, manifest: opts.manifestPath, configId: image.manifest.configId, devices: image.devices.map((d) => `${d.id}=${d.path}`),
+    ...(remote ? { leaseMs: Math.round(remote.leaseLeft()) } : {}),
+  }, 'serving frozen view')
   opts.onReady()
 
   await new Promise<void>((resolve) => {
@@ -104,8 +160,10 @@ export async function serve(opts: ServeOptions): Promise<void> {
         return
       }
       clearInterval(poll)
+      stopFollowing()
       const tainted = engine instanceof NativeEngine ? engine.taintedFiles() : []
-      if (opts.report) saveReport(mountpoint, { pid: process.pid, tainted })
+      const refused = engine instanceof NativeEngine ? engine.refusedRequests() : 0
+      if (opts.report) saveReport(mountpoint, { pid: process.pid, tainted, refused })
       if (tainted.length > 0) log.warn({ mountpoint, tainted }, 'files were read under a superseded map and not re-read')
       log.info({ mountpoint, why }, 'view unmounted')
       resolve()

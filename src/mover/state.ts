@@ -38,6 +38,8 @@ export function clearState(mountpoint: string, pid: number): void {
 export interface ViewReport {
   pid: number
   tainted: string[]
+  /** Opens and reads the view refused (image not current, lease expired) or failed (device errors). */
+  refused: number
 }
 
 function reportFile(mountpoint: string): string {

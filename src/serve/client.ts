@@ -28,6 +28,12 @@ export interface ConfigState {
   leaseMs: number
   /** Request sent + time the server held it + leaseMs: opens may be served until then. */
   leaseUntil: number
+  /**
+   * When the answer was true, on this host's monotonic clock (performance.now(), ms): the request's
+   * sending plus the time the server held it. A lease counted from here never runs long when the
+   * wall clock is stepped.
+   */
+  answeredAt: number
 }
 
 /** The initiator could not be asked, refused, or answered something that cannot be believed. */
@@ -83,7 +89,7 @@ export class ConfigClient {
    * The image's config. With `after`, the server holds the request up to `waitMs` (at most 60 s) until
    * the config ID differs from `after` or the image is released, then answers (also when nothing changed).
    */
-  async config(after?: string, waitMs = 0): Promise<ConfigState> {
+  async config(after?: string, waitMs = 0, timeoutMs = this.timeoutMs): Promise<ConfigState> {
     if (after !== undefined && !CONFIG_ID_RE.test(after)) throw new ExtfsError(ExitCode.Usage, `after: ${JSON.stringify(after)} is not a config ID`)
     if (!Number.isSafeInteger(waitMs) || waitMs < 0) throw new ExtfsError(ExitCode.Usage, `waitMs must be milliseconds, got ${waitMs}`)
     const q = new URLSearchParams()
@@ -91,15 +97,19 @@ export class ConfigClient {
     if (waitMs > 0) q.set('wait', String(waitMs))
     const target = `/images/${this.image}/config${q.toString() ? `?${q}` : ''}`
     const sentAt = Date.now()
-    const v = await this.json('GET', target, waitMs)
-    const elapsed = Date.now() - sentAt
+    const sentMono = performance.now()
+    const v = await this.json('GET', target, waitMs, timeoutMs)
+    const elapsed = performance.now() - sentMono
     const ok = typeof v.image === 'string' && typeof v.configId === 'string' && CONFIG_ID_RE.test(v.configId) &&
       (v.state === 'current' || v.state === 'released') && Array.isArray(v.deltas) && v.deltas.every((s: unknown, i: number) => s === i + 1) &&
       Number.isSafeInteger(v.leaseMs) && v.leaseMs >= 0 && Number.isSafeInteger(v.heldMs) && v.heldMs >= 0
     if (!ok) throw this.protocol(target, 'malformed config answer')
     // The answer was true when it was made: at least heldMs after sending, never later than now.
     const held = Math.min(v.heldMs as number, elapsed)
-    return { image: v.image, configId: v.configId, state: v.state, deltas: v.deltas, leaseMs: v.leaseMs, leaseUntil: sentAt + held + (v.leaseMs as number) }
+    return {
+      image: v.image, configId: v.configId, state: v.state, deltas: v.deltas, leaseMs: v.leaseMs,
+      leaseUntil: sentAt + held + (v.leaseMs as number), answeredAt: sentMono + held,
+    }
   }
 
   /** Delta `seq`'s file bytes (checked by the caller: chain, signature, validation). */
@@ -120,8 +130,8 @@ export class ConfigClient {
 
   // ---------------------------------------------------------------------------------------------
 
-  private async json(method: string, target: string, waitMs: number): Promise<Record<string, any>> {
-    const r = await this.request(method, target, JSON_MAX_BYTES, waitMs)
+  private async json(method: string, target: string, waitMs: number, timeoutMs = this.timeoutMs): Promise<Record<string, any>> {
+    const r = await this.request(method, target, JSON_MAX_BYTES, waitMs, timeoutMs)
     let v: unknown
     try {
       v = JSON.parse(r.body.toString('utf8'))
@@ -137,7 +147,7 @@ export class ConfigClient {
   }
 
   /** One signed request; resolves only with a 200 whose MAC verified. */
-  private request(method: string, target: string, maxBytes: number, waitMs: number): Promise<{ status: number; body: Buffer }> {
+  private request(method: string, target: string, maxBytes: number, waitMs: number, timeoutMs = this.timeoutMs): Promise<{ status: number; body: Buffer }> {
     const headers = signRequest(this.key, method, target)
     const nonce = headers['X-Extfs-Nonce']
     const where = `${this.origin.origin}${target}`
@@ -145,7 +155,7 @@ export class ConfigClient {
     return new Promise((resolve, reject) => {
       const fail = (msg: string, status?: number) => reject(new ConfigServiceError(msg, status))
       const req = mod.request(new URL(target, this.origin), { method, headers: { ...headers, 'content-length': 0 }, agent: this.agent })
-      req.setTimeout(waitMs + this.timeoutMs, () => req.destroy(new Error(`no answer within ${Math.round((waitMs + this.timeoutMs) / 1000)} s`)))
+      req.setTimeout(waitMs + timeoutMs, () => req.destroy(new Error(`no answer within ${((waitMs + timeoutMs) / 1000).toFixed(1)} s`)))
       req.on('error', (err: NodeJS.ErrnoException) => fail(`${where}: ${err.code ?? err.message}`))
       req.on('response', (res) => {
         const chunks: Buffer[] = []

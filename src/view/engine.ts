@@ -5,6 +5,11 @@ export interface MountOptions {
   /** Shown as the mount source: `extfs:<config id>`. */
   fsname: string
   allowOther: boolean
+  /**
+   * Serve opens and reads for this long without asking the config check again (a lease from
+   * `extfs serve`, renewed with setLease); absent: no lease. Native engine only.
+   */
+  leaseMs?: number
 }
 
 export interface ViewEngine {

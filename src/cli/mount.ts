@@ -1,0 +1,167 @@
+// `extfs mount` and `extfs backup`: a manifest file on shared storage, or an image `extfs serve`
+// answers for (http(s)://initiator:7070/<image>). Parsing and process handling only; the view is
+// src/mover/serve.ts.
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { spawn } from 'node:child_process'
+import { ExitCode } from './exit-codes'
+import { ExtfsError } from '../errors'
+import { createLogger } from '../log'
+import { readKeyFile } from '../manifest/sign'
+import { checkMountpoint, requireFuse, requireRoot } from '../mover/checks'
+import { serve, type RemoteSource } from '../mover/serve'
+import { DEFAULT_LOG_FILE, READY_FD_ENV, reportReady, startBackground } from '../mover/daemon'
+import { unmountView } from '../mover/umount'
+import { loadState, takeReport } from '../mover/state'
+
+export interface MountCliOptions {
+  key?: string
+  device: Map<string, string>
+  foreground?: boolean
+  allowOther?: boolean
+  logFile?: string
+  logLevel: string
+  /** https: CA certificate (PEM) to trust for the initiator. */
+  ca?: string
+  /** The mover's cap on the initiator's lease, seconds. */
+  lease?: number
+  /** Leave a report of tainted files when the view stops (set by `extfs backup` for its own view). */
+  report?: boolean
+}
+
+/** An image `extfs serve` answers for, rather than a manifest file. */
+export function isImageUrl(source: string): boolean {
+  return /^https?:\/\//i.test(source)
+}
+
+/** A manifest path made absolute (the background child runs elsewhere); a URL as given. */
+function absoluteSource(source: string): string {
+  return isImageUrl(source) ? source : path.resolve(source)
+}
+
+/** The arguments a background child gets: the parent's, re-stated (the parent's argv may hold `backup`). */
+function childArgs(source: string, mountpoint: string, o: MountCliOptions): string[] {
+  const args = ['mount', absoluteSource(source), mountpoint, '--log-level', o.logLevel]
+  if (o.key) args.push('--key', path.resolve(o.key))
+  if (o.ca) args.push('--ca', path.resolve(o.ca))
+  if (o.lease !== undefined) args.push('--lease', String(o.lease))
+  if (o.allowOther) args.push('--allow-other')
+  for (const [id, p] of o.device) args.push('--device', `${id}=${p}`)
+  return args
+}
+
+function readKey(o: MountCliOptions): Buffer | undefined {
+  return o.key ? readKeyFile(o.key) : undefined
+}
+
+function remoteSource(source: string, o: MountCliOptions): RemoteSource | undefined {
+  if (!isImageUrl(source)) {
+    if (o.ca || o.lease !== undefined) throw new ExtfsError(ExitCode.Usage, '--ca and --lease are for images served by extfs serve (http(s)://host:port/<image>)')
+    return undefined
+  }
+  if (!o.key) throw new ExtfsError(ExitCode.Usage, `${source}: --key is required (the key extfs serve was given)`)
+  let ca: Buffer | undefined
+  if (o.ca) {
+    try {
+      ca = fs.readFileSync(o.ca)
+    } catch (err) {
+      throw new ExtfsError(ExitCode.Usage, `--ca ${o.ca}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)
+    }
+  }
+  return { url: source, ca, leaseCapMs: o.lease === undefined ? undefined : Math.round(o.lease * 1000) }
+}
+
+/**
+ * What the parent of a background view checks itself before starting it, so that these failures get
+ * their own exit code and message even when the view process could not even start (no /dev at all).
+ * The view process checks everything again.
+ */
+function backgroundPreflight(source: string, o: MountCliOptions, mountpoint?: string): void {
+  requireRoot('mount')
+  requireFuse()
+  readKey(o)
+  remoteSource(source, o)
+  if (mountpoint) checkMountpoint(mountpoint)
+}
+
+export async function mountCommand(source: string, mountpoint: string, o: MountCliOptions): Promise<void> {
+  if (!o.foreground) {
+    backgroundPreflight(source, o, mountpoint)
+    await startBackground(childArgs(source, path.resolve(mountpoint), o), o.logFile ?? DEFAULT_LOG_FILE)
+    return
+  }
+  const log = createLogger({ level: o.logLevel, file: o.logFile })
+  let failure: Error | undefined
+  await serve({
+    manifestPath: absoluteSource(source), remote: remoteSource(source, o), mountpoint, allowOther: !!o.allowOther, key: readKey(o),
+    deviceOverrides: o.device, log, report: !!o.report,
+    onReady: (err) => {
+      failure = err
+      if (process.env[READY_FD_ENV]) reportReady(err)
+    },
+  })
+  if (failure) throw failure
+}
+
+export async function backupCommand(source: string, command: string[], o: MountCliOptions): Promise<number> {
+  backgroundPreflight(source, o)
+  const mountpoint = fs.mkdtempSync(path.join(os.tmpdir(), 'extfs-backup-'))
+  try {
+    await startBackground([...childArgs(source, mountpoint, o), '--report'], o.logFile ?? DEFAULT_LOG_FILE)
+    const viewPid = loadState(mountpoint)?.pid
+    let status = 0
+    let finalOpenRefused = false
+    try {
+      status = await new Promise<number>((resolve) => {
+        const child = spawn(command[0], command.slice(1), { cwd: mountpoint, stdio: 'inherit' })
+        const forward = (sig: NodeJS.Signals) => child.kill(sig)
+        process.on('SIGINT', forward).on('SIGTERM', forward)
+        child.on('error', (err) => {
+          process.stderr.write(`extfs: cannot run ${command[0]}: ${err.message}\n`)
+          resolve(127)
+        })
+        child.on('exit', (code, signal) => resolve(code ?? 128 + (signal ? os.constants.signals[signal] : 0)))
+      })
+      finalOpenRefused = await checkRecordOnce(mountpoint)
+    } finally {
+      await unmountView(mountpoint)
+    }
+    const report = viewPid === undefined ? undefined : takeReport(mountpoint, viewPid)
+    // Bytes of these files may have come from blocks the initiator had moved away: the backup of them is not trustworthy.
+    const tainted = report?.tainted ?? []
+    if (tainted.length > 0) {
+      process.stderr.write(`extfs: ${tainted.length} file(s) were read under a superseded map and not read again: ${tainted.join(', ')}\n`)
+      return status === 0 ? ExitCode.Stale : status
+    }
+    // A command that shrugs off a refused read (a shell loop, `cp` of some files) must not look clean.
+    // The last check's own open does not count: everything the command read was served before it.
+    const refused = (report?.refused ?? 0) - (finalOpenRefused ? 1 : 0)
+    if (status === 0 && refused > 0) {
+      process.stderr.write(`extfs: the view refused or failed ${refused} open(s) or read(s) while the command ran (see ${o.logFile ?? DEFAULT_LOG_FILE}); the backup is incomplete\n`)
+      return ExitCode.Stale
+    }
+    return status
+  } finally {
+    fs.rmdirSync(mountpoint)
+  }
+}
+
+/**
+ * One last config-ID check before the view goes: opening any regular file makes the view judge the
+ * record, so a remap published while the command ran still taints what was read before it. True
+ * when the view refused that open.
+ */
+async function checkRecordOnce(mountpoint: string): Promise<boolean> {
+  const dirs = [mountpoint]
+  for (let seen = 0; dirs.length > 0 && seen < 10_000; seen++) {
+    const dir = dirs.shift()!
+    const entries = await fs.promises.readdir(dir, { withFileTypes: true }).catch(() => [])
+    const file = entries.find((e) => e.isFile())
+    if (file) {
+      return fs.promises.open(path.join(dir, file.name), 'r').then((h) => h.close().then(() => false), (err: NodeJS.ErrnoException) => err.code === 'ESTALE')
+    }
+    dirs.push(...entries.filter((e) => e.isDirectory()).map((e) => path.join(dir, e.name)))
+  }
+  return false
+}
