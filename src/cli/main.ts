@@ -139,6 +139,7 @@ export function buildProgram(): Command {
     .description('end the frozen image (thaw, or remove the snapshot or clones) and mark its config ID released; also after an export that died')
     .argument('<manifest>')
     .addOption(keyOption())
+    .option('--grace <seconds>', 'wait this long between publishing "released" and ending the image (give extfs serve\'s --lease)', parseSeconds('--grace', 0), 0)
     .action((manifest: string, o) => {
       requireRoot('release')
       const file = path.resolve(manifest)
@@ -150,7 +151,7 @@ export function buildProgram(): Command {
         return
       }
       const m = readCheckedManifest(manifest, key(o))
-      process.stdout.write(describeRelease(releaseImage(file, m), m) + '\n')
+      process.stdout.write(describeRelease(releaseImage(file, m, Math.round(o.grace * 1000)), m) + '\n')
     })
 
   program.command('remap')

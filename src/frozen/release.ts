@@ -68,10 +68,16 @@ function journalMatches(j: FrozenImageJournal, image: FrozenImage): boolean {
   return image.kind !== 'snapshot' || j.imageId === image.imageId
 }
 
-export function releaseImage(manifestPath: string, manifest: Manifest): ReleaseResult {
+/**
+ * Publish "released", then end the image. `graceMs`: wait that long in between, so that a mover
+ * following `extfs serve` that did not hear of the release (cut off from the initiator) has seen its
+ * lease run out before the image's blocks can be reused (docs/remap.md, "The lease").
+ */
+export function releaseImage(manifestPath: string, manifest: Manifest, graceMs = 0): ReleaseResult {
   const image = manifest.frozenImage
   if (image.kind !== 'none') checkStillMounted(image)
   markReleased(recordPath(manifestPath, manifest.configRecord), manifest.configId)
+  if (graceMs > 0) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, graceMs) // a plain synchronous sleep
   const result: ReleaseResult = { configId: manifest.configId, fromJournal: false, ...endImage(image, image.imageId) }
   const journalPath = journalPathOf(manifestPath)
   const journal = readJournal(journalPath)

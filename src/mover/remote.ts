@@ -42,6 +42,17 @@ export interface LeaseTarget {
   setLease(ms: number): void
 }
 
+/** The mirrors a serving process `pid` left (it died without cleaning up: kill -9). */
+export function removeMirrorsOf(pid: number): void {
+  let names: string[] = []
+  try {
+    names = fs.readdirSync(MIRROR_ROOT)
+  } catch {
+    return
+  }
+  for (const n of names) if (n.startsWith(`${pid}-`)) fs.rmSync(path.join(MIRROR_ROOT, n), { recursive: true, force: true })
+}
+
 export class RemoteImage {
   readonly manifestPath: string
   readonly recordFile: string

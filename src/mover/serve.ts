@@ -56,8 +56,7 @@ function createEngine(image: LoadedImage, opts: ServeOptions, remote?: RemoteIma
     // Only when a delta arrives: a streamed manifest then reads its inodes once more (src/mover/load.ts).
     fileSizes: () => new Map(manifest.inodes.filter((i) => i.kind === 'file').map((i) => [i.ino, i.size])),
     recordFile: image.config.file,
-    // From serve, deltas come in answers authenticated with the key already (src/serve/auth.ts).
-    key: remote ? undefined : opts.key,
+    key: opts.key, // from serve as from shared storage: remap signs deltas with the key
     deviceOverrides: opts.deviceOverrides,
     adopt: (d) => image.devices.push(d), // closed with the others once the view stopped
     note: (msg) => log.info({ mountpoint: opts.mountpoint }, msg),
@@ -112,10 +111,12 @@ export async function serve(opts: ServeOptions): Promise<void> {
     requireFuse()
     mountpoint = checkMountpoint(opts.mountpoint)
     if (opts.remote) {
+      // The lease lives in the C engine: the fuse-native engine could not refuse a read on an expired one.
+      if (process.env.EXTFS_ENGINE === 'fuse-native') throw new ExtfsError(ExitCode.Usage, `mounting from ${opts.remote.url} needs the native engine (unset EXTFS_ENGINE)`)
       if (!opts.key) throw new ExtfsError(ExitCode.Usage, `mounting from ${opts.remote.url} needs --key (the key extfs serve was given)`)
       remote = await RemoteImage.open({ url: opts.remote.url, key: opts.key, ca: opts.remote.ca, leaseCapMs: opts.remote.leaseCapMs, log })
-      // The answers were authenticated with the key: the mirrored manifest needs no signature of its own.
-      image = loadImage(remote.manifestPath, { deviceOverrides: opts.deviceOverrides, recordFile: remote.recordFile })
+      // serve only serves manifests signed with its key; checked here as for a local file with --key.
+      image = loadImage(remote.manifestPath, { key: opts.key, deviceOverrides: opts.deviceOverrides, recordFile: remote.recordFile })
     } else {
       image = loadImage(opts.manifestPath, opts)
     }

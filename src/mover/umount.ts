@@ -4,6 +4,7 @@ import path from 'node:path'
 import { execFileSync } from 'node:child_process'
 import { readMountTable } from '../mapping/mountinfo'
 import { clearState, loadState, processAlive } from './state'
+import { removeMirrorsOf } from './remote'
 import { MountpointError } from '../errors'
 
 const WAIT_MS = 15000
@@ -35,4 +36,6 @@ export async function unmountView(target: string): Promise<void> {
   for (let waited = 0; waited < WAIT_MS && processAlive(state.pid); waited += STEP_MS) await sleep(STEP_MS)
   if (processAlive(state.pid)) process.kill(state.pid, 'SIGTERM')
   clearState(mountpoint, state.pid)
+  // A view following serve that was killed left its mirror of the initiator's answers behind.
+  if (!processAlive(state.pid)) removeMirrorsOf(state.pid)
 }

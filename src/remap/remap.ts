@@ -25,6 +25,7 @@ import { imagesRootOf } from '../frozen/image-dir'
 import { SNAPSHOT_NAME } from '../frozen/discard'
 import { DEFAULT_CARRY_MAX } from '../export/export'
 import { ExportError, StaleError } from '../errors'
+import { processAlive } from '../mover/state'
 
 export interface RemapOptions {
   /** Shared key: the manifest and every delta must be signed with it, and the new delta is. */
@@ -47,6 +48,39 @@ export interface RemapResult {
 
 export function remapImage(manifestPath: string, opts: RemapOptions): RemapResult {
   const manifestFile = path.resolve(manifestPath)
+  const unlock = lockImage(manifestFile)
+  try {
+    return remapLocked(manifestFile, opts)
+  } finally {
+    unlock()
+  }
+}
+
+/**
+ * One remap of an image at a time (cron's `extfs remap` and serve's schedule may meet): two would both
+ * write delta k+1 and publish a chain that does not hold together. The lock file holds the owner's
+ * pid; one left by a process that died is taken over.
+ */
+function lockImage(manifestFile: string): () => void {
+  const lock = `${manifestFile}.remap-lock`
+  for (let attempt = 0; ; attempt++) {
+    try {
+      fs.writeFileSync(lock, `${process.pid}\n`, { flag: 'wx', mode: 0o600 })
+      return () => fs.rmSync(lock, { force: true })
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST' || attempt > 0) {
+        throw new ExportError(`cannot lock ${lock} for remapping: ${(err as NodeJS.ErrnoException).code === 'EEXIST' ? 'held' : (err as Error).message}`)
+      }
+      const owner = Number.parseInt(fs.readFileSync(lock, 'utf8'), 10)
+      if (Number.isSafeInteger(owner) && owner > 0 && processAlive(owner)) {
+        throw new ExportError(`another remap of this image is running (pid ${owner}, ${lock}): nothing done`)
+      }
+      fs.rmSync(lock, { force: true }) // its owner died: take it over
+    }
+  }
+}
+
+function remapLocked(manifestFile: string, opts: RemapOptions): RemapResult {
   const manifest = readCheckedManifest(manifestFile, opts.key)
   const manifestBytes = fs.statSync(manifestFile).size
   const recordFile = recordPath(manifestFile, manifest.configRecord)

@@ -308,6 +308,8 @@ t.test('lifecycle of one exported image', async (t) => {
         const before = await fh.readFile()
         await fh.close()
         t.same(before, FILES.f4097, 'open + read before the release')
+        const open = await fsp.open(path.join(mnt, 'big.bin'), 'r') // opened before, read only after the release
+        t.teardown(() => open.close())
 
         const rel = await cli(['release', manifest])
         t.equal(rel.code, 0, `release: ${rel.stderr}`)
@@ -318,9 +320,14 @@ t.test('lifecycle of one exported image', async (t) => {
         t.not(cat.code, 0, 'cat fails after the release')
         t.match(cat.stderr, /Stale file handle/, 'with ESTALE')
         t.equal(await readErrno(f), ESTALE, 'a file read before is refused too (ESTALE)')
+        const readOpen = () => open.read(Buffer.alloc(4096), 0, 4096, 0).then(() => 0, (e: NodeJS.ErrnoException) => e.errno ?? -1)
+        await sleep(500) // the view looks at the record every 250 ms; a read before that is served (and read ahead)
+        t.equal(await readOpen(), ESTALE, 'a file opened before the release cannot be read after it (ESTALE)')
         const lines = logLines(await fsp.readFile(log, 'utf8'))
         t.ok(lines.some((l) => l.msg === 'open refused: frozen image not current' && l.path === '/hello.txt' && /released/.test(l.reason)),
           'the view logs the refused open with its path')
+        t.ok(lines.some((l) => l.msg === 'read refused: frozen image not current' && l.path === '/big.bin' && /released/.test(l.reason)),
+          'and the refused read')
         t.ok(lines.every((l) => !l.unparsed), 'the log is JSON lines only')
 
         const v = await cli(['verify', manifest])

@@ -266,21 +266,32 @@ t.test('native engine on ext4: backups to the nanosecond, and the edges', async 
         if (isMounted(mnt)) await run('umount', ['-l', mnt])
       })
 
-      await t.test('released: opens are ESTALE and logged; open files still read', async (t) => {
+      await t.test('released: opens are ESTALE and logged; an expired lease refuses reads of open files', async (t) => {
         const h = await fsp.open(path.join(v, 'regular/f4097'), 'r')
+        const unread = await fsp.open(path.join(v, 'regular/f4096'), 'r') // opened before the release, read only after
+        // Earlier tests read it: drop its cached pages, or the kernel would answer without asking the view.
+        await runOk('dd', [`if=${path.join(v, 'regular/f4096')}`, 'iflag=nocache', 'count=0', 'status=none'])
         try {
           const r = await extfs(['release', manifest])
           t.equal(r.code, 0, `release: ${r.stderr}`)
           t.equal(await errnoOf(fsp.readFile(path.join(v, 'regular/f4096'))), ESTALE, 'a new open is refused')
           t.equal(await errnoOf(fsp.readFile(path.join(v, 'links/b/two'))), ESTALE, 'every time')
           const { bytesRead } = await h.read(Buffer.alloc(100), 0, 100, 0)
-          t.equal(bytesRead, 100, 'a file opened before release still reads')
+          t.equal(bytesRead, 100, 'without a lease, the engine alone serves reads of open files (serve.ts expires it on a release)')
           t.ok((await fsp.lstat(path.join(v, 'regular/f4096'))).isFile(), 'metadata still answers')
           const refused = logLines(logFile).filter((l) => l.msg === 'open refused: frozen image not current')
           t.match(refused.find((l) => l.path === '/regular/f4096'), { level: 40, op: 'open', ino: Number, reason: /released/ })
           t.match(refused.find((l) => l.path === '/links/a/one'), { op: 'open' }, 'a hard link logs its first path')
+
+          view!.engine.setLease(0) // what serve.ts does when it sees the release: every read asks the config check
+          t.equal(await errnoOf(unread.read(Buffer.alloc(100), 0, 100, 0)), ESTALE, 'a read of a file opened before is refused (ESTALE)')
+          const reads = logLines(logFile).filter((l) => l.msg === 'read refused: frozen image not current')
+          t.match(reads.find((l) => l.path === '/regular/f4096'), { level: 40, op: 'read', offset: 0, reason: /released/ }, 'and logged with the reason')
+          view!.engine.setLease(-1)
+          t.equal(await errnoOf(unread.read(Buffer.alloc(100), 0, 100, 0)), 0, 'with no lease again, reads are served')
         } finally {
           await h.close()
+          await unread.close()
         }
       })
     } finally {

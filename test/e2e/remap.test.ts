@@ -2,13 +2,14 @@
 // read-only snapshot, btrfs replace of a member by a spare (the old member wiped afterwards). Each time
 // the new map (manifest ⊕ deltas) is read raw from the devices, O_DIRECT, and compared with the files.
 import t, { type Test } from 'tap'
-import { existsSync, promises as fsp, readFileSync, statSync } from 'node:fs'
+import { existsSync, promises as fsp, readFileSync, statSync, writeFileSync } from 'node:fs'
+import { spawnSync } from 'node:child_process'
 import * as path from 'node:path'
 import { remountReadOnly, withLoopFs } from '../helpers/loopfs'
-import { withBtrfs } from '../helpers/btrfs'
+import { busiestDevice, withBtrfs, withBtrfsAndSpare } from '../helpers/btrfs'
 import { runOk } from '../helpers/exec'
-import { seededBytes } from '../helpers/populate'
-import { extfs, release, scratchDir } from '../helpers/extfs'
+import { seededBytes, writeInterleaved } from '../helpers/populate'
+import { extfs, release, REMAPPED, scratchDir } from '../helpers/extfs'
 import { RawDevice } from '../../src/device/reader'
 import { readChain } from '../../src/delta/io'
 import type { ImageMap } from '../../src/delta/chain'
@@ -54,18 +55,6 @@ function checkRaw(t: Test, map: ImageMap, expected: Map<number, Buffer>, what: s
   }
 }
 
-/** Write files in alternating fsync'd chunks so their extents interleave (xfs_fsr then has work). */
-async function writeInterleaved(files: { file: string; seed: number }[], chunks: number, chunk: number): Promise<void> {
-  const handles = await Promise.all(files.map((f) => fsp.open(f.file, 'w')))
-  for (let i = 0; i < chunks; i++) {
-    for (const [j, fh] of handles.entries()) {
-      await fh.write(seededBytes(files[j]!.seed * 1000 + i, chunk), 0, chunk, i * chunk)
-      await fh.sync()
-    }
-  }
-  await Promise.all(handles.map((fh) => fh.close()))
-}
-
 async function fileContent(file: string): Promise<Buffer> {
   return fsp.readFile(file)
 }
@@ -79,8 +68,6 @@ async function contentsByIno(dir: string): Promise<Map<number, Buffer>> {
   }
   return out
 }
-
-const REMAPPED = /^remapped ([0-9a-f]{32}) -> ([0-9a-f]{32}): (\d+) files, (\d+) new devices, delta (\d+) bytes \(manifest (\d+) bytes\)\n$/
 
 t.test('XFS clone set: unchanged, xfs_fsr of three clones, released', async (t) => {
   const state = await scratchDir(t)
@@ -194,10 +181,7 @@ t.test('btrfs balance of a read-only snapshot (signed)', async (t) => {
 t.test('btrfs replace of a member by a spare; the old member wiped', async (t) => {
   const state = await scratchDir(t)
   const sizeMiB = 160
-  await withBtrfs({ devices: 3, data: 'single', metadata: 'raid1', sizeMiB }, async (fs) => {
-    // The third member becomes the spare: removed (btrfs relocates what it held), then free.
-    const spare = fs.loopDevices[2]!
-    await runOk('btrfs', ['device', 'remove', spare, fs.mountpoint], { timeoutMs: 120_000 })
+  await withBtrfsAndSpare({ members: 2, data: 'single', metadata: 'raid1', sizeMiB }, async (fs, spare) => {
     const data = path.join(fs.mountpoint, 'data')
     await runOk('btrfs', ['subvolume', 'create', data])
     for (let i = 0; i < 6; i++) await fsp.writeFile(path.join(data, `f-${i}`), seededBytes(900 + i, 3 * MiB + 17 * i))
@@ -208,10 +192,7 @@ t.test('btrfs replace of a member by a spare; the old member wiped', async (t) =
       const exp = await extfs(['export', data, '--output', manifest, '--frozen-image', 'snapshot'])
       t.equal(exp.code, 0, `export: ${exp.stderr}`)
       const m = readJson(manifest)
-      // Replace the member holding the most extents.
-      const counts = new Map<number, number>()
-      for (const n of m.inodes) for (const e of n.extents ?? []) counts.set(e.device, (counts.get(e.device) ?? 0) + 1)
-      const oldIndex = [...counts].sort((a, b) => b[1] - a[1])[0]![0]
+      const oldIndex = busiestDevice(m)
       const old = m.devices[oldIndex].hint as string
       t.ok(fs.loopDevices.includes(old), `the replaced member ${old} is one of ours`)
 
@@ -253,6 +234,19 @@ t.test('ext4 image of kind none: the exported files are walked again; nothing mo
     t.equal(r.code, 0, `remap: ${r.stderr}`)
     t.equal(r.stdout, `unchanged ${readJson(manifest).configId}\n`)
     t.notOk(existsSync(`${manifest}.delta-1`))
+
+    // One remap at a time: a lock held by a live process refuses, one left by a dead process is taken over.
+    const lock = `${manifest}.remap-lock`
+    writeFileSync(lock, `${process.pid}\n`)
+    const busy = await extfs(['remap', manifest])
+    t.equal(busy.code, 8, 'a remap while another runs exits 8')
+    t.match(busy.stderr, new RegExp(`^extfs: another remap of this image is running \\(pid ${process.pid}, `), `and says so: ${busy.stderr.trim()}`)
+    t.ok(existsSync(lock), 'the other\'s lock is left alone')
+    const dead = spawnSync('true').pid
+    writeFileSync(lock, `${dead}\n`)
+    const taken = await extfs(['remap', manifest])
+    t.equal(taken.code, 0, `a lock whose owner died is taken over: ${taken.stderr}`)
+    t.notOk(existsSync(lock), 'and removed after the remap')
     await release(manifest)
   })
 })

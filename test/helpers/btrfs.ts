@@ -100,6 +100,28 @@ export async function withBtrfs(opts: BtrfsOptions, fn: (ctx: BtrfsFs) => Promis
   }
 }
 
+/**
+ * `members` devices in the filesystem plus a spare for `btrfs replace`: created as one more member and
+ * removed again (btrfs relocates what it held), so it is free and of the members' size.
+ */
+export async function withBtrfsAndSpare(
+  opts: Omit<BtrfsOptions, 'devices'> & { members: number },
+  fn: (ctx: BtrfsFs, spare: string) => Promise<void>,
+): Promise<void> {
+  await withBtrfs({ ...opts, devices: opts.members + 1 }, async (ctx) => {
+    const spare = ctx.loopDevices[opts.members]!
+    await runOk('btrfs', ['device', 'remove', spare, ctx.mountpoint], { timeoutMs: 120_000 })
+    await fn(ctx, spare)
+  })
+}
+
+/** The index of the manifest's device holding the most extents: the member worth replacing. */
+export function busiestDevice(m: { inodes: { extents?: { device: number }[] }[] }): number {
+  const counts = new Map<number, number>()
+  for (const n of m.inodes) for (const e of n.extents ?? []) counts.set(e.device, (counts.get(e.device) ?? 0) + 1)
+  return [...counts].sort((a, b) => b[1] - a[1])[0]![0]
+}
+
 async function destroyState(st: State): Promise<string[]> {
   const problems: string[] = []
   if (st.mounted && st.mountpoint) st.mounted = await unmountTestFs(st.mountpoint, problems)

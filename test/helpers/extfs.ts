@@ -7,6 +7,9 @@ import { isMounted } from './loopfs'
 
 export const EXTFS = path.resolve(__dirname, '..', '..', 'bin', 'extfs')
 
+/** `extfs remap`'s stdout when it published a delta: old and new config ID, files, new devices, delta and manifest bytes. */
+export const REMAPPED = /^remapped ([0-9a-f]{32}) -> ([0-9a-f]{32}): (\d+) files, (\d+) new devices, delta (\d+) bytes \(manifest (\d+) bytes\)\n$/
+
 export function extfs(args: string[], opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<RunResult> {
   return run(EXTFS, args, { timeoutMs: opts.timeoutMs ?? 120_000, env: opts.env })
 }

@@ -46,6 +46,18 @@ export function seededBytes(seed: number, length: number): Buffer {
   return buf
 }
 
+/** Write files in alternating fsync'd chunks so their extents interleave (xfs_fsr then has work). */
+export async function writeInterleaved(files: { file: string; seed: number }[], chunks: number, chunk: number): Promise<void> {
+  const handles = await Promise.all(files.map((f) => fsp.open(f.file, 'w')))
+  for (let i = 0; i < chunks; i++) {
+    for (const [j, fh] of handles.entries()) {
+      await fh.write(seededBytes(files[j]!.seed * 1000 + i, chunk), 0, chunk, i * chunk)
+      await fh.sync()
+    }
+  }
+  await Promise.all(handles.map((fh) => fh.close()))
+}
+
 const MiB = 1024 * 1024
 
 export async function populateEveryKind(root: string, opts: { big?: boolean } = {}): Promise<Population> {

@@ -4,47 +4,15 @@
 // test/e2e/remap.test.ts); it writes real delta files and records as `extfs remap` does.
 import t, { type Test } from 'tap'
 import fs from 'node:fs'
-import os from 'node:os'
 import path from 'node:path'
 import pino from 'pino'
 import { ConfigServer, imageNameOf, type Remapper } from '../../src/serve/server'
 import { ServeState } from '../../src/serve/state'
 import { ConfigClient } from '../../src/serve/client'
-import { readRecord, writeRecord } from '../../src/configid/record'
-import { signManifest } from '../../src/manifest/sign'
-import type { RemapResult } from '../../src/remap/remap'
-
-const KEY = Buffer.from('0123456789abcdef0123456789abcdef')
-const FIXTURE = path.join(__dirname, '..', 'fixtures', 'manifest-v1-minimal.json')
-
-/** Writes delta seq+1 (from the record's config ID to `nextId`) and the record, as remap does. */
-function fakeRemapper(nextIds: string[], opts: { brokenFrom?: boolean } = {}): Remapper & { calls: number } {
-  const r = {
-    calls: 0,
-    remap(manifestPath: string): RemapResult {
-      r.calls++
-      const recordFile = `${manifestPath}.config-id`
-      const rec = readRecord(recordFile)
-      const to = nextIds.shift()
-      if (to === undefined) return { state: 'unchanged', configId: rec.configId, manifestBytes: 1 }
-      const seq = (rec.deltas?.length ?? 0) + 1
-      const delta = { format: 'extfs-delta', version: 1, image: 'minimal-0001', seq, from: opts.brokenFrom ? 'somewhere-else' : rec.configId, to, devices: [], files: [] }
-      const name = `${path.basename(manifestPath)}.delta-${seq}`
-      fs.writeFileSync(path.join(path.dirname(manifestPath), name), JSON.stringify(delta))
-      writeRecord(recordFile, to, 'current', { deltas: [...(rec.deltas ?? []), name] })
-      return { state: 'remapped', configId: to, deltaBytes: 10, manifestBytes: 1 }
-    },
-  }
-  return r
-}
+import { KEY, fakeRemapper, signedImage } from '../helpers/serve-image'
 
 async function setup(t: Test, remapper: Remapper, intervalMs = 0) {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'extfs-serve-unit-'))
-  const manifest = path.join(dir, 'nightly.json')
-  const m = JSON.parse(fs.readFileSync(FIXTURE, 'utf8'))
-  m.configRecord = 'nightly.json.config-id'
-  fs.writeFileSync(manifest, JSON.stringify(signManifest(m, KEY)))
-  writeRecord(`${manifest}.config-id`, m.configId, 'current')
+  const { dir, manifest } = signedImage('extfs-serve-unit-')
   const state = new ServeState(path.join(dir, 'serve.db'))
   const lines: string[] = []
   const log = pino({ level: 'debug' }, { write: (l: string) => lines.push(l) })
