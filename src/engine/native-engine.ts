@@ -172,7 +172,7 @@ export class NativeEngine implements ViewEngine {
   private report(ev: EngineEvent): void {
     const ino = this.paths.ino(ev.index)
     this.refusals++
-    this.firstRefusal ??= `${ev.kind === 'read' ? 'read failed' : `${ev.kind === 'open' ? 'open' : 'read'} refused`}: ${ev.reason}`
+    this.firstRefusal ??= `${EVENT_WHAT[ev.kind]}: ${ev.reason}`
     if (ev.kind === 'open') {
       this.log.warn({ op: 'open', path: this.paths.path(ev.index), ino, reason: ev.reason }, 'open refused: frozen image not current')
     } else if (ev.kind === 'read-refused') {
@@ -192,6 +192,9 @@ export class NativeEngine implements ViewEngine {
     }
   }
 }
+
+/** How a report names each kind of event. */
+const EVENT_WHAT: Record<EngineEvent['kind'], string> = { open: 'open refused', 'read-refused': 'read refused', read: 'read failed' }
 
 /** libfuse splits -o at commas; a backslash escapes one. */
 function escapeOption(value: string): string {

@@ -23,6 +23,8 @@ const RENEW_TIMEOUT_MS = 3_000
 const FAILURE_HOLD_MS = 1_000
 /** Longest long poll; the server holds at most 60 s. */
 const MAX_WAIT_MS = 25_000
+/** Least time between two long polls, ms. */
+const MIN_POLL_MS = 250
 /** Retry delays of the long poll after an error, ms. */
 const RETRY_MIN_MS = 250
 const RETRY_MAX_MS = 5_000
@@ -94,11 +96,6 @@ export class RemoteImage {
     }
   }
 
-  /** The config ID the manifest was exported with (c0): the chain starts there. */
-  get image(): string {
-    return this.state.image
-  }
-
   /** The lease at this moment, ms (0 once run out). */
   leaseLeft(): number {
     return Math.max(0, this.leaseUntil - performance.now())
@@ -152,6 +149,8 @@ export class RemoteImage {
         const wait = Math.min(MAX_WAIT_MS, Math.floor(this.leaseMs(this.state) / 2))
         await this.take(await this.client.config(this.state.configId, wait))
         retry = RETRY_MIN_MS
+        // A lease too short to hold a poll for is renewed by opens instead: do not ask in a tight loop.
+        if (wait < MIN_POLL_MS) await new Promise((r) => setTimeout(r, MIN_POLL_MS - wait))
       } catch (err) {
         if (this.stopped) return
         this.unreachable(err as Error)
