@@ -3,12 +3,14 @@
 // with `nsenter --net=/run/netns/<name>`, which changes the network namespace only: `ip netns exec` would
 // also give them a private mount namespace, and a FUSE view mounted there would be invisible to the test.
 // Only namespaces made here are ever deleted (by name, from our own registry); deleting one also removes
-// its end of the veth pair, and with it the pair.
+// its end of the veth pair, and with it the pair. The first `ip netns add` on a machine also bind-mounts
+// /run/netns onto itself (and may create it); that is undone once our last namespace is gone, if the
+// mount was not there before we began and no one else's namespace is in it.
 import { ChildProcess, spawn, spawnSync, SpawnOptions } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { existsSync, readdirSync } from 'node:fs'
+import { existsSync, readdirSync, rmdirSync } from 'node:fs'
 import { run, runOk, RunOptions, RunResult } from './exec'
-import { cleanupAtExit } from './loopfs'
+import { cleanupAtExit, isMounted } from './loopfs'
 
 export interface Host {
   /** Namespace name, as in `ip netns list`. */
@@ -35,6 +37,9 @@ let counter = 0
 /** Namespaces made by this process and not yet deleted: the exit handler's list. */
 const created = new Set<string>()
 let handlersInstalled = false
+const NETNS_DIR = '/run/netns'
+/** Whether /run/netns existed, and was a mount, before this process made its first namespace. */
+let before: { dir: boolean; mount: boolean } | undefined
 
 /**
  * Creates the two hosts. `t.teardown` (when given) destroys them; so does process exit, also on a
@@ -53,6 +58,7 @@ export async function createHostPair(t?: { teardown(fn: () => unknown): void }):
     for (const ns of made.splice(0)) problems.push(...emptyAndDelete(ns))
     return problems
   }
+  before ??= { dir: existsSync(NETNS_DIR), mount: isMounted(NETNS_DIR) }
   try {
     for (const ns of [names.initiator, names.mover]) {
       await runOk('ip', ['netns', 'add', ns]) // fails if the name exists: then it is not ours
@@ -165,7 +171,18 @@ function emptyAndDelete(ns: string): string[] {
   const r = spawnSync('ip', ['netns', 'del', ns], { encoding: 'utf8', timeout: 10_000 })
   if (r.status !== 0) problems.push(`ip netns del ${ns}: ${(r.stderr ?? '').trim() || r.error?.message}`)
   else created.delete(ns)
+  if (created.size === 0) problems.push(...undoNetnsMount())
   return problems
+}
+
+/** Undo what `ip netns add` did to /run/netns, when it was us and nobody else uses it now. */
+function undoNetnsMount(): string[] {
+  if (!before || before.mount || !existsSync(NETNS_DIR) || readdirSync(NETNS_DIR).length > 0) return []
+  // `ip` may have stacked the bind mount (it re-mounts to make it shared): take off every layer.
+  for (let i = 0; i < 4 && isMounted(NETNS_DIR); i++) spawnSync('umount', [NETNS_DIR], { timeout: 10_000 })
+  if (isMounted(NETNS_DIR)) return [`${NETNS_DIR} is still mounted`]
+  if (!before.dir) rmdirSync(NETNS_DIR)
+  return []
 }
 
 function destroyAllSync(): void {
