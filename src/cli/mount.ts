@@ -111,7 +111,6 @@ export async function backupCommand(source: string, command: string[], o: MountC
     await startBackground([...childArgs(source, mountpoint, o), '--report'], o.logFile ?? DEFAULT_LOG_FILE)
     const viewPid = loadState(mountpoint)?.pid
     let status = 0
-    let finalOpenRefused = false
     try {
       status = await new Promise<number>((resolve) => {
         const child = spawn(command[0], command.slice(1), { cwd: mountpoint, stdio: 'inherit' })
@@ -123,7 +122,7 @@ export async function backupCommand(source: string, command: string[], o: MountC
         })
         child.on('exit', (code, signal) => resolve(code ?? 128 + (signal ? os.constants.signals[signal] : 0)))
       })
-      finalOpenRefused = await checkRecordOnce(mountpoint)
+      await checkRecordOnce(mountpoint)
     } finally {
       await unmountView(mountpoint)
     }
@@ -135,8 +134,9 @@ export async function backupCommand(source: string, command: string[], o: MountC
       return status === 0 ? ExitCode.Stale : status
     }
     // A command that shrugs off a refused read (a shell loop, `cp` of some files) must not look clean.
-    // The last check's own open does not count: everything the command read was served before it.
-    const refused = (report?.refused ?? 0) - (finalOpenRefused ? 1 : 0)
+    // Conservative: a refusal of the last check's own open (the image released in the instant after
+    // the command) counts too.
+    const refused = report?.refused ?? 0
     if (status === 0 && refused > 0) {
       const why = report?.firstRefusal ? `, first: ${report.firstRefusal}` : ''
       process.stderr.write(`extfs: the view refused or failed ${refused} request(s) while the command ran${why}; the backup is incomplete (log: ${o.logFile ?? DEFAULT_LOG_FILE})\n`)
@@ -150,19 +150,18 @@ export async function backupCommand(source: string, command: string[], o: MountC
 
 /**
  * One last config-ID check before the view goes: opening any regular file makes the view judge the
- * record, so a remap published while the command ran still taints what was read before it. True
- * when the view refused that open.
+ * record, so a remap published while the command ran still taints what was read before it.
  */
-async function checkRecordOnce(mountpoint: string): Promise<boolean> {
+async function checkRecordOnce(mountpoint: string): Promise<void> {
   const dirs = [mountpoint]
   for (let seen = 0; dirs.length > 0 && seen < 10_000; seen++) {
     const dir = dirs.shift()!
     const entries = await fs.promises.readdir(dir, { withFileTypes: true }).catch(() => [])
     const file = entries.find((e) => e.isFile())
     if (file) {
-      return fs.promises.open(path.join(dir, file.name), 'r').then((h) => h.close().then(() => false), (err: NodeJS.ErrnoException) => err.code === 'ESTALE')
+      await fs.promises.open(path.join(dir, file.name), 'r').then((h) => h.close(), () => undefined)
+      return
     }
     dirs.push(...entries.filter((e) => e.isDirectory()).map((e) => path.join(dir, e.name)))
   }
-  return false
 }

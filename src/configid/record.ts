@@ -107,6 +107,20 @@ export function recordPath(manifestPath: string, configRecord: string): string {
   return path.resolve(path.dirname(manifestPath), configRecord)
 }
 
+/** A file's identity for change detection: the initiator replaces the record by rename, so any change shows. */
+export function statsStamp(st: fs.Stats): string {
+  return `${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`
+}
+
+/** statsStamp of `file`, '' when it cannot be stat'ed. */
+export function fileStamp(file: string): string {
+  try {
+    return statsStamp(fs.statSync(file))
+  } catch {
+    return ''
+  }
+}
+
 /** The verdict of one check: whether opens may be served. */
 export type Verdict =
   | { ok: true }
@@ -154,7 +168,7 @@ export class ConfigWatch implements ConfigCheck {
       this.stamp = ''
       return { ok: false, reason: `config-ID record ${this.file} unreadable: ${(err as NodeJS.ErrnoException).code}` }
     }
-    const stamp = `${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`
+    const stamp = statsStamp(st)
     if (stamp !== this.stamp) {
       try {
         this.verdict = judge(fs.readFileSync(this.file, 'utf8'), this.expectedId)

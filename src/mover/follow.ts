@@ -2,13 +2,12 @@
 // deltas after the view's current config ID are read and checked (chain, validation, signature), their
 // new devices found and proven, and then all of them are applied to the engine in one step. Anything
 // wrong leaves the view on its old map and opens refused, with the reason.
-import fs from 'node:fs'
 import path from 'node:path'
 import type { Device } from '../manifest/types'
 import type { DeltaFile } from '../delta/types'
 import type { DeltaContext } from '../delta/validate'
 import { readDeltaFile } from '../delta/io'
-import { readRecord, type ConfigCheck } from '../configid/record'
+import { fileStamp, readRecord, type ConfigCheck } from '../configid/record'
 import { resolveDevice } from '../device/resolve'
 import type { RawDevice } from '../device/reader'
 
@@ -79,13 +78,7 @@ export class ChainFollower implements ConfigCheck {
    * the reason of a refusal the first time it is seen.
    */
   poll(): { released: boolean; refused?: string } {
-    let stamp = ''
-    try {
-      const st = fs.statSync(this.opts.recordFile)
-      stamp = `${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`
-    } catch {
-      // Unreadable now: the next open asks judge(), which refuses with the reason.
-    }
+    const stamp = fileStamp(this.opts.recordFile) // '': unreadable now; the next open's judge() says why
     if (stamp === '' || stamp === this.polledStamp) return { released: this.releasedSeen }
     this.polledStamp = stamp
     const v = this.judge()

@@ -59,9 +59,8 @@ export class RemoteImage {
   readonly manifestPath: string
   readonly recordFile: string
   private readonly client: ConfigClient
-  private state: ConfigState
-  /** Deltas mirrored so far: delta-1 .. delta-n. */
-  private mirrored = 0
+  /** The last answer taken (open() takes the first). */
+  private state?: ConfigState
   /** Opens and reads may be served until then (performance.now() ms). */
   private leaseUntil = 0
   private target?: LeaseTarget
@@ -77,7 +76,6 @@ export class RemoteImage {
     this.client = new ConfigClient(opts.url, opts.key, { ca: opts.ca })
     this.manifestPath = path.join(dir, 'manifest.json')
     this.recordFile = path.join(dir, 'record.json')
-    this.state = undefined as unknown as ConfigState // set by open() before anyone sees the object
   }
 
   /** Ask the initiator for the image and mirror it; nothing is left behind when this throws. */
@@ -133,7 +131,7 @@ export class RemoteImage {
   // ---------------------------------------------------------------------------------------------
 
   private get released(): boolean {
-    return (this.state as ConfigState | undefined)?.state === 'released'
+    return this.state?.state === 'released'
   }
 
   private leaseMs(s: ConfigState): number {
@@ -146,8 +144,9 @@ export class RemoteImage {
     while (!this.stopped && !this.released) {
       try {
         // Held at most half the lease, so an answer arrives before the last one's lease ran out.
-        const wait = Math.min(MAX_WAIT_MS, Math.floor(this.leaseMs(this.state) / 2))
-        await this.take(await this.client.config(this.state.configId, wait))
+        const known = this.state! // open() took the first answer
+        const wait = Math.min(MAX_WAIT_MS, Math.floor(this.leaseMs(known) / 2))
+        await this.take(await this.client.config(known.configId, wait))
         retry = RETRY_MIN_MS
         // A lease too short to hold a poll for is renewed by opens instead: do not ask in a tight loop.
         if (wait < MIN_POLL_MS) await new Promise((r) => setTimeout(r, MIN_POLL_MS - wait))
@@ -199,16 +198,16 @@ export class RemoteImage {
   }
 
   private async takeNow(s: ConfigState): Promise<void> {
-    const known = this.state as ConfigState | undefined
+    const known = this.state
     if (known && s.image !== known.image) throw new Error(`the initiator now answers for image ${s.image}, not ${known.image}`)
     if (this.released || (known && s.deltas.length < known.deltas.length)) return
-    for (let seq = this.mirrored + 1; seq <= s.deltas.length; seq++) {
+    const mirrored = known?.deltas.length ?? 0 // delta-1 .. delta-n are in the directory
+    for (let seq = mirrored + 1; seq <= s.deltas.length; seq++) {
       writeFileAtomic(path.join(this.dir, `delta-${seq}`), await this.client.delta(seq))
     }
-    const changed = !known || s.configId !== known.configId || s.state !== known.state || s.deltas.length !== this.mirrored
+    const changed = !known || s.configId !== known.configId || s.state !== known.state || s.deltas.length !== mirrored
     if (changed) {
       writeRecord(this.recordFile, s.configId, s.state, { deltas: s.deltas.map((seq) => `delta-${seq}`) })
-      this.mirrored = s.deltas.length
     }
     this.state = s
     this.leaseUntil = s.state === 'released' ? 0 : Math.max(this.leaseUntil, s.answeredAt + this.leaseMs(s))

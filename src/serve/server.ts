@@ -17,7 +17,7 @@ import type { AddressInfo } from 'node:net'
 import path from 'node:path'
 import { pipeline } from 'node:stream/promises'
 import type { Logger } from 'pino'
-import { deltaPathOf, readRecord, recordPath } from '../configid/record'
+import { deltaPathOf, fileStamp, readRecord, recordPath } from '../configid/record'
 import { DEFAULT_MAX_MANIFEST_BYTES } from '../manifest/io'
 import { CannotStream, streamManifestFile, type InodeSink } from '../manifest/stream'
 import { readCheckedManifest } from '../mover/load'
@@ -167,7 +167,7 @@ export class ConfigServer {
     const header = readManifestHeader(manifestPath, this.opts.key)
     const img: Image = {
       name, manifestPath, recordFile: recordPath(manifestPath, header.configRecord), c0: header.configId,
-      manifestStamp: stampOf(manifestPath), recordStamp: '', waiters: new Set(),
+      manifestStamp: fileStamp(manifestPath), recordStamp: '', waiters: new Set(),
     }
     this.opts.state.registerImage(name, manifestPath, img.c0)
     this.images.set(name, img)
@@ -185,7 +185,7 @@ export class ConfigServer {
   private sync(img: Image): void {
     const log = this.opts.log
     const state = this.opts.state
-    const mStamp = stampOf(img.manifestPath)
+    const mStamp = fileStamp(img.manifestPath)
     if (mStamp !== img.manifestStamp) {
       // Exported again under the same name: a new chain.
       img.manifestStamp = mStamp
@@ -203,7 +203,7 @@ export class ConfigServer {
         log.error({ image: img.name, err: (err as Error).message }, 'manifest unreadable: still serving the last one read')
       }
     }
-    img.recordStamp = stampOf(img.recordFile)
+    img.recordStamp = fileStamp(img.recordFile)
     let record
     try {
       record = readRecord(img.recordFile)
@@ -283,7 +283,7 @@ export class ConfigServer {
 
   private pollRecords(): void {
     for (const img of this.images.values()) {
-      if (stampOf(img.recordFile) !== img.recordStamp || stampOf(img.manifestPath) !== img.manifestStamp) this.sync(img)
+      if (fileStamp(img.recordFile) !== img.recordStamp || fileStamp(img.manifestPath) !== img.manifestStamp) this.sync(img)
     }
   }
 
@@ -513,14 +513,4 @@ function readDeltaHead(file: string): { image: string; seq: number; from: string
     throw new ManifestError(`delta ${file} is not an extfs-delta with image, seq, from and to`)
   }
   return { image: d.image, seq: d.seq as number, from: d.from, to: d.to }
-}
-
-/** A file's identity for change detection ('' when it does not exist). */
-function stampOf(file: string): string {
-  try {
-    const st = fs.statSync(file)
-    return `${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`
-  } catch {
-    return ''
-  }
 }

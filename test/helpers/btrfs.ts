@@ -6,7 +6,7 @@ import { promises as fsp, rmSync } from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
 import { run, runOk } from './exec'
-import { cleanupAtExit, isMounted, loopBackingFile, unmountTestFs, unmountTestFsSync } from './loopfs'
+import { cleanupAtExit, isMounted, loopBackingFile, unmountTestFs, unmountTestFsSync, withTestResource } from './loopfs'
 
 export type BtrfsProfile = 'single' | 'dup' | 'raid0' | 'raid1' | 'raid10' | 'raid1c3' | 'raid1c4'
 
@@ -86,18 +86,7 @@ export async function destroyBtrfs(ctx: BtrfsFs): Promise<string[]> {
 
 /** Create, run fn, and always destroy, even if fn throws. */
 export async function withBtrfs(opts: BtrfsOptions, fn: (ctx: BtrfsFs) => Promise<void>): Promise<void> {
-  const ctx = await createBtrfs(opts)
-  let failed = false
-  try {
-    await fn(ctx)
-  } catch (e) {
-    failed = true
-    throw e
-  } finally {
-    const problems = await destroyBtrfs(ctx)
-    // A test failure is more useful than a cleanup complaint; only report cleanup when fn succeeded.
-    if (problems.length && !failed) throw new Error(`btrfs cleanup: ${problems.join('; ')}`)
-  }
+  await withTestResource(await createBtrfs(opts), destroyBtrfs, 'btrfs', fn)
 }
 
 /**

@@ -32,13 +32,8 @@ export interface LoopFs {
 }
 
 /** What has been set up so far; cleanup undoes exactly these steps, also after a partial create. */
-interface State {
+interface State extends LoopState {
   tmpdir: string
-  image?: string
-  loopDevice?: string
-  partitioned?: boolean
-  mountpoint?: string
-  mounted?: boolean
 }
 
 /** Everything not yet destroyed; the exit/signal handlers clean these up as a last resort. */
@@ -102,18 +97,7 @@ export async function destroyLoopFs(ctx: LoopFs): Promise<string[]> {
 
 /** Create, run fn, and always destroy, even if fn throws or leaves the filesystem frozen. */
 export async function withLoopFs(opts: LoopFsOptions, fn: (ctx: LoopFs) => Promise<void>): Promise<void> {
-  const ctx = await createLoopFs(opts)
-  let failed = false
-  try {
-    await fn(ctx)
-  } catch (e) {
-    failed = true
-    throw e
-  } finally {
-    const problems = await destroyLoopFs(ctx)
-    // A test failure is more useful than a cleanup complaint; only report cleanup when fn succeeded.
-    if (problems.length && !failed) throw new Error(`loop fs cleanup: ${problems.join('; ')}`)
-  }
+  await withTestResource(await createLoopFs(opts), destroyLoopFs, 'loop fs', fn)
 }
 
 /** Flush and remount read-only (a stand-in for a frozen image that needs no thaw). */
@@ -128,22 +112,63 @@ export async function remountReadWrite(ctx: LoopFs): Promise<void> {
 
 async function destroyState(st: State): Promise<string[]> {
   const problems: string[] = []
-  if (st.mounted && st.mountpoint) st.mounted = await unmountTestFs(st.mountpoint, problems)
-  // Only touch the device if it is still ours: after a crash the number may have been reused.
-  if (st.loopDevice && loopBackingFile(st.loopDevice) === st.image) {
-    if (st.partitioned) {
-      const r = await run('partx', ['-d', st.loopDevice])
-      if (r.code !== 0) problems.push(`partx -d ${st.loopDevice}: ${r.stderr.trim()}`)
-    }
-    const r = await run('losetup', ['-d', st.loopDevice])
-    if (r.code !== 0) problems.push(`losetup -d ${st.loopDevice}: ${r.stderr.trim()}`)
-  }
-  st.loopDevice = undefined
+  await releaseLoopFs(st, problems)
   // Never recurse into a filesystem that is somehow still mounted.
   if (st.mounted) problems.push(`${st.mountpoint} still mounted; left ${st.tmpdir} in place`)
   else await fsp.rm(st.tmpdir, { recursive: true, force: true }).catch((e) => problems.push(`rm ${st.tmpdir}: ${e}`))
   registry.delete(st)
   return problems
+}
+
+/** What a test filesystem on one loop device holds: released by the two functions below. */
+export interface LoopState {
+  image?: string
+  loopDevice?: string
+  partitioned?: boolean
+  mountpoint?: string
+  mounted?: boolean
+}
+
+/**
+ * Unmount the filesystem, then forget the partitions and detach the loop device, only if it is still
+ * ours (after a crash the number may have been reused) and nothing is mounted from it any more.
+ */
+export async function releaseLoopFs(st: LoopState, problems: string[]): Promise<void> {
+  if (st.mounted && st.mountpoint) st.mounted = await unmountTestFs(st.mountpoint, problems)
+  if (!st.mounted && st.loopDevice && loopBackingFile(st.loopDevice) === st.image) {
+    for (const [cmd, args] of [...(st.partitioned ? [['partx', ['-d', st.loopDevice]]] : []), ['losetup', ['-d', st.loopDevice]]] as [string, string[]][]) {
+      const r = await run(cmd, args)
+      if (r.code !== 0) problems.push(`${cmd} ${args.join(' ')}: ${r.stderr.trim()}`)
+    }
+  }
+  if (!st.mounted) st.loopDevice = undefined
+}
+
+/** releaseLoopFs for exit handlers: synchronous, best effort. */
+export function releaseLoopFsSync(st: LoopState): void {
+  if (st.mounted && st.mountpoint) unmountTestFsSync(st.mountpoint)
+  if (st.loopDevice && loopBackingFile(st.loopDevice) === st.image) {
+    const sh = (cmd: string, args: string[]) => spawnSync(cmd, args, { stdio: 'ignore', timeout: 15_000 })
+    if (st.partitioned) sh('partx', ['-d', st.loopDevice])
+    sh('losetup', ['-d', st.loopDevice])
+  }
+}
+
+/**
+ * Run fn on a test resource and always destroy it, even if fn throws; a cleanup problem fails the
+ * test only when fn succeeded (a test failure is the more useful report).
+ */
+export async function withTestResource<C>(ctx: C, destroy: (c: C) => Promise<string[]>, what: string, fn: (ctx: C) => Promise<void>): Promise<void> {
+  let failed = false
+  try {
+    await fn(ctx)
+  } catch (e) {
+    failed = true
+    throw e
+  } finally {
+    const problems = await destroy(ctx)
+    if (problems.length && !failed) throw new Error(`${what} cleanup: ${problems.join('; ')}`)
+  }
 }
 
 /**
@@ -234,12 +259,7 @@ function register(st: State): void {
 
 export function cleanupRegisteredSync(): void {
   for (const st of [...registry]) {
-    const sh = (cmd: string, args: string[]) => spawnSync(cmd, args, { stdio: 'ignore', timeout: 15_000 })
-    if (st.mounted && st.mountpoint) unmountTestFsSync(st.mountpoint)
-    if (st.loopDevice && loopBackingFile(st.loopDevice) === st.image) {
-      if (st.partitioned) sh('partx', ['-d', st.loopDevice])
-      sh('losetup', ['-d', st.loopDevice])
-    }
+    releaseLoopFsSync(st)
     try {
       if (!st.mountpoint || !isMounted(st.mountpoint)) rmSync(st.tmpdir, { recursive: true, force: true })
     } catch {

@@ -2,10 +2,9 @@
 // of a two-level stack, as VM images are stored. The outer one comes from loopfs.ts. We only detach the
 // loop devices we attached, by name, and tear down inner before outer: the exit handlers here are
 // prepended so they run before loopfs.ts's.
-import { spawnSync } from 'node:child_process'
 import { promises as fsp, rmdirSync } from 'node:fs'
-import { run, runOk } from './exec'
-import { cleanupAtExit, isMounted, loopBackingFile, unmountTestFs, unmountTestFsSync, waitForPath } from './loopfs'
+import { runOk } from './exec'
+import { cleanupAtExit, isMounted, releaseLoopFs, releaseLoopFsSync, waitForPath, type LoopState } from './loopfs'
 
 export interface NestedFs {
   /** The image file (on the outer filesystem), as a real path: the kernel reports it resolved. */
@@ -19,12 +18,8 @@ export interface NestedFs {
   mountpoint: string
 }
 
-interface State {
+interface State extends LoopState {
   image: string
-  loopDevice?: string
-  partitioned?: boolean
-  mountpoint?: string
-  mounted?: boolean
 }
 
 const live = new Set<State>()
@@ -79,13 +74,7 @@ export async function destroyNestedFs(n: NestedFs): Promise<string[]> {
 
 async function destroyState(st: State): Promise<string[]> {
   const problems: string[] = []
-  if (st.mounted && st.mountpoint) st.mounted = await unmountTestFs(st.mountpoint, problems)
-  // Only touch the device if it is still ours (after a crash the number may have been reused).
-  if (!st.mounted && st.loopDevice && loopBackingFile(st.loopDevice) === st.image) {
-    if (st.partitioned) await run('partx', ['-d', st.loopDevice])
-    const r = await run('losetup', ['-d', st.loopDevice])
-    if (r.code !== 0) problems.push(`losetup -d ${st.loopDevice}: ${r.stderr.trim()}`)
-  }
+  await releaseLoopFs(st, problems)
   if (!st.mounted && st.mountpoint) await fsp.rmdir(st.mountpoint).catch(() => {})
   live.delete(st)
   return problems
@@ -102,12 +91,7 @@ function register(st: State): void {
 
 function cleanupSync(): void {
   for (const st of [...live].reverse()) {
-    const sh = (cmd: string, args: string[]) => spawnSync(cmd, args, { stdio: 'ignore', timeout: 15_000 })
-    if (st.mounted && st.mountpoint) unmountTestFsSync(st.mountpoint)
-    if (st.loopDevice && loopBackingFile(st.loopDevice) === st.image) {
-      if (st.partitioned) sh('partx', ['-d', st.loopDevice])
-      sh('losetup', ['-d', st.loopDevice])
-    }
+    releaseLoopFsSync(st)
     try {
       if (st.mountpoint && !isMounted(st.mountpoint)) rmdirSync(st.mountpoint)
     } catch {
