@@ -8,7 +8,10 @@
 //  - the lease: serve stopped → opens served while the lease is fresh, ESTALE once it expired, served
 //    again when serve is back (the same process continued, or a fresh one on the same state);
 //  - serve killed, and the image released, in the middle of `extfs backup http://…`;
-//  - a relocation (xfs_fsr on clones) published through serve and followed by the view.
+//  - a relocation (xfs_fsr on clones) published through serve and followed by the view: after a remap
+//    asked from the mover (`POST …/remap`), and after none, by serve's own schedule (`--interval`);
+//  - HTTPS: a view by `https://` with `--ca` (a throwaway CA); without it, trusting another CA, or with a
+//    certificate for another address, the mount fails with one line naming the TLS problem, nothing mounted.
 import t, { type Test } from 'tap'
 import { ChildProcess, spawnSync } from 'node:child_process'
 import { existsSync, promises as fsp, readdirSync, readFileSync, rmSync } from 'node:fs'
@@ -24,10 +27,15 @@ import { tarRoundTrip } from '../helpers/backup-tools'
 import { overwrittenOldExtents } from '../helpers/moved'
 import { signRequest } from '../../src/serve/auth'
 import { clearState, loadState, processAlive, takeReport } from '../../src/mover/state'
+import { ExitCode } from '../../src/cli/exit-codes'
 
 const KiB = 1024
 const AGENT = path.resolve(__dirname, '..', 'helpers', 'netns-agent.js')
 const PORT = 7070 // the initiator's namespace is ours alone: no other listener can hold it
+/** Serves over HTTPS (TLS_PORT, TLS_PORT + 1), and one remapping on its own schedule (PORT + 1..3 are the fake initiators'). */
+const TLS_PORT = PORT + 10
+const SCHEDULE_PORT = PORT + 20
+const SCHEDULE_INTERVAL_S = 1
 const LEASE_S = 2
 /** Long enough after a lease of LEASE_S seconds for it to have expired, with a margin for a busy machine. */
 const PAST_LEASE_MS = LEASE_S * 1000 + 1500
@@ -54,9 +62,9 @@ interface Served {
   running: () => boolean
 }
 
-/** `extfs serve` in the initiator's namespace on 0.0.0.0:PORT; resolves once it logged `serving`. */
-async function startServe(host: Host, args: string[], teardown: (fn: () => unknown) => void): Promise<Served> {
-  const child = host.spawn(EXTFS, ['serve', '--listen', `0.0.0.0:${PORT}`, ...args], { stdio: ['ignore', 'ignore', 'pipe'] })
+/** `extfs serve` in the initiator's namespace on 0.0.0.0:port; resolves once it logged `serving`. */
+async function startServe(host: Host, args: string[], teardown: (fn: () => unknown) => void, port = PORT): Promise<Served> {
+  const child = host.spawn(EXTFS, ['serve', '--listen', `0.0.0.0:${port}`, ...args], { stdio: ['ignore', 'ignore', 'pipe'] })
   let err = ''
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })))
   const running = () => child.exitCode === null && child.signalCode === null
@@ -110,9 +118,8 @@ async function readOutcome(file: string, expected?: Buffer): Promise<string> {
   }
 }
 
-/** Log lines (pino JSON) of a view, parsed; unparsable lines kept as {raw}. */
-async function logLines(file: string): Promise<Array<Record<string, any>>> {
-  const text = await fsp.readFile(file, 'utf8').catch(() => '')
+/** Log lines (pino JSON), parsed; unparsable lines kept as {raw}. */
+function parseLog(text: string): Array<Record<string, any>> {
   return text.split('\n').filter(Boolean).map((l) => {
     try {
       return JSON.parse(l)
@@ -120,6 +127,11 @@ async function logLines(file: string): Promise<Array<Record<string, any>>> {
       return { raw: l }
     }
   })
+}
+
+/** A view's log file, parsed. */
+async function logLines(file: string): Promise<Array<Record<string, any>>> {
+  return parseLog(await fsp.readFile(file, 'utf8').catch(() => ''))
 }
 
 /** A read retried for up to 10 s (a refusal may stand for a moment): 'ok', or the last outcome. */
@@ -143,6 +155,41 @@ async function waitFor(what: string, cond: () => Promise<boolean> | boolean, tim
     if (Date.now() > until) throw new Error(`timed out waiting for ${what}`)
     await sleep(100)
   }
+}
+
+interface TlsFiles {
+  /** The CA that signed both server certificates, and one that signed nothing (the wrong one to trust). */
+  ca: string
+  otherCa: string
+  /** Certificate and key for `ip` (subjectAltName IP: the client checks the address it connected to against it). */
+  server: { cert: string; key: string }
+  /** The same CA's certificate for another address: sound, but not for the host that presents it. */
+  otherAddress: { cert: string; key: string }
+}
+
+/** A throwaway PKI in `dir` (EC P-256, valid for a day). */
+async function makeTlsFiles(dir: string, ip: string, otherIp: string): Promise<TlsFiles> {
+  const f = (name: string) => path.join(dir, name)
+  const newKey = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes']
+  const selfSignedCa = (name: string, cn: string) =>
+    runOk('openssl', ['req', '-x509', ...newKey, '-days', '1', '-subj', `/CN=${cn}`, '-keyout', f(`${name}.key`), '-out', f(`${name}.pem`)])
+  const signedByCa = async (name: string, addr: string, serial: number) => {
+    await runOk('openssl', ['req', '-new', ...newKey, '-subj', `/CN=${addr}`, '-keyout', f(`${name}.key`), '-out', f(`${name}.csr`)])
+    await fsp.writeFile(f(`${name}.ext`), `subjectAltName=IP:${addr}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n`)
+    await runOk('openssl', ['x509', '-req', '-in', f(`${name}.csr`), '-CA', f('ca.pem'), '-CAkey', f('ca.key'), '-set_serial', String(serial), '-days', '1',
+      '-extfile', f(`${name}.ext`), '-out', f(`${name}.pem`)])
+    return { cert: f(`${name}.pem`), key: f(`${name}.key`) }
+  }
+  await fsp.mkdir(dir, { recursive: true })
+  await selfSignedCa('ca', 'extfs test CA')
+  await selfSignedCa('other-ca', 'another test CA')
+  return { ca: f('ca.pem'), otherCa: f('other-ca.pem'), server: await signedByCa('server', ip, 2), otherAddress: await signedByCa('other-address', otherIp, 3) }
+}
+
+/** Mirror directories (`<pid>-*`) whose process is gone: what a view that failed to start must not leave. */
+function orphanMirrors(): string[] {
+  const names = existsSync(MIRRORS) ? readdirSync(MIRRORS) : []
+  return names.filter((n) => /^\d+-/.test(n) && !processAlive(Number(n.split('-')[0])))
 }
 
 /** Mountpoints in /proc/self/mountinfo under `dir`. */
@@ -239,11 +286,12 @@ t.test('two hosts: serve in one network namespace, the mover in another', async 
         for (let i = 0; i < 8; i++) await put(`lease/l${i}`, seededBytes(10 + i, 24 * KiB + i))
         await runOk('sync', ['-f', data])
 
-        const exportAs = async (name: string, dir = data) => {
+        /** Exports `dir` as a clone set; `at`: the (sub)test the export's assertion belongs to. */
+        const exportAs = async (name: string, dir = data, at: Test = t) => {
           const manifest = path.join(scratch, `${name}.json`)
           manifests.push(manifest)
           const exp = await initiator.run(EXTFS, ['export', dir, '--output', manifest, '--frozen-image', 'snapshot', '--key', keyFile])
-          t.equal(exp.code, 0, `export ${name}: ${exp.stderr.trim()}`)
+          at.equal(exp.code, 0, `export ${name}: ${exp.stderr.trim()}`)
           return manifest
         }
         const nightly = await exportAs('nightly')
@@ -251,17 +299,50 @@ t.test('two hosts: serve in one network namespace, the mover in another', async 
         const image = await snapshotTree(data, { timePrecisionNs: NS })
         const weekly = await exportAs('weekly')
         const c0 = JSON.parse(readFileSync(nightly, 'utf8')).configId as string
-        // Fragmented files in a tree of their own, so that only this image's clones share their blocks:
-        // once xfs_fsr moved the clones, the owner's in-place writes land on the image's old blocks.
-        const relocData = path.join(fs.mountpoint, 'reloc-data')
-        await fsp.mkdir(relocData)
-        // 64 KiB at a time in turn, each write synced: every file ends up in many extents.
-        await writeInterleaved(RELOC_FILES.map((n, i) => ({ file: path.join(relocData, n), seed: 70 + i })), RELOC_SIZE / (64 * KiB), 64 * KiB)
-        const relocContents = new Map(await Promise.all(RELOC_FILES.map(async (n) => [n, await fsp.readFile(path.join(relocData, n))] as [string, Buffer])))
-        const reloc = await exportAs('reloc', relocData)
-        const relocImage = await snapshotTree(relocData, { timePrecisionNs: NS })
 
-        const serveArgs = ['--key', keyFile, '--state', stateDb, '--interval', '0', '--lease', String(LEASE_S), nightly, weekly, reloc]
+        /**
+         * Fragmented files in a tree of their own (`<name>-data`), exported as image `name`: only this
+         * image's clones share their blocks, so once xfs_fsr moved the clones, the owner's in-place
+         * writes land on the image's old blocks.
+         */
+        const fragmentedImage = async (at: Test, name: string, seed: number) => {
+          const dir = path.join(fs.mountpoint, `${name}-data`)
+          await fsp.mkdir(dir)
+          // 64 KiB at a time in turn, each write synced: every file ends up in many extents.
+          await writeInterleaved(RELOC_FILES.map((n, i) => ({ file: path.join(dir, n), seed: seed + i })), RELOC_SIZE / (64 * KiB), 64 * KiB)
+          const contents = new Map(await Promise.all(RELOC_FILES.map(async (n) => [n, await fsp.readFile(path.join(dir, n))] as [string, Buffer])))
+          const manifest = await exportAs(name, dir, at)
+          return { dir, manifest, contents, c0: JSON.parse(readFileSync(manifest, 'utf8')).configId as string, tree: await snapshotTree(dir, { timePrecisionNs: NS }) }
+        }
+        type FragmentedImage = Awaited<ReturnType<typeof fragmentedImage>>
+
+        /**
+         * The blocks of the image move under it: xfs_fsr defragments three of its four clones (each must
+         * really move), then the owner overwrites its own files in place, so the blocks the clones left
+         * now hold other bytes and a view still reading them would serve wrong ones.
+         */
+        const relocate = async (t: Test, img: FragmentedImage) => {
+          const names = RELOC_FILES.map((n) => path.join(img.dir, n))
+          const imagePath = JSON.parse(readFileSync(img.manifest, 'utf8')).frozenImage.imagePath as string
+          // The image's clones are named by the original's inode number (src/frozen/clone-set.ts).
+          const clones = await Promise.all(names.slice(0, 3).map(async (f) => path.join(imagePath, String((await fsp.stat(f)).ino))))
+          for (const c of clones) {
+            const before = (await runOk('filefrag', [c])).stdout
+            await runOk(...initiator.wrap('xfs_fsr', ['-v', c]))
+            const after = (await runOk('filefrag', [c])).stdout
+            t.not(after, before, `xfs_fsr moved ${path.basename(c)}: ${before.trim().replace(/.*: /, '')} -> ${after.trim().replace(/.*: /, '')}`)
+          }
+          for (const [i, f] of names.entries()) {
+            const fh = await fsp.open(f, 'r+')
+            await fh.write(seededBytes(900 + i, RELOC_SIZE), 0, RELOC_SIZE, 0)
+            await fh.sync()
+            await fh.close()
+          }
+          t.ok((await overwrittenOldExtents(img.manifest, img.contents)) > 0, 'the image\'s old locations now hold other bytes (reading them would be wrong)')
+        }
+
+        const reloc = await fragmentedImage(t, 'reloc', 70)
+        const serveArgs = ['--key', keyFile, '--state', stateDb, '--interval', '0', '--lease', String(LEASE_S), nightly, weekly, reloc.manifest]
         let served = await startServe(initiator, serveArgs, (fn) => teardowns.push(fn))
 
         await t.test('isolation: the mover reaches serve on the initiator\'s veth address only', async (t) => {
@@ -370,14 +451,19 @@ t.test('two hosts: serve in one network namespace, the mover in another', async 
         })
 
         // ---- the mover's view by URL
-        const mountView = async (name: string, extra: string[] = []) => {
+        /** `extfs mount <from>/<name>` on the mover, on a fresh mountpoint (cleaned up at the end, also when the mount failed). */
+        const tryMount = async (name: string, extra: string[] = [], from = base) => {
           const dir = await fsp.mkdtemp(path.join(scratch, `view-${name}-`))
           const mnt = path.join(dir, 'mnt')
           const log = path.join(dir, 'view.log')
           await fsp.mkdir(mnt)
           views.push(mnt)
-          const r = await mover.run(EXTFS, ['mount', `${base}/${name}`, mnt, '--key', keyFile, '--log-file', log, ...extra])
-          if (r.code !== 0) throw new Error(`extfs mount ${base}/${name} failed (${r.code}): ${r.stderr.trim()}`)
+          const result = await mover.run(EXTFS, ['mount', `${from}/${name}`, mnt, '--key', keyFile, '--log-file', log, ...extra])
+          return { mnt, log, result }
+        }
+        const mountView = async (name: string, extra: string[] = [], from = base) => {
+          const { mnt, log, result: r } = await tryMount(name, extra, from)
+          if (r.code !== 0) throw new Error(`extfs mount ${from}/${name} failed (${r.code}): ${r.stderr.trim()}`)
           return { mnt, log }
         }
 
@@ -496,25 +582,8 @@ t.test('two hosts: serve in one network namespace, the mover in another', async 
 
         await t.test('relocation through serve: xfs_fsr moves clones under the view, a remap asked from the mover, the view follows', async (t) => {
           const v = await mountView('reloc')
-          const names = RELOC_FILES.map((n) => path.join(relocData, n))
-          t.ok((await fsp.readFile(path.join(v.mnt, RELOC_FILES[0]))).equals(relocContents.get(RELOC_FILES[0])!), `${RELOC_FILES[0]} reads right before the move`)
-          const imagePath = JSON.parse(readFileSync(reloc, 'utf8')).frozenImage.imagePath as string
-          // The image's clones are named by the original's inode number (src/frozen/clone-set.ts).
-          const clones = await Promise.all(names.slice(0, 3).map(async (f) => path.join(imagePath, String((await fsp.stat(f)).ino))))
-          for (const c of clones) {
-            const before = (await runOk('filefrag', [c])).stdout
-            await runOk(...initiator.wrap('xfs_fsr', ['-v', c]))
-            const after = (await runOk('filefrag', [c])).stdout
-            t.not(after, before, `xfs_fsr moved ${path.basename(c)}: ${before.trim().replace(/.*: /, '')} -> ${after.trim().replace(/.*: /, '')}`)
-          }
-          // The owner overwrites its files in place: the blocks the image's clones left now hold other bytes.
-          for (const [i, f] of names.entries()) {
-            const fh = await fsp.open(f, 'r+')
-            await fh.write(seededBytes(900 + i, RELOC_SIZE), 0, RELOC_SIZE, 0)
-            await fh.sync()
-            await fh.close()
-          }
-          t.ok((await overwrittenOldExtents(reloc, relocContents)) > 0, 'the image\'s old locations now hold other bytes (reading them would be wrong)')
+          t.ok((await fsp.readFile(path.join(v.mnt, RELOC_FILES[0]))).equals(reloc.contents.get(RELOC_FILES[0])!), `${RELOC_FILES[0]} reads right before the move`)
+          await relocate(t, reloc)
 
           const [remap] = await agent(mover, 'client', { baseUrl: `${base}/reloc`, keyFile, calls: [{ call: 'remap' }] })
           t.match(remap, { ok: true, value: { state: 'remapped' } }, `the mover asked the initiator to remap: ${JSON.stringify(remap.value ?? remap.message)}`)
@@ -523,7 +592,72 @@ t.test('two hosts: serve in one network namespace, the mover in another', async 
 
           const out = path.join(scratch, 'tar-reloc')
           await tarRoundTrip(v.mnt, out)
-          t.same(diffTrees(relocImage, await snapshotTree(out, { timePrecisionNs: NS })), [], 'tar of the view after the move equals the image')
+          t.same(diffTrees(reloc.tree, await snapshotTree(out, { timePrecisionNs: NS })), [], 'tar of the view after the move equals the image')
+        })
+
+        await t.test('HTTPS: serve with --cert/--tls-key, the mover mounts https://… with --ca; an untrusted or misaddressed certificate mounts nothing', async (t) => {
+          const tls = await makeTlsFiles(path.join(scratch, 'tls'), initiator.ip, mover.ip)
+          const startTlsServe = async (port: number, pair: { cert: string; key: string }, db: string) => {
+            const tlsServe = await startServe(initiator, ['--key', keyFile, '--state', path.join(scratch, db), '--interval', '0', '--lease', String(LEASE_S),
+              '--cert', pair.cert, '--tls-key', pair.key, nightly], (fn) => teardowns.push(fn), port)
+            t.match(parseLog(tlsServe.stderr()).find((l) => l.msg === 'serving')?.url, /^https:/, `serve on port ${port} listens with TLS`)
+            return `https://${initiator.ip}:${port}`
+          }
+          const httpsBase = await startTlsServe(TLS_PORT, tls.server, 'tls.db')
+          const misaddressed = await startTlsServe(TLS_PORT + 1, tls.otherAddress, 'tls-other-address.db')
+
+          const refusals: Array<{ what: string; from: string; extra: string[]; problem: string }> = [
+            { what: 'no --ca', from: httpsBase, extra: [], problem: 'UNABLE_TO_VERIFY_LEAF_SIGNATURE' },
+            { what: '--ca of a CA that did not sign the certificate', from: httpsBase, extra: ['--ca', tls.otherCa], problem: 'UNABLE_TO_VERIFY_LEAF_SIGNATURE' },
+            { what: 'our CA, but a certificate for another address', from: misaddressed, extra: ['--ca', tls.ca], problem: 'ERR_TLS_CERT_ALTNAME_INVALID' },
+          ]
+          for (const { what, from, extra, problem } of refusals) {
+            const orphansBefore = orphanMirrors()
+            const { mnt, result: r } = await tryMount('nightly', extra, from)
+            t.ok(r.code !== 0 && r.code !== ExitCode.Internal, `${what}: mount fails, not as an internal error (exit ${r.code})`)
+            t.match(r.stderr, /^[^\n]+\n$/, `${what}: one line on stderr: ${JSON.stringify(r.stderr)}`)
+            t.ok(r.stderr.startsWith(`extfs: ${from}/`) && r.stderr.includes(`: ${problem}`), `${what}: it names the initiator and the TLS problem, ${problem}`)
+            t.notOk(isMounted(mnt), `${what}: nothing mounted`)
+            t.same(await fsp.readdir(mnt), [], `${what}: the mountpoint is left as it was`)
+            t.equal(loadState(mnt), undefined, `${what}: no view state left`)
+            t.same(orphanMirrors().filter((n) => !orphansBefore.includes(n)), [], `${what}: no mirror left in ${MIRRORS}`)
+          }
+
+          const v = await mountView('nightly', ['--ca', tls.ca], httpsBase)
+          t.ok(isMounted(v.mnt), `mounted ${httpsBase}/nightly trusting our CA`)
+          const out = path.join(scratch, 'tar-https')
+          await tarRoundTrip(v.mnt, out)
+          t.same(diffTrees(image, await snapshotTree(out, { timePrecisionNs: NS }), { ignorePaths: isSocket(image) }), [], 'tar of the view over HTTPS equals the image')
+        })
+
+        await t.test('relocation published by serve\'s own schedule (--interval): no remap asked, the view follows', async (t) => {
+          const sched = await fragmentedImage(t, 'sched', 80)
+          const scheduler = await startServe(initiator, ['--key', keyFile, '--state', path.join(scratch, 'sched.db'), '--interval', String(SCHEDULE_INTERVAL_S),
+            '--lease', String(LEASE_S), sched.manifest], (fn) => teardowns.push(fn), SCHEDULE_PORT)
+          const schedBase = `http://${initiator.ip}:${SCHEDULE_PORT}`
+          const v = await mountView('sched', [], schedBase)
+          t.ok((await fsp.readFile(path.join(v.mnt, RELOC_FILES[0]))).equals(sched.contents.get(RELOC_FILES[0])!), `${RELOC_FILES[0]} reads right before the move`)
+          await relocate(t, sched)
+          const moved = Date.now()
+
+          // Nobody asks for a remap: serve's schedule must notice. A remap that ended after the move may
+          // have begun before it; remaps run one after the other, so the second to end after the move
+          // began after it: by then serve has published all the move did.
+          const remaps = () => parseLog(scheduler.stderr()).filter((l) => l.msg === 'remap' && l.image === 'sched')
+          await waitFor('two scheduled remaps after the move', () => remaps().filter((l) => l.time > moved).length >= 2, 30_000)
+          const published = remaps()
+          const remapped = published.filter((l) => l.state === 'remapped')
+          t.ok(remapped.length > 0, `serve's schedule remapped the image: ${JSON.stringify(remapped.map((l) => l.configId))}`)
+          const latest = published.at(-1)?.configId as string | undefined
+          t.ok(latest !== undefined && latest !== sched.c0, `the config ID moved on from the manifest's: ${sched.c0} -> ${latest}`)
+          t.match(await agent(mover, 'client', { baseUrl: `${schedBase}/sched`, keyFile, calls: [{ call: 'config' }] }),
+            [{ ok: true, value: { image: sched.c0, configId: latest, state: 'current', deltas: remapped.map((_, i) => i + 1) } }], 'serve answers the mover with it, one delta per remap that moved something')
+          await waitFor(`the view to follow to ${latest}`, async () => (await logLines(v.log)).some((l) => typeof l.msg === 'string' && l.msg.includes(` to ${latest}:`)), 30_000)
+          t.pass('the view logged that it followed the config ID to the latest')
+
+          const out = path.join(scratch, 'tar-sched')
+          await tarRoundTrip(v.mnt, out)
+          t.same(diffTrees(sched.tree, await snapshotTree(out, { timePrecisionNs: NS })), [], 'tar of the view after the move equals the image')
         })
       } finally {
         // Within the filesystem's lifetime: views first, then serve, then the images (clone sets).
