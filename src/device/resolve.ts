@@ -74,7 +74,7 @@ export interface CurrentDevices {
  */
 export function resolveDevices(manifest: Manifest, current: CurrentDevices, overrides: Map<string, string>, extentEnds?: readonly number[]): RawDevice[] {
   for (const id of overrides.keys()) {
-    if (!current.devices.some((d) => d.id === id)) throw new DeviceError(`--device ${id}: the image has no device ${id}`)
+    if (!current.devices.some((d) => d.id === id)) throw new DeviceError(`--device ${id}: the manifest has no device ${id}${current.devices.length > manifest.devices.length ? ', nor do its deltas' : ''}`)
   }
   const opened: RawDevice[] = []
   try {
