@@ -184,8 +184,8 @@ napi_value xt_js_apply_delta(napi_env env, napi_callback_info info) {
       }
       int32_t fd;
       napi_value v;
-      if (napi_get_element(env, argv[2], j - old_devs->n, &v) != napi_ok || napi_get_value_int32(env, v, &fd) != napi_ok || fd < 0 ||
-          fcntl(fd, F_GETFD) < 0) {
+      if (napi_get_element(env, argv[2], j - old_devs->n, &v) != napi_ok || napi_get_value_int32(env, v, &fd) != napi_ok || fd < -1 ||
+          (fd >= 0 && fcntl(fd, F_GETFD) < 0)) { // -1: a retired device, never opened
         snprintf(msg, sizeof msg, "device fd %u (new device %u) is not an open file descriptor", j - old_devs->n, j);
         bad = msg;
         break;
@@ -290,5 +290,20 @@ napi_value xt_js_generation(napi_env env, napi_callback_info info) {
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1 || (e = engine_arg(env, argv[0])) == NULL)
     return throw_msg(env, "", "generation(handle)");
   if (napi_create_double(env, (double)atomic_load(&e->generation), &out) != napi_ok) return NULL;
+  return out;
+}
+
+// fileSize(handle, index): the size of the regular file at inode index `index`, or -1 when there is
+// none: how the control plane checks a delta against the image once the tables live only here.
+napi_value xt_js_file_size(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2], out;
+  struct engine *e;
+  uint32_t index;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2 || (e = engine_arg(env, argv[0])) == NULL ||
+      napi_get_value_uint32(env, argv[1], &index) != napi_ok)
+    return throw_msg(env, "", "fileSize(handle, index)");
+  double size = index < e->t.h->n_inodes && S_ISREG(e->t.inodes[index].mode) ? (double)e->t.inodes[index].size : -1;
+  if (napi_create_double(env, size, &out) != napi_ok) return NULL;
   return out;
 }

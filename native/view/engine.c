@@ -2,7 +2,7 @@
 //   layout()                                   struct sizes and field offsets of tables.h
 //   mount(tables, record, mountpoint, options, judge, onEvent, leaseMs) → handle
 //   unmount(handle) → Promise                  umount(2), end the loop, free everything
-//   applyDelta(handle, delta, deviceFds), tainted(handle), generation(handle)   see delta.c
+//   applyDelta(handle, delta, deviceFds), tainted(handle), generation(handle), fileSize(handle, index)   see delta.c
 //   setLease(handle, ms)                       how long opens and reads are served unasked (config.c)
 // mount() copies and checks the tables, mounts with libfuse3 and runs fuse_session_loop_mt on its
 // own pthread: from then on requests are served in C and the Node event loop stays free.
@@ -83,7 +83,7 @@ const char *xt_check(const void *image, uint64_t len, struct xt_tables *t) {
       return "xattr out of range";
   }
   for (uint32_t i = 0; i < h->n_devices; i++)
-    if (t->devices[i].fd < 0) return "device fd missing";
+    if (t->devices[i].fd < -1) return "device fd missing"; // -1: retired, never opened (read.c refuses it)
   return NULL;
 }
 
@@ -410,6 +410,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"applyDelta", NULL, xt_js_apply_delta, NULL, NULL, NULL, napi_enumerable, NULL},
     {"tainted", NULL, xt_js_tainted, NULL, NULL, NULL, napi_enumerable, NULL},
     {"generation", NULL, xt_js_generation, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"fileSize", NULL, xt_js_file_size, NULL, NULL, NULL, napi_enumerable, NULL},
     {"setLease", NULL, js_set_lease, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   CHECK(napi_define_properties(env, exports, sizeof props / sizeof props[0], props));

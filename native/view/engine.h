@@ -127,6 +127,7 @@ void xt_note_served(struct engine *e, uint32_t index, struct xt_map *m, uint64_t
 napi_value xt_js_apply_delta(napi_env env, napi_callback_info info);
 napi_value xt_js_tainted(napi_env env, napi_callback_info info);
 napi_value xt_js_generation(napi_env env, napi_callback_info info);
+napi_value xt_js_file_size(napi_env env, napi_callback_info info);
 
 // config.c
 int xt_config_init(struct engine *e, const char *record_path);

@@ -84,6 +84,9 @@ static int pread_full(int fd, uint8_t *dst, size_t want, uint64_t off, size_t ne
 
 // `len` bytes of device `d` at `doff` into out[pos..]. out has room up to align_up(pos + len).
 static int read_range(struct tbuf *b, const struct xt_device *d, size_t pos, uint64_t doff, size_t len, char *why, size_t why_len) {
+  // No fd: a device a delta retired, never opened on this host. The map in force names no extent on
+  // it, so only a map that lies about it gets here: fail rather than read any other device.
+  if (d->fd < 0) return snprintf(why, why_len, "the device is retired (not opened on this host)"), EIO;
   if (pos % ALIGN == 0 && doff % ALIGN == 0) {
     // Straight in. The aligned length may run past this range into the buffer's slack or the next
     // piece's place, which is filled after this one.

@@ -1,8 +1,10 @@
 // The current map of an image: the manifest, then deltas 1..k applied in order (docs/remap.md).
-// Only what a delta can change is kept: where each regular file's bytes lie, and the device list.
+// Only what a delta can change is kept: where each regular file's bytes lie, and the device list
+// (which devices there are, the newest fingerprints proving each, which are retired).
 import type { Device, Extent, Manifest } from '../manifest/types'
 import type { Delta } from './types'
 import type { DeltaContext } from './validate'
+import { ManifestError } from '../errors'
 
 /** Where one regular file's bytes are: extents on the devices (none: all hole), or carried content. */
 export interface FileLocation {
@@ -23,6 +25,8 @@ export class ImageMap {
     readonly devices: Device[],
     /** Every regular file of the image by ino. */
     readonly files: Map<number, FileLocation>,
+    /** Devices no extent uses any more (delta `retired`). */
+    public retired: ReadonlySet<number> = new Set(),
   ) {}
 
   static ofManifest(m: Manifest): ImageMap {
@@ -38,12 +42,18 @@ export class ImageMap {
   context(): DeltaContext {
     const fileSizes = new Map<number, number>()
     for (const [ino, f] of this.files) fileSizes.set(ino, f.size)
-    return { image: this.image, seq: this.seq + 1, from: this.configId, devices: this.devices, fileSizes }
+    return { image: this.image, seq: this.seq + 1, from: this.configId, devices: this.devices, fileSizes, retired: this.retired }
   }
 
-  /** Apply a delta validated against context(): new devices appended, named files replaced whole. */
+  /**
+   * Apply a delta validated against context(): devices as devicesAfter() says, named files replaced
+   * whole. Unlike a mover, the map has every file, so it checks what a delta's `retired` claims.
+   */
   apply(d: Delta): void {
-    this.devices.push(...d.devices)
+    if (d.retired) this.checkRetired(d)
+    const devices = devicesAfter(this.devices, d)
+    this.devices.splice(0, this.devices.length, ...devices)
+    this.retired = retiredAfter(this.retired, d)
     for (const f of d.files) {
       const size = this.files.get(f.ino)!.size
       this.files.set(f.ino, f.inline !== undefined ? { size, inline: f.inline } : { size, extents: f.extents ?? [] })
@@ -51,4 +61,30 @@ export class ImageMap {
     this.configId = d.to
     this.seq = d.seq
   }
+
+  /** No file may keep an extent on a device `d` retires. */
+  private checkRetired(d: Delta): void {
+    const retired = new Set(d.retired)
+    const replaced = new Map(d.files.map((f) => [f.ino, f]))
+    for (const [ino, f] of this.files) {
+      const e = (replaced.get(ino) ?? f).extents?.find((x) => retired.has(x.device))
+      if (e) throw new ManifestError(`delta ${d.seq}: retires device ${e.device}, but inode ${ino} still has an extent on it`)
+    }
+  }
+}
+
+/** The device list after delta `d`: its new devices appended; devices it proves carry its fingerprints. */
+export function devicesAfter(devices: readonly Device[], d: Delta): Device[] {
+  const out = [...devices, ...d.devices]
+  for (const p of d.proofs ?? []) out[p.device] = { ...out[p.device]!, fingerprints: p.fingerprints }
+  return out
+}
+
+export function retiredAfter(retired: ReadonlySet<number>, d: Delta): ReadonlySet<number> {
+  return d.retired ? new Set([...retired, ...d.retired]) : retired
+}
+
+/** The context to check the delta after `d` with, `d` having been checked with `ctx`. */
+export function contextAfter(ctx: DeltaContext, d: Delta): DeltaContext {
+  return { ...ctx, seq: d.seq + 1, from: d.to, devices: devicesAfter(ctx.devices, d), retired: retiredAfter(ctx.retired, d) }
 }

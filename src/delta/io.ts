@@ -6,7 +6,7 @@ import { ManifestError } from '../errors'
 import { writeFileAtomic } from '../manifest/io'
 import type { Manifest } from '../manifest/types'
 import { deltaPathOf, type ConfigRecord } from '../configid/record'
-import { ImageMap } from './chain'
+import { contextAfter, ImageMap } from './chain'
 import { verifyDeltaSignature } from './sign'
 import type { Delta } from './types'
 import { validateDelta, type DeltaContext } from './validate'
@@ -84,7 +84,7 @@ export function writeDeltaFile(file: string, d: Delta, ctx: DeltaContext): void 
   const fields = Object.entries(d).filter(([, v]) => v !== undefined)
   fields.forEach(([k, v], i) => {
     const comma = i < fields.length - 1 ? ',' : ''
-    if ((k === 'files' || k === 'devices') && Array.isArray(v) && v.length > 0) {
+    if ((k === 'files' || k === 'devices' || k === 'proofs') && Array.isArray(v) && v.length > 0) {
       lines.push(`${JSON.stringify(k)}:[`)
       v.forEach((item, j) => lines.push(JSON.stringify(item) + (j < v.length - 1 ? ',' : '')))
       lines.push(`]${comma}`)
@@ -93,6 +93,21 @@ export function writeDeltaFile(file: string, d: Delta, ctx: DeltaContext): void 
     }
   })
   writeFileAtomic(file, `{\n${lines.join('\n')}\n}\n`)
+}
+
+/**
+ * Read the deltas `names` (the record's entries) in order as the chain after `ctx`, each checked
+ * against the map before it (chain, validation, signature with `key`). Returns them and the context
+ * after the last: its devices carry the newest fingerprints, its `retired` every retired device.
+ */
+export function readDeltaChain(recordFile: string, names: readonly string[], ctx: DeltaContext, key?: Buffer): { deltas: Delta[]; ctx: DeltaContext } {
+  const deltas: Delta[] = []
+  for (const name of names) {
+    const d = readDeltaFile(deltaPathOf(recordFile, name), ctx, { key })
+    deltas.push(d)
+    ctx = contextAfter(ctx, d)
+  }
+  return { deltas, ctx }
 }
 
 /**

@@ -1,6 +1,6 @@
 // A delta: what changed in a frozen image's map since the previous config ID (docs/remap.md).
 // The image itself never changes (sizes, metadata, tree): only where regular files' bytes lie.
-import type { Device, Extent, Signature } from '../manifest/types'
+import type { Device, Extent, Fingerprint, Signature } from '../manifest/types'
 
 export const DELTA_FORMAT = 'extfs-delta'
 export const DELTA_VERSION = 1
@@ -29,5 +29,22 @@ export interface Delta {
   /** Devices new in this delta: index n + j is devices[j] when the image had n devices before it. */
   devices: Device[]
   files: DeltaFile[]
+  /**
+   * New fingerprints for devices the image had before this delta whose blocks it moves: the old ones
+   * may sample blocks the image no longer owns, so a mover mounting later proves the device with
+   * these. Written only when there are some (older readers refuse the field, loudly).
+   */
+  proofs?: DeviceProof[]
+  /**
+   * Devices no extent uses from this delta on (a replaced member): retired for good, never used by a
+   * later delta, and a mover mounting later need not find them. Written only when there are some.
+   */
+  retired?: number[]
   signature?: Signature
+}
+
+/** Fingerprints of device `device` (its index), sampled over the extents on it after the delta. */
+export interface DeviceProof {
+  device: number
+  fingerprints: Fingerprint[]
 }

@@ -4,9 +4,15 @@
 // one-line ManifestError, e.g. `delta 2: files[3]: inode 17 is not a regular file of the image`.
 import { ManifestError } from '../errors'
 import {
-  bad, checkDevice, checkExtents, checkInline, checkSignatureShape, CONFIG_ID, describe, isInt, isObject, LIMITS, quote,
+  bad, checkDevice, checkExtents, checkFingerprints, checkInline, checkSignatureShape, CONFIG_ID, describe, isInt, isObject, LIMITS, quote,
 } from '../manifest/validate'
 import { DELTA_FORMAT, DELTA_VERSION, type Delta } from './types'
+import type { Device } from '../manifest/types'
+
+/** A Map does; a mounted view answers from its tables instead of holding one entry per file in JS. */
+export interface FileSizes {
+  get(ino: number): number | undefined
+}
 
 /** What checking one delta needs to know about the image's map before it (manifest ⊕ earlier deltas). */
 export interface DeltaContext {
@@ -16,13 +22,16 @@ export interface DeltaContext {
   seq: number
   from: string
   /** Every device so far (manifest's, then earlier deltas'), in index order: ids must stay unique. */
-  devices: readonly { id: string; size: number }[]
-  /** ino → size in bytes of every regular file of the image. */
-  fileSizes: ReadonlyMap<number, number>
+  devices: readonly Device[]
+  /** Size in bytes of each regular file of the image, by ino (undefined: not a regular file of it). */
+  fileSizes: FileSizes
+  /** Devices retired by earlier deltas: no extent may use them again. */
+  retired: ReadonlySet<number>
 }
 
-const DELTA_KEYS = new Set(['format', 'version', 'image', 'seq', 'from', 'to', 'createdAt', 'reason', 'devices', 'files', 'signature'])
+const DELTA_KEYS = new Set(['format', 'version', 'image', 'seq', 'from', 'to', 'createdAt', 'reason', 'devices', 'files', 'proofs', 'retired', 'signature'])
 const FILE_KEYS = new Set(['ino', 'extents', 'inline'])
+const PROOF_KEYS = new Set(['device', 'fingerprints'])
 
 /** Check a parsed delta against `ctx`; returns it typed, unchanged. */
 export function validateDelta(value: unknown, ctx: DeltaContext): Delta {
@@ -49,7 +58,9 @@ export function validateDelta(value: unknown, ctx: DeltaContext): Delta {
     bad(where, `reason must be a string of at most ${LIMITS.shortString} characters, got ${describe(value.reason)}`)
   }
   const sizes = checkNewDevices(value.devices, ctx, where)
-  checkFiles(value.files, ctx, sizes, where)
+  const retired = checkRetired(value.retired, ctx, sizes.length, where)
+  checkFiles(value.files, ctx, sizes, retired, where)
+  checkProofs(value.proofs, ctx, retired, where)
   if (value.signature !== undefined) checkSignatureShape(value.signature)
   return value as unknown as Delta
 }
@@ -70,9 +81,43 @@ function checkNewDevices(list: unknown, ctx: DeltaContext, where: string): numbe
   return sizes
 }
 
-function checkFiles(list: unknown, ctx: DeltaContext, deviceSizes: number[], where: string): void {
+/** Newly retired devices: known ones (this delta's own included), not retired before, each once. All retired devices are returned. */
+function checkRetired(list: unknown, ctx: DeltaContext, deviceCount: number, where: string): ReadonlySet<number> {
+  if (list === undefined) return ctx.retired
+  if (!Array.isArray(list) || list.length === 0) bad(where, `retired must be a non-empty array of device indexes, got ${describe(list)}`)
+  const all = new Set(ctx.retired)
+  for (let i = 0; i < list.length; i++) {
+    const d: unknown = list[i]
+    if (!isInt(d, 0, deviceCount - 1)) bad(`${where}: retired[${i}]`, `must be a device index from 0 to ${deviceCount - 1}, got ${describe(d)}`)
+    if (all.has(d)) bad(`${where}: retired[${i}]`, `device ${d} is ${ctx.retired.has(d) ? 'already retired' : 'listed twice'}`)
+    all.add(d)
+  }
+  return all
+}
+
+/** Proofs of devices the map had before this delta (new ones carry their own), not retired, each once. */
+function checkProofs(list: unknown, ctx: DeltaContext, retired: ReadonlySet<number>, where: string): void {
+  if (list === undefined) return
+  if (!Array.isArray(list) || list.length === 0) bad(where, `proofs must be a non-empty array, got ${describe(list)}`)
+  const seen = new Set<number>()
+  for (let i = 0; i < list.length; i++) {
+    const p: unknown = list[i]
+    const at = `${where}: proofs[${i}]`
+    if (!isObject(p)) bad(at, `must be an object {device, fingerprints}, got ${describe(p)}`)
+    for (const k in p) if (!PROOF_KEYS.has(k)) bad(at, `unknown field ${quote(k)}`)
+    const d = p.device
+    if (!isInt(d, 0, ctx.devices.length - 1)) bad(at, `device must be the index of a device before this delta (0 to ${ctx.devices.length - 1}), got ${describe(d)}`)
+    if (retired.has(d)) bad(at, `device ${d} is retired: there is nothing on it to prove`)
+    if (seen.has(d)) bad(at, `device ${d} is proved twice`)
+    seen.add(d)
+    checkFingerprints(p.fingerprints, ctx.devices[d]!.size, at)
+    if ((p.fingerprints as unknown[]).length === 0) bad(at, 'fingerprints must not be empty')
+  }
+}
+
+function checkFiles(list: unknown, ctx: DeltaContext, deviceSizes: number[], retired: ReadonlySet<number>, where: string): void {
+  // No count check: each entry must be a different regular file of the image, which bounds the list.
   if (!Array.isArray(list)) bad(where, `files must be an array, got ${describe(list)}`)
-  if (list.length > ctx.fileSizes.size) bad(where, `${list.length} files, more than the image's ${ctx.fileSizes.size} regular files`)
   const seen = new Set<number>()
   let extents = 0
   for (let i = 0; i < list.length; i++) {
@@ -94,6 +139,8 @@ function checkFiles(list: unknown, ctx: DeltaContext, deviceSizes: number[], whe
       if (err instanceof ManifestError) err.message = `${where}: ${err.message}`
       throw err
     }
+    const onRetired = (f.extents as { device: number }[] | undefined)?.find((e) => retired.has(e.device))
+    if (onRetired) bad(at, `inode ${ino} has an extent on device ${onRetired.device}, which is retired`)
     if (extents > LIMITS.extents) bad(where, `more than ${LIMITS.extents} extents in all`)
   }
 }

@@ -23,6 +23,14 @@ export class RawDevice {
     }
   }
 
+  /**
+   * Stands for a device a delta retired (no extent uses it any more): it is not looked for and has no
+   * fd (-1), so a read through it fails in the engine instead of reading another device.
+   */
+  static retired(id: string): RawDevice {
+    return new RawDevice(id, '', -1, 0)
+  }
+
   /** Read exactly `length` bytes at `position` into `target[offset..]`; a short read is an error. */
   readExact(target: Buffer, offset: number, length: number, position: number): void {
     const n = native.preadDirect(this.fd, target, offset, length, position)
@@ -30,6 +38,6 @@ export class RawDevice {
   }
 
   close(): void {
-    fs.closeSync(this.fd)
+    if (this.fd >= 0) fs.closeSync(this.fd)
   }
 }

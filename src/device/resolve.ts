@@ -59,17 +59,28 @@ export function resolveDevice(device: Device, path: string | undefined, extentEn
   return openAndProve(device, path ?? findByIdentity(device), extentEnd)
 }
 
+/** The manifest's devices as the current map knows them: the newest fingerprints, and which are retired. */
+export interface CurrentDevices {
+  /** Indexed like manifest.devices (a delta's new devices may follow: they are the follower's). */
+  devices: readonly Device[]
+  retired: ReadonlySet<number>
+}
+
 /**
- * Resolve every device (`overrides` maps device id to path) and prove it; all or nothing.
- * `extentEnds`: per device, the end of its furthest extent, when already known.
+ * Resolve every device of the manifest (`overrides` maps device id to path) and prove it with the
+ * current map's fingerprints; all or nothing. A retired device is not looked for (it may be wiped or
+ * gone): it gets a placeholder no read can go through. `extentEnds`: per device, the end of its
+ * furthest extent in the manifest, when already known.
  */
-export function resolveDevices(manifest: Manifest, overrides: Map<string, string>, extentEnds?: readonly number[]): RawDevice[] {
+export function resolveDevices(manifest: Manifest, current: CurrentDevices, overrides: Map<string, string>, extentEnds?: readonly number[]): RawDevice[] {
   for (const id of overrides.keys()) {
-    if (!manifest.devices.some((d) => d.id === id)) throw new DeviceError(`--device ${id}: the manifest has no device ${id}`)
+    if (!current.devices.some((d) => d.id === id)) throw new DeviceError(`--device ${id}: the manifest has no device ${id}${current.devices.length > manifest.devices.length ? ', nor do its deltas' : ''}`)
   }
   const opened: RawDevice[] = []
   try {
-    manifest.devices.forEach((device, index) => {
+    manifest.devices.forEach((recorded, index) => {
+      if (current.retired.has(index)) return void opened.push(RawDevice.retired(recorded.id))
+      const device = current.devices[index]!
       opened.push(openAndProve(device, overrides.get(device.id) ?? findByIdentity(device), bytesNeeded(manifest, index, extentEnds?.[index])))
     })
     return opened

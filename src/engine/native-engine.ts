@@ -124,6 +124,14 @@ export class NativeEngine implements ViewEngine {
     this.log.info({ generation: viewAddon().generation(session), files: files.length, devices: newDevices.map((d) => d.id), bytes: delta.length }, 'delta applied')
   }
 
+  /** Size of the regular file numbered `ino`, from the mounted tables; undefined when there is none. */
+  fileSize(ino: number): number | undefined {
+    if (!this.session) throw new Error('fileSize: the view is not mounted')
+    const index = this.paths.index(ino)
+    const size = index < 0 ? -1 : viewAddon().fileSize(this.session, index)
+    return size < 0 ? undefined : size
+  }
+
   /**
    * Paths (first name) of files read under a superseded map and not re-read in full since. Once
    * unmounted: the list as of the unmount() call (a umount only succeeds with no file open).

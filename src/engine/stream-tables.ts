@@ -24,6 +24,7 @@ import { Blob, CHUNK_BYTES } from './blob'
 import {
   attachStaged, FLAG_INLINE, LAYOUT, mergeExtents, PathTable, TABLES_MAGIC, TABLES_VERSION, type PackedTables, type StatFsFigures,
 } from './tables'
+import type { FileSizes } from '../delta/validate'
 
 const U32_MAX = 0xffff_ffff
 const TWO32 = 2 ** 32
@@ -39,6 +40,7 @@ const I = fieldOffsets('inode')
 const D = fieldOffsets('dirent')
 const E = fieldOffsets('extent')
 const X = fieldOffsets('xattr')
+const H = fieldOffsets('header')
 
 function fieldOffsets<S extends keyof typeof LAYOUT>(name: S): Record<keyof (typeof LAYOUT)[S]['fields'], number> {
   const out: Record<string, number> = {}
@@ -50,6 +52,10 @@ function fieldOffsets<S extends keyof typeof LAYOUT>(name: S): Record<keyof (typ
 function setU64(dv: DataView, o: number, v: number): void {
   dv.setUint32(o, ((v % TWO32) + TWO32) % TWO32, true)
   dv.setInt32(o + 4, Math.floor(v / TWO32), true)
+}
+
+function getU64(dv: DataView, o: number): number {
+  return dv.getUint32(o, true) + dv.getUint32(o + 4, true) * TWO32
 }
 
 /** Fixed-size records in chunks; record k lives in chunk k / per at byte (k % per) * size. */
@@ -158,6 +164,24 @@ export function withDeviceFds(staged: StagedTables, fds: readonly number[]): Pac
     setU64(dv, at + F.size, staged.deviceSizes[k]!)
   })
   return { image: staged.image, paths: staged.paths, counts: staged.counts }
+}
+
+/**
+ * Sizes of the regular files, read off the packed inode records by ino (through the path table's
+ * index): what checking a delta before mounting needs, without a second read of the manifest. Valid
+ * until the engine mounts and frees the staged image; then the engine answers (NativeEngine.fileSize).
+ */
+export function fileSizesOf(staged: StagedTables): FileSizes {
+  const dv = new DataView(staged.image.buffer, staged.image.byteOffset, staged.image.byteLength)
+  const inodesOff = getU64(dv, H.inodes_off)
+  return {
+    get: (ino) => {
+      const k = staged.paths.index(ino)
+      if (k < 0) return undefined
+      const o = inodesOff + k * LAYOUT.inode.size
+      return (dv.getUint16(o + I.mode, true) & 0o170000) === TYPE_BITS.file ? getU64(dv, o + I.size) : undefined
+    },
+  }
 }
 
 /** The InodeSink that packs. Use: streamManifestFile(path, builder, ...), then builder.build(). */

@@ -270,7 +270,7 @@ export function checkDevice(d: unknown, i: number): Device {
   return d as unknown as Device
 }
 
-function checkFingerprints(list: unknown, deviceSize: number, where: string): void {
+export function checkFingerprints(list: unknown, deviceSize: number, where: string): void {
   if (!Array.isArray(list)) bad(where, `fingerprints must be an array, got ${describe(list)}`)
   if (list.length > LIMITS.fingerprintsPerDevice) {
     bad(where, `${list.length} fingerprints, over the limit of ${LIMITS.fingerprintsPerDevice}`)

@@ -2,14 +2,13 @@
 // deltas after the view's current config ID are read and checked (chain, validation, signature), their
 // new devices found and proven, and then all of them are applied to the engine in one step. Anything
 // wrong leaves the view on its old map and opens refused, with the reason.
-import path from 'node:path'
 import type { Device } from '../manifest/types'
 import type { DeltaFile } from '../delta/types'
 import type { DeltaContext } from '../delta/validate'
-import { readDeltaFile } from '../delta/io'
+import { readDeltaChain } from '../delta/io'
 import { fileStamp, readRecord, type ConfigCheck } from '../configid/record'
 import { resolveDevice } from '../device/resolve'
-import type { RawDevice } from '../device/reader'
+import { RawDevice } from '../device/reader'
 
 /** What the engine must offer to follow: replace some files' extents and add devices, atomically. */
 export interface DeltaTarget {
@@ -22,7 +21,7 @@ export interface FollowOptions {
   /** The manifest's configId (c0) and its devices. */
   image: string
   devices: readonly Device[]
-  /** ino → size of every regular file of the image; asked for once, when the first delta arrives. */
+  /** ino → size of every regular file of the image; asked for when a delta arrives. */
   fileSizes: () => DeltaContext['fileSizes']
   recordFile: string
   key?: Buffer
@@ -41,9 +40,10 @@ export interface FollowOptions {
 export class ChainFollower implements ConfigCheck {
   private configId: string
   private seq = 0
-  private readonly devices: Device[]
+  /** The current map's devices (newest fingerprints) and those retired. */
+  private devices: readonly Device[]
+  private retired: ReadonlySet<number> = new Set()
   private target?: DeltaTarget
-  private sizes?: DeltaContext['fileSizes']
   /** poll(): the record's identity when last judged there, and whether it said released. */
   private polledStamp = ''
   private releasedSeen = false
@@ -103,17 +103,14 @@ export class ChainFollower implements ConfigCheck {
   private follow(chain: string[], target: string): void {
     if (!this.target) throw new Error(`config ID changed from ${this.configId} to ${target} and this engine cannot follow it`)
     if (chain.length <= this.seq) throw new Error(`config ID changed from ${this.configId} to ${target} without a delta leading there`)
-    let ctx: DeltaContext = { image: this.opts.image, seq: this.seq + 1, from: this.configId, devices: this.devices, fileSizes: (this.sizes ??= this.opts.fileSizes()) }
-    const files = new Map<number, DeltaFile>()
-    const newDevices: Device[] = []
-    for (const name of chain.slice(this.seq)) {
-      const delta = readDeltaFile(path.resolve(path.dirname(this.opts.recordFile), name), ctx, { key: this.opts.key })
-      for (const f of delta.files) files.set(f.ino, f) // a later delta's list replaces an earlier one's
-      newDevices.push(...delta.devices)
-      ctx = { ...ctx, seq: delta.seq + 1, from: delta.to, devices: [...ctx.devices, ...delta.devices] }
+    const before: DeltaContext = {
+      image: this.opts.image, seq: this.seq + 1, from: this.configId, devices: this.devices, fileSizes: this.opts.fileSizes(), retired: this.retired,
     }
+    const { deltas, ctx } = readDeltaChain(this.opts.recordFile, chain.slice(this.seq), before, this.opts.key)
     if (ctx.from !== target) throw new Error(`the delta chain ends at ${ctx.from}, but the record names ${target}`)
-    const opened = this.prove(newDevices, [...files.values()])
+    const files = new Map<number, DeltaFile>()
+    for (const d of deltas) for (const f of d.files) files.set(f.ino, f) // a later delta's list replaces an earlier one's
+    const opened = this.prove(ctx, [...files.values()])
     try {
       this.target.applyDelta([...files.values()], opened)
     } catch (err) {
@@ -121,22 +118,31 @@ export class ChainFollower implements ConfigCheck {
       throw err
     }
     for (const d of opened) this.opts.adopt(d)
-    this.devices.push(...newDevices)
-    this.opts.note(`followed the config ID from ${this.configId} to ${ctx.from}: ${files.size} files moved, ${newDevices.length} new devices`)
+    this.opts.note(`followed the config ID from ${this.configId} to ${ctx.from}: ${files.size} files moved, ${opened.length} new devices`)
+    this.devices = ctx.devices
+    this.retired = ctx.retired
     this.configId = ctx.from
     this.seq = ctx.seq - 1
   }
 
-  /** Find and prove each new device before anything of the delta is used. */
-  private prove(devices: Device[], files: DeltaFile[]): RawDevice[] {
+  /**
+   * Find and prove each device new since the view's map (with its newest fingerprints: a later delta
+   * of the chain may have proved it again) before anything of the chain is used. One the chain has
+   * already retired is not looked for.
+   */
+  private prove(after: DeltaContext, files: DeltaFile[]): RawDevice[] {
     const opened: RawDevice[] = []
     try {
-      devices.forEach((device, i) => {
-        const index = this.devices.length + i
+      for (let index = this.devices.length; index < after.devices.length; index++) {
+        const device = after.devices[index]!
+        if (after.retired.has(index)) {
+          opened.push(RawDevice.retired(device.id))
+          continue
+        }
         let end = 0
         for (const f of files) for (const e of f.extents ?? []) if (e.device === index) end = Math.max(end, e.deviceOffset + e.length)
         opened.push(resolveDevice(device, this.opts.deviceOverrides.get(device.id), end))
-      })
+      }
       return opened
     } catch (err) {
       for (const d of opened) d.close()

@@ -3,11 +3,12 @@ import type { Manifest } from '../manifest/types'
 import { DEFAULT_MAX_MANIFEST_BYTES, readManifestFile } from '../manifest/io'
 import { verifyManifestSignature } from '../manifest/sign'
 import { CannotStream, streamManifestFile } from '../manifest/stream'
-import { streamedManifest, TablesBuilder } from '../engine/stream-tables'
+import { fileSizesOf, streamedManifest, TablesBuilder } from '../engine/stream-tables'
 import { stagedTablesOf } from '../engine/tables'
-import { resolveDevices } from '../device/resolve'
+import { resolveDevices, type CurrentDevices } from '../device/resolve'
 import type { RawDevice } from '../device/reader'
-import { ConfigWatch, readRecord, recordPath } from '../configid/record'
+import { ConfigWatch, readRecord, recordPath, type ConfigRecord } from '../configid/record'
+import { readDeltaChain } from '../delta/io'
 import { StaleError } from '../errors'
 
 export interface LoadOptions {
@@ -54,26 +55,48 @@ export function readPackedManifest(manifestPath: string, key?: Buffer): Manifest
 
 export function loadImage(manifestPath: string, opts: LoadOptions): LoadedImage {
   // The fuse-native engine serves from the object tree (src/view/view.ts).
-  const manifest = process.env.EXTFS_ENGINE === 'fuse-native'
-    ? readCheckedManifest(manifestPath, opts.key)
-    : readPackedManifest(manifestPath, opts.key)
+  const native = process.env.EXTFS_ENGINE !== 'fuse-native'
+  const manifest = native ? readPackedManifest(manifestPath, opts.key) : readCheckedManifest(manifestPath, opts.key)
   const config = new ConfigWatch(opts.recordFile ?? recordPath(manifestPath, manifest.configRecord), manifest.configId)
+  let current: CurrentDevices = { devices: manifest.devices, retired: new Set() }
   const verdict = config.check()
-  // The native engine follows a record that moved on through deltas (src/mover/follow.ts); its first
-  // open reads and checks the chain. The fuse-native engine cannot follow: it needs the manifest's own ID.
-  if (!verdict.ok && !(process.env.EXTFS_ENGINE !== 'fuse-native' && followable(config.file))) {
-    throw new StaleError(`frozen image not current: ${verdict.reason}`)
+  if (!verdict.ok) {
+    // The native engine follows a record that moved on through deltas (src/mover/follow.ts), from its
+    // first open. The fuse-native engine cannot follow: it needs the manifest's own ID.
+    const record = native ? followable(config.file) : undefined
+    if (!record) throw new StaleError(`frozen image not current: ${verdict.reason}`)
+    current = devicesOfChain(manifest, config.file, record, opts.key)
   }
-  const devices = resolveDevices(manifest, opts.deviceOverrides, stagedTablesOf(manifest)?.deviceEnds)
+  const devices = resolveDevices(manifest, current, opts.deviceOverrides, stagedTablesOf(manifest)?.deviceEnds)
   return { manifest, devices, config }
 }
 
+/**
+ * The devices at the end of the record's delta chain, read and checked now, so that the view is proved
+ * with fingerprints of blocks the image still owns (the manifest's may have moved away) and never looks
+ * for a device the chain retired (a replaced member, perhaps wiped). Its first open reads the chain
+ * again to apply it.
+ */
+function devicesOfChain(manifest: Manifest, recordFile: string, record: ConfigRecord, key?: Buffer): CurrentDevices {
+  const staged = stagedTablesOf(manifest) // none when the manifest could not stream: it was read whole
+  const fileSizes = staged ? fileSizesOf(staged) : fileSizesOfManifest(manifest)
+  const start = { image: manifest.configId, seq: 1, from: manifest.configId, devices: manifest.devices, fileSizes, retired: new Set<number>() }
+  const { ctx } = readDeltaChain(recordFile, record.deltas ?? [], start, key)
+  if (ctx.from !== record.configId) throw new StaleError(`config-ID record ${recordFile} names ${record.configId}, but its delta chain ends at ${ctx.from}`)
+  return ctx
+}
+
+/** ino → size of every regular file of a manifest read whole (one that could not stream). */
+export function fileSizesOfManifest(manifest: Manifest): Map<number, number> {
+  return new Map(manifest.inodes.filter((i) => i.kind === 'file').map((i) => [i.ino, i.size]))
+}
+
 /** A current record whose config ID is reached through deltas. */
-function followable(recordFile: string): boolean {
+function followable(recordFile: string): ConfigRecord | undefined {
   try {
     const r = readRecord(recordFile)
-    return r.state === 'current' && (r.deltas?.length ?? 0) > 0
+    return r.state === 'current' && (r.deltas?.length ?? 0) > 0 ? r : undefined
   } catch {
-    return false
+    return undefined
   }
 }

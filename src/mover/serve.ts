@@ -50,18 +50,17 @@ function createEngine(image: LoadedImage, opts: ServeOptions, remote?: RemoteIma
   const { log } = opts
   if (process.env.EXTFS_ENGINE === 'fuse-native') return { engine: new FuseEngine(new FrozenView(image.manifest, image.devices, image.config, log), log) }
   const { manifest } = image
-  const follower = new ChainFollower({
+  const follower: ChainFollower = new ChainFollower({
     image: manifest.configId,
     devices: manifest.devices,
-    // Only when a delta arrives: a streamed manifest then reads its inodes once more (src/mover/load.ts).
-    fileSizes: () => new Map(manifest.inodes.filter((i) => i.kind === 'file').map((i) => [i.ino, i.size])),
+    fileSizes: () => ({ get: (ino): number | undefined => engine.fileSize(ino) }), // a delta arrives once the view is mounted
     recordFile: image.config.file,
     key: opts.key, // from serve as from shared storage: remap signs deltas with the key
     deviceOverrides: opts.deviceOverrides,
     adopt: (d) => image.devices.push(d), // closed with the others once the view stopped
     note: (msg) => log.info({ mountpoint: opts.mountpoint }, msg),
   })
-  const engine = new NativeEngine(manifest, image.devices, remote ? remote.guard(follower) : follower, log)
+  const engine: NativeEngine = new NativeEngine(manifest, image.devices, remote ? remote.guard(follower) : follower, log)
   follower.attach(engine)
   return { engine, follower }
 }

@@ -15,7 +15,7 @@ import { readRecord, recordPath, writeRecord, type RecordMapping } from '../conf
 import { readChain, writeDeltaFile } from '../delta/io'
 import type { FileLocation, ImageMap } from '../delta/chain'
 import { signDelta } from '../delta/sign'
-import { DELTA_FORMAT, DELTA_VERSION, type Delta, type DeltaFile } from '../delta/types'
+import { DELTA_FORMAT, DELTA_VERSION, type Delta, type DeltaFile, type DeviceProof } from '../delta/types'
 import { readMountTable, type MountEntry } from '../mapping/mountinfo'
 import { FileMapper, type FileMapping } from '../mapping/mapper'
 import { identitiesMatch, probeIdentity } from '../device/identity'
@@ -94,17 +94,20 @@ function remapLocked(manifestFile: string, opts: RemapOptions): RemapResult {
   // One mapper for the whole remap: btrfs chunks and loop backing files are read once, as export does.
   const mapper = FileMapper.forMount(mount, { throughLoop: mapping.throughLoop })
   const mapped = mapAll(map, paths, mapper, mapping.carryMax)
-  const disks = assignDevices(mapper.disks, map.devices)
+  const disks = assignDevices(mapper.disks, map.devices, map.retired)
   const files = changedFiles(map, mapped, disks)
   if (files.length === 0) return { state: 'unchanged', configId: map.configId, manifestBytes }
 
   const newDevices = describeNewDevices(mapper.disks, disks, map.devices, files)
+  const { proofs, retired } = knownDeviceChanges(map, files, mapper.disks, disks)
   const seq = map.seq + 1
   let delta: Delta = {
     format: DELTA_FORMAT, version: DELTA_VERSION, image: map.image, seq, from: map.configId,
     to: randomBytes(16).toString('hex'), createdAt: new Date().toISOString(),
-    reason: newDevices.length > 0 ? 'extents moved; devices changed' : 'extents moved',
+    reason: newDevices.length > 0 || retired.length > 0 ? 'extents moved; devices changed' : 'extents moved',
     devices: newDevices, files,
+    ...(proofs.length > 0 ? { proofs } : {}),
+    ...(retired.length > 0 ? { retired } : {}),
   }
   if (opts.key) delta = signDelta(delta, opts.key)
   const deltaPath = `${manifestFile}.delta-${seq}`
@@ -221,10 +224,10 @@ function mapAll(map: ImageMap, paths: Map<number, string>, mapper: FileMapper, c
  * else is new (-1 here) — a replaced device included: btrfs replace gives the new member the old one's
  * UUIDs, so identity alone would not tell them apart.
  */
-function assignDevices(disks: RawDisk[], devices: Device[]): number[] {
+function assignDevices(disks: RawDisk[], devices: Device[], retired: ReadonlySet<number>): number[] {
   return disks.map((disk) => {
     const found = probeIdentity(disk.path)
-    return devices.findIndex((d) => d.hint === disk.path && d.size === disk.size &&
+    return devices.findIndex((d, i) => !retired.has(i) && d.hint === disk.path && d.size === disk.size &&
       (identitiesMatch(d.identity, found) || (isEmpty(d.identity) && isEmpty(found))))
   })
 }
@@ -291,4 +294,42 @@ function describeNewDevices(rawDisks: RawDisk[], disks: number[], devices: Devic
     }
   }
   return out
+}
+
+/**
+ * What the delta says about the devices the map had before it. A device whose blocks it moves (a file
+ * of the delta had or has extents there) is proved again: fingerprints over every extent on it after
+ * the delta, since the old samples may lie in blocks the image gave up and that now hold other data.
+ * A device no extent uses any more is retired: a mover mounting later need not find it (btrfs replace
+ * leaves the old member outside the filesystem, perhaps wiped). Devices the delta does not touch keep
+ * their proof: their blocks did not move.
+ */
+function knownDeviceChanges(map: ImageMap, files: DeltaFile[], rawDisks: RawDisk[], disks: number[]): { proofs: DeviceProof[]; retired: number[] } {
+  const known = map.devices.length
+  const touched = new Set<number>()
+  const moved = new Map<number, DeltaFile>()
+  for (const f of files) {
+    moved.set(f.ino, f)
+    for (const e of [...(map.files.get(f.ino)!.extents ?? []), ...(f.extents ?? [])]) if (e.device < known) touched.add(e.device)
+  }
+  const on = Array.from({ length: known }, (): Extent[] => [])
+  for (const [ino, loc] of map.files) {
+    for (const e of (moved.get(ino) ?? loc).extents ?? []) if (e.device < known) on[e.device]!.push(e)
+  }
+  const retired: number[] = []
+  const proofs: DeviceProof[] = []
+  for (let d = 0; d < known; d++) {
+    if (map.retired.has(d)) continue
+    if (on[d]!.length === 0) retired.push(d)
+    else if (touched.has(d)) {
+      const disk = rawDisks[disks.indexOf(d)]! // a device with extents after the remap is one the mapper met
+      const raw = RawDevice.open(map.devices[d]!.id, disk.path)
+      try {
+        proofs.push({ device: d, fingerprints: takeFingerprints(raw, on[d]!) })
+      } finally {
+        raw.close()
+      }
+    }
+  }
+  return { proofs, retired }
 }

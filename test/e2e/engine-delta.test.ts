@@ -177,6 +177,25 @@ t.test('deltas: atomic application, superseded reads, refusals, and a hammered f
           t.equal(await viewSha(v('moved'), true), sha(FILES.moved!), 'moved still served from its last map')
         })
 
+        await t.test('a retired device (no fd): a read through it fails, it never reads another device', async (t) => {
+          const gone = RawDevice.retired('gone')
+          t.equal(gone.fd, -1, 'no fd')
+          // A map that lies: `never` on the retired device. Only a forged delta could say this.
+          engine.applyDelta([{ ino: inoOf.never!, extents: [{ ...toB('never', ON_B.never)[0]!, device: nDev + 1 }] }], [gone])
+          const r = await run('dd', [`if=${v('never')}`, 'of=/dev/null', 'bs=1M', 'iflag=direct', 'status=none'])
+          t.not(r.code, 0, 'the read fails')
+          t.match(r.stderr, /Input\/output error/, 'with EIO')
+          // Events reach the log from the JS thread, a moment after the failed request.
+          const logged = async () => (await fsp.readFile(logFile, 'utf8')).split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>)
+            .some((l) => l.msg === 'read failed' && l.device === 'gone' && String(l.err).includes('retired'))
+          let seen = false
+          for (let i = 0; i < 40 && !(seen = await logged()); i++) await new Promise((r) => setTimeout(r, 50))
+          t.ok(seen, 'the log names the device and says it is retired')
+          engine.applyDelta([{ ino: inoOf.never!, extents: toB('never', ON_B.never) }], [])
+          t.equal(await viewSha(v('never'), true), sha(FILES.never!), 'served again once the map says where it is')
+          t.same(engine.taintedFiles(), [], 'a failed read taints nothing')
+        })
+
         await t.test('4 readers hammering a file while its map flips between two identical copies', async (t) => {
           engine.applyDelta([{ ino: inoOf.flip!, extents: toB('flip', ON_B.flip1) }], [])
           const want = sha(FILES.flip!)

@@ -2,7 +2,9 @@
 // snapshot, xfs_fsr defragments the clones of a reflink clone set, btrfs replace moves a member's
 // blocks to a spare (the old member is wiped afterwards). `extfs remap` publishes a delta of the moved
 // files; the view follows it on the next open and serves the new locations, while the old ones hold
-// other data. Files read before the move are reported by `extfs backup` unless read again.
+// other data. A view mounted only after the move is proved with the delta's fingerprints (the
+// manifest's sample moved blocks) and does not look for a retired member. Files read before the move
+// are reported by `extfs backup` unless read again.
 import t, { Test } from 'tap'
 import { promises as fsp } from 'node:fs'
 import type { FileHandle } from 'node:fs/promises'
@@ -50,6 +52,24 @@ async function relocate(fs: BtrfsFs): Promise<void> {
 /** name → content of each of `names` in `dir`. */
 async function readNamed(dir: string, names: string[]): Promise<Map<string, Buffer>> {
   return new Map(await Promise.all(names.map(async (n) => [n, await fsp.readFile(path.join(dir, n))] as [string, Buffer])))
+}
+
+/**
+ * A view mounted after the move, from the same manifest: it must be proved on the delta's fingerprints
+ * (the manifest's sample blocks that now hold other data) and tar exact through the followed chain.
+ */
+async function freshViewIsExact(t: Test, manifest: string, expected: Tree, scratch: string): Promise<void> {
+  await withView(manifest, async (view, logFile) => {
+    const restored = path.join(scratch, 'restored-fresh')
+    await tarRoundTrip(view, restored)
+    t.same(diffTrees(expected, await snapshotTree(restored, TREE)), [], 'tar of a view mounted after the move equals the image')
+    t.match(await fsp.readFile(logFile, 'utf8'), /followed the config ID/, 'that view followed the delta too')
+  })
+}
+
+/** The remap's delta (the record's last), as written. */
+async function lastDelta(manifest: string): Promise<{ devices: unknown[]; proofs?: { device: number }[]; retired?: number[] }> {
+  return readJson(`${manifest}.delta-1`)
 }
 
 /** `extfs remap` must publish a delta of at least one file; returns its files and new devices. */
@@ -115,8 +135,10 @@ t.test('a mounted view follows a btrfs balance and the backup stays exact', asyn
         await relocate(fs)
         t.ok((await overwrittenOldExtents(manifest, contents)) > 0, 'the old locations now hold other data (reading them would be wrong)')
         await remapMoved(t, manifest)
+        t.same((await lastDelta(manifest)).proofs?.map((p) => p.device), [0], 'the delta proves the device again: its blocks moved')
         await viewIsExact(t, view, logFile, expected, scratch, held)
       }))
+      await freshViewIsExact(t, manifest, expected, scratch)
     } finally {
       await release(manifest)
     }
@@ -155,8 +177,10 @@ t.test('a mounted view follows xfs_fsr of a reflink clone set and the backup sta
         t.ok((await overwrittenOldExtents(manifest, contents)) > 0, 'the old locations now hold other data (reading them would be wrong)')
         const moved = await remapMoved(t, manifest)
         t.equal(moved.files, bigNames.length, 'the delta holds the defragmented files')
+        t.same((await lastDelta(manifest)).proofs?.map((p) => p.device), [0], 'the delta proves the device again: its blocks moved')
         await viewIsExact(t, view, logFile, expected, scratch, held)
       }))
+      await freshViewIsExact(t, manifest, expected, scratch)
     } finally {
       await release(manifest)
     }
@@ -189,7 +213,12 @@ t.test('a mounted view follows a btrfs replace whose old member was wiped, and t
         t.equal(moved.newDevices, 1, 'the delta brings the spare as a new device')
         await viewIsExact(t, view, logFile, expected, scratch, held)
         t.match(await fsp.readFile(logFile, 'utf8'), /followed the config ID .*: \d+ files moved, 1 new devices/, 'the view found the new device')
+        const delta = await lastDelta(manifest)
+        t.same(delta.retired, [oldIndex], 'the delta retires the replaced member')
+        t.same(delta.proofs?.map((p) => p.device), [1 - oldIndex], 'and proves the member kept again (files on it moved too)')
       }))
+      // The wiped member cannot be found by identity any more: only a view that does not look for it mounts.
+      await freshViewIsExact(t, manifest, expected, scratch)
     } finally {
       await release(manifest)
     }

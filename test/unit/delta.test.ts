@@ -4,7 +4,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { ManifestError } from '../../src/errors'
-import { ImageMap } from '../../src/delta/chain'
+import { contextAfter, ImageMap } from '../../src/delta/chain'
 import { parseDelta, readChain, readDeltaFile, writeDeltaFile } from '../../src/delta/io'
 import { signDelta, verifyDeltaSignature } from '../../src/delta/sign'
 import type { Delta } from '../../src/delta/types'
@@ -115,6 +115,59 @@ t.test('refused: extents unsorted, overlapping, past size, past device end, on n
   refused(t, () => validateDelta(mutated((d) => { d.devices[0].size = 0 }), ctx()), /devices\[1\]: size must be a positive integer/)
 })
 
+/** A fingerprint of the first 4 KiB of a device, with some hash. */
+const fp = (offset = 0) => ({ offset, length: 4096, sha256: 'ab'.repeat(32) })
+
+t.test('proofs and retired devices: the device list after a delta', async (t) => {
+  // Everything leaves d0 for the new d1: d0 is retired, d1 carries its own fingerprints.
+  const offD0 = mutated((d) => {
+    d.files[0].extents = [extent(0, 1, 131072, 4096), extent(8192, 1, 262144, 4096)]
+    d.retired = [0]
+  })
+  const map = ImageMap.ofManifest(manifest())
+  map.apply(validateDelta(offD0, map.context()))
+  t.same([...map.retired], [0], 'd0 is retired')
+  t.same([...map.context().retired], [0], 'and stays so for the next delta')
+  const next = (fn: (d: Loose) => void): Delta => mutated((d) => {
+    Object.assign(d, { seq: 2, from: 'cfg-0002-abcdef', to: 'cfg-0003-abcdef', devices: [] })
+    d.files = [{ ino: 5, extents: [extent(0, 1, 65536, 8192)] }]
+    fn(d)
+  })
+  refused(t, () => validateDelta(next((d) => { d.files[0].extents[0].device = 0 }), map.context()), /^delta 2: files\[0\]: inode 5 has an extent on device 0, which is retired$/)
+  refused(t, () => validateDelta(next((d) => { d.retired = [0] }), map.context()), /retired\[0\]: device 0 is already retired/)
+  refused(t, () => validateDelta(next((d) => { d.proofs = [{ device: 0, fingerprints: [fp()] }] }), map.context()), /proofs\[0\]: device 0 is retired/)
+
+  // d1 proved again by the second delta: the device list after it carries the new fingerprints.
+  const proved = next((d) => { d.proofs = [{ device: 1, fingerprints: [fp(8192)] }] })
+  const ctx2 = map.context()
+  t.same(contextAfter(ctx2, validateDelta(proved, ctx2)).devices[1]!.fingerprints, [fp(8192)], 'contextAfter carries the proof')
+  map.apply(proved)
+  t.same(map.devices[1]!.fingerprints, [fp(8192)], 'the map carries the proof')
+  t.equal(map.devices[1]!.id, 'd1', 'and keeps the rest of the device')
+
+  // What a mover cannot see, the map can: a file left on a device the delta retires.
+  const lying = mutated((d) => {
+    d.files = [d.files[1]] // inode 5 moves to d1; inode 2 stays on d0
+    d.retired = [0]
+  })
+  const fresh = ImageMap.ofManifest(manifest())
+  validateDelta(lying, fresh.context())
+  t.throws(() => fresh.apply(lying), /^delta 1: retires device 0, but inode 2 still has an extent on it$/, 'the map refuses a delta retiring a device still used')
+})
+
+t.test('refused: malformed proofs and retired lists', async (t) => {
+  refused(t, () => validateDelta(mutated((d) => { d.proofs = [] }), ctx()), /proofs must be a non-empty array/)
+  refused(t, () => validateDelta(mutated((d) => { d.proofs = [{ device: 1, fingerprints: [fp()] }] }), ctx()), /proofs\[0\]: device must be the index of a device before this delta \(0 to 0\), got 1/)
+  refused(t, () => validateDelta(mutated((d) => { d.proofs = [{ device: 0, fingerprints: [fp()] }, { device: 0, fingerprints: [fp()] }] }), ctx()), /proofs\[1\]: device 0 is proved twice/)
+  refused(t, () => validateDelta(mutated((d) => { d.proofs = [{ device: 0, fingerprints: [] }] }), ctx()), /proofs\[0\]: fingerprints must not be empty/)
+  refused(t, () => validateDelta(mutated((d) => { d.proofs = [{ device: 0, fingerprints: [fp(1024 * 1024 - 2048)] }] }), ctx()), /proofs\[0\]\.fingerprints\[0\]: bytes .* run past device end/)
+  refused(t, () => validateDelta(mutated((d) => { d.proofs = [{ device: 0, fingerprints: [fp()], why: 1 }] }), ctx()), /proofs\[0\]: unknown field "why"/)
+  refused(t, () => validateDelta(mutated((d) => { d.retired = [] }), ctx()), /retired must be a non-empty array/)
+  refused(t, () => validateDelta(mutated((d) => { d.retired = [2] }), ctx()), /retired\[0\]: must be a device index from 0 to 1, got 2/)
+  refused(t, () => validateDelta(mutated((d) => { d.retired = [1, 1] }), ctx()), /retired\[1\]: device 1 is listed twice/)
+  refused(t, () => validateDelta(mutated((d) => { d.retired = [1] }), ctx()), /inode 5 has an extent on device 1, which is retired/)
+})
+
 t.test('signatures: the manifest rule, over the delta without its signature', async (t) => {
   const signed = signDelta(delta(), KEY)
   t.match(signed.signature, { alg: 'hmac-sha256', value: /^[0-9a-f]{64}$/ })
@@ -139,6 +192,10 @@ t.test('files: written atomically and read back bounded; the chain through the r
   writeDeltaFile(file, signDelta(delta(), KEY), ctx())
   const text = fs.readFileSync(file, 'utf8')
   t.equal(text.split('\n').filter((l) => l.startsWith('{"ino":')).length, 2, 'one file per line')
+  const withProof = path.join(dir, 'proof')
+  writeDeltaFile(withProof, mutated((d) => { d.proofs = [{ device: 0, fingerprints: [fp()] }] }), ctx())
+  t.equal(fs.readFileSync(withProof, 'utf8').split('\n').filter((l) => l.startsWith('{"device":0,')).length, 1, 'one proof per line')
+  t.same(readDeltaFile(withProof, ctx()).proofs, [{ device: 0, fingerprints: [fp()] }], 'proofs read back')
   t.same(readDeltaFile(file, ctx(), { key: KEY }).files, delta().files)
   t.throws(() => writeDeltaFile(path.join(dir, 'bad'), mutated((d) => { d.seq = 5 }), ctx()), /broken chain/, 'our own output is validated')
   refused(t, () => readDeltaFile(file, ctx(), { maxBytes: 100 }), /bytes, over the limit of 100/)
