@@ -19,4 +19,9 @@ export enum ExitCode {
   Export = 8,
   /** Root privileges are needed. */
   Permission = 9,
+  /**
+   * `extfs serve` could not be asked (unreachable, timed out, TLS refused) or its answer could not be
+   * believed (authentication): worth retrying, unlike Stale, which is the initiator's own answer.
+   */
+  Service = 10,
 }

@@ -39,7 +39,7 @@ export interface ConfigState {
 /** The initiator could not be asked, refused, or answered something that cannot be believed. */
 export class ConfigServiceError extends ExtfsError {
   constructor(message: string, readonly status?: number) {
-    super(ExitCode.Stale, message)
+    super(ExitCode.Service, message)
     this.name = 'ConfigServiceError'
   }
 }
@@ -156,7 +156,7 @@ export class ConfigClient {
       const fail = (msg: string, status?: number) => reject(new ConfigServiceError(msg, status))
       const req = mod.request(new URL(target, this.origin), { method, headers: { ...headers, 'content-length': 0 }, agent: this.agent })
       req.setTimeout(waitMs + timeoutMs, () => req.destroy(new Error(`no answer within ${((waitMs + timeoutMs) / 1000).toFixed(1)} s`)))
-      req.on('error', (err: NodeJS.ErrnoException) => fail(`${where}: ${err.code ?? err.message}`))
+      req.on('error', (err: NodeJS.ErrnoException) => fail(`${where}: ${err.code ?? err.message}${certificateHint(err)}`))
       req.on('response', (res) => {
         const chunks: Buffer[] = []
         let got = 0
@@ -184,6 +184,12 @@ export class ConfigClient {
       req.end()
     })
   }
+}
+
+/** For a refused TLS certificate, Node's words for it and what to do; '' for anything else. */
+function certificateHint(err: NodeJS.ErrnoException): string {
+  if (!/CERT|SELF_SIGNED|UNABLE_TO_VERIFY|ALTNAME/.test(err.code ?? '')) return ''
+  return ` (${err.message.replace(/[\r\n]+/g, ' ')}; give the CA that signed serve's certificate with --ca, for the address in the URL)`
 }
 
 /** The one-line error of a JSON error answer, if that is what `body` is. */

@@ -614,7 +614,7 @@ t.test('two hosts: serve in one network namespace, the mover in another', async 
           for (const { what, from, extra, problem } of refusals) {
             const orphansBefore = orphanMirrors()
             const { mnt, result: r } = await tryMount('nightly', extra, from)
-            t.ok(r.code !== 0 && r.code !== ExitCode.Internal, `${what}: mount fails, not as an internal error (exit ${r.code})`)
+            t.equal(r.code, ExitCode.Service, `${what}: mount fails with exit ${ExitCode.Service} (the service could not be asked)`)
             t.match(r.stderr, /^[^\n]+\n$/, `${what}: one line on stderr: ${JSON.stringify(r.stderr)}`)
             t.ok(r.stderr.startsWith(`extfs: ${from}/`) && r.stderr.includes(`: ${problem}`), `${what}: it names the initiator and the TLS problem, ${problem}`)
             t.notOk(isMounted(mnt), `${what}: nothing mounted`)
