@@ -13,6 +13,8 @@ import { extent, inodeOf, makeInode, makeManifest } from '../helpers/manifest-fa
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 type Loose = any
+/** An inode of a manifest being mangled on purpose: any field may be set, or broken. */
+const looseInode = (m: Loose, ino: number): Loose => inodeOf(m, ino)
 const KEY = Buffer.from('0123456789abcdef0123456789abcdef')
 const FIXTURES = path.join(__dirname, '..', 'fixtures')
 
@@ -104,7 +106,7 @@ t.test('signatures: verified exactly, in every layout', async (t) => {
   for (const layout of Object.keys(layouts)) {
     t.equal(streamed(write(dir, 'ok.json', layout, signed), KEY).error, undefined, `${layout}: verifies`)
     const tampered: Loose = JSON.parse(JSON.stringify(signed))
-    inodeOf(tampered, 2).extents[0].deviceOffset += 4096
+    looseInode(tampered, 2).extents[0].deviceOffset += 4096
     t.match(streamed(write(dir, 'bad.json', layout, tampered), KEY).error, /^manifest signature does not match/, `${layout}: tampered inode refused`)
     const header: Loose = JSON.parse(JSON.stringify(signed))
     header.source.host = 'other'
@@ -128,18 +130,18 @@ t.test('refusals: the same message as the whole-file path', async (t) => {
     ['bad configId', (m) => { m.configId = 'x' }],
     ['device past fingerprint', (m) => { m.devices[0].fingerprints[0].offset = 2 ** 20 }],
     ['ino twice', (m) => { m.inodes.push(makeInode(4, 'fifo')) }],
-    ['sparse ino twice', (m) => { inodeOf(m, 4).ino = 2 ** 50; m.inodes.push(makeInode(2 ** 50, 'fifo')) }],
-    ['unknown inode field', (m) => { inodeOf(m, 2).x = 1 }],
-    ['extent past device end', (m) => { inodeOf(m, 2).extents[1].deviceOffset = 2 ** 20 - 100 }],
-    ['extents unsorted', (m) => { inodeOf(m, 2).extents.reverse() }],
-    ['xattr bad base64', (m) => { inodeOf(m, 2).xattrs = { 'user.a': 'abc' } }],
-    ['entry name with /', (m) => { inodeOf(m, 1).entries[0].name = 'a/b' }],
-    ['entry twice', (m) => { inodeOf(m, 1).entries[2].name = 'a' }],
-    ['entry to a missing inode', (m) => { inodeOf(m, 1).entries[0].ino = 42 }],
-    ['entry back to the root', (m) => { inodeOf(m, 3).entries.push({ name: 'up', ino: 1 }) }],
-    ['dir containing itself', (m) => { inodeOf(m, 3).entries.push({ name: 'me', ino: 3 }) }],
-    ['dir with two parents', (m) => { m.inodes.push(makeInode(5, 'dir', { entries: [{ name: 'again', ino: 3 }] })); inodeOf(m, 1).entries.push({ name: 'other', ino: 5 }) }],
-    ['dir entered twice in one dir', (m) => { inodeOf(m, 1).entries.push({ name: 'sub2', ino: 3 }) }],
+    ['sparse ino twice', (m) => { looseInode(m, 4).ino = 2 ** 50; m.inodes.push(makeInode(2 ** 50, 'fifo')) }],
+    ['unknown inode field', (m) => { looseInode(m, 2).x = 1 }],
+    ['extent past device end', (m) => { looseInode(m, 2).extents[1].deviceOffset = 2 ** 20 - 100 }],
+    ['extents unsorted', (m) => { looseInode(m, 2).extents.reverse() }],
+    ['xattr bad base64', (m) => { looseInode(m, 2).xattrs = { 'user.a': 'abc' } }],
+    ['entry name with /', (m) => { looseInode(m, 1).entries[0].name = 'a/b' }],
+    ['entry twice', (m) => { looseInode(m, 1).entries[2].name = 'a' }],
+    ['entry to a missing inode', (m) => { looseInode(m, 1).entries[0].ino = 42 }],
+    ['entry back to the root', (m) => { looseInode(m, 3).entries.push({ name: 'up', ino: 1 }) }],
+    ['dir containing itself', (m) => { looseInode(m, 3).entries.push({ name: 'me', ino: 3 }) }],
+    ['dir with two parents', (m) => { m.inodes.push(makeInode(5, 'dir', { entries: [{ name: 'again', ino: 3 }] })); looseInode(m, 1).entries.push({ name: 'other', ino: 5 }) }],
+    ['dir entered twice in one dir', (m) => { looseInode(m, 1).entries.push({ name: 'sub2', ino: 3 }) }],
     ['orphan', (m) => { m.inodes.push(makeInode(9, 'file')) }],
     ['root missing', (m) => { m.root = 77 }],
     ['root a file', (m) => { m.root = 2 }],
