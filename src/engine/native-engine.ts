@@ -40,6 +40,8 @@ export class NativeEngine implements ViewEngine {
   /** Opens and reads refused since mount (stale, released, lease expired), and reads that failed. */
   private refusals = 0
   private firstRefusal?: string
+  /** Inode index → when its last open refusal not yet followed by the kernel's retry was reported. */
+  private readonly unpairedOpenRefusals = new Map<number, number>()
 
   constructor(
     private readonly manifest: Manifest,
@@ -178,6 +180,7 @@ export class NativeEngine implements ViewEngine {
 
   /** Log lines for what C refused or failed; the same fields and messages as FrozenView. */
   private report(ev: EngineEvent): void {
+    if (ev.kind === 'open' && this.kernelRetry(ev.index)) return
     const ino = this.paths.ino(ev.index)
     this.refusals++
     this.firstRefusal ??= `${EVENT_WHAT[ev.kind]}: ${ev.reason}`
@@ -188,6 +191,23 @@ export class NativeEngine implements ViewEngine {
     } else {
       this.log.error({ op: 'read', ino, offset: ev.offset, device: this.deviceIds[ev.device] ?? ev.device, deviceOffset: ev.deviceOffset, err: ev.reason }, 'read failed')
     }
+  }
+
+  /**
+   * The kernel answers an open refused with ESTALE by looking the file up again and retrying the open
+   * once: a second refusal of the same file within a second is that retry, not another open to count
+   * and log. Unpaired refusals are remembered by inode index (the map is cleared when it grows large).
+   */
+  private kernelRetry(index: number): boolean {
+    const now = performance.now()
+    const first = this.unpairedOpenRefusals.get(index)
+    if (first !== undefined && now - first < 1000) {
+      this.unpairedOpenRefusals.delete(index)
+      return true
+    }
+    if (this.unpairedOpenRefusals.size >= 1024) this.unpairedOpenRefusals.clear()
+    this.unpairedOpenRefusals.set(index, now)
+    return false
   }
 
   private raiseReadahead(dev: number): void {
