@@ -87,7 +87,7 @@ function devicesOfChain(manifest: Manifest, recordFile: string, record: ConfigRe
 }
 
 /** ino → size of every regular file of a manifest read whole (one that could not stream). */
-export function fileSizesOfManifest(manifest: Manifest): Map<number, number> {
+function fileSizesOfManifest(manifest: Manifest): Map<number, number> {
   return new Map(manifest.inodes.filter((i) => i.kind === 'file').map((i) => [i.ino, i.size]))
 }
 
