@@ -13,7 +13,7 @@ import t, { type Test } from 'tap'
 import { existsSync, promises as fsp, readFileSync, readdirSync } from 'node:fs'
 import * as path from 'node:path'
 import { run, runOk, type RunResult } from '../helpers/exec'
-import { EXTFS, extfs, release, scratchDir, startServe, type Served } from '../helpers/extfs'
+import { EXTFS, ensureUnmounted, extfs, release, scratchDir, startServe, type Served } from '../helpers/extfs'
 import { sleep, withLoopFs } from '../helpers/loopfs'
 import { seededBytes, writeInterleaved } from '../helpers/populate'
 import { diffTrees, snapshotTree, type Tree } from '../helpers/tree'
@@ -152,6 +152,8 @@ t.test('extfs backup of a served image asks for one remap at its end', async (to
 
       await served.stop()
     } finally {
+      // A backup killed by its timeout leaves its view behind (it runs detached): unmount it first.
+      for (const name of await fsp.readdir(tmp)) await ensureUnmounted(path.join(tmp, name))
       await release(manifest)
     }
   })
