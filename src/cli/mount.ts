@@ -1,6 +1,6 @@
 // `extfs mount` and `extfs backup`: a manifest file on shared storage, or an image `extfs serve`
 // answers for (http(s)://initiator:7070/<image>). Parsing and process handling only; the view is
-// src/mover/serve.ts.
+// src/mover/serve.ts, the remap a backup of a served image asks for at its end src/mover/final-remap.ts.
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
@@ -13,7 +13,8 @@ import { checkMountpoint, requireFuse, requireRoot } from '../mover/checks'
 import { serve, type RemoteSource } from '../mover/serve'
 import { DEFAULT_LOG_FILE, READY_FD_ENV, reportReady, startBackground } from '../mover/daemon'
 import { unmountView } from '../mover/umount'
-import { loadState, takeReport } from '../mover/state'
+import { loadState, takeReport, type ViewReport } from '../mover/state'
+import { finalRemap } from '../mover/final-remap'
 
 export interface MountCliOptions {
   key?: string
@@ -106,46 +107,86 @@ export async function mountCommand(source: string, mountpoint: string, o: MountC
 
 export async function backupCommand(source: string, command: string[], o: MountCliOptions): Promise<number> {
   backgroundPreflight(source, o)
+  const remote = remoteSource(source, o)
+  const logFile = o.logFile ?? DEFAULT_LOG_FILE
   const mountpoint = fs.mkdtempSync(path.join(os.tmpdir(), 'extfs-backup-'))
   try {
-    await startBackground([...childArgs(source, mountpoint, o), '--report'], o.logFile ?? DEFAULT_LOG_FILE)
+    await startBackground([...childArgs(source, mountpoint, o), '--report'], logFile)
     const viewPid = loadState(mountpoint)?.pid
     let status = 0
+    let unchecked: string | undefined
     try {
-      status = await new Promise<number>((resolve) => {
-        const child = spawn(command[0], command.slice(1), { cwd: mountpoint, stdio: 'inherit' })
-        const forward = (sig: NodeJS.Signals) => child.kill(sig)
-        process.on('SIGINT', forward).on('SIGTERM', forward)
-        child.on('error', (err) => {
-          process.stderr.write(`extfs: cannot run ${command[0]}: ${err.message}\n`)
-          resolve(127)
-        })
-        child.on('exit', (code, signal) => resolve(code ?? 128 + (signal ? os.constants.signals[signal] : 0)))
-      })
-      await checkRecordOnce(mountpoint)
+      status = await runCommand(command, mountpoint)
+      // From serve: relocations up to this moment are reported too, not only those serve's schedule
+      // found (src/mover/final-remap.ts). Of no use when the command failed: its status stands.
+      if (remote && status === 0) {
+        unchecked = viewPid === undefined ? 'the view did not record its process'
+          : await interruptible((signal) => finalRemap({ remote, key: readKey(o)!, mountpoint, viewPid, signal }))
+      }
+      if (unchecked === undefined) await checkRecordOnce(mountpoint)
     } finally {
       await unmountView(mountpoint)
     }
     const report = viewPid === undefined ? undefined : takeReport(mountpoint, viewPid)
-    // Bytes of these files may have come from blocks the initiator had moved away: the backup of them is not trustworthy.
-    const tainted = report?.tainted ?? []
-    if (tainted.length > 0) {
-      process.stderr.write(`extfs: ${tainted.length} file(s) were read under a superseded map and not read again: ${tainted.join(', ')}\n`)
-      return status === 0 ? ExitCode.Stale : status
-    }
-    // A command that shrugs off a refused read (a shell loop, `cp` of some files) must not look clean.
-    // Conservative: a refusal of the last check's own open (the image released in the instant after
-    // the command) counts too.
-    const refused = report?.refused ?? 0
-    if (status === 0 && refused > 0) {
-      const why = report?.firstRefusal ? `, first: ${report.firstRefusal}` : ''
-      process.stderr.write(`extfs: the view refused or failed ${refused} request(s) while the command ran${why}; the backup is incomplete (log: ${o.logFile ?? DEFAULT_LOG_FILE})\n`)
-      return ExitCode.Stale
-    }
-    return status
+    return verdict(status, report, unchecked, logFile)
   } finally {
     fs.rmdirSync(mountpoint)
   }
+}
+
+/** Runs the backup's command in the view; its exit status (128+signal when killed, 127 when it cannot start). */
+function runCommand(command: string[], cwd: string): Promise<number> {
+  return new Promise<number>((resolve) => {
+    const child = spawn(command[0], command.slice(1), { cwd, stdio: 'inherit' })
+    // Kept after the command exited: a signal must not kill us then, with the view still mounted.
+    const forward = (sig: NodeJS.Signals) => child.kill(sig)
+    process.on('SIGINT', forward).on('SIGTERM', forward)
+    child.on('error', (err) => {
+      process.stderr.write(`extfs: cannot run ${command[0]}: ${err.message}\n`)
+      resolve(127)
+    })
+    child.on('exit', (code, signal) => resolve(code ?? 128 + (signal ? os.constants.signals[signal] : 0)))
+  })
+}
+
+/** Runs `fn` with a signal that SIGINT or SIGTERM aborts (then the view is unmounted as always). */
+async function interruptible<T>(fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
+  const stop = new AbortController()
+  const abort = (sig: NodeJS.Signals) => stop.abort(new Error(`interrupted by ${sig}`))
+  process.on('SIGINT', abort).on('SIGTERM', abort)
+  try {
+    return await fn(stop.signal)
+  } finally {
+    process.off('SIGINT', abort).off('SIGTERM', abort)
+  }
+}
+
+/**
+ * The exit status of `extfs backup`: the command's, unless the backup cannot be trusted; then 7 and one
+ * line saying why (the most specific reason only).
+ */
+function verdict(status: number, report: ViewReport | undefined, unchecked: string | undefined, logFile: string): number {
+  // Bytes of these files may have come from blocks the initiator had moved away: the backup of them is not trustworthy.
+  const tainted = report?.tainted ?? []
+  if (tainted.length > 0) {
+    process.stderr.write(`extfs: ${tainted.length} file(s) were read under a superseded map and not read again: ${tainted.join(', ')}\n`)
+    return status === 0 ? ExitCode.Stale : status
+  }
+  if (status !== 0) return status
+  // A command that shrugs off a refused read (a shell loop, `cp` of some files) must not look clean.
+  // Conservative: a refusal of the last check's own open (the image released in the instant after
+  // the command) counts too.
+  const refused = report?.refused ?? 0
+  if (refused > 0) {
+    const why = report?.firstRefusal ? `, first: ${report.firstRefusal}` : ''
+    process.stderr.write(`extfs: the view refused or failed ${refused} request(s) while the command ran${why}; the backup is incomplete (log: ${logFile})\n`)
+    return ExitCode.Stale
+  }
+  if (unchecked !== undefined) {
+    process.stderr.write(`extfs: the backup cannot be checked against relocations up to its end: ${unchecked}\n`)
+    return ExitCode.Stale
+  }
+  return status
 }
 
 /**

@@ -71,6 +71,11 @@ export class ChainFollower implements ConfigCheck {
     return this.configId
   }
 
+  /** How many deltas of the chain the view has applied (0: the manifest's map). */
+  get applied(): number {
+    return this.seq
+  }
+
   /**
    * Look at the record now, when its identity changed since the last look (one stat(2) otherwise):
    * a new delta is followed at once instead of at the next open, and a release is seen while no file

@@ -9,7 +9,7 @@ import { FuseEngine } from '../fuse/adapter'
 import { NativeEngine } from '../engine/native-engine'
 import type { LoadedImage } from './load'
 import { isMountpoint } from '../mapping/mountinfo'
-import { clearState, saveReport, saveState } from './state'
+import { clearState, saveReport, saveState, type ViewState } from './state'
 import { ChainFollower } from './follow'
 import { RemoteImage } from './remote'
 import { ExtfsError, MountpointError } from '../errors'
@@ -70,22 +70,45 @@ function createEngine(image: LoadedImage, opts: ServeOptions, remote?: RemoteIma
  * and a release stops reads of open files without waiting for the next open. From serve: the mirror
  * is looked at whenever an answer changed it, and the lease follows the initiator's answers.
  */
-function startFollowing(served: Served, opts: ServeOptions, remote?: RemoteImage): () => void {
+function startFollowing(served: Served, opts: ServeOptions, state: ViewState, remote?: RemoteImage): () => void {
   const { engine, follower } = served
   if (!(engine instanceof NativeEngine) || !follower) return () => undefined
+  const recordPosition = positionRecorder(follower, state, opts.log)
   let released = false
   const look = () => {
     const r = follower.poll()
     if (r.refused) opts.log.warn({ mountpoint: opts.mountpoint, reason: r.refused }, 'frozen image not current: opens are refused')
     if (!remote && r.released !== released) engine.setLease(r.released ? 0 : -1) // 0: every read asks, and is refused
     released = r.released
+    // Deltas an open followed since are recorded here too: every record change brings a look (the
+    // mirror calls it after writing the record; on shared storage the next poll comes within 250 ms).
+    recordPosition()
   }
   if (remote) {
     remote.attach(engine, look)
+    look() // a chain mirrored at mount is followed now, as the first poll does on shared storage
     return () => remote.close()
   }
+  recordPosition()
   const timer = setInterval(look, MOUNT_POLL_MS)
   return () => clearInterval(timer)
+}
+
+/**
+ * Keeps the view's place in the config-ID chain in its state file whenever it moved: `extfs backup`
+ * waits there for its view to have applied what its final remap published (src/mover/final-remap.ts).
+ */
+function positionRecorder(follower: ChainFollower, state: ViewState, log: Logger): () => void {
+  let recorded: string | undefined
+  return () => {
+    if (follower.current === recorded) return
+    try {
+      saveState({ ...state, position: { configId: follower.current, seq: follower.applied } })
+      recorded = follower.current
+    } catch (err) {
+      log.warn({ mountpoint: state.mountpoint, err: (err as Error).message }, 'cannot record the view\'s config ID; extfs backup will not see it')
+    }
+  }
 }
 
 // How often the view checks that nobody unmounted it behind its back (plain `umount`).
@@ -139,8 +162,9 @@ export async function serve(opts: ServeOptions): Promise<void> {
     return
   }
 
-  const stopFollowing = startFollowing(served!, opts, remote)
-  saveState({ pid: process.pid, mountpoint, manifest: opts.manifestPath })
+  const state: ViewState = { pid: process.pid, mountpoint, manifest: opts.manifestPath }
+  saveState(state)
+  const stopFollowing = startFollowing(served!, opts, state, remote)
   log.info({
     mountpoint, manifest: opts.manifestPath, configId: image.manifest.configId, devices: image.devices.map((d) => `${d.id}=${d.path}`),
     ...(remote ? { leaseMs: Math.round(remote.leaseLeft()) } : {}),

@@ -1,8 +1,10 @@
 // Which process serves which mountpoint: a small file per view under /run/extfs, so that
-// `extfs umount` can ask the serving process to unmount and exit.
+// `extfs umount` can ask the serving process to unmount and exit, and `extfs backup` can see where in
+// the config-ID chain its view is.
 import fs from 'node:fs'
 import path from 'node:path'
 import { createHash } from 'node:crypto'
+import { writeFileAtomic } from '../manifest/io'
 
 const STATE_DIR = '/run/extfs'
 
@@ -10,15 +12,32 @@ export interface ViewState {
   pid: number
   mountpoint: string
   manifest: string
+  /**
+   * Where the view is in the config-ID chain (docs/remap.md): the config ID it serves under and how
+   * many deltas lead there (0: the manifest's map). Rewritten whenever the view followed a delta, so
+   * `extfs backup` can wait for its view to have applied what its final remap published.
+   */
+  position?: ChainPosition
+}
+
+export interface ChainPosition {
+  configId: string
+  seq: number
+}
+
+/** Whether `at` is `target` or a later config ID of the same chain. */
+export function reached(at: ChainPosition, target: ChainPosition): boolean {
+  return at.seq > target.seq || (at.seq === target.seq && at.configId === target.configId)
 }
 
 function stateFile(mountpoint: string): string {
   return path.join(STATE_DIR, createHash('sha256').update(mountpoint).digest('hex').slice(0, 24) + '.json')
 }
 
+/** Atomically: `extfs backup` reads it while the view rewrites it. */
 export function saveState(state: ViewState): void {
   fs.mkdirSync(STATE_DIR, { recursive: true })
-  fs.writeFileSync(stateFile(state.mountpoint), JSON.stringify(state))
+  writeFileAtomic(stateFile(state.mountpoint), JSON.stringify(state))
 }
 
 export function loadState(mountpoint: string): ViewState | undefined {

@@ -36,6 +36,17 @@ export interface ConfigState {
   answeredAt: number
 }
 
+/** What a remap asked for did (POST /images/<name>/remap). */
+export interface RemapAnswer {
+  state: 'unchanged' | 'remapped' | 'released'
+  /** The config ID current after it (the record's when released). */
+  configId: string
+  /** How many deltas of the chain lead to configId; absent when released, or when serve's chain does not reach it. */
+  seq?: number
+  deltaBytes?: number
+  manifestBytes: number
+}
+
 /** The initiator could not be asked, refused, or answered something that cannot be believed. */
 export class ConfigServiceError extends ExtfsError {
   constructor(message: string, readonly status?: number) {
@@ -118,9 +129,17 @@ export class ConfigClient {
     return (await this.request('GET', `/images/${this.image}/deltas/${seq}`, DEFAULT_MAX_DELTA_BYTES, 0)).body
   }
 
-  /** Ask the initiator to re-map the image now. */
-  async remap(): Promise<{ state: string; configId: string; deltaBytes?: number; manifestBytes: number }> {
-    return this.json('POST', `/images/${this.image}/remap`, 0) as Promise<{ state: string; configId: string; deltaBytes?: number; manifestBytes: number }>
+  /**
+   * Ask the initiator to re-map the image now. A remap maps every file of the image (seconds for a large
+   * one, and serve does nothing else meanwhile): give `timeoutMs` to wait longer than for other answers.
+   */
+  async remap(timeoutMs = this.timeoutMs): Promise<RemapAnswer> {
+    const target = `/images/${this.image}/remap`
+    const v = await this.json('POST', target, 0, timeoutMs)
+    const ok = (v.state === 'unchanged' || v.state === 'remapped' || v.state === 'released') && typeof v.configId === 'string' &&
+      CONFIG_ID_RE.test(v.configId) && (v.seq === undefined || (Number.isSafeInteger(v.seq) && v.seq >= 0)) && Number.isSafeInteger(v.manifestBytes)
+    if (!ok) throw this.protocol(target, 'malformed remap answer')
+    return v as RemapAnswer
   }
 
   /** Closes kept-alive connections. */

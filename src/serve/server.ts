@@ -8,7 +8,7 @@
 //   GET  /images/:name/manifest                   the manifest file's bytes
 //   GET  /images/:name/config?after=<c>&wait=<ms> {image, configId, state, deltas, leaseMs, heldMs}, long poll
 //   GET  /images/:name/deltas/:seq                delta seq's bytes
-//   POST /images/:name/remap                      remap now; {state, configId, deltaBytes?, manifestBytes}
+//   POST /images/:name/remap                      remap now; {state, configId, seq?, deltaBytes?, manifestBytes}
 import crypto from 'node:crypto'
 import fs from 'node:fs'
 import http from 'node:http'
@@ -30,10 +30,21 @@ import type { ImageRow, ServeState } from './state'
 
 export const DEFAULT_LEASE_MS = 30_000
 export const DEFAULT_INTERVAL_MS = 60_000
+/**
+ * The remap schedule's budget: a remap maps every file of the image again (0.23 s of CPU per 5,000
+ * files here), so at a fixed interval its cost would grow with the file count. After each remap of an
+ * image, the next scheduled one comes no sooner than this many times that remap's duration times the
+ * number of images: remaps run one at a time on serve's thread, so scheduled remaps together take at
+ * most 1/50 = 2% of one core, however large the images. Nothing is lost for a backup run by `extfs
+ * backup`, which asks for one remap of its own at its end (docs/remap.md, "Up to the end of a backup").
+ */
+export const REMAP_COST_FACTOR = 50
 /** The longest a config request may be held open. */
 export const MAX_WAIT_MS = 60_000
 /** Requests carry no real bodies (POST remap has none): anything bigger is refused unread. */
 const MAX_BODY_BYTES = 64 * 1024
+/** setTimeout's longest delay (longer ones fire at once): a later remap is looked at again then. */
+const MAX_TIMER_MS = 2 ** 31 - 1
 /** How often records are checked by stat in case fs.watch missed an event (NFS, overlay), ms. */
 const RECORD_POLL_MS = 2_000
 
@@ -58,7 +69,10 @@ export interface ServeOptions {
   state: ServeState
   log: Logger
   remapper?: Remapper
-  /** Re-map every image this often, ms; 0: only on POST /images/:name/remap. */
+  /**
+   * Re-map each image this often at most, ms (longer for long remaps: REMAP_COST_FACTOR); 0: only on
+   * POST /images/:name/remap.
+   */
   intervalMs?: number
   leaseMs?: number
   skewMs?: number
@@ -84,6 +98,8 @@ interface Image {
   recordStamp: string
   /** Long polls waiting for this image's config to change. */
   waiters: Set<() => void>
+  /** When the schedule remaps this image next (performance.now() ms). */
+  nextRemapAt: number
 }
 
 /** A config answer: what the mover needs to follow the chain and how long it may trust it. */
@@ -106,6 +122,7 @@ export class ConfigServer {
   private readonly intervalMs: number
   private readonly watchers: fs.FSWatcher[] = []
   private readonly timers: NodeJS.Timeout[] = []
+  private scheduleTimer?: NodeJS.Timeout
   private readonly pendingSync = new Map<string, NodeJS.Timeout>()
   /** Manifest hashes by file identity: a big manifest is hashed once, not per mover. */
   private readonly hashCache = new Map<string, string>()
@@ -139,7 +156,8 @@ export class ConfigServer {
     })
     this.watch()
     this.timers.push(setInterval(() => this.pollRecords(), RECORD_POLL_MS))
-    if (this.intervalMs > 0) this.timers.push(setInterval(() => this.remapAll(), this.intervalMs))
+    for (const img of this.images.values()) img.nextRemapAt = performance.now() + this.intervalMs
+    this.armSchedule()
     return this.server.address() as AddressInfo
   }
 
@@ -147,6 +165,7 @@ export class ConfigServer {
   async close(): Promise<void> {
     this.closing = true
     for (const t of this.timers) clearInterval(t)
+    clearTimeout(this.scheduleTimer)
     for (const t of this.pendingSync.values()) clearTimeout(t)
     for (const w of this.watchers) w.close()
     for (const img of this.images.values()) for (const wake of [...img.waiters]) wake()
@@ -167,7 +186,7 @@ export class ConfigServer {
     const header = readManifestHeader(manifestPath, this.opts.key)
     const img: Image = {
       name, manifestPath, recordFile: recordPath(manifestPath, header.configRecord), c0: header.configId,
-      manifestStamp: fileStamp(manifestPath), recordStamp: '', waiters: new Set(),
+      manifestStamp: fileStamp(manifestPath), recordStamp: '', waiters: new Set(), nextRemapAt: Infinity,
     }
     this.opts.state.registerImage(name, manifestPath, img.c0)
     this.images.set(name, img)
@@ -287,32 +306,77 @@ export class ConfigServer {
     }
   }
 
-  private remapAll(): void {
-    if (this.closing) return
+  // --- the remap schedule ----------------------------------------------------------------------
+
+  /** One timer, for the image due first (--interval 0: none). */
+  private armSchedule(): void {
+    clearTimeout(this.scheduleTimer)
+    if (this.closing || this.intervalMs === 0 || this.images.size === 0) return
+    const due = Math.min(...[...this.images.values()].map((img) => img.nextRemapAt))
+    this.scheduleTimer = setTimeout(() => this.remapDue(), Math.min(MAX_TIMER_MS, Math.max(0, due - performance.now())))
+  }
+
+  /** Remaps each image whose time has come, then waits for the next one due. */
+  private remapDue(): void {
     for (const img of this.images.values()) {
+      if (this.closing || img.nextRemapAt > performance.now()) continue
       try {
         this.remapOne(img)
-      } catch (err) {
-        this.opts.log.error({ image: img.name, err: (err as Error).message }, 'remap failed')
+      } catch {
+        // logged by remapOne; the image stays on the schedule
       }
     }
+    this.armSchedule()
+  }
+
+  /**
+   * When the schedule may remap `img` again after a remap (scheduled or asked for) that started at
+   * `started` and took `ms`: --interval, or longer when remaps are long (REMAP_COST_FACTOR).
+   */
+  private reschedule(img: Image, started: number, ms: number): string | undefined {
+    if (this.intervalMs === 0) return undefined
+    img.nextRemapAt = started + Math.max(this.intervalMs, REMAP_COST_FACTOR * this.images.size * ms)
+    return new Date(Date.now() + img.nextRemapAt - performance.now()).toISOString()
   }
 
   /**
    * Re-maps one image. Synchronous: FIEMAP of every file blocks this process while it runs (seconds
-   * for a large image), which holds other answers back, never makes them wrong.
+   * for a large image), which holds other answers back, never makes them wrong. Logged with how long it
+   * took and when the schedule remaps this image next (also when it failed or found it released).
    */
   private remapOne(img: Image): RemapResult {
+    const started = performance.now()
+    const timing = () => {
+      const ms = performance.now() - started
+      return { ms: Math.round(ms), nextDue: this.reschedule(img, started, ms) }
+    }
+    let r: RemapResult
+    try {
+      r = this.remapNow(img)
+    } catch (err) {
+      this.opts.log.error({ image: img.name, err: (err as Error).message, ...timing() }, 'remap failed')
+      throw err
+    }
+    const t = timing()
+    if (r.state !== 'released') this.opts.log.info({ image: img.name, state: r.state, configId: r.configId, deltaBytes: r.deltaBytes, manifestBytes: r.manifestBytes, ...t }, 'remap')
+    return r
+  }
+
+  private remapNow(img: Image): RemapResult {
     this.sync(img)
     const row = this.opts.state.image(img.name)!
     if (row.state === 'released') return { state: 'released', configId: row.configId, manifestBytes: fs.statSync(img.manifestPath).size }
     try {
-      const r = this.remapper.remap(img.manifestPath, { key: this.opts.key, warn: (m) => this.opts.log.warn({ image: img.name }, m) })
-      this.opts.log.info({ image: img.name, state: r.state, configId: r.configId, deltaBytes: r.deltaBytes, manifestBytes: r.manifestBytes }, 'remap')
-      return r
+      return this.remapper.remap(img.manifestPath, { key: this.opts.key, warn: (m) => this.opts.log.warn({ image: img.name }, m) })
     } finally {
       this.sync(img)
     }
+  }
+
+  /** How many published deltas lead to `configId` (0: the manifest's); undefined when none does. */
+  private seqOf(img: Image, configId: string): number | undefined {
+    if (configId === img.c0) return 0
+    return this.opts.state.deltas(img.name).find((d) => d.to === configId)?.seq
   }
 
   // --- requests ------------------------------------------------------------------------------
@@ -359,7 +423,9 @@ export class ConfigServer {
       case 'POST remap': {
         try {
           const r = this.remapOne(img)
-          return reply.json(200, { state: r.state, configId: r.configId, deltaBytes: r.deltaBytes, manifestBytes: r.manifestBytes })
+          // seq lets a mover tell when its view has reached this config ID (src/mover/final-remap.ts).
+          const seq = r.state === 'released' ? undefined : this.seqOf(img, r.configId)
+          return reply.json(200, { state: r.state, configId: r.configId, seq, deltaBytes: r.deltaBytes, manifestBytes: r.manifestBytes })
         } catch (err) {
           return reply.json(500, { error: `remap failed: ${(err as Error).message}` })
         }

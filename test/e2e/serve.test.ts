@@ -4,14 +4,13 @@
 // request, forged / replayed / stale requests, a restart that keeps config ID and delta history, release,
 // and HTTPS.
 import t, { type Test } from 'tap'
-import { ChildProcess, spawn } from 'node:child_process'
 import { promises as fsp, readFileSync, existsSync } from 'node:fs'
 import http from 'node:http'
 import https from 'node:https'
 import * as path from 'node:path'
 import Database from 'better-sqlite3'
 import { runOk } from '../helpers/exec'
-import { EXTFS, extfs, release, scratchDir } from '../helpers/extfs'
+import { extfs, release, scratchDir, startServe } from '../helpers/extfs'
 import { remountReadOnly, withLoopFs } from '../helpers/loopfs'
 import { seededBytes } from '../helpers/populate'
 import { ConfigClient, ConfigServiceError } from '../../src/serve/client'
@@ -24,49 +23,6 @@ import { DELTA_FORMAT, DELTA_VERSION, type Delta } from '../../src/delta/types'
 import type { Manifest } from '../../src/manifest/types'
 
 const KiB = 1024
-
-interface Served {
-  child: ChildProcess
-  url: string
-  stderr: () => string
-  /** SIGTERM, then the exit status. */
-  stop: () => Promise<{ code: number | null; signal: NodeJS.Signals | null }>
-}
-
-/** Starts `extfs serve` on 127.0.0.1 with a free port; resolves once it logged `serving`. */
-async function startServe(t: Test, args: string[]): Promise<Served> {
-  const child = spawn(EXTFS, ['serve', '--listen', '127.0.0.1:0', ...args], { stdio: ['ignore', 'ignore', 'pipe'] })
-  let err = ''
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })))
-  t.teardown(async () => {
-    if (child.exitCode === null && child.signalCode === null) {
-      child.kill('SIGKILL')
-      await exited
-    }
-  })
-  const url = await new Promise<string>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`serve did not start: ${err}`)), 30_000)
-    child.stderr!.on('data', (c: Buffer) => {
-      err += c.toString()
-      const line = err.split('\n').find((l) => l.includes('"msg":"serving"'))
-      if (line) {
-        clearTimeout(timer)
-        resolve(JSON.parse(line).url)
-      }
-    })
-    child.once('exit', (code) => {
-      clearTimeout(timer)
-      reject(new Error(`serve exited ${code}: ${err}`))
-    })
-  })
-  return {
-    child, url, stderr: () => err,
-    stop: async () => {
-      child.kill('SIGTERM')
-      return exited
-    },
-  }
-}
 
 /** A raw GET with the given headers (no client library): status, body, headers. */
 function rawGet(base: string, target: string, headers: Record<string, string>): Promise<{ status: number; body: string; headers: http.IncomingHttpHeaders }> {

@@ -1,4 +1,5 @@
-// Running the real CLI (bin/extfs, built into dist/) the way scripts do, and views that always go away.
+// Running the real CLI (bin/extfs, built into dist/) the way scripts do, and views and serves that always go away.
+import { ChildProcess, spawn } from 'node:child_process'
 import { promises as fsp } from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
@@ -55,4 +56,50 @@ export async function withView<T>(
 /** Release the image behind `manifest` (thaw); safe to call twice. */
 export async function release(manifest: string): Promise<void> {
   await extfs(['release', manifest])
+}
+
+/** `extfs serve` running as a child of the test. */
+export interface Served {
+  child: ChildProcess
+  url: string
+  stderr: () => string
+  /** Resolves when it exited, however. */
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>
+  /** SIGTERM, then the exit status. */
+  stop: () => Promise<{ code: number | null; signal: NodeJS.Signals | null }>
+}
+
+/** Starts `extfs serve` on 127.0.0.1 with a free port; resolves once it logged `serving`. Killed at `t`'s teardown. */
+export async function startServe(t: { teardown(fn: () => unknown): void }, args: string[]): Promise<Served> {
+  const child = spawn(EXTFS, ['serve', '--listen', '127.0.0.1:0', ...args], { stdio: ['ignore', 'ignore', 'pipe'] })
+  let err = ''
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })))
+  t.teardown(async () => {
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGKILL')
+      await exited
+    }
+  })
+  const url = await new Promise<string>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`serve did not start: ${err}`)), 30_000)
+    child.stderr!.on('data', (c: Buffer) => {
+      err += c.toString()
+      const line = err.split('\n').find((l) => l.includes('"msg":"serving"'))
+      if (line) {
+        clearTimeout(timer)
+        resolve(JSON.parse(line).url)
+      }
+    })
+    child.once('exit', (code) => {
+      clearTimeout(timer)
+      reject(new Error(`serve exited ${code}: ${err}`))
+    })
+  })
+  return {
+    child, url, stderr: () => err, exited,
+    stop: async () => {
+      child.kill('SIGTERM')
+      return exited
+    },
+  }
 }

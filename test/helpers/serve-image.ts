@@ -4,9 +4,12 @@
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
+import pino from 'pino'
 import { readRecord, writeRecord } from '../../src/configid/record'
 import { signManifest } from '../../src/manifest/sign'
-import type { Remapper } from '../../src/serve/server'
+import { ConfigServer, type Remapper } from '../../src/serve/server'
+import { ServeState } from '../../src/serve/state'
+import { ConfigClient } from '../../src/serve/client'
 import type { RemapResult } from '../../src/remap/remap'
 
 export const KEY = Buffer.from('0123456789abcdef0123456789abcdef')
@@ -23,8 +26,42 @@ export function signedImage(prefix: string): { dir: string; manifest: string; co
   return { dir, manifest, configId: m.configId }
 }
 
-export /** Writes delta seq+1 (from the record's config ID to `nextId`) and the record, as remap does. */
-function fakeRemapper(nextIds: string[], opts: { brokenFrom?: boolean } = {}): Remapper & { calls: number } {
+/**
+ * A ConfigServer in this process on 127.0.0.1 serving a fresh signedImage (`nightly`), or two images
+ * (`weekly` too, a copy sharing its record), with `remapper`; a client for `nightly`. Its log lines are
+ * kept in `lines`. Everything goes at `t`'s teardown.
+ */
+export async function serveFakeImage(t: { teardown(fn: () => unknown): void }, remapper: Remapper, intervalMs = 0, opts: { twoImages?: boolean } = {}) {
+  const { dir, manifest } = signedImage('extfs-serve-unit-')
+  const manifests = [manifest]
+  if (opts.twoImages) {
+    manifests.push(path.join(dir, 'weekly.json'))
+    fs.copyFileSync(manifest, manifests[1]!)
+  }
+  const state = new ServeState(path.join(dir, 'serve.db'))
+  const lines: string[] = []
+  const log = pino({ level: 'debug' }, { write: (l: string) => lines.push(l) })
+  const server = new ConfigServer({ manifests, key: KEY, state, log, remapper, intervalMs, leaseMs: 5000 })
+  const addr = await server.listen('127.0.0.1', 0)
+  const url = `http://127.0.0.1:${addr.port}/nightly`
+  const client = new ConfigClient(url, KEY)
+  let closed = false
+  const close = async () => {
+    if (closed) return
+    closed = true
+    client.close()
+    await server.close()
+    state.close()
+  }
+  t.teardown(async () => {
+    await close()
+    fs.rmSync(dir, { recursive: true, force: true })
+  })
+  return { dir, manifest, url, client, lines, close }
+}
+
+/** Writes delta seq+1 (from the record's config ID to `nextId`) and the record, as remap does. */
+export function fakeRemapper(nextIds: string[], opts: { brokenFrom?: boolean } = {}): Remapper & { calls: number } {
   const r = {
     calls: 0,
     remap(manifestPath: string): RemapResult {
@@ -39,6 +76,30 @@ function fakeRemapper(nextIds: string[], opts: { brokenFrom?: boolean } = {}): R
       fs.writeFileSync(path.join(path.dirname(manifestPath), name), JSON.stringify(delta))
       writeRecord(recordFile, to, 'current', { deltas: [...(rec.deltas ?? []), name] })
       return { state: 'remapped', configId: to, deltaBytes: 10, manifestBytes: 1 }
+    },
+  }
+  return r
+}
+
+/** One call of slowRemapper: which manifest, when it started and how long it ran (performance.now() ms). */
+export interface TimedCall {
+  manifest: string
+  start: number
+  ms: number
+}
+
+/**
+ * Takes `ms` of CPU per call (a busy loop: a real remap blocks serve's thread the same way) and finds
+ * nothing moved.
+ */
+export function slowRemapper(ms: number): Remapper & { calls: TimedCall[] } {
+  const r = {
+    calls: [] as TimedCall[],
+    remap(manifestPath: string): RemapResult {
+      const start = performance.now()
+      while (performance.now() - start < ms) { /* busy */ }
+      r.calls.push({ manifest: path.basename(manifestPath), start, ms: performance.now() - start })
+      return { state: 'unchanged', configId: 'minimal-0001', manifestBytes: 1 }
     },
   }
   return r
