@@ -91,6 +91,10 @@ t.test('deltas: atomic application, superseded reads, refusals, and a hammered f
           t.equal(await viewSha(v('moved')), sha(FILES.moved!), 'moved read through the page cache')
           t.equal(await viewSha(v('stay')), sha(FILES.stay!), 'stay read')
           t.same(engine.taintedFiles(), [], 'reads alone taint nothing')
+          // What delta checks ask once the tables live only in C.
+          t.equal(engine.fileSize(inoOf.moved!), FILES.moved!.length, 'fileSize of a regular file, from the engine')
+          t.equal(engine.fileSize(image.manifest.root), undefined, 'no size for a directory')
+          t.equal(engine.fileSize(987654321), undefined, 'none for an inode the image does not have')
         })
 
         await t.test('zeroing the old locations shows in the view (the control)', async (t) => {
