@@ -25,6 +25,7 @@ import { DEFAULT_MAX_DELTA_BYTES } from '../delta/io'
 import { ManifestError, ExtfsError } from '../errors'
 import { ExitCode } from '../cli/exit-codes'
 import { remapImage, type RemapResult } from '../remap/remap'
+import { RemapCache } from '../remap/cache'
 import { DEFAULT_SKEW_MS, RequestVerifier, responseMac, sha256Hex } from './auth'
 import type { ImageRow, ServeState } from './state'
 
@@ -58,7 +59,7 @@ const CONFIG_ID_RE = /^[A-Za-z0-9_-]{8,128}$/
  * (src/remap/remap.ts, tested there), and the tests' fake writes real delta files and records.
  */
 export interface Remapper {
-  remap(manifestPath: string, opts: { key?: Buffer; warn: (m: string) => void }): RemapResult
+  remap(manifestPath: string, opts: { key?: Buffer; warn: (m: string) => void; cache?: RemapCache }): RemapResult
 }
 
 export const realRemapper: Remapper = { remap: remapImage }
@@ -100,6 +101,11 @@ interface Image {
   waiters: Set<() => void>
   /** When the schedule remaps this image next (performance.now() ms). */
   nextRemapAt: number
+  /**
+   * What this image's remaps read before mapping (verified manifest, current map, path table), kept so
+   * that each remap pays only for mapping the files; checked against the files at every remap.
+   */
+  remapCache: RemapCache
 }
 
 /** A config answer: what the mover needs to follow the chain and how long it may trust it. */
@@ -186,7 +192,7 @@ export class ConfigServer {
     const header = readManifestHeader(manifestPath, this.opts.key)
     const img: Image = {
       name, manifestPath, recordFile: recordPath(manifestPath, header.configRecord), c0: header.configId,
-      manifestStamp: fileStamp(manifestPath), recordStamp: '', waiters: new Set(), nextRemapAt: Infinity,
+      manifestStamp: fileStamp(manifestPath), recordStamp: '', waiters: new Set(), nextRemapAt: Infinity, remapCache: new RemapCache(),
     }
     this.opts.state.registerImage(name, manifestPath, img.c0)
     this.images.set(name, img)
@@ -367,7 +373,7 @@ export class ConfigServer {
     const row = this.opts.state.image(img.name)!
     if (row.state === 'released') return { state: 'released', configId: row.configId, manifestBytes: fs.statSync(img.manifestPath).size }
     try {
-      return this.remapper.remap(img.manifestPath, { key: this.opts.key, warn: (m) => this.opts.log.warn({ image: img.name }, m) })
+      return this.remapper.remap(img.manifestPath, { key: this.opts.key, warn: (m) => this.opts.log.warn({ image: img.name }, m), cache: img.remapCache })
     } finally {
       this.sync(img)
     }
