@@ -1,5 +1,5 @@
-// What a remap reads before it maps any file, kept between remaps of one image (docs/remap.md, "Remap
-// schedule"). `extfs serve` keeps one RemapCache per image and remaps it once per backup and on its
+// What a remap reads before it maps any file, kept between remaps of one image (docs/remap.md, "What
+// serve keeps between remaps"). `extfs serve` keeps one RemapCache per image and remaps it once per backup and on its
 // schedule: without this each remap read and verified the manifest, read the whole delta chain and
 // walked the image tree again, though none of them had changed. `extfs remap` from the command line
 // uses a fresh one, which holds nothing when the remap starts.

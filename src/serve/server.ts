@@ -32,10 +32,10 @@ import type { ImageRow, ServeState } from './state'
 export const DEFAULT_LEASE_MS = 30_000
 export const DEFAULT_INTERVAL_MS = 60_000
 /**
- * The remap schedule's budget: a remap maps every file of the image again (0.23 s of CPU per 5,000
- * files here), so at a fixed interval its cost would grow with the file count. After each remap of an
- * image, the next scheduled one comes no sooner than this many times that remap's duration times the
- * number of images: remaps run one at a time on serve's thread, so scheduled remaps together take at
+ * The remap schedule's budget: a remap maps every file of the image again (0.05 s of CPU per 5,000
+ * files here; 0.23 s for an image's first, with nothing kept yet), so at a fixed interval its cost
+ * would grow with the file count. After each remap of an image, the next scheduled one comes no sooner
+ * than this many times that remap's duration times the number of images: remaps run one at a time on serve's thread, so scheduled remaps together take at
  * most 1/50 = 2% of one core, however large the images. Nothing is lost for a backup run by `extfs
  * backup`, which asks for one remap of its own at its end (docs/remap.md, "Up to the end of a backup").
  */
