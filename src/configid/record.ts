@@ -109,7 +109,7 @@ export function recordPath(manifestPath: string, configRecord: string): string {
 
 /** A file's identity for change detection: the initiator replaces the record by rename, so any change shows. */
 export function statsStamp(st: fs.Stats): string {
-  return `${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`
+  return `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`
 }
 
 /** statsStamp of `file`, '' when it cannot be stat'ed. */

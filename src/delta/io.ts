@@ -117,11 +117,20 @@ export function readDeltaChain(recordFile: string, names: readonly string[], ctx
  */
 export function readChain(manifest: Manifest, recordFile: string, record: ConfigRecord, key?: Buffer): ImageMap {
   const map = ImageMap.ofManifest(manifest)
-  for (const name of record.deltas ?? []) {
+  extendChain(map, recordFile, record, key)
+  return map
+}
+
+/**
+ * Apply to `map` the deltas of `record` it has not applied yet (those after its `seq`: deltas are only
+ * ever appended to a chain), each checked as readChain does; then the record's config ID must be where
+ * the chain ends. A map that already holds deltas must hold the record's first ones (the caller knows).
+ */
+export function extendChain(map: ImageMap, recordFile: string, record: ConfigRecord, key?: Buffer): void {
+  for (const name of (record.deltas ?? []).slice(map.seq)) {
     map.apply(readDeltaFile(deltaPathOf(recordFile, name), map.context(), { key }))
   }
   if (record.configId !== map.configId) {
     throw new ManifestError(`config-ID record ${recordFile} names config ID ${record.configId}, but its delta chain ends at ${map.configId}`)
   }
-  return map
 }

@@ -8,12 +8,12 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import { randomBytes } from 'node:crypto'
-import type { Device, Extent, Manifest } from '../manifest/types'
+import type { Device, Extent, FrozenImage } from '../manifest/types'
 import type { RawDisk } from '../mapping/span'
-import { readCheckedManifest } from '../mover/load'
 import { readRecord, recordPath, writeRecord, type RecordMapping } from '../configid/record'
-import { readChain, writeDeltaFile } from '../delta/io'
+import { writeDeltaFile } from '../delta/io'
 import type { FileLocation, ImageMap } from '../delta/chain'
+import { RemapCache, type FileTable, type ManifestHeader } from './cache'
 import { signDelta } from '../delta/sign'
 import { DELTA_FORMAT, DELTA_VERSION, type Delta, type DeltaFile, type DeviceProof } from '../delta/types'
 import { readMountTable, type MountEntry } from '../mapping/mountinfo'
@@ -31,6 +31,8 @@ export interface RemapOptions {
   /** Shared key: the manifest and every delta must be signed with it, and the new delta is. */
   key?: Buffer
   warn: (m: string) => void
+  /** What the last remaps of this image read (`extfs serve` keeps one per image); none: read everything. */
+  cache?: RemapCache
 }
 
 export interface RemapResult {
@@ -81,19 +83,18 @@ function lockImage(manifestFile: string): () => void {
 }
 
 function remapLocked(manifestFile: string, opts: RemapOptions): RemapResult {
-  const manifest = readCheckedManifest(manifestFile, opts.key)
-  const manifestBytes = fs.statSync(manifestFile).size
+  const cache = opts.cache ?? new RemapCache()
+  const { header: manifest, manifestBytes } = cache.manifest(manifestFile, opts.key)
   const recordFile = recordPath(manifestFile, manifest.configRecord)
   const record = readRecord(recordFile)
   if (record.state === 'released') return { state: 'released', configId: record.configId, manifestBytes }
-  const map = readChain(manifest, recordFile, record, opts.key)
+  const map = cache.currentMap(manifestFile, recordFile, record, opts.key)
   const mapping = record.mapping ?? defaultMapping(opts.warn, recordFile)
 
   const mount = imageMount(manifest)
-  const paths = locateFiles(manifest, map)
   // One mapper for the whole remap: btrfs chunks and loop backing files are read once, as export does.
   const mapper = FileMapper.forMount(mount, { throughLoop: mapping.throughLoop })
-  const mapped = mapAll(map, paths, mapper, mapping.carryMax)
+  const mapped = mapImage(manifest, map, cache, mapper, mapping.carryMax)
   const disks = assignDevices(mapper.disks, map.devices, map.retired)
   const files = changedFiles(map, mapped, disks)
   if (files.length === 0) return { state: 'unchanged', configId: map.configId, manifestBytes }
@@ -130,8 +131,37 @@ function defaultMapping(warn: (m: string) => void, recordFile: string): RecordMa
   return { throughLoop: false, carryMax: DEFAULT_CARRY_MAX }
 }
 
+/**
+ * Every file of the image mapped again, found through the path table kept in `cache` when there is
+ * one. A kept path that no longer opens as its file's inode makes one walk of the tree and a second
+ * mapping; a fresh table that fails the same way fails the remap, as any file not found does.
+ */
+function mapImage(m: ManifestHeader, map: ImageMap, cache: RemapCache, mapper: FileMapper, carryMax: number): Mapped {
+  const kept = cache.files()
+  if (kept) {
+    try {
+      return mapAll(map, kept, mapper, carryMax)
+    } catch (err) {
+      if (!(err instanceof PathGone)) throw err
+      cache.dropFiles()
+    }
+  }
+  const files = locateFiles(m, map)
+  const mapped = mapAll(map, files, mapper, carryMax)
+  if (treeIsFixed(m.frozenImage)) cache.keepFiles(files)
+  return mapped
+}
+
+/**
+ * Images whose tree of names cannot change while they exist: a frozen filesystem, a read-only btrfs
+ * snapshot, a clone set (named by ino). An image of kind none is the live tree: walked every time.
+ */
+function treeIsFixed(f: FrozenImage): boolean {
+  return f.kind === 'freeze' || f.kind === 'snapshot'
+}
+
 /** The mount the image lives on, still the filesystem export saw (type, and UUID where it can tell). */
-function imageMount(m: Manifest): MountEntry {
+function imageMount(m: ManifestHeader): MountEntry {
   const f = m.frozenImage
   const mount = readMountTable().filter((e) => e.mountpoint === f.mountpoint).pop()
   if (!mount) throw new ExportError(`${f.mountpoint} is not mounted: cannot remap its image`)
@@ -148,27 +178,26 @@ function imageMount(m: Manifest): MountEntry {
  * ino → a path naming that file's bytes in the image: the clone `<imagePath>/<ino>` of a clone set; the
  * file inside a btrfs snapshot (whose inode numbers are the manifest's); otherwise the exported file.
  */
-function locateFiles(m: Manifest, map: ImageMap): Map<number, string> {
+function locateFiles(m: ManifestHeader, map: ImageMap): FileTable {
   const f = m.frozenImage
-  const out = new Map<number, string>()
   if (f.kind === 'snapshot') {
     if (!fs.existsSync(f.imagePath!)) throw new ExportError(`image directory ${f.imagePath} is gone: released without its record?`)
     if (f.mechanism === 'clone-set') {
-      for (const ino of map.files.keys()) out.set(ino, path.join(f.imagePath!, String(ino)))
-      return out
+      const paths = new Map<number, string>()
+      for (const ino of map.files.keys()) paths.set(ino, path.join(f.imagePath!, String(ino)))
+      return { paths }
     }
     // The whole snapshot: only the manifest's inodes are kept, so what lies outside the exported
     // paths costs an lstat and nothing else.
-    walkInto([path.join(f.imagePath!, SNAPSHOT_NAME)], new Set(), map, out)
-    return out
+    return walk([path.join(f.imagePath!, SNAPSHOT_NAME)], new Set(), map)
   }
-  walkInto(m.source.paths, new Set([imagesRootOf(f.mountpoint)]), map, out)
-  return out
+  return walk(m.source.paths, new Set([imagesRootOf(f.mountpoint)]), map)
 }
 
 /** Walk `roots` (same st_dev as the first, `skip` not entered), noting the path of each wanted regular file. */
-function walkInto(roots: string[], skip: ReadonlySet<string>, map: ImageMap, out: Map<number, string>): void {
+function walk(roots: string[], skip: ReadonlySet<string>, map: ImageMap): FileTable {
   const dev = fs.lstatSync(roots[0]!).dev
+  const out = new Map<number, string>()
   const stack = [...roots]
   while (stack.length > 0 && out.size < map.files.size) {
     const p = stack.pop()!
@@ -182,22 +211,33 @@ function walkInto(roots: string[], skip: ReadonlySet<string>, map: ImageMap, out
       }
     }
   }
+  return { paths: out, dev }
 }
 
+/** ino → the file's new mapping, or its content when it can only be carried. */
+type Mapped = Map<number, FileMapping | { kind: 'inline'; inline: string }>
+
+/** A path of the table does not lead to its file (gone, or another inode): the tree is not the one walked. */
+class PathGone extends ExportError {}
+
 /** Map every regular file of the image once more; the mapper's device indexes are its own. */
-function mapAll(map: ImageMap, paths: Map<number, string>, mapper: FileMapper, carryMax: number): Map<number, FileMapping | { kind: 'inline'; inline: string }> {
-  const out = new Map<number, FileMapping | { kind: 'inline'; inline: string }>()
+function mapAll(map: ImageMap, files: FileTable, mapper: FileMapper, carryMax: number): Mapped {
+  const out: Mapped = new Map()
   for (const [ino, loc] of map.files) {
-    const file = paths.get(ino)
-    if (file === undefined) throw new ExportError(`inode ${ino}: not found in the image any more`)
+    const file = files.paths.get(ino)
+    if (file === undefined) throw new PathGone(`inode ${ino}: not found in the image any more`)
     let fd: number
     try {
       fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOATIME | fs.constants.O_NOFOLLOW)
     } catch (err) {
-      throw new ExportError(`${file} (inode ${ino}): cannot open: ${(err as NodeJS.ErrnoException).code}`)
+      const code = (err as NodeJS.ErrnoException).code
+      throw new (code === 'ENOENT' ? PathGone : ExportError)(`${file} (inode ${ino}): cannot open: ${code}`)
     }
     try {
       const st = fs.fstatSync(fd)
+      if (files.dev !== undefined && (st.ino !== ino || st.dev !== files.dev)) {
+        throw new PathGone(`${file}: is inode ${st.ino} on device ${st.dev}, the image's file is inode ${ino} on ${files.dev}: the image changed`)
+      }
       if (!st.isFile() || st.size !== loc.size) {
         throw new ExportError(`${file} (inode ${ino}): is ${st.isFile() ? `${st.size} bytes` : 'not a regular file'}, the image's file is ${loc.size} bytes: the image changed`)
       }
@@ -244,7 +284,7 @@ function globalIndex(disks: number[], known: number): (i: number) => number {
   return (i) => next[i]!
 }
 
-function changedFiles(map: ImageMap, mapped: Map<number, FileMapping | { kind: 'inline'; inline: string }>, disks: number[]): DeltaFile[] {
+function changedFiles(map: ImageMap, mapped: Mapped, disks: number[]): DeltaFile[] {
   const index = globalIndex(disks, map.devices.length)
   const out: DeltaFile[] = []
   const inos = [...mapped.keys()].sort((a, b) => a - b)

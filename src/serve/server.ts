@@ -25,16 +25,17 @@ import { DEFAULT_MAX_DELTA_BYTES } from '../delta/io'
 import { ManifestError, ExtfsError } from '../errors'
 import { ExitCode } from '../cli/exit-codes'
 import { remapImage, type RemapResult } from '../remap/remap'
+import { RemapCache } from '../remap/cache'
 import { DEFAULT_SKEW_MS, RequestVerifier, responseMac, sha256Hex } from './auth'
 import type { ImageRow, ServeState } from './state'
 
 export const DEFAULT_LEASE_MS = 30_000
 export const DEFAULT_INTERVAL_MS = 60_000
 /**
- * The remap schedule's budget: a remap maps every file of the image again (0.23 s of CPU per 5,000
- * files here), so at a fixed interval its cost would grow with the file count. After each remap of an
- * image, the next scheduled one comes no sooner than this many times that remap's duration times the
- * number of images: remaps run one at a time on serve's thread, so scheduled remaps together take at
+ * The remap schedule's budget: a remap maps every file of the image again (0.05 s of CPU per 5,000
+ * files here; 0.23 s for an image's first, with nothing kept yet), so at a fixed interval its cost
+ * would grow with the file count. After each remap of an image, the next scheduled one comes no sooner
+ * than this many times that remap's duration times the number of images: remaps run one at a time on serve's thread, so scheduled remaps together take at
  * most 1/50 = 2% of one core, however large the images. Nothing is lost for a backup run by `extfs
  * backup`, which asks for one remap of its own at its end (docs/remap.md, "Up to the end of a backup").
  */
@@ -58,7 +59,7 @@ const CONFIG_ID_RE = /^[A-Za-z0-9_-]{8,128}$/
  * (src/remap/remap.ts, tested there), and the tests' fake writes real delta files and records.
  */
 export interface Remapper {
-  remap(manifestPath: string, opts: { key?: Buffer; warn: (m: string) => void }): RemapResult
+  remap(manifestPath: string, opts: { key?: Buffer; warn: (m: string) => void; cache?: RemapCache }): RemapResult
 }
 
 export const realRemapper: Remapper = { remap: remapImage }
@@ -100,6 +101,11 @@ interface Image {
   waiters: Set<() => void>
   /** When the schedule remaps this image next (performance.now() ms). */
   nextRemapAt: number
+  /**
+   * What this image's remaps read before mapping (verified manifest, current map, path table), kept so
+   * that each remap pays only for mapping the files; checked against the files at every remap.
+   */
+  remapCache: RemapCache
 }
 
 /** A config answer: what the mover needs to follow the chain and how long it may trust it. */
@@ -186,7 +192,7 @@ export class ConfigServer {
     const header = readManifestHeader(manifestPath, this.opts.key)
     const img: Image = {
       name, manifestPath, recordFile: recordPath(manifestPath, header.configRecord), c0: header.configId,
-      manifestStamp: fileStamp(manifestPath), recordStamp: '', waiters: new Set(), nextRemapAt: Infinity,
+      manifestStamp: fileStamp(manifestPath), recordStamp: '', waiters: new Set(), nextRemapAt: Infinity, remapCache: new RemapCache(),
     }
     this.opts.state.registerImage(name, manifestPath, img.c0)
     this.images.set(name, img)
@@ -367,7 +373,7 @@ export class ConfigServer {
     const row = this.opts.state.image(img.name)!
     if (row.state === 'released') return { state: 'released', configId: row.configId, manifestBytes: fs.statSync(img.manifestPath).size }
     try {
-      return this.remapper.remap(img.manifestPath, { key: this.opts.key, warn: (m) => this.opts.log.warn({ image: img.name }, m) })
+      return this.remapper.remap(img.manifestPath, { key: this.opts.key, warn: (m) => this.opts.log.warn({ image: img.name }, m), cache: img.remapCache })
     } finally {
       this.sync(img)
     }
