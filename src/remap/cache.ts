@@ -15,7 +15,7 @@
 // - the ino → path table by each file opening as the inode it is listed for (src/remap/remap.ts).
 import fs from 'node:fs'
 import type { Manifest } from '../manifest/types'
-import { deltaPathOf, type ConfigRecord } from '../configid/record'
+import { deltaPathOf, fileStamp, type ConfigRecord } from '../configid/record'
 import { ImageMap } from '../delta/chain'
 import { extendChain } from '../delta/io'
 import { readCheckedManifest } from '../mover/load'
@@ -36,14 +36,14 @@ export interface FileTable {
 }
 
 interface CachedImage {
-  /** manifestIdentity() of the manifest file read; '' when it changed while it was read (never matches). */
+  /** fileStamp() of the manifest file read; '' when it changed while it was read (never matches). */
   identity: string
   key?: Buffer
   header: ManifestHeader
   manifestBytes: number
   /** The manifest's map with the first `map.seq` deltas of `deltas` applied. */
   map: ImageMap
-  /** The record's delta names the map holds, and fileIdentity() of each file when it was read. */
+  /** The record's delta names the map holds, and fileStamp() of each file when it was read. */
   deltas: { name: string; identity: string }[]
   /** Kept only for images whose tree cannot change (remap.ts decides). */
   files?: FileTable
@@ -57,7 +57,7 @@ export class RemapCache {
    * then (and the key the same), else read again. A new manifest starts with its own map and nothing else.
    */
   manifest(manifestFile: string, key: Buffer | undefined): { header: ManifestHeader; manifestBytes: number } {
-    const identity = fileIdentity(manifestFile)
+    const identity = fileStamp(manifestFile)
     if (this.cached === undefined || identity === '' || this.cached.identity !== identity || !sameKey(this.cached.key, key)) {
       this.cached = undefined
       this.cached = readImage(manifestFile, key, identity)
@@ -81,7 +81,7 @@ export class RemapCache {
       image = this.cached = again
     }
     // Identities taken before the files are read: a file replaced in between differs next time.
-    const added = (record.deltas ?? []).slice(image.deltas.length).map((name) => ({ name, identity: fileIdentity(deltaPathOf(recordFile, name)) }))
+    const added = (record.deltas ?? []).slice(image.deltas.length).map((name) => ({ name, identity: fileStamp(deltaPathOf(recordFile, name)) }))
     try {
       extendChain(image.map, recordFile, record, key)
     } catch (err) {
@@ -116,7 +116,7 @@ export class RemapCache {
 function readImage(manifestFile: string, key: Buffer | undefined, identity: string): CachedImage {
   const m = readCheckedManifest(manifestFile, key)
   // Replaced while it was read: what was read is used this once, and not kept.
-  const unchanged = identity !== '' && fileIdentity(manifestFile) === identity
+  const unchanged = identity !== '' && fileStamp(manifestFile) === identity
   return {
     identity: unchanged ? identity : '', key, manifestBytes: fs.statSync(manifestFile).size,
     header: { configId: m.configId, configRecord: m.configRecord, frozenImage: m.frozenImage, source: m.source },
@@ -128,17 +128,7 @@ function readImage(manifestFile: string, key: Buffer | undefined, identity: stri
 function holdsPrefixOf(image: CachedImage, recordFile: string, record: ConfigRecord): boolean {
   const names = record.deltas ?? []
   if (names.length < image.deltas.length) return false
-  return image.deltas.every((d, i) => d.name === names[i] && d.identity !== '' && fileIdentity(deltaPathOf(recordFile, d.name)) === d.identity)
-}
-
-/** A file's identity: st_dev, st_ino, size, mtime and ctime in ns; '' when it cannot be stat'ed. */
-function fileIdentity(file: string): string {
-  try {
-    const st = fs.statSync(file, { bigint: true })
-    return `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`
-  } catch {
-    return ''
-  }
+  return image.deltas.every((d, i) => d.name === names[i] && d.identity !== '' && fileStamp(deltaPathOf(recordFile, d.name)) === d.identity)
 }
 
 function sameKey(a: Buffer | undefined, b: Buffer | undefined): boolean {
