@@ -127,9 +127,9 @@ export function readChain(manifest: Manifest, recordFile: string, record: Config
  * the chain ends. A map that already holds deltas must hold the record's first ones (the caller knows).
  */
 export function extendChain(map: ImageMap, recordFile: string, record: ConfigRecord, key?: Buffer): void {
-  for (const name of (record.deltas ?? []).slice(map.seq)) {
-    map.apply(readDeltaFile(deltaPathOf(recordFile, name), map.context(), { key }))
-  }
+  // All read and checked first: a bad delta leaves the map as it was.
+  const { deltas } = readDeltaChain(recordFile, (record.deltas ?? []).slice(map.seq), map.context(), key)
+  for (const d of deltas) map.apply(d)
   if (record.configId !== map.configId) {
     throw new ManifestError(`config-ID record ${recordFile} names config ID ${record.configId}, but its delta chain ends at ${map.configId}`)
   }

@@ -67,20 +67,19 @@ async function freshViewIsExact(t: Test, manifest: string, expected: Tree, scrat
   })
 }
 
-/** The remap's delta (the record's last), as written. */
-async function lastDelta(manifest: string): Promise<{ devices: unknown[]; proofs?: { device: number }[]; retired?: number[] }> {
-  return readJson(`${manifest}.delta-1`)
-}
-
-/** `extfs remap` must publish a delta of at least one file; returns its files and new devices. */
-async function remapMoved(t: Test, manifest: string): Promise<{ files: number; newDevices: number }> {
+/**
+ * `extfs remap` must publish a delta of at least one file; returns its files and new devices, and the
+ * devices the delta (written as the image's first) proves again and retires.
+ */
+async function remapMoved(t: Test, manifest: string): Promise<{ files: number; newDevices: number; proved?: number[]; retired?: number[] }> {
   const remap = await extfs(['remap', manifest])
   t.equal(remap.code, 0, `remap: ${remap.stderr}`)
   const match = REMAPPED.exec(remap.stdout)
   t.ok(match, `remap published a delta: ${remap.stdout.trim()}`)
   const files = Number(match?.[3] ?? 0)
   t.ok(files > 0, `the delta moves ${files} files`)
-  return { files, newDevices: Number(match?.[4] ?? 0) }
+  const delta = await readJson(`${manifest}.delta-1`)
+  return { files, newDevices: Number(match?.[4] ?? 0), proved: delta.proofs?.map((p: { device: number }) => p.device), retired: delta.retired }
 }
 
 /** Every byte of an open file, read from offset 0 (one byte more is asked for, to see a file too long). */
@@ -134,8 +133,7 @@ t.test('a mounted view follows a btrfs balance and the backup stays exact', asyn
       await withView(manifest, (view, logFile) => withHeld(t, view, 'a', contents.get('a')!, async (held) => {
         await relocate(fs)
         t.ok((await overwrittenOldExtents(manifest, contents)) > 0, 'the old locations now hold other data (reading them would be wrong)')
-        await remapMoved(t, manifest)
-        t.same((await lastDelta(manifest)).proofs?.map((p) => p.device), [0], 'the delta proves the device again: its blocks moved')
+        t.same((await remapMoved(t, manifest)).proved, [0], 'the delta proves the device again: its blocks moved')
         await viewIsExact(t, view, logFile, expected, scratch, held)
       }))
       await freshViewIsExact(t, manifest, expected, scratch)
@@ -177,7 +175,7 @@ t.test('a mounted view follows xfs_fsr of a reflink clone set and the backup sta
         t.ok((await overwrittenOldExtents(manifest, contents)) > 0, 'the old locations now hold other data (reading them would be wrong)')
         const moved = await remapMoved(t, manifest)
         t.equal(moved.files, bigNames.length, 'the delta holds the defragmented files')
-        t.same((await lastDelta(manifest)).proofs?.map((p) => p.device), [0], 'the delta proves the device again: its blocks moved')
+        t.same(moved.proved, [0], 'the delta proves the device again: its blocks moved')
         await viewIsExact(t, view, logFile, expected, scratch, held)
       }))
       await freshViewIsExact(t, manifest, expected, scratch)
@@ -213,9 +211,8 @@ t.test('a mounted view follows a btrfs replace whose old member was wiped, and t
         t.equal(moved.newDevices, 1, 'the delta brings the spare as a new device')
         await viewIsExact(t, view, logFile, expected, scratch, held)
         t.match(await fsp.readFile(logFile, 'utf8'), /followed the config ID .*: \d+ files moved, 1 new devices/, 'the view found the new device')
-        const delta = await lastDelta(manifest)
-        t.same(delta.retired, [oldIndex], 'the delta retires the replaced member')
-        t.same(delta.proofs?.map((p) => p.device), [1 - oldIndex], 'and proves the member kept again (files on it moved too)')
+        t.same(moved.retired, [oldIndex], 'the delta retires the replaced member')
+        t.same(moved.proved, [1 - oldIndex], 'and proves the member kept again (files on it moved too)')
       }))
       // The wiped member cannot be found by identity any more: only a view that does not look for it mounts.
       await freshViewIsExact(t, manifest, expected, scratch)
