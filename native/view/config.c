@@ -200,13 +200,13 @@ void xt_lease_set(struct engine *e, int64_t ms) {
   atomic_store_explicit(&e->lease_until_ns, until, memory_order_release);
 }
 
-static int lease_fresh(struct engine *e) {
+int xt_lease_fresh(struct engine *e) {
   int64_t until = atomic_load_explicit(&e->lease_until_ns, memory_order_acquire);
   return until == INT64_MAX || now_ns() < until;
 }
 
 int xt_read_check(struct engine *e, uint32_t index, uint64_t offset) {
-  if (lease_fresh(e)) return 0;
+  if (xt_lease_fresh(e)) return 0;
   struct xt_event ev = {.kind = XT_EV_READ_REFUSED, .index = index, .offset = offset};
   if (ask_js(e, ev.reason, sizeof ev.reason)) return 0;
   xt_post_event(e, &ev);
@@ -217,7 +217,7 @@ int xt_config_check(struct engine *e, uint32_t index) {
   struct stat st;
   struct cfg_stamp now;
   int have = stat(e->record_path, &st) == 0;
-  if (have && lease_fresh(e)) {
+  if (have && xt_lease_fresh(e)) {
     stamp_of(&st, &now);
     pthread_mutex_lock(&e->cfg_mu);
     int hit = e->cfg_ok && stamp_eq(&now, &e->cfg_stamp);

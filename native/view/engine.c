@@ -194,7 +194,9 @@ static void *loop_main(void *arg) {
   fuse_loop_cfg_set_clone_fd(cfg, 1);         // one /dev/fuse fd per worker: no contention on one queue
   fuse_loop_cfg_set_max_threads(cfg, 16);     // readahead keeps several 1 MiB reads in flight
   fuse_loop_cfg_set_idle_threads(cfg, 16);    // keep them: creating threads per burst costs more
+  xt_push_start(e); // its threads inherit this thread's signal mask, like the workers
   fuse_session_loop_mt(e->se, cfg);
+  xt_push_stop(e); // the connection has ended: a store in progress fails, and every pusher returns
   fuse_loop_cfg_destroy(cfg);
   return NULL;
 }

@@ -88,6 +88,7 @@ struct engine {
   int unmount_err; // 0, or the errno umount(2) failed with (the view keeps serving)
   int unmounting;
   int done;     // torn down: unmounted, everything but this struct freed
+  struct xt_push *push; // push-ahead (push.c): started and stopped by the session thread
   int orphaned; // JS dropped the handle: free the struct once done
 };
 
@@ -112,6 +113,16 @@ const struct xt_inode *xt_node(const struct engine *e, fuse_ino_t nodeid);
 
 // read.c
 void xt_read(fuse_req_t req, fuse_ino_t nodeid, size_t size, off_t off, struct fuse_file_info *fi);
+struct xt_map;
+int xt_read_into(struct engine *e, uint32_t index, struct xt_map *m, uint64_t start, uint64_t end, const uint8_t **data, int report);
+
+// push.c: push-ahead of sequential readers. start/stop on the session thread, around the loop.
+void xt_push_start(struct engine *e);
+void xt_push_stop(struct engine *e);
+// A read request through open file `fh` of inode `index` (file size `size`) for [start, end) was served.
+void xt_push_read(struct engine *e, uint64_t fh, uint32_t index, uint64_t size, uint64_t start, uint64_t end);
+// Open file `fh` of inode `index` was closed (FUSE release): the job it started ends.
+void xt_push_release(struct engine *e, uint64_t fh, uint32_t index);
 
 // delta.c
 int xt_delta_init(struct engine *e); // at mount: served[] and the first device set; 0 or ENOMEM
@@ -139,6 +150,8 @@ void xt_config_prime(napi_env env, struct engine *e, napi_value judge);
 int xt_config_check(struct engine *e, uint32_t index);
 // Reads: 0 while the lease is fresh (one clock read), else JS renews it or the read is ESTALE (logged).
 int xt_read_check(struct engine *e, uint32_t index, uint64_t offset);
+// 1 while the lease is fresh (or there is none): one clock read, never asks JS.
+int xt_lease_fresh(struct engine *e);
 // Serve without asking JS for `ms` more milliseconds; ms < 0: no lease (never expires).
 void xt_lease_set(struct engine *e, int64_t ms);
 // The call_js of the `judge` threadsafe function.

@@ -184,7 +184,15 @@ static void op_open(fuse_req_t req, fuse_ino_t nodeid, struct fuse_file_info *fi
   if (err != 0) return (void)fuse_reply_err(req, err);
   fi->keep_cache = 1; // cached pages stay valid across opens (a delta drops a moved file's: delta.c)
   fi->noflush = 1;    // nothing to flush on close: saves a round trip per file
+  static _Atomic uint64_t opens;
+  fi->fh = atomic_fetch_add(&opens, 1) + 1; // names this open to push-ahead (push.c)
   fuse_reply_open(req, fi);
+}
+
+// A file closed: its push-ahead job, if any, ends (push.c). Nothing else to close.
+static void op_release(fuse_req_t req, fuse_ino_t nodeid, struct fuse_file_info *fi) {
+  if (xt_node(eng(req), nodeid) != NULL) xt_push_release(eng(req), fi->fh, (uint32_t)(nodeid - 1));
+  fuse_reply_err(req, 0);
 }
 
 // -------------------------------------------------------------------------------------- xattrs
@@ -251,7 +259,7 @@ REFUSE(op_fallocate, fuse_ino_t i, int m, off_t o, off_t l, struct fuse_file_inf
 #pragma GCC diagnostic pop
 
 // Left out on purpose, libfuse answers them: forget and forget_multi (nothing to free: the tables are
-// immutable and lookups are not counted), release and releasedir (nothing to close: success).
+// immutable and lookups are not counted) and releasedir (nothing to close: success).
 const struct fuse_lowlevel_ops xt_ops = {
   .init = op_init,
   .lookup = op_lookup,
@@ -262,6 +270,7 @@ const struct fuse_lowlevel_ops xt_ops = {
   .readdirplus = op_readdirplus,
   .open = op_open,
   .read = xt_read,
+  .release = op_release,
   .getxattr = op_getxattr,
   .listxattr = op_listxattr,
   .statfs = op_statfs,

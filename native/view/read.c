@@ -5,7 +5,8 @@
 // buffer when the range and its place in the buffer are both aligned (the usual case: block-aligned
 // extents, page-aligned requests), else through a bounce buffer and a copy.
 // A device that fails or reads short is EIO, logged with inode, offset and device; never zeros.
-// Every read first checks the lease (config.c): a clock read while it is fresh.
+// Every read first checks the lease (config.c): a clock read while it is fresh. A read may start or
+// move a push-ahead job (push.c), which reads through xt_read_into too.
 // A request resolves through one map of the file, loaded once (delta.c): the tables' extents, or the
 // list the latest delta installed; served reads are noted before the reply (xt_note_served).
 #include "engine.h"
@@ -122,25 +123,13 @@ static uint32_t first_ending_after(const struct xt_extent *ext, uint32_t count, 
   return lo;
 }
 
-void xt_read(fuse_req_t req, fuse_ino_t nodeid, size_t size, off_t off, struct fuse_file_info *fi) {
-  (void)fi;
-  struct engine *e = fuse_req_userdata(req);
-  const struct xt_inode *n = xt_node(e, nodeid);
-  if (n == NULL) return (void)fuse_reply_err(req, ENOENT);
-  if (!S_ISREG(n->mode)) return (void)fuse_reply_err(req, EISDIR);
-  int refused = xt_read_check(e, (uint32_t)(nodeid - 1), off < 0 ? 0 : (uint64_t)off);
-  if (refused != 0) return (void)fuse_reply_err(req, refused);
-  // Clip at EOF: the tail of the last block, which the last extent may cover, is never returned.
-  uint64_t start = off < 0 ? 0 : (uint64_t)off;
-  if (start >= n->size) return (void)fuse_reply_buf(req, NULL, 0);
-  uint64_t end = n->size - start < size ? n->size : start + size;
-  size_t len = (size_t)(end - start);
-  if (n->flags & XT_INLINE) return (void)fuse_reply_buf(req, e->t.data + n->first + start, len);
-
-  struct tbuf *b = tbuf_get((size_t)align_up(len) + ALIGN);
-  if (b == NULL) return (void)fuse_reply_err(req, ENOMEM);
-  uint32_t index = (uint32_t)(nodeid - 1);
-  struct xt_map *m = xt_map_of(e, index);
+// Bytes [start, end) of inode `index` (a regular file without inline content) through map `m`
+// (NULL: the tables' extents) into this thread's buffer; 0 with *data set, or an errno. A failure
+// is posted as a `read failed` event when `report` is set.
+int xt_read_into(struct engine *e, uint32_t index, struct xt_map *m, uint64_t start, uint64_t end, const uint8_t **data, int report) {
+  const struct xt_inode *n = &e->t.inodes[index];
+  struct tbuf *b = tbuf_get((size_t)align_up(end - start) + ALIGN);
+  if (b == NULL) return ENOMEM;
   const struct xt_extent *ext = m != NULL ? m->ext : e->t.extents + n->first;
   uint32_t count = m != NULL ? m->count : n->count;
   // After the map: a delta publishes its devices before the maps that use them.
@@ -157,15 +146,41 @@ void xt_read(fuse_req_t req, fuse_ino_t nodeid, size_t size, off_t off, struct f
     char why[256];
     int err = read_range(b, &devs[ext[i].device], (size_t)(pos - start), doff, (size_t)(stop - pos), why, sizeof why);
     if (err != 0) {
-      struct xt_event ev = {.kind = XT_EV_READ_FAILED, .index = index, .offset = pos,
-                            .device = ext[i].device, .device_offset = doff};
-      snprintf(ev.reason, sizeof ev.reason, "%s", why);
-      xt_post_event(e, &ev);
-      return (void)fuse_reply_err(req, err);
+      if (report) {
+        struct xt_event ev = {.kind = XT_EV_READ_FAILED, .index = index, .offset = pos,
+                              .device = ext[i].device, .device_offset = doff};
+        snprintf(ev.reason, sizeof ev.reason, "%s", why);
+        xt_post_event(e, &ev);
+      }
+      return err;
     }
     pos = stop;
   }
   if (pos < end) memset(b->out + (pos - start), 0, (size_t)(end - pos)); // a hole up to EOF
+  *data = b->out;
+  return 0;
+}
+
+void xt_read(fuse_req_t req, fuse_ino_t nodeid, size_t size, off_t off, struct fuse_file_info *fi) {
+  struct engine *e = fuse_req_userdata(req);
+  const struct xt_inode *n = xt_node(e, nodeid);
+  if (n == NULL) return (void)fuse_reply_err(req, ENOENT);
+  if (!S_ISREG(n->mode)) return (void)fuse_reply_err(req, EISDIR);
+  int refused = xt_read_check(e, (uint32_t)(nodeid - 1), off < 0 ? 0 : (uint64_t)off);
+  if (refused != 0) return (void)fuse_reply_err(req, refused);
+  // Clip at EOF: the tail of the last block, which the last extent may cover, is never returned.
+  uint64_t start = off < 0 ? 0 : (uint64_t)off;
+  if (start >= n->size) return (void)fuse_reply_buf(req, NULL, 0);
+  uint64_t end = n->size - start < size ? n->size : start + size;
+  size_t len = (size_t)(end - start);
+  if (n->flags & XT_INLINE) return (void)fuse_reply_buf(req, e->t.data + n->first + start, len);
+
+  uint32_t index = (uint32_t)(nodeid - 1);
+  struct xt_map *m = xt_map_of(e, index);
+  const uint8_t *data;
+  int err = xt_read_into(e, index, m, start, end, &data, 1);
+  if (err != 0) return (void)fuse_reply_err(req, err);
   xt_note_served(e, index, m, len);
-  fuse_reply_buf(req, (const char *)b->out, len);
+  fuse_reply_buf(req, (const char *)data, len);
+  xt_push_read(e, fi->fh, index, n->size, start, end); // after the reply: the reader waits for nothing here
 }

@@ -1,0 +1,190 @@
+// Push-ahead: the view stores a sequential reader's next bytes in the kernel's page cache itself
+// (FUSE_NOTIFY_STORE), from its own threads, before the reader asks.
+//
+// Why: with plain readahead the reader's own thread allocates and inserts every page of the FUSE
+// page cache, one 4 KiB page at a time (FUSE has no large folios on this kernel), and then waits for
+// the reply. tar is CPU-bound on that; a native ext4 mount does the same work in large folios. A
+// store moves the allocation and the copy to a pusher thread on another core, and the reader finds
+// its pages cached (docs/native-engine.md, "Push-ahead", has the figures).
+//
+// When: a read at offset 0 of a regular file of at least PUSH_MIN_SIZE starts a job for that inode
+// (at most PUSH_JOBS at once; otherwise readahead serves as before). A job pushes up to PUSH_AHEAD
+// past the furthest read request seen, and leaves out one page halfway (the trip page): the
+// reader's miss there is the request that tells us where it is, and moves the window on. So what a
+// reader has not consumed is bounded by PUSH_AHEAD per job, and a reader that stops reading costs at
+// most that much I/O. The job ends when the open file that started it is released (other opens of
+// the same inode, a `fincore` say, leave it alone; their reads move the window too), or on any failure.
+//
+// Safety: a push is a read the reader did not ask for yet, with the same guarantees as a read:
+// - the lease is checked before each chunk (a push never asks JS; an expired lease just stops it);
+// - a failed device read stops the job silently: the reader's own read of those bytes then fails,
+//   loudly, as before;
+// - it resolves through one map loaded once, and notes the inode as served, so a delta racing it
+//   taints the file (delta.c). Pushed bytes never count as re-read: a tainted file is not pushed,
+//   so only the reader's own requests can clear the taint;
+// - a delta drops a replaced file's pages after installing its map (delta.c). A store that lands
+//   after that drop is caught here: after storing, the pusher loads the map again and, if it
+//   changed, drops the range itself. Both sides are seq_cst, so one of them sees the other.
+#include "engine.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+// Measured with tar of 256 MiB files (docs/native-engine.md): one pusher beat two and four (they
+// take the core the reader needs), and a window of 256 MiB beat 32 and 128 MiB (the reader caught
+// up with the pusher and fell back on readahead).
+#define PUSH_THREADS 1
+#define PUSH_JOBS 4                       // files pushed at once: at most 1 GiB not yet read
+#define PUSH_CHUNK ((uint64_t)1 << 20)    // bytes per store
+#define PUSH_AHEAD ((uint64_t)256 << 20)  // bytes past the furthest read request
+#define PUSH_MIN_SIZE ((uint64_t)4 << 20) // smaller files: readahead's first window covers most
+#define PAGE ((uint64_t)4096)
+
+struct push_job {
+  int live, stop;
+  unsigned busy;   // chunks being pushed
+  uint32_t index;  // inode index
+  uint64_t owner;  // the open file (fh) whose read started the job: its release ends it
+  uint64_t size;   // file size
+  uint64_t seen;   // end of the furthest read request
+  uint64_t next;   // next byte to push
+  uint64_t target; // push up to here (exclusive)
+  uint64_t trip;   // the page left for the reader
+};
+
+struct xt_push {
+  pthread_mutex_t mu;
+  pthread_cond_t work;
+  int stopping;
+  unsigned n_threads, rr;
+  pthread_t threads[PUSH_THREADS];
+  struct push_job jobs[PUSH_JOBS];
+};
+
+static uint64_t min_u64(uint64_t a, uint64_t b) {
+  return a < b ? a : b;
+}
+
+// A read request ended at `end`: move the window on if it is the furthest yet.
+static int saw_read(struct push_job *j, uint64_t end) {
+  if (end <= j->seen) return 0;
+  j->seen = end;
+  j->target = min_u64(j->size, end + PUSH_AHEAD);
+  j->trip = (end + PUSH_AHEAD / 2) & ~(PAGE - 1);
+  if (j->next < end) j->next = end; // never push what the reader has asked for already
+  return 1;
+}
+
+static int tainted(struct engine *e, uint32_t index) {
+  struct xt_map *m = xt_map_of(e, index);
+  return m != NULL && atomic_load(&m->tainted);
+}
+
+// Push bytes [from, to) of inode `index`; 1 when they are in the page cache, 0 to end the job.
+static int push_range(struct engine *e, uint32_t index, uint64_t from, uint64_t to) {
+  if (!xt_lease_fresh(e) || tainted(e, index)) return 0;
+  struct xt_map *m = xt_map_of(e, index);
+  const uint8_t *data;
+  if (xt_read_into(e, index, m, from, to, &data, 0) != 0) return 0;
+  xt_note_served(e, index, m, 0); // served, but no bytes counted as re-read (see the top)
+  struct fuse_bufvec bv = FUSE_BUFVEC_INIT((size_t)(to - from));
+  bv.buf[0].mem = (void *)data;
+  int err = fuse_lowlevel_notify_store(e->se, (fuse_ino_t)index + 1, (off_t)from, &bv, 0);
+  if (xt_map_of(e, index) != m) { // a delta came: its drop may have run before this store landed
+    fuse_lowlevel_notify_inval_inode(e->se, (fuse_ino_t)index + 1, (off_t)from, (off_t)(to - from));
+    return 0;
+  }
+  return err == 0;
+}
+
+// A job with bytes to push, round robin; NULL when none. Under mu.
+static struct push_job *pick(struct xt_push *p) {
+  for (unsigned k = 0; k < PUSH_JOBS; k++) {
+    struct push_job *j = &p->jobs[(p->rr + k) % PUSH_JOBS];
+    if (j->live && !j->stop && j->next == j->trip) j->next += PAGE;
+    if (j->live && !j->stop && j->next < j->target) {
+      p->rr = (p->rr + k + 1) % PUSH_JOBS;
+      return j;
+    }
+  }
+  return NULL;
+}
+
+static void *pusher_main(void *arg) {
+  struct engine *e = arg;
+  struct xt_push *p = e->push;
+  pthread_mutex_lock(&p->mu);
+  while (!p->stopping) {
+    struct push_job *j = pick(p);
+    if (j == NULL) {
+      pthread_cond_wait(&p->work, &p->mu);
+      continue;
+    }
+    uint64_t from = j->next, to = min_u64(from + PUSH_CHUNK, j->target);
+    if (from < j->trip && to > j->trip) to = j->trip;
+    j->next = to;
+    j->busy++;
+    uint32_t index = j->index;
+    pthread_mutex_unlock(&p->mu);
+    int ok = push_range(e, index, from, to);
+    pthread_mutex_lock(&p->mu);
+    j->busy--;
+    if (!ok) j->stop = 1;
+    if (j->stop && j->busy == 0) j->live = 0;
+  }
+  pthread_mutex_unlock(&p->mu);
+  return NULL;
+}
+
+void xt_push_start(struct engine *e) {
+  struct xt_push *p = calloc(1, sizeof *p);
+  if (p == NULL) return; // no push-ahead: readahead serves alone
+  pthread_mutex_init(&p->mu, NULL);
+  pthread_cond_init(&p->work, NULL);
+  e->push = p;
+  while (p->n_threads < PUSH_THREADS && pthread_create(&p->threads[p->n_threads], NULL, pusher_main, e) == 0) p->n_threads++;
+}
+
+void xt_push_stop(struct engine *e) {
+  struct xt_push *p = e->push;
+  if (p == NULL) return;
+  pthread_mutex_lock(&p->mu);
+  p->stopping = 1;
+  pthread_cond_broadcast(&p->work);
+  pthread_mutex_unlock(&p->mu);
+  for (unsigned i = 0; i < p->n_threads; i++) pthread_join(p->threads[i], NULL);
+  pthread_cond_destroy(&p->work);
+  pthread_mutex_destroy(&p->mu);
+  e->push = NULL;
+  free(p);
+}
+
+void xt_push_read(struct engine *e, uint64_t fh, uint32_t index, uint64_t size, uint64_t start, uint64_t end) {
+  struct xt_push *p = e->push;
+  if (p == NULL || size < PUSH_MIN_SIZE) return;
+  pthread_mutex_lock(&p->mu);
+  struct push_job *j = NULL, *free_slot = NULL;
+  for (unsigned k = 0; k < PUSH_JOBS && j == NULL; k++) {
+    if (p->jobs[k].live && p->jobs[k].index == index) j = &p->jobs[k];
+    else if (!p->jobs[k].live && free_slot == NULL) free_slot = &p->jobs[k];
+  }
+  if (j == NULL && start == 0 && end < size && free_slot != NULL && !tainted(e, index)) {
+    j = free_slot;
+    *j = (struct push_job){.live = 1, .index = index, .owner = fh, .size = size, .next = end};
+  }
+  if (j != NULL && !j->stop && saw_read(j, end)) pthread_cond_broadcast(&p->work);
+  pthread_mutex_unlock(&p->mu);
+}
+
+void xt_push_release(struct engine *e, uint64_t fh, uint32_t index) {
+  struct xt_push *p = e->push;
+  if (p == NULL) return;
+  pthread_mutex_lock(&p->mu);
+  for (unsigned k = 0; k < PUSH_JOBS; k++) {
+    struct push_job *j = &p->jobs[k];
+    if (!j->live || j->index != index || j->owner != fh) continue;
+    j->stop = 1;
+    if (j->busy == 0) j->live = 0;
+  }
+  pthread_mutex_unlock(&p->mu);
+}
