@@ -241,6 +241,7 @@ napi_value xt_js_apply_delta(napi_env env, napi_callback_info info) {
     if (atomic_load(&e->served[index])) atomic_store(&m->tainted, 1); // read under an earlier map
   }
   atomic_store(&e->generation, gen);
+  xt_push_settle(e, files, h->n_files); // no push of the old map's bytes still on its way (push.c)
   // Pages the kernel cached hold the old map's bytes (open sets keep_cache): drop them, so that
   // reads from now on reach the new map. An in-flight read holds its pages locked; the kernel waits
   // for it and drops those too. ENOENT: the kernel holds no such inode, nothing is cached.

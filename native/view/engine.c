@@ -204,6 +204,7 @@ static void *loop_main(void *arg) {
 // Everything but the struct itself, which lives on as long as JS holds its handle (see js_unmount).
 static void engine_teardown(struct engine *e) {
   if (e->se != NULL) fuse_session_destroy(e->se);
+  xt_push_free(e);
   xt_config_destroy(e);
   xt_delta_destroy(e);
   pthread_rwlock_destroy(&e->js_lock);

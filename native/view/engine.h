@@ -116,13 +116,18 @@ void xt_read(fuse_req_t req, fuse_ino_t nodeid, size_t size, off_t off, struct f
 struct xt_map;
 int xt_read_into(struct engine *e, uint32_t index, struct xt_map *m, uint64_t start, uint64_t end, const uint8_t **data, int report);
 
-// push.c: push-ahead of sequential readers. start/stop on the session thread, around the loop.
+// push.c: push-ahead of sequential readers. start/stop on the session thread, around the loop;
+// free at teardown (a delta on the JS thread may still look at it after the loop ended).
 void xt_push_start(struct engine *e);
 void xt_push_stop(struct engine *e);
+void xt_push_free(struct engine *e);
 // A read request through open file `fh` of inode `index` (file size `size`) for [start, end) was served.
 void xt_push_read(struct engine *e, uint64_t fh, uint32_t index, uint64_t size, uint64_t start, uint64_t end);
 // Open file `fh` of inode `index` was closed (FUSE release): the job it started ends.
 void xt_push_release(struct engine *e, uint64_t fh, uint32_t index);
+// A delta replaced these files' maps (sorted by index): end their jobs and wait (bounded) for the
+// chunks in flight, so that no store of the old map's bytes lands after the delta drops the pages.
+void xt_push_settle(struct engine *e, const struct xt_delta_file *files, uint32_t n);
 
 // delta.c
 int xt_delta_init(struct engine *e); // at mount: served[] and the first device set; 0 or ENOMEM

@@ -22,13 +22,18 @@
 // - it resolves through one map loaded once, and notes the inode as served, so a delta racing it
 //   taints the file (delta.c). Pushed bytes never count as re-read: a tainted file is not pushed,
 //   so only the reader's own requests can clear the taint;
-// - a delta drops a replaced file's pages after installing its map (delta.c). A store that lands
-//   after that drop is caught here: after storing, the pusher loads the map again and, if it
-//   changed, drops the range itself. Both sides are seq_cst, so one of them sees the other.
+// - a delta drops a replaced file's pages after installing its map (delta.c), and a store of the old
+//   map's bytes must not land after that drop. So the delta first ends the jobs of the files it
+//   replaces and waits for their chunks in flight (xt_push_settle). The wait is bounded (a store
+//   can wait on a page whose read waits on JS, the very thread the delta runs on); past the bound
+//   the pusher's own check after storing drops what it stored. Either way the file was read before
+//   the delta, so the delta taints it. With neither, engine-delta's push test read the old
+//   location's zeros in 3 runs of 3.
 #include "engine.h"
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 // Measured with tar of 256 MiB files (docs/native-engine.md): one pusher beat two and four (they
 // take the core the reader needs), and a window of 256 MiB beat 32 and 128 MiB (the reader caught
@@ -39,6 +44,7 @@
 #define PUSH_AHEAD ((uint64_t)256 << 20)  // bytes past the furthest read request
 #define PUSH_MIN_SIZE ((uint64_t)4 << 20) // smaller files: readahead's first window covers most
 #define PAGE ((uint64_t)4096)
+#define PUSH_SETTLE_S 1 // how long a delta waits for a chunk in flight
 
 struct push_job {
   int live, stop;
@@ -54,7 +60,7 @@ struct push_job {
 
 struct xt_push {
   pthread_mutex_t mu;
-  pthread_cond_t work;
+  pthread_cond_t work, idle; // idle: a chunk finished
   int stopping;
   unsigned n_threads, rr;
   pthread_t threads[PUSH_THREADS];
@@ -131,6 +137,7 @@ static void *pusher_main(void *arg) {
     j->busy--;
     if (!ok) j->stop = 1;
     if (j->stop && j->busy == 0) j->live = 0;
+    pthread_cond_broadcast(&p->idle);
   }
   pthread_mutex_unlock(&p->mu);
   return NULL;
@@ -141,6 +148,7 @@ void xt_push_start(struct engine *e) {
   if (p == NULL) return; // no push-ahead: readahead serves alone
   pthread_mutex_init(&p->mu, NULL);
   pthread_cond_init(&p->work, NULL);
+  pthread_cond_init(&p->idle, NULL);
   e->push = p;
   while (p->n_threads < PUSH_THREADS && pthread_create(&p->threads[p->n_threads], NULL, pusher_main, e) == 0) p->n_threads++;
 }
@@ -153,7 +161,17 @@ void xt_push_stop(struct engine *e) {
   pthread_cond_broadcast(&p->work);
   pthread_mutex_unlock(&p->mu);
   for (unsigned i = 0; i < p->n_threads; i++) pthread_join(p->threads[i], NULL);
+  p->n_threads = 0;
+  pthread_mutex_lock(&p->mu);
+  memset(p->jobs, 0, sizeof p->jobs); // no pusher left: nothing for a late xt_push_settle to wait on
+  pthread_mutex_unlock(&p->mu);
+}
+
+void xt_push_free(struct engine *e) {
+  struct xt_push *p = e->push;
+  if (p == NULL) return;
   pthread_cond_destroy(&p->work);
+  pthread_cond_destroy(&p->idle);
   pthread_mutex_destroy(&p->mu);
   e->push = NULL;
   free(p);
@@ -163,6 +181,7 @@ void xt_push_read(struct engine *e, uint64_t fh, uint32_t index, uint64_t size, 
   struct xt_push *p = e->push;
   if (p == NULL || size < PUSH_MIN_SIZE) return;
   pthread_mutex_lock(&p->mu);
+  if (p->stopping) return (void)pthread_mutex_unlock(&p->mu);
   struct push_job *j = NULL, *free_slot = NULL;
   for (unsigned k = 0; k < PUSH_JOBS && j == NULL; k++) {
     if (p->jobs[k].live && p->jobs[k].index == index) j = &p->jobs[k];
@@ -185,6 +204,37 @@ void xt_push_release(struct engine *e, uint64_t fh, uint32_t index) {
     if (!j->live || j->index != index || j->owner != fh) continue;
     j->stop = 1;
     if (j->busy == 0) j->live = 0;
+  }
+  pthread_mutex_unlock(&p->mu);
+}
+
+static int replaced(const struct xt_delta_file *files, uint32_t n, uint32_t index) {
+  uint32_t lo = 0, hi = n; // a delta's files are sorted by index (checked by delta.c)
+  while (lo < hi) {
+    uint32_t mid = lo + (hi - lo) / 2;
+    if (files[mid].index < index) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo < n && files[lo].index == index;
+}
+
+void xt_push_settle(struct engine *e, const struct xt_delta_file *files, uint32_t n) {
+  struct xt_push *p = e->push;
+  if (p == NULL) return;
+  struct timespec until;
+  clock_gettime(CLOCK_REALTIME, &until); // pthread_cond_timedwait's clock
+  until.tv_sec += PUSH_SETTLE_S;
+  pthread_mutex_lock(&p->mu);
+  for (;;) {
+    int busy = 0;
+    for (unsigned k = 0; k < PUSH_JOBS; k++) {
+      struct push_job *j = &p->jobs[k];
+      if (!j->live || !replaced(files, n, j->index)) continue;
+      j->stop = 1;
+      if (j->busy == 0) j->live = 0;
+      else busy = 1;
+    }
+    if (!busy || pthread_cond_timedwait(&p->idle, &p->mu, &until) != 0) break;
   }
   pthread_mutex_unlock(&p->mu);
 }
