@@ -8,10 +8,10 @@
 // its pages cached (docs/native-engine.md, "Push-ahead", has the figures).
 //
 // When: a read at offset 0 of a regular file of at least PUSH_MIN_SIZE starts a job for that inode
-// (at most PUSH_JOBS at once; otherwise readahead serves as before). A job pushes up to PUSH_AHEAD
+// (at most PUSH_JOBS at once; otherwise readahead serves as before). A job pushes up to the window
 // past the furthest read request seen, and leaves out one page halfway (the trip page): the
 // reader's miss there is the request that tells us where it is, and moves the window on. So what a
-// reader has not consumed is bounded by PUSH_AHEAD per job, and a reader that stops reading costs at
+// reader has not consumed is bounded by the window per job, and a reader that stops reading costs at
 // most that much I/O. The job ends when the open file that started it is released (other opens of
 // the same inode, a `fincore` say, leave it alone; their reads move the window too), or on any failure.
 //
@@ -34,14 +34,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 // Measured with tar of 256 MiB files (docs/native-engine.md): one pusher beat two and four (they
 // take the core the reader needs), and a window of 256 MiB beat 32 and 128 MiB (the reader caught
-// up with the pusher and fell back on readahead).
+// up with the pusher and fell back on readahead). The window shrinks on hosts under 8 GiB.
 #define PUSH_THREADS 1
 #define PUSH_JOBS 4                       // files pushed at once: at most 1 GiB not yet read
 #define PUSH_CHUNK ((uint64_t)1 << 20)    // bytes per store
-#define PUSH_AHEAD ((uint64_t)256 << 20)  // bytes past the furthest read request
+#define PUSH_AHEAD_MAX ((uint64_t)256 << 20) // bytes past the furthest read request, at most
 #define PUSH_MIN_SIZE ((uint64_t)4 << 20) // smaller files: readahead's first window covers most
 #define PAGE ((uint64_t)4096)
 #define PUSH_SETTLE_S 1 // how long a delta waits for a chunk in flight
@@ -59,6 +60,7 @@ struct push_job {
 };
 
 struct xt_push {
+  uint64_t ahead; // the window: PUSH_AHEAD_MAX, or 1/32 of memory if less (all jobs: 1/8)
   pthread_mutex_t mu;
   pthread_cond_t work, idle; // idle: a chunk finished
   int stopping;
@@ -72,11 +74,11 @@ static uint64_t min_u64(uint64_t a, uint64_t b) {
 }
 
 // A read request ended at `end`: move the window on if it is the furthest yet.
-static int saw_read(struct push_job *j, uint64_t end) {
+static int saw_read(struct push_job *j, uint64_t ahead, uint64_t end) {
   if (end <= j->seen) return 0;
   j->seen = end;
-  j->target = min_u64(j->size, end + PUSH_AHEAD);
-  j->trip = (end + PUSH_AHEAD / 2) & ~(PAGE - 1);
+  j->target = min_u64(j->size, end + ahead);
+  j->trip = (end + ahead / 2) & ~(PAGE - 1);
   if (j->next < end) j->next = end; // never push what the reader has asked for already
   return 1;
 }
@@ -146,11 +148,16 @@ static void *pusher_main(void *arg) {
 void xt_push_start(struct engine *e) {
   struct xt_push *p = calloc(1, sizeof *p);
   if (p == NULL) return; // no push-ahead: readahead serves alone
+  long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  uint64_t memory = pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : 0;
+  p->ahead = min_u64(PUSH_AHEAD_MAX, memory / 32) & ~(PAGE - 1);
+  if (p->ahead < 2 * PUSH_CHUNK) return free(p); // a tiny host: readahead alone
   pthread_mutex_init(&p->mu, NULL);
   pthread_cond_init(&p->work, NULL);
   pthread_cond_init(&p->idle, NULL);
   e->push = p;
   while (p->n_threads < PUSH_THREADS && pthread_create(&p->threads[p->n_threads], NULL, pusher_main, e) == 0) p->n_threads++;
+  if (p->n_threads == 0) xt_push_free(e); // no thread: readahead alone
 }
 
 void xt_push_stop(struct engine *e) {
@@ -191,7 +198,7 @@ void xt_push_read(struct engine *e, uint64_t fh, uint32_t index, uint64_t size, 
     j = free_slot;
     *j = (struct push_job){.live = 1, .index = index, .owner = fh, .size = size, .next = end};
   }
-  if (j != NULL && !j->stop && saw_read(j, end)) pthread_cond_broadcast(&p->work);
+  if (j != NULL && !j->stop && saw_read(j, p->ahead, end)) pthread_cond_broadcast(&p->work);
   pthread_mutex_unlock(&p->mu);
 }
 
