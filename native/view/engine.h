@@ -113,7 +113,6 @@ const struct xt_inode *xt_node(const struct engine *e, fuse_ino_t nodeid);
 
 // read.c
 void xt_read(fuse_req_t req, fuse_ino_t nodeid, size_t size, off_t off, struct fuse_file_info *fi);
-struct xt_map;
 int xt_read_into(struct engine *e, uint32_t index, struct xt_map *m, uint64_t start, uint64_t end, const uint8_t **data, int report);
 
 // push.c: push-ahead of sequential readers. start/stop on the session thread, around the loop;
@@ -121,8 +120,8 @@ int xt_read_into(struct engine *e, uint32_t index, struct xt_map *m, uint64_t st
 void xt_push_start(struct engine *e);
 void xt_push_stop(struct engine *e);
 void xt_push_free(struct engine *e);
-// A read request through open file `fh` of inode `index` (file size `size`) for [start, end) was served.
-void xt_push_read(struct engine *e, uint64_t fh, uint32_t index, uint64_t size, uint64_t start, uint64_t end);
+// A read request through open file `fh` of inode `index` (a regular file) for [start, end) was served.
+void xt_push_read(struct engine *e, uint64_t fh, uint32_t index, uint64_t start, uint64_t end);
 // Open file `fh` of inode `index` was closed (FUSE release): the job it started ends.
 void xt_push_release(struct engine *e, uint64_t fh, uint32_t index);
 // A delta replaced these files' maps (sorted by index): end their jobs and wait (bounded) for the

@@ -83,6 +83,12 @@ static int saw_read(struct push_job *j, uint64_t ahead, uint64_t end) {
   return 1;
 }
 
+// Stop pushing; the slot frees once no chunk of the job is in flight. Under mu.
+static void end_job(struct push_job *j) {
+  j->stop = 1;
+  if (j->busy == 0) j->live = 0;
+}
+
 static int tainted(struct engine *e, uint32_t index) {
   struct xt_map *m = xt_map_of(e, index);
   return m != NULL && atomic_load(&m->tainted);
@@ -137,8 +143,7 @@ static void *pusher_main(void *arg) {
     int ok = push_range(e, index, from, to);
     pthread_mutex_lock(&p->mu);
     j->busy--;
-    if (!ok) j->stop = 1;
-    if (j->stop && j->busy == 0) j->live = 0;
+    if (!ok || j->stop) end_job(j);
     pthread_cond_broadcast(&p->idle);
   }
   pthread_mutex_unlock(&p->mu);
@@ -184,8 +189,9 @@ void xt_push_free(struct engine *e) {
   free(p);
 }
 
-void xt_push_read(struct engine *e, uint64_t fh, uint32_t index, uint64_t size, uint64_t start, uint64_t end) {
+void xt_push_read(struct engine *e, uint64_t fh, uint32_t index, uint64_t start, uint64_t end) {
   struct xt_push *p = e->push;
+  uint64_t size = e->t.inodes[index].size;
   if (p == NULL || size < PUSH_MIN_SIZE) return;
   pthread_mutex_lock(&p->mu);
   if (p->stopping) return (void)pthread_mutex_unlock(&p->mu);
@@ -208,9 +214,7 @@ void xt_push_release(struct engine *e, uint64_t fh, uint32_t index) {
   pthread_mutex_lock(&p->mu);
   for (unsigned k = 0; k < PUSH_JOBS; k++) {
     struct push_job *j = &p->jobs[k];
-    if (!j->live || j->index != index || j->owner != fh) continue;
-    j->stop = 1;
-    if (j->busy == 0) j->live = 0;
+    if (j->live && j->index == index && j->owner == fh) end_job(j);
   }
   pthread_mutex_unlock(&p->mu);
 }
@@ -237,9 +241,8 @@ void xt_push_settle(struct engine *e, const struct xt_delta_file *files, uint32_
     for (unsigned k = 0; k < PUSH_JOBS; k++) {
       struct push_job *j = &p->jobs[k];
       if (!j->live || !replaced(files, n, j->index)) continue;
-      j->stop = 1;
-      if (j->busy == 0) j->live = 0;
-      else busy = 1;
+      end_job(j);
+      busy |= j->live;
     }
     if (!busy || pthread_cond_timedwait(&p->idle, &p->mu, &until) != 0) break;
   }

@@ -182,5 +182,5 @@ void xt_read(fuse_req_t req, fuse_ino_t nodeid, size_t size, off_t off, struct f
   if (err != 0) return (void)fuse_reply_err(req, err);
   xt_note_served(e, index, m, len);
   fuse_reply_buf(req, (const char *)data, len);
-  xt_push_read(e, fi->fh, index, n->size, start, end); // after the reply: the reader waits for nothing here
+  xt_push_read(e, fi->fh, index, start, end); // after the reply: the reader waits for nothing here
 }
