@@ -1,6 +1,6 @@
 // The Linux calls Node lacks: FIEMAP, filesystem freeze/thaw, block device ioctls, l*xattr and
 // O_DIRECT reads at unaligned offsets. Plain N-API (no node-addon-api); everything is synchronous.
-// The JS-facing contract is documented in src/native/index.ts.
+// The JS-facing contract is documented in src/linux/index.ts.
 //
 // Numbers cross the boundary as JS doubles, so every 64-bit value is checked against 2^53 rather
 // than silently rounded. Syscall failures throw an Error with `code` ('EBUSY') and `errno` (16).

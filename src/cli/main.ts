@@ -1,26 +1,25 @@
 // The command line. Parses, calls one layer, and turns typed errors into one line on stderr and a
-// documented exit code (src/cli/exit-codes.ts). No logic of its own.
+// documented exit code (ExitCode in src/errors.ts). No logic of its own.
 import fs from 'node:fs'
 import path from 'node:path'
 import { Command, CommanderError, Option } from 'commander'
-import { ExitCode } from './exit-codes'
-import { ExtfsError } from '../errors'
+import { ExitCode, ExtfsError, StaleError } from '../errors'
 import { createLogger } from '../log'
 import { readKeyFile } from '../manifest/sign'
 import { DEFAULT_CARRY_MAX, exportImage } from '../export/export'
 import { releaseFromJournal, releaseImage, ReleaseResult } from '../frozen/release'
 import type { Manifest } from '../manifest/types'
 import { LIMITS } from '../manifest/validate'
-import { readCheckedManifest, loadImage } from '../mover/load'
+import { loadImage } from '../mover/load'
+import { readCheckedManifest } from '../manifest/io'
 import { requireRoot } from '../mover/checks'
 import { DEFAULT_LOG_FILE } from '../mover/daemon'
 import { unmountView } from '../mover/umount'
 import { backupCommand, mountCommand } from './mount'
 import { formatSummary, summarize } from './inspect'
 import { remapImage } from '../remap/remap'
-import { StaleError } from '../errors'
-import { parseSeconds, runServe } from '../serve/run'
-import { DEFAULT_STATE_PATH } from '../serve/state'
+import { parseSeconds, runServe } from '../service/run'
+import { DEFAULT_STATE_PATH } from '../service/state'
 
 function collectDevice(value: string, acc: Map<string, string>): Map<string, string> {
   const eq = value.indexOf('=')

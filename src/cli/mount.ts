@@ -1,16 +1,15 @@
 // `extfs mount` and `extfs backup`: a manifest file on shared storage, or an image `extfs serve`
 // answers for (http(s)://initiator:7070/<image>). Parsing and process handling only; the view is
-// src/mover/serve.ts, the remap a backup of a served image asks for at its end src/mover/final-remap.ts.
+// src/mover/run-view.ts, the remap a backup of a served image asks for at its end src/mover/final-remap.ts.
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { spawn } from 'node:child_process'
-import { ExitCode } from './exit-codes'
-import { ExtfsError } from '../errors'
+import { ExitCode, ExtfsError } from '../errors'
 import { createLogger } from '../log'
 import { readKeyFile } from '../manifest/sign'
 import { checkMountpoint, requireFuse, requireRoot } from '../mover/checks'
-import { serve, type RemoteSource } from '../mover/serve'
+import { runView, type RemoteSource } from '../mover/run-view'
 import { DEFAULT_LOG_FILE, READY_FD_ENV, reportReady, startBackground } from '../mover/daemon'
 import { unmountView } from '../mover/umount'
 import { loadState, takeReport, type ViewReport } from '../mover/state'
@@ -94,7 +93,7 @@ export async function mountCommand(source: string, mountpoint: string, o: MountC
   }
   const log = createLogger({ level: o.logLevel, file: o.logFile })
   let failure: Error | undefined
-  await serve({
+  await runView({
     manifestPath: absoluteSource(source), remote: remoteSource(source, o), mountpoint, allowOther: !!o.allowOther, key: readKey(o),
     deviceOverrides: o.device, log, report: !!o.report,
     onReady: (err) => {

@@ -1,7 +1,7 @@
 // Reading raw block devices on the mover: read-only, O_DIRECT so that bytes never come from a stale
 // page cache of the device (another host may have written them since this host last looked).
 import fs from 'node:fs'
-import { native } from '../native'
+import { linux } from '../linux'
 import { DeviceError } from '../errors'
 
 export class RawDevice {
@@ -16,7 +16,7 @@ export class RawDevice {
     }
     try {
       if (!fs.fstatSync(fd).isBlockDevice()) throw new DeviceError(`device ${id}: ${devicePath} is not a block device`)
-      return new RawDevice(id, devicePath, fd, native.blockDeviceSize(fd))
+      return new RawDevice(id, devicePath, fd, linux.blockDeviceSize(fd))
     } catch (err) {
       fs.closeSync(fd)
       throw err
@@ -33,7 +33,7 @@ export class RawDevice {
 
   /** Read exactly `length` bytes at `position` into `target[offset..]`; a short read is an error. */
   readExact(target: Buffer, offset: number, length: number, position: number): void {
-    const n = native.preadDirect(this.fd, target, offset, length, position)
+    const n = linux.preadDirect(this.fd, target, offset, length, position)
     if (n !== length) throw new Error(`short read from ${this.path}: ${n} of ${length} bytes at ${position}`)
   }
 

@@ -4,7 +4,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import type { DirEntry, Inode, InodeKind, Timespec } from '../manifest/types'
-import { native } from '../native'
+import { linux } from '../linux'
 import type { FileMapper } from '../mapping/mapper'
 import type { FileData, OpenFile } from '../frozen/clone-set'
 import { ExportError } from '../errors'
@@ -55,7 +55,7 @@ function utf8Name(raw: Buffer, dir: string): string {
 function readXattrs(file: string): Record<string, string> | undefined {
   let names: string[]
   try {
-    names = native.listXattrs(file)
+    names = linux.listXattrs(file)
   } catch (err) {
     // ENOENT: deleted after it was described, which only a live filesystem (clone sets) allows.
     const code = (err as NodeJS.ErrnoException).code
@@ -64,7 +64,7 @@ function readXattrs(file: string): Record<string, string> | undefined {
   }
   if (names.length === 0) return undefined
   const out: Record<string, string> = {}
-  for (const name of names) out[name] = native.getXattr(file, name).toString('base64')
+  for (const name of names) out[name] = linux.getXattr(file, name).toString('base64')
   return out
 }
 

@@ -4,7 +4,7 @@
 // one after another while the owner keeps writing (cross-file consistency is the pre-freeze hook's job).
 import fs from 'node:fs'
 import path from 'node:path'
-import { native } from '../native'
+import { linux } from '../linux'
 import { ExportError } from '../errors'
 
 /** An open regular file to describe: metadata from `meta`, data (size, extents) from `fd`. */
@@ -45,7 +45,7 @@ export function cloneInto(dir: string): OpenFile {
       const clonePath = path.join(dir, String(st.ino))
       const clone = fs.openSync(clonePath, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, 0o600)
       try {
-        native.ficlone(src, clone)
+        linux.ficlone(src, clone)
       } catch (err) {
         fs.closeSync(clone)
         const code = (err as NodeJS.ErrnoException).code

@@ -2,7 +2,7 @@
 // the kernel keeps the filesystem frozen until FITHAW, which `extfs release` issues.
 // While frozen, every writer to that filesystem blocks (uninterruptibly) until the thaw.
 import fs from 'node:fs'
-import { native } from '../native'
+import { linux } from '../linux'
 import { ExportError } from '../errors'
 
 function withDirFd<T>(mountpoint: string, fn: (fd: number) => T): T {
@@ -18,7 +18,7 @@ function withDirFd<T>(mountpoint: string, fn: (fd: number) => T): T {
 export function freezeFilesystem(mountpoint: string): void {
   withDirFd(mountpoint, (fd) => {
     try {
-      native.freeze(fd)
+      linux.freeze(fd)
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code
       if (code === 'EBUSY') throw new ExportError(`${mountpoint} is already frozen (an earlier export not released?)`)
@@ -32,7 +32,7 @@ export function freezeFilesystem(mountpoint: string): void {
 export function thawFilesystem(mountpoint: string): boolean {
   return withDirFd(mountpoint, (fd) => {
     try {
-      native.thaw(fd)
+      linux.thaw(fd)
       return true
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'EINVAL') return false

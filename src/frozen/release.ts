@@ -13,8 +13,7 @@ import { discardImage } from './discard'
 import { FrozenImageJournal, journalPathOf, readJournal, removeJournal } from './journal'
 import { mountOf } from '../mapping/mountinfo'
 import { probeIdentity } from '../device/identity'
-import { ExtfsError } from '../errors'
-import { ExitCode } from '../cli/exit-codes'
+import { ExtfsError, ExitCode } from '../errors'
 
 export interface ReleaseResult {
   configId?: string

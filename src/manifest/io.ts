@@ -8,6 +8,7 @@ import { constants as bufferConstants } from 'node:buffer'
 import { ManifestError } from '../errors'
 import type { Manifest } from './types'
 import { parseManifest, validateManifest } from './validate'
+import { verifyManifestSignature } from './sign'
 
 export const DEFAULT_MAX_MANIFEST_BYTES = 1024 * 1024 * 1024
 
@@ -28,6 +29,13 @@ export interface ReadManifestOptions {
 export function readManifestFile(path: string, opts: ReadManifestOptions = {}): Manifest {
   const maxBytes = opts.maxBytes ?? DEFAULT_MAX_MANIFEST_BYTES
   return parseManifest(readManifestText(path, maxBytes))
+}
+
+/** The whole manifest as objects, its signature verified with `key`: bounded by V8's string limit. */
+export function readCheckedManifest(path: string, key?: Buffer): Manifest {
+  const manifest = readManifestFile(path)
+  if (key) verifyManifestSignature(manifest, key)
+  return manifest
 }
 
 /**

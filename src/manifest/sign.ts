@@ -3,8 +3,7 @@
 // file was formatted (indentation, key order), so any writer can produce it and any reader check it.
 import crypto from 'node:crypto'
 import fs from 'node:fs'
-import { ExitCode } from '../cli/exit-codes'
-import { ExtfsError, ManifestError } from '../errors'
+import { ExtfsError, ManifestError, ExitCode } from '../errors'
 import type { Manifest } from './types'
 
 export const MIN_KEY_BYTES = 16

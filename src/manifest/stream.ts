@@ -17,16 +17,13 @@
 // whole-file path (readManifestFile), which is bounded by V8's string limit.
 import fs from 'node:fs'
 import { ManifestError } from '../errors'
-import { openManifest } from './io'
+import { DEFAULT_MAX_MANIFEST_BYTES, openManifest, readCheckedManifest } from './io'
 import { CanonicalHmac, checkSignature } from './sign'
-import type { Inode, Manifest } from './types'
+import type { Inode, Manifest, ManifestHeader } from './types'
 import {
   checkEntries, checkInode, checkLateField, checkRoot, LIMITS, validateHeader,
   type HeaderFacts, type Totals,
 } from './validate'
-
-/** Everything of a manifest but its inodes. */
-export type ManifestHeader = Omit<Manifest, 'inodes'>
 
 /** Receives the validated inodes, in file order; checks the tree once they are all in. */
 export interface InodeSink {
@@ -53,6 +50,21 @@ const READ_CHUNK = 4 * 1024 * 1024
 /** Top-level fields that must come before `inodes` to stream (the inode checks need them). */
 const EARLY_FIELDS = ['format', 'version', 'features', 'configId', 'createdAt', 'source', 'frozenImage', 'configRecord',
   'blockSize', 'devices'] as const
+
+/**
+ * The manifest in `path` streamed into `sink`, checked and its signature verified with `key`; when its
+ * layout cannot stream it is read whole instead (`whole`; the sink then saw nothing usable). The one
+ * place that chooses between the two readers.
+ */
+export function streamOrReadManifest(path: string, sink: InodeSink, key?: Buffer): { header: ManifestHeader; whole?: Manifest } {
+  try {
+    return { header: streamManifestFile(path, sink, { maxBytes: DEFAULT_MAX_MANIFEST_BYTES, key }) }
+  } catch (err) {
+    if (!(err instanceof CannotStream)) throw err
+    const whole = readCheckedManifest(path, key)
+    return { header: whole, whole }
+  }
+}
 
 /**
  * Validate the manifest in `path` while streaming its inodes to `sink`; returns the header.

@@ -1,7 +1,7 @@
 // The tree checks of a streamed manifest, on compact arrays instead of inode objects: the same rules
 // and messages as validate.ts's checkTree (root, entries naming existing inodes, one parent per
 // directory, no cycles, no orphans). The walk is breadth-first from the root and numbers the inodes
-// as it reaches them, which is the order the native engine's tables want (src/engine/stream-tables.ts).
+// as it reaches them, which is the order the native engine's tables want (src/native-engine/stream-tables.ts).
 import { bad, quote } from './validate'
 
 /** Inodes by position in the manifest's list; directory entries by position in the sink's table. */

@@ -132,3 +132,6 @@ export interface Manifest {
   inodes: Inode[]
   signature?: Signature
 }
+
+/** Everything of a manifest but its inodes. */
+export type ManifestHeader = Omit<Manifest, 'inodes'>

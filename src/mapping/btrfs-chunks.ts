@@ -1,5 +1,5 @@
 // Pure arithmetic: a btrfs logical address range → byte ranges on member devices, through the chunk
-// map (the chunk tree as native.btrfsChunks returns it). No I/O, so it is table-tested in
+// map (the chunk tree as linux.btrfsChunks returns it). No I/O, so it is table-tested in
 // test/unit/btrfs-chunks.test.ts; src/mapping/btrfs.ts feeds it the live chunk tree.
 //
 // The layout rules are the kernel's (fs/btrfs/volumes.c, btrfs_map_block). Within a chunk at offset
@@ -13,7 +13,7 @@
 // and 9 MiB (devid 2): logical 1 GiB + 200 KiB is o = 200 KiB, unit 3 (offset 8 KiB inside it),
 // stripe 3 mod 2 = 1, row 1, so devid 2 at 9 MiB + 64 KiB + 8 KiB.
 import { ExportError } from '../errors'
-import type { BtrfsChunk } from '../native'
+import type { BtrfsChunk } from '../linux'
 
 // Block group profile bits (linux/btrfs_tree.h, BTRFS_BLOCK_GROUP_*).
 export const BG_RAID0 = 1 << 3

@@ -3,7 +3,7 @@
 // (the arithmetic is in btrfs-chunks.ts). Reading the chunk tree needs CAP_SYS_ADMIN.
 import fs from 'node:fs'
 import { ExportError } from '../errors'
-import { native } from '../native'
+import { linux } from '../linux'
 import { splitDev } from './blockdev'
 import { ChunkMap, resolveLogical } from './btrfs-chunks'
 import type { DevNum, Span } from './span'
@@ -40,8 +40,8 @@ export class BtrfsLayout {
       throw new ExportError(`${mountpoint}: cannot open: ${(err as Error).message}`)
     }
     try {
-      const info = query(mountpoint, 'device list', () => native.btrfsDevices(fd))
-      const chunks = new ChunkMap(query(mountpoint, 'chunk tree', () => native.btrfsChunks(fd)))
+      const info = query(mountpoint, 'device list', () => linux.btrfsDevices(fd))
+      const chunks = new ChunkMap(query(mountpoint, 'chunk tree', () => linux.btrfsChunks(fd)))
       const devices = info.devices.map((d) => ({ devid: d.devid, uuid: d.uuid, path: d.path, dev: memberDev(mountpoint, d.devid, d.path) }))
       return new BtrfsLayout(info.fsid, devices, chunks)
     } finally {

@@ -7,7 +7,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import {
-  native,
+  linux,
   type FiemapExtent,
   FIEMAP_EXTENT_UNWRITTEN,
   FIEMAP_EXTENT_DATA_INLINE,
@@ -17,7 +17,7 @@ import {
   FIEMAP_EXTENT_DATA_ENCRYPTED,
   FIEMAP_EXTENT_NOT_ALIGNED,
   FIEMAP_EXTENT_DATA_TAIL,
-} from '../native'
+} from '../linux'
 import { ExportError } from '../errors'
 import { splitDev } from './blockdev'
 import type { DevNum, Span } from './span'
@@ -158,14 +158,14 @@ export function readBackingExtents(info: LoopInfo): BackingExtents {
     const st = fs.fstatSync(fd, { bigint: true })
     if (st.isBlockDevice()) {
       // A loop on a block device is a linear window onto it.
-      const size = native.blockDeviceSize(fd)
+      const size = linux.blockDeviceSize(fd)
       const whole: FiemapExtent = { logical: 0, physical: 0, length: size, flags: 0 }
       return buildBackingExtents(info.backingFile, splitDev(st.rdev), size, info, [whole])
     }
     if (!st.isFile()) throw new ExportError(`${info.name}: backing file ${info.backingFile} is neither a regular file nor a block device`)
     let reported: FiemapExtent[]
     try {
-      reported = native.fiemap(fd)
+      reported = linux.fiemap(fd)
     } catch (err) {
       throw new ExportError(`${info.name}: FIEMAP of backing file ${info.backingFile} failed: ${(err as Error).message}`)
     }

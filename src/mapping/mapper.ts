@@ -2,7 +2,7 @@
 // and the disks: btrfs chunks, partitions, device-mapper tables, loop backing files (--through-loop).
 // Export asks one FileMapper per exported filesystem; the disks it meets become the manifest's devices.
 import {
-  native,
+  linux,
   FiemapExtent,
   FIEMAP_EXTENT_DATA_INLINE,
   FIEMAP_EXTENT_ENCODED,
@@ -12,7 +12,7 @@ import {
   FIEMAP_EXTENT_DATA_ENCRYPTED,
   FIEMAP_EXTENT_NOT_ALIGNED,
   FIEMAP_EXTENT_DATA_TAIL,
-} from '../native'
+} from '../linux'
 import type { Extent } from '../manifest/types'
 import type { MountEntry } from './mountinfo'
 import type { RawDisk, RawSpan } from './span'
@@ -84,7 +84,7 @@ export class FileMapper {
   map(fd: number, file: string, size: number): FileMapping {
     let reported: FiemapExtent[]
     try {
-      reported = native.fiemap(fd)
+      reported = linux.fiemap(fd)
     } catch (err) {
       throw new ExportError(`${file}: FIEMAP failed: ${(err as Error).message}`)
     }

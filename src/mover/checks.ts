@@ -2,8 +2,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import { readMountTable } from '../mapping/mountinfo'
-import { ExtfsError, MountpointError } from '../errors'
-import { ExitCode } from '../cli/exit-codes'
+import { ExtfsError, MountpointError, ExitCode } from '../errors'
 
 export function requireRoot(what: string): void {
   if (process.geteuid && process.geteuid() !== 0) throw new ExtfsError(ExitCode.Permission, `${what} needs root (raw devices, freezing, mounting)`)

@@ -3,8 +3,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import { spawn } from 'node:child_process'
-import { ExtfsError } from '../errors'
-import { ExitCode } from '../cli/exit-codes'
+import { ExtfsError, ExitCode } from '../errors'
 
 /** The child finds its end of the pipe through this variable. */
 export const READY_FD_ENV = 'EXTFS_READY_FD'

@@ -4,10 +4,11 @@
 // the mover asks serve for one remap now and waits until its own view has applied what that remap
 // published. Every file the command read whose extents moved up to that moment is then tainted, and
 // named in the view's report. The view says where it is in the config-ID chain in its state file
-// (src/mover/state.ts, written by src/mover/serve.ts whenever it followed a delta).
-import { ConfigClient } from '../serve/client'
-import type { RemoteSource } from './serve'
-import { loadState, processAlive, reached, type ChainPosition } from './state'
+// (src/mover/state.ts, written by src/mover/run-view.ts whenever it followed a delta).
+import { ConfigClient } from '../service/client'
+import type { RemoteSource } from './run-view'
+import { loadState, reached, type ChainPosition } from './state'
+import { processAlive } from '../process'
 
 /**
  * How long the final remap may take. It maps every file of the image (0.23 s of CPU per 5,000 files

@@ -1,10 +1,9 @@
 // Everything the mover checks before serving: manifest, signature, devices, fingerprints, config ID.
 import type { Manifest } from '../manifest/types'
-import { DEFAULT_MAX_MANIFEST_BYTES, readManifestFile } from '../manifest/io'
-import { verifyManifestSignature } from '../manifest/sign'
-import { CannotStream, streamManifestFile } from '../manifest/stream'
-import { fileSizesOf, streamedManifest, TablesBuilder } from '../engine/stream-tables'
-import { stagedTablesOf } from '../engine/tables'
+import { readCheckedManifest } from '../manifest/io'
+import { streamOrReadManifest } from '../manifest/stream'
+import { fileSizesOf, streamedManifest, TablesBuilder } from '../native-engine/stream-tables'
+import { stagedTablesOf } from '../native-engine/tables'
 import { resolveDevices, type CurrentDevices } from '../device/resolve'
 import type { RawDevice } from '../device/reader'
 import { ConfigWatch, readRecord, recordPath, type ConfigRecord } from '../configid/record'
@@ -21,7 +20,7 @@ export interface LoadOptions {
 export interface LoadedImage {
   /**
    * For the native engine, a streamed manifest: the header, its inodes packed into the engine's
-   * tables as they were read (src/engine/stream-tables.ts; reading `inodes` reads the file again,
+   * tables as they were read (src/native-engine/stream-tables.ts; reading `inodes` reads the file again,
    * whole: only tests and debugging do). For the
    * fuse-native engine, or a manifest laid out so it cannot stream, the whole object tree.
    */
@@ -30,31 +29,19 @@ export interface LoadedImage {
   config: ConfigWatch
 }
 
-/** The whole manifest as objects (inspect, release, the fuse-native engine): bounded by V8's string limit. */
-export function readCheckedManifest(manifestPath: string, key?: Buffer): Manifest {
-  const manifest = readManifestFile(manifestPath)
-  if (key) verifyManifestSignature(manifest, key)
-  return manifest
-}
-
 /**
  * The manifest for the native engine: streamed, validated and packed inode by inode (memory about
  * 200 bytes per file, no limit from V8's string length); read whole when its layout cannot stream.
  */
 export function readPackedManifest(manifestPath: string, key?: Buffer): Manifest {
   const builder = new TablesBuilder()
-  let header
-  try {
-    header = streamManifestFile(manifestPath, builder, { maxBytes: DEFAULT_MAX_MANIFEST_BYTES, key })
-  } catch (err) {
-    if (err instanceof CannotStream) return readCheckedManifest(manifestPath, key)
-    throw err
-  }
+  const { header, whole } = streamOrReadManifest(manifestPath, builder, key)
+  if (whole) return whole
   return streamedManifest(header, builder.build(), () => readCheckedManifest(manifestPath, key).inodes)
 }
 
 export function loadImage(manifestPath: string, opts: LoadOptions): LoadedImage {
-  // The fuse-native engine serves from the object tree (src/view/view.ts).
+  // The fuse-native engine serves from the object tree (src/fuse-native-engine/frozen-view.ts).
   const native = process.env.EXTFS_ENGINE !== 'fuse-native'
   const manifest = native ? readPackedManifest(manifestPath, opts.key) : readCheckedManifest(manifestPath, opts.key)
   const config = new ConfigWatch(opts.recordFile ?? recordPath(manifestPath, manifest.configRecord), manifest.configId)

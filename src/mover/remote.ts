@@ -10,7 +10,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import type { Logger } from 'pino'
-import { ConfigClient, type ConfigState } from '../serve/client'
+import { ConfigClient, type ConfigState } from '../service/client'
 import { writeRecord, type ConfigCheck, type Verdict } from '../configid/record'
 import { writeFileAtomic } from '../manifest/io'
 import { StaleError } from '../errors'

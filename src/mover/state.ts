@@ -83,12 +83,3 @@ export function takeReport(mountpoint: string, pid: number): ViewReport | undefi
     return undefined
   }
 }
-
-export function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch {
-    return false
-  }
-}

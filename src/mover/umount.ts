@@ -3,7 +3,8 @@
 import path from 'node:path'
 import { execFileSync } from 'node:child_process'
 import { readMountTable } from '../mapping/mountinfo'
-import { clearState, loadState, processAlive } from './state'
+import { clearState, loadState } from './state'
+import { processAlive } from '../process'
 import { removeMirrorsOf } from './remote'
 import { MountpointError } from '../errors'
 

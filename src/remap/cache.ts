@@ -14,15 +14,13 @@
 //   manifest;
 // - the ino → path table by each file opening as the inode it is listed for (src/remap/remap.ts).
 import fs from 'node:fs'
-import type { Manifest } from '../manifest/types'
+import type { Manifest, ManifestHeader } from '../manifest/types'
 import { deltaPathOf, fileStamp, type ConfigRecord } from '../configid/record'
 import { ImageMap } from '../delta/chain'
 import { extendChain } from '../delta/io'
-import { readCheckedManifest } from '../mover/load'
+import { readCheckedManifest } from '../manifest/io'
 import { StaleError } from '../errors'
 
-/** What a remap needs of the manifest besides its map. */
-export type ManifestHeader = Pick<Manifest, 'configId' | 'configRecord' | 'frozenImage' | 'source'>
 
 /** Where each regular file of the image is opened to be mapped again. */
 export interface FileTable {
@@ -119,9 +117,15 @@ function readImage(manifestFile: string, key: Buffer | undefined, identity: stri
   const unchanged = identity !== '' && fileStamp(manifestFile) === identity
   return {
     identity: unchanged ? identity : '', key, manifestBytes: fs.statSync(manifestFile).size,
-    header: { configId: m.configId, configRecord: m.configRecord, frozenImage: m.frozenImage, source: m.source },
+    header: headerOf(m),
     map: ImageMap.ofManifest(m), deltas: [],
   }
+}
+
+/** The manifest without its inodes: the map holds what a remap needs of them. */
+function headerOf(m: Manifest): ManifestHeader {
+  const { inodes: _inodes, ...header } = m
+  return header
 }
 
 /** The record's chain starts with the deltas the kept map holds, and their files are the ones read. */

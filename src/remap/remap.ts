@@ -13,7 +13,8 @@ import type { RawDisk } from '../mapping/span'
 import { readRecord, recordPath, writeRecord, type RecordMapping } from '../configid/record'
 import { writeDeltaFile } from '../delta/io'
 import type { FileLocation, ImageMap } from '../delta/chain'
-import { RemapCache, type FileTable, type ManifestHeader } from './cache'
+import { RemapCache, type FileTable } from './cache'
+import type { ManifestHeader } from '../manifest/types'
 import { signDelta } from '../delta/sign'
 import { DELTA_FORMAT, DELTA_VERSION, type Delta, type DeltaFile, type DeviceProof } from '../delta/types'
 import { readMountTable, type MountEntry } from '../mapping/mountinfo'
@@ -25,7 +26,7 @@ import { imagesRootOf } from '../frozen/image-dir'
 import { SNAPSHOT_NAME } from '../frozen/discard'
 import { DEFAULT_CARRY_MAX } from '../export/export'
 import { ExportError, StaleError } from '../errors'
-import { processAlive } from '../mover/state'
+import { processAlive } from '../process'
 
 export interface RemapOptions {
   /** Shared key: the manifest and every delta must be signed with it, and the new delta is. */

@@ -1,6 +1,6 @@
 // The narrow interface between the mover's control plane and whatever serves the view to the kernel.
-// Two engines implement it: fuse-native (src/fuse/, every request in JS) and the native engine
-// (src/engine/, requests served in C on libfuse3's low-level API; JS stays out of the request path).
+// Two engines implement it: fuse-native (src/fuse-native-engine/, every request in JS) and the native engine
+// (src/native-engine/, requests served in C on libfuse3's low-level API; JS stays out of the request path).
 export interface MountOptions {
   /** Shown as the mount source: `extfs:<config id>`. */
   fsname: string

@@ -13,7 +13,7 @@ import { BtrfsLayout } from '../../src/mapping/btrfs'
 import { BG_DUP, BG_RAID1, BG_RAID10, BG_RAID1C3, BG_RAID1C4, ChunkMap, resolveLogical } from '../../src/mapping/btrfs-chunks'
 import { devKey, type Span } from '../../src/mapping/span'
 import { RawDevice } from '../../src/device/reader'
-import { native, FIEMAP_EXTENT_DATA_INLINE, FIEMAP_EXTENT_ENCODED, FIEMAP_EXTENT_UNWRITTEN } from '../../src/native'
+import { linux, FIEMAP_EXTENT_DATA_INLINE, FIEMAP_EXTENT_ENCODED, FIEMAP_EXTENT_UNWRITTEN } from '../../src/linux'
 
 const KiB = 1024
 const MiB = 1024 * KiB
@@ -72,7 +72,7 @@ function checkFiles(t: Test, fsx: BtrfsFs, layout: BtrfsLayout, resolve: Resolve
   try {
     for (const [name, content] of files) {
       const fd = fs.openSync(path.join(fsx.mountpoint, name), 'r')
-      const extents = native.fiemap(fd)
+      const extents = linux.fiemap(fd)
       fs.closeSync(fd)
       const got = Buffer.alloc(content.length, 0xa5) // poison: bytes no extent covers stay wrong
       let bad = ''
@@ -106,7 +106,7 @@ function checkFiles(t: Test, fsx: BtrfsFs, layout: BtrfsLayout, resolve: Resolve
  */
 function mirrorResolver(layout: BtrfsLayout, mountpoint: string, m: number): Resolve {
   const fd = fs.openSync(mountpoint, 'r')
-  const chunks = native.btrfsChunks(fd)
+  const chunks = linux.btrfsChunks(fd)
   fs.closeSync(fd)
   const rotated = chunks.map((c) => {
     const width = c.type & BG_RAID10 ? c.subStripes : c.type & (BG_DUP | BG_RAID1 | BG_RAID1C3 | BG_RAID1C4) ? c.numStripes : 1
@@ -169,7 +169,7 @@ t.test('compressed extents are flagged ENCODED', async (t) => {
     const file = path.join(fsx.mountpoint, 'text')
     fs.writeFileSync(file, Buffer.from('all work and no play makes jack a dull boy\n'.repeat(25_000)))
     const fd = fs.openSync(file, 'r')
-    const extents = native.fiemap(fd)
+    const extents = linux.fiemap(fd)
     fs.closeSync(fd)
     t.ok(extents.length > 0, `${extents.length} extents`)
     t.ok(extents.every((e) => e.flags & FIEMAP_EXTENT_ENCODED), 'every extent of a compressed file is ENCODED')

@@ -1,4 +1,4 @@
-// The native engine (src/engine/, native/view/) through the kernel: export a frozen image of a real
+// The native engine (src/native-engine/, native/view/) through the kernel: export a frozen image of a real
 // loop filesystem, mount it with NativeEngine in this process, and back it up with tar, rsync and dd,
 // compared with the source to the nanosecond. Then the edges: xattr ERANGE, EROFS, a busy unmount,
 // EIO from a device read that comes up short, misaligned device offsets, an unmount from outside,
@@ -18,8 +18,8 @@ import { tarRoundTrip, rsyncCopy, ddCompare, ddSha256 } from '../helpers/backup-
 import { run, runOk } from '../helpers/exec'
 import { extfs, release, scratchDir } from '../helpers/extfs'
 import { loadImage, type LoadedImage } from '../../src/mover/load'
-import { NativeEngine } from '../../src/engine/native-engine'
-import { imageStatFs } from '../../src/engine/tables'
+import { NativeEngine } from '../../src/native-engine/native-engine'
+import { imageStatFs } from '../../src/native-engine/tables'
 import type { Manifest } from '../../src/manifest/types'
 
 const NS = 1 // the native engine serves times with nanoseconds

@@ -12,7 +12,7 @@ import { runOk } from '../helpers/exec'
 import { createLoopFs, destroyLoopFs, type LoopFs } from '../helpers/loopfs'
 import { attachReadOnly, createNestedFs, destroyNestedFs, type NestedFs } from '../helpers/nested-loop'
 import { DeviceStack } from '../../src/mapping/stack'
-import { native, FIEMAP_EXTENT_UNWRITTEN } from '../../src/native'
+import { linux, FIEMAP_EXTENT_UNWRITTEN } from '../../src/linux'
 import { rawDeviceOf, splitDev } from '../../src/mapping/blockdev'
 import { RawDevice } from '../../src/device/reader'
 import type { RawSpan } from '../../src/mapping/span'
@@ -55,7 +55,7 @@ function planFile(stack: DeviceStack, file: string): RawPlan {
     const size = Number(st.size)
     const dev = splitDev(st.dev)
     // FIEMAP's physical is an offset on the filesystem's own device (st_dev): where the stack starts.
-    const extents = native.fiemap(fd).filter((e) => !(e.flags & FIEMAP_EXTENT_UNWRITTEN) && e.logical < size)
+    const extents = linux.fiemap(fd).filter((e) => !(e.flags & FIEMAP_EXTENT_UNWRITTEN) && e.logical < size)
     return {
       size,
       pieces: extents.map((e) => ({ fileOffset: e.logical, spans: stack.resolve(dev, e.physical, Math.min(e.length, size - e.logical)) })),

@@ -25,9 +25,10 @@ import { populateEveryKind, seededBytes, writeInterleaved } from '../helpers/pop
 import { diffTrees, snapshotTree, Tree } from '../helpers/tree'
 import { tarRoundTrip } from '../helpers/backup-tools'
 import { overwrittenOldExtents } from '../helpers/moved'
-import { signRequest } from '../../src/serve/auth'
-import { clearState, loadState, processAlive, takeReport } from '../../src/mover/state'
-import { ExitCode } from '../../src/cli/exit-codes'
+import { signRequest } from '../../src/service/auth'
+import { clearState, loadState, takeReport } from '../../src/mover/state'
+import { processAlive } from '../../src/process'
+import { ExitCode } from '../../src/errors'
 
 const KiB = 1024
 const AGENT = path.resolve(__dirname, '..', 'helpers', 'netns-agent.js')

@@ -9,8 +9,7 @@
 //   /ln          inode 4  symlink -> a
 import type { Test } from 'tap'
 import type { Device, Extent, Inode, Manifest, Timespec } from '../../src/manifest/types'
-import { ManifestError } from '../../src/errors'
-import { ExitCode } from '../../src/cli/exit-codes'
+import { ManifestError, ExitCode } from '../../src/errors'
 
 export const T0: Timespec = [1_700_000_000, 123_456_789]
 

@@ -7,9 +7,9 @@ import path from 'node:path'
 import pino from 'pino'
 import { readRecord, writeRecord } from '../../src/configid/record'
 import { signManifest } from '../../src/manifest/sign'
-import { ConfigServer, type Remapper } from '../../src/serve/server'
-import { ServeState } from '../../src/serve/state'
-import { ConfigClient } from '../../src/serve/client'
+import { ConfigServer, type Remapper } from '../../src/service/server'
+import { ServeState } from '../../src/service/state'
+import { ConfigClient } from '../../src/service/client'
 import type { RemapResult } from '../../src/remap/remap'
 
 export const KEY = Buffer.from('0123456789abcdef0123456789abcdef')

@@ -3,7 +3,7 @@
 import t from 'tap'
 import { BG_DUP, BG_RAID0, BG_RAID1, BG_RAID10, BG_RAID1C3, BG_RAID5, ChunkMap, resolveLogical, type MemberSpan } from '../../src/mapping/btrfs-chunks'
 import { ExportError } from '../../src/errors'
-import type { BtrfsChunk } from '../../src/native'
+import type { BtrfsChunk } from '../../src/linux'
 
 const KiB = 1024
 const MiB = 1024 * KiB

@@ -1,11 +1,11 @@
-// The packer of deltas for the native engine (src/engine/delta-tables.ts ↔ native/view/tables.h "A
+// The packer of deltas for the native engine (src/native-engine/delta-tables.ts ↔ native/view/tables.h "A
 // delta"): layout agreement with the addon, what the packed bytes hold, and what JS refuses itself.
 // What C refuses is tested through a mounted view in test/e2e/engine-delta.test.ts.
 import t from 'tap'
-import { checkDeltaLayout, DELTA_MAGIC, DELTA_VERSION, packDelta, unpackDelta } from '../../src/engine/delta-tables'
-import { checkLayout, LAYOUT, PathTable, TableReader, packTables, type NativeLayout } from '../../src/engine/tables'
+import { checkDeltaLayout, DELTA_MAGIC, DELTA_VERSION, packDelta, unpackDelta } from '../../src/native-engine/delta-tables'
+import { checkLayout, LAYOUT, PathTable, TableReader, packTables, type NativeLayout } from '../../src/native-engine/tables'
 import { validateManifest } from '../../src/manifest/validate'
-import { viewAddon } from '../../src/engine/addon'
+import { viewAddon } from '../../src/native-engine/addon'
 import { extent, makeInode, makeManifest } from '../helpers/manifest-factory'
 
 const u32 = (b: Buffer, name: 'delta_header' | 'delta_file', field: string, at = 0) =>

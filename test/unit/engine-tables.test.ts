@@ -1,13 +1,13 @@
 // The native engine's tables: packing a manifest and reading it back the way the C engine does
-// (src/engine/tables.ts TableReader mirrors native/view/ops.c and read.c), and the layout agreement
+// (src/native-engine/tables.ts TableReader mirrors native/view/ops.c and read.c), and the layout agreement
 // between JS and the addon.
 import t from 'tap'
 import fs from 'node:fs'
 import path from 'node:path'
 import type { Manifest } from '../../src/manifest/types'
 import { validateManifest } from '../../src/manifest/validate'
-import { checkLayout, FLAG_INLINE, imageStatFs, LAYOUT, mergeExtents, packTables, TableReader, type NativeLayout } from '../../src/engine/tables'
-import { viewAddon } from '../../src/engine/addon'
+import { checkLayout, FLAG_INLINE, imageStatFs, LAYOUT, mergeExtents, packTables, TableReader, type NativeLayout } from '../../src/native-engine/tables'
+import { viewAddon } from '../../src/native-engine/addon'
 import { extent, inodeOf, makeDevice, makeInode, makeManifest } from '../helpers/manifest-factory'
 
 const fixture = (name: string): Manifest =>

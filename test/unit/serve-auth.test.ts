@@ -1,4 +1,4 @@
-// Authentication of `extfs serve` requests and answers (src/serve/auth.ts): the MAC, clock skew, replay
+// Authentication of `extfs serve` requests and answers (src/service/auth.ts): the MAC, clock skew, replay
 // (with the real SQLite nonce store, also across a reopen), tampering with each signed part, and the
 // response MAC.
 import t from 'tap'
@@ -7,8 +7,8 @@ import os from 'node:os'
 import path from 'node:path'
 import {
   MemoryNonceStore, RequestVerifier, requestMac, responseMac, sha256Hex, signRequest, verifyResponseMac,
-} from '../../src/serve/auth'
-import { ServeState } from '../../src/serve/state'
+} from '../../src/service/auth'
+import { ServeState } from '../../src/service/state'
 
 const KEY = Buffer.from('0123456789abcdef0123456789abcdef')
 const OTHER = Buffer.from('fedcba9876543210fedcba9876543210')

@@ -1,10 +1,10 @@
-// The serve loop in-process (src/serve/server.ts): remaps on request and on the schedule publish what the
+// The serve loop in-process (src/service/server.ts): remaps on request and on the schedule publish what the
 // remapper wrote, long polls wake on it, a delta that breaks the chain is not published. The remapper is
 // a fake here (the one test double: the real one is src/remap/remap.ts, tested on real relocations in
 // test/e2e/remap.test.ts); it writes real delta files and records as `extfs remap` does.
 import t from 'tap'
 import fs from 'node:fs'
-import { imageNameOf, REMAP_COST_FACTOR } from '../../src/serve/server'
+import { imageNameOf, REMAP_COST_FACTOR } from '../../src/service/server'
 import { fakeRemapper, serveFakeImage, slowRemapper, type TimedCall } from '../helpers/serve-image'
 
 t.test('image names', async (t) => {

@@ -1,4 +1,4 @@
-// The streaming loader (src/manifest/stream.ts + src/engine/stream-tables.ts) against the whole-file
+// The streaming loader (src/manifest/stream.ts + src/native-engine/stream-tables.ts) against the whole-file
 // path: the same verdict and message for every layout, the same served tree, exact signatures.
 import t from 'tap'
 import fs from 'node:fs'
@@ -7,8 +7,8 @@ import type { Manifest } from '../../src/manifest/types'
 import { readManifestFile, writeManifestFile } from '../../src/manifest/io'
 import { signManifest, verifyManifestSignature } from '../../src/manifest/sign'
 import { CannotStream, streamManifestFile } from '../../src/manifest/stream'
-import { TablesBuilder, withDeviceFds } from '../../src/engine/stream-tables'
-import { packTables, TableReader } from '../../src/engine/tables'
+import { TablesBuilder, withDeviceFds } from '../../src/native-engine/stream-tables'
+import { packTables, TableReader } from '../../src/native-engine/tables'
 import { extent, inodeOf, makeInode, makeManifest } from '../helpers/manifest-factory'
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any

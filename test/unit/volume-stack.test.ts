@@ -5,7 +5,7 @@ import t from 'tap'
 import { buildBackingExtents, mapLoopRange } from '../../src/mapping/loop'
 import { mergeRawSpans } from '../../src/mapping/stack'
 import type { DevNum, RawDisk, RawSpan, Span } from '../../src/mapping/span'
-import { FIEMAP_EXTENT_ENCODED, FIEMAP_EXTENT_LAST, FIEMAP_EXTENT_UNWRITTEN, FIEMAP_EXTENT_DATA_INLINE, type FiemapExtent } from '../../src/native'
+import { FIEMAP_EXTENT_ENCODED, FIEMAP_EXTENT_LAST, FIEMAP_EXTENT_UNWRITTEN, FIEMAP_EXTENT_DATA_INLINE, type FiemapExtent } from '../../src/linux'
 
 const MiB = 1024 * 1024
 const outer: DevNum = { major: 7, minor: 0 }

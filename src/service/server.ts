@@ -1,7 +1,7 @@
 // `extfs serve`: the initiator's config-ID service (docs/remap.md, "extfs serve and leases").
-// node:http(s), no framework. Every request is authenticated (src/serve/auth.ts) before it is routed,
+// node:http(s), no framework. Every request is authenticated (src/service/auth.ts) before it is routed,
 // every answer carries a MAC. What is served comes from the files `extfs export`/`extfs remap` write
-// (manifest, config-ID record, delta files); the SQLite state (src/serve/state.ts) remembers each
+// (manifest, config-ID record, delta files); the SQLite state (src/service/state.ts) remembers each
 // image's config ID and delta history so a restarted serve answers for the images it had.
 //
 //   GET  /images                                  {"images": [name...]}
@@ -19,11 +19,10 @@ import { pipeline } from 'node:stream/promises'
 import type { Logger } from 'pino'
 import { deltaPathOf, fileStamp, readRecord, recordPath } from '../configid/record'
 import { DEFAULT_MAX_MANIFEST_BYTES } from '../manifest/io'
-import { CannotStream, streamManifestFile, type InodeSink } from '../manifest/stream'
-import { readCheckedManifest } from '../mover/load'
+import { streamOrReadManifest, type InodeSink } from '../manifest/stream'
+import type { ManifestHeader } from '../manifest/types'
 import { DEFAULT_MAX_DELTA_BYTES } from '../delta/io'
-import { ManifestError, ExtfsError } from '../errors'
-import { ExitCode } from '../cli/exit-codes'
+import { ManifestError, ExtfsError, ExitCode } from '../errors'
 import { remapImage, type RemapResult } from '../remap/remap'
 import { RemapCache } from '../remap/cache'
 import { DEFAULT_SKEW_MS, RequestVerifier, responseMac, sha256Hex } from './auth'
@@ -64,7 +63,7 @@ export interface Remapper {
 
 export const realRemapper: Remapper = { remap: remapImage }
 
-export interface ServeOptions {
+export interface ServiceOptions {
   manifests: string[]
   key: Buffer
   state: ServeState
@@ -134,7 +133,7 @@ export class ConfigServer {
   private readonly hashCache = new Map<string, string>()
   private closing = false
 
-  constructor(private readonly opts: ServeOptions) {
+  constructor(private readonly opts: ServiceOptions) {
     this.remapper = opts.remapper ?? realRemapper
     this.leaseMs = opts.leaseMs ?? DEFAULT_LEASE_MS
     this.intervalMs = opts.intervalMs ?? DEFAULT_INTERVAL_MS
@@ -553,14 +552,9 @@ async function readBody(req: http.IncomingMessage): Promise<Buffer | undefined> 
 }
 
 /** The manifest's header (config ID, record), checked and its signature verified, without keeping its inodes. */
-function readManifestHeader(manifestPath: string, key: Buffer): { configId: string; configRecord: string } {
+function readManifestHeader(manifestPath: string, key: Buffer): ManifestHeader {
   const ignore: InodeSink = { begin() {}, inode() {}, finish() {} }
-  try {
-    return streamManifestFile(manifestPath, ignore, { maxBytes: DEFAULT_MAX_MANIFEST_BYTES, key })
-  } catch (err) {
-    if (err instanceof CannotStream) return readCheckedManifest(manifestPath, key)
-    throw err
-  }
+  return streamOrReadManifest(manifestPath, ignore, key).header
 }
 
 /** The chain fields of a delta file; the mover checks the rest (validation, signature). */

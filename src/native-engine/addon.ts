@@ -63,7 +63,7 @@ let loaded: ViewAddon | undefined
  */
 export function viewAddon(): ViewAddon {
   if (loaded) return loaded
-  // dist/engine/addon.js and src/engine/addon.ts both sit two levels below the package root.
+  // dist/native-engine/addon.js and src/native-engine/addon.ts both sit two levels below the package root.
   const file = path.join(process.env.EXTFS_ADDON_DIR || path.join(__dirname, '..', '..', 'build', 'Release'), 'extfs_view.node')
   const addon = require(file) as ViewAddon
   checkLayout(addon.layout())

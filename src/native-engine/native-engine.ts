@@ -62,7 +62,7 @@ export class NativeEngine implements ViewEngine {
     const addon = viewAddon()
     const packed = this.packed ?? packTables(this.manifest, this.devices.map((d) => d.fd))
     // The addon copies the image: collect what loading left behind first, so the peak is the two
-    // copies and little else (src/engine/memory.ts).
+    // copies and little else (src/native-engine/memory.ts).
     collectGarbage()
     const options = ['ro', 'default_permissions', `fsname=${escapeOption(opts.fsname)}`, 'subtype=extfs']
     if (opts.allowOther) options.push('allow_other')

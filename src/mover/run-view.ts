@@ -3,17 +3,16 @@ import fs from 'node:fs'
 import type { Logger } from 'pino'
 import { loadImage, LoadOptions } from './load'
 import { checkMountpoint, requireFuse, requireRoot } from './checks'
-import { FrozenView } from '../view/view'
+import { FrozenView } from '../fuse-native-engine/frozen-view'
 import type { ViewEngine } from '../view/engine'
-import { FuseEngine } from '../fuse/adapter'
-import { NativeEngine } from '../engine/native-engine'
+import { FuseEngine } from '../fuse-native-engine/adapter'
+import { NativeEngine } from '../native-engine/native-engine'
 import type { LoadedImage } from './load'
 import { isMountpoint } from '../mapping/mountinfo'
 import { clearState, saveReport, saveState, type ViewState } from './state'
 import { ChainFollower } from './follow'
 import { RemoteImage } from './remote'
-import { ExtfsError, MountpointError } from '../errors'
-import { ExitCode } from '../cli/exit-codes'
+import { ExtfsError, MountpointError, ExitCode } from '../errors'
 
 /** A mover following `extfs serve` instead of files on shared storage (src/mover/remote.ts). */
 export interface RemoteSource {
@@ -23,7 +22,7 @@ export interface RemoteSource {
   leaseCapMs?: number
 }
 
-export interface ServeOptions extends LoadOptions {
+export interface ViewRunOptions extends LoadOptions {
   /** The manifest file; with `remote`, the URL (for logs and state only). */
   manifestPath: string
   remote?: RemoteSource
@@ -37,7 +36,7 @@ export interface ServeOptions extends LoadOptions {
 }
 
 /**
- * The native engine (C on libfuse3, src/engine/) serves by default; EXTFS_ENGINE=fuse-native selects
+ * The native engine (C on libfuse3, src/native-engine/) serves by default; EXTFS_ENGINE=fuse-native selects
  * the first engine (every request in JS), kept as a reference and a fallback.
  */
 interface Served {
@@ -46,7 +45,7 @@ interface Served {
   follower?: ChainFollower
 }
 
-function createEngine(image: LoadedImage, opts: ServeOptions, remote?: RemoteImage): Served {
+function createEngine(image: LoadedImage, opts: ViewRunOptions, remote?: RemoteImage): Served {
   const { log } = opts
   if (process.env.EXTFS_ENGINE === 'fuse-native') return { engine: new FuseEngine(new FrozenView(image.manifest, image.devices, image.config, log), log) }
   const { manifest } = image
@@ -70,7 +69,7 @@ function createEngine(image: LoadedImage, opts: ServeOptions, remote?: RemoteIma
  * and a release stops reads of open files without waiting for the next open. From serve: the mirror
  * is looked at whenever an answer changed it, and the lease follows the initiator's answers.
  */
-function startFollowing(served: Served, opts: ServeOptions, state: ViewState, remote?: RemoteImage): () => void {
+function startFollowing(served: Served, opts: ViewRunOptions, state: ViewState, remote?: RemoteImage): () => void {
   const { engine, follower } = served
   if (!(engine instanceof NativeEngine) || !follower) return () => undefined
   const recordPosition = positionRecorder(follower, state, opts.log)
@@ -115,7 +114,7 @@ function positionRecorder(follower: ChainFollower, state: ViewState, log: Logger
 const MOUNT_POLL_MS = 250
 
 /** Resolves when the view has been unmounted (by signal, `extfs umount` or plain umount). */
-export async function serve(opts: ServeOptions): Promise<void> {
+export async function runView(opts: ViewRunOptions): Promise<void> {
   const { log } = opts
   let engine: ViewEngine | undefined
   let served: Served | undefined

@@ -2,8 +2,7 @@
 // of them is believed, one-line errors. `baseUrl` names one image: http(s)://initiator:7070/<image>.
 import http from 'node:http'
 import https from 'node:https'
-import { ExtfsError } from '../errors'
-import { ExitCode } from '../cli/exit-codes'
+import { ExtfsError, ExitCode } from '../errors'
 import { DEFAULT_MAX_MANIFEST_BYTES } from '../manifest/io'
 import { DEFAULT_MAX_DELTA_BYTES } from '../delta/io'
 import { signRequest, verifyResponseMac } from './auth'

@@ -1,8 +1,7 @@
 // `extfs serve` in the foreground: open the state, load the images, listen, and stop cleanly on
 // SIGTERM/SIGINT (long polls answered, connections closed, database closed).
 import fs from 'node:fs'
-import { ExtfsError } from '../errors'
-import { ExitCode } from '../cli/exit-codes'
+import { ExtfsError, ExitCode } from '../errors'
 import { createLogger } from '../log'
 import { readKeyFile } from '../manifest/sign'
 import { ConfigServer } from './server'

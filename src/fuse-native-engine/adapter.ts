@@ -3,7 +3,7 @@
 import Fuse from 'fuse-native'
 import { execFile } from 'node:child_process'
 import type { Logger } from 'pino'
-import type { FrozenView, Attr } from '../view/view'
+import type { FrozenView, Attr } from './frozen-view'
 import type { MountOptions, ViewEngine } from '../view/engine'
 import { ViewError } from '../errors'
 import { Errno } from '../view/errno'

@@ -80,6 +80,6 @@ export interface NativeAddon {
   btrfsDevices(fd: number): BtrfsDevices
 }
 
-// dist/native/index.js and src/native/index.ts both sit two levels below the package root. EXTFS_ADDON_DIR
+// dist/linux/index.js and src/linux/index.ts both sit two levels below the package root. EXTFS_ADDON_DIR
 // names another build of both addons (scripts/sanitize: an AddressSanitizer build).
-export const native: NativeAddon = require(path.join(process.env.EXTFS_ADDON_DIR || path.join(__dirname, '..', '..', 'build', 'Release'), 'extfs_native.node'))
+export const linux: NativeAddon = require(path.join(process.env.EXTFS_ADDON_DIR || path.join(__dirname, '..', '..', 'build', 'Release'), 'extfs_native.node'))

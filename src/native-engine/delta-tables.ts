@@ -25,7 +25,7 @@ export interface DeltaEntry {
 /** Throws unless the addon applies deltas of this module's version (the structs: checkLayout). */
 export function checkDeltaLayout(native: NativeLayout): void {
   if (native.deltaVersion !== DELTA_VERSION || native.deltaMagic !== DELTA_MAGIC) {
-    throw new Error(`native view delta format ${String(native.deltaVersion)} differs from src/engine/delta-tables.ts (${DELTA_VERSION})`)
+    throw new Error(`native view delta format ${String(native.deltaVersion)} differs from src/native-engine/delta-tables.ts (${DELTA_VERSION})`)
   }
 }
 

@@ -5,8 +5,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import Database from 'better-sqlite3'
-import { ExtfsError } from '../errors'
-import { ExitCode } from '../cli/exit-codes'
+import { ExtfsError, ExitCode } from '../errors'
 import type { NonceStore } from './auth'
 
 export const DEFAULT_STATE_PATH = '/var/lib/extfs/serve.db'

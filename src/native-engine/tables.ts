@@ -100,7 +100,7 @@ export function checkLayout(native: NativeLayout): void {
       }
     }
   }
-  if (problems.length) throw new Error(`native view tables layout differs from src/engine/tables.ts: ${problems.join('; ')}`)
+  if (problems.length) throw new Error(`native view tables layout differs from src/native-engine/tables.ts: ${problems.join('; ')}`)
 }
 
 // ------------------------------------------------------------------------------------- packing

@@ -1,12 +1,12 @@
 // The frozen view: a FUSE-free, read-only filesystem over a validated manifest. The FUSE adapter
-// (src/fuse/) is a thin shell around this; a native engine can replace the adapter, not this contract.
+// (src/fuse-native-engine/) is a thin shell around this; a native engine can replace the adapter, not this contract.
 import type { Inode, Manifest, Timespec } from '../manifest/types'
 import type { RawDevice } from '../device/reader'
 import type { ConfigWatch } from '../configid/record'
 import { planRead } from '../extents/plan'
 import { ViewError } from '../errors'
 import type { Logger } from 'pino'
-import { Errno } from './errno'
+import { Errno } from '../view/errno'
 
 const TYPE_BITS: Record<Inode['kind'], number> = {
   file: 0o100000, dir: 0o040000, symlink: 0o120000, fifo: 0o010000, char: 0o020000, block: 0o060000, socket: 0o140000,

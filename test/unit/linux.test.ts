@@ -7,12 +7,12 @@ import path from 'node:path'
 import { randomBytes } from 'node:crypto'
 import { execFileSync } from 'node:child_process'
 import {
-  native,
+  linux,
   FIEMAP_EXTENT_DATA_INLINE,
   FIEMAP_EXTENT_LAST,
   FIEMAP_EXTENT_NOT_ALIGNED,
   FIEMAP_EXTENT_UNWRITTEN,
-} from '../../src/native/index'
+} from '../../src/linux'
 
 const KiB = 1024
 const MiB = 1024 * KiB
@@ -45,7 +45,7 @@ function cleanUp(): void {
 // and thaw must not leave the filesystem frozen for the next test or for umount.
 function thawQuietly(): void {
   if (frozenFd === undefined) return
-  try { native.thaw(frozenFd) } catch { /* EINVAL: not frozen, the normal case */ }
+  try { linux.thaw(frozenFd) } catch { /* EINVAL: not frozen, the normal case */ }
 }
 
 function umount(dir: string): void {
@@ -127,14 +127,14 @@ function fileBytes(file: string, position: number, length: number): Buffer {
 
 function deviceBytes(fd: number, position: number, length: number): Buffer {
   const buf = Buffer.alloc(length)
-  const n = native.preadDirect(fd, buf, 0, length, position)
+  const n = linux.preadDirect(fd, buf, 0, length, position)
   return buf.subarray(0, n)
 }
 
 function fiemapOf(file: string) {
   const fd = fs.openSync(file, 'r')
   try {
-    return native.fiemap(fd)
+    return linux.fiemap(fd)
   } finally {
     fs.closeSync(fd)
   }
@@ -202,17 +202,17 @@ t.test('fiemap: a 3-byte file on inline_data ext4 is DATA_INLINE', async t => {
   t.ok(e.flags & FIEMAP_EXTENT_LAST, 'LAST')
   // Inline data sits in the inode table, written through the journal; freezing checkpoints the
   // journal, so only then does the device hold the bytes at `physical` (the product's order too).
-  native.freeze(mntFd)
+  linux.freeze(mntFd)
   try {
     t.equal(deviceBytes(ext4DevFd, e.physical, 3).toString(), 'abc', 'device bytes at physical')
   } finally {
-    native.thaw(mntFd)
+    linux.thaw(mntFd)
   }
 })
 
 t.test('fiemap: a bad fd throws EBADF', async t => {
-  t.throws(() => native.fiemap(987654), { code: 'EBADF', errno: 9, message: 'FS_IOC_FIEMAP: Bad file descriptor' })
-  t.throws(() => native.fiemap(-1), RangeError)
+  t.throws(() => linux.fiemap(987654), { code: 'EBADF', errno: 9, message: 'FS_IOC_FIEMAP: Bad file descriptor' })
+  t.throws(() => linux.fiemap(-1), RangeError)
 })
 
 // ------------------------------------------------------------------------------- preadDirect
@@ -231,7 +231,7 @@ t.test('preadDirect: unaligned reads match the pattern', async t => {
   for (const [name, position, length] of cases) {
     // Sentinels around the target range show nothing outside it is written.
     const target = Buffer.alloc(length + 14, 0xee)
-    t.equal(native.preadDirect(patternFd, target, 7, length, position), length, name)
+    t.equal(linux.preadDirect(patternFd, target, 7, length, position), length, name)
     t.ok(target.subarray(7, 7 + length).equals(pattern.subarray(position, position + length)), `${name}: bytes`)
     t.ok(target.subarray(0, 7).every(b => b === 0xee) && target.subarray(7 + length).every(b => b === 0xee),
       `${name}: sentinels untouched`)
@@ -240,43 +240,43 @@ t.test('preadDirect: unaligned reads match the pattern', async t => {
 
 t.test('preadDirect: short at the end of the device', async t => {
   const size = pattern.length
-  t.equal(native.blockDeviceSize(patternFd), size, 'device size is not a multiple of 4096')
+  t.equal(linux.blockDeviceSize(patternFd), size, 'device size is not a multiple of 4096')
   const target = Buffer.alloc(1000)
-  t.equal(native.preadDirect(patternFd, target, 0, 1000, size - 100), 100, 'last 100 bytes')
+  t.equal(linux.preadDirect(patternFd, target, 0, 1000, size - 100), 100, 'last 100 bytes')
   t.ok(target.subarray(0, 100).equals(pattern.subarray(size - 100)))
-  t.equal(native.preadDirect(patternFd, target, 0, 1000, size - 600), 600, 'crossing into the last partial page')
+  t.equal(linux.preadDirect(patternFd, target, 0, 1000, size - 600), 600, 'crossing into the last partial page')
   t.ok(target.subarray(0, 600).equals(pattern.subarray(size - 600)))
-  t.equal(native.preadDirect(patternFd, target, 0, 1000, size), 0, 'at the end')
-  t.equal(native.preadDirect(patternFd, target, 0, 1000, size + 12345), 0, 'past the end')
-  t.equal(native.preadDirect(patternFd, target, 0, 0, 0), 0, 'zero length')
+  t.equal(linux.preadDirect(patternFd, target, 0, 1000, size), 0, 'at the end')
+  t.equal(linux.preadDirect(patternFd, target, 0, 1000, size + 12345), 0, 'past the end')
+  t.equal(linux.preadDirect(patternFd, target, 0, 0, 0), 0, 'zero length')
 })
 
 t.test('preadDirect: bad arguments throw', async t => {
   const buf = Buffer.alloc(16)
-  t.throws(() => native.preadDirect(patternFd, buf, 8, 9, 0), RangeError, 'past the end of the target')
-  t.throws(() => native.preadDirect(patternFd, buf, 17, 0, 0), RangeError, 'targetOffset past the target')
-  t.throws(() => native.preadDirect(patternFd, buf, -1, 1, 0), RangeError, 'negative targetOffset')
-  t.throws(() => native.preadDirect(patternFd, buf, 0, 1.5, 0), RangeError, 'fractional length')
-  t.throws(() => native.preadDirect(patternFd, buf, 0, 1, -4096), RangeError, 'negative position')
-  t.throws(() => native.preadDirect(patternFd, buf, 0, 1, 2 ** 53), RangeError, 'position above 2^53 - 1')
-  t.throws(() => native.preadDirect(patternFd, buf, 0, 1, NaN), RangeError, 'NaN position')
-  t.throws(() => native.preadDirect(patternFd, buf, 0, '1' as never, 0), TypeError, 'string length')
-  t.throws(() => native.preadDirect(patternFd, new ArrayBuffer(16) as never, 0, 1, 0), TypeError, 'not a Buffer')
-  t.throws(() => native.preadDirect(-1, buf, 0, 1, 0), RangeError, 'negative fd')
-  t.throws(() => native.preadDirect(987654, buf, 0, 1, 0), { code: 'EBADF', syscall: 'pread' }, 'closed fd')
+  t.throws(() => linux.preadDirect(patternFd, buf, 8, 9, 0), RangeError, 'past the end of the target')
+  t.throws(() => linux.preadDirect(patternFd, buf, 17, 0, 0), RangeError, 'targetOffset past the target')
+  t.throws(() => linux.preadDirect(patternFd, buf, -1, 1, 0), RangeError, 'negative targetOffset')
+  t.throws(() => linux.preadDirect(patternFd, buf, 0, 1.5, 0), RangeError, 'fractional length')
+  t.throws(() => linux.preadDirect(patternFd, buf, 0, 1, -4096), RangeError, 'negative position')
+  t.throws(() => linux.preadDirect(patternFd, buf, 0, 1, 2 ** 53), RangeError, 'position above 2^53 - 1')
+  t.throws(() => linux.preadDirect(patternFd, buf, 0, 1, NaN), RangeError, 'NaN position')
+  t.throws(() => linux.preadDirect(patternFd, buf, 0, '1' as never, 0), TypeError, 'string length')
+  t.throws(() => linux.preadDirect(patternFd, new ArrayBuffer(16) as never, 0, 1, 0), TypeError, 'not a Buffer')
+  t.throws(() => linux.preadDirect(-1, buf, 0, 1, 0), RangeError, 'negative fd')
+  t.throws(() => linux.preadDirect(987654, buf, 0, 1, 0), { code: 'EBADF', syscall: 'pread' }, 'closed fd')
 })
 
 // ------------------------------------------------------------------------------ freeze / thaw
 
 t.test('freeze and thaw', async t => {
-  native.freeze(mntFd)
+  linux.freeze(mntFd)
   try {
-    t.throws(() => native.freeze(mntFd), { code: 'EBUSY', errno: 16, message: 'FIFREEZE: Device or resource busy' },
+    t.throws(() => linux.freeze(mntFd), { code: 'EBUSY', errno: 16, message: 'FIFREEZE: Device or resource busy' },
       'a frozen filesystem cannot be frozen again')
   } finally {
-    native.thaw(mntFd)
+    linux.thaw(mntFd)
   }
-  t.throws(() => native.thaw(mntFd), { code: 'EINVAL', errno: 22, message: 'FITHAW: Invalid argument' },
+  t.throws(() => linux.thaw(mntFd), { code: 'EINVAL', errno: 22, message: 'FITHAW: Invalid argument' },
     'a second thaw fails')
   fs.writeFileSync(path.join(mnt, 'after-thaw'), 'writable again')
   t.pass('the filesystem is writable after thaw')
@@ -285,13 +285,13 @@ t.test('freeze and thaw', async t => {
 // ------------------------------------------------------------------------------ block devices
 
 t.test('blockDeviceSize and logicalBlockSize', async t => {
-  t.equal(native.blockDeviceSize(ext4DevFd), 64 * MiB)
-  t.equal(native.logicalBlockSize(ext4DevFd), 512, 'loop devices default to 512-byte sectors')
-  t.equal(native.logicalBlockSize(patternFd), 512)
+  t.equal(linux.blockDeviceSize(ext4DevFd), 64 * MiB)
+  t.equal(linux.logicalBlockSize(ext4DevFd), 512, 'loop devices default to 512-byte sectors')
+  t.equal(linux.logicalBlockSize(patternFd), 512)
   const fd = fs.openSync(ext4Image, 'r')
   try {
-    t.throws(() => native.blockDeviceSize(fd), { code: 'ENOTTY', syscall: 'BLKGETSIZE64' }, 'a regular file')
-    t.throws(() => native.logicalBlockSize(fd), { code: 'ENOTTY', syscall: 'BLKSSZGET' })
+    t.throws(() => linux.blockDeviceSize(fd), { code: 'ENOTTY', syscall: 'BLKGETSIZE64' }, 'a regular file')
+    t.throws(() => linux.logicalBlockSize(fd), { code: 'ENOTTY', syscall: 'BLKSSZGET' })
   } finally {
     fs.closeSync(fd)
   }
@@ -308,20 +308,20 @@ t.test('listXattrs and getXattr', async t => {
   run('setfattr', '-n', 'user.empty', file)
   run('setfattr', '-n', 'user.big', '-v', big.toString(), file)
 
-  t.same(native.listXattrs(file).filter(n => n.startsWith('user.')).sort(),
+  t.same(linux.listXattrs(file).filter(n => n.startsWith('user.')).sort(),
     ['user.big', 'user.binary', 'user.empty', 'user.text'])
-  t.same(native.getXattr(file, 'user.text'), Buffer.from('hello'))
-  t.same(native.getXattr(file, 'user.binary'), Buffer.from([0x00, 0xff, 0x0a]))
-  t.same(native.getXattr(file, 'user.empty'), Buffer.alloc(0))
-  t.ok(native.getXattr(file, 'user.big').equals(big), '3000-byte value')
-  t.throws(() => native.getXattr(file, 'user.missing'), { code: 'ENODATA', syscall: 'lgetxattr' })
-  t.throws(() => native.listXattrs(path.join(mnt, 'no-such-file')), { code: 'ENOENT', syscall: 'llistxattr' })
-  t.throws(() => native.listXattrs('a\0b'), TypeError, 'NUL in a path')
-  t.throws(() => native.getXattr(file, 42 as never), TypeError)
+  t.same(linux.getXattr(file, 'user.text'), Buffer.from('hello'))
+  t.same(linux.getXattr(file, 'user.binary'), Buffer.from([0x00, 0xff, 0x0a]))
+  t.same(linux.getXattr(file, 'user.empty'), Buffer.alloc(0))
+  t.ok(linux.getXattr(file, 'user.big').equals(big), '3000-byte value')
+  t.throws(() => linux.getXattr(file, 'user.missing'), { code: 'ENODATA', syscall: 'lgetxattr' })
+  t.throws(() => linux.listXattrs(path.join(mnt, 'no-such-file')), { code: 'ENOENT', syscall: 'llistxattr' })
+  t.throws(() => linux.listXattrs('a\0b'), TypeError, 'NUL in a path')
+  t.throws(() => linux.getXattr(file, 42 as never), TypeError)
 
   const plain = path.join(mnt, 'no-xattrs')
   fs.writeFileSync(plain, '')
-  t.same(native.listXattrs(plain).filter(n => n.startsWith('user.')), [], 'a file without user attributes')
+  t.same(linux.listXattrs(plain).filter(n => n.startsWith('user.')), [], 'a file without user attributes')
 })
 
 t.test('xattrs on a symlink are the link\'s own, not the target\'s', async t => {
@@ -330,7 +330,7 @@ t.test('xattrs on a symlink are the link\'s own, not the target\'s', async t => 
   fs.writeFileSync(target, '')
   run('setfattr', '-n', 'user.on-target', '-v', '1', target)
   fs.symlinkSync('link-target', link)
-  t.ok(native.listXattrs(target).includes('user.on-target'))
-  t.notOk(native.listXattrs(link).includes('user.on-target'), 'llistxattr does not follow')
-  t.throws(() => native.getXattr(link, 'user.on-target'), { code: 'ENODATA' }, 'lgetxattr does not follow')
+  t.ok(linux.listXattrs(target).includes('user.on-target'))
+  t.notOk(linux.listXattrs(link).includes('user.on-target'), 'llistxattr does not follow')
+  t.throws(() => linux.getXattr(link, 'user.on-target'), { code: 'ENODATA' }, 'lgetxattr does not follow')
 })
