@@ -18,7 +18,8 @@ import { unmountView } from '../mover/umount'
 import { backupCommand, mountCommand } from './mount'
 import { formatSummary, summarize } from './inspect'
 import { remapImage } from '../remap/remap'
-import { parseSeconds, runServe } from '../service/run'
+import { parseMiB, parseSeconds, runServe } from '../service/run'
+import { DEFAULT_REMAP_CACHE_BYTES } from '../service/remap-worker'
 import { DEFAULT_STATE_PATH } from '../service/state'
 
 function collectDevice(value: string, acc: Map<string, string>): Map<string, string> {
@@ -180,6 +181,7 @@ export function buildProgram(): Command {
     .option('--interval <seconds>', 're-map every image this often; 0: only on request', parseSeconds('--interval', 0), 60)
     .option('--lease <seconds>', 'how long a mover may serve opens after asking', parseSeconds('--lease', 0.001), 30)
     .option('--skew <seconds>', 'clock difference allowed in a request\'s timestamp', parseSeconds('--skew', 1), 60)
+    .option('--remap-cache <MiB>', 'memory kept between remaps for all images together (what a remap read: manifests\' maps, path tables)', parseMiB('--remap-cache'), DEFAULT_REMAP_CACHE_BYTES / 2 ** 20)
     .option('--cert <file>', 'TLS certificate (PEM); with --tls-key, serve HTTPS')
     .option('--tls-key <file>', 'TLS private key (PEM)')
     .addOption(logLevelOption())

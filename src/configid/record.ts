@@ -3,6 +3,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import { writeFileAtomic } from '../manifest/io'
+import { CONFIG_ID } from '../manifest/validate'
 import { ManifestError } from '../errors'
 
 export const RECORD_FORMAT = 'extfs-config-record'
@@ -72,7 +73,7 @@ export function readRecord(file: string): ConfigRecord {
   if (o.format !== RECORD_FORMAT) bad(`format is ${JSON.stringify(o.format)}, expected "${RECORD_FORMAT}"`)
   if (o.version !== 1) bad(`unknown version ${JSON.stringify(o.version)}: this extfs reads version 1; upgrade extfs`)
   for (const k in o) if (!RECORD_KEYS.has(k)) bad(`unknown field ${JSON.stringify(k)}`)
-  if (typeof o.configId !== 'string' || !/^[A-Za-z0-9_-]{8,128}$/.test(o.configId)) bad(`configId ${JSON.stringify(o.configId)} is invalid`)
+  if (typeof o.configId !== 'string' || !CONFIG_ID.test(o.configId)) bad(`configId ${JSON.stringify(o.configId)} is invalid`)
   if (o.state !== 'current' && o.state !== 'released') bad(`unknown state ${JSON.stringify(o.state)}`)
   if (typeof o.updatedAt !== 'string') bad('updatedAt must be a string')
   if (o.deltas !== undefined) {

@@ -47,6 +47,9 @@ interface CachedImage {
   files?: FileTable
 }
 
+/** Heap bytes of one map entry of a file, one extent object, and one path table entry before its characters. */
+const HEAP_BYTES = { file: 90, extent: 112, path: 160 }
+
 export class RemapCache {
   private cached?: CachedImage
 
@@ -103,6 +106,20 @@ export class RemapCache {
   /** A kept path no longer names its file: walk again. */
   dropFiles(): void {
     if (this.cached) this.cached.files = undefined
+  }
+
+  /**
+   * About how many bytes of heap this cache holds: what serve's LRU of caches is bounded by
+   * (src/service/remap-thread.ts). Counted from the objects it keeps, at the per-object costs
+   * measured in docs/remap.md ("What serve keeps between remaps").
+   */
+  approxBytes(): number {
+    const c = this.cached
+    if (!c) return 0
+    let bytes = 0
+    for (const f of c.map.files.values()) bytes += HEAP_BYTES.file + (f.extents?.length ?? 0) * HEAP_BYTES.extent + (f.inline?.length ?? 0)
+    for (const p of c.files?.paths.values() ?? []) bytes += HEAP_BYTES.path + p.length
+    return bytes
   }
 
   private image(): CachedImage {

@@ -6,6 +6,8 @@ import { ExtfsError, ExitCode } from '../errors'
 import { DEFAULT_MAX_MANIFEST_BYTES } from '../manifest/io'
 import { DEFAULT_MAX_DELTA_BYTES } from '../delta/io'
 import { signRequest, verifyResponseMac } from './auth'
+import { CONFIG_ID } from '../manifest/validate'
+import { formatConfigQuery, IMAGE_NAME, parseConfigAnswer, parseRemapAnswer, type ConfigAnswer, type RemapAnswer } from './protocol'
 
 export interface ClientOptions {
   /** CA certificate(s) to trust for https (a self-signed initiator's certificate). */
@@ -17,14 +19,7 @@ export interface ClientOptions {
 }
 
 /** What the initiator said about the image, and until when (this host's clock, unix ms) it may be trusted. */
-export interface ConfigState {
-  /** c0: the manifest's config ID. */
-  image: string
-  configId: string
-  state: 'current' | 'released'
-  /** Sequence numbers of every delta of the chain, 1..k. */
-  deltas: number[]
-  leaseMs: number
+export interface ConfigState extends Omit<ConfigAnswer, 'heldMs'> {
   /** Request sent + time the server held it + leaseMs: opens may be served until then. */
   leaseUntil: number
   /**
@@ -35,17 +30,6 @@ export interface ConfigState {
   answeredAt: number
 }
 
-/** What a remap asked for did (POST /images/<name>/remap). */
-export interface RemapAnswer {
-  state: 'unchanged' | 'remapped' | 'released'
-  /** The config ID current after it (the record's when released). */
-  configId: string
-  /** How many deltas of the chain lead to configId; absent when released, or when serve's chain does not reach it. */
-  seq?: number
-  deltaBytes?: number
-  manifestBytes: number
-}
-
 /** The initiator could not be asked, refused, or answered something that cannot be believed. */
 export class ConfigServiceError extends ExtfsError {
   constructor(message: string, readonly status?: number) {
@@ -54,8 +38,6 @@ export class ConfigServiceError extends ExtfsError {
   }
 }
 
-const IMAGE_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/
-const CONFIG_ID_RE = /^[A-Za-z0-9_-]{8,128}$/
 const JSON_MAX_BYTES = 16 * 1024 * 1024
 
 export class ConfigClient {
@@ -73,7 +55,7 @@ export class ConfigClient {
       throw new ExtfsError(ExitCode.Usage, `${baseUrl} is not a URL (expected http(s)://host:port/<image>)`)
     }
     const name = url.pathname.replace(/^\//, '')
-    if ((url.protocol !== 'http:' && url.protocol !== 'https:') || !IMAGE_RE.test(name) || url.search || url.hash || url.username) {
+    if ((url.protocol !== 'http:' && url.protocol !== 'https:') || !IMAGE_NAME.test(name) || url.search || url.hash || url.username) {
       throw new ExtfsError(ExitCode.Usage, `${baseUrl}: expected http(s)://host:port/<image>`)
     }
     this.image = name
@@ -100,25 +82,19 @@ export class ConfigClient {
    * the config ID differs from `after` or the image is released, then answers (also when nothing changed).
    */
   async config(after?: string, waitMs = 0, timeoutMs = this.timeoutMs): Promise<ConfigState> {
-    if (after !== undefined && !CONFIG_ID_RE.test(after)) throw new ExtfsError(ExitCode.Usage, `after: ${JSON.stringify(after)} is not a config ID`)
+    if (after !== undefined && !CONFIG_ID.test(after)) throw new ExtfsError(ExitCode.Usage, `after: ${JSON.stringify(after)} is not a config ID`)
     if (!Number.isSafeInteger(waitMs) || waitMs < 0) throw new ExtfsError(ExitCode.Usage, `waitMs must be milliseconds, got ${waitMs}`)
-    const q = new URLSearchParams()
-    if (after !== undefined) q.set('after', after)
-    if (waitMs > 0) q.set('wait', String(waitMs))
-    const target = `/images/${this.image}/config${q.toString() ? `?${q}` : ''}`
+    const target = `/images/${this.image}/config${formatConfigQuery({ after, waitMs })}`
     const sentAt = Date.now()
     const sentMono = performance.now()
-    const v = await this.json('GET', target, waitMs, timeoutMs)
+    const v = parseConfigAnswer(await this.json('GET', target, waitMs, timeoutMs))
     const elapsed = performance.now() - sentMono
-    const ok = typeof v.image === 'string' && typeof v.configId === 'string' && CONFIG_ID_RE.test(v.configId) &&
-      (v.state === 'current' || v.state === 'released') && Array.isArray(v.deltas) && v.deltas.every((s: unknown, i: number) => s === i + 1) &&
-      Number.isSafeInteger(v.leaseMs) && v.leaseMs >= 0 && Number.isSafeInteger(v.heldMs) && v.heldMs >= 0
-    if (!ok) throw this.protocol(target, 'malformed config answer')
+    if (!v) throw this.protocol(target, 'malformed config answer')
     // The answer was true when it was made: at least heldMs after sending, never later than now.
-    const held = Math.min(v.heldMs as number, elapsed)
+    const held = Math.min(v.heldMs, elapsed)
     return {
       image: v.image, configId: v.configId, state: v.state, deltas: v.deltas, leaseMs: v.leaseMs,
-      leaseUntil: sentAt + held + (v.leaseMs as number), answeredAt: sentMono + held,
+      leaseUntil: sentAt + held + v.leaseMs, answeredAt: sentMono + held,
     }
   }
 
@@ -134,11 +110,9 @@ export class ConfigClient {
    */
   async remap(timeoutMs = this.timeoutMs): Promise<RemapAnswer> {
     const target = `/images/${this.image}/remap`
-    const v = await this.json('POST', target, 0, timeoutMs)
-    const ok = (v.state === 'unchanged' || v.state === 'remapped' || v.state === 'released') && typeof v.configId === 'string' &&
-      CONFIG_ID_RE.test(v.configId) && (v.seq === undefined || (Number.isSafeInteger(v.seq) && v.seq >= 0)) && Number.isSafeInteger(v.manifestBytes)
-    if (!ok) throw this.protocol(target, 'malformed remap answer')
-    return v as RemapAnswer
+    const v = parseRemapAnswer(await this.json('POST', target, 0, timeoutMs))
+    if (!v) throw this.protocol(target, 'malformed remap answer')
+    return v
   }
 
   /** Closes kept-alive connections. */

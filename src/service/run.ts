@@ -15,6 +15,8 @@ export interface ServeCliOptions {
   interval: number
   lease: number
   skew: number
+  /** MiB. */
+  remapCache: number
   cert?: string
   tlsKey?: string
   logLevel: string
@@ -37,6 +39,15 @@ export function parseSeconds(name: string, min: number): (value: string) => numb
   }
 }
 
+/** A whole number of MiB for option `name`, at least 1. */
+export function parseMiB(name: string): (value: string) => number {
+  return (value) => {
+    const n = Number(value)
+    if (!/^[0-9]{1,7}$/.test(value) || n < 1) throw new ExtfsError(ExitCode.Usage, `${name} takes MiB (a whole number, at least 1), got ${value}`)
+    return n
+  }
+}
+
 export async function runServe(manifests: string[], o: ServeCliOptions): Promise<void> {
   const key = readKeyFile(o.key)
   const { host, port } = parseListen(o.listen)
@@ -48,7 +59,7 @@ export async function runServe(manifests: string[], o: ServeCliOptions): Promise
   try {
     server = new ConfigServer({
       manifests, key, state, log, tls,
-      intervalMs: Math.round(o.interval * 1000), leaseMs: Math.round(o.lease * 1000), skewMs: Math.round(o.skew * 1000),
+      intervalMs: Math.round(o.interval * 1000), remapCacheBytes: Math.round(o.remapCache * 2 ** 20), leaseMs: Math.round(o.lease * 1000), skewMs: Math.round(o.skew * 1000),
     })
     const addr = await server.listen(host, port)
     const shown = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address

@@ -10,7 +10,7 @@ import { spawnSync } from 'node:child_process'
 import { finalRemap, type FinalRemapOptions } from '../../src/mover/final-remap'
 import { clearState, saveState, type ChainPosition } from '../../src/mover/state'
 import { writeRecord } from '../../src/configid/record'
-import type { Remapper } from '../../src/service/server'
+import type { Remapper } from '../../src/service/remap-worker'
 import { KEY, fakeRemapper, serveFakeImage } from '../helpers/serve-image'
 
 const C0 = 'minimal-0001'

@@ -4,7 +4,8 @@
 // test/e2e/remap.test.ts); it writes real delta files and records as `extfs remap` does.
 import t from 'tap'
 import fs from 'node:fs'
-import { imageNameOf, REMAP_COST_FACTOR } from '../../src/service/server'
+import { imageNameOf } from '../../src/service/protocol'
+import { REMAP_COST_FACTOR } from '../../src/service/remap-schedule'
 import { fakeRemapper, serveFakeImage, slowRemapper, type TimedCall } from '../helpers/serve-image'
 
 t.test('image names', async (t) => {

@@ -1,0 +1,199 @@
+// The requests `extfs serve` answers (the routes are listed in protocol.ts). Every request is
+// authenticated (auth.ts) before it is routed; every answer carries a MAC.
+import crypto from 'node:crypto'
+import fs from 'node:fs'
+import type http from 'node:http'
+import path from 'node:path'
+import { pipeline } from 'node:stream/promises'
+import type { Logger } from 'pino'
+import { LRUCache } from 'lru-cache'
+import { DEFAULT_MAX_MANIFEST_BYTES } from '../manifest/io'
+import { DEFAULT_MAX_DELTA_BYTES } from '../delta/io'
+import { RequestVerifier, responseMac, sha256Hex } from './auth'
+import { IMAGE_NAME, parseConfigQuery, type ConfigQuery, type RemapAnswer } from './protocol'
+import type { Image, ImageRegistry } from './registry'
+import type { RemapScheduler } from './remap-schedule'
+
+/** Requests carry no real bodies (POST remap has none): anything bigger is refused unread. */
+const MAX_BODY_BYTES = 64 * 1024
+
+/** SHA-256 of the files served, by file identity: a big manifest is hashed once, not per mover. */
+type HashCache = LRUCache<string, string>
+
+export class Routes {
+  private readonly hashes: HashCache = new LRUCache({ max: 256 })
+  private closing = false
+
+  constructor(
+    private readonly registry: ImageRegistry,
+    private readonly scheduler: RemapScheduler,
+    private readonly verifier: RequestVerifier,
+    private readonly key: Buffer,
+    private readonly leaseMs: number,
+    private readonly log: Logger,
+  ) {}
+
+  /** Long polls from now on answer at once. */
+  close(): void {
+    this.closing = true
+  }
+
+  async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    const started = performance.now()
+    const method = req.method ?? ''
+    const target = req.url ?? ''
+    const body = await readBody(req)
+    if (body === undefined) {
+      res.writeHead(413, { 'content-type': 'application/json', connection: 'close' }).end(JSON.stringify({ error: `request body over ${MAX_BODY_BYTES} bytes` }) + '\n')
+      return
+    }
+    const v = this.verifier.verify(method, target, req.headers, body)
+    const reply = new Reply(res, this.key, v.nonce)
+    if (!v.ok) {
+      this.log.warn({ remote: req.socket.remoteAddress, method, url: target, err: v.error }, 'refused')
+      return reply.json(401, { error: v.error })
+    }
+    this.log.debug({ remote: req.socket.remoteAddress, method, url: target }, 'request')
+    return this.route(method, target, req, reply, started)
+  }
+
+  private async route(method: string, target: string, req: http.IncomingMessage, reply: Reply, started: number): Promise<void> {
+    const q = target.indexOf('?')
+    const pathname = q < 0 ? target : target.slice(0, q)
+    const parts = pathname.split('/')
+    // ['', 'images', name, what, seq?]
+    if (parts[1] !== 'images' || parts.length < 2 || parts.length > 5) return reply.json(404, { error: `no such resource ${pathname}` })
+    if (parts.length === 2) {
+      if (method !== 'GET') return reply.json(405, { error: `${method} ${pathname}: only GET` })
+      return reply.json(200, { images: this.registry.names() })
+    }
+    const name = parts[2]!
+    if (!IMAGE_NAME.test(name)) return reply.json(400, { error: `invalid image name ${JSON.stringify(name)}` })
+    const img = this.registry.get(name)
+    if (!img) return reply.json(404, { error: `no image ${name}` })
+    switch (`${method} ${parts.slice(3, 4).join('')}${parts.length === 5 ? '/:seq' : ''}`) {
+      case 'GET manifest':
+        return reply.file(img.manifestPath, DEFAULT_MAX_MANIFEST_BYTES, this.hashes)
+      case 'GET config': {
+        const query = parseConfigQuery(new URLSearchParams(q < 0 ? '' : target.slice(q + 1)))
+        if ('error' in query) return reply.json(400, { error: query.error })
+        return this.config(img, query, req, reply, started)
+      }
+      case 'GET deltas/:seq':
+        return this.delta(img, parts[4]!, reply)
+      case 'POST remap':
+        return this.remap(img, reply)
+      default:
+        return reply.json(parts.length === 4 && ['manifest', 'config', 'remap'].includes(parts[3]!) ? 405 : 404, { error: `no such resource ${method} ${pathname}` })
+    }
+  }
+
+  /** Answers at once, or holds the request until the config ID differs from `after` (or `waitMs` passed). */
+  private async config(img: Image, query: ConfigQuery, req: http.IncomingMessage, reply: Reply, started: number): Promise<void> {
+    const changed = () => {
+      const row = this.registry.row(img)
+      return query.after === undefined || row.configId !== query.after || row.state === 'released'
+    }
+    if (!changed() && query.waitMs > 0 && !this.closing) {
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          clearTimeout(timer)
+          img.waiters.delete(done)
+          req.socket.off('close', done)
+          resolve()
+        }
+        const timer = setTimeout(done, query.waitMs)
+        img.waiters.add(done)
+        req.socket.once('close', done)
+      })
+      if (req.socket.destroyed) return
+    }
+    reply.json(200, this.registry.answer(img, this.leaseMs, started))
+  }
+
+  private async delta(img: Image, seqText: string, reply: Reply): Promise<void> {
+    const seq = /^[1-9][0-9]{0,8}$/.test(seqText) ? Number(seqText) : NaN
+    if (!Number.isSafeInteger(seq)) return reply.json(400, { error: `delta seq ${JSON.stringify(seqText)} is not a number from 1` })
+    const d = this.registry.delta(img, seq)
+    if (!d) return reply.json(404, { error: `image ${img.name} has no delta ${seq}` })
+    if (d.blob) return reply.bytes(200, d.blob, 'application/json')
+    return reply.file(d.path!, DEFAULT_MAX_DELTA_BYTES, this.hashes)
+  }
+
+  private async remap(img: Image, reply: Reply): Promise<void> {
+    try {
+      const r = await this.scheduler.remap(img)
+      // seq lets a mover tell when its view has reached this config ID (src/mover/final-remap.ts).
+      const seq = r.state === 'released' ? undefined : this.registry.seqOf(img, r.configId)
+      const answer: RemapAnswer = { state: r.state, configId: r.configId, seq, deltaBytes: r.deltaBytes, manifestBytes: r.manifestBytes }
+      return reply.json(200, answer)
+    } catch (err) {
+      return reply.json(500, { error: `remap failed: ${(err as Error).message}` })
+    }
+  }
+}
+
+/** One response: JSON or file bytes, always with the response MAC when the request had a usable nonce. */
+class Reply {
+  constructor(private readonly res: http.ServerResponse, private readonly key: Buffer, private readonly nonce: string | undefined) {}
+
+  json(status: number, value: unknown): void {
+    this.bytes(status, Buffer.from(JSON.stringify(value) + '\n'), 'application/json')
+  }
+
+  bytes(status: number, body: Buffer, type: string): void {
+    this.res.writeHead(status, this.headers(status, sha256Hex(body), body.length, type)).end(body)
+  }
+
+  /**
+   * Streams a file. The MAC needs the body's hash before the first byte goes out, so the file is read
+   * twice through one descriptor: hashed (or the hash taken from `hashes` by the file's identity), then
+   * sent. Manifests and deltas are replaced by rename, never rewritten in place, so both passes see
+   * the same bytes.
+   */
+  async file(file: string, maxBytes: number, hashes: HashCache): Promise<void> {
+    let fd: fs.promises.FileHandle
+    try {
+      fd = await fs.promises.open(file, 'r')
+    } catch (err) {
+      return this.json(404, { error: `${path.basename(file)}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}` })
+    }
+    try {
+      const st = await fd.stat({ bigint: true })
+      if (!st.isFile()) return this.json(500, { error: `${path.basename(file)} is not a regular file` })
+      if (st.size > BigInt(maxBytes)) return this.json(500, { error: `${path.basename(file)} is ${st.size} bytes, over ${maxBytes}` })
+      const size = Number(st.size)
+      const id = `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`
+      let hash = hashes.get(id)
+      if (hash === undefined) {
+        const h = crypto.createHash('sha256')
+        for await (const chunk of fd.createReadStream({ start: 0, autoClose: false })) h.update(chunk as Buffer)
+        hash = h.digest('hex')
+        hashes.set(id, hash)
+      }
+      this.res.writeHead(200, this.headers(200, hash, size, 'application/octet-stream'))
+      if (size === 0) this.res.end()
+      else await pipeline(fd.createReadStream({ start: 0, end: size - 1, autoClose: false }), this.res)
+    } finally {
+      await fd.close()
+    }
+  }
+
+  private headers(status: number, bodySha256: string, length: number, type: string): http.OutgoingHttpHeaders {
+    const h: http.OutgoingHttpHeaders = { 'content-type': type, 'content-length': length, 'cache-control': 'no-store' }
+    if (this.nonce !== undefined) h['x-extfs-auth'] = responseMac(this.key, status, this.nonce, bodySha256)
+    return h
+  }
+}
+
+/** The body, or undefined when it is over MAX_BODY_BYTES. */
+async function readBody(req: http.IncomingMessage): Promise<Buffer | undefined> {
+  const chunks: Buffer[] = []
+  let got = 0
+  for await (const chunk of req) {
+    got += (chunk as Buffer).length
+    if (got > MAX_BODY_BYTES) return undefined
+    chunks.push(chunk as Buffer)
+  }
+  return Buffer.concat(chunks)
+}
