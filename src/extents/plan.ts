@@ -1,6 +1,7 @@
 // Extent arithmetic: which device ranges, and which runs of zeros, make up a read of a file.
 // Pure: no I/O. The caller executes the plan (pread each data segment, fill zero segments).
 import type { Extent } from '../manifest/types'
+import { lastAtOrBefore } from './search'
 
 /** A piece of a read: `length` bytes of zeros, or `length` bytes of devices[device] at `deviceOffset`. */
 export type Segment =
@@ -54,13 +55,5 @@ export function planRead(extents: readonly Extent[], size: number, offset: numbe
  * extents also have strictly increasing ends, so a binary search over the ends finds it in O(log n).
  */
 export function firstExtentEndingAfter(extents: readonly Extent[], offset: number): number {
-  let lo = 0
-  let hi = extents.length
-  while (lo < hi) {
-    const mid = (lo + hi) >>> 1
-    const e = extents[mid]!
-    if (e.fileOffset + e.length <= offset) lo = mid + 1
-    else hi = mid
-  }
-  return lo
+  return lastAtOrBefore(extents.length, (i) => extents[i]!.fileOffset + extents[i]!.length, offset) + 1
 }

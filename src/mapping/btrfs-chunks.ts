@@ -14,6 +14,7 @@
 // stripe 3 mod 2 = 1, row 1, so devid 2 at 9 MiB + 64 KiB + 8 KiB.
 import { ExportError } from '../errors'
 import type { BtrfsChunk } from '../linux'
+import { lastAtOrBefore } from '../extents/search'
 
 // Block group profile bits (linux/btrfs_tree.h, BTRFS_BLOCK_GROUP_*).
 export const BG_RAID0 = 1 << 3
@@ -51,19 +52,7 @@ export class ChunkMap {
 
   /** The chunk holding logical address `addr`, or undefined when no chunk does. */
   find(addr: number): BtrfsChunk | undefined {
-    // Last chunk starting at or before addr.
-    let lo = 0
-    let hi = this.chunks.length - 1
-    let found = -1
-    while (lo <= hi) {
-      const mid = (lo + hi) >>> 1
-      if (this.chunks[mid].logical <= addr) {
-        found = mid
-        lo = mid + 1
-      } else {
-        hi = mid - 1
-      }
-    }
+    const found = lastAtOrBefore(this.chunks.length, (i) => this.chunks[i]!.logical, addr)
     if (found < 0) return undefined
     const c = this.chunks[found]
     return addr < c.logical + c.length ? c : undefined

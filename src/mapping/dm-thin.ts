@@ -16,6 +16,7 @@ import path from 'node:path'
 import { ExportError } from '../errors'
 import { dmsetup, readDmTable, type ThinPoolTarget, type ThinTarget } from './dm'
 import type { DevNum, Span } from './span'
+import { lastAtOrBefore } from '../extents/search'
 
 const SECTOR = 512
 
@@ -148,19 +149,7 @@ function buildDeviceMap(devId: number, runs: [number, number, number][]): ThinDe
 
 /** Index of the last run starting at or before `block`, or -1. */
 function runAtOrBefore(map: ThinDeviceMap, block: number): number {
-  let lo = 0
-  let hi = map.origin.length - 1
-  let found = -1
-  while (lo <= hi) {
-    const mid = (lo + hi) >>> 1
-    if (map.origin[mid] <= block) {
-      found = mid
-      lo = mid + 1
-    } else {
-      hi = mid - 1
-    }
-  }
-  return found
+  return lastAtOrBefore(map.origin.length, (i) => map.origin[i]!, block)
 }
 
 /** Unprovisioned blocks of a thin device with an external origin read from that device, up to its size. */

@@ -21,6 +21,7 @@ import {
 import { ExportError } from '../errors'
 import { splitDev } from './blockdev'
 import type { DevNum, Span } from './span'
+import { lastAtOrBefore } from '../extents/search'
 
 /** What sysfs says about an attached loop device; offsets and sizes in bytes. */
 export interface LoopInfo {
@@ -111,7 +112,7 @@ export function mapLoopRange(b: BackingExtents, offset: number, length: number):
   const end = pos + length
   const n = b.logical.length
   // k: the first extent that ends after pos.
-  let k = lastAtOrBefore(b.logical, pos)
+  let k = lastAtOrBefore(n, (i) => b.logical[i]!, pos)
   if (k < 0 || b.logical[k] + b.length[k] <= pos) k++
   while (pos < end) {
     if (k < n && b.logical[k] <= pos) {
@@ -128,22 +129,6 @@ export function mapLoopRange(b: BackingExtents, offset: number, length: number):
   return out
 }
 
-/** Index of the last element <= x in an ascending array, or -1. */
-function lastAtOrBefore(a: number[], x: number): number {
-  let lo = 0
-  let hi = a.length - 1
-  let found = -1
-  while (lo <= hi) {
-    const mid = (lo + hi) >>> 1
-    if (a[mid] <= x) {
-      found = mid
-      lo = mid + 1
-    } else {
-      hi = mid - 1
-    }
-  }
-  return found
-}
 
 /** FIEMAP the backing file of an attached loop device (flushing its dirty pages first). */
 export function readBackingExtents(info: LoopInfo): BackingExtents {
