@@ -1,5 +1,6 @@
 // An append-only byte blob for the view tables' names and carried data, in chunks so that growing
-// never copies; `add` with a key seen before returns the earlier offset (names shared by hard links).
+// never copies; `add` with a key seen before returns the earlier offset, so identical symlink targets,
+// inline contents and xattr names and values are stored once (entry names are added without a key).
 
 /**
  * 32 MiB: at glibc's largest mmap threshold, so every chunk is its own mapping and returns to the
