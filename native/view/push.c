@@ -27,8 +27,8 @@
 //   replaces and waits for their chunks in flight (xt_push_settle). The wait is bounded (a store
 //   can wait on a page whose read waits on JS, the very thread the delta runs on); past the bound
 //   the pusher's own check after storing drops what it stored. Either way the file was read before
-//   the delta, so the delta taints it. With neither, engine-delta's push test read the old
-//   location's zeros in 3 runs of 3.
+//   the delta, so the delta taints it. engine-delta's push test fails with neither guard
+//   (docs/native-engine.md).
 #include "engine.h"
 
 #include <stdlib.h>
@@ -36,9 +36,9 @@
 #include <time.h>
 #include <unistd.h>
 
-// Measured with tar of 256 MiB files (docs/native-engine.md): one pusher beat two and four (they
-// take the core the reader needs), and a window of 256 MiB beat 32 and 128 MiB (the reader caught
-// up with the pusher and fell back on readahead). The window shrinks on hosts under 8 GiB.
+// One pusher: more take the core the reader needs. A window large enough that the reader does not catch
+// up with the pusher and fall back on readahead; it shrinks on hosts under 8 GiB. The measurements
+// that chose both are in docs/native-engine.md ("Push-ahead").
 #define PUSH_THREADS 1
 #define PUSH_JOBS 4                       // files pushed at once: at most 1 GiB not yet read
 #define PUSH_CHUNK ((uint64_t)1 << 20)    // bytes per store

@@ -11,14 +11,15 @@ import { loadState, reached, type ChainPosition } from './state'
 import { processAlive } from '../process'
 
 /**
- * How long the final remap may take. It maps every file of the image (0.23 s of CPU per 5,000 files
- * here: about 46 s for a million), and a busy initiator takes longer still.
+ * How long the final remap may take. It maps every file of the image (a million-file image takes tens
+ * of seconds: docs/remap.md, "Remap schedule"), may wait for a remap of another image running first,
+ * and a busy initiator takes longer still.
  */
 export const FINAL_REMAP_TIMEOUT_MS = 10 * 60_000
 /**
  * How long the view may take to reach the remap's config ID. Its long poll brings the new config ID
  * at once; then it fetches and applies the delta (well under a second here). The margin covers a long
- * poll that timed out while serve was busy remapping and waits for its retry (at most 5 s).
+ * poll that failed (serve restarted, a network hiccup) and waits for its retry (at most 5 s).
  */
 export const CATCH_UP_TIMEOUT_MS = 10_000
 const CATCH_UP_POLL_MS = 50
