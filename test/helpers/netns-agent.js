@@ -10,7 +10,7 @@
 //       mode "forge":   answers 200 with a plausible config, MAC'd with a key of its own
 //       mode "tamper":  relays to upstream (the real serve) and changes one byte of the answer's body
 //       mode "replay":  relays the first request, then answers every later one with that first answer
-// Plain JS (no TypeScript loader under nsenter): the client is dist/serve/client.js, built by tsc.
+// Plain JS (no TypeScript loader under nsenter): the client is dist/service/client.js, built by tsc.
 'use strict'
 const fs = require('node:fs')
 const http = require('node:http')
@@ -55,7 +55,7 @@ function request({ url, method = 'GET', headers = {} }) {
 }
 
 async function client({ baseUrl, keyFile, calls, timeoutMs }) {
-  const { ConfigClient } = require(path.join(DIST, 'serve', 'client.js'))
+  const { ConfigClient } = require(path.join(DIST, 'service', 'client.js'))
   const { readKeyFile } = require(path.join(DIST, 'manifest', 'sign.js'))
   const c = new ConfigClient(baseUrl, readKeyFile(keyFile), timeoutMs ? { timeoutMs } : {})
   const results = []
