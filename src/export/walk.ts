@@ -31,8 +31,21 @@ export interface WalkTarget {
 
 const NS = 1_000_000_000n
 
+/** Seconds and 0 <= nanoseconds < 1e9, as the kernel keeps a time: before 1970 the seconds are the floor. */
 function timespec(ns: bigint): Timespec {
-  return [Number(ns / NS), Number(ns % NS)]
+  let sec = ns / NS
+  let nsec = ns % NS // BigInt division truncates: a negative time has a negative remainder
+  if (nsec < 0n) {
+    sec -= 1n
+    nsec += NS
+  }
+  return [Number(sec), Number(nsec)]
+}
+
+/** A count the manifest carries as a JSON number, which is exact only up to 2^53. */
+function exact(value: bigint, what: string, file: string): number {
+  if (value > BigInt(Number.MAX_SAFE_INTEGER)) throw new ExportError(`${file}: ${what} ${value} is over 2^53, which manifest format 1 cannot carry exactly`)
+  return Number(value)
 }
 
 function kindOf(st: fs.BigIntStats): InodeKind {
@@ -64,7 +77,15 @@ function readXattrs(file: string): Record<string, string> | undefined {
   }
   if (names.length === 0) return undefined
   const out: Record<string, string> = {}
-  for (const name of names) out[name] = linux.getXattr(file, name).toString('base64')
+  for (const name of names) {
+    // The addon decodes names as UTF-8, so a name that is not becomes one with U+FFFD in it.
+    if (name.includes('\uFFFD')) throw new ExportError(`${file}: an extended attribute name is not valid UTF-8 (${JSON.stringify(name)}); not supported`)
+    try {
+      out[name] = linux.getXattr(file, name).toString('base64')
+    } catch (err) {
+      throw new ExportError(`${file}: cannot read extended attribute ${JSON.stringify(name)}: ${(err as Error).message}`)
+    }
+  }
   return out
 }
 
@@ -158,7 +179,7 @@ export class Walker {
   private describeWith(file: string, st: fs.BigIntStats, data: FileData | undefined): number {
     const kind = kindOf(st)
     const inode: Inode = {
-      ino: Number(st.ino),
+      ino: exact(st.ino, 'inode number', file),
       kind,
       perm: Number(st.mode) & 0o7777,
       uid: Number(st.uid),
@@ -166,8 +187,8 @@ export class Walker {
       // nlink counts the names found in the exported tree (a faithful copy of it), not outside it.
       nlink: 1,
       // A clone's size and allocation, not the original's: they must agree with the extents mapped.
-      size: Number((data?.data ?? st).size),
-      blocks: Number((data?.data ?? st).blocks),
+      size: exact((data?.data ?? st).size, 'size', file),
+      blocks: exact((data?.data ?? st).blocks, 'block count', file),
       atime: timespec(st.atimeNs),
       mtime: timespec(st.mtimeNs),
       ctime: timespec(st.ctimeNs),

@@ -33,7 +33,11 @@ export const LIMITS = {
   fingerprintsPerDevice: 4096,
   fingerprintBytes: 1 * MiB,
   features: 64,
-  xattrsPerInode: 1024,
+  /**
+   * The kernel's own bounds (linux/limits.h): listxattr returns at most XATTR_LIST_MAX bytes of names
+   * (each NUL-terminated), so no file has more; XATTR_NAME_MAX per name, XATTR_SIZE_MAX per value.
+   */
+  xattrListBytes: 64 * KiB,
   xattrNameBytes: 255,
   xattrValueBytes: 64 * KiB,
   inlineBytes: 64 * KiB,
@@ -69,7 +73,8 @@ const INODE_KINDS = keySet('file', 'dir', 'symlink', 'fifo', 'char', 'block', 's
 const FROZEN_KINDS = keySet('freeze', 'none', 'snapshot')
 const SNAPSHOT_MECHANISMS = keySet('btrfs-snapshot', 'clone-set')
 const IMAGE_ID = /^[0-9a-f]{32}$/
-const XATTR_PREFIXES = ['user.', 'trusted.', 'security.', 'system.'] as const
+/** The namespaces Linux has xattr handlers for (btrfs.: `btrfs property`, e.g. btrfs.compression). */
+const XATTR_PREFIXES = ['user.', 'trusted.', 'security.', 'system.', 'btrfs.'] as const
 
 export const CONFIG_ID = /^[A-Za-z0-9_-]{8,128}$/
 const DEVICE_ID = /^[A-Za-z0-9_.-]{1,64}$/
@@ -431,9 +436,10 @@ export function checkInline(n: Obj, ino: number, inlineAllowed: boolean): void {
 
 function checkXattrs(x: unknown, ino: number): void {
   if (!isObject(x)) bad(`inode ${ino}`, `xattrs must be an object {name: base64 value}, got ${describe(x)}`)
-  let count = 0
+  let listBytes = 0
   for (const name in x) {
-    if (++count > LIMITS.xattrsPerInode) bad(`inode ${ino}`, `more than ${LIMITS.xattrsPerInode} xattrs`)
+    listBytes += utf8Length(name) + 1
+    if (listBytes > LIMITS.xattrListBytes) bad(`inode ${ino}`, `xattr names take over ${LIMITS.xattrListBytes} bytes, more than listxattr can return`)
     const problem = xattrNameProblem(name)
     if (problem !== undefined) bad(`inode ${ino}`, `xattr name ${quote(name)} ${problem}`)
     const bytes = base64Length(x[name], LIMITS.xattrValueBytes)
@@ -451,7 +457,7 @@ function xattrNameProblem(name: string): string | undefined {
   for (const prefix of XATTR_PREFIXES) {
     if (name.startsWith(prefix)) return name.length > prefix.length ? undefined : 'has nothing after its namespace'
   }
-  return 'must start with user., trusted., security. or system.'
+  return `must start with ${XATTR_PREFIXES.join(', ')}`
 }
 
 /**

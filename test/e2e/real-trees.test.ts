@@ -1,0 +1,101 @@
+// Trees real servers hold that the export refused or served wrong: times before 1970 with a fraction
+// of a second, thousands of xattrs on one XFS file, btrfs properties (btrfs.compression), exact through
+// the view; sizes and xattr names the manifest cannot carry refused with exit 8 naming the path.
+import t, { type Test } from 'tap'
+import { promises as fsp } from 'node:fs'
+import * as path from 'node:path'
+import { withLoopFs } from '../helpers/loopfs'
+import { withBtrfs } from '../helpers/btrfs'
+import { runOk, run } from '../helpers/exec'
+import { extfs, release, scratchDir, withView } from '../helpers/extfs'
+import { diffTrees, snapshotTree } from '../helpers/tree'
+import { ExitCode } from '../../src/errors'
+
+/** Sets `count` user xattrs on `file`, in one setfattr process. */
+async function setManyXattrs(file: string, count: number, dir: string): Promise<void> {
+  const dump = [`# file: ${path.basename(file)}`, ...Array.from({ length: count }, (_, i) => `user.attr${i}="v${i}"`), ''].join('\n')
+  await fsp.writeFile(path.join(dir, 'xattrs.dump'), dump)
+  await runOk('setfattr', [`--restore=${path.join(dir, 'xattrs.dump')}`], { cwd: path.dirname(file) })
+}
+
+/** Exports `data` with freeze, mounts it, and compares the view with the source exactly. */
+async function exactThroughView(t: Test, data: string, dir: string, name: string): Promise<void> {
+  const manifest = path.join(dir, `${name}.json`)
+  try {
+    const exp = await extfs(['export', data, '--output', manifest, '--frozen-image', 'freeze'])
+    t.equal(exp.code, 0, `export: ${exp.stderr}`)
+    const source = await snapshotTree(data, { timePrecisionNs: 1 })
+    await withView(manifest, async (mnt) => {
+      const view = await snapshotTree(mnt, { timePrecisionNs: 1 })
+      t.same(diffTrees(source, view), [], 'the view equals the source: data, times in ns, xattrs')
+    })
+  } finally {
+    await release(manifest)
+  }
+}
+
+t.test('XFS: times before 1970 with nanoseconds, 4,000 xattrs on one file', async (t) => {
+  const dir = await scratchDir(t, 'extfs-real-trees-')
+  await withLoopFs({ fs: 'xfs' }, async (fs) => {
+    const data = path.join(fs.mountpoint, 'data')
+    await fsp.mkdir(data)
+    const old = path.join(data, 'apollo')
+    await fsp.writeFile(old, 'one small step\n')
+    const many = path.join(data, 'many-xattrs')
+    await fsp.writeFile(many, 'xattrs\n')
+    await setManyXattrs(many, 4000, dir) // their names take 54,890 bytes of listxattr's 65,536
+    await runOk('touch', ['-h', '-d', '1969-07-20 20:17:40.123456789', old])
+    await runOk('touch', ['-h', '-d', '1901-12-14 20:45:53.999999999', many])
+    await runOk('touch', ['-h', '-d', '1960-01-01 00:00:00.000000001', data])
+    await exactThroughView(t, data, dir, 'xfs')
+  })
+})
+
+t.test('btrfs: a btrfs.compression property is carried and served', async (t) => {
+  const dir = await scratchDir(t, 'extfs-real-trees-')
+  await withBtrfs({ devices: 1, data: 'single', metadata: 'single' }, async (fs) => {
+    const data = path.join(fs.mountpoint, 'data')
+    await fsp.mkdir(data)
+    await runOk('btrfs', ['property', 'set', data, 'compression', 'zstd'])
+    // Incompressible, so it is stored raw: compressed extents are another matter.
+    await fsp.writeFile(path.join(data, 'inherits'), Buffer.from(Array.from({ length: 8192 }, (_, i) => (i * 7919) % 251)))
+    await runOk('sync', ['-f', data])
+    const got = await run('getfattr', ['--absolute-names', '-n', 'btrfs.compression', path.join(data, 'inherits')])
+    t.match(got.stdout, /zstd/, 'the new file carries btrfs.compression')
+    await exactThroughView(t, data, dir, 'btrfs')
+  })
+})
+
+t.test('what manifest format 1 cannot carry is refused with exit 8 naming the path', async (t) => {
+  const dir = await scratchDir(t, 'extfs-real-trees-')
+  await withLoopFs({ fs: 'xfs' }, async (fs) => {
+    const data = path.join(fs.mountpoint, 'data')
+    await fsp.mkdir(data)
+    const huge = path.join(data, 'huge')
+    await runOk('truncate', ['-s', '1E', huge])
+    await runOk('truncate', ['-s', String(2 ** 53 + 2), huge]) // not even a power of two
+    const manifest = path.join(dir, 'huge.json')
+    const r = await extfs(['export', data, '--output', manifest, '--frozen-image', 'freeze'])
+    t.equal(r.code, ExitCode.Export, 'exit 8')
+    t.match(r.stderr, `${huge}: size 9007199254740994 is over 2^53`, 'naming the file and its size')
+    await fsp.rm(huge)
+
+    // XFS stores more xattrs than listxattr can list (E2BIG): no tool can copy them all.
+    const tooMany = path.join(data, 'too-many-xattrs')
+    await fsp.writeFile(tooMany, 'x\n')
+    await setManyXattrs(tooMany, 5000, dir)
+    const r1 = await extfs(['export', data, '--output', manifest, '--frozen-image', 'freeze'])
+    t.equal(r1.code, ExitCode.Export, 'exit 8')
+    t.match(r1.stderr, `${tooMany}: cannot list extended attributes`, 'naming the file')
+    await fsp.rm(tooMany)
+
+    const odd = path.join(data, 'odd-xattr')
+    await fsp.writeFile(odd, 'x\n')
+    // é in Latin-1 (0xe9), not UTF-8: names are bytes, as old shares hold them.
+    await runOk('python3', ['-c', 'import os, sys; os.setxattr(sys.argv[1], b"user.caf\\xe9", b"latin-1")', odd])
+    const r2 = await extfs(['export', data, '--output', manifest, '--frozen-image', 'freeze'])
+    t.equal(r2.code, ExitCode.Export, 'exit 8')
+    t.match(r2.stderr, `${odd}: an extended attribute name is not valid UTF-8`, 'naming the file')
+    await release(manifest)
+  })
+})
