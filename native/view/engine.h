@@ -1,5 +1,7 @@
-// The native view engine: what its C files share. engine.c owns the N-API glue and the session thread,
-// ops.c the FUSE operations, read.c the read path, config.c the per-open config-ID check.
+// The native view engine: what its C files share. engine.c owns the N-API glue, the table check and
+// the session thread, ops.c the FUSE operations, read.c the read path, config.c the per-open
+// config-ID check and the lease, delta.c applying deltas (and their check), push.c the push-ahead of
+// sequential readers.
 #ifndef EXTFS_VIEW_ENGINE_H
 #define EXTFS_VIEW_ENGINE_H
 
