@@ -78,6 +78,8 @@ const char *xt_check(const void *image, uint64_t len, struct xt_tables *t) {
     if (n->parent >= h->n_inodes) return "inode parent out of range";
     if (S_ISDIR(n->mode) && !in_range(n->first, n->count, h->n_dirents)) return "dirents out of range";
     if (S_ISREG(n->mode) && (n->flags & XT_INLINE) && !in_range(n->first, n->count, h->data_size)) return "inline data out of range";
+    // read.c takes the reply's length from the size, so the inline bytes must be exactly that many.
+    if (S_ISREG(n->mode) && (n->flags & XT_INLINE) && n->count != n->size) return "inline data length differs from the file size";
     if (S_ISREG(n->mode) && !(n->flags & XT_INLINE)) {
       if (!in_range(n->first, n->count, h->n_extents)) return "extents out of range";
       const char *bad = check_extents(t->extents + n->first, n->count);

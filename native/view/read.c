@@ -137,7 +137,7 @@ void xt_plan_read(struct xt_plan *p, const struct xt_tables *t, uint32_t index, 
   // Clip at EOF: the tail of the last block, which the last extent may cover, is never returned.
   uint64_t start = off < n->size ? off : n->size;
   uint64_t end = n->size - start < size ? n->size : start + size;
-  if (n->flags & XT_INLINE) {
+  if (n->flags & XT_INLINE) { // xt_check saw that the inline bytes are exactly the file's size
     *p = (struct xt_plan){.start = start, .end = end, .pos = end, .inline_bytes = t->data + n->first + start};
     return;
   }

@@ -145,8 +145,9 @@ struct xt_tables {
   const char *data;
 };
 
-// Check every section bound, index and blob range of a packed image (len bytes at image) and every
-// file's extents (sorted, disjoint, non-empty), and fill `t`. Returns NULL, or a static message saying what is wrong. Defined in engine.c.
+// Check every section bound, index and blob range of a packed image (len bytes at image), every
+// file's extents (sorted, disjoint, non-empty) and every inline file's length (its size), and fill
+// `t`. Returns NULL, or a static message saying what is wrong. Defined in engine.c.
 const char *xt_check(const void *image, uint64_t len, struct xt_tables *t);
 
 #endif

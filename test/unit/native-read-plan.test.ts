@@ -1,7 +1,8 @@
 // The C that serves reads, called through the addon with no mount (src/engine/addon.ts checkTables,
 // planRead, checkDelta): native/view/read.c's plan of a read against src/extents/plan.ts as the
 // model, on random manifests packed by src/engine/tables.ts; then tables and deltas the C checkers
-// must refuse.
+// must refuse, and random corruptions of packed tables: whatever xt_check lets through must still
+// plan exactly as the model reads those tables back.
 //
 // Random cases come from one seed (EXTFS_TEST_SEED overrides it); every failure prints it.
 import t from 'tap'
@@ -222,6 +223,7 @@ t.test('hostile tables are refused by xt_check, and planRead refuses to plan thr
   t.equal(addon.checkTables(base.image), null, 'the base image is accepted')
   t.equal(addon.checkTables(tampered(['device', 1, 'fd', -1])), null, 'a retired device (fd -1) is accepted')
   const a = reader.inode(idx.a)
+  const small = reader.inode(idx.small)
   const ext = (k: number) => reader.struct('extent', H.extents_off + (a.first + k) * LAYOUT.extent.size)
   const dirent0 = reader.struct('dirent', H.dirents_off)
   const swapped = Buffer.from(base.image)
@@ -262,6 +264,10 @@ t.test('hostile tables are refused by xt_check, and planRead refuses to plan thr
     ['a symlink target out of range', tampered(['inode', idx.ln, 'first', H.data_size]), /symlink target out of range/],
     ['a symlink target without its NUL', tampered(['inode', idx.ln, 'count', 0]), /symlink target out of range/],
     ['inline data out of range', tampered(['inode', idx.small, 'first', H.data_size]), /inline data out of range/],
+    ['an inline file larger than its data', tampered(['inode', idx.small, 'size', small.count + 1]), /inline data length differs from the file size/],
+    ['an inline file far larger than its data', tampered(['inode', idx.small, 'size', 2 ** 40]), /inline data length differs from the file size/],
+    ['an inline file smaller than its data', tampered(['inode', idx.small, 'size', small.count - 1]), /inline data length differs from the file size/],
+    ['inline data shorter than the file', tampered(['inode', idx.small, 'count', small.count - 1]), /inline data length differs from the file size/],
     ['xattrs out of range', tampered(['inode', idx.a, 'xattr_first', H.n_xattrs]), /xattrs out of range/],
     ['xattr names not back to back', tampered(['xattr', 1, 'name_off', reader.struct('xattr', H.xattrs_off + LAYOUT.xattr.size).name_off + 1]), /xattr names not contiguous/],
     ['an xattr value out of range', tampered(['xattr', 0, 'value_off', H.data_size]), /xattr out of range/],
@@ -272,6 +278,49 @@ t.test('hostile tables are refused by xt_check, and planRead refuses to plan thr
     t.match(addon.checkTables(image), message, what)
     t.throws(() => addon.planRead(image, idx.a, 0, 4096), /planRead: /, `${what}: planRead refuses`)
   }
+})
+
+// ------------------------------------------------------------------------ random corruption
+
+/** What a reader must get from the tables as TableReader reads them back (the model of what C was given). */
+function modelOf(r: TableReader, index: number, offset: number, length: number): PlannedPiece[] {
+  const n = r.inode(index)
+  if (n.flags & 1) return inlineModel(r.data(index), offset, length)
+  return planRead(r.extents(index), n.size, offset, length)
+}
+
+t.test('random corruptions: what xt_check accepts still plans as the model reads it', async (t) => {
+  const rand = prng(SEED ^ 0x5eed)
+  const images = Array.from({ length: 8 }, () => {
+    const { manifest } = randomManifest(rand)
+    return packTables(manifest, manifest.devices.map((_, i) => 100 + i)).image
+  }).concat([base.image])
+  const MUTATIONS = 3000
+  let accepted = 0
+  let plans = 0
+  let failure: object | undefined
+  for (let k = 0; k < MUTATIONS && failure === undefined; k++) {
+    const image = Buffer.from(rand.pick(images))
+    // Small values only: every u64 stays below 2^53, so the model reads back what C sees.
+    const where = 4 * rand.int(image.length / 4)
+    image.writeUInt32LE(rand.pick([0, 1, 2, rand.int(64), rand.int(4096), rand.int(2 ** 20), image.readUInt32LE(where) + rand.pick([-1, 1])]) >>> 0, where)
+    if (image.readUInt32LE(where) >= 2 ** 20 && where % 8 === 4) image.writeUInt32LE(0, where)
+    if (addon.checkTables(image) !== null) continue
+    accepted++
+    const r = new TableReader(image)
+    for (let index = 0; index < r.header.n_inodes && failure === undefined; index++) {
+      const n = r.inode(index)
+      if ((n.mode & 0o170000) !== 0o100000) continue
+      const f: RandomFile = { ino: n.ino, size: n.size, extents: n.flags & 1 ? [] : r.extents(index) }
+      const { offset, length } = randomRead(rand, f)
+      const want = modelOf(r, index, offset, length)
+      const got = cPlan(image, index, offset, length)
+      plans++
+      if (!isDeepStrictEqual(got, want)) failure = { seed: SEED, mutation: k, where, index, inode: n, offset, length, want, got }
+    }
+  }
+  if (failure !== undefined) t.fail(`C's plan of accepted tables differs from the model (seed ${SEED}; replay with EXTFS_TEST_SEED=${SEED})`, { failure })
+  t.ok(accepted > MUTATIONS / 10 && plans > accepted, `${MUTATIONS} corruptions: ${accepted} accepted, ${plans} reads of them planned alike (seed ${SEED})`)
 })
 
 // ------------------------------------------------------------------------ hostile deltas
