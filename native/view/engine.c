@@ -116,29 +116,39 @@ static int set_num(napi_env env, napi_value obj, const char *key, double v) {
   return napi_create_double(env, v, &js) == napi_ok && napi_set_named_property(env, obj, key, js) == napi_ok;
 }
 
-// {size, fields: {name: {offset, size}}}
-static napi_value describe(napi_env env, size_t size, const char **names, const size_t *offs, const size_t *sizes, size_t n) {
+static int set_bool(napi_env env, napi_value obj, const char *key, int v) {
+  napi_value js;
+  return napi_get_boolean(env, v != 0, &js) == napi_ok && napi_set_named_property(env, obj, key, js) == napi_ok;
+}
+
+// {size, fields: {name: {offset, size, signed}}}
+static napi_value describe(napi_env env, size_t size, const char **names, const size_t *offs, const size_t *sizes, const int *signs, size_t n) {
   napi_value d, fields, f;
   if (napi_create_object(env, &d) != napi_ok || napi_create_object(env, &fields) != napi_ok || !set_num(env, d, "size", (double)size))
     return NULL;
   for (size_t i = 0; i < n; i++) {
     if (napi_create_object(env, &f) != napi_ok || !set_num(env, f, "offset", (double)offs[i]) ||
-        !set_num(env, f, "size", (double)sizes[i]) || napi_set_named_property(env, fields, names[i], f) != napi_ok)
+        !set_num(env, f, "size", (double)sizes[i]) || !set_bool(env, f, "signed", signs[i]) ||
+        napi_set_named_property(env, fields, names[i], f) != napi_ok)
       return NULL;
   }
   return napi_set_named_property(env, d, "fields", fields) == napi_ok ? d : NULL;
 }
 
-// One struct of tables.h, described through a sample `s` of it and its field list.
+// One struct of tables.h, described through a sample `s` of it and its field list. A field is signed
+// when -1 converted to its type stays below 1: the same bytes read as u32 or i32 differ (a device fd
+// of -1, a time before 1970), so JS must agree on that too, not only on offsets and sizes.
 #define NAME(f) #f,
 #define OFF(f) (size_t)((const char *)&s.f - (const char *)&s),
 #define SIZE(f) sizeof s.f,
+#define SIGNED(f) ((__typeof__(s.f))-1 < (__typeof__(s.f))1),
 #define DESCRIBE(KEY, T, LIST)                                                                     \
   do {                                                                                             \
     T s;                                                                                           \
     static const char *names[] = {LIST(NAME)};                                                     \
     const size_t offs[] = {LIST(OFF)}, sizes[] = {LIST(SIZE)};                                     \
-    napi_value d = describe(env, sizeof s, names, offs, sizes, sizeof names / sizeof *names);      \
+    const int signs[] = {LIST(SIGNED)};                                                            \
+    napi_value d = describe(env, sizeof s, names, offs, sizes, signs, sizeof names / sizeof *names); \
     if (d == NULL || napi_set_named_property(env, out, KEY, d) != napi_ok) return NULL;            \
   } while (0)
 
