@@ -80,9 +80,9 @@ static int in_range(uint64_t off, uint64_t len, uint64_t size) {
       return snprintf(msg, msg_len, "section %s out of bounds", what), -1;                              \
   } while (0)
 
-// Check a packed delta against the mounted tables (n_old devices so far, n_fds fds given). 0, or -1
+// Check a packed delta against the tables `t` (n_old devices so far, n_fds fds given). 0, or -1
 // with `msg` saying what is wrong and, for a file, which one.
-static int check_delta(const struct engine *e, const void *buf, uint64_t len, uint32_t n_old, uint32_t n_fds, char *msg, size_t msg_len) {
+static int check_delta(const struct xt_tables *t, const void *buf, uint64_t len, uint32_t n_old, uint32_t n_fds, char *msg, size_t msg_len) {
   const struct xt_delta_header *h = buf;
   const char *base = buf;
   if (len < sizeof *h || h->magic != XT_DELTA_MAGIC) return snprintf(msg, msg_len, "not a delta (bad magic)"), -1;
@@ -99,9 +99,9 @@ static int check_delta(const struct engine *e, const void *buf, uint64_t len, ui
   uint64_t next = 0;
   for (uint32_t k = 0; k < h->n_files; k++) {
     const struct xt_delta_file *f = &files[k];
-    if (f->index >= e->t.h->n_inodes) return snprintf(msg, msg_len, "file %u: inode index %u out of range (%u inodes)", k, f->index, e->t.h->n_inodes), -1;
+    if (f->index >= t->h->n_inodes) return snprintf(msg, msg_len, "file %u: inode index %u out of range (%u inodes)", k, f->index, t->h->n_inodes), -1;
     if (k > 0 && f->index <= files[k - 1].index) return snprintf(msg, msg_len, "file %u: inode index %u not after %u (files must be sorted, each once)", k, f->index, files[k - 1].index), -1;
-    const struct xt_inode *n = &e->t.inodes[f->index];
+    const struct xt_inode *n = &t->inodes[f->index];
     if (!S_ISREG(n->mode)) return snprintf(msg, msg_len, "file %u: inode index %u is not a regular file", k, f->index), -1;
     if (n->flags & XT_INLINE) return snprintf(msg, msg_len, "file %u: inode index %u has inline content, which a delta cannot replace", k, f->index), -1;
     if (f->first != next || !in_range(f->first, f->count, h->n_extents))
@@ -163,7 +163,7 @@ napi_value xt_js_apply_delta(napi_env env, napi_callback_info info) {
   void *copy = malloc(len > 0 ? len : 1);
   if (copy == NULL) return throw_msg(env, "applyDelta: ", "out of memory");
   memcpy(copy, data, len);
-  if (check_delta(e, copy, len, old_devs->n, n_fds, msg, sizeof msg) != 0) return free(copy), throw_msg(env, "applyDelta: bad delta: ", msg);
+  if (check_delta(&e->t, copy, len, old_devs->n, n_fds, msg, sizeof msg) != 0) return free(copy), throw_msg(env, "applyDelta: bad delta: ", msg);
   const struct xt_delta_header *h = copy;
   const struct xt_delta_file *files = (const void *)((char *)copy + h->files_off);
   const struct xt_extent *ext = (const void *)((char *)copy + h->extents_off);
@@ -307,4 +307,32 @@ napi_value xt_js_file_size(napi_env env, napi_callback_info info) {
   double size = index < e->t.h->n_inodes && S_ISREG(e->t.inodes[index].mode) ? (double)e->t.inodes[index].size : -1;
   if (napi_create_double(env, size, &out) != napi_ok) return NULL;
   return out;
+}
+
+// checkDelta(tables, delta, deviceFdCount): what applyDelta would refuse in `delta`, given with that
+// many device fds, on a view of `tables` that no delta has changed yet; null when it is accepted.
+napi_value xt_js_check_delta(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3], out;
+  bool is_buffer = false;
+  uint32_t n_fds;
+  void *data;
+  size_t len;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 3 || napi_is_buffer(env, argv[1], &is_buffer) != napi_ok ||
+      !is_buffer || napi_get_buffer_info(env, argv[1], &data, &len) != napi_ok || napi_get_value_uint32(env, argv[2], &n_fds) != napi_ok)
+    return throw_msg(env, "", "checkDelta(tables, delta: Buffer, deviceFdCount)");
+  struct xt_tables t;
+  const char *bad;
+  void *image = xt_tables_arg(env, argv[0], &t, &bad);
+  if (image == NULL) return NULL;
+  if (bad != NULL) return free(image), throw_msg(env, "checkDelta: bad tables: ", bad);
+  char msg[512];
+  void *copy = malloc(len > 0 ? len : 1); // aligned, as applyDelta's
+  if (copy == NULL) return free(image), throw_msg(env, "checkDelta: ", "out of memory");
+  if (len > 0) memcpy(copy, data, len); // an empty Buffer's data may be NULL
+  int refused = check_delta(&t, copy, len, t.h->n_devices, n_fds, msg, sizeof msg);
+  free(copy);
+  free(image);
+  napi_status s = refused ? napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &out) : napi_get_null(env, &out);
+  return s == napi_ok ? out : NULL;
 }

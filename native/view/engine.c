@@ -4,6 +4,10 @@
 //   unmount(handle) → Promise                  umount(2), end the loop, free everything
 //   applyDelta(handle, delta, deviceFds), tainted(handle), generation(handle), fileSize(handle, index)   see delta.c
 //   setLease(handle, ms)                       how long opens and reads are served unasked (config.c)
+// For tests, with no mount (src/engine/addon.ts):
+//   checkTables(tables) → message | null       xt_check
+//   planRead(tables, index, offset, size)      the pieces of a read, as read.c plans it
+//   checkDelta(tables, delta, deviceFdCount)   the check applyDelta makes (delta.c)
 // mount() copies and checks the tables, mounts with libfuse3 and runs fuse_session_loop_mt on its
 // own pthread: from then on requests are served in C and the Node event loop stays free.
 #include "engine.h"
@@ -30,6 +34,18 @@ static int in_range(uint64_t off, uint64_t len, uint64_t size) {
 // A NUL-terminated string of `len` bytes at blob[off].
 static int cstring_at(const char *blob, uint64_t size, uint64_t off, uint64_t len) {
   return in_range(off, len + 1, size) && blob[off + len] == '\0';
+}
+
+// A file's extents: each non-empty, within 64 bits, sorted by file offset and disjoint. The read plan
+// (read.c) relies on it: a list that steps back would make a piece of negative length.
+static const char *check_extents(const struct xt_extent *x, uint32_t count) {
+  for (uint32_t i = 0; i < count; i++) {
+    if (x[i].length == 0) return "empty extent";
+    if (x[i].file_offset + x[i].length < x[i].file_offset || x[i].device_offset + x[i].length < x[i].device_offset)
+      return "extent overflows 64 bits";
+    if (i > 0 && x[i].file_offset < x[i - 1].file_offset + x[i - 1].length) return "extents unsorted or overlapping";
+  }
+  return NULL;
 }
 
 #define SECTION(field, off, n, type)                                                                   \
@@ -62,7 +78,13 @@ const char *xt_check(const void *image, uint64_t len, struct xt_tables *t) {
     if (n->parent >= h->n_inodes) return "inode parent out of range";
     if (S_ISDIR(n->mode) && !in_range(n->first, n->count, h->n_dirents)) return "dirents out of range";
     if (S_ISREG(n->mode) && (n->flags & XT_INLINE) && !in_range(n->first, n->count, h->data_size)) return "inline data out of range";
-    if (S_ISREG(n->mode) && !(n->flags & XT_INLINE) && !in_range(n->first, n->count, h->n_extents)) return "extents out of range";
+    // read.c takes the reply's length from the size, so the inline bytes must be exactly that many.
+    if (S_ISREG(n->mode) && (n->flags & XT_INLINE) && n->count != n->size) return "inline data length differs from the file size";
+    if (S_ISREG(n->mode) && !(n->flags & XT_INLINE)) {
+      if (!in_range(n->first, n->count, h->n_extents)) return "extents out of range";
+      const char *bad = check_extents(t->extents + n->first, n->count);
+      if (bad != NULL) return bad;
+    }
     if (S_ISLNK(n->mode) && !cstring_at(t->data, h->data_size, n->first, n->count)) return "symlink target out of range";
     if (!in_range(n->xattr_first, n->xattr_count, h->n_xattrs)) return "xattrs out of range";
     // listxattr replies with one inode's names as they lie: they must be back to back.
@@ -94,29 +116,39 @@ static int set_num(napi_env env, napi_value obj, const char *key, double v) {
   return napi_create_double(env, v, &js) == napi_ok && napi_set_named_property(env, obj, key, js) == napi_ok;
 }
 
-// {size, fields: {name: {offset, size}}}
-static napi_value describe(napi_env env, size_t size, const char **names, const size_t *offs, const size_t *sizes, size_t n) {
+static int set_bool(napi_env env, napi_value obj, const char *key, int v) {
+  napi_value js;
+  return napi_get_boolean(env, v != 0, &js) == napi_ok && napi_set_named_property(env, obj, key, js) == napi_ok;
+}
+
+// {size, fields: {name: {offset, size, signed}}}
+static napi_value describe(napi_env env, size_t size, const char **names, const size_t *offs, const size_t *sizes, const int *signs, size_t n) {
   napi_value d, fields, f;
   if (napi_create_object(env, &d) != napi_ok || napi_create_object(env, &fields) != napi_ok || !set_num(env, d, "size", (double)size))
     return NULL;
   for (size_t i = 0; i < n; i++) {
     if (napi_create_object(env, &f) != napi_ok || !set_num(env, f, "offset", (double)offs[i]) ||
-        !set_num(env, f, "size", (double)sizes[i]) || napi_set_named_property(env, fields, names[i], f) != napi_ok)
+        !set_num(env, f, "size", (double)sizes[i]) || !set_bool(env, f, "signed", signs[i]) ||
+        napi_set_named_property(env, fields, names[i], f) != napi_ok)
       return NULL;
   }
   return napi_set_named_property(env, d, "fields", fields) == napi_ok ? d : NULL;
 }
 
-// One struct of tables.h, described through a sample `s` of it and its field list.
+// One struct of tables.h, described through a sample `s` of it and its field list. A field is signed
+// when -1 converted to its type stays below 1: the same bytes read as u32 or i32 differ (a device fd
+// of -1, a time before 1970), so JS must agree on that too, not only on offsets and sizes.
 #define NAME(f) #f,
 #define OFF(f) (size_t)((const char *)&s.f - (const char *)&s),
 #define SIZE(f) sizeof s.f,
+#define SIGNED(f) ((__typeof__(s.f))-1 < (__typeof__(s.f))1),
 #define DESCRIBE(KEY, T, LIST)                                                                     \
   do {                                                                                             \
     T s;                                                                                           \
     static const char *names[] = {LIST(NAME)};                                                     \
     const size_t offs[] = {LIST(OFF)}, sizes[] = {LIST(SIZE)};                                     \
-    napi_value d = describe(env, sizeof s, names, offs, sizes, sizeof names / sizeof *names);      \
+    const int signs[] = {LIST(SIGNED)};                                                            \
+    napi_value d = describe(env, sizeof s, names, offs, sizes, signs, sizeof names / sizeof *names); \
     if (d == NULL || napi_set_named_property(env, out, KEY, d) != napi_ok) return NULL;            \
   } while (0)
 
@@ -405,6 +437,110 @@ static napi_value js_set_lease(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+// --------------------------------------------------------------------------- for tests, no mount
+
+void *xt_tables_arg(napi_env env, napi_value v, struct xt_tables *t, const char **bad) {
+  void *buf;
+  size_t len;
+  bool is_buffer = false;
+  if (napi_is_buffer(env, v, &is_buffer) != napi_ok || !is_buffer || napi_get_buffer_info(env, v, &buf, &len) != napi_ok)
+    return napi_throw_type_error(env, NULL, "tables must be a Buffer"), NULL;
+  void *image = malloc(len > 0 ? len : 1);
+  if (image == NULL) return napi_throw_error(env, NULL, "out of memory"), NULL;
+  if (len > 0) memcpy(image, buf, len); // an empty Buffer's data may be NULL
+  *bad = xt_check(image, len, t);
+  return image;
+}
+
+static napi_value string_or_null(napi_env env, const char *msg) {
+  napi_value v;
+  napi_status s = msg == NULL ? napi_get_null(env, &v) : napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &v);
+  return s == napi_ok ? v : NULL;
+}
+
+// checkTables(tables): what xt_check finds wrong, or null.
+static napi_value js_check_tables(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  struct xt_tables t;
+  const char *bad;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 1) return fail(env, NULL, "checkTables(tables)");
+  void *image = xt_tables_arg(env, argv[0], &t, &bad);
+  if (image == NULL) return NULL;
+  free(image);
+  return string_or_null(env, bad); // a static message: outlives the image
+}
+
+// One piece as JS sees it: {kind: 'zero', length}, {kind: 'data', device, deviceOffset, length} or,
+// for an inline file, {kind: 'inline', bytes}.
+static napi_value piece_js(napi_env env, const struct xt_piece *piece) {
+  napi_value o, kind;
+  const char *k = piece->zero ? "zero" : "data";
+  if (napi_create_object(env, &o) != napi_ok || napi_create_string_utf8(env, k, NAPI_AUTO_LENGTH, &kind) != napi_ok ||
+      napi_set_named_property(env, o, "kind", kind) != napi_ok || !set_num(env, o, "length", (double)piece->length))
+    return NULL;
+  if (!piece->zero && (!set_num(env, o, "device", piece->device) || !set_num(env, o, "deviceOffset", (double)piece->device_offset)))
+    return NULL;
+  return o;
+}
+
+static napi_value inline_js(napi_env env, const struct xt_plan *p) {
+  napi_value o, kind, bytes;
+  if (napi_create_object(env, &o) != napi_ok || napi_create_string_utf8(env, "inline", NAPI_AUTO_LENGTH, &kind) != napi_ok ||
+      napi_set_named_property(env, o, "kind", kind) != napi_ok ||
+      napi_create_buffer_copy(env, (size_t)(p->end - p->start), p->inline_bytes, NULL, &bytes) != napi_ok ||
+      napi_set_named_property(env, o, "bytes", bytes) != napi_ok)
+    return NULL;
+  return o;
+}
+
+// The plan's pieces as an array; the tables are the caller's, freed after.
+static napi_value plan_js(napi_env env, struct xt_plan *p) {
+  napi_value arr, v;
+  struct xt_piece piece;
+  uint32_t k = 0;
+  if (napi_create_array(env, &arr) != napi_ok) return NULL;
+  if (p->inline_bytes != NULL && p->end > p->start) {
+    return (v = inline_js(env, p)) != NULL && napi_set_element(env, arr, 0, v) == napi_ok ? arr : NULL;
+  }
+  while (xt_plan_next(p, &piece)) {
+    if ((v = piece_js(env, &piece)) == NULL || napi_set_element(env, arr, k++, v) != napi_ok) return NULL;
+  }
+  return arr;
+}
+
+// planRead(tables, index, offset, size): the pieces of a read of `size` bytes at `offset` of the
+// regular file at inode index `index`, planned by read.c as the FUSE read plans it. Throws for bad
+// tables or arguments.
+static napi_value js_plan_read(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  uint32_t index;
+  int64_t off, size;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 4 || napi_get_value_uint32(env, argv[1], &index) != napi_ok || napi_get_value_int64(env, argv[2], &off) != napi_ok ||
+      napi_get_value_int64(env, argv[3], &size) != napi_ok || off < 0 || size < 0)
+    return fail(env, NULL, "planRead(tables, index, offset >= 0, size >= 0)");
+  struct xt_tables t;
+  const char *bad;
+  char msg[512];
+  void *image = xt_tables_arg(env, argv[0], &t, &bad);
+  if (image == NULL) return NULL;
+  if (bad == NULL && index >= t.h->n_inodes) bad = "inode index out of range";
+  if (bad == NULL && !S_ISREG(t.inodes[index].mode)) bad = "not a regular file";
+  if (bad != NULL) {
+    snprintf(msg, sizeof msg, "planRead: %s", bad);
+    free(image);
+    return fail(env, NULL, msg);
+  }
+  struct xt_plan p;
+  xt_plan_read(&p, &t, index, NULL, (uint64_t)off, (uint64_t)size);
+  napi_value out = plan_js(env, &p);
+  free(image);
+  return out;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   const napi_property_descriptor props[] = {
     {"layout", NULL, js_layout, NULL, NULL, NULL, napi_enumerable, NULL},
@@ -415,6 +551,9 @@ static napi_value init(napi_env env, napi_value exports) {
     {"generation", NULL, xt_js_generation, NULL, NULL, NULL, napi_enumerable, NULL},
     {"fileSize", NULL, xt_js_file_size, NULL, NULL, NULL, napi_enumerable, NULL},
     {"setLease", NULL, js_set_lease, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"checkTables", NULL, js_check_tables, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"planRead", NULL, js_plan_read, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"checkDelta", NULL, xt_js_check_delta, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   CHECK(napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
   return exports;

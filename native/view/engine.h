@@ -1,5 +1,7 @@
-// The native view engine: what its C files share. engine.c owns the N-API glue and the session thread,
-// ops.c the FUSE operations, read.c the read path, config.c the per-open config-ID check.
+// The native view engine: what its C files share. engine.c owns the N-API glue, the table check and
+// the session thread, ops.c the FUSE operations, read.c the read path (its plan and its I/O), config.c
+// the per-open config-ID check and the lease, delta.c applying deltas (and their check), push.c the
+// push-ahead of sequential readers.
 #ifndef EXTFS_VIEW_ENGINE_H
 #define EXTFS_VIEW_ENGINE_H
 
@@ -107,11 +109,39 @@ napi_status xt_call_js(struct engine *e, napi_threadsafe_function fn, void *data
 // Queue an event without blocking; dropped (never stalls a request) when the queue is full.
 void xt_post_event(struct engine *e, const struct xt_event *ev);
 
+// engine.c, for the addon's test functions (checkTables, planRead, checkDelta): a private, aligned
+// copy of the tables Buffer `v` (the caller frees it), checked into `t` with xt_check (*bad: its
+// verdict). NULL, with a JS exception pending, when `v` is no Buffer or memory ran out.
+void *xt_tables_arg(napi_env env, napi_value v, struct xt_tables *t, const char **bad);
+
 // ops.c
 extern const struct fuse_lowlevel_ops xt_ops;
 const struct xt_inode *xt_node(const struct engine *e, fuse_ino_t nodeid);
 
-// read.c
+// read.c: the plan of a read. Pure (no engine, no I/O): the FUSE read carries it out, and the addon's
+// planRead (for tests) reports it.
+// One piece of a reply, in file order: `length` zeros, or `length` bytes of device `device` at `device_offset`.
+struct xt_piece {
+  int zero; // a hole, an unwritten range or the hole up to EOF
+  uint32_t device;
+  uint64_t file_offset, device_offset, length;
+};
+// A reply being planned: bytes [start, end) of one file, walked piece by piece with xt_plan_next.
+struct xt_plan {
+  uint64_t start, end;      // the request clipped at EOF; start == end: an empty reply
+  const char *inline_bytes; // an inline file: the reply is these end - start bytes, and there are no pieces
+  const struct xt_extent *ext;
+  uint32_t count, i; // ext[i]: the next extent that may hold a piece
+  uint64_t pos;      // file offset of the next piece
+};
+// A read of `size` bytes at `off` of regular file `index` in checked tables `t`, through map `m`
+// (NULL: the tables' extents).
+void xt_plan_read(struct xt_plan *p, const struct xt_tables *t, uint32_t index, const struct xt_map *m, uint64_t off, uint64_t size);
+// Bytes [start, end) (within the file) through `count` extents, sorted and disjoint (as xt_check sees to).
+void xt_plan_range(struct xt_plan *p, const struct xt_extent *ext, uint32_t count, uint64_t start, uint64_t end);
+// The next piece into *piece: 1, or 0 once [start, end) is covered.
+int xt_plan_next(struct xt_plan *p, struct xt_piece *piece);
+// read.c: the I/O
 void xt_read(fuse_req_t req, fuse_ino_t nodeid, size_t size, off_t off, struct fuse_file_info *fi);
 int xt_read_into(struct engine *e, uint32_t index, struct xt_map *m, uint64_t start, uint64_t end, const uint8_t **data, int report);
 
@@ -143,6 +173,7 @@ napi_value xt_js_apply_delta(napi_env env, napi_callback_info info);
 napi_value xt_js_tainted(napi_env env, napi_callback_info info);
 napi_value xt_js_generation(napi_env env, napi_callback_info info);
 napi_value xt_js_file_size(napi_env env, napi_callback_info info);
+napi_value xt_js_check_delta(napi_env env, napi_callback_info info); // for tests, no mount
 
 // config.c
 int xt_config_init(struct engine *e, const char *record_path);

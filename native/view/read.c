@@ -1,9 +1,11 @@
-// The read path: a request (offset, size) of one file → zero runs and device ranges (the same plan as
-// src/extents/plan.ts), read with pread(2) on the O_DIRECT device fds into a per-thread aligned
-// buffer, then one reply. O_DIRECT wants offset, length and buffer aligned (4096 covers every logical
-// block size), so a device range is read as the enclosing aligned range: straight into the reply
-// buffer when the range and its place in the buffer are both aligned (the usual case: block-aligned
-// extents, page-aligned requests), else through a bounce buffer and a copy.
+// The read path: a request (offset, size) of one file → a plan (xt_plan_read: the EOF clip, inline
+// bytes, or zero runs and device ranges: the same plan as src/extents/plan.ts), then the I/O: each
+// device range read with pread(2) on the O_DIRECT device fds into a per-thread aligned buffer, then
+// one reply. The plan is pure (tables and extents in, pieces out), so tests call it through the addon
+// (planRead) with no mount: what they check is what serves. O_DIRECT wants offset, length and buffer
+// aligned (4096 covers every logical block size), so a device range is read as the enclosing aligned
+// range: straight into the reply buffer when the range and its place in the buffer are both aligned
+// (the usual case: block-aligned extents, page-aligned requests), else through a bounce buffer and a copy.
 // A device that fails or reads short is EIO, logged with inode, offset and device; never zeros.
 // Every read first checks the lease (config.c): a clock read while it is fresh. A read may start or
 // move a push-ahead job (push.c), which reads through xt_read_into too.
@@ -111,6 +113,8 @@ static int read_range(struct tbuf *b, const struct xt_device *d, size_t pos, uin
   return 0;
 }
 
+// ------------------------------------------------------------------------------------- the plan
+
 // Index (in ext[0..count)) of the first extent ending after `off`: extents are sorted and disjoint,
 // so their ends increase too (see firstExtentEndingAfter in src/extents/plan.ts).
 static uint32_t first_ending_after(const struct xt_extent *ext, uint32_t count, uint64_t off) {
@@ -123,42 +127,79 @@ static uint32_t first_ending_after(const struct xt_extent *ext, uint32_t count, 
   return lo;
 }
 
-// Bytes [start, end) of inode `index` (a regular file without inline content) through map `m`
-// (NULL: the tables' extents) into this thread's buffer; 0 with *data set, or an errno. A failure
-// is posted as a `read failed` event when `report` is set.
-int xt_read_into(struct engine *e, uint32_t index, struct xt_map *m, uint64_t start, uint64_t end, const uint8_t **data, int report) {
-  const struct xt_inode *n = &e->t.inodes[index];
-  struct tbuf *b = tbuf_get((size_t)align_up(end - start) + ALIGN);
+void xt_plan_range(struct xt_plan *p, const struct xt_extent *ext, uint32_t count, uint64_t start, uint64_t end) {
+  *p = (struct xt_plan){.start = start, .end = end, .pos = start, .ext = ext, .count = count};
+  p->i = first_ending_after(ext, count, start);
+}
+
+void xt_plan_read(struct xt_plan *p, const struct xt_tables *t, uint32_t index, const struct xt_map *m, uint64_t off, uint64_t size) {
+  const struct xt_inode *n = &t->inodes[index];
+  // Clip at EOF: the tail of the last block, which the last extent may cover, is never returned.
+  uint64_t start = off < n->size ? off : n->size;
+  uint64_t end = n->size - start < size ? n->size : start + size;
+  if (n->flags & XT_INLINE) { // xt_check saw that the inline bytes are exactly the file's size
+    *p = (struct xt_plan){.start = start, .end = end, .pos = end, .inline_bytes = t->data + n->first + start};
+    return;
+  }
+  xt_plan_range(p, m != NULL ? m->ext : t->extents + n->first, m != NULL ? m->count : n->count, start, end);
+}
+
+int xt_plan_next(struct xt_plan *p, struct xt_piece *piece) {
+  if (p->pos >= p->end) return 0;
+  const struct xt_extent *x = p->i < p->count && p->ext[p->i].file_offset < p->end ? &p->ext[p->i] : NULL;
+  if (x == NULL || x->file_offset > p->pos) { // a hole, or an unwritten range, or past the last extent
+    uint64_t stop = x == NULL ? p->end : x->file_offset;
+    *piece = (struct xt_piece){.zero = 1, .file_offset = p->pos, .length = stop - p->pos};
+    p->pos = stop;
+    return 1;
+  }
+  uint64_t stop = x->file_offset + x->length < p->end ? x->file_offset + x->length : p->end;
+  *piece = (struct xt_piece){.file_offset = p->pos, .device = x->device,
+                             .device_offset = x->device_offset + (p->pos - x->file_offset), .length = stop - p->pos};
+  p->pos = stop;
+  p->i++;
+  return 1;
+}
+
+// -------------------------------------------------------------------------------------- the I/O
+
+// Carry out plan `p` of inode `index` (extent pieces only) into this thread's buffer; 0 with *data
+// set, or an errno. A failure is posted as a `read failed` event when `report` is set.
+static int read_plan(struct engine *e, uint32_t index, struct xt_plan *p, const uint8_t **data, int report) {
+  struct tbuf *b = tbuf_get((size_t)align_up(p->end - p->start) + ALIGN);
   if (b == NULL) return ENOMEM;
-  const struct xt_extent *ext = m != NULL ? m->ext : e->t.extents + n->first;
-  uint32_t count = m != NULL ? m->count : n->count;
   // After the map: a delta publishes its devices before the maps that use them.
   const struct xt_device *devs = atomic_load_explicit(&e->devs, memory_order_acquire)->d;
-  uint64_t pos = start;
-  for (uint32_t i = first_ending_after(ext, count, start); i < count && pos < end; i++) {
-    if (ext[i].file_offset >= end) break;
-    if (ext[i].file_offset > pos) { // a hole, or an unwritten range: zeros
-      memset(b->out + (pos - start), 0, (size_t)(ext[i].file_offset - pos));
-      pos = ext[i].file_offset;
+  struct xt_piece piece;
+  while (xt_plan_next(p, &piece)) {
+    size_t pos = (size_t)(piece.file_offset - p->start);
+    if (piece.zero) {
+      memset(b->out + pos, 0, (size_t)piece.length);
+      continue;
     }
-    uint64_t stop = ext[i].file_offset + ext[i].length < end ? ext[i].file_offset + ext[i].length : end;
-    uint64_t doff = ext[i].device_offset + (pos - ext[i].file_offset);
     char why[256];
-    int err = read_range(b, &devs[ext[i].device], (size_t)(pos - start), doff, (size_t)(stop - pos), why, sizeof why);
+    int err = read_range(b, &devs[piece.device], pos, piece.device_offset, (size_t)piece.length, why, sizeof why);
     if (err != 0) {
       if (report) {
-        struct xt_event ev = {.kind = XT_EV_READ_FAILED, .index = index, .offset = pos,
-                              .device = ext[i].device, .device_offset = doff};
+        struct xt_event ev = {.kind = XT_EV_READ_FAILED, .index = index, .offset = piece.file_offset,
+                              .device = piece.device, .device_offset = piece.device_offset};
         snprintf(ev.reason, sizeof ev.reason, "%s", why);
         xt_post_event(e, &ev);
       }
       return err;
     }
-    pos = stop;
   }
-  if (pos < end) memset(b->out + (pos - start), 0, (size_t)(end - pos)); // a hole up to EOF
   *data = b->out;
   return 0;
+}
+
+// Bytes [start, end) of inode `index` (a regular file without inline content) through map `m`
+// (NULL: the tables' extents) into this thread's buffer, as read_plan.
+int xt_read_into(struct engine *e, uint32_t index, struct xt_map *m, uint64_t start, uint64_t end, const uint8_t **data, int report) {
+  const struct xt_inode *n = &e->t.inodes[index];
+  struct xt_plan p;
+  xt_plan_range(&p, m != NULL ? m->ext : e->t.extents + n->first, m != NULL ? m->count : n->count, start, end);
+  return read_plan(e, index, &p, data, report);
 }
 
 void xt_read(fuse_req_t req, fuse_ino_t nodeid, size_t size, off_t off, struct fuse_file_info *fi) {
@@ -166,21 +207,20 @@ void xt_read(fuse_req_t req, fuse_ino_t nodeid, size_t size, off_t off, struct f
   const struct xt_inode *n = xt_node(e, nodeid);
   if (n == NULL) return (void)fuse_reply_err(req, ENOENT);
   if (!S_ISREG(n->mode)) return (void)fuse_reply_err(req, EISDIR);
-  int refused = xt_read_check(e, (uint32_t)(nodeid - 1), off < 0 ? 0 : (uint64_t)off);
-  if (refused != 0) return (void)fuse_reply_err(req, refused);
-  // Clip at EOF: the tail of the last block, which the last extent may cover, is never returned.
-  uint64_t start = off < 0 ? 0 : (uint64_t)off;
-  if (start >= n->size) return (void)fuse_reply_buf(req, NULL, 0);
-  uint64_t end = n->size - start < size ? n->size : start + size;
-  size_t len = (size_t)(end - start);
-  if (n->flags & XT_INLINE) return (void)fuse_reply_buf(req, e->t.data + n->first + start, len);
-
   uint32_t index = (uint32_t)(nodeid - 1);
+  int refused = xt_read_check(e, index, off < 0 ? 0 : (uint64_t)off);
+  if (refused != 0) return (void)fuse_reply_err(req, refused);
+
   struct xt_map *m = xt_map_of(e, index);
+  struct xt_plan p;
+  xt_plan_read(&p, &e->t, index, m, off < 0 ? 0 : (uint64_t)off, size);
+  size_t len = (size_t)(p.end - p.start);
+  if (len == 0) return (void)fuse_reply_buf(req, NULL, 0); // at or past EOF, or a read of nothing
+  if (p.inline_bytes != NULL) return (void)fuse_reply_buf(req, p.inline_bytes, len);
   const uint8_t *data;
-  int err = xt_read_into(e, index, m, start, end, &data, 1);
+  int err = read_plan(e, index, &p, &data, 1);
   if (err != 0) return (void)fuse_reply_err(req, err);
   xt_note_served(e, index, m, len);
   fuse_reply_buf(req, (const char *)data, len);
-  xt_push_read(e, fi->fh, index, start, end); // after the reply: the reader waits for nothing here
+  xt_push_read(e, fi->fh, index, p.start, p.end); // after the reply: the reader waits for nothing here
 }

@@ -10,7 +10,8 @@
 // - Dirents of one directory are contiguous and sorted by name bytes (memcmp, then shorter first):
 //   lookup is a binary search, readdir walks them in order and uses the position as the offset.
 // - Names blob: entry names, UTF-8, each followed by a NUL (fuse_add_direntry wants C strings).
-// - Extents of one file are contiguous and sorted by file_offset, non-overlapping (as validated).
+// - Extents of one file are contiguous and sorted by file_offset, non-overlapping, non-empty (as
+//   validated, and checked again by xt_check: the read plan depends on it).
 // - Data blob: symlink targets (NUL-terminated), inline file contents, xattr name lists (one inode's
 //   names back to back, each NUL-terminated: exactly what listxattr returns) and xattr values.
 //   Identical values and name lists are stored once.
@@ -144,7 +145,8 @@ struct xt_tables {
   const char *data;
 };
 
-// Check every section bound, index and blob range of a packed image (len bytes at image) and fill
+// Check every section bound, index and blob range of a packed image (len bytes at image), every
+// file's extents (sorted, disjoint, non-empty) and every inline file's length (its size), and fill
 // `t`. Returns NULL, or a static message saying what is wrong. Defined in engine.c.
 const char *xt_check(const void *image, uint64_t len, struct xt_tables *t);
 

@@ -50,7 +50,29 @@ export interface ViewAddon {
   fileSize(handle: SessionHandle, index: number): number
   /** Serve opens and reads without asking judge() for `ms` more milliseconds; ms < 0: no lease (the default). */
   setLease(handle: SessionHandle, ms: number): void
+
+  // For tests only: the C that serves reads, called with no mount (test/unit/native-read-plan.test.ts).
+  // The control plane never calls these; each copies and checks the tables it is given, every call.
+  /** What mount() would refuse in `tables` (native/view/engine.c xt_check), or null when it would accept them. */
+  checkTables(tables: Buffer): string | null
+  /**
+   * The pieces, in file order, of a read of `size` bytes at `offset` of the regular file at inode
+   * index `index`, as native/view/read.c plans the FUSE read (clipped at EOF). Throws when the
+   * tables are refused or the index is no regular file.
+   */
+  planRead(tables: Buffer, index: number, offset: number, size: number): PlannedPiece[]
+  /**
+   * What applyDelta would refuse in `delta` (native/view/delta.c), given `deviceFdCount` device fds,
+   * on a view of `tables` that no delta has changed yet; null when it would apply it.
+   */
+  checkDelta(tables: Buffer, delta: Buffer, deviceFdCount: number): string | null
 }
+
+/** A piece of a read planned in C: src/extents/plan.ts's Segment, or an inline file's bytes (the whole reply). */
+export type PlannedPiece =
+  | { kind: 'zero'; length: number }
+  | { kind: 'data'; device: number; deviceOffset: number; length: number }
+  | { kind: 'inline'; bytes: Buffer }
 
 /** judge()'s reply: the first call counts. */
 export type Answer = (ok: boolean, reason?: string) => void

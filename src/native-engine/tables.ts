@@ -2,7 +2,8 @@
 // engine serves from without calling back into JS. Pure: no I/O.
 //
 // This module and native/view/tables.h are the two halves of one layout; the addon exports its
-// struct sizes and field offsets and `checkLayout` refuses to run when they differ from LAYOUT.
+// struct sizes, field offsets and signedness, and `checkLayout` refuses to run when they differ
+// from LAYOUT.
 //
 //   header | inodes | dirents | extents | xattrs | devices | names blob | data blob   (8-aligned)
 //
@@ -73,11 +74,11 @@ export const LAYOUT = {
 
 export type StructName = keyof typeof LAYOUT
 
-/** What the addon's layout() returns: {version, magic, <struct>: {size, fields: {name: {offset, size}}}}. */
+/** What the addon's layout() returns: {version, magic, <struct>: {size, fields: {name: {offset, size, signed}}}}. */
 export interface NativeLayout {
   version: number
   magic: number
-  [struct: string]: number | { size: number; fields: Record<string, { offset: number; size: number }> }
+  [struct: string]: number | { size: number; fields: Record<string, { offset: number; size: number; signed?: boolean }> }
 }
 
 /** Throws unless the addon was built from the same layout as this module. */
@@ -97,10 +98,21 @@ export function checkLayout(native: NativeLayout): void {
       const b = (js.fields as StructLayout['fields'])[f]
       if (!a || !b || a.offset !== b.offset || a.size !== b.size) {
         problems.push(`${name}.${f}: ${a ? `${a.size}@${a.offset}` : 'absent'} in C, ${b ? `${b.size}@${b.offset}` : 'absent'} in JS`)
+      } else if (a.signed !== isSigned(b.type)) {
+        // Same bytes, other numbers: an fd of -1 read as u32, a time before 1970 as u64.
+        problems.push(`${name}.${f}: ${signedness(a.signed)} in C, ${signedness(isSigned(b.type))} in JS`)
       }
     }
   }
   if (problems.length) throw new Error(`native view tables layout differs from src/native-engine/tables.ts: ${problems.join('; ')}`)
+}
+
+function isSigned(type: FieldType): boolean {
+  return type === 'i32' || type === 'i64'
+}
+
+function signedness(signed: boolean | undefined): string {
+  return signed === undefined ? 'signedness absent' : signed ? 'signed' : 'unsigned'
 }
 
 // ------------------------------------------------------------------------------------- packing
