@@ -162,7 +162,7 @@ napi_value xt_js_apply_delta(napi_env env, napi_callback_info info) {
   // Buffer may start anywhere).
   void *copy = malloc(len > 0 ? len : 1);
   if (copy == NULL) return throw_msg(env, "applyDelta: ", "out of memory");
-  memcpy(copy, data, len);
+  if (len > 0) memcpy(copy, data, len); // an empty Buffer's data may be NULL
   if (check_delta(&e->t, copy, len, old_devs->n, n_fds, msg, sizeof msg) != 0) return free(copy), throw_msg(env, "applyDelta: bad delta: ", msg);
   const struct xt_delta_header *h = copy;
   const struct xt_delta_file *files = (const void *)((char *)copy + h->files_off);

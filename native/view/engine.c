@@ -1,10 +1,10 @@
-// N-API glue of the native view engine (src/engine/native-engine.ts is its only caller):
+// N-API glue of the native view engine (src/native-engine/native-engine.ts is its only caller):
 //   layout()                                   struct sizes and field offsets of tables.h
 //   mount(tables, record, mountpoint, options, judge, onEvent, leaseMs) → handle
 //   unmount(handle) → Promise                  umount(2), end the loop, free everything
 //   applyDelta(handle, delta, deviceFds), tainted(handle), generation(handle), fileSize(handle, index)   see delta.c
 //   setLease(handle, ms)                       how long opens and reads are served unasked (config.c)
-// For tests, with no mount (src/engine/addon.ts):
+// For tests, with no mount (src/native-engine/addon.ts):
 //   checkTables(tables) → message | null       xt_check
 //   planRead(tables, index, offset, size)      the pieces of a read, as read.c plans it
 //   checkDelta(tables, delta, deviceFdCount)   the check applyDelta makes (delta.c)
@@ -309,7 +309,7 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
   // A private copy: the request path must not depend on a JS buffer's lifetime or contents.
   const char *bad = (e->t.image = malloc(len > 0 ? len : 1)) == NULL ? "out of memory" : NULL;
   if (bad == NULL) {
-    memcpy(e->t.image, buf, len);
+    if (len > 0) memcpy(e->t.image, buf, len); // an empty Buffer's data may be NULL
     bad = xt_check(e->t.image, len, &e->t);
   }
   if (bad == NULL && xt_delta_init(e) != 0) bad = "out of memory";

@@ -1,4 +1,4 @@
-// The view's tables: one immutable, little-endian image packed by src/engine/tables.ts from a
+// The view's tables: one immutable, little-endian image packed by src/native-engine/tables.ts from a
 // validated manifest. This header and that module are the two halves of one contract; the addon
 // exports every struct's size and field offsets (layout()) and JS refuses to run if they disagree.
 //
@@ -86,7 +86,7 @@ struct xt_device {
 };
 
 // A delta (docs/native-engine.md, "Deltas"): new extent lists for some regular files and new
-// devices, packed by src/engine/delta-tables.ts and applied by applyDelta() in one step.
+// devices, packed by src/native-engine/delta-tables.ts and applied by applyDelta() in one step.
 //
 //   delta_header | files[n_files] | extents[n_extents] | devices[n_devices]   (each section 8-aligned)
 //

@@ -1,6 +1,7 @@
 // The packer of deltas for the native engine (src/native-engine/delta-tables.ts ↔ native/view/tables.h "A
 // delta"): layout agreement with the addon, what the packed bytes hold, and what JS refuses itself.
-// What C refuses is tested through a mounted view in test/e2e/engine-delta.test.ts.
+// What C refuses is tested without a mount in test/unit/native-read-plan.test.ts (checkDelta) and through a
+// mounted view in test/e2e/engine-delta.test.ts.
 import t from 'tap'
 import { checkDeltaLayout, DELTA_MAGIC, DELTA_VERSION, packDelta, unpackDelta } from '../../src/native-engine/delta-tables'
 import { checkLayout, LAYOUT, PathTable, TableReader, packTables, type NativeLayout } from '../../src/native-engine/tables'

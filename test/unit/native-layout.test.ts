@@ -1,9 +1,9 @@
-// Signedness in the layout contract between native/view/tables.h and src/engine/tables.ts: the addon
+// Signedness in the layout contract between native/view/tables.h and src/native-engine/tables.ts: the addon
 // reports it for every field, and checkLayout refuses an addon that reads the same bytes as other
 // numbers (an fd of -1 as 4294967295, a time before 1970 as a date in the far future).
 import t from 'tap'
-import { checkLayout, LAYOUT, type NativeLayout, type StructLayout } from '../../src/engine/tables'
-import { viewAddon } from '../../src/engine/addon'
+import { checkLayout, LAYOUT, type NativeLayout, type StructLayout } from '../../src/native-engine/tables'
+import { viewAddon } from '../../src/native-engine/addon'
 
 type Fields = Record<string, { offset: number; size: number; signed?: boolean }>
 const fieldsOf = (layout: NativeLayout, name: string): Fields => (layout[name] as { fields: Fields }).fields

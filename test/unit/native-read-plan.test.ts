@@ -1,6 +1,6 @@
-// The C that serves reads, called through the addon with no mount (src/engine/addon.ts checkTables,
+// The C that serves reads, called through the addon with no mount (src/native-engine/addon.ts checkTables,
 // planRead, checkDelta): native/view/read.c's plan of a read against src/extents/plan.ts as the
-// model, on random manifests packed by src/engine/tables.ts; then tables and deltas the C checkers
+// model, on random manifests packed by src/native-engine/tables.ts; then tables and deltas the C checkers
 // must refuse, and random corruptions of packed tables: whatever xt_check lets through must still
 // plan exactly as the model reads those tables back.
 //
@@ -10,9 +10,9 @@ import { isDeepStrictEqual } from 'node:util'
 import type { Extent, Inode, Manifest } from '../../src/manifest/types'
 import { validateManifest } from '../../src/manifest/validate'
 import { planRead } from '../../src/extents/plan'
-import { LAYOUT, mergeExtents, packTables, TableReader, type StructName } from '../../src/engine/tables'
-import { packDelta } from '../../src/engine/delta-tables'
-import { viewAddon, type PlannedPiece } from '../../src/engine/addon'
+import { LAYOUT, mergeExtents, packTables, TableReader, type StructName } from '../../src/native-engine/tables'
+import { packDelta } from '../../src/native-engine/delta-tables'
+import { viewAddon, type PlannedPiece } from '../../src/native-engine/addon'
 import { extent, makeDevice, makeInode, makeManifest } from '../helpers/manifest-factory'
 
 const SEED = Number(process.env.EXTFS_TEST_SEED ?? 20261206)
