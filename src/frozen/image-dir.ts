@@ -73,12 +73,11 @@ export function ownershipOf(dir: string, imageId: string): Ownership {
   return marker === markerText(imageId) ? 'ours' : 'foreign'
 }
 
-/** Remove the image directory's remaining content (plain files we created) and the directory, then the images root if empty. */
+/**
+ * Remove the image directory's remaining content (plain files we created) and the directory. The
+ * images root stays, empty: creating and removing it each night would change the owner's mount root's
+ * mtime and ctime, and the owner's own incremental backups would see that directory changed.
+ */
 export function removeImageDir(dir: string): void {
   fs.rmSync(dir, { recursive: true, force: true })
-  try {
-    fs.rmdirSync(path.dirname(dir))
-  } catch {
-    // Other images still live there (ENOTEMPTY), or it is gone already.
-  }
 }
