@@ -2,9 +2,13 @@
 // typed errors into negative errnos. No logic lives here; only integers reach fuse-native's callbacks.
 import Fuse from 'fuse-native'
 import { execFile } from 'node:child_process'
+import { createRequire } from 'node:module'
+import path from 'node:path'
 import type { Logger } from 'pino'
 import type { FrozenView, Attr } from './frozen-view'
 import type { MountOptions, ViewEngine } from '../view/engine'
+import type { RefusalSummary } from '../view/refusals'
+import { statfsFits } from './limits'
 import { ViewError } from '../errors'
 import { Errno } from '../view/errno'
 
@@ -17,7 +21,8 @@ function errnoOf(err: unknown, log: Logger, op: string, path: string): number {
   return -Errno.EIO
 }
 
-// fuse-native takes times as milliseconds (a libfuse2/JS limit); the native engine will carry nanoseconds.
+// fuse-native takes times as unsigned milliseconds: sub-ms parts are dropped, and limits.ts refuses an
+// image with times it cannot carry at all.
 function ms(t: [number, number]): number {
   return t[0] * 1000 + Math.floor(t[1] / 1_000_000)
 }
@@ -56,12 +61,16 @@ export function fuseOperations(view: FrozenView, log: Logger): Record<string, Cb
         cb(0, 0)
       })
     },
-    read: (path, _fd, buf, len, pos, cb) => guard('read', path, cb, (ino) => cb(view.read(ino, buf, len, pos))),
+    read: (path, _fd, buf, len, pos, cb) => guard('read', path, cb, (ino) => cb(view.read(ino, buf, len, pos, path))),
     release: (_path, _fd, cb) => cb(0),
     readlink: (path, cb) => guard('readlink', path, cb, (ino) => cb(0, view.readlink(ino))),
     listxattr: (path, cb) => guard('listxattr', path, cb, (ino) => cb(0, view.listxattr(ino))),
     getxattr: (path, name, _position, cb) => guard('getxattr', path, cb, (ino) => cb(0, view.getxattr(ino, name))),
-    statfs: (_path, cb) => cb(0, view.statfs()),
+    statfs: (_path, cb) => {
+      const figures = view.statfs()
+      if (!statfsFits(figures)) return cb(-Errno.EOVERFLOW)
+      cb(0, figures)
+    },
   }
   for (const op of ['write', 'create', 'truncate', 'ftruncate', 'unlink', 'rename', 'link', 'symlink', 'mkdir', 'rmdir',
     'mknod', 'chmod', 'chown', 'utimens', 'setxattr', 'removexattr']) {
@@ -70,24 +79,26 @@ export function fuseOperations(view: FrozenView, log: Logger): Record<string, Cb
   return ops
 }
 
-/**
- * fuse-native unmounts with `fusermount -uz`, a lazy unmount: a view in use would be detached under its
- * readers' feet and report success. Unmount for real instead, so a busy view says so and keeps serving;
- * a mountpoint already gone (unmounted from outside) counts as done, so fuse-native lets go of its loop.
- */
-Fuse.unmount = (mnt: string, cb: Cb) => {
-  execFile('umount', [mnt], (err, _stdout, stderr) => {
-    if (!err || /not mounted|no mount point/.test(stderr)) return cb(null)
-    cb(new Error(stderr.trim() || err.message))
-  })
+/** The call of fuse-native's binding that lets go of a session's hold on the event loop. */
+interface FuseNativeBinding {
+  fuse_native_unmount(mnt: string, thread: Buffer): void
+}
+
+/** The binding fuse-native itself loaded (node-gyp-build requires the same file: one module per process). */
+function fuseNativeBinding(): FuseNativeBinding {
+  const fuseNative = require.resolve('fuse-native')
+  return createRequire(fuseNative)('node-gyp-build')(path.dirname(fuseNative)) as FuseNativeBinding
 }
 
 /**
- * Two gaps in fuse-native 2.2.6, closed here until the native engine replaces it:
+ * Three gaps in fuse-native 2.2.6, closed in this subclass only (fuse-native's module stays as it is
+ * for anything else in the process):
  * - no switch for `ro` or `use_ino`; both matter (mutations refused by the kernel, hard links sharing an
  *   inode number), so they are appended to the option string it builds;
  * - getxattr/listxattr ignore the caller's buffer size: a value larger than the buffer (tar probes with
- *   a small one) overflowed it instead of answering ERANGE, so the caller can retry with a larger one.
+ *   a small one) overflowed it instead of answering ERANGE, so the caller can retry with a larger one;
+ * - it unmounts with `fusermount -uz`, a lazy unmount: a view in use would be detached under its
+ *   readers' feet and report success.
  */
 class ReadOnlyFuse extends Fuse {
   override _fuseOptions(): string {
@@ -113,6 +124,22 @@ class ReadOnlyFuse extends Fuse {
       if (list.length > listBuf.length) return signal(-Errno.ERANGE, listBuf.buffer)
       list.copy(listBuf)
       signal(list.length, listBuf.buffer)
+    })
+  }
+
+  /**
+   * Unmounts for real, so a busy view says so and keeps serving; a mountpoint already gone (unmounted
+   * from outside) counts as done. Then fuse-native lets go of its loop, as its own close does.
+   */
+  override _close(cb: (err: Error | null) => void): void {
+    execFile('umount', [this.mnt], (err, _stdout, stderr) => {
+      if (err && !/not mounted|no mount point/.test(stderr)) return cb(new Error(stderr.trim() || err.message))
+      try {
+        fuseNativeBinding().fuse_native_unmount(this.mnt, this._thread)
+      } catch (e) {
+        return cb(e as Error)
+      }
+      cb(null)
     })
   }
 }
@@ -141,5 +168,14 @@ export class FuseEngine implements ViewEngine {
       if (!this.fuse) return resolve()
       this.fuse.unmount((err) => (err ? reject(err) : resolve()))
     })
+  }
+
+  refusedRequests(): RefusalSummary {
+    return this.view.refusedRequests()
+  }
+
+  /** None: this engine never follows a delta; reads under a changed record are refused instead. */
+  taintedFiles(): string[] {
+    return []
   }
 }

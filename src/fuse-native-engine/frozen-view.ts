@@ -7,6 +7,7 @@ import { planRead } from '../extents/plan'
 import { ViewError } from '../errors'
 import type { Logger } from 'pino'
 import { Errno } from '../view/errno'
+import { Refusals, type RefusalSummary } from '../view/refusals'
 
 const TYPE_BITS: Record<Inode['kind'], number> = {
   file: 0o100000, dir: 0o040000, symlink: 0o120000, fifo: 0o010000, char: 0o020000, block: 0o060000, socket: 0o140000,
@@ -53,6 +54,7 @@ export class FrozenView {
   private readonly nodes = new Map<number, Node>()
   readonly rootIno: number
   private readonly usage: StatFs
+  private readonly refusals = new Refusals()
 
   constructor(
     private readonly manifest: Manifest,
@@ -111,19 +113,20 @@ export class FrozenView {
     this.node(ino)
     const verdict = this.config.check()
     if (!verdict.ok) {
-      this.log.warn({ op: 'open', path, ino, reason: verdict.reason }, 'open refused: frozen image not current')
+      if (this.refusals.note('open', ino, verdict.reason)) this.log.warn({ op: 'open', path, ino, reason: verdict.reason }, 'open refused: frozen image not current')
       throw new ViewError(Errno.ESTALE, verdict.reason)
     }
   }
 
   /**
-   * Read up to `length` bytes at `offset` into `target`; returns the count (short only at EOF).
-   * Holes and unwritten ranges are zero-filled here, never read from the device.
+   * Read up to `length` bytes at `offset` of the file opened as `path` into `target`; returns the
+   * count (short only at EOF). Holes and unwritten ranges are zero-filled here, never read from the device.
    */
-  read(ino: number, target: Buffer, length: number, offset: number): number {
+  read(ino: number, target: Buffer, length: number, offset: number, path: string): number {
     const node = this.node(ino)
     const { inode } = node
     if (inode.kind !== 'file') throw new ViewError(Errno.EISDIR, `inode ${ino} is not a regular file`)
+    this.refuseStaleRead(ino, path, offset)
     if (node.inline) return node.inline.copy(target, 0, Math.min(offset, inode.size), Math.min(offset + length, inode.size))
     let pos = 0
     for (const seg of planRead(inode.extents ?? [], inode.size, offset, length)) {
@@ -134,6 +137,7 @@ export class FrozenView {
         try {
           device.readExact(target, pos, seg.length, seg.deviceOffset)
         } catch (err) {
+          this.refusals.note('read', ino, (err as Error).message)
           this.log.error({ op: 'read', ino, offset: offset + pos, device: device.id, deviceOffset: seg.deviceOffset, err: (err as Error).message }, 'read failed')
           throw new ViewError(Errno.EIO, (err as Error).message)
         }
@@ -141,6 +145,23 @@ export class FrozenView {
       pos += seg.length
     }
     return pos
+  }
+
+  /**
+   * Reads are judged like opens: this view cannot follow a delta, so once the record changed or the
+   * image was released, the blocks of a file opened before may hold other data by now.
+   */
+  private refuseStaleRead(ino: number, path: string, offset: number): void {
+    const verdict = this.config.check()
+    if (verdict.ok) return
+    this.refusals.note('read-refused', ino, verdict.reason)
+    this.log.warn({ op: 'read', path, ino, offset, reason: verdict.reason }, 'read refused: frozen image not current')
+    throw new ViewError(Errno.ESTALE, verdict.reason)
+  }
+
+  /** Opens and reads refused and reads failed since the view was made. */
+  refusedRequests(): RefusalSummary {
+    return this.refusals.summary()
   }
 
   readlink(ino: number): string {

@@ -9,6 +9,7 @@ import type { RawDevice } from '../device/reader'
 import { ConfigWatch, readRecord, recordPath, type ConfigRecord } from '../configid/record'
 import { readDeltaChain } from '../delta/io'
 import { StaleError } from '../errors'
+import { fuseNativeSelected } from '../view/engine'
 
 export interface LoadOptions {
   key?: Buffer
@@ -42,7 +43,7 @@ export function readPackedManifest(manifestPath: string, key?: Buffer): Manifest
 
 export function loadImage(manifestPath: string, opts: LoadOptions): LoadedImage {
   // The fuse-native engine serves from the object tree (src/fuse-native-engine/frozen-view.ts).
-  const native = process.env.EXTFS_ENGINE !== 'fuse-native'
+  const native = !fuseNativeSelected()
   const manifest = native ? readPackedManifest(manifestPath, opts.key) : readCheckedManifest(manifestPath, opts.key)
   const config = new ConfigWatch(opts.recordFile ?? recordPath(manifestPath, manifest.configRecord), manifest.configId)
   let current: CurrentDevices = { devices: manifest.devices, retired: new Set() }

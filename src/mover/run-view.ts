@@ -3,9 +3,7 @@ import fs from 'node:fs'
 import type { Logger } from 'pino'
 import { loadImage, LoadOptions } from './load'
 import { checkMountpoint, requireFuse, requireRoot } from './checks'
-import { FrozenView } from '../fuse-native-engine/frozen-view'
-import type { ViewEngine } from '../view/engine'
-import { FuseEngine } from '../fuse-native-engine/adapter'
+import { fuseNativeSelected, type ViewEngine } from '../view/engine'
 import { NativeEngine } from '../native-engine/native-engine'
 import type { LoadedImage } from './load'
 import { isMountpoint } from '../mapping/mountinfo'
@@ -45,9 +43,9 @@ interface Served {
   follower?: ChainFollower
 }
 
-function createEngine(image: LoadedImage, opts: ViewRunOptions, remote?: RemoteImage): Served {
+async function createEngine(image: LoadedImage, opts: ViewRunOptions, remote?: RemoteImage): Promise<Served> {
   const { log } = opts
-  if (process.env.EXTFS_ENGINE === 'fuse-native') return { engine: new FuseEngine(new FrozenView(image.manifest, image.devices, image.config, log), log) }
+  if (fuseNativeSelected()) return { engine: await fuseNativeEngine(image, log) }
   const { manifest } = image
   const follower: ChainFollower = new ChainFollower({
     image: manifest.configId,
@@ -62,6 +60,18 @@ function createEngine(image: LoadedImage, opts: ViewRunOptions, remote?: RemoteI
   const engine: NativeEngine = new NativeEngine(manifest, image.devices, remote ? remote.guard(follower) : follower, log)
   follower.attach(engine)
   return { engine, follower }
+}
+
+/**
+ * Imported only when selected: a process serving with the native engine never loads fuse-native (nor
+ * libfuse2 through it).
+ */
+async function fuseNativeEngine(image: LoadedImage, log: Logger): Promise<ViewEngine> {
+  const { FuseEngine } = await import('../fuse-native-engine/adapter')
+  const { FrozenView } = await import('../fuse-native-engine/frozen-view')
+  const { requireServable } = await import('../fuse-native-engine/limits')
+  requireServable(image.manifest)
+  return new FuseEngine(new FrozenView(image.manifest, image.devices, image.config, log), log)
 }
 
 /**
@@ -133,7 +143,7 @@ export async function runView(opts: ViewRunOptions): Promise<void> {
     mountpoint = checkMountpoint(opts.mountpoint)
     if (opts.remote) {
       // The lease lives in the C engine: the fuse-native engine could not refuse a read on an expired one.
-      if (process.env.EXTFS_ENGINE === 'fuse-native') throw new ExtfsError(ExitCode.Usage, `mounting from ${opts.remote.url} needs the native engine (unset EXTFS_ENGINE)`)
+      if (fuseNativeSelected()) throw new ExtfsError(ExitCode.Usage, `mounting from ${opts.remote.url} needs the native engine (unset EXTFS_ENGINE)`)
       if (!opts.key) throw new ExtfsError(ExitCode.Usage, `mounting from ${opts.remote.url} needs --key (the key extfs serve was given)`)
       remote = await RemoteImage.open({ url: opts.remote.url, key: opts.key, ca: opts.remote.ca, leaseCapMs: opts.remote.leaseCapMs, log })
       // serve only serves manifests signed with its key; checked here as for a local file with --key.
@@ -141,7 +151,7 @@ export async function runView(opts: ViewRunOptions): Promise<void> {
     } else {
       image = loadImage(opts.manifestPath, opts)
     }
-    served = createEngine(image, opts, remote)
+    served = await createEngine(image, opts, remote)
     engine = served.engine
     try {
       await engine.mount(mountpoint, { fsname: `extfs:${image.manifest.configId}`, allowOther: opts.allowOther, leaseMs: remote?.leaseLeft() })
@@ -184,8 +194,8 @@ export async function runView(opts: ViewRunOptions): Promise<void> {
       }
       clearInterval(poll)
       stopFollowing()
-      const tainted = engine instanceof NativeEngine ? engine.taintedFiles() : []
-      const refused = engine instanceof NativeEngine ? engine.refusedRequests() : { count: 0 }
+      const tainted = engine!.taintedFiles()
+      const refused = engine!.refusedRequests()
       if (opts.report) saveReport(mountpoint, { pid: process.pid, tainted, refused: refused.count, firstRefusal: refused.first })
       if (tainted.length > 0) log.warn({ mountpoint, tainted }, 'files were read under a superseded map and not re-read')
       log.info({ mountpoint, why }, 'view unmounted')

@@ -14,6 +14,7 @@ import { withDeviceFds } from './stream-tables'
 import { collectGarbage } from './memory'
 import { packDelta, type DeltaEntry } from './delta-tables'
 import { viewAddon, type Answer, type EngineEvent, type SessionHandle } from './addon'
+import { Refusals, type RefusalSummary } from '../view/refusals'
 
 /**
  * Readahead window of the view's backing device info, in KiB. The kernel starts FUSE mounts at
@@ -38,10 +39,7 @@ export class NativeEngine implements ViewEngine {
   /** taintedFiles() once unmounted: the list as it stood when unmount() was called. */
   private lastTainted: string[] = []
   /** Opens and reads refused since mount (stale, released, lease expired), and reads that failed. */
-  private refusals = 0
-  private firstRefusal?: string
-  /** Inode index → when its last open refusal not yet followed by the kernel's retry was reported. */
-  private readonly unpairedOpenRefusals = new Map<number, number>()
+  private readonly refusals = new Refusals()
 
   constructor(
     private readonly manifest: Manifest,
@@ -159,8 +157,8 @@ export class NativeEngine implements ViewEngine {
   }
 
   /** Opens and reads refused or failed since mount, and why the first was: an `extfs backup` with any is not a clean one. */
-  refusedRequests(): { count: number; first?: string } {
-    return { count: this.refusals, first: this.firstRefusal }
+  refusedRequests(): RefusalSummary {
+    return this.refusals.summary()
   }
 
   /**
@@ -180,10 +178,8 @@ export class NativeEngine implements ViewEngine {
 
   /** Log lines for what C refused or failed; the same fields and messages as FrozenView. */
   private report(ev: EngineEvent): void {
-    if (ev.kind === 'open' && this.kernelRetry(ev.index)) return
+    if (!this.refusals.note(ev.kind, ev.index, ev.reason)) return
     const ino = this.paths.ino(ev.index)
-    this.refusals++
-    this.firstRefusal ??= `${EVENT_WHAT[ev.kind]}: ${ev.reason}`
     if (ev.kind === 'open') {
       this.log.warn({ op: 'open', path: this.paths.path(ev.index), ino, reason: ev.reason }, 'open refused: frozen image not current')
     } else if (ev.kind === 'read-refused') {
@@ -191,23 +187,6 @@ export class NativeEngine implements ViewEngine {
     } else {
       this.log.error({ op: 'read', ino, offset: ev.offset, device: this.deviceIds[ev.device] ?? ev.device, deviceOffset: ev.deviceOffset, err: ev.reason }, 'read failed')
     }
-  }
-
-  /**
-   * The kernel answers an open refused with ESTALE by looking the file up again and retrying the open
-   * once: a second refusal of the same file within a second is that retry, not another open to count
-   * and log. Unpaired refusals are remembered by inode index (the map is cleared when it grows large).
-   */
-  private kernelRetry(index: number): boolean {
-    const now = performance.now()
-    const first = this.unpairedOpenRefusals.get(index)
-    if (first !== undefined && now - first < 1000) {
-      this.unpairedOpenRefusals.delete(index)
-      return true
-    }
-    if (this.unpairedOpenRefusals.size >= 1024) this.unpairedOpenRefusals.clear()
-    this.unpairedOpenRefusals.set(index, now)
-    return false
   }
 
   private raiseReadahead(dev: number): void {
@@ -220,9 +199,6 @@ export class NativeEngine implements ViewEngine {
     }
   }
 }
-
-/** How a report names each kind of event. */
-const EVENT_WHAT: Record<EngineEvent['kind'], string> = { open: 'open refused', 'read-refused': 'read refused', read: 'read failed' }
 
 /** libfuse splits -o at commas; a backslash escapes one. */
 function escapeOption(value: string): string {

@@ -1,6 +1,8 @@
 // The narrow interface between the mover's control plane and whatever serves the view to the kernel.
 // Two engines implement it: fuse-native (src/fuse-native-engine/, every request in JS) and the native engine
 // (src/native-engine/, requests served in C on libfuse3's low-level API; JS stays out of the request path).
+import type { RefusalSummary } from './refusals'
+
 export interface MountOptions {
   /** Shown as the mount source: `extfs:<config id>`. */
   fsname: string
@@ -22,4 +24,16 @@ export interface ViewEngine {
    * in use, and keeps serving then; resolves when the mountpoint was already unmounted from outside.
    */
   unmount(): Promise<void>
+  /** Opens and reads refused (image not current) and reads failed since mount: `extfs backup`'s report. */
+  refusedRequests(): RefusalSummary
+  /** Paths of files read under a map a delta superseded and not read again in full since. */
+  taintedFiles(): string[]
+}
+
+/**
+ * EXTFS_ENGINE=fuse-native selects the first engine (src/fuse-native-engine/); anything else the
+ * native engine.
+ */
+export function fuseNativeSelected(): boolean {
+  return process.env.EXTFS_ENGINE === 'fuse-native'
 }

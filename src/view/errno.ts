@@ -10,6 +10,7 @@ export enum Errno {
   EROFS = 30,
   ERANGE = 34,
   ENODATA = 61,
+  EOVERFLOW = 75,
   ENOTSUP = 95,
   ESTALE = 116,
 }

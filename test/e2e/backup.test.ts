@@ -1,65 +1,7 @@
-// The whole flow on real devices: export a frozen image of a populated filesystem, mount the manifest
-// through FUSE, back it up with tar, rsync and dd, and compare bytes and metadata with the source.
+// The whole flow on real devices with the native engine (test/helpers/scenarios/backup.ts), on whole
+// devices and partitions of ext4 and XFS; the fuse-native engine runs it too (fuse-native-engine.test.ts).
 import t from 'tap'
-import { promises as fsp } from 'node:fs'
-import * as path from 'node:path'
-import { withLoopFs, LoopFsOptions } from '../helpers/loopfs'
-import { populateEveryKind } from '../helpers/populate'
-import { snapshotTree, diffTrees, Tree } from '../helpers/tree'
-import { tarRoundTrip, rsyncCopy, ddCompare } from '../helpers/backup-tools'
-import { extfs, release, scratchDir, withView } from '../helpers/extfs'
+import { backupRoundTrip, LAYOUTS } from '../helpers/scenarios/backup'
+import { NATIVE_ENGINE } from '../helpers/engines'
 
-// The native engine serves the manifest's nanosecond times exactly.
-const VIEW_TIME_PRECISION_NS = 1
-
-const layouts: { name: string; opts: LoopFsOptions }[] = [
-  { name: 'ext4 on a whole device', opts: { fs: 'ext4' } },
-  { name: 'ext4 on a GPT partition', opts: { fs: 'ext4', partition: 'gpt' } },
-  { name: 'XFS on a whole device', opts: { fs: 'xfs' } },
-  { name: 'XFS on an MBR partition', opts: { fs: 'xfs', partition: 'mbr' } },
-]
-
-const isSocket = (tree: Tree) => (rel: string) => tree.get(rel)?.kind === 'socket'
-
-for (const layout of layouts) {
-  t.test(layout.name, async (t) => {
-    const state = await scratchDir(t)
-    await withLoopFs(layout.opts, async (fs) => {
-      const data = path.join(fs.mountpoint, 'data')
-      await fsp.mkdir(data)
-      const pop = await populateEveryKind(data)
-      const manifest = path.join(state, 'nightly.json')
-      try {
-        const exp = await extfs(['export', data, '--output', manifest, '--frozen-image', 'freeze'])
-        t.equal(exp.code, 0, `export: ${exp.stderr}`)
-        // Taken while frozen: this is the image the backup must reproduce.
-        const source = await snapshotTree(data, { timePrecisionNs: VIEW_TIME_PRECISION_NS })
-
-        await withView(manifest, async (view) => {
-          t.same(diffTrees(source, await snapshotTree(view, { timePrecisionNs: VIEW_TIME_PRECISION_NS })), [], 'the view itself equals the source')
-
-          const tarOut = path.join(state, 'tar')
-          await tarRoundTrip(view, tarOut)
-          const tarTree = await snapshotTree(tarOut, { timePrecisionNs: VIEW_TIME_PRECISION_NS })
-          t.same(diffTrees(source, tarTree, { ignorePaths: isSocket(source) }), [], 'tar of the view equals the source (tar skips sockets)')
-
-          const rsyncOut = path.join(state, 'rsync')
-          await rsyncCopy(view, rsyncOut)
-          t.same(diffTrees(source, await snapshotTree(rsyncOut, { timePrecisionNs: VIEW_TIME_PRECISION_NS })), [], 'rsync -aHAX of the view equals the source')
-
-          for (const rel of [...pop.regular, ...pop.sparse, ...pop.fragmented, pop.preallocated.unwritten, pop.preallocated.partiallyWritten, pop.preallocated.keepSize]) {
-            const r = await ddCompare(path.join(data, rel), path.join(view, rel), { bs: 65536 })
-            t.ok(r.equal, `dd of ${rel} equals the source (${r.bytesA} bytes)`)
-          }
-
-          const [first, ...others] = pop.hardLinks[0]
-          const ino = (await fsp.lstat(path.join(view, first))).ino
-          for (const other of others) t.equal((await fsp.lstat(path.join(view, other))).ino, ino, `${other} shares ${first}'s inode`)
-          t.equal((await fsp.lstat(path.join(view, first))).nlink, pop.hardLinks[0].length, 'nlink counts the names')
-        })
-      } finally {
-        await release(manifest)
-      }
-    })
-  })
-}
+for (const layout of Object.values(LAYOUTS)) void backupRoundTrip(t, layout, NATIVE_ENGINE)

@@ -9,50 +9,19 @@ import t, { Test } from 'tap'
 import { promises as fsp } from 'node:fs'
 import type { FileHandle } from 'node:fs/promises'
 import * as path from 'node:path'
-import { busiestDevice, withBtrfs, withBtrfsAndSpare, BtrfsFs } from '../helpers/btrfs'
+import { busiestDevice, withBtrfs, withBtrfsAndSpare } from '../helpers/btrfs'
 import { withLoopFs } from '../helpers/loopfs'
 import { run, runOk } from '../helpers/exec'
 import { seededBytes, writeInterleaved } from '../helpers/populate'
 import { snapshotTree, diffTrees, Tree } from '../helpers/tree'
 import { tarRoundTrip } from '../helpers/backup-tools'
-import { extfs, release, REMAPPED, scratchDir, withView } from '../helpers/extfs'
+import { extfs, release, scratchDir, withView } from '../helpers/extfs'
 import { readJson } from '../helpers/tamper'
-import { overwrittenOldExtents, rootFiles } from '../helpers/moved'
+import { exportBtrfsImage, fillUp, IMAGE_FILES, overwrittenOldExtents, readNamed, relocate, remapMoved, rootFiles } from '../helpers/moved'
 
 const KiB = 1024
-const MiB = 1024 * KiB
-const FILES = ['a', 'b', 'c', 'd', 'e', 'f']
 /** Times to the nanosecond; the root's own times are the view's, not the image's. */
 const TREE = { timePrecisionNs: 1, rootTimes: false }
-
-/** A subvolume with a few MiB-sized files, exported as a read-only snapshot. */
-async function exportImage(t: Test, fs: BtrfsFs, scratch: string): Promise<{ manifest: string; source: string }> {
-  const source = path.join(fs.mountpoint, 'data')
-  await runOk('btrfs', ['subvolume', 'create', source])
-  for (const [i, name] of FILES.entries()) await fsp.writeFile(path.join(source, name), seededBytes(100 + i, 3 * MiB + i * 4097))
-  await runOk('sync', [])
-  const manifest = path.join(scratch, 'nightly.json')
-  const exp = await extfs(['export', source, '--output', manifest, '--frozen-image', 'snapshot'])
-  t.equal(exp.code, 0, `export: ${exp.stderr}`)
-  return { manifest, source }
-}
-
-/** Write zeros until the filesystem is full: it places them anywhere free, freed old places included. */
-async function fillUp(mountpoint: string): Promise<void> {
-  await run('dd', ['if=/dev/zero', `of=${path.join(mountpoint, 'filler')}`, 'bs=1M', 'conv=fsync'], { timeoutMs: 120_000 })
-  await runOk('sync', [])
-}
-
-/** Relocate every data chunk, then fill the filesystem, so the old locations hold other bytes. */
-async function relocate(fs: BtrfsFs): Promise<void> {
-  await runOk('btrfs', ['balance', 'start', '-d', '--full-balance', fs.mountpoint], { timeoutMs: 120_000 })
-  await fillUp(fs.mountpoint)
-}
-
-/** name → content of each of `names` in `dir`. */
-async function readNamed(dir: string, names: string[]): Promise<Map<string, Buffer>> {
-  return new Map(await Promise.all(names.map(async (n) => [n, await fsp.readFile(path.join(dir, n))] as [string, Buffer])))
-}
 
 /**
  * A view mounted after the move, from the same manifest: it must be proved on the delta's fingerprints
@@ -65,21 +34,6 @@ async function freshViewIsExact(t: Test, manifest: string, expected: Tree, scrat
     t.same(diffTrees(expected, await snapshotTree(restored, TREE)), [], 'tar of a view mounted after the move equals the image')
     t.match(await fsp.readFile(logFile, 'utf8'), /followed the config ID/, 'that view followed the delta too')
   })
-}
-
-/**
- * `extfs remap` must publish a delta of at least one file; returns its files and new devices, and the
- * devices the delta (written as the image's first) proves again and retires.
- */
-async function remapMoved(t: Test, manifest: string): Promise<{ files: number; newDevices: number; proved?: number[]; retired?: number[] }> {
-  const remap = await extfs(['remap', manifest])
-  t.equal(remap.code, 0, `remap: ${remap.stderr}`)
-  const match = REMAPPED.exec(remap.stdout)
-  t.ok(match, `remap published a delta: ${remap.stdout.trim()}`)
-  const files = Number(match?.[3] ?? 0)
-  t.ok(files > 0, `the delta moves ${files} files`)
-  const delta = await readJson(`${manifest}.delta-1`)
-  return { files, newDevices: Number(match?.[4] ?? 0), proved: delta.proofs?.map((p: { device: number }) => p.device), retired: delta.retired }
 }
 
 /** Every byte of an open file, read from offset 0 (one byte more is asked for, to see a file too long). */
@@ -126,9 +80,9 @@ async function viewIsExact(t: Test, view: string, logFile: string, expected: Tre
 t.test('a mounted view follows a btrfs balance and the backup stays exact', async (t) => {
   const scratch = await scratchDir(t)
   await withBtrfs({ devices: 1, data: 'single', metadata: 'dup', sizeMiB: 512 }, async (fs) => {
-    const { manifest, source } = await exportImage(t, fs, scratch)
+    const { manifest, source } = await exportBtrfsImage(t, fs, scratch)
     const expected = await snapshotTree(source, TREE)
-    const contents = await readNamed(source, FILES)
+    const contents = await readNamed(source, IMAGE_FILES)
     try {
       await withView(manifest, (view, logFile) => withHeld(t, view, 'a', contents.get('a')!, async (held) => {
         await relocate(fs)
@@ -190,10 +144,10 @@ t.test('a mounted view follows a btrfs replace whose old member was wiped, and t
   const sizeMiB = 160
   // raid0 data: every file has extents on both members, so a moved file keeps some on the member kept.
   await withBtrfsAndSpare({ members: 2, data: 'raid0', metadata: 'raid1', sizeMiB }, async (fs, spare) => {
-    const { manifest, source } = await exportImage(t, fs, scratch)
+    const { manifest, source } = await exportBtrfsImage(t, fs, scratch)
     try {
       const expected = await snapshotTree(source, TREE)
-      const contents = await readNamed(source, FILES)
+      const contents = await readNamed(source, IMAGE_FILES)
       const m = await readJson(manifest)
       t.equal(m.devices.length, 2, 'the image spans two members')
       // Replace the member holding the most extents; hold open a file that has extents there.
@@ -225,7 +179,7 @@ t.test('a mounted view follows a btrfs replace whose old member was wiped, and t
 t.test('extfs backup names the files read under a superseded map, unless they were read again', async (t) => {
   const scratch = await scratchDir(t)
   await withBtrfs({ devices: 1, data: 'single', metadata: 'dup', sizeMiB: 512 }, async (fs) => {
-    const { manifest } = await exportImage(t, fs, scratch)
+    const { manifest } = await exportBtrfsImage(t, fs, scratch)
     const move = `btrfs balance start -d --full-balance ${fs.mountpoint} >/dev/null && ${path.resolve('bin/extfs')} remap ${manifest} >/dev/null`
     try {
       const stale = await run(path.resolve('bin/extfs'), ['backup', manifest, '--', 'sh', '-c', `cat a b >/dev/null && ${move} && cat c >/dev/null`], { timeoutMs: 180_000 })
