@@ -249,7 +249,7 @@ t.test('native engine on ext4: backups to the nanosecond, and the edges', async 
         await fsp.mkdir(mnt)
         const script = `
           const { loadImage } = require(${JSON.stringify(path.join(DIST, 'mover/load.js'))})
-          const { NativeEngine } = require(${JSON.stringify(path.join(DIST, 'engine/native-engine.js'))})
+          const { NativeEngine } = require(${JSON.stringify(path.join(DIST, 'native-engine/native-engine.js'))})
           const pino = require(${JSON.stringify(require.resolve('pino'))})
           const [manifest, mnt] = process.argv.slice(1)
           const image = loadImage(manifest, { deviceOverrides: new Map() })
