@@ -110,6 +110,7 @@ function synthesizeRoot(children: { name: string; ino: number }[], ino: number):
 /** `baseNames[i]` is what the view calls `walkPaths[i]` (its base name on the source, also inside a snapshot). */
 function buildTree(walker: Walker, walkPaths: string[], baseNames: string[]): number {
   const roots = walkPaths.map((p, i) => ({ name: baseNames[i], ino: walker.visit(p) }))
+  walker.numberMountPoints()
   if (roots.length === 1 && walker.inodes.get(roots[0].ino)!.kind === 'dir') return roots[0].ino
   // Several paths, or a single file: a synthetic root holds each by its base name.
   const names = new Set<string>()

@@ -92,6 +92,8 @@ function readXattrs(file: string): Record<string, string> | undefined {
 export class Walker {
   /** Inodes by source inode number: hard links meet here. */
   readonly inodes = new Map<number, Inode>()
+  /** Mount points met (another filesystem or btrfs subvolume), waiting for inode numbers of their own. */
+  private readonly mountPoints: { entry: DirEntry; inode: Inode }[] = []
 
   constructor(private readonly target: WalkTarget) {}
 
@@ -113,7 +115,8 @@ export class Walker {
         const st = this.lstat(child)
         if (!st) continue
         if (st.dev !== this.target.dev) {
-          this.target.warn(`${child}: on another filesystem (or btrfs subvolume), skipped`)
+          this.target.warn(`${child}: on another filesystem (or btrfs subvolume): served as an empty directory`)
+          entries.push(this.mountPoint(child, name, st))
           continue
         }
         const known = this.inodes.get(Number(st.ino))
@@ -125,9 +128,34 @@ export class Walker {
         if (childInode.kind === 'dir') stack.push({ dir: child, inode: childInode })
       }
       inode.entries = entries
-      inode.nlink = 2 + entries.filter((e) => this.inodes.get(e.ino)!.kind === 'dir').length
     }
     return rootIno
+  }
+
+  /**
+   * Gives each mount point met an inode number no inode of the image has (its own comes from another
+   * filesystem, where a btrfs subvolume's root is always 256). After every visit().
+   */
+  numberMountPoints(): void {
+    let next = Math.max(0, ...this.inodes.keys()) + 1
+    for (const { entry, inode } of this.mountPoints.splice(0)) {
+      entry.ino = inode.ino = next++
+      this.inodes.set(inode.ino, inode)
+    }
+  }
+
+  /**
+   * A directory where another filesystem is mounted: an empty directory with the metadata stat shows
+   * there, as `tar --one-file-system` and `rsync -x` copy it. Numbered by numberMountPoints().
+   */
+  private mountPoint(file: string, name: string, st: fs.BigIntStats): DirEntry {
+    const inode: Inode = {
+      ino: 0, kind: 'dir', perm: Number(st.mode) & 0o7777, uid: Number(st.uid), gid: Number(st.gid), nlink: 2, size: 0, blocks: 0,
+      atime: timespec(st.atimeNs), mtime: timespec(st.mtimeNs), ctime: timespec(st.ctimeNs), entries: [],
+    }
+    const entry = { name, ino: 0 }
+    this.mountPoints.push({ entry, inode })
+    return entry
   }
 
   private readdir(dir: string): Buffer[] {
@@ -184,8 +212,9 @@ export class Walker {
       perm: Number(st.mode) & 0o7777,
       uid: Number(st.uid),
       gid: Number(st.gid),
-      // nlink counts the names found in the exported tree (a faithful copy of it), not outside it.
-      nlink: 1,
+      // A file's nlink counts its names found in the exported tree (a copy of the tree has exactly
+      // these; the walk counts them), a directory's is the initiator's (btrfs keeps 1).
+      nlink: kind === 'dir' ? Number(st.nlink) : 1,
       // A clone's size and allocation, not the original's: they must agree with the extents mapped.
       size: exact((data?.data ?? st).size, 'size', file),
       blocks: exact((data?.data ?? st).blocks, 'block count', file),

@@ -1,6 +1,8 @@
 // Trees real servers hold that the export refused or served wrong: times before 1970 with a fraction
 // of a second, thousands of xattrs on one XFS file, btrfs properties (btrfs.compression), exact through
-// the view; sizes and xattr names the manifest cannot carry refused with exit 8 naming the path.
+// the view; directory link counts as on the initiator; a nested mount or subvolume served as an empty
+// directory, as `tar --one-file-system` copies it; sizes and xattr names the manifest cannot carry
+// refused with exit 8 naming the path.
 import t, { type Test } from 'tap'
 import { promises as fsp } from 'node:fs'
 import * as path from 'node:path'
@@ -18,6 +20,20 @@ async function setManyXattrs(file: string, count: number, dir: string): Promise<
   await runOk('setfattr', [`--restore=${path.join(dir, 'xattrs.dump')}`], { cwd: path.dirname(file) })
 }
 
+/** rel -> [kind, nlink] of every entry below `root` on its filesystem (a mount point: itself, not its content). */
+async function linkCounts(root: string): Promise<Map<string, string>> {
+  const out = new Map<string, string>()
+  const rootDev = (await fsp.lstat(root)).dev
+  const walk = async (rel: string): Promise<void> => {
+    const st = await fsp.lstat(path.join(root, rel))
+    out.set(rel || '.', `${st.isDirectory() ? 'dir' : 'other'} nlink ${st.nlink}`)
+    if (!st.isDirectory() || st.dev !== rootDev) return
+    for (const name of (await fsp.readdir(path.join(root, rel))).sort()) await walk(rel ? `${rel}/${name}` : name)
+  }
+  await walk('')
+  return out
+}
+
 /** Exports `data` with freeze, mounts it, and compares the view with the source exactly. */
 async function exactThroughView(t: Test, data: string, dir: string, name: string): Promise<void> {
   const manifest = path.join(dir, `${name}.json`)
@@ -26,8 +42,9 @@ async function exactThroughView(t: Test, data: string, dir: string, name: string
     t.equal(exp.code, 0, `export: ${exp.stderr}`)
     const source = await snapshotTree(data, { timePrecisionNs: 1 })
     await withView(manifest, async (mnt) => {
-      const view = await snapshotTree(mnt, { timePrecisionNs: 1 })
+        const view = await snapshotTree(mnt, { timePrecisionNs: 1 })
       t.same(diffTrees(source, view), [], 'the view equals the source: data, times in ns, xattrs')
+      t.same([...(await linkCounts(mnt))], [...(await linkCounts(data))], 'link counts as on the initiator, directories included')
     })
   } finally {
     await release(manifest)
@@ -46,6 +63,7 @@ t.test('XFS: times before 1970 with nanoseconds, 4,000 xattrs on one file', asyn
     await setManyXattrs(many, 4000, dir) // their names take 54,890 bytes of listxattr's 65,536
     await runOk('touch', ['-h', '-d', '1969-07-20 20:17:40.123456789', old])
     await runOk('touch', ['-h', '-d', '1901-12-14 20:45:53.999999999', many])
+    await fsp.mkdir(path.join(data, 'sub/deeper'), { recursive: true })
     await runOk('touch', ['-h', '-d', '1960-01-01 00:00:00.000000001', data])
     await exactThroughView(t, data, dir, 'xfs')
   })
@@ -62,6 +80,7 @@ t.test('btrfs: a btrfs.compression property is carried and served', async (t) =>
     await runOk('sync', ['-f', data])
     const got = await run('getfattr', ['--absolute-names', '-n', 'btrfs.compression', path.join(data, 'inherits')])
     t.match(got.stdout, /zstd/, 'the new file carries btrfs.compression')
+    await fsp.mkdir(path.join(data, 'sub/deeper'), { recursive: true }) // btrfs directories keep nlink 1
     await exactThroughView(t, data, dir, 'btrfs')
   })
 })
@@ -97,5 +116,39 @@ t.test('what manifest format 1 cannot carry is refused with exit 8 naming the pa
     t.equal(r2.code, ExitCode.Export, 'exit 8')
     t.match(r2.stderr, `${odd}: an extended attribute name is not valid UTF-8`, 'naming the file')
     await release(manifest)
+  })
+})
+
+t.test('a nested mount and a nested btrfs subvolume are empty directories in the view', async (t) => {
+  const dir = await scratchDir(t, 'extfs-real-trees-')
+  await withBtrfs({ devices: 1, data: 'single', metadata: 'single' }, async (fs) => {
+    const data = path.join(fs.mountpoint, 'data')
+    await fsp.mkdir(data)
+    await fsp.writeFile(path.join(data, 'a'), 'a\n')
+    await runOk('btrfs', ['subvolume', 'create', path.join(data, 'nested-subvolume')])
+    await fsp.writeFile(path.join(data, 'nested-subvolume', 'hidden'), 'not in the image\n')
+    const mnt = path.join(data, 'nested-mount')
+    await fsp.mkdir(mnt)
+    await runOk('mount', ['-t', 'tmpfs', '-o', 'size=1m,mode=0750', 'extfs-test', mnt])
+    const manifest = path.join(dir, 'nested.json')
+    try {
+      await fsp.writeFile(path.join(mnt, 'hidden'), 'not in the image\n')
+      const exp = await extfs(['export', data, '--output', manifest, '--frozen-image', 'freeze'])
+      t.equal(exp.code, 0, `export: ${exp.stderr}`)
+      t.match(exp.stderr, /nested-mount: on another filesystem .*served as an empty directory/, 'export says so')
+      await withView(manifest, async (view) => {
+        for (const name of ['nested-subvolume', 'nested-mount']) {
+          const [src, got] = [await fsp.lstat(path.join(data, name)), await fsp.lstat(path.join(view, name))]
+          t.ok(got.isDirectory(), `${name} is a directory`)
+          t.same(await fsp.readdir(path.join(view, name)), [], `${name} is empty`)
+          t.same([got.mode, got.uid, got.gid, got.mtimeMs], [src.mode, src.uid, src.gid, src.mtimeMs], `${name} has the metadata stat shows on the source`)
+          t.not(got.ino, (await fsp.lstat(view)).ino, `${name} has an inode number of its own`)
+        }
+        t.equal(await fsp.readFile(path.join(view, 'a'), 'utf8'), 'a\n', 'the rest is served')
+      })
+    } finally {
+      await release(manifest)
+      await runOk('umount', [mnt])
+    }
   })
 })
