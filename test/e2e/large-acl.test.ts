@@ -56,6 +56,8 @@ t.test('XFS: ACLs over one page are named at mount and fail extfs backup; others
     try {
       const exp = await extfs(['export', data, '--output', manifest, '--frozen-image', 'freeze'])
       t.equal(exp.code, 0, `export: ${exp.stderr}`)
+      const inspect = await extfs(['inspect', manifest, '--json'])
+      t.same(JSON.parse(inspect.stdout).largeAcls, ['/large/big-acl-file', '/large/big-default-dir'], 'extfs inspect names them')
 
       await t.test('extfs mount warns about the ACLs the kernel cannot pass; small ones and a 64 KiB xattr pass exactly', async (t) => {
         await withView(manifest, async (mnt, logFile) => {
