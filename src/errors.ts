@@ -27,6 +27,11 @@ export enum ExitCode {
    * believed (authentication): worth retrying, unlike Stale, which is the initiator's own answer.
    */
   Service = 10,
+  /**
+   * `extfs backup`: the command asked for metadata the view holds but cannot pass through the kernel
+   * (POSIX ACLs larger than one page): the backup lacks it, and running it again will not help.
+   */
+  UnservedMetadata = 11,
 }
 
 /** An error meant for the user: one line, no stack trace, a documented exit code. */

@@ -8,6 +8,8 @@
 //   checkTables(tables) → message | null       xt_check
 //   planRead(tables, index, offset, size)      the pieces of a read, as read.c plans it
 //   checkDelta(tables, delta, deviceFdCount)   the check applyDelta makes (delta.c)
+// Before mount, and for tests:
+//   largeAcls(tables, limit?)                  the POSIX ACLs the kernel cannot pass through FUSE (ops.c)
 // mount() copies and checks the tables, mounts with libfuse3 and runs fuse_session_loop_mt on its
 // own pthread: from then on requests are served in C and the Node event loop stays free.
 #include "engine.h"
@@ -19,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <unistd.h>
 
 #define CHECK(call)                                                  \
   do {                                                               \
@@ -171,10 +174,11 @@ static napi_value js_layout(napi_env env, napi_callback_info info) {
 
 // ---------------------------------------------------------------------------------- events
 
-static const char *const event_kinds[] = {[XT_EV_OPEN_REFUSED] = "open", [XT_EV_READ_FAILED] = "read", [XT_EV_READ_REFUSED] = "read-refused"};
+static const char *const event_kinds[] = {[XT_EV_OPEN_REFUSED] = "open", [XT_EV_READ_FAILED] = "read", [XT_EV_READ_REFUSED] = "read-refused",
+                                          [XT_EV_ACL_UNSERVED] = "acl"};
 
-// On the JS thread: onEvent({kind, index, offset, device, deviceOffset, reason}). env is NULL when
-// the function is torn down with events still queued; they are dropped.
+// On the JS thread: onEvent({kind, index, offset, device, deviceOffset, size, asked, reason}). env is
+// NULL when the function is torn down with events still queued; they are dropped.
 static void event_js(napi_env env, napi_value fn, void *context, void *data) {
   (void)context;
   struct xt_event *ev = data;
@@ -183,7 +187,8 @@ static void event_js(napi_env env, napi_value fn, void *context, void *data) {
       napi_create_string_utf8(env, event_kinds[ev->kind], NAPI_AUTO_LENGTH, &kind) == napi_ok &&
       napi_set_named_property(env, obj, "kind", kind) == napi_ok && set_num(env, obj, "index", ev->index) &&
       set_num(env, obj, "offset", (double)ev->offset) && set_num(env, obj, "device", ev->device) &&
-      set_num(env, obj, "deviceOffset", (double)ev->device_offset) &&
+      set_num(env, obj, "deviceOffset", (double)ev->device_offset) && set_num(env, obj, "size", ev->value_len) &&
+      set_num(env, obj, "asked", (double)ev->asked) &&
       napi_create_string_utf8(env, ev->reason, NAPI_AUTO_LENGTH, &reason) == napi_ok &&
       napi_set_named_property(env, obj, "reason", reason) == napi_ok && napi_get_undefined(env, &undefined) == napi_ok) {
     if (napi_call_function(env, undefined, fn, 1, &obj, &result) != napi_ok) {
@@ -541,6 +546,54 @@ static napi_value js_plan_read(napi_env env, napi_callback_info info) {
   return out;
 }
 
+struct acl_list {
+  napi_env env;
+  napi_value arr;
+  uint32_t n;
+  int failed;
+};
+
+static void acl_js(void *ctx, uint32_t index, const char *name, uint32_t len) {
+  struct acl_list *l = ctx;
+  napi_value o, v;
+  if (l->failed) return;
+  l->failed = napi_create_object(l->env, &o) != napi_ok || !set_num(l->env, o, "index", index) || !set_num(l->env, o, "size", len) ||
+              napi_create_string_utf8(l->env, name, NAPI_AUTO_LENGTH, &v) != napi_ok || napi_set_named_property(l->env, o, "name", v) != napi_ok ||
+              napi_set_element(l->env, l->arr, l->n++, o) != napi_ok;
+}
+
+// largeAcls(tables, limit?): {limit, acls: [{index, name, size}]}, the POSIX ACLs in `tables` longer
+// than `limit` bytes as xattrs; without `limit`, the page size: the buffer the kernel reads ACLs of a
+// FUSE filesystem into (ops.c). Checks (and copies) the tables as checkTables does.
+static napi_value js_large_acls(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2], out;
+  int64_t limit = sysconf(_SC_PAGESIZE);
+  napi_valuetype type = napi_undefined;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc >= 2) CHECK(napi_typeof(env, argv[1], &type));
+  if (argc < 1 || (type != napi_undefined && (napi_get_value_int64(env, argv[1], &limit) != napi_ok || limit < 0)))
+    return fail(env, NULL, "largeAcls(tables, limit >= 0?)");
+  struct xt_tables t;
+  const char *bad;
+  void *image = xt_tables_arg(env, argv[0], &t, &bad);
+  if (image == NULL) return NULL;
+  if (bad != NULL) {
+    free(image);
+    char msg[512];
+    snprintf(msg, sizeof msg, "largeAcls: bad tables: %s", bad);
+    return fail(env, NULL, msg);
+  }
+  struct acl_list l = {.env = env};
+  l.failed = napi_create_array(env, &l.arr) != napi_ok;
+  if (!l.failed) xt_acls_over(&t, (uint64_t)limit, acl_js, &l);
+  free(image);
+  if (l.failed || napi_create_object(env, &out) != napi_ok || !set_num(env, out, "limit", (double)limit) ||
+      napi_set_named_property(env, out, "acls", l.arr) != napi_ok)
+    return NULL;
+  return out;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   const napi_property_descriptor props[] = {
     {"layout", NULL, js_layout, NULL, NULL, NULL, napi_enumerable, NULL},
@@ -554,6 +607,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"checkTables", NULL, js_check_tables, NULL, NULL, NULL, napi_enumerable, NULL},
     {"planRead", NULL, js_plan_read, NULL, NULL, NULL, napi_enumerable, NULL},
     {"checkDelta", NULL, xt_js_check_delta, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"largeAcls", NULL, js_large_acls, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   CHECK(napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
   return exports;

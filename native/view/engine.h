@@ -95,14 +95,16 @@ struct engine {
 };
 
 // A log event for JS (engine.c delivers it; JS turns the inode index into a path and logs with pino).
-enum xt_event_kind { XT_EV_OPEN_REFUSED = 1, XT_EV_READ_FAILED = 2, XT_EV_READ_REFUSED = 3 };
+enum xt_event_kind { XT_EV_OPEN_REFUSED = 1, XT_EV_READ_FAILED = 2, XT_EV_READ_REFUSED = 3, XT_EV_ACL_UNSERVED = 4 };
 struct xt_event {
   int kind;
   uint32_t index;         // inode index
   uint64_t offset;        // read: file offset of the failed piece
   uint32_t device;        // read: device index
   uint64_t device_offset; // read: byte offset on the device
-  char reason[512];
+  uint32_t value_len;     // acl: the ACL's length as an xattr
+  uint64_t asked;         // acl: the buffer size the kernel asked with
+  char reason[512];       // acl: the xattr's name
 };
 // Call into JS through `fn` unless the environment is going away; returns napi_closing then.
 napi_status xt_call_js(struct engine *e, napi_threadsafe_function fn, void *data, napi_threadsafe_function_call_mode mode);
@@ -117,6 +119,9 @@ void *xt_tables_arg(napi_env env, napi_value v, struct xt_tables *t, const char 
 // ops.c
 extern const struct fuse_lowlevel_ops xt_ops;
 const struct xt_inode *xt_node(const struct engine *e, fuse_ino_t nodeid);
+// Calls `each` for every POSIX ACL in checked tables `t` whose xattr is longer than `limit` bytes, in
+// inode order: those the kernel cannot pass when `limit` is the buffer it reads ACLs into.
+void xt_acls_over(const struct xt_tables *t, uint64_t limit, void (*each)(void *ctx, uint32_t index, const char *name, uint32_t len), void *ctx);
 
 // read.c: the plan of a read. Pure (no engine, no I/O): the FUSE read carries it out, and the addon's
 // planRead (for tests) reports it.

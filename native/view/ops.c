@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -205,6 +206,21 @@ static void reply_xattr_bytes(fuse_req_t req, size_t size, const void *p, size_t
   else fuse_reply_buf(req, p, len);
 }
 
+// A POSIX ACL's xattr name (system.posix_acl_access or _default).
+static int is_acl_name(const char *name, size_t len) {
+  static const char access[] = "system.posix_acl_access", dflt[] = "system.posix_acl_default";
+  return (len == sizeof access - 1 && memcmp(name, access, len) == 0) || (len == sizeof dflt - 1 && memcmp(name, dflt, len) == 0);
+}
+
+// The kernel reads a POSIX ACL itself, into one page, whatever the application's buffer
+// (fs/fuse/acl.c), and turns our ERANGE into E2BIG for the application: no retry can follow, so an
+// ACL larger than what was asked is one the application cannot have. Reported, never silent.
+static void report_acl_unserved(struct engine *e, uint32_t index, const char *name, uint32_t len, size_t asked) {
+  struct xt_event ev = {.kind = XT_EV_ACL_UNSERVED, .index = index, .value_len = len, .asked = (uint64_t)asked};
+  snprintf(ev.reason, sizeof ev.reason, "%s", name);
+  xt_post_event(e, &ev);
+}
+
 static void op_getxattr(fuse_req_t req, fuse_ino_t nodeid, const char *name, size_t size) {
   struct engine *e = eng(req);
   const struct xt_inode *n = node_or_reply(req, nodeid);
@@ -212,10 +228,23 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t nodeid, const char *name, siz
   size_t len = strlen(name);
   const struct xt_xattr *x = e->t.xattrs + n->xattr_first;
   for (uint32_t i = 0; i < n->xattr_count; i++) {
-    if (x[i].name_len == len && memcmp(e->t.data + x[i].name_off, name, len) == 0)
-      return reply_xattr_bytes(req, size, e->t.data + x[i].value_off, x[i].value_len);
+    if (x[i].name_len != len || memcmp(e->t.data + x[i].name_off, name, len) != 0) continue;
+    if (size != 0 && size < x[i].value_len && is_acl_name(name, len))
+      report_acl_unserved(e, (uint32_t)(nodeid - 1), name, x[i].value_len, size);
+    return reply_xattr_bytes(req, size, e->t.data + x[i].value_off, x[i].value_len);
   }
   fuse_reply_err(req, ENODATA);
+}
+
+void xt_acls_over(const struct xt_tables *t, uint64_t limit, void (*each)(void *ctx, uint32_t index, const char *name, uint32_t len), void *ctx) {
+  for (uint32_t i = 0; i < t->h->n_inodes; i++) {
+    const struct xt_inode *n = &t->inodes[i];
+    const struct xt_xattr *x = t->xattrs + n->xattr_first;
+    for (uint32_t k = 0; k < n->xattr_count; k++) {
+      const char *name = t->data + x[k].name_off;
+      if (x[k].value_len > limit && is_acl_name(name, x[k].name_len)) each(ctx, i, name, x[k].value_len);
+    }
+  }
 }
 
 static void op_listxattr(fuse_req_t req, fuse_ino_t nodeid, size_t size) {

@@ -162,9 +162,12 @@ async function interruptible<T>(fn: (signal: AbortSignal) => Promise<T>): Promis
 
 /**
  * The exit status of `extfs backup`: the command's, unless the backup cannot be trusted; then 7 and one
- * line saying why (the most specific reason only).
+ * line saying why (the most specific reason only), or 11 when all it lacks is metadata the kernel
+ * could not pass (said in a line of its own, whatever the status).
  */
 function verdict(status: number, report: ViewReport | undefined, unchecked: string | undefined, logFile: string): number {
+  // Said whatever the status: a command that only warns (tar --acls) exits 0 without them.
+  const unserved = sayUnservedMetadata(report, logFile)
   // Bytes of these files may have come from blocks the initiator had moved away: the backup of them is not trustworthy.
   const tainted = report?.tainted ?? []
   if (tainted.length > 0) {
@@ -185,7 +188,19 @@ function verdict(status: number, report: ViewReport | undefined, unchecked: stri
     process.stderr.write(`extfs: the backup cannot be checked against relocations up to its end: ${unchecked}\n`)
     return ExitCode.Stale
   }
-  return status
+  return unserved ? ExitCode.UnservedMetadata : status
+}
+
+/** How many files the backup's line names; the view's log names each. */
+const NAMED_FILES = 5
+
+/** One line naming the files whose metadata the command asked for and could not have; whether there were any. */
+function sayUnservedMetadata(report: ViewReport | undefined, logFile: string): boolean {
+  const { count, files } = report?.unservedMetadata ?? { count: 0, files: [] }
+  if (count === 0) return false
+  const named = files.slice(0, NAMED_FILES).join(', ') + (count > NAMED_FILES ? ` and ${count - NAMED_FILES} more` : '')
+  process.stderr.write(`extfs: the command could not read the POSIX ACLs of ${count} file(s), larger than the kernel passes through FUSE: ${named}; the backup lacks them (log: ${logFile})\n`)
+  return true
 }
 
 /**

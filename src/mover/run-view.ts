@@ -7,7 +7,7 @@ import { fuseNativeSelected, type ViewEngine } from '../view/engine'
 import { NativeEngine } from '../native-engine/native-engine'
 import type { LoadedImage } from './load'
 import { isMountpoint } from '../mapping/mountinfo'
-import { clearState, saveReport, saveState, type ViewState } from './state'
+import { clearState, REPORT_FILES, saveReport, saveState, type ViewState } from './state'
 import { ChainFollower } from './follow'
 import { RemoteImage } from './remote'
 import { ExtfsError, MountpointError, ExitCode } from '../errors'
@@ -196,7 +196,11 @@ export async function runView(opts: ViewRunOptions): Promise<void> {
       stopFollowing()
       const tainted = engine!.taintedFiles()
       const refused = engine!.refusedRequests()
-      if (opts.report) saveReport(mountpoint, { pid: process.pid, tainted, refused: refused.count, firstRefusal: refused.first })
+      const unserved = engine!.unservedMetadata?.() ?? []
+      if (opts.report) {
+        saveReport(mountpoint, { pid: process.pid, tainted, refused: refused.count, firstRefusal: refused.first,
+          unservedMetadata: { count: unserved.length, files: unserved.slice(0, REPORT_FILES) } })
+      }
       if (tainted.length > 0) log.warn({ mountpoint, tainted }, 'files were read under a superseded map and not re-read')
       log.info({ mountpoint, why }, 'view unmounted')
       resolve()

@@ -61,7 +61,15 @@ export interface ViewReport {
   refused: number
   /** Why the first of them was refused or failed. */
   firstRefusal?: string
+  /**
+   * Files whose metadata a reader asked for and the view could not pass through the kernel (POSIX
+   * ACLs larger than it reads: docs/design.md), the first REPORT_FILES of them, and how many in all.
+   */
+  unservedMetadata?: { count: number; files: string[] }
 }
+
+/** How many files a report names at most: the backup's line names fewer, the view's log all. */
+export const REPORT_FILES = 100
 
 function reportFile(mountpoint: string): string {
   return stateFile(mountpoint).replace(/\.json$/, '.report.json')

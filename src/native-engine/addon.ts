@@ -6,8 +6,11 @@ import { checkDeltaLayout } from './delta-tables'
 
 /** What C reports to JS, asynchronously, for a log line. */
 export interface EngineEvent {
-  /** A refused open, a failed device read, a read refused for an expired lease. */
-  kind: 'open' | 'read' | 'read-refused'
+  /**
+   * A refused open, a failed device read, a read refused for an expired lease, a POSIX ACL the kernel
+   * asked for with a buffer too small for it (the application gets E2BIG: see native/view/ops.c).
+   */
+  kind: 'open' | 'read' | 'read-refused' | 'acl'
   /** Inode index in the tables. */
   index: number
   /** read, read-refused: file offset of the failed piece or request. */
@@ -16,8 +19,18 @@ export interface EngineEvent {
   device: number
   /** read: byte offset on the device. */
   deviceOffset: number
-  /** open, read-refused: why the image is not current; read: what the device did. */
+  /** acl: the ACL's length as an xattr. */
+  size: number
+  /** acl: the buffer size the kernel asked with. */
+  asked: number
+  /** open, read-refused: why the image is not current; read: what the device did; acl: the xattr's name. */
   reason: string
+}
+
+/** POSIX ACLs longer than `limit` bytes as xattrs (largeAcls). */
+export interface LargeAcls {
+  limit: number
+  acls: { index: number; name: string; size: number }[]
 }
 
 /** Opaque: one mounted session. */
@@ -50,6 +63,12 @@ export interface ViewAddon {
   fileSize(handle: SessionHandle, index: number): number
   /** Serve opens and reads without asking judge() for `ms` more milliseconds; ms < 0: no lease (the default). */
   setLease(handle: SessionHandle, ms: number): void
+  /**
+   * The POSIX ACLs in `tables` longer than `limit` bytes as xattrs; without `limit`, the page size,
+   * the buffer the kernel reads a FUSE filesystem's ACLs into: those no reader of the view can have.
+   * Copies and checks the tables (throws when they are refused).
+   */
+  largeAcls(tables: Buffer, limit?: number): LargeAcls
 
   // For tests only: the C that serves reads, called with no mount (test/unit/native-read-plan.test.ts).
   // The control plane never calls these; each copies and checks the tables it is given, every call.

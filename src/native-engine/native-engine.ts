@@ -40,6 +40,8 @@ export class NativeEngine implements ViewEngine {
   private lastTainted: string[] = []
   /** Opens and reads refused since mount (stale, released, lease expired), and reads that failed. */
   private readonly refusals = new Refusals()
+  /** Inode indexes of files whose POSIX ACL a reader asked for and could not have (too large for the kernel). */
+  private readonly unservedAcls = new Set<number>()
 
   constructor(
     private readonly manifest: Manifest,
@@ -62,6 +64,7 @@ export class NativeEngine implements ViewEngine {
     // The addon copies the image: collect what loading left behind first, so the peak is the two
     // copies and little else (src/native-engine/memory.ts).
     collectGarbage()
+    const largeAcls = this.filesWithLargeAcls(packed.image)
     const options = ['ro', 'default_permissions', `fsname=${escapeOption(opts.fsname)}`, 'subtype=extfs']
     if (opts.allowOther) options.push('allow_other')
     this.session = addon.mount(packed.image, this.config.file, mountpoint, options.join(','),
@@ -80,6 +83,18 @@ export class NativeEngine implements ViewEngine {
       await this.unmount().catch(() => undefined)
       throw err
     }
+    if (largeAcls.files.length > 0) {
+      const { files, limit } = largeAcls
+      this.log.warn({ mountpoint, count: files.length, files: files.slice(0, NAMED_AT_MOUNT), limit },
+        `${files.length} file(s) hold POSIX ACLs larger than the kernel passes through FUSE (${limit} bytes): reading them fails (E2BIG), and so does an extfs backup that asks for them`)
+    }
+  }
+
+  /** Paths of the files holding a POSIX ACL no reader of the view can have, and the kernel's limit. */
+  private filesWithLargeAcls(image: Buffer): { files: string[]; limit: number } {
+    const { limit, acls } = viewAddon().largeAcls(image)
+    const indexes = [...new Set(acls.map((a) => a.index))]
+    return { files: indexes.map((index) => this.paths.path(index)), limit }
   }
 
   unmount(): Promise<void> {
@@ -162,6 +177,14 @@ export class NativeEngine implements ViewEngine {
   }
 
   /**
+   * Paths of the files whose POSIX ACL a reader asked for and the kernel could not pass (larger than
+   * its one-page buffer): metadata an `extfs backup` lacks. Each file once, in the order first asked.
+   */
+  unservedMetadata(): string[] {
+    return [...this.unservedAcls].map((index) => this.paths.path(index))
+  }
+
+  /**
    * Called from C (JS thread) when the record changed since the last "ok", or the lease expired: the
    * config check decides (it may follow a delta, or ask the initiator first).
    */
@@ -178,6 +201,7 @@ export class NativeEngine implements ViewEngine {
 
   /** Log lines for what C refused or failed; the same fields and messages as FrozenView. */
   private report(ev: EngineEvent): void {
+    if (ev.kind === 'acl') return this.reportUnservedAcl(ev)
     if (!this.refusals.note(ev.kind, ev.index, ev.reason)) return
     const ino = this.paths.ino(ev.index)
     if (ev.kind === 'open') {
@@ -187,6 +211,14 @@ export class NativeEngine implements ViewEngine {
     } else {
       this.log.error({ op: 'read', ino, offset: ev.offset, device: this.deviceIds[ev.device] ?? ev.device, deviceOffset: ev.deviceOffset, err: ev.reason }, 'read failed')
     }
+  }
+
+  /** Once per file: a reader asks again (getfacl, tar: up to three times each), the answer stays E2BIG. */
+  private reportUnservedAcl(ev: EngineEvent): void {
+    if (this.unservedAcls.has(ev.index)) return
+    this.unservedAcls.add(ev.index)
+    this.log.error({ op: 'getxattr', path: this.paths.path(ev.index), ino: this.paths.ino(ev.index), xattr: ev.reason, size: ev.size, asked: ev.asked },
+      'ACL not served: larger than the kernel passes through FUSE (the reader got E2BIG)')
   }
 
   private raiseReadahead(dev: number): void {
@@ -199,6 +231,9 @@ export class NativeEngine implements ViewEngine {
     }
   }
 }
+
+/** How many files the mount's warning names (the count says how many there are). */
+const NAMED_AT_MOUNT = 5
 
 /** libfuse splits -o at commas; a backslash escapes one. */
 function escapeOption(value: string): string {

@@ -28,6 +28,11 @@ export interface ViewEngine {
   refusedRequests(): RefusalSummary
   /** Paths of files read under a map a delta superseded and not read again in full since. */
   taintedFiles(): string[]
+  /**
+   * Paths of files whose metadata a reader asked for and the kernel could not pass (POSIX ACLs over
+   * one page): `extfs backup`'s report. Native engine only.
+   */
+  unservedMetadata?(): string[]
 }
 
 /**
