@@ -1,9 +1,10 @@
-// btrfs layout queries: the chunk tree (logical address ranges → stripes on member devices) and the
-// member devices. FIEMAP on btrfs reports logical addresses; src/mapping/btrfs-chunks.ts turns them
+// btrfs layout queries: the chunk tree (logical address ranges → stripes on member devices), the
+// member devices, and the data checksums of a logical range (the csum tree). FIEMAP on btrfs reports logical addresses; src/mapping/btrfs-chunks.ts turns them
 // into device offsets with what these functions return. Both need CAP_SYS_ADMIN (tree search).
 //
 // On-disk items (the chunk item) are little-endian; the ioctl's own headers are in host order.
 #include "extfs_native.h"
+#include "csum.h"
 
 #include <endian.h>
 #include <errno.h>
@@ -180,4 +181,138 @@ napi_value btrfs_devices(napi_env env, napi_callback_info info) {
   }
   CHECK(napi_set_named_property(env, result, "devices", devices));
   return result;
+}
+
+// btrfsCsumInfo(fd): { type, size, sectorSize, nodeSize }: the filesystem's data checksum algorithm
+// (BTRFS_CSUM_TYPE_*), bytes per checksum, bytes per checksummed sector and per tree node.
+napi_value btrfs_csum_info(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  int fd;
+  if (!get_fd(env, argv[0], &fd)) return NULL;
+  struct btrfs_ioctl_fs_info_args fs;
+  memset(&fs, 0, sizeof fs);
+  fs.flags = BTRFS_FS_INFO_FLAG_CSUM_INFO;
+  if (ioctl(fd, BTRFS_IOC_FS_INFO, &fs) < 0) return throw_errno(env, "BTRFS_IOC_FS_INFO", errno);
+  // A kernel older than 5.5 ignores the flag and leaves csum_size 0: say so rather than guess.
+  if (!(fs.flags & BTRFS_FS_INFO_FLAG_CSUM_INFO) || fs.csum_size == 0) return throw_errno(env, "BTRFS_IOC_FS_INFO: no checksum info", EOPNOTSUPP);
+  napi_value result;
+  CHECK(napi_create_object(env, &result));
+  if (!set_num(env, result, "type", fs.csum_type, "btrfs csum type") || !set_num(env, result, "size", fs.csum_size, "btrfs csum size") ||
+      !set_num(env, result, "sectorSize", fs.sectorsize, "btrfs sector size") || !set_num(env, result, "nodeSize", fs.nodesize, "btrfs node size"))
+    return napi_fail(env);
+  return result;
+}
+
+// Copy the part of csum item (at logical `item_start`, `item_len` bytes) that covers the sectors of
+// [logical, logical + n·sector) into out (n·csum_size bytes); returns the sectors copied.
+static uint64_t csum_overlap(uint64_t item_start, uint32_t item_len, const uint8_t *item, uint64_t logical, uint64_t n,
+                             uint32_t sector, uint32_t csum_size, uint8_t *out) {
+  uint64_t item_sectors = item_len / csum_size;
+  uint64_t a = item_start > logical ? (item_start - logical) / sector : 0;            // first sector of ours it covers
+  uint64_t skip = item_start < logical ? (logical - item_start) / sector : 0;         // its sectors before ours
+  if (skip >= item_sectors || a >= n) return 0;
+  uint64_t count = item_sectors - skip < n - a ? item_sectors - skip : n - a;
+  memcpy(out + a * csum_size, item + skip * csum_size, (size_t)(count * csum_size));
+  return count;
+}
+
+// btrfsCsums(fd, logical, length, sectorSize, csumSize, nodeSize) → { csums: Buffer, covered }:
+// the data checksums of logical bytes [logical, logical + length) (both multiples of sectorSize),
+// one csumSize-byte checksum per sector in order, and how many sectors the csum tree covers (the
+// rest are zero bytes: nodatasum data has none). EXTENT_CSUM items are keyed by the logical address
+// of their first sector and hold at most one tree node of checksums, so the search starts that many
+// sectors before `logical`.
+napi_value btrfs_csums(napi_env env, napi_callback_info info) {
+  ARGS(6);
+  int fd;
+  uint64_t logical, length, sector, csum_size, node_size;
+  if (!get_fd(env, argv[0], &fd) || !get_uint(env, argv[1], "logical", 9007199254740991.0, &logical) ||
+      !get_uint(env, argv[2], "length", 9007199254740991.0, &length) || !get_uint(env, argv[3], "sectorSize", 65536, &sector) ||
+      !get_uint(env, argv[4], "csumSize", 64, &csum_size) || !get_uint(env, argv[5], "nodeSize", 65536, &node_size))
+    return NULL;
+  if (sector == 0 || csum_size == 0 || logical % sector != 0 || length % sector != 0 || length == 0 || length / sector * csum_size > (1u << 30)) {
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "btrfsCsums: logical and length must be positive multiples of the sector size");
+    return NULL;
+  }
+  uint64_t n = length / sector;
+  napi_value buffer;
+  uint8_t *out;
+  CHECK(napi_create_buffer(env, (size_t)(n * csum_size), (void **)&out, &buffer));
+  memset(out, 0, (size_t)(n * csum_size));
+
+  struct btrfs_ioctl_search_args_v2 *args = calloc(1, sizeof *args + SEARCH_BUF);
+  if (args == NULL) return throw_errno(env, "malloc", ENOMEM);
+  napi_value result = NULL;
+  uint64_t covered = 0, reach = node_size / csum_size * sector; // the most one item can cover
+  struct btrfs_ioctl_search_key *k = &args->key;
+  k->tree_id = BTRFS_CSUM_TREE_OBJECTID;
+  k->min_objectid = k->max_objectid = BTRFS_EXTENT_CSUM_OBJECTID;
+  k->min_type = k->max_type = BTRFS_EXTENT_CSUM_KEY;
+  k->min_offset = logical > reach ? logical - reach : 0;
+  k->max_offset = logical + length - 1;
+  k->min_transid = 0;
+  k->max_transid = UINT64_MAX;
+  for (;;) {
+    k->nr_items = UINT32_MAX;
+    args->buf_size = SEARCH_BUF;
+    if (ioctl(fd, BTRFS_IOC_TREE_SEARCH_V2, args) < 0) {
+      throw_errno(env, "BTRFS_IOC_TREE_SEARCH_V2 (csum tree)", errno);
+      goto out;
+    }
+    if (k->nr_items == 0) break;
+    size_t pos = 0;
+    uint64_t last = 0;
+    for (uint32_t i = 0; i < k->nr_items; i++) {
+      struct btrfs_ioctl_search_header h;
+      if (pos + sizeof h > SEARCH_BUF) break;
+      memcpy(&h, (const uint8_t *)args->buf + pos, sizeof h);
+      pos += sizeof h;
+      if (pos + h.len > SEARCH_BUF) {
+        throw_errno(env, "BTRFS_IOC_TREE_SEARCH_V2: item past buffer", EIO);
+        goto out;
+      }
+      if (h.objectid == BTRFS_EXTENT_CSUM_OBJECTID && h.type == BTRFS_EXTENT_CSUM_KEY && h.offset % sector == 0)
+        covered += csum_overlap(h.offset, h.len, (const uint8_t *)args->buf + pos, logical, n, (uint32_t)sector, (uint32_t)csum_size, out);
+      pos += h.len;
+      last = h.offset;
+    }
+    if (last >= k->max_offset) break;
+    k->min_offset = last + 1;
+  }
+  napi_value obj, cov;
+  if (napi_create_object(env, &obj) != napi_ok || napi_set_named_property(env, obj, "csums", buffer) != napi_ok ||
+      !make_u64(env, covered, "covered sectors", &cov) || napi_set_named_property(env, obj, "covered", cov) != napi_ok)
+    goto out;
+  result = obj;
+out:
+  free(args);
+  return result != NULL ? result : napi_fail(env);
+}
+
+// csumVerify(alg, data, csums, sectorSize) → index of the first sector of `data` whose checksum in
+// `csums` does not match, or -1 when all do (alg: XT_CSUM_*, as the view tables name it).
+napi_value csum_verify(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  uint64_t alg, sector;
+  uint8_t *data, *csums;
+  size_t data_len, csums_len;
+  bool a = false, b = false;
+  if (!get_uint(env, argv[0], "alg", 255, &alg) || !get_uint(env, argv[3], "sectorSize", 65536, &sector)) return NULL;
+  CHECK(napi_is_buffer(env, argv[1], &a));
+  CHECK(napi_is_buffer(env, argv[2], &b));
+  if (!a || !b) return napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "data and csums must be Buffers"), NULL;
+  CHECK(napi_get_buffer_info(env, argv[1], (void **)&data, &data_len));
+  CHECK(napi_get_buffer_info(env, argv[2], (void **)&csums, &csums_len));
+  size_t csum_size = alg == XT_CSUM_CRC32C ? 4 : 0;
+  if (csum_size == 0 || sector == 0 || data_len % sector != 0 || csums_len != data_len / sector * csum_size)
+    return napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "csumVerify: unknown algorithm, or data and csums of other lengths"), NULL;
+  int64_t bad = -1;
+  for (size_t i = 0; i < data_len / sector; i++)
+    if (!extfs_csum_ok((uint32_t)alg, data + i * sector, (size_t)sector, csums + i * csum_size)) {
+      bad = (int64_t)i;
+      break;
+    }
+  napi_value r;
+  CHECK(napi_create_int64(env, bad, &r));
+  return r;
 }

@@ -80,7 +80,7 @@ napi_value napi_fail(napi_env env) {
 // ------------------------------------------------------------------------ argument parsing
 
 // A non-negative integer no larger than `max`: TypeError if not a number, RangeError otherwise.
-static bool get_uint(napi_env env, napi_value v, const char *name, double max, uint64_t *out) {
+bool get_uint(napi_env env, napi_value v, const char *name, double max, uint64_t *out) {
   napi_valuetype type;
   double d;
   char msg[128];
@@ -414,6 +414,9 @@ static napi_value init(napi_env env, napi_value exports) {
     {"preadDirect", NULL, pread_direct, NULL, NULL, NULL, napi_enumerable, NULL},
     {"btrfsChunks", NULL, btrfs_chunks, NULL, NULL, NULL, napi_enumerable, NULL},
     {"btrfsDevices", NULL, btrfs_devices, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"btrfsCsumInfo", NULL, btrfs_csum_info, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"btrfsCsums", NULL, btrfs_csums, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"csumVerify", NULL, csum_verify, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   CHECK(napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
   return exports;

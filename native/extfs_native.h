@@ -25,11 +25,16 @@ napi_value throw_errno(napi_env env, const char *what, int err);
 napi_value napi_fail(napi_env env);
 // A file descriptor argument (TypeError / RangeError thrown on failure).
 bool get_fd(napi_env env, napi_value v, int *fd);
+// A non-negative integer argument at most `max` (TypeError / RangeError thrown on failure).
+bool get_uint(napi_env env, napi_value v, const char *name, double max, uint64_t *out);
 // A u64 as a JS number; RangeError above 2^53 rather than rounding.
 bool make_u64(napi_env env, uint64_t v, const char *what, napi_value *out);
 
 // native/btrfs.c
 napi_value btrfs_chunks(napi_env env, napi_callback_info info);
 napi_value btrfs_devices(napi_env env, napi_callback_info info);
+napi_value btrfs_csum_info(napi_env env, napi_callback_info info);
+napi_value btrfs_csums(napi_env env, napi_callback_info info);
+napi_value csum_verify(napi_env env, napi_callback_info info);
 
 #endif

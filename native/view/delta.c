@@ -113,6 +113,10 @@ static int check_delta(const struct xt_tables *t, const void *buf, uint64_t len,
       if (x->file_offset + x->length < x->file_offset || x->device_offset + x->length < x->device_offset)
         return snprintf(msg, msg_len, "file %u: extent %u overflows 64 bits", k, i), -1;
       if (x->device >= n_dev) return snprintf(msg, msg_len, "file %u: extent %u: device %u out of range (%llu devices)", k, i, x->device, (unsigned long long)n_dev), -1;
+      // Deltas carry no copies or checksums (remap refuses images with data checksums): a flag or
+      // copy here would point into the tables' sections for another extent.
+      if (x->flags != 0 || x->copy_count != 0 || x->copy_first != 0 || x->csum_off != 0)
+        return snprintf(msg, msg_len, "file %u: extent %u has copies or checksums, which deltas cannot carry", k, i), -1;
       if (i > 0 && x->file_offset < x[-1].file_offset + x[-1].length)
         return snprintf(msg, msg_len, "file %u: extent %u starts at %llu, before the previous one ends (extents must be sorted, non-overlapping)", k, i, (unsigned long long)x->file_offset), -1;
     }

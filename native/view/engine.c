@@ -13,6 +13,7 @@
 // mount() copies and checks the tables, mounts with libfuse3 and runs fuse_session_loop_mt on its
 // own pthread: from then on requests are served in C and the Node event loop stays free.
 #include "engine.h"
+#include "../csum.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -51,6 +52,25 @@ static const char *check_extents(const struct xt_extent *x, uint32_t count) {
   return NULL;
 }
 
+// An extent's device, its other copies (each on a device, the same length inside 64 bits) and its
+// checksums (whole sectors, one checksum each, inside the data blob). read.c trusts all of it.
+static const char *check_extent_copies(const struct xt_tables *t, const struct xt_extent *x) {
+  const struct xt_header *h = t->h;
+  if (x->device >= h->n_devices) return "extent device out of range";
+  if (x->flags & ~XT_EXT_CSUM) return "unknown extent flags";
+  if (!in_range(x->copy_first, x->copy_count, h->n_copies)) return "extent copies out of range";
+  for (uint32_t k = 0; k < x->copy_count; k++) {
+    const struct xt_copy *c = &t->copies[x->copy_first + k];
+    if (c->device >= h->n_devices) return "copy device out of range";
+    if (c->device_offset + x->length < c->device_offset) return "copy overflows 64 bits";
+  }
+  if (!(x->flags & XT_EXT_CSUM)) return x->copy_count == 0 ? NULL : "extent has copies but no checksums to choose between them";
+  if (h->csum_alg == XT_CSUM_NONE) return "extent has checksums but the tables name no algorithm";
+  if (x->length % h->sector_size != 0) return "extent with checksums is not whole sectors";
+  if (!in_range(x->csum_off, x->length / h->sector_size * h->csum_size, h->data_size)) return "extent checksums out of range";
+  return NULL;
+}
+
 #define SECTION(field, off, n, type)                                                                   \
   do {                                                                                                  \
     if ((off) % 8 != 0 || !in_range((off), (uint64_t)(n) * sizeof(type), len)) return "section " #field " out of bounds"; \
@@ -71,6 +91,7 @@ const char *xt_check(const void *image, uint64_t len, struct xt_tables *t) {
   SECTION(extents, h->extents_off, h->n_extents, struct xt_extent);
   SECTION(xattrs, h->xattrs_off, h->n_xattrs, struct xt_xattr);
   SECTION(devices, h->devices_off, h->n_devices, struct xt_device);
+  SECTION(copies, h->copies_off, h->n_copies, struct xt_copy);
   if (!in_range(h->names_off, h->names_size, len) || !in_range(h->data_off, h->data_size, len)) return "blob out of bounds";
   t->names = base + h->names_off;
   t->data = base + h->data_off;
@@ -100,8 +121,13 @@ const char *xt_check(const void *image, uint64_t len, struct xt_tables *t) {
     const struct xt_dirent *d = &t->dirents[i];
     if (d->child >= h->n_inodes || !cstring_at(t->names, h->names_size, d->name_off, d->name_len)) return "dirent out of range";
   }
-  for (uint32_t i = 0; i < h->n_extents; i++)
-    if (t->extents[i].device >= h->n_devices) return "extent device out of range";
+  if (h->csum_alg != XT_CSUM_NONE && (h->csum_alg != XT_CSUM_CRC32C || h->csum_size != 4 || h->sector_size < 512 ||
+                                     h->sector_size > 65536 || (h->sector_size & (h->sector_size - 1)) != 0))
+    return "unknown checksum algorithm, or a checksum or sector size that does not go with it";
+  for (uint32_t i = 0; i < h->n_extents; i++) {
+    const char *bad = check_extent_copies(t, &t->extents[i]);
+    if (bad != NULL) return bad;
+  }
   for (uint32_t i = 0; i < h->n_xattrs; i++) {
     const struct xt_xattr *x = &t->xattrs[i];
     if (!cstring_at(t->data, h->data_size, x->name_off, x->name_len) || !in_range(x->value_off, x->value_len, h->data_size))
@@ -166,6 +192,7 @@ static napi_value js_layout(napi_env env, napi_callback_info info) {
   DESCRIBE("extent", struct xt_extent, XT_EXTENT_FIELDS);
   DESCRIBE("xattr", struct xt_xattr, XT_XATTR_FIELDS);
   DESCRIBE("device", struct xt_device, XT_DEVICE_FIELDS);
+  DESCRIBE("copy", struct xt_copy, XT_COPY_FIELDS);
   DESCRIBE("delta_header", struct xt_delta_header, XT_DELTA_HEADER_FIELDS);
   DESCRIBE("delta_file", struct xt_delta_file, XT_DELTA_FILE_FIELDS);
   if (!set_num(env, out, "deltaVersion", XT_DELTA_VERSION) || !set_num(env, out, "deltaMagic", XT_DELTA_MAGIC)) return NULL;

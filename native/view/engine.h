@@ -130,6 +130,7 @@ struct xt_piece {
   int zero; // a hole, an unwritten range or the hole up to EOF
   uint32_t device;
   uint64_t file_offset, device_offset, length;
+  const struct xt_extent *x; // the extent the bytes come from (its copies and checksums); NULL for zeros
 };
 // A reply being planned: bytes [start, end) of one file, walked piece by piece with xt_plan_next.
 struct xt_plan {

@@ -7,11 +7,16 @@
 // range: straight into the reply buffer when the range and its place in the buffer are both aligned
 // (the usual case: block-aligned extents, page-aligned requests), else through a bounce buffer and a copy.
 // A device that fails or reads short is EIO, logged with inode, offset and device; never zeros.
+// An extent with checksums (btrfs, docs/manifest-format.md "Data checksums") is read in whole sectors,
+// each verified; a sector that does not verify (or a device read that fails) is read from the
+// extent's other copies in turn, and when no copy verifies the read is EIO, logged with the sector's
+// device offset and "no copy verifies": never a copy btrfs itself would reject.
 // Every read first checks the lease (config.c): a clock read while it is fresh. A read may start or
 // move a push-ahead job (push.c), which reads through xt_read_into too.
 // A request resolves through one map of the file, loaded once (delta.c): the tables' extents, or the
 // list the latest delta installed; served reads are noted before the reply (xt_note_served).
 #include "engine.h"
+#include "../csum.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -29,10 +34,11 @@ static uint64_t align_up(uint64_t x) {
   return (x + ALIGN - 1) & ~(ALIGN - 1);
 }
 
-// Per worker thread: the reply buffer and the bounce buffer, freed when libfuse ends the thread.
+// Per worker thread: the reply buffer, the bounce buffer and the buffer whole sectors are verified
+// in, freed when libfuse ends the thread.
 struct tbuf {
-  uint8_t *out, *bounce;
-  size_t out_cap;
+  uint8_t *out, *bounce, *sectors;
+  size_t out_cap, sectors_cap;
 };
 static pthread_key_t tbuf_key;
 static pthread_once_t tbuf_once = PTHREAD_ONCE_INIT;
@@ -41,6 +47,7 @@ static void tbuf_free(void *p) {
   struct tbuf *b = p;
   free(b->out);
   free(b->bounce);
+  free(b->sectors);
   free(b);
 }
 static void tbuf_key_init(void) {
@@ -85,15 +92,16 @@ static int pread_full(int fd, uint8_t *dst, size_t want, uint64_t off, size_t ne
   return EIO;
 }
 
-// `len` bytes of device `d` at `doff` into out[pos..]. out has room up to align_up(pos + len).
-static int read_range(struct tbuf *b, const struct xt_device *d, size_t pos, uint64_t doff, size_t len, char *why, size_t why_len) {
+// `len` bytes of device `d` at `doff` into dst, which has room up to align_up(len) bytes further
+// when dst is aligned.
+static int read_range(struct tbuf *b, const struct xt_device *d, uint8_t *dst, uint64_t doff, size_t len, char *why, size_t why_len) {
   // No fd: a device a delta retired, never opened on this host. The map in force names no extent on
   // it, so only a map that lies about it gets here: fail rather than read any other device.
   if (d->fd < 0) return snprintf(why, why_len, "the device is retired (not opened on this host)"), EIO;
-  if (pos % ALIGN == 0 && doff % ALIGN == 0) {
+  if ((uintptr_t)dst % ALIGN == 0 && doff % ALIGN == 0) {
     // Straight in. The aligned length may run past this range into the buffer's slack or the next
     // piece's place, which is filled after this one.
-    return pread_full(d->fd, b->out + pos, (size_t)align_up(len), doff, len, why, why_len);
+    return pread_full(d->fd, dst, (size_t)align_up(len), doff, len, why, why_len);
   }
   if (b->bounce == NULL) { // only misaligned ranges need one: allocated on first use
     void *p;
@@ -105,8 +113,8 @@ static int read_range(struct tbuf *b, const struct xt_device *d, size_t pos, uin
     size_t chunk = len < BOUNCE - 2 * ALIGN ? len : BOUNCE - 2 * ALIGN;
     int err = pread_full(d->fd, b->bounce, (size_t)align_up(skip + chunk), start, (size_t)(skip + chunk), why, why_len);
     if (err != 0) return err;
-    memcpy(b->out + pos, b->bounce + skip, chunk);
-    pos += chunk;
+    memcpy(dst, b->bounce + skip, chunk);
+    dst += chunk;
     doff += chunk;
     len -= chunk;
   }
@@ -155,13 +163,67 @@ int xt_plan_next(struct xt_plan *p, struct xt_piece *piece) {
   }
   uint64_t stop = x->file_offset + x->length < p->end ? x->file_offset + x->length : p->end;
   *piece = (struct xt_piece){.file_offset = p->pos, .device = x->device,
-                             .device_offset = x->device_offset + (p->pos - x->file_offset), .length = stop - p->pos};
+                             .device_offset = x->device_offset + (p->pos - x->file_offset), .length = stop - p->pos, .x = x};
   p->pos = stop;
   p->i++;
   return 1;
 }
 
 // -------------------------------------------------------------------------------------- the I/O
+
+// Sector `o` (its offset in extent x) of a copy verifies against x's checksum of it.
+static int sector_ok(const struct xt_tables *t, const struct xt_extent *x, uint64_t o, const uint8_t *bytes) {
+  const struct xt_header *h = t->h;
+  return extfs_csum_ok(h->csum_alg, bytes, h->sector_size, (const uint8_t *)t->data + x->csum_off + o / h->sector_size * h->csum_size);
+}
+
+// Sector `o` of extent x from its other copies, in order, into `dst` (aligned, sector_size bytes):
+// 1 once one verifies, 0 when none does.
+static int sector_from_copies(struct tbuf *b, const struct xt_tables *t, const struct xt_device *devs, const struct xt_extent *x,
+                              uint64_t o, uint8_t *dst) {
+  char ignored[256]; // a copy that cannot be read is one more copy that does not verify
+  for (uint32_t k = 0; k < x->copy_count; k++) {
+    const struct xt_copy *c = &t->copies[x->copy_first + k];
+    if (read_range(b, &devs[c->device], dst, c->device_offset + o, t->h->sector_size, ignored, sizeof ignored) == 0 &&
+        sector_ok(t, x, o, dst))
+      return 1;
+  }
+  return 0;
+}
+
+// Piece `pc` of an extent with checksums into dst: the whole sectors around it read from the extent's
+// device, each verified, a bad one replaced from the other copies. EIO when a sector has no copy that
+// verifies; *bad_offset is then that sector's offset on the extent's device.
+static int read_verified(struct tbuf *b, const struct xt_tables *t, const struct xt_device *devs, const struct xt_piece *pc,
+                         uint8_t *dst, uint64_t *bad_offset, char *why, size_t why_len) {
+  const struct xt_extent *x = pc->x;
+  const uint64_t ss = t->h->sector_size;
+  uint64_t rel = pc->device_offset - x->device_offset;
+  uint64_t from = rel / ss * ss, to = (rel + pc->length + ss - 1) / ss * ss; // to <= x->length: xt_check saw whole sectors
+  size_t need = (size_t)(to - from) + ALIGN;
+  if (b->sectors_cap < need) {
+    void *p;
+    if (posix_memalign(&p, ALIGN, need) != 0) return snprintf(why, why_len, "out of memory"), ENOMEM;
+    free(b->sectors);
+    b->sectors = p;
+    b->sectors_cap = need;
+  }
+  char read_err[256] = "";
+  if (read_range(b, &devs[x->device], b->sectors, x->device_offset + from, (size_t)(to - from), read_err, sizeof read_err) != 0)
+    memset(b->sectors, 0, (size_t)(to - from)); // every sector then stands or falls by its copies
+  for (uint64_t o = from; o < to; o += ss) {
+    uint8_t *sector = b->sectors + (o - from);
+    if (read_err[0] == '\0' && sector_ok(t, x, o, sector)) continue;
+    if (sector_from_copies(b, t, devs, x, o, sector)) continue;
+    *bad_offset = x->device_offset + o;
+    snprintf(why, why_len, "no copy verifies: sector of %llu bytes, %u other %s tried (%s checksums)%s%s", (unsigned long long)ss,
+             x->copy_count, x->copy_count == 1 ? "copy" : "copies", t->h->csum_alg == XT_CSUM_CRC32C ? "crc32c" : "unknown",
+             read_err[0] ? "; " : "", read_err);
+    return EIO;
+  }
+  memcpy(dst, b->sectors + (rel - from), (size_t)pc->length);
+  return 0;
+}
 
 // Carry out plan `p` of inode `index` (extent pieces only) into this thread's buffer; 0 with *data
 // set, or an errno. A failure is posted as a `read failed` event when `report` is set.
@@ -177,12 +239,17 @@ static int read_plan(struct engine *e, uint32_t index, struct xt_plan *p, const 
       memset(b->out + pos, 0, (size_t)piece.length);
       continue;
     }
-    char why[256];
-    int err = read_range(b, &devs[piece.device], pos, piece.device_offset, (size_t)piece.length, why, sizeof why);
+    char why[512];
+    uint64_t at = piece.device_offset;
+    int err = piece.x->flags & XT_EXT_CSUM
+                  ? read_verified(b, &e->t, devs, &piece, b->out + pos, &at, why, sizeof why)
+                  : read_range(b, &devs[piece.device], b->out + pos, piece.device_offset, (size_t)piece.length, why, sizeof why);
     if (err != 0) {
       if (report) {
-        struct xt_event ev = {.kind = XT_EV_READ_FAILED, .index = index, .offset = piece.file_offset,
-                              .device = piece.device, .device_offset = piece.device_offset};
+        // A sector that failed verification may start before the piece: name it, not the piece.
+        uint64_t file_offset = at == piece.device_offset ? piece.file_offset : piece.x->file_offset + (at - piece.x->device_offset);
+        struct xt_event ev = {.kind = XT_EV_READ_FAILED, .index = index, .offset = file_offset,
+                              .device = piece.device, .device_offset = at};
         snprintf(ev.reason, sizeof ev.reason, "%s", why);
         xt_post_event(e, &ev);
       }

@@ -3,7 +3,7 @@
 // exports every struct's size and field offsets (layout()) and JS refuses to run if they disagree.
 //
 //   header | inodes[n_inodes] | dirents[n_dirents] | extents[n_extents] | xattrs[n_xattrs]
-//          | devices[n_devices] | names blob | data blob              (each section 8-aligned)
+//          | devices[n_devices] | copies[n_copies] | names blob | data blob   (each section 8-aligned)
 //
 // - Inodes by dense index; index 0 is the root. FUSE nodeid = index + 1, so the root is FUSE_ROOT_ID.
 //   Hard links are one index reached from several dirents. st_ino is the manifest's `ino`.
@@ -13,8 +13,12 @@
 // - Extents of one file are contiguous and sorted by file_offset, non-overlapping, non-empty (as
 //   validated, and checked again by xt_check: the read plan depends on it).
 // - Data blob: symlink targets (NUL-terminated), inline file contents, xattr name lists (one inode's
-//   names back to back, each NUL-terminated: exactly what listxattr returns) and xattr values.
-//   Identical values and name lists are stored once.
+//   names back to back, each NUL-terminated: exactly what listxattr returns), xattr values and the
+//   data checksums of extents with XT_EXT_CSUM. Identical values and name lists are stored once.
+// - Data checksums (manifest feature "data-checksums", btrfs mirrored profiles): an extent with
+//   XT_EXT_CSUM has one csum_size-byte checksum per sector_size bytes of its length at
+//   data[csum_off], and copy_count other copies (mirrors) of the same bytes at
+//   copies[copy_first ..]. Reads verify every sector and fall back to the copies (read.c).
 // Blob offsets are u32: the packer refuses images whose blobs pass 4 GiB.
 #ifndef EXTFS_VIEW_TABLES_H
 #define EXTFS_VIEW_TABLES_H
@@ -22,10 +26,12 @@
 #include <stdint.h>
 
 #define XT_MAGIC 0x54565845u // "EXVT" read as a little-endian u32
-#define XT_VERSION 1u
+#define XT_VERSION 2u
 
 // xt_inode.flags
 #define XT_INLINE 1u // regular file whose content is in the data blob (first = offset, count = length)
+// xt_extent.flags
+#define XT_EXT_CSUM 1u // the extent's sectors have checksums at data[csum_off] (header: csum_alg, sector_size)
 
 struct xt_header {
   uint32_t magic, version;
@@ -36,6 +42,10 @@ struct xt_header {
   uint64_t names_off, names_size, data_off, data_size;
   // statfs figures, as FrozenView.statfs() reports them (blocks in units of frsize)
   uint64_t sf_bsize, sf_frsize, sf_blocks, sf_bfree, sf_bavail, sf_files, sf_ffree, sf_favail, sf_namemax;
+  // Data checksums: csum_alg XT_CSUM_* (native/csum.h; XT_CSUM_NONE: no extent has XT_EXT_CSUM),
+  // csum_size bytes per sector of sector_size bytes.
+  uint32_t n_copies, csum_alg, csum_size, sector_size;
+  uint64_t copies_off;
 };
 
 struct xt_inode {
@@ -67,7 +77,17 @@ struct xt_extent {
   uint64_t file_offset;
   uint64_t device_offset; // on the raw device, partition start included
   uint64_t length;
-  uint32_t device; // index into devices
+  uint32_t device;     // index into devices
+  uint32_t copy_first; // the other copies: copies[copy_first .. +copy_count)
+  uint32_t csum_off;   // XT_EXT_CSUM: the checksums in the data blob
+  uint16_t copy_count;
+  uint16_t flags; // XT_EXT_CSUM
+};
+
+// Another copy (a btrfs mirror) of an extent's bytes: the same length at device_offset on device.
+struct xt_copy {
+  uint64_t device_offset;
+  uint32_t device; // index into the tables' devices
   uint32_t reserved;
 };
 
@@ -117,13 +137,15 @@ struct xt_delta_file {
   F(magic) F(version) F(total_size) F(n_inodes) F(n_dirents) F(n_extents) F(n_xattrs) F(n_devices)          \
   F(block_size) F(inodes_off) F(dirents_off) F(extents_off) F(xattrs_off) F(devices_off) F(names_off)       \
   F(names_size) F(data_off) F(data_size) F(sf_bsize) F(sf_frsize) F(sf_blocks) F(sf_bfree) F(sf_bavail)    \
-  F(sf_files) F(sf_ffree) F(sf_favail) F(sf_namemax)
+  F(sf_files) F(sf_ffree) F(sf_favail) F(sf_namemax) F(n_copies) F(csum_alg) F(csum_size) F(sector_size)   \
+  F(copies_off)
 #define XT_INODE_FIELDS(F)                                                                                   \
   F(ino) F(size) F(blocks) F(rdev) F(atime_sec) F(mtime_sec) F(ctime_sec) F(atime_nsec) F(mtime_nsec)       \
   F(ctime_nsec) F(uid) F(gid) F(nlink) F(first) F(count) F(xattr_first) F(xattr_count) F(parent) F(mode)   \
   F(flags)
 #define XT_DIRENT_FIELDS(F) F(name_off) F(child) F(name_len) F(reserved)
-#define XT_EXTENT_FIELDS(F) F(file_offset) F(device_offset) F(length) F(device) F(reserved)
+#define XT_EXTENT_FIELDS(F) F(file_offset) F(device_offset) F(length) F(device) F(copy_first) F(csum_off) F(copy_count) F(flags)
+#define XT_COPY_FIELDS(F) F(device_offset) F(device) F(reserved)
 #define XT_XATTR_FIELDS(F) F(name_off) F(value_off) F(value_len) F(name_len) F(reserved)
 #define XT_DEVICE_FIELDS(F) F(fd) F(reserved) F(size)
 #define XT_DELTA_HEADER_FIELDS(F)                                                                            \
@@ -141,12 +163,14 @@ struct xt_tables {
   const struct xt_extent *extents;
   const struct xt_xattr *xattrs;
   const struct xt_device *devices;
+  const struct xt_copy *copies;
   const char *names;
   const char *data;
 };
 
 // Check every section bound, index and blob range of a packed image (len bytes at image), every
-// file's extents (sorted, disjoint, non-empty) and every inline file's length (its size), and fill
+// file's extents (sorted, disjoint, non-empty; copies and checksums in range, lengths whole sectors)
+// and every inline file's length (its size), and fill
 // `t`. Returns NULL, or a static message saying what is wrong. Defined in engine.c.
 const char *xt_check(const void *image, uint64_t len, struct xt_tables *t);
 

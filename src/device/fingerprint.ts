@@ -1,7 +1,8 @@
 // Fingerprints prove on the mover that a device holds the frozen image: hashes of blocks sampled from
 // inside the frozen extents, taken at export and compared before anything is served.
 import { createHash } from 'node:crypto'
-import type { Extent, Fingerprint } from '../manifest/types'
+import { CSUM_ALG, linux } from '../linux'
+import { CSUM_ALGORITHMS, type DataChecksums, type Extent, type Fingerprint } from '../manifest/types'
 import type { RawDevice } from './reader'
 
 const SAMPLE = 4096
@@ -13,6 +14,10 @@ const MAX_SAMPLES = 16
  * extent when it holds no aligned block.
  */
 export function chooseSamples(extents: Extent[]): { offset: number; length: number }[] {
+  return pickSamples(extents).map(({ offset, length }) => ({ offset, length }))
+}
+
+function pickSamples(extents: Extent[]): { offset: number; length: number; extent: Extent }[] {
   const step = Math.max(1, Math.floor(extents.length / MAX_SAMPLES))
   const out = []
   for (let i = 0; i < extents.length && out.length < MAX_SAMPLES; i += step) {
@@ -20,8 +25,8 @@ export function chooseSamples(extents: Extent[]): { offset: number; length: numb
     const end = e.deviceOffset + e.length
     const mid = Math.floor((e.deviceOffset + end) / 2 / SAMPLE) * SAMPLE
     const start = Math.max(Math.ceil(e.deviceOffset / SAMPLE) * SAMPLE, Math.min(mid, end - SAMPLE))
-    if (start + SAMPLE <= end && start >= e.deviceOffset) out.push({ offset: start, length: SAMPLE })
-    else out.push({ offset: e.deviceOffset, length: Math.min(e.length, SAMPLE) })
+    if (start + SAMPLE <= end && start >= e.deviceOffset) out.push({ offset: start, length: SAMPLE, extent: e })
+    else out.push({ offset: e.deviceOffset, length: Math.min(e.length, SAMPLE), extent: e })
   }
   return out
 }
@@ -32,8 +37,28 @@ export function hashRange(device: RawDevice, offset: number, length: number): st
   return createHash('sha256').update(buf).digest('hex')
 }
 
-export function takeFingerprints(device: RawDevice, extents: Extent[]): Fingerprint[] {
-  return chooseSamples(extents).map((s) => ({ ...s, sha256: hashRange(device, s.offset, s.length) }))
+/**
+ * Fingerprints of `device` over `extents`. With `checksums`, a sample inside an extent with csums is
+ * taken only when the sectors around it verify: a stale or damaged copy must not prove the device
+ * (the view serves such sectors from another copy, or not at all).
+ */
+export function takeFingerprints(device: RawDevice, extents: Extent[], checksums?: DataChecksums): Fingerprint[] {
+  return pickSamples(extents)
+    .filter((s) => checksums === undefined || s.extent.csums === undefined || sectorsVerify(device, s, checksums))
+    .map(({ offset, length }) => ({ offset, length, sha256: hashRange(device, offset, length) }))
+}
+
+/** The whole sectors of `s.extent` around the sample verify against its csums. */
+function sectorsVerify(device: RawDevice, s: { offset: number; length: number; extent: Extent }, c: DataChecksums): boolean {
+  const e = s.extent
+  const ss = c.sectorSize
+  const from = Math.floor((s.offset - e.deviceOffset) / ss) * ss
+  const to = Math.ceil((s.offset + s.length - e.deviceOffset) / ss) * ss
+  const bytes = Buffer.alloc(to - from)
+  device.readExact(bytes, 0, bytes.length, e.deviceOffset + from)
+  const per = CSUM_ALGORITHMS[c.algorithm]
+  const csums = Buffer.from(e.csums!, 'base64').subarray((from / ss) * per, (to / ss) * per)
+  return linux.csumVerify(CSUM_ALG[c.algorithm], bytes, csums, ss) < 0
 }
 
 /** The first fingerprint that does not match, or undefined when all do. */

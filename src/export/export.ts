@@ -5,7 +5,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { randomBytes } from 'node:crypto'
-import type { Device, Extent, FrozenImage, FrozenImageKind, Inode, Manifest } from '../manifest/types'
+import type { DataChecksums, Device, Extent, FrozenImage, FrozenImageKind, Inode, Manifest } from '../manifest/types'
 import type { RawDisk } from '../mapping/span'
 import { MANIFEST_FORMAT, MANIFEST_VERSION } from '../manifest/types'
 import { signManifest } from '../manifest/sign'
@@ -89,16 +89,24 @@ function allExtents(inodes: Iterable<Inode>): Extent[] {
 }
 
 /** The manifest's devices: every disk the extents reach, each with its identity and fingerprints. */
-function describeDevices(disks: RawDisk[], extents: Extent[]): Device[] {
+function describeDevices(disks: RawDisk[], extents: Extent[], checksums: DataChecksums | undefined): Device[] {
   return disks.map((disk, index) => {
     const raw = RawDevice.open(`d${index}`, disk.path)
     try {
-      const fingerprints = takeFingerprints(raw, extents.filter((e) => e.device === index))
+      const fingerprints = takeFingerprints(raw, extents.filter((e) => e.device === index), checksums)
       return { id: `d${index}`, size: disk.size, identity: probeIdentity(disk.path), fingerprints, hint: disk.path }
     } finally {
       raw.close()
     }
   })
+}
+
+/** The feature flags the manifest uses: a writer lists a flag only when it needs it. */
+function features(walker: Walker, mapper: FileMapper): string[] {
+  const out: string[] = []
+  if ([...walker.inodes.values()].some((i) => i.inline !== undefined)) out.push('inline-data')
+  if (mapper.dataChecksums) out.push('data-checksums')
+  return out
 }
 
 function synthesizeRoot(children: { name: string; ino: number }[], ino: number): Inode {
@@ -150,7 +158,7 @@ export function exportImage(opts: ExportOptions): Manifest {
   const journal = journalPathOf(output)
   // One image per manifest path: a second export would overwrite the only record of the first image.
   if (fs.existsSync(journal)) throw new ExportError(`${journal} exists: the image last exported to ${opts.output} was not released; run: extfs release ${opts.output}`)
-  const mapper = FileMapper.forMount(mount, { throughLoop: opts.throughLoop })
+  const mapper = FileMapper.forMount(mount, { throughLoop: opts.throughLoop, dataChecksums: true })
 
   const imageId = newImageId()
   const frozenImage: FrozenImage = { kind: opts.frozenImage, mountpoint: mount.mountpoint, fsType: mount.fsType }
@@ -199,12 +207,12 @@ export function exportImage(opts: ExportOptions): Manifest {
     const walker = new Walker({ dev: hold.dev, mapper, warn: (m) => opts.warn(toSource(m)), openFile: hold.openFile, carryMax: opts.carryMax, skip: new Set([...hold.skip, journal]), live: hold.live })
     const root = buildTree(walker, hold.walkPaths, realPaths.map((p) => path.basename(p)))
     postThaw('taken')
-    const devices = describeDevices(mapper.disks, allExtents(walker.inodes.values()))
+    const devices = describeDevices(mapper.disks, allExtents(walker.inodes.values()), mapper.dataChecksums)
     const configId = randomBytes(16).toString('hex')
     let manifest: Manifest = {
       format: MANIFEST_FORMAT,
       version: MANIFEST_VERSION,
-      features: [...walker.inodes.values()].some((i) => i.inline !== undefined) ? ['inline-data'] : [],
+      features: features(walker, mapper),
       configId,
       createdAt: new Date().toISOString(),
       source: { host: os.hostname(), paths: realPaths },
@@ -212,6 +220,7 @@ export function exportImage(opts: ExportOptions): Manifest {
       // Relative when beside the manifest, so both hosts may mount the shared storage at different paths.
       configRecord: path.dirname(record) === path.dirname(output) ? path.basename(record) : record,
       blockSize: fs.statfsSync(mount.mountpoint).bsize,
+      ...(mapper.dataChecksums ? { dataChecksums: mapper.dataChecksums } : {}),
       devices,
       root,
       inodes: [...walker.inodes.values()].sort((a, b) => a.ino - b.ino),

@@ -4,7 +4,7 @@ import type { Inode, Manifest, Timespec } from '../manifest/types'
 import type { RawDevice } from '../device/reader'
 import type { ConfigWatch } from '../configid/record'
 import { planRead } from '../extents/plan'
-import { ViewError } from '../errors'
+import { ExitCode, ExtfsError, ViewError } from '../errors'
 import type { Logger } from 'pino'
 import { Errno } from '../view/errno'
 import { Refusals, type RefusalSummary } from '../view/refusals'
@@ -63,6 +63,10 @@ export class FrozenView {
     private readonly config: ConfigWatch,
     private readonly log: Logger,
   ) {
+    // This engine reads copy 0 unverified: serving such a manifest would bring back the stale-copy bug.
+    if (manifest.features.includes('data-checksums')) {
+      throw new ExtfsError(ExitCode.Usage, 'this manifest has data checksums (feature "data-checksums"), which only the native engine verifies: unset EXTFS_ENGINE=fuse-native')
+    }
     for (const inode of manifest.inodes) {
       const node: Node = { inode }
       if (inode.entries) node.children = new Map(inode.entries.map((e) => [e.name, e.ino]))

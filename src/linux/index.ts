@@ -51,6 +51,21 @@ export interface BtrfsDevices {
   devices: { devid: number; uuid: string; path: string; totalBytes: number }[]
 }
 
+/** A btrfs filesystem's data checksums (BTRFS_IOC_FS_INFO with BTRFS_FS_INFO_FLAG_CSUM_INFO). */
+export interface BtrfsCsumInfo {
+  /** BTRFS_CSUM_TYPE_*: 0 crc32c, 1 xxhash64, 2 sha256, 3 blake2b. */
+  type: number
+  /** Bytes per checksum. */
+  size: number
+  /** Bytes per checksummed sector. */
+  sectorSize: number
+  /** Bytes per tree node (bounds how much one csum item covers). */
+  nodeSize: number
+}
+
+/** Checksum algorithms as both addons number them (native/csum.h XT_CSUM_*): the view tables' csum_alg. */
+export const CSUM_ALG = { none: 0, crc32c: 1 } as const
+
 export interface NativeAddon {
   /** All extents of the open file `fd`, with FIEMAP_FLAG_SYNC (dirty data flushed first). */
   fiemap(fd: number): FiemapExtent[]
@@ -78,6 +93,16 @@ export interface NativeAddon {
   btrfsChunks(fd: number): BtrfsChunk[]
   /** BTRFS_IOC_FS_INFO + BTRFS_IOC_DEV_INFO: the fsid and every present member device, by devid. */
   btrfsDevices(fd: number): BtrfsDevices
+  /** The data checksum algorithm of the btrfs filesystem `fd` is on; EOPNOTSUPP before Linux 5.5. */
+  btrfsCsumInfo(fd: number): BtrfsCsumInfo
+  /**
+   * The csum tree's checksums of logical bytes [logical, logical + length) (multiples of sectorSize),
+   * one per sector in order, and how many sectors have one (the others are zeros: nodatasum data).
+   * `fd`: any file or directory on the filesystem.
+   */
+  btrfsCsums(fd: number, logical: number, length: number, sectorSize: number, csumSize: number, nodeSize: number): { csums: Buffer; covered: number }
+  /** Index of the first sector of `data` whose checksum in `csums` differs, or -1. `alg`: 1 crc32c (native/csum.h). */
+  csumVerify(alg: number, data: Buffer, csums: Buffer, sectorSize: number): number
 }
 
 // dist/linux/index.js and src/linux/index.ts both sit two levels below the package root. EXTFS_ADDON_DIR

@@ -152,6 +152,9 @@ class ManifestStream {
   /** `"inodes": [` was reached: check the header, then stream the elements. */
   private inodes(): void {
     for (const k of EARLY_FIELDS) if (!this.seen.has(k)) throw new CannotStream(`${k} after inodes`)
+    // Optional, but the inode checks need it when the manifest declares the feature.
+    const features = this.header.features
+    if (Array.isArray(features) && features.includes('data-checksums') && !this.seen.has('dataChecksums')) throw new CannotStream('dataChecksums after inodes')
     const facts = validateHeader(this.header)
     this.facts = facts
     const src = this.src
@@ -178,7 +181,7 @@ class ManifestStream {
     for (let i = 0; ; i++) {
       if (i >= LIMITS.inodes) throw new ManifestError(`manifest: more than ${LIMITS.inodes} inodes, over the limit of ${LIMITS.inodes}`)
       const n = this.element() as Inode
-      checkInode(n, i, facts.deviceSizes, facts.inlineAllowed, this.totals)
+      checkInode(n, i, facts.deviceSizes, facts.inlineAllowed, this.totals, facts.checksums)
       if (n.kind === 'dir') checkEntries(n.entries as unknown[], n.ino)
       if (hmac) {
         if (i > 0) hmac.raw(',')

@@ -4,7 +4,7 @@
 export const MANIFEST_FORMAT = 'extfs-manifest'
 export const MANIFEST_VERSION = 1
 /** Feature flags this build understands; a manifest naming any other is refused. */
-export const KNOWN_FEATURES = ['inline-data'] as const
+export const KNOWN_FEATURES = ['inline-data', 'data-checksums'] as const
 export type Feature = (typeof KNOWN_FEATURES)[number]
 
 /** Seconds and nanoseconds since the epoch, as stat(2) reports them. */
@@ -21,6 +21,27 @@ export interface Extent {
   device: number
   deviceOffset: number
   length: number
+  /** Feature `data-checksums`: the other copies (btrfs mirrors) of the same `length` bytes. */
+  copies?: ExtentCopy[]
+  /** Feature `data-checksums`: base64, one checksum per sector of the extent (header `dataChecksums`). */
+  csums?: string
+}
+
+/** Another copy of an extent's bytes: `length` bytes at `deviceOffset` of devices[device]. */
+export interface ExtentCopy {
+  device: number
+  deviceOffset: number
+}
+
+/** The checksum algorithms a manifest may name, with their checksum sizes in bytes. */
+export const CSUM_ALGORITHMS = { crc32c: 4 } as const
+export type CsumAlgorithm = keyof typeof CSUM_ALGORITHMS
+
+/** Feature `data-checksums`: how extents' `csums` were computed (btrfs's own data checksums). */
+export interface DataChecksums {
+  algorithm: CsumAlgorithm
+  /** Bytes covered by one checksum (the btrfs sector size). */
+  sectorSize: number
 }
 
 /** Stable identifiers of a raw block device, as far as the initiator could find them. */
@@ -127,6 +148,8 @@ export interface Manifest {
   configRecord: string
   /** Filesystem block size, reported by statfs on the view. */
   blockSize: number
+  /** Feature `data-checksums` only: the algorithm and sector size of every extent's `csums`. */
+  dataChecksums?: DataChecksums
   devices: Device[]
   root: number
   inodes: Inode[]

@@ -12,6 +12,8 @@
 // failure. No closures or regular expressions per item where a cheap comparison does.
 import { ManifestError } from '../errors'
 import {
+  CSUM_ALGORITHMS,
+  type CsumAlgorithm,
   KNOWN_FEATURES,
   MANIFEST_FORMAT,
   MANIFEST_VERSION,
@@ -33,6 +35,8 @@ export const LIMITS = {
   fingerprintsPerDevice: 4096,
   fingerprintBytes: 1 * MiB,
   features: 64,
+  /** Other copies of one extent: btrfs RAID1C4 keeps four in all. */
+  extentCopies: 3,
   /**
    * The kernel's own bounds (linux/limits.h): listxattr returns at most XATTR_LIST_MAX bytes of names
    * (each NUL-terminated), so no file has more; XATTR_NAME_MAX per name, XATTR_SIZE_MAX per value.
@@ -57,7 +61,9 @@ const MAX_SAFE = Number.MAX_SAFE_INTEGER
 const NSEC_PER_SEC = 1_000_000_000
 
 const MANIFEST_KEYS = keySet('format', 'version', 'features', 'configId', 'createdAt', 'source',
-  'frozenImage', 'configRecord', 'blockSize', 'devices', 'root', 'inodes', 'signature')
+  'frozenImage', 'configRecord', 'blockSize', 'dataChecksums', 'devices', 'root', 'inodes', 'signature')
+const CHECKSUMS_KEYS = keySet('algorithm', 'sectorSize')
+const COPY_KEYS = keySet('device', 'deviceOffset')
 const SOURCE_KEYS = keySet('host', 'paths')
 const FROZEN_KEYS = keySet('kind', 'mountpoint', 'fsType', 'fsUuid', 'mechanism', 'imageId', 'imagePath')
 const SIGNATURE_KEYS = keySet('alg', 'value')
@@ -67,7 +73,7 @@ const IDENTITY_KEY_SET = keySet(...IDENTITY_KEYS)
 const FINGERPRINT_KEYS = keySet('offset', 'length', 'sha256')
 const INODE_KEYS = keySet('ino', 'kind', 'perm', 'uid', 'gid', 'nlink', 'size', 'blocks', 'atime',
   'mtime', 'ctime', 'rdev', 'xattrs', 'extents', 'inline', 'target', 'entries')
-const EXTENT_KEYS = keySet('fileOffset', 'device', 'deviceOffset', 'length')
+const EXTENT_KEYS = keySet('fileOffset', 'device', 'deviceOffset', 'length', 'copies', 'csums')
 const ENTRY_KEYS = keySet('name', 'ino')
 const INODE_KINDS = keySet('file', 'dir', 'symlink', 'fifo', 'char', 'block', 'socket')
 const FROZEN_KINDS = keySet('freeze', 'none', 'snapshot')
@@ -98,8 +104,8 @@ export function parseManifest(text: string): Manifest {
 /** Check a parsed manifest against every rule of format version 1; returns it typed, unchanged. */
 export function validateManifest(value: unknown): Manifest {
   if (!isObject(value)) bad('manifest', `must be a JSON object, got ${describe(value)}`)
-  const { deviceSizes, inlineAllowed } = validateHeader(value)
-  const inodes = checkInodeList(value.inodes, deviceSizes, inlineAllowed)
+  const { deviceSizes, inlineAllowed, checksums } = validateHeader(value)
+  const inodes = checkInodeList(value.inodes, deviceSizes, inlineAllowed, checksums)
   checkTree(value.root, inodes.list, inodes.index)
   return value as unknown as Manifest
 }
@@ -109,6 +115,14 @@ export interface HeaderFacts {
   /** Each device's size in bytes, indexed like `devices`. */
   deviceSizes: number[]
   inlineAllowed: boolean
+  /** Feature data-checksums: what an extent's csums must measure up to; undefined: extents have none. */
+  checksums?: CsumFacts
+}
+
+/** Bytes per checksum and per checksummed sector, from the header's `dataChecksums`. */
+export interface CsumFacts {
+  csumSize: number
+  sectorSize: number
 }
 
 /**
@@ -124,7 +138,25 @@ export function validateHeader(value: Obj): HeaderFacts {
   checkKnownKeys(value, MANIFEST_KEYS, 'manifest')
   checkHeader(value)
   const deviceSizes = checkDevices(value.devices)
-  return { deviceSizes, inlineAllowed: features.has('inline-data') }
+  const checksums = checkDataChecksums(value.dataChecksums, features.has('data-checksums'))
+  return { deviceSizes, inlineAllowed: features.has('inline-data'), checksums }
+}
+
+/** `dataChecksums`: present exactly when feature data-checksums is; a known algorithm and sector size. */
+function checkDataChecksums(c: unknown, declared: boolean): CsumFacts | undefined {
+  if (c === undefined) {
+    if (declared) bad('manifest', 'declares feature "data-checksums" but has no dataChecksums')
+    return undefined
+  }
+  if (!declared) bad('manifest', 'has dataChecksums but does not declare feature "data-checksums"')
+  if (!isObject(c)) bad('manifest', `dataChecksums must be an object {algorithm, sectorSize}, got ${describe(c)}`)
+  checkKnownKeys(c, CHECKSUMS_KEYS, 'dataChecksums')
+  if (typeof c.algorithm !== 'string' || !Object.hasOwn(CSUM_ALGORITHMS, c.algorithm)) {
+    bad('dataChecksums', `algorithm must be one of ${Object.keys(CSUM_ALGORITHMS).join(', ')}; got ${describe(c.algorithm)}`)
+  }
+  const ss = c.sectorSize
+  if (!isInt(ss, 512, 65536) || (ss & (ss - 1)) !== 0) bad('dataChecksums', `sectorSize must be a power of two from 512 to 65536, got ${describe(ss)}`)
+  return { csumSize: CSUM_ALGORITHMS[c.algorithm as CsumAlgorithm], sectorSize: ss }
 }
 
 /** A top-level field the streaming loader met after the inodes: the checks validateHeader makes of it. */
@@ -132,6 +164,8 @@ export function checkLateField(key: string, value: unknown): void {
   if (!MANIFEST_KEYS.has(key)) bad('manifest', `unknown field ${quote(key)}`)
   if (key === 'signature') checkSignatureShape(value)
   else if (key === 'root') checkRoot(value)
+  // The streaming loader reads a manifest that declares the feature whole when this comes late.
+  else if (key === 'dataChecksums') bad('manifest', 'has dataChecksums but does not declare feature "data-checksums"')
   else throw new Error(`checkLateField: ${key} is not checked late`)
 }
 
@@ -311,13 +345,13 @@ export interface Totals {
   extents: number
 }
 
-function checkInodeList(value: unknown, deviceSizes: number[], inlineAllowed: boolean): InodeTable {
+function checkInodeList(value: unknown, deviceSizes: number[], inlineAllowed: boolean, checksums: CsumFacts | undefined): InodeTable {
   if (!Array.isArray(value)) bad('manifest', `inodes must be an array, got ${describe(value)}`)
   if (value.length > LIMITS.inodes) bad('manifest', `${value.length} inodes, over the limit of ${LIMITS.inodes}`)
   const totals: Totals = { extents: 0 }
   let maxIno = 0
   for (let i = 0; i < value.length; i++) {
-    const node = checkInode(value[i], i, deviceSizes, inlineAllowed, totals)
+    const node = checkInode(value[i], i, deviceSizes, inlineAllowed, totals, checksums)
     if (node.ino > maxIno) maxIno = node.ino
   }
   const list = value as Inode[]
@@ -355,7 +389,9 @@ function lookupIno(index: InoIndex, ino: number): number {
 }
 
 /** One inode on its own (`i` is its position in the list, for messages). Its entries are checkEntries' job. */
-export function checkInode(n: unknown, i: number, deviceSizes: number[], inlineAllowed: boolean, totals: Totals): Inode {
+export function checkInode(
+  n: unknown, i: number, deviceSizes: number[], inlineAllowed: boolean, totals: Totals, checksums?: CsumFacts,
+): Inode {
   if (!isObject(n)) bad(`inodes[${i}]`, `must be an object, got ${describe(n)}`)
   const ino = n.ino
   if (!isInt(ino, 1, MAX_SAFE)) bad(`inodes[${i}]`, `ino must be a positive integer, got ${describe(ino)}`)
@@ -368,7 +404,7 @@ export function checkInode(n: unknown, i: number, deviceSizes: number[], inlineA
   checkAttributes(n, ino)
   checkKindFields(n, ino, kind)
   if (n.xattrs !== undefined) checkXattrs(n.xattrs, ino)
-  if (n.extents !== undefined) totals.extents += checkExtents(n.extents, ino, n.size as number, deviceSizes)
+  if (n.extents !== undefined) totals.extents += checkExtents(n.extents, ino, n.size as number, deviceSizes, checksums)
   if (totals.extents > LIMITS.extents) bad('manifest', `more than ${LIMITS.extents} extents in all`)
   if (n.inline !== undefined) checkInline(n, ino, inlineAllowed)
   if (n.target !== undefined) checkTarget(n.target, ino)
@@ -464,7 +500,7 @@ function xattrNameProblem(name: string): string | undefined {
  * Checks one file's extents; returns how many there are. Extents must lie inside their device, start
  * inside the file, and be sorted by fileOffset without overlapping. Only the last may run past EOF.
  */
-export function checkExtents(list: unknown, ino: number, size: number, deviceSizes: number[]): number {
+export function checkExtents(list: unknown, ino: number, size: number, deviceSizes: number[], checksums?: CsumFacts): number {
   if (!Array.isArray(list)) bad(`inode ${ino}`, `extents must be an array, got ${describe(list)}`)
   if (list.length > LIMITS.extents) bad(`inode ${ino}`, `${list.length} extents, over the limit of ${LIMITS.extents}`)
   let prevStart = -1
@@ -491,6 +527,7 @@ export function checkExtents(list: unknown, ino: number, size: number, deviceSiz
       bad(`inode ${ino}`, `extents[${i}] past device end: bytes ${deviceOffset}..${deviceOffset + length} ` +
         `of device ${device}, which is ${deviceSize} bytes`)
     }
+    if (e.copies !== undefined || e.csums !== undefined) checkCopiesAndCsums(e, `inode ${ino}`, `extents[${i}]`, deviceSizes, checksums)
     if (fileOffset < prevStart) {
       bad(`inode ${ino}`, `extents unsorted: extents[${i}] starts at ${fileOffset}, before extents[${i - 1}] at ${prevStart}`)
     }
@@ -501,6 +538,37 @@ export function checkExtents(list: unknown, ino: number, size: number, deviceSiz
     prevEnd = fileOffset + length
   }
   return list.length
+}
+
+/**
+ * An extent's `csums` (one checksum per sector of its length, which must be whole sectors) and
+ * `copies` (other copies of its bytes, each inside its device; only with csums, which choose between
+ * them). `e` has passed the extent checks.
+ */
+function checkCopiesAndCsums(e: Obj, where: string, at: string, deviceSizes: number[], checksums: CsumFacts | undefined): void {
+  if (checksums === undefined) bad(where, `${at} has copies or csums but the manifest does not declare feature "data-checksums"`)
+  const length = e.length as number
+  if (e.csums === undefined) bad(where, `${at} has copies but no csums to choose between them`)
+  if (length % checksums.sectorSize !== 0) bad(where, `${at} has csums but its length ${length} is not whole sectors of ${checksums.sectorSize} bytes`)
+  const want = (length / checksums.sectorSize) * checksums.csumSize
+  const got = base64Length(e.csums, want)
+  if (got !== want) bad(where, `${at}.csums must be strict base64 of ${want} bytes (one checksum per sector), got ${got < 0 ? 'something else' : `${got} bytes`}`)
+  if (e.copies === undefined) return
+  const copies = e.copies
+  if (!Array.isArray(copies) || copies.length < 1 || copies.length > LIMITS.extentCopies) {
+    bad(where, `${at}.copies must be an array of 1 to ${LIMITS.extentCopies} copies, got ${describe(copies)}`)
+  }
+  copies.forEach((c: unknown, k) => {
+    if (!isObject(c)) bad(where, `${at}.copies[${k}] must be an object {device, deviceOffset}, got ${describe(c)}`)
+    checkKnownKeys(c, COPY_KEYS, `${where}: ${at}.copies[${k}]`)
+    if (!isInt(c.device, 0, deviceSizes.length - 1)) {
+      bad(where, `${at}.copies[${k}].device ${describe(c.device)} does not exist (the manifest lists ${deviceSizes.length} devices)`)
+    }
+    if (!isInt(c.deviceOffset, 0, MAX_SAFE)) bad(where, `${at}.copies[${k}].deviceOffset must be a non-negative integer, got ${describe(c.deviceOffset)}`)
+    if (c.deviceOffset + length > deviceSizes[c.device]!) {
+      bad(where, `${at}.copies[${k}] past device end: bytes ${c.deviceOffset}..${c.deviceOffset + length} of device ${c.device}, which is ${deviceSizes[c.device]} bytes`)
+    }
+  })
 }
 
 // ---------------------------------------------------------------------------------------------

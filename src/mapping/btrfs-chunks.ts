@@ -4,11 +4,14 @@
 //
 // The layout rules are the kernel's (fs/btrfs/volumes.c, btrfs_map_block). Within a chunk at offset
 // `o = logical - chunk.logical`, with stripe unit `L = stripeLen`:
-//   single, DUP, RAID1, RAID1C3, RAID1C4: every copy is linear: stripe[i].offset + o. We read copy 0.
+//   single, DUP, RAID1, RAID1C3, RAID1C4: every copy is linear: stripe[i].offset + o. Copy 0 is the
+//                        one read; the others are recorded with the data checksums that choose
+//                        between them (resolveMirrored).
 //   RAID0 (N stripes):   unit u = floor(o / L) lives on stripe u mod N, at row floor(u / N):
 //                        stripe[u mod N].offset + floor(u / N)·L + (o mod L).
 //   RAID10 (N stripes, S = subStripes copies each, N/S stripe sets): unit u lives on set u mod (N/S),
-//                        whose first stripe is index (u mod (N/S))·S, at row floor(u / (N/S)).
+//                        whose first stripe is index (u mod (N/S))·S (copy 0; the set's other S-1
+//                        stripes hold the other copies), at row floor(u / (N/S)).
 // Worked example, RAID0 over 2 devices, L = 64 KiB, chunk at logical 1 GiB, stripes at 1 MiB (devid 1)
 // and 9 MiB (devid 2): logical 1 GiB + 200 KiB is o = 200 KiB, unit 3 (offset 8 KiB inside it),
 // stripe 3 mod 2 = 1, row 1, so devid 2 at 9 MiB + 64 KiB + 8 KiB.
@@ -74,14 +77,20 @@ function checkChunk(c: BtrfsChunk): void {
   }
 }
 
+/** `length` logical bytes on every copy: copies[0] is the one read, the rest mirror it byte for byte. */
+export interface MirroredSpan {
+  length: number
+  copies: { devid: number; offset: number }[]
+}
+
 /**
- * Where logical bytes [logical, logical + length) live, in order: one copy for mirrored profiles (the
- * first stripe of each mirror set), split at stripe-unit boundaries for RAID0/RAID10 and at chunk
- * boundaries, with neighbours that are contiguous on the same device merged. Throws ExportError when
- * any byte of the range is in no chunk.
+ * Where logical bytes [logical, logical + length) live, in order, with every copy: split at stripe-unit
+ * boundaries for RAID0/RAID10 and at chunk boundaries, neighbours whose copies all continue each other
+ * merged. One copy for single and RAID0, all of them for DUP, RAID1, RAID1C3/C4 and RAID10's stripe
+ * sets. Throws ExportError when any byte of the range is in no chunk.
  */
-export function resolveLogical(map: ChunkMap, logical: number, length: number): MemberSpan[] {
-  const out: MemberSpan[] = []
+export function resolveMirrored(map: ChunkMap, logical: number, length: number): MirroredSpan[] {
+  const out: MirroredSpan[] = []
   let addr = logical
   const end = logical + length
   while (addr < end) {
@@ -97,22 +106,38 @@ export function resolveLogical(map: ChunkMap, logical: number, length: number): 
         const unit = Math.floor(o / c.stripeLen)
         const within = o - unit * c.stripeLen
         const n = Math.min(chunkEnd - addr, c.stripeLen - within)
-        const stripe = c.stripes[(unit % sets) * width]
-        push(out, stripe.devid, stripe.offset + Math.floor(unit / sets) * c.stripeLen + within, n)
+        const row = Math.floor(unit / sets) * c.stripeLen + within
+        const set = c.stripes.slice((unit % sets) * width, (unit % sets) * width + width)
+        push(out, set.map((s) => ({ devid: s.devid, offset: s.offset + row })), n)
         addr += n
       }
     } else {
-      // single (no profile bit) or a mirrored profile: copy 0 maps the chunk linearly.
+      // single (no profile bit) or a mirrored profile: every copy maps the chunk linearly.
       if (profile !== 0 && !(profile & MIRRORED)) throw new ExportError(`btrfs chunk at logical ${c.logical}: unsupported profile 0x${profile.toString(16)}`)
-      push(out, c.stripes[0].devid, c.stripes[0].offset + (addr - c.logical), chunkEnd - addr)
+      const copies = profile === 0 ? [c.stripes[0]] : c.stripes
+      push(out, copies.map((s) => ({ devid: s.devid, offset: s.offset + (addr - c.logical) })), chunkEnd - addr)
       addr = chunkEnd
     }
   }
   return out
 }
 
-function push(out: MemberSpan[], devid: number, offset: number, length: number): void {
+/** Where logical bytes [logical, logical + length) live, in order: copy 0 of resolveMirrored. */
+export function resolveLogical(map: ChunkMap, logical: number, length: number): MemberSpan[] {
+  const out: MemberSpan[] = []
+  for (const s of resolveMirrored(map, logical, length)) {
+    const c = s.copies[0]!
+    const last = out[out.length - 1]
+    if (last && last.devid === c.devid && last.offset + last.length === c.offset) last.length += s.length
+    else out.push({ devid: c.devid, offset: c.offset, length: s.length })
+  }
+  return out
+}
+
+function push(out: MirroredSpan[], copies: MirroredSpan['copies'], length: number): void {
   const last = out[out.length - 1]
-  if (last && last.devid === devid && last.offset + last.length === offset) last.length += length
-  else out.push({ devid, offset, length })
+  const continues = last && last.copies.length === copies.length &&
+    last.copies.every((c, k) => c.devid === copies[k]!.devid && c.offset + last.length === copies[k]!.offset)
+  if (continues) last.length += length
+  else out.push({ length, copies })
 }

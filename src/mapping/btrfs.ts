@@ -5,8 +5,9 @@ import fs from 'node:fs'
 import { ExportError } from '../errors'
 import { linux } from '../linux'
 import { splitDev } from './blockdev'
-import { ChunkMap, resolveLogical } from './btrfs-chunks'
+import { ChunkMap, resolveLogical, resolveMirrored } from './btrfs-chunks'
 import type { DevNum, Span } from './span'
+import type { BtrfsCsumInfo } from '../linux'
 
 export interface BtrfsMember {
   devid: number
@@ -24,6 +25,8 @@ export class BtrfsLayout {
     readonly fsid: string,
     readonly devices: BtrfsMember[],
     private readonly chunks: ChunkMap,
+    /** The data checksum algorithm and sizes (BTRFS_IOC_FS_INFO). */
+    readonly csumInfo: BtrfsCsumInfo,
   ) {
     this.byDevid = new Map(devices.map((d) => [d.devid, d]))
   }
@@ -43,7 +46,7 @@ export class BtrfsLayout {
       const info = query(mountpoint, 'device list', () => linux.btrfsDevices(fd))
       const chunks = new ChunkMap(query(mountpoint, 'chunk tree', () => linux.btrfsChunks(fd)))
       const devices = info.devices.map((d) => ({ devid: d.devid, uuid: d.uuid, path: d.path, dev: memberDev(mountpoint, d.devid, d.path) }))
-      return new BtrfsLayout(info.fsid, devices, chunks)
+      return new BtrfsLayout(info.fsid, devices, chunks, query(mountpoint, 'checksum info', () => linux.btrfsCsumInfo(fd)))
     } finally {
       fs.closeSync(fd)
     }
@@ -57,6 +60,26 @@ export class BtrfsLayout {
       return { dev: member.dev, offset: s.offset, length: s.length }
     })
   }
+
+  /** Where logical bytes [logical, logical + length) live on every present copy, in order. */
+  resolveMirrored(logical: number, length: number): MirroredMemberSpan[] {
+    return resolveMirrored(this.chunks, logical, length).map((s) => {
+      // A mirror on a member that is missing (a degraded mount) cannot be read: copy 0 must be
+      // there, the others are left out.
+      const present = s.copies.flatMap((c, k) => {
+        const member = this.byDevid.get(c.devid)
+        if (!member && k === 0) throw new ExportError(`btrfs ${this.fsid}: logical ${logical} maps to devid ${c.devid}, which is missing`)
+        return member ? [{ dev: member.dev, offset: c.offset }] : []
+      })
+      return { length: s.length, copies: present }
+    })
+  }
+}
+
+/** `length` logical bytes on every present copy; copies[0] is the one read (see resolveMirrored). */
+export interface MirroredMemberSpan {
+  length: number
+  copies: { dev: DevNum; offset: number }[]
 }
 
 function query<T>(mountpoint: string, what: string, fn: () => T): T {

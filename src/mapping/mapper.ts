@@ -13,7 +13,7 @@ import {
   FIEMAP_EXTENT_NOT_ALIGNED,
   FIEMAP_EXTENT_DATA_TAIL,
 } from '../linux'
-import type { Extent } from '../manifest/types'
+import { CSUM_ALGORITHMS, type DataChecksums, type Extent } from '../manifest/types'
 import type { MountEntry } from './mountinfo'
 import type { RawDisk, RawSpan } from './span'
 import { devKey } from './span'
@@ -36,17 +36,39 @@ export type FileMapping = { kind: 'extents'; extents: Extent[] } | { kind: 'carr
 export interface MapperOptions {
   /** Continue through a loop device's backing file to the disk underneath (VM images). */
   throughLoop: boolean
+  /**
+   * btrfs: give extents on mirrored profiles their other copies and their data checksums (manifest
+   * feature data-checksums), so that the view verifies what it reads and falls back to another copy.
+   */
+  dataChecksums?: boolean
+}
+
+/** A span on raw disks and, for btrfs mirrored profiles, where its other copies are. */
+interface MappedSpan extends RawSpan {
+  copies?: { raw: RawDisk; offset: number }[]
 }
 
 /** Resolves a range of the filesystem's own address space (what FIEMAP calls physical) to raw disks. */
-type AddressSpace = (offset: number, length: number) => RawSpan[]
+type AddressSpace = (offset: number, length: number) => MappedSpan[]
 
+/** btrfs checksum algorithms by BTRFS_CSUM_TYPE_*, as the manifest names them (only crc32c is verified). */
+const BTRFS_CSUM_NAMES = ['crc32c', 'xxhash64', 'sha256', 'blake2b']
+
+/** Reads the data checksums of a btrfs logical range (the csum tree), or says why it cannot. */
+interface CsumSource {
+  info: DataChecksums
+  /** The checksums of [logical, logical + length), or undefined when the data has none (nodatasum). */
+  read(fd: number, file: string, logical: number, length: number): Buffer | undefined
+}
 export class FileMapper {
   /** Disks met so far; an extent's `device` is an index into this list. */
   readonly disks: RawDisk[] = []
   private readonly diskIndex = new Map<string, number>()
 
-  private constructor(private readonly resolve: AddressSpace) {}
+  /** Set once an extent carries checksums: the manifest's `dataChecksums`. */
+  dataChecksums: DataChecksums | undefined
+
+  private constructor(private readonly resolve: AddressSpace, private readonly csums?: CsumSource) {}
 
   /**
    * The mapper for the filesystem mounted at `mount`. Call it once the image is stable (frozen, or a
@@ -61,19 +83,20 @@ export class FileMapper {
     // btrfs: FIEMAP's addresses are logical; the chunk tree places them on the member devices,
     // which may themselves sit on partitions, device-mapper or loop files.
     let layout = BtrfsLayout.read(mount.mountpoint)
-    const members = (logical: number, length: number) => {
+    const mirrored = (logical: number, length: number) => {
       try {
-        return layout.resolve(logical, length)
+        return layout.resolveMirrored(logical, length)
       } catch {
         // A chunk allocated since the layout was read: the flush that takes the image, or the owner's
         // writes while a clone set is taken file by file. Read the chunk tree again, once.
         layout = BtrfsLayout.read(mount.mountpoint)
-        return layout.resolve(logical, length)
+        return layout.resolveMirrored(logical, length)
       }
     }
-    return new FileMapper((logical, length) =>
-      members(logical, length).flatMap((s) => (s.dev ? stack.resolve(s.dev, s.offset, s.length) : [{ raw: null, offset: 0, length: s.length }])),
-    )
+    const copiesToo = opts.dataChecksums === true
+    const space: AddressSpace = (logical, length) =>
+      mirrored(logical, length).flatMap((m) => alongside((copiesToo ? m.copies : m.copies.slice(0, 1)).map((c) => stack.resolve(c.dev, c.offset, m.length))))
+    return new FileMapper(space, copiesToo ? csumSource(mount.mountpoint, layout) : undefined)
   }
 
   /**
@@ -96,13 +119,41 @@ export class FileMapper {
       if (e.flags & UNREADABLE_RAW) {
         throw new ExportError(`${file}: extent at ${e.logical} cannot be read raw (FIEMAP flags 0x${e.flags.toString(16)})`)
       }
+      const spans = this.resolve(e.physical, e.length)
+      // Only mirrored data is checked: the copies are what a checksum chooses between.
+      const csums = this.csums && spans.some((sp) => sp.copies) ? this.csums.read(fd, file, e.physical, e.length) : undefined
       let fileOffset = e.logical
-      for (const span of this.resolve(e.physical, e.length)) {
-        if (span.raw) this.push(extents, { fileOffset, device: this.indexOf(span.raw), deviceOffset: span.offset, length: span.length })
+      for (const span of spans) {
+        if (span.raw) {
+          const x: Extent = { fileOffset, device: this.indexOf(span.raw), deviceOffset: span.offset, length: span.length }
+          const part = csums && this.csumPart(csums, fileOffset - e.logical, span.length, file)
+          if (part) {
+            if (span.copies?.length) x.copies = span.copies.map((c) => ({ device: this.indexOf(c.raw), deviceOffset: c.offset }))
+            this.dataChecksums = this.csums!.info
+          }
+          this.push(extents, x, part)
+        }
         fileOffset += span.length
       }
     }
+    for (const x of extents) {
+      const parts = this.parts.get(x)
+      if (parts) x.csums = Buffer.concat(parts).toString('base64')
+    }
     return { kind: 'extents', extents }
+  }
+
+  /** Checksums of an extent's bytes while mapping, in pieces, joined once the file is mapped. */
+  private readonly parts = new WeakMap<Extent, Buffer[]>()
+
+  /** The checksums of `length` bytes at `offset` of a FIEMAP extent whose checksums are `csums`. */
+  private csumPart(csums: Buffer, offset: number, length: number, file: string): Buffer {
+    const { sectorSize } = this.csums!.info
+    if (offset % sectorSize !== 0 || length % sectorSize !== 0) {
+      throw new ExportError(`${file}: a layer below btrfs splits a checksummed extent at ${offset}+${length}, inside a sector of ${sectorSize} bytes`)
+    }
+    const per = CSUM_ALGORITHMS[this.csums!.info.algorithm]
+    return csums.subarray((offset / sectorSize) * per, ((offset + length) / sectorSize) * per)
   }
 
   private indexOf(disk: RawDisk): number {
@@ -115,13 +166,76 @@ export class FileMapper {
     return i
   }
 
-  /** Append, joining an extent that continues the previous one on the same disk (stripes rejoined). */
-  private push(extents: Extent[], e: Extent): void {
+  /**
+   * Append, joining an extent that continues the previous one on the same disk (stripes rejoined),
+   * and whose copies, if any, continue the previous one's too; `csums` are the extent's checksums.
+   */
+  private push(extents: Extent[], e: Extent, csums: Buffer | undefined): void {
     const last = extents[extents.length - 1]
-    if (last && last.device === e.device && last.fileOffset + last.length === e.fileOffset && last.deviceOffset + last.length === e.deviceOffset) {
+    const lastParts = last && this.parts.get(last)
+    if (last && last.device === e.device && last.fileOffset + last.length === e.fileOffset && last.deviceOffset + last.length === e.deviceOffset &&
+      (lastParts === undefined) === (csums === undefined) && copiesContinue(last, e)) {
+      if (csums) lastParts!.push(csums)
       last.length += e.length
     } else {
       extents.push(e)
+      if (csums) this.parts.set(e, [csums])
     }
+  }
+}
+
+function copiesContinue(a: Extent, b: Extent): boolean {
+  const ca = a.copies ?? []
+  const cb = b.copies ?? []
+  return ca.length === cb.length && ca.every((c, k) => c.device === cb[k]!.device && c.deviceOffset + a.length === cb[k]!.deviceOffset)
+}
+
+/**
+ * Spans of every copy of the same bytes, each resolved down the stack on its own, cut where any of
+ * them is cut: each piece is copy 0's span with the other copies' at the same place. A copy that is
+ * a hole there (a lower layer unmapped) is left out of that piece.
+ */
+function alongside(copies: RawSpan[][]): MappedSpan[] {
+  const out: MappedSpan[] = []
+  const at = copies.map(() => ({ i: 0, used: 0 }))
+  const [first] = copies
+  while (at[0]!.i < first!.length) {
+    const n = Math.min(...copies.map((list, k) => list[at[k]!.i]!.length - at[k]!.used))
+    const here = copies.map((list, k) => ({ raw: list[at[k]!.i]!.raw, offset: list[at[k]!.i]!.offset + at[k]!.used }))
+    const others = here.slice(1).filter((c): c is { raw: RawDisk; offset: number } => c.raw !== null)
+    out.push(here[0]!.raw && others.length > 0 ? { ...here[0]!, length: n, copies: others } : { ...here[0]!, length: n })
+    copies.forEach((list, k) => {
+      const a = at[k]!
+      a.used += n
+      if (a.used === list[a.i]!.length) {
+        a.i++
+        a.used = 0
+      }
+    })
+  }
+  return out
+}
+
+/** The checksums of a mounted btrfs filesystem, read per extent from its csum tree. */
+function csumSource(mountpoint: string, layout: BtrfsLayout): CsumSource {
+  const { type, size, sectorSize, nodeSize } = layout.csumInfo
+  const name = BTRFS_CSUM_NAMES[type] ?? `type ${type}`
+  return {
+    info: { algorithm: 'crc32c', sectorSize },
+    read(fd, file, logical, length) {
+      if (name !== 'crc32c' || size !== 4) {
+        throw new ExportError(`${mountpoint}: btrfs checksums data with ${name}; extfs verifies mirrored copies with crc32c only, so it cannot export this filesystem's mirrored data safely`)
+      }
+      let got: { csums: Buffer; covered: number }
+      try {
+        got = linux.btrfsCsums(fd, logical, length, sectorSize, size, nodeSize)
+      } catch (err) {
+        throw new ExportError(`${file}: cannot read the btrfs checksums of logical ${logical}+${length}: ${(err as Error).message}`)
+      }
+      const sectors = length / sectorSize
+      if (got.covered === 0) return undefined // nodatasum (nodatacow) data: nothing to verify with
+      if (got.covered !== sectors) throw new ExportError(`${file}: btrfs has checksums for ${got.covered} of the ${sectors} sectors at logical ${logical}`)
+      return got.csums
+    },
   }
 }

@@ -209,7 +209,7 @@ export class NativeEngine implements ViewEngine {
     } else if (ev.kind === 'read-refused') {
       this.log.warn({ op: 'read', path: this.paths.path(ev.index), ino, offset: ev.offset, reason: ev.reason }, 'read refused: frozen image not current')
     } else {
-      this.log.error({ op: 'read', ino, offset: ev.offset, device: this.deviceIds[ev.device] ?? ev.device, deviceOffset: ev.deviceOffset, err: ev.reason }, 'read failed')
+      this.log.error({ op: 'read', path: this.paths.path(ev.index), ino, offset: ev.offset, device: this.deviceIds[ev.device] ?? ev.device, deviceOffset: ev.deviceOffset, err: ev.reason }, 'read failed')
     }
   }
 

@@ -14,7 +14,7 @@
 // Records live in chunks of 32 MiB (see CHUNK_BYTES), so growing never copies.
 // Per file with one extent and a name of n bytes, while loading: 104 (inode) + 12 + n + 1 (entry and
 // name) + 32 (extent) + 8 + 1 (ino, kind) + 8 (entry's ino), and ~20 bytes of walk arrays after it.
-import type { Inode, Manifest } from '../manifest/types'
+import type { DataChecksums, ExtentCopy, Inode, Manifest } from '../manifest/types'
 import type { InodeSink } from '../manifest/stream'
 import type { HeaderFacts } from '../manifest/validate'
 import { walkTree, type CompactTree } from '../manifest/tree'
@@ -22,7 +22,8 @@ import { bad } from '../manifest/validate'
 import { collectGarbage } from './memory'
 import { Blob, CHUNK_BYTES } from './blob'
 import {
-  attachStaged, FLAG_INLINE, LAYOUT, mergeExtents, PathTable, TABLES_MAGIC, TABLES_VERSION, type PackedTables, type StatFsFigures,
+  attachStaged, csumHeader, FLAG_INLINE, LAYOUT, mergeExtents, packExtentExtras, PathTable, TABLES_MAGIC, TABLES_VERSION, writeCopies,
+  type PackedTables, type StatFsFigures,
 } from './tables'
 import type { FileSizes } from '../delta/validate'
 
@@ -199,12 +200,15 @@ export class TablesBuilder implements InodeSink {
   private blockSize = 0
   private deviceSizes: number[] = []
   private deviceEnds: number[] = []
+  private readonly copies: ExtentCopy[] = []
+  private csums = csumHeader(undefined)
   private walked?: { paths: PathTable }
 
   begin(header: Record<string, unknown>, facts: HeaderFacts): void {
     this.blockSize = header.blockSize as number
     this.deviceSizes = facts.deviceSizes
     this.deviceEnds = facts.deviceSizes.map(() => 0)
+    this.csums = csumHeader(header.dataChecksums as DataChecksums | undefined)
   }
 
   inode(n: Inode, i: number): void {
@@ -258,6 +262,11 @@ export class TablesBuilder implements InodeSink {
         setU64(xdv, xat + E.device_offset, e.deviceOffset)
         setU64(xdv, xat + E.length, e.length)
         xdv.setUint32(xat + E.device, e.device, true)
+        const extra = packExtentExtras(e, this.copies, this.data)
+        xdv.setUint32(xat + E.copy_first, extra.copy_first, true)
+        xdv.setUint32(xat + E.csum_off, extra.csum_off, true)
+        xdv.setUint16(xat + E.copy_count, extra.copy_count, true)
+        xdv.setUint16(xat + E.flags, extra.flags, true)
       }
       if (this.extents.length > U32_MAX) throw new RangeError('view tables: too many extents')
     }
@@ -366,7 +375,8 @@ export class TablesBuilder implements InodeSink {
     const direntsOff = align8(inodesOff + nInodes * L.inode.size)
     const extentsOff = align8(direntsOff + nDirents * L.dirent.size)
     const xattrsOff = align8(extentsOff + nExtents * L.extent.size)
-    const devicesOff = align8(xattrsOff + nXattrs * L.xattr.size)
+    const copiesOff = align8(xattrsOff + nXattrs * L.xattr.size)
+    const devicesOff = align8(copiesOff + this.copies.length * L.copy.size)
     const namesOff = align8(devicesOff + nDevices * L.device.size)
     const dataOff = align8(namesOff + this.names.size)
     const total = align8(dataOff + this.data.size)
@@ -378,6 +388,7 @@ export class TablesBuilder implements InodeSink {
     image.fill(0, direntsOff + nDirents * L.dirent.size, extentsOff)
     image.fill(0, extentsOff + nExtents * L.extent.size, xattrsOff)
     image.fill(0, xattrsOff + nXattrs * L.xattr.size, namesOff) // and the devices section, filled by withDeviceFds
+    writeCopies(image, copiesOff, this.copies)
     image.fill(0, namesOff + this.names.size, dataOff)
     image.fill(0, dataOff + this.data.size, total)
     const counts = { inodes: nInodes, dirents: nDirents, extents: nExtents, xattrs: nXattrs, names: this.names.size, data: this.data.size }
@@ -394,6 +405,7 @@ export class TablesBuilder implements InodeSink {
       names_off: namesOff, names_size: this.names.size, data_off: dataOff, data_size: this.data.size,
       sf_bsize: statfs.bsize, sf_frsize: statfs.frsize, sf_blocks: statfs.blocks, sf_bfree: 0, sf_bavail: 0,
       sf_files: statfs.files, sf_ffree: 0, sf_favail: 0, sf_namemax: statfs.namemax,
+      n_copies: this.copies.length, copies_off: copiesOff, ...this.csums,
     }
     for (const [k, f] of Object.entries(L.header.fields)) {
       const v = header[k]!

@@ -5,7 +5,7 @@
 // struct sizes, field offsets and signedness, and `checkLayout` refuses to run when they differ
 // from LAYOUT.
 //
-//   header | inodes | dirents | extents | xattrs | devices | names blob | data blob   (8-aligned)
+//   header | inodes | dirents | extents | xattrs | copies | devices | names blob | data blob   (8-aligned)
 //
 // - inodes by dense index in breadth-first order from the root (index 0; FUSE nodeid = index + 1,
 //   so the root is FUSE_ROOT_ID). Hard links are one index named by several dirents. st_ino is the
@@ -17,19 +17,24 @@
 //   device are merged (fewer preads, same bytes).
 // - names blob: entry names, each NUL-terminated. data blob: symlink targets (NUL-terminated), inline
 //   contents, xattr name lists (one inode's names back to back, NUL-terminated: listxattr's reply)
-//   and xattr values; identical values and name lists are stored once.
+//   and xattr values; identical values and name lists are stored once; extents' data checksums.
+// - copies: the other copies of extents with checksums (feature data-checksums), each extent's
+//   back to back; such extents are not merged (their checksums and copies would have to be).
 //
 // Cost per inode: 104 bytes (inode) + 12 per name (dirent) + name bytes + 1, + 32 per extent, + 16
 // per xattr (+ its name and value unless shared). A 4 KiB file named "f000123" with one extent:
 // 104 + 12 + 8 + 32 = 156 bytes.
-import type { Extent, Inode, Manifest } from '../manifest/types'
+import { CSUM_ALG } from '../linux'
+import { CSUM_ALGORITHMS, type DataChecksums, type Extent, type ExtentCopy, type Inode, type Manifest } from '../manifest/types'
 import type { StagedTables } from './stream-tables'
 import { Blob } from './blob'
 
 export const TABLES_MAGIC = 0x54565845 // "EXVT" as a little-endian u32
-export const TABLES_VERSION = 1
+export const TABLES_VERSION = 2
 /** xt_inode.flags: a regular file whose content is in the data blob. */
 export const FLAG_INLINE = 1
+/** xt_extent.flags: the extent's sectors have checksums in the data blob (native/view/tables.h). */
+export const EXTENT_CSUM = 1
 
 type FieldType = 'u16' | 'u32' | 'i32' | 'u64' | 'i64'
 const FIELD_BYTES: Record<FieldType, number> = { u16: 2, u32: 4, i32: 4, u64: 8, i64: 8 }
@@ -59,12 +64,14 @@ export const LAYOUT = {
   header: struct(`magic:u32 version:u32 total_size:u64 n_inodes:u32 n_dirents:u32 n_extents:u32 n_xattrs:u32
     n_devices:u32 block_size:u32 inodes_off:u64 dirents_off:u64 extents_off:u64 xattrs_off:u64 devices_off:u64
     names_off:u64 names_size:u64 data_off:u64 data_size:u64 sf_bsize:u64 sf_frsize:u64 sf_blocks:u64
-    sf_bfree:u64 sf_bavail:u64 sf_files:u64 sf_ffree:u64 sf_favail:u64 sf_namemax:u64`),
+    sf_bfree:u64 sf_bavail:u64 sf_files:u64 sf_ffree:u64 sf_favail:u64 sf_namemax:u64 n_copies:u32 csum_alg:u32
+    csum_size:u32 sector_size:u32 copies_off:u64`),
   inode: struct(`ino:u64 size:u64 blocks:u64 rdev:u64 atime_sec:i64 mtime_sec:i64 ctime_sec:i64 atime_nsec:u32
     mtime_nsec:u32 ctime_nsec:u32 uid:u32 gid:u32 nlink:u32 first:u32 count:u32 xattr_first:u32 xattr_count:u32
     parent:u32 mode:u16 flags:u16`),
   dirent: struct('name_off:u32 child:u32 name_len:u16 reserved:u16'),
-  extent: struct('file_offset:u64 device_offset:u64 length:u64 device:u32 reserved:u32'),
+  extent: struct('file_offset:u64 device_offset:u64 length:u64 device:u32 copy_first:u32 csum_off:u32 copy_count:u16 flags:u16'),
+  copy: struct('device_offset:u64 device:u32 reserved:u32'),
   xattr: struct('name_off:u32 value_off:u32 value_len:u32 name_len:u16 reserved:u16'),
   device: struct('fd:i32 reserved:u32 size:u64'),
   // Deltas (delta-tables.ts): not part of the image, but the same contract with the addon.
@@ -154,16 +161,41 @@ export function imageStatFs(manifest: Manifest): StatFsFigures {
 
 const NUL = Buffer.alloc(1)
 
-/** Merge extents that continue each other on file and device (same device). */
+/** Merge extents that continue each other on file and device (same device); never those with checksums. */
 export function mergeExtents(extents: readonly Extent[]): Extent[] {
   const out: Extent[] = []
   for (const e of extents) {
     const last = out[out.length - 1]
-    if (last && last.device === e.device && last.fileOffset + last.length === e.fileOffset && last.deviceOffset + last.length === e.deviceOffset) {
+    if (last && last.csums === undefined && e.csums === undefined && last.device === e.device &&
+      last.fileOffset + last.length === e.fileOffset && last.deviceOffset + last.length === e.deviceOffset) {
       out[out.length - 1] = { ...last, length: last.length + e.length }
     } else out.push(e)
   }
   return out
+}
+
+/** The header fields naming the checksum algorithm (all zero without feature data-checksums). */
+export function csumHeader(c: DataChecksums | undefined): { csum_alg: number; csum_size: number; sector_size: number } {
+  if (c === undefined) return { csum_alg: CSUM_ALG.none, csum_size: 0, sector_size: 0 }
+  return { csum_alg: CSUM_ALG[c.algorithm], csum_size: CSUM_ALGORITHMS[c.algorithm], sector_size: c.sectorSize }
+}
+
+/**
+ * An extent's copies and checksums packed: the copies appended to `copies`, the checksums added to
+ * `data`; returns the extent's fields that point at them.
+ */
+export function packExtentExtras(e: Extent, copies: ExtentCopy[], data: Blob): { copy_first: number; copy_count: number; csum_off: number; flags: number } {
+  if (e.csums === undefined) return { copy_first: 0, copy_count: 0, csum_off: 0, flags: 0 }
+  const first = copies.length
+  for (const c of e.copies ?? []) copies.push(c)
+  if (copies.length > U32_MAX) throw new RangeError('view tables: too many extent copies')
+  return { copy_first: first, copy_count: e.copies?.length ?? 0, csum_off: data.add(Buffer.from(e.csums, 'base64')), flags: EXTENT_CSUM }
+}
+
+/** The copies section: `copies` at `at`. */
+export function writeCopies(image: Buffer, at: number, copies: readonly ExtentCopy[]): void {
+  const w = new Writer(image)
+  copies.forEach((c, k) => w.struct('copy', at + k * LAYOUT.copy.size, { device_offset: c.deviceOffset, device: c.device }))
 }
 
 export interface PackedTables {
@@ -227,6 +259,8 @@ export function packTables(manifest: Manifest, deviceFds: readonly number[]): Pa
   const xFirst = new Array<number>(order.length).fill(0)
   const xCount = new Array<number>(order.length).fill(0)
   const extents: Extent[] = []
+  const extras: ReturnType<typeof packExtentExtras>[] = []
+  const copies: ExtentCopy[] = []
   const xattrs: { nameOff: number; nameLen: number; valueOff: number; valueLen: number }[] = []
   for (let i = 0; i < order.length; i++) {
     const n = order[i]!
@@ -246,7 +280,10 @@ export function packTables(manifest: Manifest, deviceFds: readonly number[]): Pa
       const merged = mergeExtents(n.extents ?? [])
       first[i] = extents.length
       count[i] = merged.length
-      for (const e of merged) extents.push(e)
+      for (const e of merged) {
+        extents.push(e)
+        extras.push(packExtentExtras(e, copies, data))
+      }
     }
     const attrNames = Object.keys(n.xattrs ?? {})
     if (attrNames.length > 0) {
@@ -271,7 +308,8 @@ export function packTables(manifest: Manifest, deviceFds: readonly number[]): Pa
   const direntsOff = align8(inodesOff + order.length * L.inode.size)
   const extentsOff = align8(direntsOff + dChild.length * L.dirent.size)
   const xattrsOff = align8(extentsOff + extents.length * L.extent.size)
-  const devicesOff = align8(xattrsOff + xattrs.length * L.xattr.size)
+  const copiesOff = align8(xattrsOff + xattrs.length * L.xattr.size)
+  const devicesOff = align8(copiesOff + copies.length * L.copy.size)
   const namesOff = align8(devicesOff + deviceFds.length * L.device.size)
   const dataOff = align8(namesOff + names.size)
   const total = align8(dataOff + data.size)
@@ -286,6 +324,7 @@ export function packTables(manifest: Manifest, deviceFds: readonly number[]): Pa
     names_off: namesOff, names_size: names.size, data_off: dataOff, data_size: data.size,
     sf_bsize: sf.bsize, sf_frsize: sf.frsize, sf_blocks: sf.blocks, sf_bfree: sf.bfree, sf_bavail: sf.bavail,
     sf_files: sf.files, sf_ffree: sf.ffree, sf_favail: sf.favail, sf_namemax: sf.namemax,
+    n_copies: copies.length, copies_off: copiesOff, ...csumHeader(manifest.dataChecksums),
   })
   for (let i = 0; i < order.length; i++) {
     const n = order[i]!
@@ -301,8 +340,9 @@ export function packTables(manifest: Manifest, deviceFds: readonly number[]): Pa
     w.struct('dirent', direntsOff + d * L.dirent.size, { name_off: dNameOff[d]!, child: dChild[d]!, name_len: dNameLen[d]! })
   }
   extents.forEach((e, k) => w.struct('extent', extentsOff + k * L.extent.size, {
-    file_offset: e.fileOffset, device_offset: e.deviceOffset, length: e.length, device: e.device,
+    file_offset: e.fileOffset, device_offset: e.deviceOffset, length: e.length, device: e.device, ...extras[k]!,
   }))
+  writeCopies(image, copiesOff, copies)
   xattrs.forEach((x, k) => w.struct('xattr', xattrsOff + k * L.xattr.size, {
     name_off: x.nameOff, value_off: x.valueOff, value_len: x.valueLen, name_len: x.nameLen,
   }))

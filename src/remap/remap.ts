@@ -92,6 +92,10 @@ function remapLocked(manifestFile: string, opts: RemapOptions): RemapResult {
   const map = cache.currentMap(manifestFile, recordFile, record, opts.key)
   const mapping = record.mapping ?? defaultMapping(opts.warn, recordFile)
 
+  // Deltas carry no copies or checksums: a delta would replace verified extents with unverified ones.
+  if (manifest.features.includes('data-checksums')) {
+    throw new ExportError(`${manifestFile} has data checksums (btrfs mirrored data), which deltas cannot carry yet: nothing remapped; export a new image instead`)
+  }
   const mount = imageMount(manifest)
   // One mapper for the whole remap: btrfs chunks and loop backing files are read once, as export does.
   const mapper = FileMapper.forMount(mount, { throughLoop: mapping.throughLoop })

@@ -89,6 +89,50 @@ export async function withBtrfs(opts: BtrfsOptions, fn: (ctx: BtrfsFs) => Promis
   await withTestResource(await createBtrfs(opts), destroyBtrfs, 'btrfs', fn)
 }
 
+function stateOf(ctx: BtrfsFs): State {
+  const st = [...btrfsRegistry].find((s) => s.tmpdir === ctx.tmpdir)
+  if (!st) throw new Error(`btrfs ${ctx.tmpdir} is already destroyed`)
+  return st
+}
+
+/** Unmount the filesystem (it stays registered: destroy still cleans up). */
+export async function unmountBtrfs(ctx: BtrfsFs): Promise<void> {
+  const st = stateOf(ctx)
+  await runOk('umount', [ctx.mountpoint])
+  st.mounted = false
+}
+
+/**
+ * Mount the members that are attached; `degraded` mounts without the detached ones (their devids then
+ * count as missing). Every attached member is scanned and named with device=.
+ */
+export async function mountBtrfs(ctx: BtrfsFs, opts: { degraded?: boolean } = {}): Promise<void> {
+  const st = stateOf(ctx)
+  const present = st.attached.map((a) => a.loopDevice)
+  await runOk('btrfs', ['device', 'scan', ...present])
+  const options = [...(opts.degraded ? ['degraded'] : []), ...present.map((d) => `device=${d}`)].join(',')
+  await runOk('mount', ['-t', 'btrfs', '-o', options, present[0]!, ctx.mountpoint])
+  st.mounted = true
+}
+
+/** Take member `i` away (unmounted filesystem only): forgotten by btrfs, its loop device detached. */
+export async function detachMember(ctx: BtrfsFs, i: number): Promise<void> {
+  const st = stateOf(ctx)
+  const a = st.attached.find((x) => x.image === ctx.images[i])
+  if (!a) throw new Error(`member ${i} is not attached`)
+  await runOk('btrfs', ['device', 'scan', '--forget', a.loopDevice])
+  await runOk('losetup', ['-d', a.loopDevice])
+  st.attached = st.attached.filter((x) => x !== a)
+}
+
+/** Attach member `i`'s image again (on whatever loop device is free); ctx.loopDevices[i] follows. */
+export async function attachMember(ctx: BtrfsFs, i: number): Promise<void> {
+  const st = stateOf(ctx)
+  const loopDevice = (await runOk('losetup', ['-f', '--show', ctx.images[i]!])).stdout.trim()
+  st.attached.push({ image: ctx.images[i]!, loopDevice })
+  ctx.loopDevices[i] = loopDevice
+}
+
 /**
  * `members` devices in the filesystem plus a spare for `btrfs replace`: created as one more member and
  * removed again (btrfs relocates what it held), so it is free and of the members' size.

@@ -29,7 +29,8 @@ function flatDir(names: string[]): Manifest {
 t.test('layout', async (t) => {
   t.equal(LAYOUT.inode.size, 104, 'inode record: 104 bytes')
   t.equal(LAYOUT.dirent.size, 12, 'dirent: 12 bytes')
-  t.equal(LAYOUT.extent.size, 32, 'extent: 32 bytes')
+  t.equal(LAYOUT.extent.size, 40, 'extent: 40 bytes')
+  t.equal(LAYOUT.copy.size, 16, 'copy: 16 bytes')
   t.equal(LAYOUT.xattr.size, 16, 'xattr record: 16 bytes')
   t.equal(LAYOUT.device.size, 16, 'device: 16 bytes')
   t.equal(LAYOUT.inode.fields.mode.offset, 100)

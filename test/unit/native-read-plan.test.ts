@@ -183,11 +183,14 @@ t.test('the worked example of planRead, through C', async (t) => {
 /** Every kind of inode, two devices, xattrs: the image the hostile cases below tamper with. */
 function baseManifest(): Manifest {
   const m = makeManifest()
-  m.features = ['inline-data']
+  m.features = ['inline-data', 'data-checksums']
+  m.dataChecksums = { algorithm: 'crc32c', sectorSize: 4096 }
   m.devices.push(makeDevice('d1', 64 * MiB))
   const dir = m.inodes[0]!
   dir.entries!.push({ name: 'small', ino: 5 })
-  m.inodes[1]!.extents = [extent(0, 0, 0, 4096), extent(4096, 1, 8192, 1), extent(8192, 1, 65536, 4096)]
+  // The first extent mirrored (a btrfs RAID1 extent): its other copy on d1, one checksum.
+  const mirrored = { ...extent(0, 0, 0, 4096), copies: [{ device: 1, deviceOffset: MiB }], csums: Buffer.alloc(4, 7).toString('base64') }
+  m.inodes[1]!.extents = [mirrored, extent(4096, 1, 8192, 1), extent(8192, 1, 65536, 4096)]
   m.inodes[1]!.xattrs = { 'user.one': Buffer.from('1').toString('base64'), 'user.two': Buffer.from('22').toString('base64') }
   m.inodes.push(makeInode(5, 'file', { size: 12, inline: Buffer.from('small inline').toString('base64') }))
   return validateManifest(m)
@@ -199,6 +202,7 @@ const H = reader.header
 const idx = { root: 0, a: base.paths.index(2), ln: base.paths.index(4), small: base.paths.index(5) }
 const sectionOf: Partial<Record<StructName, number>> = {
   header: 0, inode: H.inodes_off, dirent: H.dirents_off, extent: H.extents_off, xattr: H.xattrs_off, device: H.devices_off,
+  copy: H.copies_off,
 }
 
 /** Byte offset of `field` of record `k` of struct `name` in the base image. */
@@ -235,7 +239,18 @@ t.test('hostile tables are refused by xt_check, and planRead refuses to plan thr
     ['truncated', base.image.subarray(0, base.image.length - 8), /size mismatch/],
     ['longer than it says', Buffer.concat([base.image, Buffer.alloc(8)]), /size mismatch/],
     ['bad magic', tampered(['header', 0, 'magic', 0x12345678]), /bad magic/],
-    ['another version', tampered(['header', 0, 'version', 2]), /version mismatch/],
+    ['another version', tampered(['header', 0, 'version', 1]), /version mismatch/],
+    ['an unknown checksum algorithm', tampered(['header', 0, 'csum_alg', 9]), /unknown checksum algorithm/],
+    ['a checksum size that is not crc32c\'s', tampered(['header', 0, 'csum_size', 8]), /unknown checksum algorithm/],
+    ['checksums with no algorithm', tampered(['header', 0, 'csum_alg', 0]), /checksums but the tables name no algorithm/],
+    ['more copies than the image holds', tampered(['header', 0, 'n_copies', 0x1000_0000]), /section copies out of bounds/],
+    ['unknown extent flags', tampered(['extent', a.first, 'flags', 3]), /unknown extent flags/],
+    ['copies out of range', tampered(['extent', a.first, 'copy_count', 2]), /extent copies out of range/],
+    ['copies without checksums', tampered(['extent', a.first, 'flags', 0]), /copies but no checksums/],
+    ['a copy device out of range', tampered(['copy', 0, 'device', H.n_devices]), /copy device out of range/],
+    ['a copy past 2^64', tampered(['copy', 0, 'device_offset', 2n ** 64n - 1n]), /copy overflows 64 bits/],
+    ['checksums past the data blob', tampered(['extent', a.first, 'csum_off', H.data_size - 2]), /extent checksums out of range/],
+    ['checksums of part of a sector', tampered(['extent', a.first + 1, 'flags', 1]), /not whole sectors/],
     ['no inodes', tampered(['header', 0, 'n_inodes', 0]), /no inodes/],
     ['more inodes than the image holds', tampered(['header', 0, 'n_inodes', 0xffff_ffff]), /section inodes out of bounds/],
     ['more dirents than the image holds', tampered(['header', 0, 'n_dirents', H.n_dirents + 1000]), /section dirents out of bounds/],

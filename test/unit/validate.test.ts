@@ -287,3 +287,52 @@ t.test('a large manifest validates quickly', async (t) => {
   t.comment(`validate of ${m.inodes.length} inodes: ${ms.toFixed(0)} ms`)
   t.ok(ms < 3000, 'well within the budget of a few seconds per million inodes')
 })
+
+// Feature data-checksums: btrfs mirrored extents with their other copies and one crc32c per sector.
+t.test('data checksums', async (t) => {
+  const csums = (sectors: number) => Buffer.alloc(sectors * 4, 9).toString('base64')
+  /** The base manifest with the feature, its first extent mirrored at 512 KiB and checksummed. */
+  const withCsums = (m: Loose) => {
+    m.features = ['data-checksums']
+    m.dataChecksums = { algorithm: 'crc32c', sectorSize: 4096 }
+    Object.assign(inodeOf(m, 2).extents[0], { copies: [{ device: 0, deviceOffset: 512 * 1024 }], csums: csums(1) })
+  }
+  const ok: Array<[string, (m: Loose) => void]> = [
+    ['a mirrored extent with copies and csums', withCsums],
+    ['csums without copies (a missing mirror)', (m) => { withCsums(m); delete inodeOf(m, 2).extents[0].copies }],
+    ['three other copies (RAID1C4)', (m) => { withCsums(m); inodeOf(m, 2).extents[0].copies = [0, 1, 2].map((k) => ({ device: 0, deviceOffset: k * 4096 })) }],
+    ['the feature with no extent using it', (m) => { m.features = ['data-checksums']; m.dataChecksums = { algorithm: 'crc32c', sectorSize: 65536 } }],
+  ]
+  for (const [name, mutate] of ok) {
+    t.test(name, async (t) => {
+      const m: Loose = makeManifest()
+      mutate(m)
+      t.doesNotThrow(() => validateManifest(m))
+    })
+  }
+  const refusedCases: Array<[string, (m: Loose) => void, RegExp]> = [
+    ['csums without the feature', (m) => { withCsums(m); m.features = []; delete m.dataChecksums }, /^inode 2: extents\[0\] has copies or csums but the manifest does not declare feature "data-checksums"/],
+    ['the feature without dataChecksums', (m) => { withCsums(m); delete m.dataChecksums }, /^manifest: declares feature "data-checksums" but has no dataChecksums/],
+    ['dataChecksums without the feature', (m) => { withCsums(m); m.features = [] }, /^manifest: has dataChecksums but does not declare feature "data-checksums"/],
+    ['an unknown algorithm', (m) => { withCsums(m); m.dataChecksums.algorithm = 'xxhash64' }, /^dataChecksums: algorithm must be one of crc32c; got "xxhash64"/],
+    ['a sector size not a power of two', (m) => { withCsums(m); m.dataChecksums.sectorSize = 3000 }, /^dataChecksums: sectorSize must be a power of two/],
+    ['an unknown field in dataChecksums', (m) => { withCsums(m); m.dataChecksums.extra = 1 }, /^dataChecksums: unknown field "extra"/],
+    ['too few csums', (m) => { withCsums(m); inodeOf(m, 2).extents[0].length = 8192; inodeOf(m, 2).extents[1].fileOffset = 8192 }, /^inode 2: extents\[0\]\.csums must be strict base64 of 8 bytes \(one checksum per sector\), got 4 bytes/],
+    ['csums not base64', (m) => { withCsums(m); inodeOf(m, 2).extents[0].csums = 'ab$=' }, /csums must be strict base64 of 4 bytes/],
+    ['an extent of part of a sector', (m) => { withCsums(m); inodeOf(m, 2).extents[0].length = 4000 }, /its length 4000 is not whole sectors of 4096 bytes/],
+    ['copies without csums', (m) => { withCsums(m); delete inodeOf(m, 2).extents[0].csums }, /^inode 2: extents\[0\] has copies but no csums to choose between them/],
+    ['no copies in the list', (m) => { withCsums(m); inodeOf(m, 2).extents[0].copies = [] }, /copies must be an array of 1 to 3 copies/],
+    ['four other copies', (m) => { withCsums(m); inodeOf(m, 2).extents[0].copies = [0, 1, 2, 3].map((k) => ({ device: 0, deviceOffset: k * 4096 })) }, /copies must be an array of 1 to 3 copies/],
+    ['a copy on a device that does not exist', (m) => { withCsums(m); inodeOf(m, 2).extents[0].copies[0].device = 1 }, /copies\[0\]\.device 1 does not exist \(the manifest lists 1 devices\)/],
+    ['a copy past the device end', (m) => { withCsums(m); inodeOf(m, 2).extents[0].copies[0].deviceOffset = 1024 * 1024 - 100 }, /copies\[0\] past device end/],
+    ['a copy at a negative offset', (m) => { withCsums(m); inodeOf(m, 2).extents[0].copies[0].deviceOffset = -4096 }, /copies\[0\]\.deviceOffset must be a non-negative integer/],
+    ['an unknown field in a copy', (m) => { withCsums(m); inodeOf(m, 2).extents[0].copies[0].length = 4096 }, /copies\[0\]: unknown field "length"/],
+  ]
+  for (const [name, mutate, error] of refusedCases) {
+    t.test(name, async (t) => {
+      const m: Loose = makeManifest()
+      mutate(m)
+      refused(t, () => validateManifest(m), error)
+    })
+  }
+})
