@@ -85,6 +85,49 @@ static bool chunk_object(napi_env env, uint64_t logical, const uint8_t *item, ui
   return true;
 }
 
+// Receives one item of a tree search; false stops the search (with a JS error thrown).
+typedef bool (*item_fn)(napi_env env, const struct btrfs_ioctl_search_header *h, const uint8_t *item, void *ctx);
+
+// Every item with the key's objectid and type (both pinned by the caller, so that the key offset is
+// the only cursor) in [min_offset, max_offset] of args->key's tree, in key order, to `each`. The one
+// loop over BTRFS_IOC_TREE_SEARCH_V2 results: chunk items and checksum items are both read through it.
+static bool search_items(napi_env env, int fd, struct btrfs_ioctl_search_args_v2 *args, uint64_t objectid, uint32_t type,
+                         item_fn each, void *ctx) {
+  struct btrfs_ioctl_search_key *k = &args->key;
+  for (;;) {
+    k->nr_items = UINT32_MAX; // as many as fit; the kernel writes back how many it returned
+    args->buf_size = SEARCH_BUF;
+    if (ioctl(fd, BTRFS_IOC_TREE_SEARCH_V2, args) < 0) return throw_errno(env, "BTRFS_IOC_TREE_SEARCH_V2", errno), false;
+    if (k->nr_items == 0) return true;
+    size_t pos = 0;
+    uint64_t last = 0;
+    for (uint32_t i = 0; i < k->nr_items; i++) {
+      struct btrfs_ioctl_search_header h;
+      if (pos + sizeof h > SEARCH_BUF) break;
+      memcpy(&h, (const uint8_t *)args->buf + pos, sizeof h); // host order, possibly unaligned
+      pos += sizeof h;
+      if (pos + h.len > SEARCH_BUF) return throw_errno(env, "BTRFS_IOC_TREE_SEARCH_V2: item past buffer", EIO), false;
+      if (h.objectid == objectid && h.type == type && !each(env, &h, (const uint8_t *)args->buf + pos, ctx)) return false;
+      pos += h.len;
+      last = h.offset;
+    }
+    // Resume after the last key seen; at max_offset (UINT64_MAX would wrap) we are done.
+    if (last >= k->max_offset) return true;
+    k->min_offset = last + 1;
+  }
+}
+
+struct chunk_list {
+  napi_value array;
+  uint32_t count;
+};
+
+static bool add_chunk(napi_env env, const struct btrfs_ioctl_search_header *h, const uint8_t *item, void *ctx) {
+  struct chunk_list *l = ctx;
+  napi_value obj;
+  return chunk_object(env, h->offset, item, h->len, &obj) && napi_set_element(env, l->array, l->count++, obj) == napi_ok;
+}
+
 // btrfsChunks(fd): every CHUNK_ITEM of the chunk tree, in logical order.
 napi_value btrfs_chunks(napi_env env, napi_callback_info info) {
   ARGS(1);
@@ -94,11 +137,10 @@ napi_value btrfs_chunks(napi_env env, napi_callback_info info) {
   struct btrfs_ioctl_search_args_v2 *args = calloc(1, sizeof *args + SEARCH_BUF);
   if (args == NULL) return throw_errno(env, "malloc", ENOMEM);
 
-  napi_value result = NULL, array;
-  uint32_t count = 0;
+  napi_value result = NULL;
+  struct chunk_list list = {NULL, 0};
   struct btrfs_ioctl_search_key *k = &args->key;
-  // Keys sort by (objectid, type, offset); every chunk item is (256, 228, logical address), so
-  // pinning objectid and type makes min_offset the only cursor.
+  // Keys sort by (objectid, type, offset); every chunk item is (256, 228, logical address).
   k->tree_id = BTRFS_CHUNK_TREE_OBJECTID;
   k->min_objectid = k->max_objectid = BTRFS_FIRST_CHUNK_TREE_OBJECTID;
   k->min_type = k->max_type = BTRFS_CHUNK_ITEM_KEY;
@@ -106,40 +148,10 @@ napi_value btrfs_chunks(napi_env env, napi_callback_info info) {
   k->max_offset = UINT64_MAX;
   k->min_transid = 0;
   k->max_transid = UINT64_MAX;
-  if (napi_create_array(env, &array) != napi_ok) goto out;
-  for (;;) {
-    k->nr_items = UINT32_MAX; // as many as fit; the kernel writes back how many it returned
-    args->buf_size = SEARCH_BUF;
-    if (ioctl(fd, BTRFS_IOC_TREE_SEARCH_V2, args) < 0) {
-      throw_errno(env, "BTRFS_IOC_TREE_SEARCH_V2", errno);
-      goto out;
-    }
-    if (k->nr_items == 0) break;
-    size_t pos = 0;
-    uint64_t last = 0;
-    for (uint32_t i = 0; i < k->nr_items; i++) {
-      struct btrfs_ioctl_search_header h;
-      if (pos + sizeof h > SEARCH_BUF) break;
-      memcpy(&h, (const uint8_t *)args->buf + pos, sizeof h); // host order, possibly unaligned
-      pos += sizeof h;
-      if (pos + h.len > SEARCH_BUF) {
-        throw_errno(env, "BTRFS_IOC_TREE_SEARCH_V2: item past buffer", EIO);
-        goto out;
-      }
-      if (h.objectid == BTRFS_FIRST_CHUNK_TREE_OBJECTID && h.type == BTRFS_CHUNK_ITEM_KEY) {
-        napi_value obj;
-        if (!chunk_object(env, h.offset, (const uint8_t *)args->buf + pos, h.len, &obj) ||
-            napi_set_element(env, array, count++, obj) != napi_ok)
-          goto out;
-      }
-      pos += h.len;
-      last = h.offset;
-    }
-    // Resume after the last key seen; UINT64_MAX would wrap, and means we are done anyway.
-    if (last == UINT64_MAX) break;
-    k->min_offset = last + 1;
-  }
-  result = array;
+  if (napi_create_array(env, &list.array) != napi_ok ||
+      !search_items(env, fd, args, BTRFS_FIRST_CHUNK_TREE_OBJECTID, BTRFS_CHUNK_ITEM_KEY, add_chunk, &list))
+    goto out;
+  result = list.array;
 out:
   free(args);
   return result != NULL ? result : napi_fail(env);
@@ -216,6 +228,21 @@ static uint64_t csum_overlap(uint64_t item_start, uint32_t item_len, const uint8
   return count;
 }
 
+// The checksums wanted, and how many sectors of them the items seen so far covered.
+struct csum_range {
+  uint64_t logical, n;
+  uint32_t sector, csum_size;
+  uint8_t *out;
+  uint64_t covered;
+};
+
+static bool add_csums(napi_env env, const struct btrfs_ioctl_search_header *h, const uint8_t *item, void *ctx) {
+  (void)env;
+  struct csum_range *r = ctx;
+  if (h->offset % r->sector == 0) r->covered += csum_overlap(h->offset, h->len, item, r->logical, r->n, r->sector, r->csum_size, r->out);
+  return true;
+}
+
 // btrfsCsums(fd, logical, length, sectorSize, csumSize, nodeSize) → { csums: Buffer, covered }:
 // the data checksums of logical bytes [logical, logical + length) (both multiples of sectorSize),
 // one csumSize-byte checksum per sector in order, and how many sectors the csum tree covers (the
@@ -243,7 +270,7 @@ napi_value btrfs_csums(napi_env env, napi_callback_info info) {
   struct btrfs_ioctl_search_args_v2 *args = calloc(1, sizeof *args + SEARCH_BUF);
   if (args == NULL) return throw_errno(env, "malloc", ENOMEM);
   napi_value result = NULL;
-  uint64_t covered = 0, reach = node_size / csum_size * sector; // the most one item can cover
+  uint64_t reach = node_size / csum_size * sector; // the most one item can cover
   struct btrfs_ioctl_search_key *k = &args->key;
   k->tree_id = BTRFS_CSUM_TREE_OBJECTID;
   k->min_objectid = k->max_objectid = BTRFS_EXTENT_CSUM_OBJECTID;
@@ -252,36 +279,11 @@ napi_value btrfs_csums(napi_env env, napi_callback_info info) {
   k->max_offset = logical + length - 1;
   k->min_transid = 0;
   k->max_transid = UINT64_MAX;
-  for (;;) {
-    k->nr_items = UINT32_MAX;
-    args->buf_size = SEARCH_BUF;
-    if (ioctl(fd, BTRFS_IOC_TREE_SEARCH_V2, args) < 0) {
-      throw_errno(env, "BTRFS_IOC_TREE_SEARCH_V2 (csum tree)", errno);
-      goto out;
-    }
-    if (k->nr_items == 0) break;
-    size_t pos = 0;
-    uint64_t last = 0;
-    for (uint32_t i = 0; i < k->nr_items; i++) {
-      struct btrfs_ioctl_search_header h;
-      if (pos + sizeof h > SEARCH_BUF) break;
-      memcpy(&h, (const uint8_t *)args->buf + pos, sizeof h);
-      pos += sizeof h;
-      if (pos + h.len > SEARCH_BUF) {
-        throw_errno(env, "BTRFS_IOC_TREE_SEARCH_V2: item past buffer", EIO);
-        goto out;
-      }
-      if (h.objectid == BTRFS_EXTENT_CSUM_OBJECTID && h.type == BTRFS_EXTENT_CSUM_KEY && h.offset % sector == 0)
-        covered += csum_overlap(h.offset, h.len, (const uint8_t *)args->buf + pos, logical, n, (uint32_t)sector, (uint32_t)csum_size, out);
-      pos += h.len;
-      last = h.offset;
-    }
-    if (last >= k->max_offset) break;
-    k->min_offset = last + 1;
-  }
+  struct csum_range range = {logical, n, (uint32_t)sector, (uint32_t)csum_size, out, 0};
+  if (!search_items(env, fd, args, BTRFS_EXTENT_CSUM_OBJECTID, BTRFS_EXTENT_CSUM_KEY, add_csums, &range)) goto out;
   napi_value obj, cov;
   if (napi_create_object(env, &obj) != napi_ok || napi_set_named_property(env, obj, "csums", buffer) != napi_ok ||
-      !make_u64(env, covered, "covered sectors", &cov) || napi_set_named_property(env, obj, "covered", cov) != napi_ok)
+      !make_u64(env, range.covered, "covered sectors", &cov) || napi_set_named_property(env, obj, "covered", cov) != napi_ok)
     goto out;
   result = obj;
 out:
