@@ -14,7 +14,7 @@ const u32 = (b: Buffer, name: 'delta_header' | 'delta_file', field: string, at =
 const u64 = (b: Buffer, field: string) => Number(b.readBigUInt64LE((LAYOUT.delta_header.fields as Record<string, { offset: number }>)[field]!.offset))
 
 t.test('layout agrees with the addon', async (t) => {
-  t.equal(LAYOUT.delta_header.size, 56, 'header: 56 bytes')
+  t.equal(LAYOUT.delta_header.size, 80, 'header: 80 bytes')
   t.equal(LAYOUT.delta_file.size, 16, 'file record: 16 bytes')
   const native = viewAddon().layout()
   t.doesNotThrow(() => checkLayout(native), 'structs agree')
@@ -50,7 +50,7 @@ t.test('packing: header, sorted files, merged extents, devices', async (t) => {
   t.equal(buf.readInt32LE(u64(buf, 'devices_off')), -1, 'device fd left to applyDelta')
 
   const empty = packDelta([], [])
-  t.equal(empty.length, 56, 'an empty delta is a header')
+  t.equal(empty.length, 80, 'an empty delta is a header')
   t.same(unpackDelta(empty), { files: [], deviceSizes: [] })
 })
 
