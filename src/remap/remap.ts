@@ -367,9 +367,10 @@ function describeNewDevices(rawDisks: RawDisk[], disks: number[], devices: Devic
 
 /**
  * What the delta says about the devices the map had before it. A device whose blocks it moves (a file
- * of the delta had or has extents there) is proved again: fingerprints over every extent on it after
- * the delta, since the old samples may lie in blocks the image gave up and that now hold other data.
- * A device no extent uses any more is retired: a mover mounting later need not find it (btrfs replace
+ * of the delta had or has extents or copies there) is proved again: fingerprints over every extent and
+ * copy on it after the delta, since the old samples may lie in blocks the image gave up and that now
+ * hold other data; with data checksums only over sectors that verify, as export samples.
+ * A device no extent or copy uses any more is retired: a mover mounting later need not find it (btrfs replace
  * leaves the old member outside the filesystem, perhaps wiped). Devices the delta does not touch keep
  * their proof: their blocks did not move.
  */
