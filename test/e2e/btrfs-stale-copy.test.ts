@@ -283,6 +283,8 @@ t.test('btrfs RAID1 served: extfs backup http://… exits 0 (serve\'s final rema
       await fs.promises.mkdir(out)
       const r = await run(EXTFS, ['backup', `${served.url}/served`, '--key', keyFile, '--', 'cp', '-a', '.', out], { timeoutMs: 180_000 })
       t.equal(r.code, 0, `extfs backup of a served RAID1 image exits 0: ${r.stderr.trim()}`)
+      const remaps = served.stderr().split('\n').filter((l) => l.includes('"msg":"remap"')).map((l) => JSON.parse(l).state)
+      t.same(remaps, ['unchanged'], 'the final remap finds the image where export mapped it, copies and csums alike')
       for (const name of ['x', 'y']) sameBytes(t, await fs.promises.readFile(path.join(out, name)).catch(() => Buffer.alloc(0)), await fs.promises.readFile(path.join(source, name)), `backup of ${name}`)
       await served.stop()
     } finally {
