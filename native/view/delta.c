@@ -8,7 +8,8 @@
 // starts after applyDelta returned loads the new one. Readers take no lock and never wait: two loads
 // to find the map, one for the device set. Maps and device sets a delta replaced are kept until
 // unmount (a reader may still hold one, and there is no cheap way to know when none does): the memory
-// is bounded by the sum of all deltas applied, 40 + 32 bytes per extent per file per delta.
+// is bounded by the sum of all deltas applied, 64 + 32 bytes per extent per file per delta, and the
+// packed delta itself when it carries copies or checksums (the maps point into it).
 //
 // Superseded reads. served[index] says a read of the inode was served (1 byte per inode). Installing a
 // map for an inode already served taints the new map: bytes may have come from the old location. A
@@ -43,7 +44,7 @@ int xt_delta_init(struct engine *e) {
 }
 
 void xt_delta_destroy(struct engine *e) {
-  for (struct xt_map *m = e->all_maps, *next; m != NULL; m = next) next = m->older, free(m);
+  for (struct xt_map *m = e->all_maps, *next; m != NULL; m = next) next = m->older, free(m->owned), free(m);
   for (struct xt_devset *d = atomic_load(&e->devs), *next; d != NULL; d = next) next = d->older, free(d);
   free((void *)atomic_load(&e->maps));
   free((void *)e->served);
@@ -91,11 +92,14 @@ static int check_delta(const struct xt_tables *t, const void *buf, uint64_t len,
   SECTION(h->files_off, h->n_files, struct xt_delta_file, "files");
   SECTION(h->extents_off, h->n_extents, struct xt_extent, "extents");
   SECTION(h->devices_off, h->n_devices, struct xt_device, "devices");
+  SECTION(h->copies_off, h->n_copies, struct xt_copy, "copies");
+  SECTION(h->data_off, h->data_size, char, "data");
   if (h->n_devices != n_fds) return snprintf(msg, msg_len, "%u new devices but %u device fds", h->n_devices, n_fds), -1;
   if ((uint64_t)n_old + h->n_devices > UINT32_MAX) return snprintf(msg, msg_len, "too many devices"), -1;
   uint64_t n_dev = (uint64_t)n_old + h->n_devices;
   const struct xt_delta_file *files = (const void *)(base + h->files_off);
   const struct xt_extent *ext = (const void *)(base + h->extents_off);
+  const struct xt_copy *copies = (const void *)(base + h->copies_off);
   uint64_t next = 0;
   for (uint32_t k = 0; k < h->n_files; k++) {
     const struct xt_delta_file *f = &files[k];
@@ -113,10 +117,9 @@ static int check_delta(const struct xt_tables *t, const void *buf, uint64_t len,
       if (x->file_offset + x->length < x->file_offset || x->device_offset + x->length < x->device_offset)
         return snprintf(msg, msg_len, "file %u: extent %u overflows 64 bits", k, i), -1;
       if (x->device >= n_dev) return snprintf(msg, msg_len, "file %u: extent %u: device %u out of range (%llu devices)", k, i, x->device, (unsigned long long)n_dev), -1;
-      // Deltas carry no copies or checksums (remap refuses images with data checksums): a flag or
-      // copy here would point into the tables' sections for another extent.
-      if (x->flags != 0 || x->copy_count != 0 || x->copy_first != 0 || x->csum_off != 0)
-        return snprintf(msg, msg_len, "file %u: extent %u has copies or checksums, which deltas cannot carry", k, i), -1;
+      // Copies and checksums point into this delta's sections, measured as the tables' header says.
+      const char *bad = xt_check_extent_extras(t->h, x, n_dev, copies, h->n_copies, h->data_size);
+      if (bad != NULL) return snprintf(msg, msg_len, "file %u: extent %u: %s", k, i, bad), -1;
       if (i > 0 && x->file_offset < x[-1].file_offset + x[-1].length)
         return snprintf(msg, msg_len, "file %u: extent %u starts at %llu, before the previous one ends (extents must be sorted, non-overlapping)", k, i, (unsigned long long)x->file_offset), -1;
     }
@@ -212,6 +215,8 @@ napi_value xt_js_apply_delta(napi_env env, napi_callback_info info) {
       break;
     }
     m->count = files[k].count;
+    m->copies = (const void *)((char *)copy + h->copies_off);
+    m->csums = (char *)copy + h->data_off;
     memcpy(m->ext, ext + files[k].first, (size_t)m->count * sizeof(struct xt_extent));
     built[k] = m;
   }
@@ -250,8 +255,11 @@ napi_value xt_js_apply_delta(napi_env env, napi_callback_info info) {
   // reads from now on reach the new map. An in-flight read holds its pages locked; the kernel waits
   // for it and drops those too. ENOENT: the kernel holds no such inode, nothing is cached.
   for (uint32_t k = 0; k < h->n_files; k++) fuse_lowlevel_notify_inval_inode(e->se, (fuse_ino_t)files[k].index + 1, 0, 0);
+  // The maps' copies and checksums are in the delta: it stays, owned by one of them (freed at
+  // teardown, with every map). Without any, the maps need nothing of it.
+  if (h->n_files > 0 && (h->n_copies > 0 || h->data_size > 0)) built[0]->owned = copy;
+  else free(copy);
   free(built);
-  free(copy);
   napi_value undefined;
   napi_get_undefined(env, &undefined);
   return undefined;

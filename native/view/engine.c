@@ -54,20 +54,20 @@ static const char *check_extents(const struct xt_extent *x, uint32_t count) {
 
 // An extent's device, its other copies (each on a device, the same length inside 64 bits) and its
 // checksums (whole sectors, one checksum each, inside the data blob). read.c trusts all of it.
-static const char *check_extent_copies(const struct xt_tables *t, const struct xt_extent *x) {
-  const struct xt_header *h = t->h;
-  if (x->device >= h->n_devices) return "extent device out of range";
+const char *xt_check_extent_extras(const struct xt_header *h, const struct xt_extent *x, uint64_t n_devices, const struct xt_copy *copies,
+                                   uint64_t n_copies, uint64_t data_size) {
+  if (x->device >= n_devices) return "extent device out of range";
   if (x->flags & ~XT_EXT_CSUM) return "unknown extent flags";
-  if (!in_range(x->copy_first, x->copy_count, h->n_copies)) return "extent copies out of range";
+  if (!in_range(x->copy_first, x->copy_count, n_copies)) return "extent copies out of range";
   for (uint32_t k = 0; k < x->copy_count; k++) {
-    const struct xt_copy *c = &t->copies[x->copy_first + k];
-    if (c->device >= h->n_devices) return "copy device out of range";
+    const struct xt_copy *c = &copies[x->copy_first + k];
+    if (c->device >= n_devices) return "copy device out of range";
     if (c->device_offset + x->length < c->device_offset) return "copy overflows 64 bits";
   }
   if (!(x->flags & XT_EXT_CSUM)) return x->copy_count == 0 ? NULL : "extent has copies but no checksums to choose between them";
   if (h->csum_alg == XT_CSUM_NONE) return "extent has checksums but the tables name no algorithm";
   if (x->length % h->sector_size != 0) return "extent with checksums is not whole sectors";
-  if (!in_range(x->csum_off, x->length / h->sector_size * h->csum_size, h->data_size)) return "extent checksums out of range";
+  if (!in_range(x->csum_off, x->length / h->sector_size * h->csum_size, data_size)) return "extent checksums out of range";
   return NULL;
 }
 
@@ -125,7 +125,7 @@ const char *xt_check(const void *image, uint64_t len, struct xt_tables *t) {
                                      h->sector_size > 65536 || (h->sector_size & (h->sector_size - 1)) != 0))
     return "unknown checksum algorithm, or a checksum or sector size that does not go with it";
   for (uint32_t i = 0; i < h->n_extents; i++) {
-    const char *bad = check_extent_copies(t, &t->extents[i]);
+    const char *bad = xt_check_extent_extras(h, &t->extents[i], h->n_devices, t->copies, h->n_copies, h->data_size);
     if (bad != NULL) return bad;
   }
   for (uint32_t i = 0; i < h->n_xattrs; i++) {

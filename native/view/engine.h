@@ -28,6 +28,10 @@ struct xt_map {
   _Atomic uint64_t fresh;   // bytes served through this map (since it was installed)
   _Atomic uint32_t tainted; // the file was served under an earlier map: superseded bytes may be out
   uint32_t count;
+  // What ext[]'s copy_first and csum_off point into: the sections of the delta that installed it.
+  const struct xt_copy *copies;
+  const char *csums;
+  void *owned; // that delta, kept while any of its maps may be read: freed with this map at teardown
   struct xt_extent ext[];
 };
 typedef _Atomic(struct xt_map *) xt_map_ptr;
@@ -137,6 +141,8 @@ struct xt_plan {
   uint64_t start, end;      // the request clipped at EOF; start == end: an empty reply
   const char *inline_bytes; // an inline file: the reply is these end - start bytes, and there are no pieces
   const struct xt_extent *ext;
+  const struct xt_copy *copies; // where ext[]'s copies and checksums are: the tables', or a delta's
+  const char *csums;
   uint32_t count, i; // ext[i]: the next extent that may hold a piece
   uint64_t pos;      // file offset of the next piece
 };

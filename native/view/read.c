@@ -140,6 +140,13 @@ void xt_plan_range(struct xt_plan *p, const struct xt_extent *ext, uint32_t coun
   p->i = first_ending_after(ext, count, start);
 }
 
+// Bytes [start, end) of regular file n through map m (NULL: the tables' extents, copies and checksums).
+static void plan_through(struct xt_plan *p, const struct xt_tables *t, const struct xt_inode *n, const struct xt_map *m, uint64_t start, uint64_t end) {
+  xt_plan_range(p, m != NULL ? m->ext : t->extents + n->first, m != NULL ? m->count : n->count, start, end);
+  p->copies = m != NULL ? m->copies : t->copies;
+  p->csums = m != NULL ? m->csums : t->data;
+}
+
 void xt_plan_read(struct xt_plan *p, const struct xt_tables *t, uint32_t index, const struct xt_map *m, uint64_t off, uint64_t size) {
   const struct xt_inode *n = &t->inodes[index];
   // Clip at EOF: the tail of the last block, which the last extent may cover, is never returned.
@@ -149,7 +156,7 @@ void xt_plan_read(struct xt_plan *p, const struct xt_tables *t, uint32_t index, 
     *p = (struct xt_plan){.start = start, .end = end, .pos = end, .inline_bytes = t->data + n->first + start};
     return;
   }
-  xt_plan_range(p, m != NULL ? m->ext : t->extents + n->first, m != NULL ? m->count : n->count, start, end);
+  plan_through(p, t, n, m, start, end);
 }
 
 int xt_plan_next(struct xt_plan *p, struct xt_piece *piece) {
@@ -171,21 +178,21 @@ int xt_plan_next(struct xt_plan *p, struct xt_piece *piece) {
 
 // -------------------------------------------------------------------------------------- the I/O
 
-// Sector `o` (its offset in extent x) of a copy verifies against x's checksum of it.
-static int sector_ok(const struct xt_tables *t, const struct xt_extent *x, uint64_t o, const uint8_t *bytes) {
+// Sector `o` (its offset in extent x) of a copy verifies against x's checksum of it (in plan p's checksums).
+static int sector_ok(const struct xt_tables *t, const struct xt_plan *p, const struct xt_extent *x, uint64_t o, const uint8_t *bytes) {
   const struct xt_header *h = t->h;
-  return extfs_csum_ok(h->csum_alg, bytes, h->sector_size, (const uint8_t *)t->data + x->csum_off + o / h->sector_size * h->csum_size);
+  return extfs_csum_ok(h->csum_alg, bytes, h->sector_size, (const uint8_t *)p->csums + x->csum_off + o / h->sector_size * h->csum_size);
 }
 
-// Sector `o` of extent x from its other copies, in order, into `dst` (aligned, sector_size bytes):
-// 1 once one verifies, 0 when none does.
-static int sector_from_copies(struct tbuf *b, const struct xt_tables *t, const struct xt_device *devs, const struct xt_extent *x,
-                              uint64_t o, uint8_t *dst) {
+// Sector `o` of extent x from its other copies (in plan p's copies), in order, into `dst` (aligned,
+// sector_size bytes): 1 once one verifies, 0 when none does.
+static int sector_from_copies(struct tbuf *b, const struct xt_tables *t, const struct xt_plan *p, const struct xt_device *devs,
+                              const struct xt_extent *x, uint64_t o, uint8_t *dst) {
   char ignored[256]; // a copy that cannot be read is one more copy that does not verify
   for (uint32_t k = 0; k < x->copy_count; k++) {
-    const struct xt_copy *c = &t->copies[x->copy_first + k];
+    const struct xt_copy *c = &p->copies[x->copy_first + k];
     if (read_range(b, &devs[c->device], dst, c->device_offset + o, t->h->sector_size, ignored, sizeof ignored) == 0 &&
-        sector_ok(t, x, o, dst))
+        sector_ok(t, p, x, o, dst))
       return 1;
   }
   return 0;
@@ -194,7 +201,7 @@ static int sector_from_copies(struct tbuf *b, const struct xt_tables *t, const s
 // Piece `pc` of an extent with checksums into dst: the whole sectors around it read from the extent's
 // device, each verified, a bad one replaced from the other copies. EIO when a sector has no copy that
 // verifies; *bad_offset is then that sector's offset on the extent's device.
-static int read_verified(struct tbuf *b, const struct xt_tables *t, const struct xt_device *devs, const struct xt_piece *pc,
+static int read_verified(struct tbuf *b, const struct xt_tables *t, const struct xt_plan *p, const struct xt_device *devs, const struct xt_piece *pc,
                          uint8_t *dst, uint64_t *bad_offset, char *why, size_t why_len) {
   const struct xt_extent *x = pc->x;
   const uint64_t ss = t->h->sector_size;
@@ -213,8 +220,8 @@ static int read_verified(struct tbuf *b, const struct xt_tables *t, const struct
     memset(b->sectors, 0, (size_t)(to - from)); // every sector then stands or falls by its copies
   for (uint64_t o = from; o < to; o += ss) {
     uint8_t *sector = b->sectors + (o - from);
-    if (read_err[0] == '\0' && sector_ok(t, x, o, sector)) continue;
-    if (sector_from_copies(b, t, devs, x, o, sector)) continue;
+    if (read_err[0] == '\0' && sector_ok(t, p, x, o, sector)) continue;
+    if (sector_from_copies(b, t, p, devs, x, o, sector)) continue;
     *bad_offset = x->device_offset + o;
     snprintf(why, why_len, "no copy verifies: sector of %llu bytes, %u other %s tried (%s checksums)%s%s", (unsigned long long)ss,
              x->copy_count, x->copy_count == 1 ? "copy" : "copies", t->h->csum_alg == XT_CSUM_CRC32C ? "crc32c" : "unknown",
@@ -242,7 +249,7 @@ static int read_plan(struct engine *e, uint32_t index, struct xt_plan *p, const 
     char why[512];
     uint64_t at = piece.device_offset;
     int err = piece.x->flags & XT_EXT_CSUM
-                  ? read_verified(b, &e->t, devs, &piece, b->out + pos, &at, why, sizeof why)
+                  ? read_verified(b, &e->t, p, devs, &piece, b->out + pos, &at, why, sizeof why)
                   : read_range(b, &devs[piece.device], b->out + pos, piece.device_offset, (size_t)piece.length, why, sizeof why);
     if (err != 0) {
       if (report) {
@@ -265,7 +272,7 @@ static int read_plan(struct engine *e, uint32_t index, struct xt_plan *p, const 
 int xt_read_into(struct engine *e, uint32_t index, struct xt_map *m, uint64_t start, uint64_t end, const uint8_t **data, int report) {
   const struct xt_inode *n = &e->t.inodes[index];
   struct xt_plan p;
-  xt_plan_range(&p, m != NULL ? m->ext : e->t.extents + n->first, m != NULL ? m->count : n->count, start, end);
+  plan_through(&p, &e->t, n, m, start, end);
   return read_plan(e, index, &p, data, report);
 }
 

@@ -108,22 +108,27 @@ struct xt_device {
 // A delta (docs/native-engine.md, "Deltas"): new extent lists for some regular files and new
 // devices, packed by src/native-engine/delta-tables.ts and applied by applyDelta() in one step.
 //
-//   delta_header | files[n_files] | extents[n_extents] | devices[n_devices]   (each section 8-aligned)
+//   delta_header | files[n_files] | extents[n_extents] | devices[n_devices] | copies[n_copies]
+//                | data blob   (each section 8-aligned)
 //
 // - files sorted by inode index (as the tables number inodes), each at most once; a file's extents
 //   are extents[first .. first+count), the files' ranges back to back in file order. Only regular
 //   files with extents may be named (inline content is not replaced).
 // - extents as in the tables: sorted by file_offset, non-overlapping, length > 0; `device` indexes
-//   the tables' devices followed by this delta's (and earlier deltas') new ones.
+//   the tables' devices followed by this delta's (and earlier deltas') new ones. An extent with
+//   XT_EXT_CSUM has its copies at this delta's copies[copy_first ..] and its checksums at this
+//   delta's data[csum_off], measured as the tables' header says (csum_alg, sector_size): an image
+//   keeps its checksum algorithm.
 // - devices: the new ones, appended in this order; `fd` is ignored (applyDelta's deviceFds give them).
 #define XT_DELTA_MAGIC 0x44565845u // "EXVD" read as a little-endian u32
-#define XT_DELTA_VERSION 1u
+#define XT_DELTA_VERSION 2u
 
 struct xt_delta_header {
   uint32_t magic, version;
   uint64_t total_size; // bytes of the whole delta, header included
-  uint32_t n_files, n_extents, n_devices, reserved;
-  uint64_t files_off, extents_off, devices_off; // byte offsets in the delta
+  uint32_t n_files, n_extents, n_devices, n_copies;
+  uint64_t files_off, extents_off, devices_off, copies_off; // byte offsets in the delta
+  uint64_t data_off, data_size;                             // the checksums blob
 };
 
 struct xt_delta_file {
@@ -149,8 +154,8 @@ struct xt_delta_file {
 #define XT_XATTR_FIELDS(F) F(name_off) F(value_off) F(value_len) F(name_len) F(reserved)
 #define XT_DEVICE_FIELDS(F) F(fd) F(reserved) F(size)
 #define XT_DELTA_HEADER_FIELDS(F)                                                                            \
-  F(magic) F(version) F(total_size) F(n_files) F(n_extents) F(n_devices) F(reserved) F(files_off)          \
-  F(extents_off) F(devices_off)
+  F(magic) F(version) F(total_size) F(n_files) F(n_extents) F(n_devices) F(n_copies) F(files_off)          \
+  F(extents_off) F(devices_off) F(copies_off) F(data_off) F(data_size)
 #define XT_DELTA_FILE_FIELDS(F) F(index) F(first) F(count) F(reserved)
 
 // A loaded image: pointers into one malloc'd copy, checked once by xt_check() so that the request
@@ -173,5 +178,12 @@ struct xt_tables {
 // and every inline file's length (its size), and fill
 // `t`. Returns NULL, or a static message saying what is wrong. Defined in engine.c.
 const char *xt_check(const void *image, uint64_t len, struct xt_tables *t);
+
+// An extent's flags, device, other copies (copies[copy_first ..] of n_copies, each on one of
+// n_devices, the same length inside 64 bits) and checksums (whole sectors as header `h` measures
+// them, inside a data blob of data_size bytes): NULL, or what is wrong. The tables' extents and a
+// delta's are checked by it alike. Defined in engine.c.
+const char *xt_check_extent_extras(const struct xt_header *h, const struct xt_extent *x, uint64_t n_devices, const struct xt_copy *copies,
+                                   uint64_t n_copies, uint64_t data_size);
 
 #endif

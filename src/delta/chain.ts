@@ -1,7 +1,8 @@
 // The current map of an image: the manifest, then deltas 1..k applied in order (docs/remap.md).
-// Only what a delta can change is kept: where each regular file's bytes lie, and the device list
-// (which devices there are, the newest fingerprints proving each, which are retired).
-import type { Device, Extent, Manifest } from '../manifest/types'
+// Only what a delta can change is kept: where each regular file's bytes lie (with their copies and
+// checksums, feature data-checksums), and the device list (which devices there are, the newest
+// fingerprints proving each, which are retired).
+import type { DataChecksums, Device, Extent, Manifest } from '../manifest/types'
 import type { Delta } from './types'
 import type { DeltaContext } from './validate'
 import { ManifestError } from '../errors'
@@ -27,6 +28,8 @@ export class ImageMap {
     readonly files: Map<number, FileLocation>,
     /** Devices no extent uses any more (delta `retired`). */
     public retired: ReadonlySet<number> = new Set(),
+    /** The manifest's data checksums: every delta repeats them, its extents carry copies and csums. */
+    readonly dataChecksums?: DataChecksums,
   ) {}
 
   static ofManifest(m: Manifest): ImageMap {
@@ -35,14 +38,16 @@ export class ImageMap {
       if (n.kind !== 'file') continue
       files.set(n.ino, { size: n.size, extents: n.inline === undefined ? n.extents ?? [] : undefined, inline: n.inline })
     }
-    return new ImageMap(m.configId, m.configId, 0, [...m.devices], files)
+    return new ImageMap(m.configId, m.configId, 0, [...m.devices], files, new Set(), m.dataChecksums)
   }
 
   /** What validateDelta needs to check the next delta against this map. */
   context(): DeltaContext {
     const fileSizes = new Map<number, number>()
     for (const [ino, f] of this.files) fileSizes.set(ino, f.size)
-    return { image: this.image, seq: this.seq + 1, from: this.configId, devices: this.devices, fileSizes, retired: this.retired }
+    return {
+      image: this.image, seq: this.seq + 1, from: this.configId, devices: this.devices, fileSizes, retired: this.retired, dataChecksums: this.dataChecksums,
+    }
   }
 
   /**
@@ -67,10 +72,15 @@ export class ImageMap {
     const retired = new Set(d.retired)
     const replaced = new Map(d.files.map((f) => [f.ino, f]))
     for (const [ino, f] of this.files) {
-      const e = (replaced.get(ino) ?? f).extents?.find((x) => retired.has(x.device))
-      if (e) throw new ManifestError(`delta ${d.seq}: retires device ${e.device}, but inode ${ino} still has an extent on it`)
+      const used = (replaced.get(ino) ?? f).extents?.flatMap(devicesOfExtent).find((x) => retired.has(x))
+      if (used !== undefined) throw new ManifestError(`delta ${d.seq}: retires device ${used}, but inode ${ino} still has an extent (or a copy of one) on it`)
     }
   }
+}
+
+/** The devices an extent's bytes are on: its own, then its copies'. */
+export function devicesOfExtent(e: Extent): number[] {
+  return e.copies === undefined ? [e.device] : [e.device, ...e.copies.map((c) => c.device)]
 }
 
 /** The device list after delta `d`: its new devices appended; devices it proves carry its fingerprints. */

@@ -1,6 +1,6 @@
 // A delta: what changed in a frozen image's map since the previous config ID (docs/remap.md).
 // The image itself never changes (sizes, metadata, tree): only where regular files' bytes lie.
-import type { Device, Extent, Fingerprint, Signature } from '../manifest/types'
+import type { DataChecksums, Device, Extent, Fingerprint, Signature } from '../manifest/types'
 
 export const DELTA_FORMAT = 'extfs-delta'
 export const DELTA_VERSION = 1
@@ -8,7 +8,10 @@ export const DELTA_VERSION = 1
 /** One regular file's complete new location: extents (possibly none: all hole) or carried content. */
 export interface DeltaFile {
   ino: number
-  /** Sorted by fileOffset, non-overlapping; replaces the file's extent list whole. */
+  /**
+   * Sorted by fileOffset, non-overlapping; replaces the file's extent list whole. With the delta's
+   * `dataChecksums`, extents carry `copies` and `csums` as the manifest's do.
+   */
   extents?: Extent[]
   /** The whole content, base64 (data the device holds no plain copy of: inline, compressed). */
   inline?: string
@@ -28,6 +31,12 @@ export interface Delta {
   reason: string
   /** Devices new in this delta: index n + j is devices[j] when the image had n devices before it. */
   devices: Device[]
+  /**
+   * The manifest's `dataChecksums`, repeated: present exactly when the image has feature
+   * data-checksums, so that a delta says it was made to carry copies and csums (and an extfs that
+   * predates them refuses it as an unknown field, loudly).
+   */
+  dataChecksums?: DataChecksums
   files: DeltaFile[]
   /**
    * New fingerprints for devices the image had before this delta whose blocks it moves: the old ones

@@ -4,10 +4,12 @@
 // one-line ManifestError, e.g. `delta 2: files[3]: inode 17 is not a regular file of the image`.
 import { ManifestError } from '../errors'
 import {
-  bad, checkDevice, checkExtents, checkFingerprints, checkInline, checkSignatureShape, CONFIG_ID, describe, isInt, isObject, LIMITS, quote,
+  bad, checkChecksumsShape, checkDevice, checkExtents, checkFingerprints, checkInline, checkSignatureShape, CONFIG_ID, describe, isInt, isObject, LIMITS, quote,
+  type CsumFacts,
 } from '../manifest/validate'
 import { DELTA_FORMAT, DELTA_VERSION, type Delta } from './types'
-import type { Device } from '../manifest/types'
+import type { DataChecksums, Device, Extent } from '../manifest/types'
+import { devicesOfExtent } from './chain'
 
 /** A Map does; a mounted view answers from its tables instead of holding one entry per file in JS. */
 export interface FileSizes {
@@ -27,9 +29,11 @@ export interface DeltaContext {
   fileSizes: FileSizes
   /** Devices retired by earlier deltas: no extent may use them again. */
   retired: ReadonlySet<number>
+  /** The manifest's `dataChecksums` (feature data-checksums): every delta must repeat it. */
+  dataChecksums?: DataChecksums
 }
 
-const DELTA_KEYS = new Set(['format', 'version', 'image', 'seq', 'from', 'to', 'createdAt', 'reason', 'devices', 'files', 'proofs', 'retired', 'signature'])
+const DELTA_KEYS = new Set(['format', 'version', 'image', 'seq', 'from', 'to', 'createdAt', 'reason', 'devices', 'dataChecksums', 'files', 'proofs', 'retired', 'signature'])
 const FILE_KEYS = new Set(['ino', 'extents', 'inline'])
 const PROOF_KEYS = new Set(['device', 'fingerprints'])
 
@@ -59,10 +63,29 @@ export function validateDelta(value: unknown, ctx: DeltaContext): Delta {
   }
   const sizes = checkNewDevices(value.devices, ctx, where)
   const retired = checkRetired(value.retired, ctx, sizes.length, where)
-  checkFiles(value.files, ctx, sizes, retired, where)
+  const checksums = checkDeclaredChecksums(value.dataChecksums, ctx.dataChecksums, where)
+  checkFiles(value.files, ctx, sizes, retired, checksums, where)
   checkProofs(value.proofs, ctx, retired, where)
   if (value.signature !== undefined) checkSignatureShape(value.signature)
   return value as unknown as Delta
+}
+
+/**
+ * The delta's `dataChecksums`: present exactly when the image's manifest has them, and the same. An
+ * image keeps its filesystem, so its checksums keep their algorithm and sector size.
+ */
+function checkDeclaredChecksums(c: unknown, image: DataChecksums | undefined, where: string): CsumFacts | undefined {
+  if (c === undefined) {
+    if (image !== undefined) bad(where, 'has no dataChecksums, but the image has data checksums (feature "data-checksums"): its extents would lose their copies and csums')
+    return undefined
+  }
+  if (image === undefined) bad(where, 'has dataChecksums, but the image has none (its manifest does not declare feature "data-checksums")')
+  const facts = checkChecksumsShape(c, `${where}: dataChecksums`)
+  const { algorithm, sectorSize } = c as DataChecksums
+  if (algorithm !== image.algorithm || sectorSize !== image.sectorSize) {
+    bad(where, `dataChecksums ${algorithm} per ${sectorSize} bytes differ from the image's, ${image.algorithm} per ${image.sectorSize} bytes`)
+  }
+  return facts
 }
 
 /** The delta's devices, appended to those before it; returns every device's size, in index order. */
@@ -115,7 +138,9 @@ function checkProofs(list: unknown, ctx: DeltaContext, retired: ReadonlySet<numb
   }
 }
 
-function checkFiles(list: unknown, ctx: DeltaContext, deviceSizes: number[], retired: ReadonlySet<number>, where: string): void {
+function checkFiles(
+  list: unknown, ctx: DeltaContext, deviceSizes: number[], retired: ReadonlySet<number>, checksums: CsumFacts | undefined, where: string,
+): void {
   // No count check: each entry must be a different regular file of the image, which bounds the list.
   if (!Array.isArray(list)) bad(where, `files must be an array, got ${describe(list)}`)
   const seen = new Set<number>()
@@ -133,14 +158,16 @@ function checkFiles(list: unknown, ctx: DeltaContext, deviceSizes: number[], ret
     seen.add(ino)
     if ((f.extents === undefined) === (f.inline === undefined)) bad(at, `inode ${ino} needs exactly one of extents and inline`)
     try {
-      if (f.extents !== undefined) extents += checkExtents(f.extents, ino, size, deviceSizes)
+      if (f.extents !== undefined) extents += checkExtents(f.extents, ino, size, deviceSizes, checksums)
       else checkInline({ inline: f.inline, size }, ino, true)
     } catch (err) {
       if (err instanceof ManifestError) err.message = `${where}: ${err.message}`
       throw err
     }
-    const onRetired = (f.extents as { device: number }[] | undefined)?.find((e) => retired.has(e.device))
-    if (onRetired) bad(at, `inode ${ino} has an extent on device ${onRetired.device}, which is retired`)
+    for (const e of (f.extents ?? []) as Extent[]) {
+      const d = devicesOfExtent(e).find((x) => retired.has(x))
+      if (d !== undefined) bad(at, `inode ${ino} has ${d === e.device ? 'an extent' : 'a copy of an extent'} on device ${d}, which is retired`)
+    }
     if (extents > LIMITS.extents) bad(where, `more than ${LIMITS.extents} extents in all`)
   }
 }

@@ -38,6 +38,20 @@ export function hashRange(device: RawDevice, offset: number, length: number): st
 }
 
 /**
+ * The extents whose bytes lie on device `device`: those on it, and the copies on it of the others
+ * (as extents at the copy's place, with the same csums). A mirror proves its device as well as the
+ * copy the view reads first: a device may hold only mirrors.
+ */
+export function extentsOnDevice(extents: Iterable<Extent>, device: number): Extent[] {
+  const out: Extent[] = []
+  for (const e of extents) {
+    if (e.device === device) out.push(e)
+    for (const c of e.copies ?? []) if (c.device === device) out.push({ ...e, device, deviceOffset: c.deviceOffset, copies: undefined })
+  }
+  return out
+}
+
+/**
  * Fingerprints of `device` over `extents`. With `checksums`, a sample inside an extent with csums is
  * taken only when the sectors around it verify: a stale or damaged copy must not prove the device
  * (the view serves such sectors from another copy, or not at all).

@@ -21,7 +21,7 @@ import { splitDev } from '../mapping/blockdev'
 import { FileMapper } from '../mapping/mapper'
 import { probeIdentity } from '../device/identity'
 import { RawDevice } from '../device/reader'
-import { takeFingerprints } from '../device/fingerprint'
+import { extentsOnDevice, takeFingerprints } from '../device/fingerprint'
 import { Walker } from './walk'
 import { ExportError } from '../errors'
 
@@ -93,7 +93,7 @@ function describeDevices(disks: RawDisk[], extents: Extent[], checksums: DataChe
   return disks.map((disk, index) => {
     const raw = RawDevice.open(`d${index}`, disk.path)
     try {
-      const fingerprints = takeFingerprints(raw, extents.filter((e) => e.device === index), checksums)
+      const fingerprints = takeFingerprints(raw, extentsOnDevice(extents, index), checksums)
       return { id: `d${index}`, size: disk.size, identity: probeIdentity(disk.path), fingerprints, hint: disk.path }
     } finally {
       raw.close()

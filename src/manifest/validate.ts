@@ -149,13 +149,21 @@ function checkDataChecksums(c: unknown, declared: boolean): CsumFacts | undefine
     return undefined
   }
   if (!declared) bad('manifest', 'has dataChecksums but does not declare feature "data-checksums"')
-  if (!isObject(c)) bad('manifest', `dataChecksums must be an object {algorithm, sectorSize}, got ${describe(c)}`)
-  checkKnownKeys(c, CHECKSUMS_KEYS, 'dataChecksums')
+  return checkChecksumsShape(c, 'dataChecksums')
+}
+
+/**
+ * A `dataChecksums` object (the manifest's, or a delta's, which repeats it): a known algorithm and
+ * sector size. `at` names it in messages: "dataChecksums", or "delta 2: dataChecksums".
+ */
+export function checkChecksumsShape(c: unknown, at: string): CsumFacts {
+  if (!isObject(c)) bad(at, `must be an object {algorithm, sectorSize}, got ${describe(c)}`)
+  checkKnownKeys(c, CHECKSUMS_KEYS, at)
   if (typeof c.algorithm !== 'string' || !Object.hasOwn(CSUM_ALGORITHMS, c.algorithm)) {
-    bad('dataChecksums', `algorithm must be one of ${Object.keys(CSUM_ALGORITHMS).join(', ')}; got ${describe(c.algorithm)}`)
+    bad(at, `algorithm must be one of ${Object.keys(CSUM_ALGORITHMS).join(', ')}; got ${describe(c.algorithm)}`)
   }
   const ss = c.sectorSize
-  if (!isInt(ss, 512, 65536) || (ss & (ss - 1)) !== 0) bad('dataChecksums', `sectorSize must be a power of two from 512 to 65536, got ${describe(ss)}`)
+  if (!isInt(ss, 512, 65536) || (ss & (ss - 1)) !== 0) bad(at, `sectorSize must be a power of two from 512 to 65536, got ${describe(ss)}`)
   return { csumSize: CSUM_ALGORITHMS[c.algorithm as CsumAlgorithm], sectorSize: ss }
 }
 

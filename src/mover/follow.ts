@@ -2,7 +2,7 @@
 // deltas after the view's current config ID are read and checked (chain, validation, signature), their
 // new devices found and proven, and then all of them are applied to the engine in one step. Anything
 // wrong leaves the view on its old map and opens refused, with the reason.
-import type { Device } from '../manifest/types'
+import type { DataChecksums, Device, Extent } from '../manifest/types'
 import type { DeltaFile } from '../delta/types'
 import type { DeltaContext } from '../delta/validate'
 import { readDeltaChain } from '../delta/io'
@@ -21,6 +21,8 @@ export interface FollowOptions {
   /** The manifest's configId (c0) and its devices. */
   image: string
   devices: readonly Device[]
+  /** The manifest's data checksums: deltas must repeat them (src/delta/validate.ts). */
+  dataChecksums?: DataChecksums
   /** ino → size of every regular file of the image; asked for when a delta arrives. */
   fileSizes: () => DeltaContext['fileSizes']
   recordFile: string
@@ -110,6 +112,7 @@ export class ChainFollower implements ConfigCheck {
     if (chain.length <= this.seq) throw new Error(`config ID changed from ${this.configId} to ${target} without a delta leading there`)
     const before: DeltaContext = {
       image: this.opts.image, seq: this.seq + 1, from: this.configId, devices: this.devices, fileSizes: this.opts.fileSizes(), retired: this.retired,
+      dataChecksums: this.opts.dataChecksums,
     }
     const { deltas, ctx } = readDeltaChain(this.opts.recordFile, chain.slice(this.seq), before, this.opts.key)
     if (ctx.from !== target) throw new Error(`the delta chain ends at ${ctx.from}, but the record names ${target}`)
@@ -145,7 +148,7 @@ export class ChainFollower implements ConfigCheck {
           continue
         }
         let end = 0
-        for (const f of files) for (const e of f.extents ?? []) if (e.device === index) end = Math.max(end, e.deviceOffset + e.length)
+        for (const f of files) for (const e of f.extents ?? []) end = Math.max(end, endOn(e, index))
         opened.push(resolveDevice(device, this.opts.deviceOverrides.get(device.id), end))
       }
       return opened
@@ -154,4 +157,11 @@ export class ChainFollower implements ConfigCheck {
       throw err
     }
   }
+}
+
+/** Where extent `e`'s bytes end on device `index` (its own or a copy's place), 0 when it has none there. */
+function endOn(e: Extent, index: number): number {
+  let end = e.device === index ? e.deviceOffset + e.length : 0
+  for (const c of e.copies ?? []) if (c.device === index) end = Math.max(end, c.deviceOffset + e.length)
+  return end
 }

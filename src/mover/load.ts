@@ -68,7 +68,8 @@ export function loadImage(manifestPath: string, opts: LoadOptions): LoadedImage 
 function devicesOfChain(manifest: Manifest, recordFile: string, record: ConfigRecord, key?: Buffer): CurrentDevices {
   const staged = stagedTablesOf(manifest) // none when the manifest could not stream: it was read whole
   const fileSizes = staged ? fileSizesOf(staged) : fileSizesOfManifest(manifest)
-  const start = { image: manifest.configId, seq: 1, from: manifest.configId, devices: manifest.devices, fileSizes, retired: new Set<number>() }
+  const start = { image: manifest.configId, seq: 1, from: manifest.configId, devices: manifest.devices, fileSizes, retired: new Set<number>(),
+    dataChecksums: manifest.dataChecksums }
   const { ctx } = readDeltaChain(recordFile, record.deltas ?? [], start, key)
   if (ctx.from !== record.configId) throw new StaleError(`config-ID record ${recordFile} names ${record.configId}, but its delta chain ends at ${ctx.from}`)
   return ctx

@@ -50,6 +50,7 @@ async function createEngine(image: LoadedImage, opts: ViewRunOptions, remote?: R
   const follower: ChainFollower = new ChainFollower({
     image: manifest.configId,
     devices: manifest.devices,
+    dataChecksums: manifest.dataChecksums,
     fileSizes: () => ({ get: (ino): number | undefined => engine.fileSize(ino) }), // a delta arrives once the view is mounted
     recordFile: image.config.file,
     key: opts.key, // from serve as from shared storage: remap signs deltas with the key

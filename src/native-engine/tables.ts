@@ -75,7 +75,8 @@ export const LAYOUT = {
   xattr: struct('name_off:u32 value_off:u32 value_len:u32 name_len:u16 reserved:u16'),
   device: struct('fd:i32 reserved:u32 size:u64'),
   // Deltas (delta-tables.ts): not part of the image, but the same contract with the addon.
-  delta_header: struct('magic:u32 version:u32 total_size:u64 n_files:u32 n_extents:u32 n_devices:u32 reserved:u32 files_off:u64 extents_off:u64 devices_off:u64'),
+  delta_header: struct(`magic:u32 version:u32 total_size:u64 n_files:u32 n_extents:u32 n_devices:u32 n_copies:u32 files_off:u64
+    extents_off:u64 devices_off:u64 copies_off:u64 data_off:u64 data_size:u64`),
   delta_file: struct('index:u32 first:u32 count:u32 reserved:u32'),
 } as const
 

@@ -14,7 +14,7 @@
 //   manifest;
 // - the ino → path table by each file opening as the inode it is listed for (src/remap/remap.ts).
 import fs from 'node:fs'
-import type { Manifest, ManifestHeader } from '../manifest/types'
+import type { Extent, Manifest, ManifestHeader } from '../manifest/types'
 import { deltaPathOf, fileStamp, type ConfigRecord } from '../configid/record'
 import { ImageMap } from '../delta/chain'
 import { extendChain } from '../delta/io'
@@ -117,7 +117,10 @@ export class RemapCache {
     const c = this.cached
     if (!c) return 0
     let bytes = 0
-    for (const f of c.map.files.values()) bytes += HEAP_BYTES.file + (f.extents?.length ?? 0) * HEAP_BYTES.extent + (f.inline?.length ?? 0)
+    for (const f of c.map.files.values()) {
+      bytes += HEAP_BYTES.file + (f.inline?.length ?? 0)
+      for (const e of f.extents ?? []) bytes += extentBytes(e)
+    }
     for (const p of c.files?.paths.values() ?? []) bytes += HEAP_BYTES.path + p.length
     return bytes
   }
@@ -154,4 +157,12 @@ function holdsPrefixOf(image: CachedImage, recordFile: string, record: ConfigRec
 
 function sameKey(a: Buffer | undefined, b: Buffer | undefined): boolean {
   return a === undefined || b === undefined ? a === b : a.equals(b)
+}
+
+/**
+ * One extent's heap cost; its csums (feature data-checksums) are a string of about their length, and
+ * each copy is counted as much as an extent (a smaller object: an upper bound, not measured).
+ */
+function extentBytes(e: Extent): number {
+  return HEAP_BYTES.extent * (1 + (e.copies?.length ?? 0)) + (e.csums?.length ?? 0)
 }

@@ -8,11 +8,11 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import { randomBytes } from 'node:crypto'
-import type { Device, Extent, FrozenImage } from '../manifest/types'
+import type { DataChecksums, Device, Extent, FrozenImage } from '../manifest/types'
 import type { RawDisk } from '../mapping/span'
 import { readRecord, recordPath, writeRecord, type RecordMapping } from '../configid/record'
 import { writeDeltaFile } from '../delta/io'
-import type { FileLocation, ImageMap } from '../delta/chain'
+import { devicesOfExtent, type FileLocation, type ImageMap } from '../delta/chain'
 import { RemapCache, type FileTable } from './cache'
 import type { ManifestHeader } from '../manifest/types'
 import { signDelta } from '../delta/sign'
@@ -21,7 +21,7 @@ import { readMountTable, type MountEntry } from '../mapping/mountinfo'
 import { FileMapper, type FileMapping } from '../mapping/mapper'
 import { identitiesMatch, probeIdentity } from '../device/identity'
 import { RawDevice } from '../device/reader'
-import { takeFingerprints } from '../device/fingerprint'
+import { extentsOnDevice, takeFingerprints } from '../device/fingerprint'
 import { imagesRootOf } from '../frozen/image-dir'
 import { SNAPSHOT_NAME } from '../frozen/discard'
 import { DEFAULT_CARRY_MAX } from '../export/export'
@@ -92,26 +92,27 @@ function remapLocked(manifestFile: string, opts: RemapOptions): RemapResult {
   const map = cache.currentMap(manifestFile, recordFile, record, opts.key)
   const mapping = record.mapping ?? defaultMapping(opts.warn, recordFile)
 
-  // Deltas carry no copies or checksums: a delta would replace verified extents with unverified ones.
-  if (manifest.features.includes('data-checksums')) {
-    throw new ExportError(`${manifestFile} has data checksums (btrfs mirrored data), which deltas cannot carry yet: nothing remapped; export a new image instead`)
-  }
   const mount = imageMount(manifest)
   // One mapper for the whole remap: btrfs chunks and loop backing files are read once, as export does.
-  const mapper = FileMapper.forMount(mount, { throughLoop: mapping.throughLoop })
+  // An image with data checksums is mapped as export mapped it: copies and csums of mirrored extents.
+  const checksums = manifest.dataChecksums
+  const mapper = FileMapper.forMount(mount, { throughLoop: mapping.throughLoop, dataChecksums: checksums !== undefined })
   const mapped = mapImage(manifest, map, cache, mapper, mapping.carryMax)
+  checkSameChecksums(mapper.dataChecksums, checksums, manifestFile)
   const disks = assignDevices(mapper.disks, map.devices, map.retired)
   const files = changedFiles(map, mapped, disks)
   if (files.length === 0) return { state: 'unchanged', configId: map.configId, manifestBytes }
 
-  const newDevices = describeNewDevices(mapper.disks, disks, map.devices, files)
-  const { proofs, retired } = knownDeviceChanges(map, files, mapper.disks, disks)
+  const newDevices = describeNewDevices(mapper.disks, disks, map.devices, files, checksums)
+  const { proofs, retired } = knownDeviceChanges(map, files, mapper.disks, disks, checksums, opts.warn)
   const seq = map.seq + 1
   let delta: Delta = {
     format: DELTA_FORMAT, version: DELTA_VERSION, image: map.image, seq, from: map.configId,
     to: randomBytes(16).toString('hex'), createdAt: new Date().toISOString(),
     reason: newDevices.length > 0 || retired.length > 0 ? 'extents moved; devices changed' : 'extents moved',
-    devices: newDevices, files,
+    devices: newDevices,
+    ...(checksums ? { dataChecksums: checksums } : {}),
+    files,
     ...(proofs.length > 0 ? { proofs } : {}),
     ...(retired.length > 0 ? { retired } : {}),
   }
@@ -129,6 +130,14 @@ function remapLocked(manifestFile: string, opts: RemapOptions): RemapResult {
   const name = path.dirname(deltaPath) === path.dirname(recordFile) ? path.basename(deltaPath) : deltaPath
   writeRecord(recordFile, delta.to, 'current', { deltas: [...(record.deltas ?? []), name], mapping: record.mapping })
   return { state: 'remapped', configId: delta.to, delta, deltaPath, deltaBytes, manifestBytes }
+}
+
+/** The filesystem still checksums data as it did at export (it is the same filesystem: it must). */
+function checkSameChecksums(now: DataChecksums | undefined, image: DataChecksums | undefined, manifestFile: string): void {
+  if (now === undefined || image === undefined) return // no mirrored extent now, or an image without them
+  if (now.algorithm !== image.algorithm || now.sectorSize !== image.sectorSize) {
+    throw new ExportError(`${manifestFile}: the filesystem now checksums data with ${now.algorithm} per ${now.sectorSize} bytes, the image with ${image.algorithm} per ${image.sectorSize}: cannot remap`)
+  }
 }
 
 function defaultMapping(warn: (m: string) => void, recordFile: string): RecordMapping {
@@ -301,12 +310,20 @@ function changedFiles(map: ImageMap, mapped: Mapped, disks: number[]): DeltaFile
       out.push({ ino, inline: m.inline })
       continue
     }
-    const extents = m.extents.map((e) => ({ ...e, device: index(e.device) }))
+    const extents = m.extents.map((e) => inNewMap(e, index))
     if (!sameExtents(loc, extents)) out.push({ ino, extents })
   }
   return out
 }
 
+/** A mapped extent with the new map's device indexes, for its copies too. */
+function inNewMap(e: Extent, index: (i: number) => number): Extent {
+  const out = { ...e, device: index(e.device) }
+  if (e.copies) out.copies = e.copies.map((c) => ({ ...c, device: index(c.device) }))
+  return out
+}
+
+/** Same places and lengths, and the same copies and csums: a mirror moving alone is a change too. */
 function sameExtents(loc: FileLocation, now: Extent[]): boolean {
   const was = loc.extents
   if (was === undefined || was.length !== now.length) return false
@@ -314,12 +331,19 @@ function sameExtents(loc: FileLocation, now: Extent[]): boolean {
     const a = was[i]!
     const b = now[i]!
     if (a.fileOffset !== b.fileOffset || a.device !== b.device || a.deviceOffset !== b.deviceOffset || a.length !== b.length) return false
+    if (a.csums !== b.csums || !sameCopies(a, b)) return false
   }
   return true
 }
 
+function sameCopies(a: Extent, b: Extent): boolean {
+  const ca = a.copies ?? []
+  const cb = b.copies ?? []
+  return ca.length === cb.length && ca.every((c, k) => c.device === cb[k]!.device && c.deviceOffset === cb[k]!.deviceOffset)
+}
+
 /** The delta's new devices, in index order, fingerprinted over the delta's extents on each. */
-function describeNewDevices(rawDisks: RawDisk[], disks: number[], devices: Device[], files: DeltaFile[]): Device[] {
+function describeNewDevices(rawDisks: RawDisk[], disks: number[], devices: Device[], files: DeltaFile[], checksums: DataChecksums | undefined): Device[] {
   const index = globalIndex(disks, devices.length)
   const ids = new Set(devices.map((d) => d.id))
   const out: Device[] = []
@@ -330,10 +354,10 @@ function describeNewDevices(rawDisks: RawDisk[], disks: number[], devices: Devic
     let id = `d${at}`
     for (let k = 1; ids.has(id); k++) id = `d${at}-${k}`
     ids.add(id)
-    const extents = files.flatMap((f) => (f.extents ?? []).filter((e) => e.device === at))
+    const extents = extentsOnDevice(files.flatMap((f) => f.extents ?? []), at)
     const raw = RawDevice.open(id, disk.path)
     try {
-      out.push({ id, size: disk.size, identity: probeIdentity(disk.path), fingerprints: takeFingerprints(raw, extents), hint: disk.path })
+      out.push({ id, size: disk.size, identity: probeIdentity(disk.path), fingerprints: takeFingerprints(raw, extents, checksums), hint: disk.path })
     } finally {
       raw.close()
     }
@@ -343,34 +367,39 @@ function describeNewDevices(rawDisks: RawDisk[], disks: number[], devices: Devic
 
 /**
  * What the delta says about the devices the map had before it. A device whose blocks it moves (a file
- * of the delta had or has extents there) is proved again: fingerprints over every extent on it after
- * the delta, since the old samples may lie in blocks the image gave up and that now hold other data.
- * A device no extent uses any more is retired: a mover mounting later need not find it (btrfs replace
+ * of the delta had or has extents or copies there) is proved again: fingerprints over every extent and
+ * copy on it after the delta, since the old samples may lie in blocks the image gave up and that now
+ * hold other data; with data checksums only over sectors that verify, as export samples.
+ * A device no extent or copy uses any more is retired: a mover mounting later need not find it (btrfs replace
  * leaves the old member outside the filesystem, perhaps wiped). Devices the delta does not touch keep
  * their proof: their blocks did not move.
  */
-function knownDeviceChanges(map: ImageMap, files: DeltaFile[], rawDisks: RawDisk[], disks: number[]): { proofs: DeviceProof[]; retired: number[] } {
+function knownDeviceChanges(
+  map: ImageMap, files: DeltaFile[], rawDisks: RawDisk[], disks: number[], checksums: DataChecksums | undefined, warn: (m: string) => void,
+): { proofs: DeviceProof[]; retired: number[] } {
   const known = map.devices.length
   const touched = new Set<number>()
   const moved = new Map<number, DeltaFile>()
   for (const f of files) {
     moved.set(f.ino, f)
-    for (const e of [...(map.files.get(f.ino)!.extents ?? []), ...(f.extents ?? [])]) if (e.device < known) touched.add(e.device)
+    for (const e of [...(map.files.get(f.ino)!.extents ?? []), ...(f.extents ?? [])]) for (const d of devicesOfExtent(e)) if (d < known) touched.add(d)
   }
-  const on = Array.from({ length: known }, (): Extent[] => [])
-  for (const [ino, loc] of map.files) {
-    for (const e of (moved.get(ino) ?? loc).extents ?? []) if (e.device < known) on[e.device]!.push(e)
-  }
+  const after: Extent[] = []
+  for (const [ino, loc] of map.files) after.push(...((moved.get(ino) ?? loc).extents ?? []))
   const retired: number[] = []
   const proofs: DeviceProof[] = []
   for (let d = 0; d < known; d++) {
     if (map.retired.has(d)) continue
-    if (on[d]!.length === 0) retired.push(d)
+    const on = extentsOnDevice(after, d)
+    if (on.length === 0) retired.push(d)
     else if (touched.has(d)) {
       const disk = rawDisks[disks.indexOf(d)]! // a device with extents after the remap is one the mapper met
       const raw = RawDevice.open(map.devices[d]!.id, disk.path)
       try {
-        proofs.push({ device: d, fingerprints: takeFingerprints(raw, on[d]!) })
+        const fingerprints = takeFingerprints(raw, on, checksums)
+        // Every sample failed its checksum: no proof rather than one of damaged bytes; the old one stands.
+        if (fingerprints.length > 0) proofs.push({ device: d, fingerprints })
+        else warn(`device ${d} (${disk.path}): no sampled block verifies against its checksums: its fingerprints are not renewed`)
       } finally {
         raw.close()
       }

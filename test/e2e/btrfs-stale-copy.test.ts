@@ -6,16 +6,22 @@
 // - One copy damaged on the raw device under the view (copy 0, then copy 1): the view is still exact.
 // - Both copies damaged: the read fails with EIO, the log names the file and "no copy verifies", and
 //   `extfs backup ... -- tar` exits non-zero.
+// - Relocated: a balance moves a RAID1 image's data (both copies); `extfs remap` publishes a delta
+//   whose extents carry their copies and csums, a mounted view follows it byte-exact, and with the
+//   new copy 0 damaged it still reads the other copy (the delta's csums are the ones checked).
+// - Served: `extfs backup http://…` of a RAID1 image through `extfs serve` (whose final remap maps
+//   the mirrored image) exits 0, byte-exact.
 // Copies are located here from FIEMAP and the chunk tree, independently of the manifest. Needs root,
 // loop devices and btrfs-progs.
 import t, { type Test } from 'tap'
 import fs from 'node:fs'
 import * as path from 'node:path'
 import { attachMember, detachMember, mountBtrfs, unmountBtrfs, withBtrfs, type BtrfsFs } from '../helpers/btrfs'
-import { runOk } from '../helpers/exec'
+import { run, runOk } from '../helpers/exec'
 import { seededBytes } from '../helpers/populate'
-import { extfs, release, scratchDir, withView } from '../helpers/extfs'
-import { readJson } from '../helpers/tamper'
+import { EXTFS, extfs, release, scratchDir, startServe, withView } from '../helpers/extfs'
+import { readJson, type Loose } from '../helpers/tamper'
+import { exportBtrfsImage, IMAGE_FILES, overwrittenOldExtents, readNamed, relocate, rootFiles } from '../helpers/moved'
 import { linux } from '../../src/linux'
 
 const KiB = 1024
@@ -204,5 +210,85 @@ t.test('btrfs DUP on one device: copy 0 damaged is served from copy 1; both dama
     const { got } = await readView(manifest, [...files.keys()])
     sameBytes(t, got.get('one-bad'), files.get('one-bad')!, 'view of one-bad')
     t.equal(got.get('both-bad'), 'EIO', 'both copies damaged: EIO')
+  })
+})
+
+/** Overwrite 8 KiB of extent `e`'s own place (copy 0: the one the view reads first) on the raw device `device`. */
+function damageAt(device: string, e: { deviceOffset: number; length: number }, seed: number): void {
+  const fd = fs.openSync(device, 'r+')
+  try {
+    fs.writeSync(fd, seededBytes(seed, 8 * KiB), 0, 8 * KiB, e.deviceOffset + Math.floor(e.length / 4 / (4 * KiB)) * 4 * KiB)
+    fs.fsyncSync(fd)
+  } finally {
+    fs.closeSync(fd)
+  }
+}
+
+t.test('btrfs RAID1 relocated by a balance: the delta carries copies and csums, the view follows and still falls back', async (t) => {
+  const scratch = await scratchDir(t)
+  await withBtrfs({ devices: 2, data: 'raid1', metadata: 'raid1', sizeMiB: 512 }, async (fsx) => {
+    const { manifest } = await exportBtrfsImage(t, fsx, scratch)
+    const contents = await readNamed(path.join(fsx.mountpoint, 'data'), IMAGE_FILES)
+    try {
+      t.ok((await readJson(manifest)).features.includes('data-checksums'), 'a mirrored image: the manifest has data checksums')
+      await withView(manifest, async (view, logFile) => {
+        sameBytes(t, readAll(path.join(view, 'a')), contents.get('a')!, 'a before the move')
+        await relocate(fsx) // balance (both copies move), then fill: the old places hold other bytes
+        t.ok((await overwrittenOldExtents(manifest, contents)) > 0, 'the old locations now hold other data')
+
+        const remap = await extfs(['remap', manifest])
+        t.equal(remap.code, 0, `extfs remap of a data-checksums image exits 0: ${remap.stderr.trim()}`)
+        const delta: Loose = await readJson(`${manifest}.delta-1`).catch(() => undefined)
+        t.same(delta?.dataChecksums, (await readJson(manifest)).dataChecksums, 'the delta repeats the image\'s dataChecksums')
+        const moved: Loose[] = (delta?.files ?? []).flatMap((f: Loose) => f.extents ?? [])
+        t.ok(moved.length > 0 && moved.every((e) => e.copies?.length === 1 && e.csums), 'every moved extent carries its other copy and its csums')
+
+        for (const name of IMAGE_FILES) sameBytes(t, readAll(path.join(view, name)), contents.get(name)!, `view of ${name} after the move`)
+        t.match(await fs.promises.readFile(logFile, 'utf8'), /followed the config ID/, 'the view followed the delta')
+
+        // Copy 0 of a's new place damaged: only the delta's csums tell the view to read the other copy.
+        const m = await readJson(manifest)
+        const ino = rootFiles(m).get('b').ino
+        const first = delta?.files.find((f: Loose) => f.ino === ino)?.extents?.[0]
+        t.ok(first, 'b moved')
+        if (first) {
+          const devices = [...m.devices, ...delta.devices]
+          damageAt(devices[first.device].hint, first, 40)
+          await run('dd', [`if=${path.join(view, 'b')}`, 'iflag=nocache', 'count=0', 'status=none']) // drop b's cached pages
+          sameBytes(t, readAll(path.join(view, 'b')), contents.get('b')!, 'b with its new copy 0 damaged: read from the other copy')
+        }
+      })
+    } finally {
+      await release(manifest)
+    }
+  })
+})
+
+t.test('btrfs RAID1 served: extfs backup http://… exits 0 (serve\'s final remap maps the mirrored image)', async (t) => {
+  const scratch = await scratchDir(t)
+  const keyFile = path.join(scratch, 'key')
+  await fs.promises.writeFile(keyFile, seededBytes(77, 32).toString('hex'))
+  await withBtrfs({ devices: 2, data: 'raid1', metadata: 'raid1' }, async (fsx) => {
+    const source = path.join(fsx.mountpoint, 'data')
+    await runOk('btrfs', ['subvolume', 'create', source])
+    for (const [i, name] of ['x', 'y'].entries()) await fs.promises.writeFile(path.join(source, name), seededBytes(80 + i, 1 * MiB + i))
+    await runOk('sync', [])
+    const manifest = path.join(scratch, 'served.json')
+    const exp = await extfs(['export', source, '--output', manifest, '--frozen-image', 'snapshot', '--key', keyFile])
+    t.equal(exp.code, 0, `export: ${exp.stderr.trim()}`)
+    try {
+      t.ok((await readJson(manifest)).features.includes('data-checksums'), 'a mirrored image: the manifest has data checksums')
+      const served = await startServe(t, ['--key', keyFile, '--state', path.join(scratch, 'serve.db'), '--interval', '0', manifest])
+      const out = path.join(scratch, 'out')
+      await fs.promises.mkdir(out)
+      const r = await run(EXTFS, ['backup', `${served.url}/served`, '--key', keyFile, '--', 'cp', '-a', '.', out], { timeoutMs: 180_000 })
+      t.equal(r.code, 0, `extfs backup of a served RAID1 image exits 0: ${r.stderr.trim()}`)
+      const remaps = served.stderr().split('\n').filter((l) => l.includes('"msg":"remap"')).map((l) => JSON.parse(l).state)
+      t.same(remaps, ['unchanged'], 'the final remap finds the image where export mapped it, copies and csums alike')
+      for (const name of ['x', 'y']) sameBytes(t, await fs.promises.readFile(path.join(out, name)).catch(() => Buffer.alloc(0)), await fs.promises.readFile(path.join(source, name)), `backup of ${name}`)
+      await served.stop()
+    } finally {
+      await release(manifest)
+    }
   })
 })

@@ -14,7 +14,7 @@ const u32 = (b: Buffer, name: 'delta_header' | 'delta_file', field: string, at =
 const u64 = (b: Buffer, field: string) => Number(b.readBigUInt64LE((LAYOUT.delta_header.fields as Record<string, { offset: number }>)[field]!.offset))
 
 t.test('layout agrees with the addon', async (t) => {
-  t.equal(LAYOUT.delta_header.size, 56, 'header: 56 bytes')
+  t.equal(LAYOUT.delta_header.size, 80, 'header: 80 bytes')
   t.equal(LAYOUT.delta_file.size, 16, 'file record: 16 bytes')
   const native = viewAddon().layout()
   t.doesNotThrow(() => checkLayout(native), 'structs agree')
@@ -50,8 +50,27 @@ t.test('packing: header, sorted files, merged extents, devices', async (t) => {
   t.equal(buf.readInt32LE(u64(buf, 'devices_off')), -1, 'device fd left to applyDelta')
 
   const empty = packDelta([], [])
-  t.equal(empty.length, 56, 'an empty delta is a header')
+  t.equal(empty.length, 80, 'an empty delta is a header')
   t.same(unpackDelta(empty), { files: [], deviceSizes: [] })
+})
+
+t.test('packing copies and checksums: the copies and data sections, as the tables pack them', async (t) => {
+  const csums = (n: number, fill: number) => Buffer.alloc(4 * n, fill).toString('base64')
+  const a = { ...extent(0, 0, 1 << 20, 8192), copies: [{ device: 1, deviceOffset: 2 ** 40 }], csums: csums(2, 1) }
+  const b = { ...extent(8192, 0, (1 << 20) + 8192, 4096), copies: [{ device: 1, deviceOffset: 4096 }, { device: 2, deviceOffset: 0 }], csums: csums(1, 2) }
+  const plain = extent(12288, 1, 0, 100)
+  const buf = packDelta([{ index: 4, extents: [a, b, plain] }, { index: 2, extents: [{ ...extent(0, 2, 0, 4096), csums: csums(1, 3) }] }], [1 << 30])
+  t.equal(u64(buf, 'total_size'), buf.length)
+  for (const f of ['copies_off', 'data_off']) t.equal(u64(buf, f) % 8, 0, `${f} 8-aligned`)
+  t.equal(u32(buf, 'delta_header', 'n_extents'), 4, 'extents with checksums are not merged, even when they continue each other')
+  t.equal(u32(buf, 'delta_header', 'n_copies'), 3, 'every copy once')
+  t.equal(u64(buf, 'data_size'), 4 * 4, 'one crc32c per sector')
+  const back = unpackDelta(buf)
+  t.same(back.files[0]!.extents, [{ ...extent(0, 2, 0, 4096), csums: csums(1, 3) }], 'checksums without copies (a copy on a missing member left out)')
+  t.same(back.files[1]!.extents, [a, b, plain], 'copies (u64 offsets) and checksums read back as given')
+  t.same(back.deviceSizes, [1 << 30])
+  t.throws(() => packDelta([{ index: 1, extents: [{ ...a, copies: [{ device: -1, deviceOffset: 0 }] }] }], []), /device -1/, 'a copy\'s device index')
+  t.throws(() => packDelta([{ index: 1, extents: [{ ...a, copies: [{ device: 1, deviceOffset: -4096 }] }] }], []), /copy deviceOffset is -4096/)
 })
 
 t.test('refusals in JS', async (t) => {

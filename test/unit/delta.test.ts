@@ -152,7 +152,7 @@ t.test('proofs and retired devices: the device list after a delta', async (t) =>
   })
   const fresh = ImageMap.ofManifest(manifest())
   validateDelta(lying, fresh.context())
-  t.throws(() => fresh.apply(lying), /^delta 1: retires device 0, but inode 2 still has an extent on it$/, 'the map refuses a delta retiring a device still used')
+  t.throws(() => fresh.apply(lying), /^delta 1: retires device 0, but inode 2 still has an extent \(or a copy of one\) on it$/, 'the map refuses a delta retiring a device still used')
 })
 
 t.test('refused: malformed proofs and retired lists', async (t) => {
@@ -223,4 +223,106 @@ t.test('files: written atomically and read back bounded; the chain through the r
   fs.writeFileSync(record, JSON.stringify({ format: 'extfs-config-record', version: 2, configId: 'cfg-0001-abcdef', state: 'current', updatedAt: 'x' }))
   refused(t, () => readRecord(record), /unknown version 2/)
   refused(t, () => readRecord(path.join(dir, 'none')), /unreadable: ENOENT/)
+})
+
+// ------------------------------------------------------------------ data checksums (btrfs mirrors)
+
+const SECTOR = 4096
+/** One crc32c per 4096-byte sector of `length` bytes (the values do not matter to validation). */
+const csumsOf = (length: number, fill = 9) => Buffer.alloc((length / SECTOR) * 4, fill).toString('base64')
+const mirrored = (fileOffset: number, device: number, deviceOffset: number, length: number, copies: { device: number; deviceOffset: number }[]) =>
+  ({ ...extent(fileOffset, device, deviceOffset, length), copies, csums: csumsOf(length) })
+
+/** manifest() with feature data-checksums: crc32c per 4096 bytes. */
+function csumManifest() {
+  const m = manifest()
+  m.features = ['data-checksums']
+  m.dataChecksums = { algorithm: 'crc32c', sectorSize: SECTOR }
+  return m
+}
+
+/** delta() for csumManifest(): inode 2 mirrored on d0 and the new d1, as remap writes a RAID1 extent. */
+function csumDelta(): Loose {
+  const d: Loose = delta()
+  d.dataChecksums = { algorithm: 'crc32c', sectorSize: SECTOR }
+  d.files[0].extents = [mirrored(0, 0, 131072, 8192, [{ device: 1, deviceOffset: 65536 }])]
+  return d
+}
+
+const csumCtx = () => ImageMap.ofManifest(csumManifest()).context()
+
+function csumMutated(fn: (d: Loose) => void): Delta {
+  const d = csumDelta()
+  fn(d)
+  return d
+}
+
+t.test('data checksums: a delta carries copies and csums, the map keeps them, the signature covers them', async (t) => {
+  const d = csumDelta()
+  t.equal(validateDelta(d, csumCtx()), d, 'accepted')
+  const map = ImageMap.ofManifest(csumManifest())
+  map.apply(d)
+  t.same(map.files.get(2)!.extents, d.files[0]!.extents, 'the map keeps the copies and csums')
+  t.same(map.context().dataChecksums, { algorithm: 'crc32c', sectorSize: SECTOR }, 'the next delta is checked against the image\'s checksums too')
+  t.same(contextAfter(csumCtx(), d).dataChecksums, { algorithm: 'crc32c', sectorSize: SECTOR })
+  const signed = signDelta(d, KEY)
+  t.doesNotThrow(() => verifyDeltaSignature(signed, KEY, 'delta 1'))
+  const otherCsums: Loose = JSON.parse(JSON.stringify(signed))
+  otherCsums.files[0].extents[0].csums = csumsOf(8192, 1)
+  t.throws(() => verifyDeltaSignature(otherCsums, KEY, 'delta 1'), /delta 1/, 'a changed csum breaks the signature')
+  const otherCopy: Loose = JSON.parse(JSON.stringify(signed))
+  otherCopy.files[0].extents[0].copies[0].deviceOffset += SECTOR
+  t.throws(() => verifyDeltaSignature(otherCopy, KEY, 'delta 1'), /delta 1/, 'a moved copy breaks the signature')
+})
+
+t.test('data checksums: refused deltas', async (t) => {
+  const cases: [string, () => unknown, RegExp][] = [
+    ['no dataChecksums for an image with them', () => validateDelta(csumMutated((d) => { delete d.dataChecksums }), csumCtx()),
+      /^delta 1: has no dataChecksums, but the image has data checksums \(feature "data-checksums"\)/],
+    ['dataChecksums for an image without them', () => validateDelta(mutated((d) => { d.dataChecksums = { algorithm: 'crc32c', sectorSize: SECTOR } }), ctx()),
+      /^delta 1: has dataChecksums, but the image has none/],
+    ['another sector size', () => validateDelta(csumMutated((d) => { d.dataChecksums.sectorSize = 8192 }), csumCtx()),
+      /^delta 1: dataChecksums crc32c per 8192 bytes differ from the image's, crc32c per 4096 bytes$/],
+    ['an unknown algorithm', () => validateDelta(csumMutated((d) => { d.dataChecksums.algorithm = 'sha256' }), csumCtx()),
+      /^delta 1: dataChecksums: algorithm must be one of crc32c; got "sha256"$/],
+    ['an unknown field in dataChecksums', () => validateDelta(csumMutated((d) => { d.dataChecksums.x = 1 }), csumCtx()),
+      /^delta 1: dataChecksums: unknown field "x"$/],
+    ['dataChecksums not an object', () => validateDelta(csumMutated((d) => { d.dataChecksums = 'crc32c' }), csumCtx()),
+      /^delta 1: dataChecksums: must be an object \{algorithm, sectorSize\}/],
+    ['csums on a delta of an image without checksums', () => validateDelta(mutated((d) => { d.files[0].extents = [mirrored(0, 0, 131072, 8192, [])] }), ctx()),
+      /^delta 1: inode 2: extents\[0\] has copies or csums but the manifest does not declare feature "data-checksums"$/],
+    ['one csum short', () => validateDelta(csumMutated((d) => { d.files[0].extents[0].csums = csumsOf(4096) }), csumCtx()),
+      /^delta 1: inode 2: extents\[0\]\.csums must be strict base64 of 8 bytes \(one checksum per sector\), got 4 bytes$/],
+    ['csums not base64', () => validateDelta(csumMutated((d) => { d.files[0].extents[0].csums = 'AAAA AAA' }), csumCtx()),
+      /extents\[0\]\.csums must be strict base64 of 8 bytes \(one checksum per sector\), got something else$/],
+    ['csums of part of a sector', () => validateDelta(csumMutated((d) => { d.files[0].extents[0].length = 6000 }), csumCtx()),
+      /extents\[0\] has csums but its length 6000 is not whole sectors of 4096 bytes/],
+    ['copies without csums', () => validateDelta(csumMutated((d) => { delete d.files[0].extents[0].csums }), csumCtx()),
+      /^delta 1: inode 2: extents\[0\] has copies but no csums to choose between them$/],
+    ['no copies in the list', () => validateDelta(csumMutated((d) => { d.files[0].extents[0].copies = [] }), csumCtx()),
+      /extents\[0\]\.copies must be an array of 1 to 3 copies/],
+    ['four other copies', () => validateDelta(csumMutated((d) => { d.files[0].extents[0].copies = Array(4).fill({ device: 1, deviceOffset: 0 }) }), csumCtx()),
+      /extents\[0\]\.copies must be an array of 1 to 3 copies/],
+    ['a copy on a device that does not exist', () => validateDelta(csumMutated((d) => { d.files[0].extents[0].copies[0].device = 2 }), csumCtx()),
+      /extents\[0\]\.copies\[0\]\.device 2 does not exist/],
+    ['a copy past its device\'s end', () => validateDelta(csumMutated((d) => { d.files[0].extents[0].copies[0].deviceOffset = 2 * 1024 * 1024 - 4096 }), csumCtx()),
+      /extents\[0\]\.copies\[0\] past device end/],
+    ['a copy at a negative offset', () => validateDelta(csumMutated((d) => { d.files[0].extents[0].copies[0].deviceOffset = -4096 }), csumCtx()),
+      /extents\[0\]\.copies\[0\]\.deviceOffset must be a non-negative integer/],
+    ['an unknown field in a copy', () => validateDelta(csumMutated((d) => { d.files[0].extents[0].copies[0].x = 1 }), csumCtx()),
+      /copies\[0\]: unknown field "x"/],
+    ['a copy on a retired device', () => validateDelta(csumMutated((d) => {
+      d.devices = []
+      d.files = [{ ino: 5, extents: [mirrored(0, 1, 0, 8192, [{ device: 0, deviceOffset: 0 }])] }]
+    }), { ...ImageMap.ofManifest((() => { const m = csumManifest(); m.devices.push(makeDevice('d1', 2 * 1024 * 1024)); return m })()).context(), retired: new Set([0]) }),
+      /^delta 1: files\[0\]: inode 5 has a copy of an extent on device 0, which is retired$/],
+  ]
+  for (const [what, fn, message] of cases) t.test(what, async (t) => refused(t, fn, message))
+
+  // The map has every file: retiring a device that only a copy still uses is refused too.
+  const map = ImageMap.ofManifest(csumManifest())
+  map.apply(csumDelta()) // inode 2's copy on d1
+  const lying: Loose = { ...csumDelta(), seq: 2, from: 'cfg-0002-abcdef', to: 'cfg-0003-abcdef', devices: [], retired: [1], files: [{ ino: 5, extents: [extent(0, 0, 524288, 8192)] }] }
+  t.doesNotThrow(() => validateDelta(lying, map.context()), 'the delta alone looks fine')
+  t.throws(() => map.apply(lying), /^delta 2: retires device 1, but inode 2 still has an extent \(or a copy of one\) on it$/, 'the map sees the copy still there')
 })

@@ -360,8 +360,8 @@ t.test('hostile deltas are refused by the C delta check', async (t) => {
   t.equal(addon.checkDelta(image, packDelta([{ index: idx.a, extents: [extent(0, 2, 0, 4096), extent(8192, 1, 0, 1)] }], [MiB]), 1), null, 'extents on a new device')
   const cases: [string, Buffer, number, RegExp][] = [
     ['bad magic', u32(good(), 'delta_header', 'magic', 0x12345678), 0, /not a delta \(bad magic\)/],
-    ['another version', u32(good(), 'delta_header', 'version', 2), 0, /delta version 2, expected 1/],
-    ['truncated', good().subarray(0, 60), 0, /delta size 72, buffer holds 60/],
+    ['another version', u32(good(), 'delta_header', 'version', 1), 0, /delta version 1, expected 2/],
+    ['truncated', good().subarray(0, 88), 0, /delta size 96, buffer holds 88/],
     ['a section past the end', u64(good(), 'delta_header', 'extents_off', 1n << 40n), 0, /section extents out of bounds/],
     ['a misaligned section', u64(good(), 'delta_header', 'files_off', 60n), 0, /section files out of bounds/],
     ['fds and devices disagree', good(), 1, /0 new devices but 1 device fds/],
@@ -380,4 +380,46 @@ t.test('hostile deltas are refused by the C delta check', async (t) => {
   ]
   for (const [what, delta, fds, message] of cases) t.match(addon.checkDelta(image, delta, fds), message, what)
   t.throws(() => addon.checkDelta(tampered(['header', 0, 'n_inodes', 0]), good(), 0), /checkDelta: bad tables: no inodes/, 'bad tables: no verdict on the delta')
+})
+
+t.test('copies and checksums of delta extents: accepted as the tables\' are, refused when they point anywhere else', async (t) => {
+  const image = base.image // crc32c per 4096 bytes, 2 devices
+  /** A mirrored extent as remap writes it: copies, one checksum per 4096-byte sector. */
+  const mirrored = (fileOffset: number, device: number, deviceOffset: number, length: number, copies: { device: number; deviceOffset: number }[]): Extent =>
+    ({ ...extent(fileOffset, device, deviceOffset, length), copies, csums: Buffer.alloc((length / 4096) * 4, 9).toString('base64') })
+  const good = () => packDelta([{ index: idx.a, extents: [mirrored(0, 1, 0, 8192, [{ device: 0, deviceOffset: MiB }])] }], [])
+  /** `good()` with one field of its header, its extent or its copy set to `value`. */
+  const set = (name: 'delta_header' | 'extent' | 'copy', field: string, value: number | bigint): Buffer => {
+    const b = good()
+    const off = (f: string) => Number(b.readBigUInt64LE(LAYOUT.delta_header.fields[f as 'extents_off'].offset))
+    const at = (name === 'extent' ? off('extents_off') : name === 'copy' ? off('copies_off') : 0) + (LAYOUT[name].fields as Record<string, { offset: number }>)[field]!.offset
+    const size = (LAYOUT[name].fields as Record<string, { size: number }>)[field]!.size
+    if (size === 8) b.writeBigUInt64LE(BigInt(value), at)
+    else if (size === 4) b.writeUInt32LE(Number(value) >>> 0, at)
+    else b.writeUInt16LE(Number(value), at)
+    return b
+  }
+  t.equal(addon.checkDelta(image, good(), 0), null, 'a mirrored extent with its copy and checksums')
+  t.equal(addon.checkDelta(image, packDelta([{ index: idx.a, extents: [mirrored(0, 0, 0, 4096, [{ device: 2, deviceOffset: 0 }])] }], [MiB]), 1), null,
+    'a copy on the delta\'s new device')
+  const dataSize = Number(good().readBigUInt64LE(LAYOUT.delta_header.fields.data_size.offset))
+  const cases: [string, Buffer, number, RegExp][] = [
+    ['a copy on a device that does not exist', packDelta([{ index: idx.a, extents: [mirrored(0, 1, 0, 4096, [{ device: 2, deviceOffset: 0 }])] }], []), 0,
+      /^file 0: extent 0: copy device out of range$/],
+    ['copies without checksums', set('extent', 'flags', 0), 0, /^file 0: extent 0: extent has copies but no checksums to choose between them$/],
+    ['unknown extent flags', set('extent', 'flags', 3), 0, /^file 0: extent 0: unknown extent flags$/],
+    ['more copies than the delta holds', set('extent', 'copy_count', 2), 0, /^file 0: extent 0: extent copies out of range$/],
+    ['copies past the copies section', set('extent', 'copy_first', 1), 0, /^file 0: extent 0: extent copies out of range$/],
+    ['a copy past 2^64', set('copy', 'device_offset', 2n ** 64n - 1n), 0, /^file 0: extent 0: copy overflows 64 bits$/],
+    ['checksums past the delta\'s data', set('extent', 'csum_off', dataSize - 4), 0, /^file 0: extent 0: extent checksums out of range$/],
+    ['checksums of part of a sector', set('extent', 'length', 6144), 0, /^file 0: extent 0: extent with checksums is not whole sectors$/],
+    ['a copies section past the end', set('delta_header', 'n_copies', 0x1000_0000), 0, /^section copies out of bounds$/],
+    ['a data section past the end', set('delta_header', 'data_size', 1n << 40n), 0, /^section data out of bounds$/],
+  ]
+  for (const [what, delta, fds, message] of cases) t.match(addon.checkDelta(image, delta, fds), message, what)
+  // Tables without checksums have no algorithm to measure a delta's by.
+  const plain = makeManifest()
+  const tables = packTables(validateManifest(plain), [3])
+  t.match(addon.checkDelta(tables.image, packDelta([{ index: tables.paths.index(2), extents: [mirrored(0, 0, 0, 4096, [])] }], []), 0),
+    /^file 0: extent 0: extent has checksums but the tables name no algorithm$/, 'checksums on an image without them')
 })
