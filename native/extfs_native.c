@@ -214,6 +214,18 @@ static napi_value thaw(napi_env env, napi_callback_info info) {
   return simple_ioctl(env, info, FITHAW, "FITHAW");
 }
 
+// FS_IOC_GETFLAGS: the file attribute flags chattr sets (FS_IMMUTABLE_FL, FS_APPEND_FL, FS_NODUMP_FL...).
+// The kernel reads and writes an int, whatever the ioctl number's `long` says.
+static napi_value attr_flags(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  int fd, flags = 0;
+  if (!get_fd(env, argv[0], &fd)) return NULL;
+  if (ioctl(fd, FS_IOC_GETFLAGS, &flags) < 0) return throw_errno(env, "FS_IOC_GETFLAGS", errno);
+  napi_value out;
+  CHECK(napi_create_uint32(env, (uint32_t)flags, &out));
+  return out;
+}
+
 // FICLONE: make `dest` share all of `src`'s blocks (XFS reflink, btrfs). The kernel flushes `src`'s
 // dirty pages first and holds both inodes locked, so the clone is a consistent image of the file.
 static napi_value ficlone(napi_env env, napi_callback_info info) {
@@ -406,6 +418,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"fiemap", NULL, fiemap, NULL, NULL, NULL, napi_enumerable, NULL},
     {"freeze", NULL, freeze, NULL, NULL, NULL, napi_enumerable, NULL},
     {"thaw", NULL, thaw, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"attrFlags", NULL, attr_flags, NULL, NULL, NULL, napi_enumerable, NULL},
     {"ficlone", NULL, ficlone, NULL, NULL, NULL, napi_enumerable, NULL},
     {"blockDeviceSize", NULL, block_device_size, NULL, NULL, NULL, napi_enumerable, NULL},
     {"logicalBlockSize", NULL, logical_block_size, NULL, NULL, NULL, napi_enumerable, NULL},

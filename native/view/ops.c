@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <linux/fs.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,7 +60,7 @@ static void op_init(void *userdata, struct fuse_conn_info *conn) {
   conn->congestion_threshold = 48;
   conn->time_gran = 1; // nanosecond timestamps
   unsigned want = FUSE_CAP_ASYNC_READ | FUSE_CAP_READDIRPLUS | FUSE_CAP_CACHE_SYMLINKS | FUSE_CAP_PARALLEL_DIROPS |
-                  FUSE_CAP_NO_OPENDIR_SUPPORT;
+                  FUSE_CAP_NO_OPENDIR_SUPPORT | FUSE_CAP_IOCTL_DIR;
   conn->want |= want & conn->capable;
   e->no_opendir = (conn->want & FUSE_CAP_NO_OPENDIR_SUPPORT) != 0;
   // Always readdirplus, never "auto": a backup stats every entry, and auto mode lists all but the
@@ -258,6 +259,22 @@ static void op_listxattr(fuse_req_t req, fuse_ino_t nodeid, size_t size) {
   reply_xattr_bytes(req, size, e->t.data + first->name_off, len);
 }
 
+// lsattr and backup tools that keep chattr's flags (borg) ask with FS_IOC_GETFLAGS; the kernel sends it
+// here (fuse_fileattr_get) after opening the file. The flags are the initiator's; every other ioctl,
+// and every attempt to set flags, is refused.
+static void op_ioctl(fuse_req_t req, fuse_ino_t nodeid, unsigned int cmd, void *arg, struct fuse_file_info *fi,
+                     unsigned flags, const void *in_buf, size_t in_bufsz, size_t out_bufsz) {
+  (void)arg, (void)fi, (void)in_buf, (void)in_bufsz;
+  const struct xt_inode *n = node_or_reply(req, nodeid);
+  if (n == NULL) return;
+  if (flags & FUSE_IOCTL_COMPAT) return (void)fuse_reply_err(req, ENOSYS);
+  if (cmd == FS_IOC_SETFLAGS || cmd == FS_IOC_FSSETXATTR) return (void)fuse_reply_err(req, EROFS);
+  if (cmd != FS_IOC_GETFLAGS) return (void)fuse_reply_err(req, ENOTTY);
+  if (out_bufsz < sizeof(int)) return (void)fuse_reply_err(req, EINVAL);
+  int attrs = (int)n->attrs; // the kernel reads an int, whatever the ioctl number's `long` says
+  fuse_reply_ioctl(req, 0, &attrs, sizeof attrs);
+}
+
 static void op_statfs(fuse_req_t req, fuse_ino_t nodeid) {
   (void)nodeid;
   const struct xt_header *h = eng(req)->t.h;
@@ -302,6 +319,7 @@ const struct fuse_lowlevel_ops xt_ops = {
   .release = op_release,
   .getxattr = op_getxattr,
   .listxattr = op_listxattr,
+  .ioctl = op_ioctl,
   .statfs = op_statfs,
   .setattr = op_setattr,
   .mknod = op_mknod,

@@ -26,7 +26,7 @@
 #include <stdint.h>
 
 #define XT_MAGIC 0x54565845u // "EXVT" read as a little-endian u32
-#define XT_VERSION 2u
+#define XT_VERSION 3u
 
 // xt_inode.flags
 #define XT_INLINE 1u // regular file whose content is in the data blob (first = offset, count = length)
@@ -64,6 +64,7 @@ struct xt_inode {
   uint32_t parent;                   // index of the (first) directory naming it; the root names itself
   uint16_t mode;                     // st_mode: type bits | permission bits
   uint16_t flags;                    // XT_INLINE
+  uint32_t attrs;                    // files and directories: chattr's flags (FS_IOC_GETFLAGS), else 0
 };
 
 struct xt_dirent {
@@ -147,7 +148,7 @@ struct xt_delta_file {
 #define XT_INODE_FIELDS(F)                                                                                   \
   F(ino) F(size) F(blocks) F(rdev) F(atime_sec) F(mtime_sec) F(ctime_sec) F(atime_nsec) F(mtime_nsec)       \
   F(ctime_nsec) F(uid) F(gid) F(nlink) F(first) F(count) F(xattr_first) F(xattr_count) F(parent) F(mode)   \
-  F(flags)
+  F(flags) F(attrs)
 #define XT_DIRENT_FIELDS(F) F(name_off) F(child) F(name_len) F(reserved)
 #define XT_EXTENT_FIELDS(F) F(file_offset) F(device_offset) F(length) F(device) F(copy_first) F(csum_off) F(copy_count) F(flags)
 #define XT_COPY_FIELDS(F) F(device_offset) F(device) F(reserved)

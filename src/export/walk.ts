@@ -89,6 +89,16 @@ function readXattrs(file: string): Record<string, string> | undefined {
   return out
 }
 
+function flagsOf(fd: number, file: string): number {
+  try {
+    return linux.attrFlags(fd)
+  } catch (err) {
+    // Filesystems without flags (tmpfs before 6.0, some FUSE) have none to lose.
+    if ((err as NodeJS.ErrnoException).code === 'ENOTTY' || (err as NodeJS.ErrnoException).code === 'EOPNOTSUPP') return 0
+    throw new ExportError(`${file}: cannot read its attribute flags: ${(err as Error).message}`)
+  }
+}
+
 export class Walker {
   /** Inodes by source inode number: hard links meet here. */
   readonly inodes = new Map<number, Inode>()
@@ -176,6 +186,31 @@ export class Walker {
     }
   }
 
+  /**
+   * chattr's flags of a regular file or directory: read through the file's own descriptor when the
+   * walk holds it (a clone's flags are not the original's, so a clone set opens the original). Never
+   * opens a device node or FIFO: only files and directories get here.
+   */
+  private attrFlags(file: string, data: FileData | undefined): number {
+    if (data && data.meta === data.data) return flagsOf(data.fd, file)
+    let fd: number
+    try {
+      fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK)
+    } catch (err) {
+      // A clone set's tree is live: the original may be gone once its clone was made.
+      if (!this.target.live || (err as NodeJS.ErrnoException).code !== 'ENOENT') {
+        throw new ExportError(`${file}: cannot open to read its attribute flags: ${(err as Error).message}`)
+      }
+      this.target.warn(`${file}: vanished after its clone was made: exported without attribute flags`)
+      return 0
+    }
+    try {
+      return flagsOf(fd, file)
+    } finally {
+      fs.closeSync(fd)
+    }
+  }
+
   /** On a live filesystem a missing entry was deleted after readdir: warn and skip it. */
   private vanished(err: unknown, file: string): boolean {
     const code = (err as NodeJS.ErrnoException).code
@@ -225,6 +260,10 @@ export class Walker {
     if (kind === 'char' || kind === 'block') inode.rdev = Number(st.rdev)
     if (kind === 'symlink') inode.target = utf8Name(fs.readlinkSync(file, { encoding: 'buffer' }), file)
     if (data) this.mapRegularFile(data.fd, file, inode)
+    if (kind === 'file' || kind === 'dir') {
+      const attrs = this.attrFlags(file, data)
+      if (attrs !== 0) inode.attrs = attrs
+    }
     const xattrs = readXattrs(file)
     if (xattrs) inode.xattrs = xattrs
     this.inodes.set(inode.ino, inode)

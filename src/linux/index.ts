@@ -73,6 +73,8 @@ export interface NativeAddon {
   freeze(fd: number): void
   /** FITHAW; throws EINVAL when the filesystem is not frozen. */
   thaw(fd: number): void
+  /** FS_IOC_GETFLAGS: the file attribute flags of an open file or directory (chattr's, FS_*_FL). */
+  attrFlags(fd: number): number
   /** FICLONE: `destFd` (an empty file opened for writing) shares every block of `srcFd`; EOPNOTSUPP without reflink. */
   ficlone(srcFd: number, destFd: number): void
   /** BLKGETSIZE64: the size of an open block device in bytes. */

@@ -98,6 +98,11 @@ export interface Inode {
   ctime: Timespec
   /** Device number for char/block nodes (st_rdev). */
   rdev?: number
+  /**
+   * Regular files and directories: the file attribute flags (FS_IOC_GETFLAGS, what chattr sets and
+   * lsattr shows: FS_IMMUTABLE_FL, FS_APPEND_FL, FS_NODUMP_FL, ...); absent when 0.
+   */
+  attrs?: number
   /** Extended attributes, values base64 (POSIX ACLs are the system.posix_acl_* names). */
   xattrs?: Record<string, string>
   /** Regular files: physical extents sorted by fileOffset, non-overlapping. */

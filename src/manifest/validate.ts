@@ -72,7 +72,7 @@ const IDENTITY_KEYS = ['fsUuid', 'ptUuid', 'devUuid', 'wwn', 'serial'] as const
 const IDENTITY_KEY_SET = keySet(...IDENTITY_KEYS)
 const FINGERPRINT_KEYS = keySet('offset', 'length', 'sha256')
 const INODE_KEYS = keySet('ino', 'kind', 'perm', 'uid', 'gid', 'nlink', 'size', 'blocks', 'atime',
-  'mtime', 'ctime', 'rdev', 'xattrs', 'extents', 'inline', 'target', 'entries')
+  'mtime', 'ctime', 'rdev', 'attrs', 'xattrs', 'extents', 'inline', 'target', 'entries')
 const EXTENT_KEYS = keySet('fileOffset', 'device', 'deviceOffset', 'length', 'copies', 'csums')
 const ENTRY_KEYS = keySet('name', 'ino')
 const INODE_KINDS = keySet('file', 'dir', 'symlink', 'fifo', 'char', 'block', 'socket')
@@ -451,6 +451,8 @@ function checkKindFields(n: Obj, ino: number, kind: string): void {
   if (n.rdev !== undefined && !isInt(n.rdev, 0, MAX_SAFE)) {
     bad(`inode ${ino}`, `rdev must be a non-negative integer, got ${describe(n.rdev)}`)
   }
+  if (n.attrs !== undefined && !isFile && kind !== 'dir') bad(`inode ${ino}`, `a ${kind} cannot have attrs (only regular files and directories do)`)
+  if (n.attrs !== undefined && !isInt(n.attrs, 1, UINT32_MAX)) bad(`inode ${ino}`, `attrs must be an integer from 1 to ${UINT32_MAX}, got ${describe(n.attrs)}`)
   if (kind === 'dir' && !Array.isArray(n.entries)) bad(`inode ${ino}`, `a dir needs an entries array, got ${describe(n.entries)}`)
   if (kind === 'symlink' && n.target === undefined) bad(`inode ${ino}`, 'a symlink needs a target')
   if (isFile && n.inline !== undefined && n.extents !== undefined) {

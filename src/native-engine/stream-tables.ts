@@ -12,8 +12,8 @@
 // 3. One image is allocated and the record chunks are copied into it, each released as it is copied.
 //
 // Records live in chunks of 32 MiB (see CHUNK_BYTES), so growing never copies.
-// Per file with one extent and a name of n bytes, while loading: 104 (inode) + 12 + n + 1 (entry and
-// name) + 32 (extent) + 8 + 1 (ino, kind) + 8 (entry's ino), and ~20 bytes of walk arrays after it.
+// Per file with one extent and a name of n bytes, while loading: 112 (inode) + 12 + n + 1 (entry and
+// name) + 40 (extent) + 8 + 1 (ino, kind) + 8 (entry's ino), and ~20 bytes of walk arrays after it.
 import type { DataChecksums, ExtentCopy, Inode, Manifest } from '../manifest/types'
 import type { InodeSink } from '../manifest/stream'
 import type { HeaderFacts } from '../manifest/validate'
@@ -313,6 +313,7 @@ export class TablesBuilder implements InodeSink {
     dv.setUint32(o + I.xattr_count, xCount, true)
     dv.setUint16(o + I.mode, TYPE_BITS[n.kind] | n.perm, true)
     dv.setUint16(o + I.flags, flags, true)
+    dv.setUint32(o + I.attrs, n.attrs ?? 0, true)
   }
 
   /** Duplicates, root and tree; then the records in breadth-first order with parents and children set. */

@@ -21,16 +21,16 @@
 // - copies: the other copies of extents with checksums (feature data-checksums), each extent's
 //   back to back; such extents are not merged (their checksums and copies would have to be).
 //
-// Cost per inode: 104 bytes (inode) + 12 per name (dirent) + name bytes + 1, + 32 per extent, + 16
+// Cost per inode: 112 bytes (inode) + 12 per name (dirent) + name bytes + 1, + 40 per extent, + 16
 // per xattr (+ its name and value unless shared). A 4 KiB file named "f000123" with one extent:
-// 104 + 12 + 8 + 32 = 156 bytes.
+// 112 + 12 + 8 + 40 = 172 bytes.
 import { CSUM_ALG } from '../linux'
 import { CSUM_ALGORITHMS, type DataChecksums, type Extent, type ExtentCopy, type Inode, type Manifest } from '../manifest/types'
 import type { StagedTables } from './stream-tables'
 import { Blob } from './blob'
 
 export const TABLES_MAGIC = 0x54565845 // "EXVT" as a little-endian u32
-export const TABLES_VERSION = 2
+export const TABLES_VERSION = 3
 /** xt_inode.flags: a regular file whose content is in the data blob. */
 export const FLAG_INLINE = 1
 /** xt_extent.flags: the extent's sectors have checksums in the data blob (native/view/tables.h). */
@@ -68,7 +68,7 @@ export const LAYOUT = {
     csum_size:u32 sector_size:u32 copies_off:u64`),
   inode: struct(`ino:u64 size:u64 blocks:u64 rdev:u64 atime_sec:i64 mtime_sec:i64 ctime_sec:i64 atime_nsec:u32
     mtime_nsec:u32 ctime_nsec:u32 uid:u32 gid:u32 nlink:u32 first:u32 count:u32 xattr_first:u32 xattr_count:u32
-    parent:u32 mode:u16 flags:u16`),
+    parent:u32 mode:u16 flags:u16 attrs:u32`),
   dirent: struct('name_off:u32 child:u32 name_len:u16 reserved:u16'),
   extent: struct('file_offset:u64 device_offset:u64 length:u64 device:u32 copy_first:u32 csum_off:u32 copy_count:u16 flags:u16'),
   copy: struct('device_offset:u64 device:u32 reserved:u32'),
@@ -335,6 +335,7 @@ export function packTables(manifest: Manifest, deviceFds: readonly number[]): Pa
       atime_nsec: n.atime[1], mtime_nsec: n.mtime[1], ctime_nsec: n.ctime[1],
       uid: n.uid, gid: n.gid, nlink: n.nlink, first: first[i]!, count: count[i]!,
       xattr_first: xFirst[i]!, xattr_count: xCount[i]!, parent: parent[i]!, mode: TYPE_BITS[n.kind] | n.perm, flags: flags[i]!,
+      attrs: n.attrs ?? 0,
     })
   }
   for (let d = 0; d < dChild.length; d++) {

@@ -152,3 +152,31 @@ t.test('a nested mount and a nested btrfs subvolume are empty directories in the
     }
   })
 })
+
+t.test('ext4: chattr flags (immutable, append-only, nodump) are served as lsattr shows them on the source', async (t) => {
+  const dir = await scratchDir(t, 'extfs-real-trees-')
+  await withLoopFs({ fs: 'ext4' }, async (fs) => {
+    const data = path.join(fs.mountpoint, 'data')
+    await fsp.mkdir(path.join(data, 'nodump-dir'), { recursive: true })
+    const flagged = { immutable: '+i', 'append-only': '+a', nodump: '+d', plain: '' }
+    for (const name of Object.keys(flagged)) await fsp.writeFile(path.join(data, name), `${name}\n`)
+    const manifest = path.join(dir, 'flags.json')
+    try {
+      for (const [name, flag] of Object.entries(flagged)) if (flag) await runOk('chattr', [flag, path.join(data, name)])
+      await runOk('chattr', ['+d', path.join(data, 'nodump-dir')])
+      const exp = await extfs(['export', data, '--output', manifest, '--frozen-image', 'freeze'])
+      t.equal(exp.code, 0, `export: ${exp.stderr}`)
+      const lsattr = async (root: string) => (await runOk('lsattr', ['-d', ...[...Object.keys(flagged), 'nodump-dir'].map((n) => path.join(root, n))])).stdout.replaceAll(root, '<root>')
+      const source = await lsattr(data)
+      t.match(source, /^----i.* <root>\/immutable$/m, 'the source has the flags')
+      await withView(manifest, async (view) => {
+        t.equal(await lsattr(view), source, 'lsattr of the view equals lsattr of the source')
+        const set = await run('chattr', ['-i', path.join(view, 'immutable')])
+        t.not(set.code, 0, 'setting flags through the view is refused')
+      })
+    } finally {
+      await release(manifest)
+      for (const [name, flag] of Object.entries(flagged)) if (flag) await run('chattr', [flag.replace('+', '-'), path.join(data, name)])
+    }
+  })
+})

@@ -27,7 +27,7 @@ function flatDir(names: string[]): Manifest {
 }
 
 t.test('layout', async (t) => {
-  t.equal(LAYOUT.inode.size, 104, 'inode record: 104 bytes')
+  t.equal(LAYOUT.inode.size, 112, 'inode record: 112 bytes')
   t.equal(LAYOUT.dirent.size, 12, 'dirent: 12 bytes')
   t.equal(LAYOUT.extent.size, 40, 'extent: 40 bytes')
   t.equal(LAYOUT.copy.size, 16, 'copy: 16 bytes')
