@@ -126,7 +126,7 @@ function buildTree(walker: Walker, walkPaths: string[], baseNames: string[]): nu
     if (names.has(r.name)) throw new ExportError(`two exported paths share the name ${r.name}`)
     names.add(r.name)
   }
-  const ino = Math.max(...walker.inodes.keys()) + 1
+  const ino = walker.freeIno()
   const root = synthesizeRoot(roots, ino)
   root.nlink = 2 + roots.filter((r) => walker.inodes.get(r.ino)!.kind === 'dir').length
   walker.inodes.set(ino, root)

@@ -147,11 +147,19 @@ export class Walker {
    * filesystem, where a btrfs subvolume's root is always 256). After every visit().
    */
   numberMountPoints(): void {
-    let next = Math.max(0, ...this.inodes.keys()) + 1
+    if (this.mountPoints.length === 0) return
+    let next = this.freeIno()
     for (const { entry, inode } of this.mountPoints.splice(0)) {
       entry.ino = inode.ino = next++
       this.inodes.set(inode.ino, inode)
     }
+  }
+
+  /** An inode number above every one described (a loop: a spread of millions of keys overflows the stack). */
+  freeIno(): number {
+    let max = 0
+    for (const ino of this.inodes.keys()) if (ino > max) max = ino
+    return max + 1
   }
 
   /**
