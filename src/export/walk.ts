@@ -6,7 +6,7 @@ import path from 'node:path'
 import type { DirEntry, Inode, InodeKind, Timespec } from '../manifest/types'
 import { linux } from '../linux'
 import type { FileMapper } from '../mapping/mapper'
-import type { FileData, OpenFile } from '../frozen/clone-set'
+import { attrFlagsOf, type FileData, type OpenFile } from '../frozen/clone-set'
 import { ExportError } from '../errors'
 
 export interface WalkTarget {
@@ -87,16 +87,6 @@ function readXattrs(file: string): Record<string, string> | undefined {
     }
   }
   return out
-}
-
-function flagsOf(fd: number, file: string): number {
-  try {
-    return linux.attrFlags(fd)
-  } catch (err) {
-    // Filesystems without flags (tmpfs before 6.0, some FUSE) have none to lose.
-    if ((err as NodeJS.ErrnoException).code === 'ENOTTY' || (err as NodeJS.ErrnoException).code === 'EOPNOTSUPP') return 0
-    throw new ExportError(`${file}: cannot read its attribute flags: ${(err as Error).message}`)
-  }
 }
 
 export class Walker {
@@ -194,26 +184,21 @@ export class Walker {
     }
   }
 
-  /**
-   * chattr's flags of a regular file or directory: read through the file's own descriptor when the
-   * walk holds it (a clone's flags are not the original's, so a clone set opens the original). Never
-   * opens a device node or FIFO: only files and directories get here.
-   */
-  private attrFlags(file: string, data: FileData | undefined): number {
-    if (data && data.meta === data.data) return flagsOf(data.fd, file)
+  /** chattr's flags of a directory; a regular file's came with its descriptor (FileData.attrs). */
+  private dirAttrFlags(dir: string): number {
     let fd: number
     try {
-      fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK)
+      fd = fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY | fs.constants.O_NOFOLLOW | fs.constants.O_NOATIME)
     } catch (err) {
-      // A clone set's tree is live: the original may be gone once its clone was made.
+      // A clone set's tree is live: the directory may be gone since it was listed.
       if (!this.target.live || (err as NodeJS.ErrnoException).code !== 'ENOENT') {
-        throw new ExportError(`${file}: cannot open to read its attribute flags: ${(err as Error).message}`)
+        throw new ExportError(`${dir}: cannot open to read its attribute flags: ${(err as Error).message}`)
       }
-      this.target.warn(`${file}: vanished after its clone was made: exported without attribute flags`)
+      this.target.warn(`${dir}: vanished while the image was taken: exported without attribute flags`)
       return 0
     }
     try {
-      return flagsOf(fd, file)
+      return attrFlagsOf(fd, dir)
     } finally {
       fs.closeSync(fd)
     }
@@ -268,10 +253,8 @@ export class Walker {
     if (kind === 'char' || kind === 'block') inode.rdev = Number(st.rdev)
     if (kind === 'symlink') inode.target = utf8Name(fs.readlinkSync(file, { encoding: 'buffer' }), file)
     if (data) this.mapRegularFile(data.fd, file, inode)
-    if (kind === 'file' || kind === 'dir') {
-      const attrs = this.attrFlags(file, data)
-      if (attrs !== 0) inode.attrs = attrs
-    }
+    const attrs = data ? data.attrs : kind === 'dir' ? this.dirAttrFlags(file) : 0
+    if (attrs !== 0) inode.attrs = attrs
     const xattrs = readXattrs(file)
     if (xattrs) inode.xattrs = xattrs
     this.inodes.set(inode.ino, inode)

@@ -14,6 +14,8 @@ export interface FileData {
   meta: fs.BigIntStats
   /** Size and allocation of the bytes behind `fd`. */
   data: fs.BigIntStats
+  /** chattr's flags of the file itself (a clone has its own, not the original's). */
+  attrs: number
   close(): void
 }
 
@@ -25,7 +27,24 @@ const VANISHED = new Set(['ENOENT', 'ELOOP', 'ENOTDIR'])
 /** Open in place (frozen or otherwise stable filesystems). O_NOATIME: reading must not write metadata. */
 export const openInPlace: OpenFile = (file, st) => {
   const fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOATIME)
-  return { fd, meta: st, data: st, close: () => fs.closeSync(fd) }
+  try {
+    return { fd, meta: st, data: st, attrs: attrFlagsOf(fd, file), close: () => fs.closeSync(fd) }
+  } catch (err) {
+    fs.closeSync(fd)
+    throw err
+  }
+}
+
+/** FS_IOC_GETFLAGS of an open file or directory: what chattr set (0 where the filesystem keeps none). */
+export function attrFlagsOf(fd: number, file: string): number {
+  try {
+    return linux.attrFlags(fd)
+  } catch (err) {
+    // Filesystems without flags (tmpfs before 6.0, some FUSE) have none to lose.
+    const code = (err as NodeJS.ErrnoException).code
+    if (code === 'ENOTTY' || code === 'EOPNOTSUPP') return 0
+    throw new ExportError(`${file}: cannot read its attribute flags: ${(err as Error).message}`)
+  }
 }
 
 /** Clone each file into `dir` as `<source inode number>`; metadata is the original's right after cloning. */
@@ -56,7 +75,7 @@ export function cloneInto(dir: string): OpenFile {
       }
       const meta = fs.fstatSync(src, { bigint: true })
       const data = fs.fstatSync(clone, { bigint: true })
-      return { fd: clone, meta, data, close: () => fs.closeSync(clone) }
+      return { fd: clone, meta, data, attrs: attrFlagsOf(src, file), close: () => fs.closeSync(clone) }
     } finally {
       fs.closeSync(src)
     }

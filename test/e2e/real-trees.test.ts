@@ -180,3 +180,22 @@ t.test('ext4: chattr flags (immutable, append-only, nodump) are served as lsattr
     }
   })
 })
+
+t.test('XFS clone set: a file\'s chattr flags are the original\'s, not its clone\'s', async (t) => {
+  const dir = await scratchDir(t, 'extfs-real-trees-')
+  await withLoopFs({ fs: 'xfs', mkfsArgs: ['-m', 'reflink=1'] }, async (fs) => {
+    const data = path.join(fs.mountpoint, 'data')
+    await fsp.mkdir(data)
+    await fsp.writeFile(path.join(data, 'nodump'), 'nodump\n')
+    await runOk('chattr', ['+d', path.join(data, 'nodump')])
+    const manifest = path.join(dir, 'clones.json')
+    try {
+      const exp = await extfs(['export', data, '--output', manifest, '--frozen-image', 'snapshot'])
+      t.equal(exp.code, 0, `export: ${exp.stderr}`)
+      const lsattr = async (root: string) => (await runOk('lsattr', ['-d', path.join(root, 'nodump')])).stdout.replaceAll(root, '<root>')
+      await withView(manifest, async (view) => t.equal(await lsattr(view), await lsattr(data), 'lsattr of the view equals the source'))
+    } finally {
+      await release(manifest)
+    }
+  })
+})
