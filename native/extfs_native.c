@@ -108,17 +108,30 @@ bool get_fd(napi_env env, napi_value v, int *fd) {
 
 // A JS string as a malloc'd C string (caller frees). Embedded NULs would silently shorten a path,
 // so they are refused, as Node's fs does.
+// A path or name argument as a malloc'd C string (caller frees): a JS string (UTF-8) or a Buffer,
+// which carries names that are not UTF-8 (Linux names are bytes). NUL inside is refused either way.
 static char *get_cstring(napi_env env, napi_value v, const char *name) {
   size_t len, got;
   char msg[128];
-  if (napi_get_value_string_utf8(env, v, NULL, 0, &len) != napi_ok) {
-    snprintf(msg, sizeof msg, "%s must be a string", name);
+  bool is_buffer = false;
+  void *data = NULL;
+  napi_is_buffer(env, v, &is_buffer);
+  if (is_buffer) {
+    if (napi_get_buffer_info(env, v, &data, &len) != napi_ok) return (char *)napi_fail(env);
+  } else if (napi_get_value_string_utf8(env, v, NULL, 0, &len) != napi_ok) {
+    snprintf(msg, sizeof msg, "%s must be a string or a Buffer", name);
     napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", msg);
     return NULL;
   }
   char *s = malloc(len + 1);
   if (s == NULL) return (char *)throw_errno(env, "malloc", ENOMEM);
-  napi_get_value_string_utf8(env, v, s, len + 1, &got);
+  if (is_buffer) {
+    memcpy(s, data, len);
+    s[len] = '\0';
+    got = len;
+  } else {
+    napi_get_value_string_utf8(env, v, s, len + 1, &got);
+  }
   if (strlen(s) != got) {
     free(s);
     snprintf(msg, sizeof msg, "%s must not contain NUL bytes", name);
@@ -284,12 +297,13 @@ static napi_value list_xattrs(napi_env env, napi_callback_info info) {
   free(path);
   if (names == NULL) return NULL;
 
-  // The kernel returns the names NUL-terminated, back to back: "user.a\0user.b\0".
+  // The kernel returns the names NUL-terminated, back to back: "user.a\0user.b\0". Each becomes a
+  // Buffer: a name is bytes, and decoding it as UTF-8 here would lose the ones that are not.
   napi_value array = NULL, s;
   uint32_t count = 0;
   if (napi_create_array(env, &array) == napi_ok) {
     for (ssize_t at = 0; at < len; at += strlen(names + at) + 1) {
-      if (napi_create_string_utf8(env, names + at, strnlen(names + at, len - at), &s) != napi_ok ||
+      if (napi_create_buffer_copy(env, strnlen(names + at, len - at), names + at, NULL, &s) != napi_ok ||
           napi_set_element(env, array, count++, s) != napi_ok) {
         array = NULL;
         break;

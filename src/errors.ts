@@ -43,7 +43,8 @@ export class ExtfsError extends Error {
 }
 
 export class ManifestError extends ExtfsError {
-  constructor(message: string) { super(ExitCode.BadManifest, message) }
+  /** `where` is what the problem is in ("inode 12", "manifest", ...), `what` the problem, when known. */
+  constructor(message: string, readonly at?: { where: string; what: string }) { super(ExitCode.BadManifest, message) }
 }
 
 export class DeviceError extends ExtfsError {

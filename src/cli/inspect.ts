@@ -1,5 +1,6 @@
 // `extfs inspect`: what a manifest holds, for people (text) and scripts (--json).
 import type { Manifest } from '../manifest/types'
+import { printable } from '../manifest/names'
 
 export interface Summary {
   configId: string
@@ -83,7 +84,7 @@ export function formatSummary(s: Summary): string {
     lines.push(`device ${d.id.padEnd(6)} ${d.size} bytes, ${ids}, ${d.fingerprints} fingerprints${d.hint ? `, was ${d.hint}` : ''}`)
   }
   if (s.largeAcls.length > 0) {
-    lines.push(`large ACLs    ${s.largeAcls.length} file(s) hold POSIX ACLs over ${KERNEL_ACL_BUFFER} bytes, which no FUSE reader can have: ${s.largeAcls.join(', ')}`)
+    lines.push(`large ACLs    ${s.largeAcls.length} file(s) hold POSIX ACLs over ${KERNEL_ACL_BUFFER} bytes, which no FUSE reader can have: ${printable(s.largeAcls.join(', '))}`)
   }
   return lines.join('\n')
 }

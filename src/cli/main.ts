@@ -21,6 +21,7 @@ import { remapImage } from '../remap/remap'
 import { parseMiB, parseSeconds, runServe } from '../service/run'
 import { DEFAULT_REMAP_CACHE_BYTES } from '../service/remap-worker'
 import { DEFAULT_STATE_PATH } from '../service/state'
+import { printable } from '../manifest/names'
 
 function collectDevice(value: string, acc: Map<string, string>): Map<string, string> {
   const eq = value.indexOf('=')
@@ -212,11 +213,11 @@ export async function main(argv: string[]): Promise<void> {
       return
     }
     if (err instanceof ExtfsError) {
-      process.stderr.write(`extfs: ${err.message}\n`)
+      process.stderr.write(`extfs: ${printable(err.message)}\n`)
       process.exitCode = err.exitCode
       return
     }
-    process.stderr.write(`extfs: internal error: ${(err as Error)?.message ?? String(err)}\n`)
+    process.stderr.write(`extfs: internal error: ${printable((err as Error)?.message ?? String(err))}\n`)
     if (process.env.EXTFS_DEBUG) process.stderr.write(`${(err as Error)?.stack}\n`)
     process.exitCode = ExitCode.Internal
   }

@@ -14,6 +14,7 @@ import { DEFAULT_LOG_FILE, READY_FD_ENV, reportReady, startBackground } from '..
 import { unmountView } from '../mover/umount'
 import { loadState, takeReport, type ViewReport } from '../mover/state'
 import { finalRemap } from '../mover/final-remap'
+import { printable } from '../manifest/names'
 
 export interface MountCliOptions {
   key?: string
@@ -171,7 +172,7 @@ function verdict(status: number, report: ViewReport | undefined, unchecked: stri
   // Bytes of these files may have come from blocks the initiator had moved away: the backup of them is not trustworthy.
   const tainted = report?.tainted ?? []
   if (tainted.length > 0) {
-    process.stderr.write(`extfs: ${tainted.length} file(s) were read under a superseded map and not read again: ${tainted.join(', ')}\n`)
+    process.stderr.write(`extfs: ${tainted.length} file(s) were read under a superseded map and not read again: ${printable(tainted.join(', '))}\n`)
     return status === 0 ? ExitCode.Stale : status
   }
   if (status !== 0) return status
@@ -199,7 +200,7 @@ function sayUnservedMetadata(report: ViewReport | undefined, logFile: string): b
   const { count, files } = report?.unservedMetadata ?? { count: 0, files: [] }
   if (count === 0) return false
   const named = files.slice(0, NAMED_FILES).join(', ') + (count > NAMED_FILES ? ` and ${count - NAMED_FILES} more` : '')
-  process.stderr.write(`extfs: the command could not read the POSIX ACLs of ${count} file(s), larger than the kernel passes through FUSE: ${named}; the backup lacks them (log: ${logFile})\n`)
+  process.stderr.write(`extfs: the command could not read the POSIX ACLs of ${count} file(s), larger than the kernel passes through FUSE: ${printable(named)}; the backup lacks them (log: ${logFile})\n`)
   return true
 }
 
@@ -208,15 +209,17 @@ function sayUnservedMetadata(report: ViewReport | undefined, logFile: string): b
  * record, so a remap published while the command ran still taints what was read before it.
  */
 async function checkRecordOnce(mountpoint: string): Promise<void> {
-  const dirs = [mountpoint]
+  // Paths as bytes: a name that is not UTF-8 would not open as a string.
+  const dirs = [Buffer.from(mountpoint)]
   for (let seen = 0; dirs.length > 0 && seen < 10_000; seen++) {
     const dir = dirs.shift()!
-    const entries = await fs.promises.readdir(dir, { withFileTypes: true }).catch(() => [])
+    const entries = await fs.promises.readdir(dir, { withFileTypes: true, encoding: 'buffer' }).catch(() => [])
+    const child = (name: Buffer) => Buffer.concat([dir, Buffer.from('/'), name])
     const file = entries.find((e) => e.isFile())
     if (file) {
-      await fs.promises.open(path.join(dir, file.name), 'r').then((h) => h.close(), () => undefined)
+      await fs.promises.open(child(file.name), 'r').then((h) => h.close(), () => undefined)
       return
     }
-    dirs.push(...entries.filter((e) => e.isDirectory()).map((e) => path.join(dir, e.name)))
+    dirs.push(...entries.filter((e) => e.isDirectory()).map((e) => child(e.name)))
   }
 }

@@ -23,7 +23,8 @@ import { probeIdentity } from '../device/identity'
 import { RawDevice } from '../device/reader'
 import { extentsOnDevice, takeFingerprints } from '../device/fingerprint'
 import { Walker } from './walk'
-import { ExportError } from '../errors'
+import { ExportError, ManifestError } from '../errors'
+import { pathOfInode } from '../manifest/paths'
 
 /** Filesystems the mapper resolves to raw disks (btrfs through its chunk tree). */
 const SUPPORTED_FS = new Set(['ext2', 'ext3', 'ext4', 'xfs', 'btrfs'])
@@ -106,6 +107,7 @@ function features(walker: Walker, mapper: FileMapper): string[] {
   const out: string[] = []
   if ([...walker.inodes.values()].some((i) => i.inline !== undefined)) out.push('inline-data')
   if (mapper.dataChecksums) out.push('data-checksums')
+  if (walker.byteNames) out.push('byte-names')
   return out
 }
 
@@ -116,10 +118,10 @@ function synthesizeRoot(children: { name: string; ino: number }[], ino: number):
 }
 
 /** `baseNames[i]` is what the view calls `walkPaths[i]` (its base name on the source, also inside a snapshot). */
-function buildTree(walker: Walker, walkPaths: string[], baseNames: string[]): number {
+function buildTree(walker: Walker, walkPaths: string[], baseNames: string[]): { root: number; synthetic: boolean } {
   const roots = walkPaths.map((p, i) => ({ name: baseNames[i], ino: walker.visit(p) }))
   walker.numberMountPoints()
-  if (roots.length === 1 && walker.inodes.get(roots[0].ino)!.kind === 'dir') return roots[0].ino
+  if (roots.length === 1 && walker.inodes.get(roots[0].ino)!.kind === 'dir') return { root: roots[0].ino, synthetic: false }
   // Several paths, or a single file: a synthetic root holds each by its base name.
   const names = new Set<string>()
   for (const r of roots) {
@@ -130,7 +132,7 @@ function buildTree(walker: Walker, walkPaths: string[], baseNames: string[]): nu
   const root = synthesizeRoot(roots, ino)
   root.nlink = 2 + roots.filter((r) => walker.inodes.get(r.ino)!.kind === 'dir').length
   walker.inodes.set(ino, root)
-  return ino
+  return { root: ino, synthetic: true }
 }
 
 /** The filesystem's UUID, recorded so that release can tell it is still the same filesystem. */
@@ -205,7 +207,7 @@ export function exportImage(opts: ExportOptions): Manifest {
   const toSource = inSourceTerms(hold, realPaths)
   try {
     const walker = new Walker({ dev: hold.dev, mapper, warn: (m) => opts.warn(toSource(m)), openFile: hold.openFile, carryMax: opts.carryMax, skip: new Set([...hold.skip, journal]), live: hold.live })
-    const root = buildTree(walker, hold.walkPaths, realPaths.map((p) => path.basename(p)))
+    const { root, synthetic } = buildTree(walker, hold.walkPaths, realPaths.map((p) => path.basename(p)))
     postThaw('taken')
     const devices = describeDevices(mapper.disks, allExtents(walker.inodes.values()), mapper.dataChecksums)
     const configId = randomBytes(16).toString('hex')
@@ -228,7 +230,7 @@ export function exportImage(opts: ExportOptions): Manifest {
     if (opts.key) manifest = signManifest(manifest, opts.key)
     // writeManifestFile holds our own output to the mover's rules before writing it; without its
     // record a manifest serves nothing, so a failure here leaves nothing usable behind.
-    writeManifestFile(output, manifest)
+    writeOwnManifest(output, manifest, (inView) => sourcePathOf(inView, synthetic, realPaths))
     try {
       // The mapping options go into the record so that `extfs remap` maps the image the same way.
       writeRecord(record, configId, 'current', { mapping: { throughLoop: opts.throughLoop, carryMax: opts.carryMax } })
@@ -243,6 +245,30 @@ export function exportImage(opts: ExportOptions): Manifest {
     if (err instanceof ExportError) err.message = toSource(err.message)
     throw err
   }
+}
+
+/**
+ * A tree the mover's rules refuse is a problem of the source (exit 8 naming the file), not of a
+ * manifest from elsewhere (exit 3 naming an inode number).
+ */
+export function writeOwnManifest(output: string, manifest: Manifest, sourcePath: (inView: string) => string): void {
+  try {
+    writeManifestFile(output, manifest)
+  } catch (err) {
+    const ino = err instanceof ManifestError ? /^inode (\d+)$/.exec(err.at?.where ?? '')?.[1] : undefined
+    if (ino === undefined) throw err
+    const inView = pathOfInode(manifest, Number(ino))
+    const file = inView === undefined ? `inode ${ino}` : sourcePath(inView)
+    throw new ExportError(`${file}: the manifest cannot carry it: ${(err as ManifestError).at!.what}`)
+  }
+}
+
+/** Where the view's `/a/b` lies on the source: below the exported directory, or one of several paths. */
+export function sourcePathOf(inView: string, synthetic: boolean, realPaths: string[]): string {
+  if (!synthetic) return path.join(realPaths[0]!, inView)
+  const [first] = inView.split('/').filter(Boolean)
+  const under = realPaths.find((p) => path.basename(p) === first)
+  return under === undefined ? inView : path.join(path.dirname(under), inView)
 }
 
 /** Messages name files as the owner knows them, not by their place inside our snapshot. */

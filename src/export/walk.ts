@@ -8,6 +8,7 @@ import { linux } from '../linux'
 import type { FileMapper } from '../mapping/mapper'
 import { attrFlagsOf, type FileData, type OpenFile } from '../frozen/clone-set'
 import { ExportError } from '../errors'
+import { decodeName, hasByteEscapes, hostPath } from '../manifest/names'
 
 export interface WalkTarget {
   /** st_dev of the filesystem being exported: entries on other filesystems are skipped. */
@@ -58,30 +59,23 @@ function kindOf(st: fs.BigIntStats): InodeKind {
   return 'socket'
 }
 
-/** Names are carried as UTF-8 strings; a name that does not survive the round trip cannot be exported. */
-function utf8Name(raw: Buffer, dir: string): string {
-  const name = raw.toString('utf8')
-  if (!Buffer.from(name, 'utf8').equals(raw)) throw new ExportError(`${dir}: entry name is not valid UTF-8 (${raw.toString('hex')}); not supported`)
-  return name
-}
-
-function readXattrs(file: string): Record<string, string> | undefined {
-  let names: string[]
+/** The xattrs of `file` by name (as decodeName carries it), values base64; `names` learns of byte names. */
+function readXattrs(file: string, names: NameDecoder): Record<string, string> | undefined {
+  let raw: Buffer[]
   try {
-    names = linux.listXattrs(file)
+    raw = linux.listXattrs(hostPath(file))
   } catch (err) {
     // ENOENT: deleted after it was described, which only a live filesystem (clone sets) allows.
     const code = (err as NodeJS.ErrnoException).code
     if (code === 'ENOTSUP' || code === 'ENOENT') return undefined
     throw new ExportError(`${file}: cannot list extended attributes: ${(err as Error).message}`)
   }
-  if (names.length === 0) return undefined
+  if (raw.length === 0) return undefined
   const out: Record<string, string> = {}
-  for (const name of names) {
-    // The addon decodes names as UTF-8, so a name that is not becomes one with U+FFFD in it.
-    if (name.includes('\uFFFD')) throw new ExportError(`${file}: an extended attribute name is not valid UTF-8 (${JSON.stringify(name)}); not supported`)
+  for (const bytes of raw) {
+    const name = names.decode(bytes)
     try {
-      out[name] = linux.getXattr(file, name).toString('base64')
+      out[name] = linux.getXattr(hostPath(file), bytes).toString('base64')
     } catch (err) {
       throw new ExportError(`${file}: cannot read extended attribute ${JSON.stringify(name)}: ${(err as Error).message}`)
     }
@@ -89,18 +83,36 @@ function readXattrs(file: string): Record<string, string> | undefined {
   return out
 }
 
+/** Decodes names (src/manifest/names.ts), noting whether any held bytes that are not UTF-8. */
+class NameDecoder {
+  /** Some name needed feature byte-names. */
+  byteNames = false
+
+  decode(raw: Buffer): string {
+    const name = decodeName(raw)
+    if (!this.byteNames && hasByteEscapes(name)) this.byteNames = true
+    return name
+  }
+}
+
 export class Walker {
   /** Inodes by source inode number: hard links meet here. */
   readonly inodes = new Map<number, Inode>()
+  private readonly names = new NameDecoder()
   /** Mount points met (another filesystem or btrfs subvolume), waiting for inode numbers of their own. */
   private readonly mountPoints: { entry: DirEntry; inode: Inode }[] = []
 
   constructor(private readonly target: WalkTarget) {}
 
+  /** Some name (entry, symlink target, xattr name) holds bytes that are not UTF-8: feature byte-names. */
+  get byteNames(): boolean {
+    return this.names.byteNames
+  }
+
   /** Describe `file` (and, for a directory, everything below it); returns its inode number. */
   visit(file: string): number {
     // Iterative, so deep trees cannot overflow the stack: directories are finished after their children.
-    const rootIno = this.describe(file, fs.lstatSync(file, { bigint: true }))
+    const rootIno = this.describe(file, fs.lstatSync(hostPath(file), { bigint: true }))
     if (rootIno === undefined) throw new ExportError(`${file}: vanished while it was being exported`)
     const stack: { dir: string; inode: Inode }[] = []
     const first = this.inodes.get(rootIno)!
@@ -109,7 +121,7 @@ export class Walker {
       const { dir, inode } = stack.pop()!
       const entries: DirEntry[] = []
       for (const raw of this.readdir(dir)) {
-        const name = utf8Name(raw, dir)
+        const name = this.names.decode(raw)
         const child = path.join(dir, name)
         if (this.target.skip.has(child)) continue
         const st = this.lstat(child)
@@ -168,7 +180,7 @@ export class Walker {
 
   private readdir(dir: string): Buffer[] {
     try {
-      return fs.readdirSync(dir, { encoding: 'buffer' })
+      return fs.readdirSync(hostPath(dir), { encoding: 'buffer' })
     } catch (err) {
       if (!this.vanished(err, dir)) throw err
       return []
@@ -177,7 +189,7 @@ export class Walker {
 
   private lstat(file: string): fs.BigIntStats | undefined {
     try {
-      return fs.lstatSync(file, { bigint: true })
+      return fs.lstatSync(hostPath(file), { bigint: true })
     } catch (err) {
       if (!this.vanished(err, file)) throw err
       return undefined
@@ -188,7 +200,7 @@ export class Walker {
   private dirAttrFlags(dir: string): number {
     let fd: number
     try {
-      fd = fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY | fs.constants.O_NOFOLLOW | fs.constants.O_NOATIME)
+      fd = fs.openSync(hostPath(dir), fs.constants.O_RDONLY | fs.constants.O_DIRECTORY | fs.constants.O_NOFOLLOW | fs.constants.O_NOATIME)
     } catch (err) {
       // A clone set's tree is live: the directory may be gone since it was listed.
       if (!this.target.live || (err as NodeJS.ErrnoException).code !== 'ENOENT') {
@@ -251,11 +263,11 @@ export class Walker {
       ctime: timespec(st.ctimeNs),
     }
     if (kind === 'char' || kind === 'block') inode.rdev = Number(st.rdev)
-    if (kind === 'symlink') inode.target = utf8Name(fs.readlinkSync(file, { encoding: 'buffer' }), file)
+    if (kind === 'symlink') inode.target = this.names.decode(fs.readlinkSync(hostPath(file), { encoding: 'buffer' }))
     if (data) this.mapRegularFile(data.fd, file, inode)
     const attrs = data ? data.attrs : kind === 'dir' ? this.dirAttrFlags(file) : 0
     if (attrs !== 0) inode.attrs = attrs
-    const xattrs = readXattrs(file)
+    const xattrs = readXattrs(file, this.names)
     if (xattrs) inode.xattrs = xattrs
     this.inodes.set(inode.ino, inode)
     return inode.ino

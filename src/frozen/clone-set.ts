@@ -6,6 +6,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { linux } from '../linux'
 import { ExportError } from '../errors'
+import { hostPath } from '../manifest/names'
 
 /** An open regular file to describe: metadata from `meta`, data (size, extents) from `fd`. */
 export interface FileData {
@@ -26,7 +27,7 @@ const VANISHED = new Set(['ENOENT', 'ELOOP', 'ENOTDIR'])
 
 /** Open in place (frozen or otherwise stable filesystems). O_NOATIME: reading must not write metadata. */
 export const openInPlace: OpenFile = (file, st) => {
-  const fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOATIME)
+  const fd = fs.openSync(hostPath(file), fs.constants.O_RDONLY | fs.constants.O_NOATIME)
   try {
     return { fd, meta: st, data: st, attrs: attrFlagsOf(fd, file), close: () => fs.closeSync(fd) }
   } catch (err) {
@@ -52,7 +53,7 @@ export function cloneInto(dir: string): OpenFile {
   return (file, st) => {
     let src: number
     try {
-      src = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOATIME | fs.constants.O_NOFOLLOW)
+      src = fs.openSync(hostPath(file), fs.constants.O_RDONLY | fs.constants.O_NOATIME | fs.constants.O_NOFOLLOW)
     } catch (err) {
       if (VANISHED.has((err as NodeJS.ErrnoException).code ?? '')) return undefined
       throw err

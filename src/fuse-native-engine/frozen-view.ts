@@ -67,6 +67,10 @@ export class FrozenView {
     if (manifest.features.includes('data-checksums')) {
       throw new ExtfsError(ExitCode.Usage, 'this manifest has data checksums (feature "data-checksums"), which only the native engine verifies: unset EXTFS_ENGINE=fuse-native')
     }
+    // fuse-native hands paths to JS decoded as UTF-8, so a name that is not could never be looked up.
+    if (manifest.features.includes('byte-names')) {
+      throw new ExtfsError(ExitCode.Usage, 'this manifest has names that are not UTF-8 (feature "byte-names"), which only the native engine serves: unset EXTFS_ENGINE=fuse-native')
+    }
     for (const inode of manifest.inodes) {
       const node: Node = { inode }
       if (inode.entries) node.children = new Map(inode.entries.map((e) => [e.name, e.ino]))

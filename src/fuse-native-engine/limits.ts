@@ -2,6 +2,7 @@
 // statfs figures in 32 bits, and times as unsigned milliseconds (nothing before 1970). The engine
 // refuses such an image, or such a request, rather than serve the metadata wrong.
 import type { Inode, Manifest } from '../manifest/types'
+import { pathOfInode } from '../manifest/paths'
 import type { StatFs } from './frozen-view'
 import { ExtfsError, ExitCode } from '../errors'
 
@@ -29,21 +30,11 @@ export function requireServable(manifest: Manifest): void {
     const why = unservable(inode)
     if (why === undefined) continue
     throw new ExtfsError(ExitCode.Usage,
-      `the fuse-native engine cannot serve ${pathOf(manifest, inode.ino)} (inode ${inode.ino}) exactly: ${why}; unset EXTFS_ENGINE for the native engine`)
+      `the fuse-native engine cannot serve ${pathOfInode(manifest, inode.ino) ?? `inode ${inode.ino}`} (inode ${inode.ino}) exactly: ${why}; unset EXTFS_ENGINE for the native engine`)
   }
 }
 
 /** A path of `ino` in the image, breadth first (only looked for when refusing). */
-function pathOf(manifest: Manifest, ino: number): string {
-  const byIno = new Map(manifest.inodes.map((i) => [i.ino, i]))
-  const queue = [{ at: manifest.root, path: '/' }]
-  for (const { at, path } of queue) {
-    if (at === ino) return path
-    for (const e of byIno.get(at)?.entries ?? []) queue.push({ at: e.ino, path: `${path === '/' ? '' : path}/${e.name}` })
-  }
-  return `inode ${ino}`
-}
-
 /** Whether fuse-native can pass these statfs figures on: each in 32 bits. */
 export function statfsFits(figures: StatFs): boolean {
   return Object.values(figures).every((v: number) => v <= UINT32_MAX)

@@ -81,10 +81,13 @@ export interface NativeAddon {
   blockDeviceSize(fd: number): number
   /** BLKSSZGET: the logical sector size of an open block device in bytes. */
   logicalBlockSize(fd: number): number
-  /** llistxattr(2): attribute names of a path, without following a final symlink. */
-  listXattrs(path: string): string[]
+  /**
+   * llistxattr(2): attribute names of a path, without following a final symlink. Names are bytes (not
+   * always UTF-8), paths and names given as strings are UTF-8: a Buffer passes any bytes but NUL.
+   */
+  listXattrs(path: string | Buffer): Buffer[]
   /** lgetxattr(2): one attribute's value. */
-  getXattr(path: string, name: string): Buffer
+  getXattr(path: string | Buffer, name: string | Buffer): Buffer
   /**
    * Read `length` bytes at byte `position` of `fd` (opened with O_DIRECT) into `target[targetOffset..]`.
    * Offsets and lengths need no alignment: the addon reads the enclosing 4096-aligned range into an

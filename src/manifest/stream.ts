@@ -181,8 +181,8 @@ class ManifestStream {
     for (let i = 0; ; i++) {
       if (i >= LIMITS.inodes) throw new ManifestError(`manifest: more than ${LIMITS.inodes} inodes, over the limit of ${LIMITS.inodes}`)
       const n = this.element() as Inode
-      checkInode(n, i, facts.deviceSizes, facts.inlineAllowed, this.totals, facts.checksums)
-      if (n.kind === 'dir') checkEntries(n.entries as unknown[], n.ino)
+      checkInode(n, i, facts, this.totals)
+      if (n.kind === 'dir') checkEntries(n.entries as unknown[], n.ino, facts.byteNames)
       if (hmac) {
         if (i > 0) hmac.raw(',')
         hmac.value(n)

@@ -4,7 +4,7 @@
 export const MANIFEST_FORMAT = 'extfs-manifest'
 export const MANIFEST_VERSION = 1
 /** Feature flags this build understands; a manifest naming any other is refused. */
-export const KNOWN_FEATURES = ['inline-data', 'data-checksums'] as const
+export const KNOWN_FEATURES = ['inline-data', 'data-checksums', 'byte-names'] as const
 export type Feature = (typeof KNOWN_FEATURES)[number]
 
 /** Seconds and nanoseconds since the epoch, as stat(2) reports them. */

@@ -11,6 +11,7 @@
 // checks are plain functions that return a problem or nothing; the caller builds the message only on
 // failure. No closures or regular expressions per item where a cheap comparison does.
 import { ManifestError } from '../errors'
+import { nameBytes, nameEncodingProblem } from './names'
 import {
   CSUM_ALGORITHMS,
   type CsumAlgorithm,
@@ -104,9 +105,9 @@ export function parseManifest(text: string): Manifest {
 /** Check a parsed manifest against every rule of format version 1; returns it typed, unchanged. */
 export function validateManifest(value: unknown): Manifest {
   if (!isObject(value)) bad('manifest', `must be a JSON object, got ${describe(value)}`)
-  const { deviceSizes, inlineAllowed, checksums } = validateHeader(value)
-  const inodes = checkInodeList(value.inodes, deviceSizes, inlineAllowed, checksums)
-  checkTree(value.root, inodes.list, inodes.index)
+  const facts = validateHeader(value)
+  const inodes = checkInodeList(value.inodes, facts)
+  checkTree(value.root, inodes.list, inodes.index, facts.byteNames)
   return value as unknown as Manifest
 }
 
@@ -115,6 +116,8 @@ export interface HeaderFacts {
   /** Each device's size in bytes, indexed like `devices`. */
   deviceSizes: number[]
   inlineAllowed: boolean
+  /** Feature byte-names: names may carry bytes that are not UTF-8 (src/manifest/names.ts). */
+  byteNames: boolean
   /** Feature data-checksums: what an extent's csums must measure up to; undefined: extents have none. */
   checksums?: CsumFacts
 }
@@ -139,7 +142,7 @@ export function validateHeader(value: Obj): HeaderFacts {
   checkHeader(value)
   const deviceSizes = checkDevices(value.devices)
   const checksums = checkDataChecksums(value.dataChecksums, features.has('data-checksums'))
-  return { deviceSizes, inlineAllowed: features.has('inline-data'), checksums }
+  return { deviceSizes, inlineAllowed: features.has('inline-data'), checksums, byteNames: features.has('byte-names') }
 }
 
 /** `dataChecksums`: present exactly when feature data-checksums is; a known algorithm and sector size. */
@@ -353,13 +356,13 @@ export interface Totals {
   extents: number
 }
 
-function checkInodeList(value: unknown, deviceSizes: number[], inlineAllowed: boolean, checksums: CsumFacts | undefined): InodeTable {
+function checkInodeList(value: unknown, facts: HeaderFacts): InodeTable {
   if (!Array.isArray(value)) bad('manifest', `inodes must be an array, got ${describe(value)}`)
   if (value.length > LIMITS.inodes) bad('manifest', `${value.length} inodes, over the limit of ${LIMITS.inodes}`)
   const totals: Totals = { extents: 0 }
   let maxIno = 0
   for (let i = 0; i < value.length; i++) {
-    const node = checkInode(value[i], i, deviceSizes, inlineAllowed, totals, checksums)
+    const node = checkInode(value[i], i, facts, totals)
     if (node.ino > maxIno) maxIno = node.ino
   }
   const list = value as Inode[]
@@ -397,9 +400,7 @@ function lookupIno(index: InoIndex, ino: number): number {
 }
 
 /** One inode on its own (`i` is its position in the list, for messages). Its entries are checkEntries' job. */
-export function checkInode(
-  n: unknown, i: number, deviceSizes: number[], inlineAllowed: boolean, totals: Totals, checksums?: CsumFacts,
-): Inode {
+export function checkInode(n: unknown, i: number, facts: HeaderFacts, totals: Totals): Inode {
   if (!isObject(n)) bad(`inodes[${i}]`, `must be an object, got ${describe(n)}`)
   const ino = n.ino
   if (!isInt(ino, 1, MAX_SAFE)) bad(`inodes[${i}]`, `ino must be a positive integer, got ${describe(ino)}`)
@@ -411,11 +412,11 @@ export function checkInode(
   }
   checkAttributes(n, ino)
   checkKindFields(n, ino, kind)
-  if (n.xattrs !== undefined) checkXattrs(n.xattrs, ino)
-  if (n.extents !== undefined) totals.extents += checkExtents(n.extents, ino, n.size as number, deviceSizes, checksums)
+  if (n.xattrs !== undefined) checkXattrs(n.xattrs, ino, facts.byteNames)
+  if (n.extents !== undefined) totals.extents += checkExtents(n.extents, ino, n.size as number, facts.deviceSizes, facts.checksums)
   if (totals.extents > LIMITS.extents) bad('manifest', `more than ${LIMITS.extents} extents in all`)
-  if (n.inline !== undefined) checkInline(n, ino, inlineAllowed)
-  if (n.target !== undefined) checkTarget(n.target, ino)
+  if (n.inline !== undefined) checkInline(n, ino, facts.inlineAllowed)
+  if (n.target !== undefined) checkTarget(n.target, ino, facts.byteNames)
   return n as unknown as Inode
 }
 
@@ -460,16 +461,17 @@ function checkKindFields(n: Obj, ino: number, kind: string): void {
   }
 }
 
-function checkTarget(target: unknown, ino: number): void {
+function checkTarget(target: unknown, ino: number, byteNames: boolean): void {
   if (typeof target !== 'string' || target.length === 0) {
     bad(`inode ${ino}`, `symlink target must be a non-empty string, got ${describe(target)}`)
   }
   if (target.indexOf('\0') !== -1) bad(`inode ${ino}`, `symlink target ${quote(target)} contains NUL`)
-  const bytes = utf8Length(target)
+  const problem = encodingProblem(target, byteNames)
+  if (problem !== undefined) bad(`inode ${ino}`, `symlink target ${quote(target)} ${problem}`)
+  const bytes = nameBytes(target)
   if (bytes > LIMITS.symlinkBytes) {
     bad(`inode ${ino}`, `symlink target is ${bytes} bytes, over the limit of ${LIMITS.symlinkBytes}`)
   }
-  if (LONE_SURROGATE.test(target)) bad(`inode ${ino}`, `symlink target ${quote(target)} is not valid Unicode`)
 }
 
 export function checkInline(n: Obj, ino: number, inlineAllowed: boolean): void {
@@ -480,26 +482,27 @@ export function checkInline(n: Obj, ino: number, inlineAllowed: boolean): void {
   if (bytes !== n.size) bad(`inode ${ino}`, `inline data is ${bytes} bytes but size is ${n.size as number}`)
 }
 
-function checkXattrs(x: unknown, ino: number): void {
+function checkXattrs(x: unknown, ino: number, byteNames: boolean): void {
   if (!isObject(x)) bad(`inode ${ino}`, `xattrs must be an object {name: base64 value}, got ${describe(x)}`)
   let listBytes = 0
   for (const name in x) {
-    listBytes += utf8Length(name) + 1
-    if (listBytes > LIMITS.xattrListBytes) bad(`inode ${ino}`, `xattr names take over ${LIMITS.xattrListBytes} bytes, more than listxattr can return`)
-    const problem = xattrNameProblem(name)
+    const problem = xattrNameProblem(name, byteNames)
     if (problem !== undefined) bad(`inode ${ino}`, `xattr name ${quote(name)} ${problem}`)
+    listBytes += nameBytes(name) + 1
+    if (listBytes > LIMITS.xattrListBytes) bad(`inode ${ino}`, `xattr names take over ${LIMITS.xattrListBytes} bytes, more than listxattr can return`)
     const bytes = base64Length(x[name], LIMITS.xattrValueBytes)
     if (bytes === TOO_LONG) bad(`inode ${ino}`, `xattr ${quote(name)} value is over the limit of ${LIMITS.xattrValueBytes} bytes`)
     if (bytes < 0) bad(`inode ${ino}`, `xattr ${quote(name)} value is not valid base64`)
   }
 }
 
-function xattrNameProblem(name: string): string | undefined {
-  const bytes = utf8Length(name)
+function xattrNameProblem(name: string, byteNames: boolean): string | undefined {
+  const problem = encodingProblem(name, byteNames)
+  if (problem !== undefined) return problem
+  const bytes = nameBytes(name)
   if (bytes === 0) return 'is empty'
   if (bytes > LIMITS.xattrNameBytes) return `is ${bytes} bytes, over the limit of ${LIMITS.xattrNameBytes}`
   if (name.indexOf('\0') !== -1) return 'contains NUL'
-  if (LONE_SURROGATE.test(name)) return 'is not valid Unicode'
   for (const prefix of XATTR_PREFIXES) {
     if (name.startsWith(prefix)) return name.length > prefix.length ? undefined : 'has nothing after its namespace'
   }
@@ -586,7 +589,7 @@ function checkCopiesAndCsums(e: Obj, where: string, at: string, deviceSizes: num
 // exactly once (one parent, no cycles) and every inode at least once (no orphans); files may be
 // reached many times (hard links).
 
-function checkTree(root: unknown, inodes: Inode[], index: InoIndex): void {
+function checkTree(root: unknown, inodes: Inode[], index: InoIndex, byteNames: boolean): void {
   checkRoot(root)
   const rootIndex = lookupIno(index, root)
   if (rootIndex === -1) bad('manifest', `root inode ${root} is missing from the inode list`)
@@ -605,7 +608,7 @@ function checkTree(root: unknown, inodes: Inode[], index: InoIndex): void {
     checkEntryCount(entries, dir.ino)
     const names = entries.length > 1 ? new Set<string>() : undefined
     for (let i = 0; i < entries.length; i++) {
-      const e = checkEntry(entries[i], dir.ino, i, names)
+      const e = checkEntry(entries[i], dir.ino, i, names, byteNames)
       const childIndex = lookupIno(index, e.ino)
       if (childIndex === -1) bad(`inode ${dir.ino}`, `entry ${quote(e.name)} points at inode ${e.ino}, which does not exist`)
       const child = inodes[childIndex]!
@@ -638,19 +641,19 @@ function checkEntryCount(entries: unknown[], dirIno: number): void {
  * directory it reaches. The streaming loader checks them as the directory streams by; where they
  * point (existing inodes, a tree) is checked after the stream (src/manifest/tree.ts).
  */
-export function checkEntries(entries: unknown[], dirIno: number): void {
+export function checkEntries(entries: unknown[], dirIno: number, byteNames: boolean): void {
   checkEntryCount(entries, dirIno)
   const names = entries.length > 1 ? new Set<string>() : undefined
-  for (let i = 0; i < entries.length; i++) checkEntry(entries[i], dirIno, i, names)
+  for (let i = 0; i < entries.length; i++) checkEntry(entries[i], dirIno, i, names, byteNames)
 }
 
-function checkEntry(e: unknown, dirIno: number, i: number, names: Set<string> | undefined): { name: string; ino: number } {
+function checkEntry(e: unknown, dirIno: number, i: number, names: Set<string> | undefined, byteNames: boolean): { name: string; ino: number } {
   if (!isObject(e)) bad(`inode ${dirIno}`, `entries[${i}] must be an object {name, ino}, got ${describe(e)}`)
   const unknown = unknownKey(e, ENTRY_KEYS)
   if (unknown !== undefined) bad(`inode ${dirIno}`, `entries[${i}] has unknown field ${quote(unknown)}`)
   const name = e.name
   if (typeof name !== 'string') bad(`inode ${dirIno}`, `entries[${i}].name must be a string, got ${describe(name)}`)
-  const problem = entryNameProblem(name)
+  const problem = entryNameProblem(name, byteNames)
   if (problem !== undefined) bad(`inode ${dirIno}`, `entry ${quote(name)} ${problem}`)
   if (names !== undefined) {
     if (names.has(name)) bad(`inode ${dirIno}`, `entry ${quote(name)} appears twice`)
@@ -660,19 +663,30 @@ function checkEntry(e: unknown, dirIno: number, i: number, names: Set<string> | 
   return e as { name: string; ino: number }
 }
 
-function entryNameProblem(name: string): string | undefined {
+function entryNameProblem(name: string, byteNames: boolean): string | undefined {
   if (name.length === 0) return 'is empty'
   if (name === '.' || name === '..') return 'is reserved'
   if (name.indexOf('/') !== -1) return 'contains "/"'
   if (name.indexOf('\0') !== -1) return 'contains NUL'
-  // A UTF-16 code unit is at most 3 UTF-8 bytes: short names need no byte count.
+  const problem = encodingProblem(name, byteNames)
+  if (problem !== undefined) return problem
+  // A UTF-16 code unit is at most 3 UTF-8 bytes (an escaped byte is one): short names need no byte count.
   if (name.length * 3 > LIMITS.nameBytes) {
-    const bytes = Buffer.byteLength(name, 'utf8')
+    const bytes = nameBytes(name)
     if (bytes > LIMITS.nameBytes) return `is ${bytes} bytes, over the limit of ${LIMITS.nameBytes}`
   }
-  // Lone surrogates all encode to U+FFFD: two different names would look alike through the view.
-  if (LONE_SURROGATE.test(name)) return 'is not valid Unicode (lone surrogate)'
   return undefined
+}
+
+/**
+ * A lone surrogate is a byte that is not UTF-8 (src/manifest/names.ts), allowed with feature byte-names
+ * in its one canonical form; without the feature, a reader that predates it would serve it as U+FFFD.
+ */
+function encodingProblem(name: string, byteNames: boolean): string | undefined {
+  if (!LONE_SURROGATE.test(name)) return undefined
+  const problem = nameEncodingProblem(name)
+  if (problem !== undefined) return problem
+  return byteNames ? undefined : 'holds bytes that are not UTF-8 but the manifest does not declare feature "byte-names"'
 }
 
 /** A directory reached a second time: say whether it is its own ancestor (a cycle) or has two parents. */
@@ -691,7 +705,7 @@ function rejectSecondParent(inodes: Inode[], parentOf: Int32Array, child: number
 
 /** Throws the one-line ManifestError `<where>: <what>`. */
 export function bad(where: string, what: string): never {
-  throw new ManifestError(`${where}: ${what}`)
+  throw new ManifestError(`${where}: ${what}`, { where, what })
 }
 
 function keySet(...keys: string[]): ReadonlySet<string> {
@@ -778,7 +792,11 @@ export function describe(v: unknown): string {
   return s.length > 80 ? `${s.slice(0, 80)}...` : s
 }
 
-/** A string for an error message: JSON-quoted (so NUL and newlines show as escapes), cut short. */
+/**
+ * A string for an error message: JSON-quoted (so NUL and newlines show as escapes), a byte that is not
+ * UTF-8 as \xNN (src/manifest/names.ts), cut short.
+ */
 export function quote(s: string): string {
-  return s.length > 80 ? `${JSON.stringify(s.slice(0, 80))}...` : JSON.stringify(s)
+  const json = s.length > 80 ? `${JSON.stringify(s.slice(0, 80))}...` : JSON.stringify(s)
+  return json.replace(/(?<!\\)((?:\\\\)*)\\udc([89a-f][0-9a-f])/g, '$1\\x$2') // not after an escaped backslash
 }

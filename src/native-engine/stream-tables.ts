@@ -21,6 +21,7 @@ import { walkTree, type CompactTree } from '../manifest/tree'
 import { bad } from '../manifest/validate'
 import { collectGarbage } from './memory'
 import { Blob, CHUNK_BYTES } from './blob'
+import { decodeName, encodeName } from '../manifest/names'
 import {
   attachStaged, csumHeader, FLAG_INLINE, LAYOUT, mergeExtents, packExtentExtras, PathTable, TABLES_MAGIC, TABLES_VERSION, writeCopies,
   type PackedTables, type StatFsFigures,
@@ -238,7 +239,7 @@ export class TablesBuilder implements InodeSink {
       }
       if (this.dirents.length > U32_MAX) throw new RangeError('view tables: too many directory entries')
     } else if (n.kind === 'symlink') {
-      const target = Buffer.from(n.target ?? '', 'utf8')
+      const target = encodeName(n.target ?? '')
       first = this.data.add(Buffer.concat([target, NUL]), `L${n.target}`)
       count = target.length
     } else if (n.kind === 'file' && n.inline !== undefined) {
@@ -275,7 +276,7 @@ export class TablesBuilder implements InodeSink {
     if (n.xattrs !== undefined) {
       const attrNames = Object.keys(n.xattrs)
       if (attrNames.length > 0) {
-        const encoded = attrNames.map((a) => Buffer.from(a, 'utf8'))
+        const encoded = attrNames.map((a) => encodeName(a))
         let at = this.data.add(Buffer.concat(encoded.flatMap((b) => [b, NUL])), `N${attrNames.join('\0')}`)
         xFirst = this.xattrs.length
         xCount = attrNames.length
@@ -335,7 +336,7 @@ export class TablesBuilder implements InodeSink {
       entryName: (k) => {
         const dv = this.dirents.view(k)
         const at = this.dirents.at(k)
-        return this.names.read(dv.getUint32(at + D.name_off, true), dv.getUint16(at + D.name_len, true)).toString('utf8')
+        return decodeName(this.names.read(dv.getUint32(at + D.name_off, true), dv.getUint16(at + D.name_len, true)))
       },
     }
     const walk = walkTree(tree, root, this.dirents.length)
@@ -425,9 +426,10 @@ export class TablesBuilder implements InodeSink {
 }
 
 /**
- * A directory's entries sorted by the UTF-8 bytes of their names, names encoded. Byte order is code
- * point order, which JavaScript's string order (UTF-16 code units) agrees with below U+D800: names
- * without such characters sort as strings, the rest (rare) as bytes.
+ * A directory's entries sorted by the bytes of their names, names encoded. Byte order is code point
+ * order, which JavaScript's string order (UTF-16 code units) agrees with below U+D800: names without
+ * such characters (nor escaped bytes, U+DC80..: src/manifest/names.ts) sort as strings, the rest (rare)
+ * as bytes.
  */
 function sortedEntries(list: readonly { name: string; ino: number }[]): { name: Buffer; ino: number }[] {
   let simple = true
@@ -439,9 +441,9 @@ function sortedEntries(list: readonly { name: string; ino: number }[]): { name: 
   }
   if (simple) {
     const sorted = [...list].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
-    return sorted.map((e) => ({ name: Buffer.from(e.name, 'utf8'), ino: e.ino }))
+    return sorted.map((e) => ({ name: encodeName(e.name), ino: e.ino }))
   }
-  const entries = list.map((e) => ({ name: Buffer.from(e.name, 'utf8'), ino: e.ino }))
+  const entries = list.map((e) => ({ name: encodeName(e.name), ino: e.ino }))
   return entries.sort((a, b) => Buffer.compare(a.name, b.name))
 }
 

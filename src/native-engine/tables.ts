@@ -28,6 +28,7 @@ import { CSUM_ALG } from '../linux'
 import { CSUM_ALGORITHMS, type DataChecksums, type Extent, type ExtentCopy, type Inode, type Manifest } from '../manifest/types'
 import type { StagedTables } from './stream-tables'
 import { Blob } from './blob'
+import { decodeName, encodeName } from '../manifest/names'
 
 export const TABLES_MAGIC = 0x54565845 // "EXVT" as a little-endian u32
 export const TABLES_VERSION = 3
@@ -230,7 +231,7 @@ export function packTables(manifest: Manifest, deviceFds: readonly number[]): Pa
     const dir = order[i]!
     if (dir.kind !== 'dir') continue
     dirFirst.set(i, dChild.length)
-    const entries = (dir.entries ?? []).map((e) => ({ name: Buffer.from(e.name, 'utf8'), ino: e.ino }))
+    const entries = (dir.entries ?? []).map((e) => ({ name: encodeName(e.name), ino: e.ino }))
     entries.sort((a, b) => Buffer.compare(a.name, b.name))
     for (const e of entries) {
       let child = indexOf.get(e.ino)
@@ -269,7 +270,7 @@ export function packTables(manifest: Manifest, deviceFds: readonly number[]): Pa
       first[i] = dirFirst.get(i)!
       count[i] = n.entries?.length ?? 0
     } else if (n.kind === 'symlink') {
-      const target = Buffer.from(n.target ?? '', 'utf8')
+      const target = encodeName(n.target ?? '')
       first[i] = data.add(Buffer.concat([target, NUL]), `L${n.target}`)
       count[i] = target.length
     } else if (n.kind === 'file' && n.inline !== undefined) {
@@ -288,7 +289,7 @@ export function packTables(manifest: Manifest, deviceFds: readonly number[]): Pa
     }
     const attrNames = Object.keys(n.xattrs ?? {})
     if (attrNames.length > 0) {
-      const encoded = attrNames.map((a) => Buffer.from(a, 'utf8'))
+      const encoded = attrNames.map((a) => encodeName(a))
       let at = data.add(Buffer.concat(encoded.flatMap((b) => [b, NUL])), `N${attrNames.join('\0')}`)
       xFirst[i] = xattrs.length
       xCount[i] = attrNames.length
@@ -432,7 +433,7 @@ export class PathTable {
     if (index < 0 || index >= this.inos.length) return `(inode index ${index})`
     const parts: string[] = []
     for (let i = index; i !== 0; i = this.parents[i]!) {
-      parts.push(this.names.toString('utf8', this.nameOffs[i]!, this.nameOffs[i]! + this.nameLens[i]!))
+      parts.push(decodeName(this.names.subarray(this.nameOffs[i]!, this.nameOffs[i]! + this.nameLens[i]!)))
     }
     return '/' + parts.reverse().join('/')
   }
@@ -481,14 +482,14 @@ export class TableReader {
     const dir = this.inode(dirIndex)
     return Array.from({ length: dir.count }, (_, k) => {
       const d = this.dirent(dir.first + k)
-      return { name: d.name.toString('utf8'), child: d.child }
+      return { name: decodeName(d.name), child: d.child }
     })
   }
 
   /** Binary search by name bytes, as ops.c does; the child's index or undefined. */
   lookup(dirIndex: number, name: string): number | undefined {
     const dir = this.inode(dirIndex)
-    const want = Buffer.from(name, 'utf8')
+    const want = encodeName(name)
     let lo = 0
     let hi = dir.count
     while (lo < hi) {
@@ -531,7 +532,7 @@ export class TableReader {
     for (let k = 0; k < n.xattr_count; k++) {
       const x = this.struct('xattr', this.header.xattrs_off + (n.xattr_first + k) * LAYOUT.xattr.size)
       const d = this.header.data_off
-      out[this.image.toString('utf8', d + x.name_off, d + x.name_off + x.name_len)] = this.image.subarray(d + x.value_off, d + x.value_off + x.value_len)
+      out[decodeName(this.image.subarray(d + x.name_off, d + x.name_off + x.name_len))] = this.image.subarray(d + x.value_off, d + x.value_off + x.value_len)
     }
     return out
   }

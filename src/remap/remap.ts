@@ -15,6 +15,7 @@ import { writeDeltaFile } from '../delta/io'
 import { devicesOfExtent, type FileLocation, type ImageMap } from '../delta/chain'
 import { RemapCache, type FileTable } from './cache'
 import type { ManifestHeader } from '../manifest/types'
+import { decodeName, hostPath } from '../manifest/names'
 import { signDelta } from '../delta/sign'
 import { DELTA_FORMAT, DELTA_VERSION, type Delta, type DeltaFile, type DeviceProof } from '../delta/types'
 import { readMountTable, type MountEntry } from '../mapping/mountinfo'
@@ -215,12 +216,12 @@ function walk(roots: string[], skip: ReadonlySet<string>, map: ImageMap): FileTa
   const stack = [...roots]
   while (stack.length > 0 && out.size < map.files.size) {
     const p = stack.pop()!
-    const st = fs.lstatSync(p)
+    const st = fs.lstatSync(hostPath(p))
     if (st.dev !== dev) continue
     if (st.isFile() && map.files.has(st.ino) && !out.has(st.ino)) out.set(st.ino, p)
     else if (st.isDirectory()) {
-      for (const name of fs.readdirSync(p)) {
-        const child = path.join(p, name)
+      for (const name of fs.readdirSync(hostPath(p), { encoding: 'buffer' })) {
+        const child = path.join(p, decodeName(name))
         if (!skip.has(child)) stack.push(child)
       }
     }
@@ -242,7 +243,7 @@ function mapAll(map: ImageMap, files: FileTable, mapper: FileMapper, carryMax: n
     if (file === undefined) throw new PathGone(`inode ${ino}: not found in the image any more`)
     let fd: number
     try {
-      fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOATIME | fs.constants.O_NOFOLLOW)
+      fd = fs.openSync(hostPath(file), fs.constants.O_RDONLY | fs.constants.O_NOATIME | fs.constants.O_NOFOLLOW)
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code
       throw new (code === 'ENOENT' ? PathGone : ExportError)(`${file} (inode ${ino}): cannot open: ${code}`)

@@ -2,7 +2,7 @@
 // of a second, thousands of xattrs on one XFS file, btrfs properties (btrfs.compression), exact through
 // the view; directory link counts as on the initiator; a nested mount or subvolume served as an empty
 // directory, as `tar --one-file-system` copies it; sizes and xattr names the manifest cannot carry
-// refused with exit 8 naming the path.
+// refused with exit 8 naming the path; names that are not UTF-8 carried as bytes.
 import t, { type Test } from 'tap'
 import { promises as fsp } from 'node:fs'
 import * as path from 'node:path'
@@ -12,6 +12,7 @@ import { runOk, run } from '../helpers/exec'
 import { extfs, release, scratchDir, withView } from '../helpers/extfs'
 import { diffTrees, snapshotTree } from '../helpers/tree'
 import { ExitCode } from '../../src/errors'
+import { decodeName, hostPath } from '../../src/manifest/names'
 
 /** Sets `count` user xattrs on `file`, in one setfattr process. */
 async function setManyXattrs(file: string, count: number, dir: string): Promise<void> {
@@ -25,10 +26,11 @@ async function linkCounts(root: string): Promise<Map<string, string>> {
   const out = new Map<string, string>()
   const rootDev = (await fsp.lstat(root)).dev
   const walk = async (rel: string): Promise<void> => {
-    const st = await fsp.lstat(path.join(root, rel))
+    const st = await fsp.lstat(hostPath(path.join(root, rel)))
     out.set(rel || '.', `${st.isDirectory() ? 'dir' : 'other'} nlink ${st.nlink}`)
     if (!st.isDirectory() || st.dev !== rootDev) return
-    for (const name of (await fsp.readdir(path.join(root, rel))).sort()) await walk(rel ? `${rel}/${name}` : name)
+    const names = (await fsp.readdir(hostPath(path.join(root, rel)), { encoding: 'buffer' })).map(decodeName).sort()
+    for (const name of names) await walk(rel ? `${rel}/${name}` : name)
   }
   await walk('')
   return out
@@ -108,14 +110,68 @@ t.test('what manifest format 1 cannot carry is refused with exit 8 naming the pa
     t.match(r1.stderr, `${tooMany}: cannot list extended attributes`, 'naming the file')
     await fsp.rm(tooMany)
 
-    const odd = path.join(data, 'odd-xattr')
-    await fsp.writeFile(odd, 'x\n')
-    // é in Latin-1 (0xe9), not UTF-8: names are bytes, as old shares hold them.
-    await runOk('python3', ['-c', 'import os, sys; os.setxattr(sys.argv[1], b"user.caf\\xe9", b"latin-1")', odd])
-    const r2 = await extfs(['export', data, '--output', manifest, '--frozen-image', 'freeze'])
-    t.equal(r2.code, ExitCode.Export, 'exit 8')
-    t.match(r2.stderr, `${odd}: an extended attribute name is not valid UTF-8`, 'naming the file')
     await release(manifest)
+  })
+})
+
+/**
+ * Names as old shares hold them, made with Python (Node passes names as UTF-8): Latin-1, Shift-JIS,
+ * arbitrary bytes, a newline, a symlink target and an xattr name that are not UTF-8.
+ */
+const BYTE_NAMES = String.raw`
+import os, sys
+os.chdir(sys.argv[1])
+os.mkdir(b'\x83f\x81[\x83^')                                  # Shift-JIS "データ"
+open(b'\x83f\x81[\x83^/caf\xe9.txt', 'w').write('latin-1\n')  # Latin-1 "café.txt"
+open(b'\xff\xfe\x80raw', 'w').write('bytes\n')
+open(b'two\nlines', 'w').write('newline\n')
+open('café-utf8', 'w').write('utf-8\n')                       # both spellings of café side by side
+os.symlink(b'caf\xe9.txt', b'\x83f\x81[\x83^/link')
+os.setxattr(b'\xff\xfe\x80raw', b'user.caf\xe9', b'latin-1 name')
+os.link(b'\xff\xfe\x80raw', b'hard\xa0link')
+`
+
+t.test('names that are not UTF-8 are carried as bytes and served exactly', async (t) => {
+  const dir = await scratchDir(t, 'extfs-real-trees-')
+  await withLoopFs({ fs: 'ext4' }, async (fs) => {
+    const data = path.join(fs.mountpoint, 'data')
+    await fsp.mkdir(data)
+    await runOk('python3', ['-c', BYTE_NAMES, data])
+    await exactThroughView(t, data, dir, 'byte-names')
+    const manifest = path.join(dir, 'byte-names.json')
+    const text = await fsp.readFile(manifest, 'utf8')
+    t.match(text, /"features":\[[^\]]*"byte-names"/, 'the manifest declares feature byte-names')
+    t.match(text, String.raw`"caf\udce9.txt"`, 'a Latin-1 byte is an escape in the JSON')
+
+    const exp = await extfs(['export', data, '--output', manifest, '--frozen-image', 'freeze'])
+    t.equal(exp.code, 0, `export: ${exp.stderr}`)
+    await fsp.mkdir(path.join(dir, 'never'))
+    const old = await extfs(['mount', manifest, path.join(dir, 'never')], { env: { ...process.env, EXTFS_ENGINE: 'fuse-native' } })
+    t.equal(old.code, ExitCode.Usage, 'the fuse-native engine refuses, it cannot look such names up')
+    t.match(old.stderr, /names that are not UTF-8 \(feature "byte-names"\)/)
+    await release(manifest)
+  })
+})
+
+t.test('XFS clone set with names that are not UTF-8: exact, and remap finds every file', async (t) => {
+  const dir = await scratchDir(t, 'extfs-real-trees-')
+  await withLoopFs({ fs: 'xfs' }, async (fs) => {
+    const data = path.join(fs.mountpoint, 'data')
+    await fsp.mkdir(data)
+    await runOk('python3', ['-c', BYTE_NAMES, data])
+    const manifest = path.join(dir, 'clones.json')
+    try {
+      const exp = await extfs(['export', data, '--output', manifest, '--frozen-image', 'snapshot'])
+      t.equal(exp.code, 0, `export: ${exp.stderr}`)
+      const source = await snapshotTree(data, { timePrecisionNs: 1 })
+      await withView(manifest, async (mnt) => {
+        t.same(diffTrees(source, await snapshotTree(mnt, { timePrecisionNs: 1 })), [], 'the view equals the source')
+      })
+      const remap = await extfs(['remap', manifest])
+      t.equal(remap.code, 0, `remap walks byte names: ${remap.stderr}`)
+    } finally {
+      await release(manifest)
+    }
   })
 })
 

@@ -6,6 +6,7 @@ import { createReadStream, promises as fsp } from 'node:fs'
 import type { BigIntStats } from 'node:fs'
 import * as path from 'node:path'
 import { run } from './exec'
+import { decodeName, hostPath } from '../../src/manifest/names'
 
 export type EntryKind = 'file' | 'dir' | 'symlink' | 'fifo' | 'socket' | 'char' | 'block'
 
@@ -55,7 +56,8 @@ export async function snapshotTree(dir: string, opts: SnapshotOptions): Promise<
 
   const visit = async (rel: string): Promise<void> => {
     const full = rel === '.' ? root : path.join(root, rel)
-    const st = await fsp.lstat(full, { bigint: true })
+    // Names are bytes (src/manifest/names.ts): paths go to the kernel as the bytes they stand for.
+    const st = await fsp.lstat(hostPath(full), { bigint: true })
     const info: EntryInfo = {
       kind: kindOf(st),
       mode: Number(st.mode & 0o7777n),
@@ -65,7 +67,7 @@ export async function snapshotTree(dir: string, opts: SnapshotOptions): Promise<
     }
     if (info.kind !== 'dir') info.size = Number(st.size)
     if (info.kind === 'file') info.sha256 = await sha256File(full)
-    if (info.kind === 'symlink') info.symlinkTarget = await fsp.readlink(full)
+    if (info.kind === 'symlink') info.symlinkTarget = decodeName(await fsp.readlink(hostPath(full), { encoding: 'buffer' }))
     if (info.kind === 'char' || info.kind === 'block') info.rdev = devString(st.rdev)
     if (rel !== '.' || opts.rootTimes !== false) info.mtimeNs = floorTo(st.mtimeNs, precision)
     tree.set(rel, info)
@@ -75,7 +77,7 @@ export async function snapshotTree(dir: string, opts: SnapshotOptions): Promise<
       inodes.set(st.ino, names)
     }
     if (info.kind === 'dir') {
-      const names = (await fsp.readdir(full)).sort()
+      const names = (await fsp.readdir(hostPath(full), { encoding: 'buffer' })).map(decodeName).sort()
       for (const name of names) await visit(rel === '.' ? name : `${rel}/${name}`)
     }
   }
@@ -165,11 +167,11 @@ function devString(rdev: bigint): string {
 
 async function sha256File(file: string): Promise<string> {
   const h = createHash('sha256')
-  for await (const chunk of createReadStream(file)) h.update(chunk as Buffer)
+  for await (const chunk of createReadStream(hostPath(file))) h.update(chunk as Buffer)
   return h.digest('hex')
 }
 
-/** getfattr/getfacl print names with octal escapes (\012, \134); decode to bytes, then UTF-8. */
+/** getfattr/getfacl print names with octal escapes (\012, \134, \351); decode to bytes, then to a name. */
 function unescapeName(s: string): string {
   const bytes: number[] = []
   for (let i = 0; i < s.length; i++) {
@@ -178,7 +180,7 @@ function unescapeName(s: string): string {
       i += 3
     } else bytes.push(...Buffer.from(s[i], 'utf8'))
   }
-  return Buffer.from(bytes).toString('utf8')
+  return decodeName(Buffer.from(bytes))
 }
 
 function relName(root: string, printed: string): string {
@@ -207,7 +209,7 @@ async function readXattrs(root: string): Promise<Map<string, Record<string, stri
     const attrs: Record<string, string> = {}
     for (const line of b.lines) {
       const eq = line.indexOf('=')
-      const name = eq < 0 ? line : line.slice(0, eq)
+      const name = unescapeName(eq < 0 ? line : line.slice(0, eq))
       const value = eq < 0 ? '' : line.slice(eq + 1)
       // -e hex prints 0x...; an empty value prints as "0x" or (older getfattr) as no "=" at all.
       attrs[name] = value.startsWith('0x') ? value.slice(2) : Buffer.from(value.replace(/^"|"$/g, '')).toString('hex')

@@ -308,7 +308,8 @@ t.test('listXattrs and getXattr', async t => {
   run('setfattr', '-n', 'user.empty', file)
   run('setfattr', '-n', 'user.big', '-v', big.toString(), file)
 
-  t.same(linux.listXattrs(file).filter(n => n.startsWith('user.')).sort(),
+  const names = (f: string | Buffer) => linux.listXattrs(f).map(n => n.toString('latin1'))
+  t.same(names(file).filter(n => n.startsWith('user.')).sort(),
     ['user.big', 'user.binary', 'user.empty', 'user.text'])
   t.same(linux.getXattr(file, 'user.text'), Buffer.from('hello'))
   t.same(linux.getXattr(file, 'user.binary'), Buffer.from([0x00, 0xff, 0x0a]))
@@ -321,7 +322,17 @@ t.test('listXattrs and getXattr', async t => {
 
   const plain = path.join(mnt, 'no-xattrs')
   fs.writeFileSync(plain, '')
-  t.same(linux.listXattrs(plain).filter(n => n.startsWith('user.')), [], 'a file without user attributes')
+  t.same(names(plain).filter(n => n.startsWith('user.')), [], 'a file without user attributes')
+
+  // Names and paths are bytes: neither needs to be UTF-8.
+  const latin1 = Buffer.concat([Buffer.from(mnt + '/caf'), Buffer.of(0xe9)])
+  fs.writeFileSync(latin1, 'x')
+  const odd = Buffer.concat([Buffer.from('user.n'), Buffer.of(0xff, 0xfe)])
+  // Node passes arguments as UTF-8: the shell's printf makes the raw bytes.
+  run('sh', '-c', `cd "$1" && setfattr -n "$(printf 'user.n\\377\\376')" -v v "$(printf 'caf\\351')"`, 'sh', mnt)
+  t.same(linux.listXattrs(latin1).filter(n => n.subarray(0, 5).toString() === 'user.'), [odd], 'a name that is not UTF-8, exactly')
+  t.same(linux.getXattr(latin1, odd), Buffer.from('v'))
+  t.throws(() => linux.getXattr(latin1, Buffer.from('user.a\0b')), TypeError, 'NUL in a Buffer name')
 })
 
 t.test('xattrs on a symlink are the link\'s own, not the target\'s', async t => {
@@ -330,7 +341,8 @@ t.test('xattrs on a symlink are the link\'s own, not the target\'s', async t => 
   fs.writeFileSync(target, '')
   run('setfattr', '-n', 'user.on-target', '-v', '1', target)
   fs.symlinkSync('link-target', link)
-  t.ok(linux.listXattrs(target).includes('user.on-target'))
-  t.notOk(linux.listXattrs(link).includes('user.on-target'), 'llistxattr does not follow')
+  const names = (f: string) => linux.listXattrs(f).map(n => n.toString())
+  t.ok(names(target).includes('user.on-target'))
+  t.notOk(names(link).includes('user.on-target'), 'llistxattr does not follow')
   t.throws(() => linux.getXattr(link, 'user.on-target'), { code: 'ENODATA' }, 'lgetxattr does not follow')
 })
