@@ -181,7 +181,7 @@ class ManifestStream {
     for (let i = 0; ; i++) {
       if (i >= LIMITS.inodes) throw new ManifestError(`manifest: more than ${LIMITS.inodes} inodes, over the limit of ${LIMITS.inodes}`)
       const n = this.element() as Inode
-      checkInode(n, i, facts.deviceSizes, facts.inlineAllowed, this.totals, facts.checksums)
+      checkInode(n, i, facts.deviceSizes, facts.inlineAllowed, this.totals, facts.checksums, facts.compressedAllowed)
       if (n.kind === 'dir') checkEntries(n.entries as unknown[], n.ino)
       if (hmac) {
         if (i > 0) hmac.raw(',')

@@ -244,7 +244,7 @@ t.test('hostile tables are refused by xt_check, and planRead refuses to plan thr
     ['a checksum size that is not crc32c\'s', tampered(['header', 0, 'csum_size', 8]), /unknown checksum algorithm/],
     ['checksums with no algorithm', tampered(['header', 0, 'csum_alg', 0]), /checksums but the tables name no algorithm/],
     ['more copies than the image holds', tampered(['header', 0, 'n_copies', 0x1000_0000]), /section copies out of bounds/],
-    ['unknown extent flags', tampered(['extent', a.first, 'flags', 3]), /unknown extent flags/],
+    ['unknown extent flags', tampered(['extent', a.first, 'flags', 4]), /unknown extent flags/],
     ['copies out of range', tampered(['extent', a.first, 'copy_count', 2]), /extent copies out of range/],
     ['copies without checksums', tampered(['extent', a.first, 'flags', 0]), /copies but no checksums/],
     ['a copy device out of range', tampered(['copy', 0, 'device', H.n_devices]), /copy device out of range/],
@@ -360,7 +360,7 @@ t.test('hostile deltas are refused by the C delta check', async (t) => {
   t.equal(addon.checkDelta(image, packDelta([{ index: idx.a, extents: [extent(0, 2, 0, 4096), extent(8192, 1, 0, 1)] }], [MiB]), 1), null, 'extents on a new device')
   const cases: [string, Buffer, number, RegExp][] = [
     ['bad magic', u32(good(), 'delta_header', 'magic', 0x12345678), 0, /not a delta \(bad magic\)/],
-    ['another version', u32(good(), 'delta_header', 'version', 1), 0, /delta version 1, expected 2/],
+    ['another version', u32(good(), 'delta_header', 'version', 1), 0, /delta version 1, expected 3/],
     ['truncated', good().subarray(0, 88), 0, /delta size 96, buffer holds 88/],
     ['a section past the end', u64(good(), 'delta_header', 'extents_off', 1n << 40n), 0, /section extents out of bounds/],
     ['a misaligned section', u64(good(), 'delta_header', 'files_off', 60n), 0, /section files out of bounds/],
@@ -407,7 +407,7 @@ t.test('copies and checksums of delta extents: accepted as the tables\' are, ref
     ['a copy on a device that does not exist', packDelta([{ index: idx.a, extents: [mirrored(0, 1, 0, 4096, [{ device: 2, deviceOffset: 0 }])] }], []), 0,
       /^file 0: extent 0: copy device out of range$/],
     ['copies without checksums', set('extent', 'flags', 0), 0, /^file 0: extent 0: extent has copies but no checksums to choose between them$/],
-    ['unknown extent flags', set('extent', 'flags', 3), 0, /^file 0: extent 0: unknown extent flags$/],
+    ['unknown extent flags', set('extent', 'flags', 4), 0, /^file 0: extent 0: unknown extent flags$/],
     ['more copies than the delta holds', set('extent', 'copy_count', 2), 0, /^file 0: extent 0: extent copies out of range$/],
     ['copies past the copies section', set('extent', 'copy_first', 1), 0, /^file 0: extent 0: extent copies out of range$/],
     ['a copy past 2^64', set('copy', 'device_offset', 2n ** 64n - 1n), 0, /^file 0: extent 0: copy overflows 64 bits$/],
