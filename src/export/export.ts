@@ -28,7 +28,7 @@ import { ExportError } from '../errors'
 /** Filesystems the mapper resolves to raw disks (btrfs through its chunk tree). */
 const SUPPORTED_FS = new Set(['ext2', 'ext3', 'ext4', 'xfs', 'btrfs'])
 
-/** Default --carry-max: inline and compressed files up to this size are carried in the manifest. */
+/** Default --carry-max: inline files up to this size are carried in the manifest. */
 export const DEFAULT_CARRY_MAX = 64 * 1024
 
 export interface ExportOptions {
@@ -106,6 +106,7 @@ function features(walker: Walker, mapper: FileMapper): string[] {
   const out: string[] = []
   if ([...walker.inodes.values()].some((i) => i.inline !== undefined)) out.push('inline-data')
   if (mapper.dataChecksums) out.push('data-checksums')
+  if ([...walker.inodes.values()].some((i) => i.extents?.some((e) => e.compression !== undefined))) out.push('compressed-extents')
   return out
 }
 
