@@ -58,7 +58,7 @@ static int decode_zlib(struct xt_decoder *d, const uint8_t *in, size_t in_len, u
   d->zs.avail_out = (uInt)cap;
   int r = inflate(&d->zs, Z_FINISH);
   if (r == Z_STREAM_END) return *out_len = cap - d->zs.avail_out, 0;
-  if (r == Z_BUF_ERROR && d->zs.avail_out == 0) return refuse(why, why_len, "zlib stream decodes to more than %llu bytes", (unsigned long long)cap);
+  if (r == Z_BUF_ERROR && d->zs.avail_out == 0) return refuse(why, why_len, "zlib stream decodes past its buffer of %llu bytes", (unsigned long long)cap);
   if (r == Z_BUF_ERROR) return refuse(why, why_len, "zlib stream ends early (%llu bytes decoded, %u of input left)", (unsigned long long)(cap - d->zs.avail_out), d->zs.avail_in);
   return refuse(why, why_len, "zlib stream does not decode: %s", d->zs.msg != NULL ? d->zs.msg : "error");
 }
@@ -70,7 +70,7 @@ static int decode_zstd(struct xt_decoder *d, const uint8_t *in, size_t in_len, u
   if (ZSTD_isError(frame)) return refuse(why, why_len, "zstd frame not found: %s", ZSTD_getErrorName(frame));
   if (d->zd == NULL && (d->zd = ZSTD_createDCtx()) == NULL) return ENOMEM;
   size_t n = ZSTD_decompressDCtx(d->zd, out, cap, in, frame); // one shot: decodes into `out` alone, no window buffer
-  if (ZSTD_getErrorCode(n) == ZSTD_error_dstSize_tooSmall) return refuse(why, why_len, "zstd frame decodes to more than %llu bytes", (unsigned long long)cap);
+  if (ZSTD_getErrorCode(n) == ZSTD_error_dstSize_tooSmall) return refuse(why, why_len, "zstd frame decodes past its buffer of %llu bytes", (unsigned long long)cap);
   if (ZSTD_isError(n)) return refuse(why, why_len, "zstd frame does not decode: %s", ZSTD_getErrorName(n));
   *out_len = n;
   return 0;
@@ -99,7 +99,7 @@ static int decode_lzo(const uint8_t *in, size_t in_len, uint32_t sector, uint8_t
     if (seg > LZO_WORST(sector)) return refuse(why, why_len, "lzo segment of %u bytes is longer than one sector can take (%u)", seg, LZO_WORST(sector));
     lzo_uint n = cap - done;
     int r = lzo1x_decompress_safe(in + pos, seg, out + done, &n, NULL);
-    if (r == LZO_E_OUTPUT_OVERRUN) return refuse(why, why_len, "lzo stream decodes to more than %llu bytes", (unsigned long long)cap);
+    if (r == LZO_E_OUTPUT_OVERRUN) return refuse(why, why_len, "lzo stream decodes past its buffer of %llu bytes", (unsigned long long)cap);
     if (r != LZO_E_OK) return refuse(why, why_len, "lzo segment at %zu does not decode (lzo1x error %d)", pos - LZO_LEN, r);
     done += n;
     pos += seg;

@@ -158,6 +158,12 @@ t.test('RAID1: a damaged copy of a compressed extent is read from the other copy
       const m = await readJson(manifest)
       const first = extentsByName(m).get('file')!.find((e) => e.compression === 'zstd')!
       t.equal(first.copies?.length, 1, 'the compressed extent has its mirror')
+      const mnt = path.join(scratch, 'fuse-native')
+      await fs.promises.mkdir(mnt)
+      const fn = await extfs(['mount', manifest, mnt], { env: { ...process.env, EXTFS_ENGINE: 'fuse-native' } })
+      t.equal(fn.code, 2, 'the fuse-native engine refuses the manifest: exit 2')
+      t.match(fn.stderr, /compressed extents \(feature "compressed-extents"\), which only the native engine decodes/, `in one line: ${fn.stderr.trim()}`)
+      t.equal(fn.stderr.trim().split('\n').length, 1, 'one line')
       damage(copy0, 100)
       await withView(manifest, async (view) => {
         t.ok(fs.readFileSync(path.join(view, 'file')).equals(data), 'copy 0 damaged: the view reads the other copy, exact')
