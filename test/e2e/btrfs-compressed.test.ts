@@ -6,6 +6,9 @@
 //   sector, compressed and incompressible extents mixed, an inline file (still carried);
 // - exported with freeze and with snapshot, every file read through the view and copied by tar
 //   compared with the source byte for byte;
+// - relocated: a balance moves a compressed image's extents; `extfs remap` publishes a delta whose
+//   extents are compressed as the manifest's are (new place, same encoding), a mounted view follows it
+//   byte-exact, and so does a new mount of the manifest with its delta;
 // - RAID1: copy 0 of a compressed extent damaged on the raw device under the view, the view reads the
 //   other copy (btrfs's checksums cover the encoded bytes); both damaged: EIO, logged, never garbage.
 // Needs root, loop devices, btrfs-progs and xfs_io.
@@ -17,6 +20,8 @@ import { run, runOk } from '../helpers/exec'
 import { seededBytes } from '../helpers/populate'
 import { tarRoundTrip } from '../helpers/backup-tools'
 import { extfs, release, scratchDir, withView } from '../helpers/extfs'
+import { relocate } from '../helpers/moved'
+import { RawDevice } from '../../src/device/reader'
 import { readJson, type Loose } from '../helpers/tamper'
 import { linux } from '../../src/linux'
 
@@ -64,7 +69,7 @@ async function populate(dir: string): Promise<Map<string, Buffer>> {
   return files
 }
 
-type Extent = { fileOffset: number; length: number; device: number; deviceOffset: number; compression?: string; decodedOffset?: number; diskLength?: number; copies?: { device: number; deviceOffset: number }[] }
+type Extent = { fileOffset: number; length: number; device: number; deviceOffset: number; compression?: string; decodedOffset?: number; decodedLength?: number; diskLength?: number; copies?: { device: number; deviceOffset: number }[] }
 
 function extentsByName(m: Loose): Map<string, Extent[]> {
   const byIno = new Map<number, Loose>(m.inodes.map((i: Loose) => [i.ino, i]))
@@ -178,6 +183,60 @@ t.test('RAID1: a damaged copy of a compressed extent is read from the other copy
         t.match(log, /no copy verifies/, 'the log says no copy verifies')
         t.match(log, /"path":"\/file"|\/file/, 'and names the file')
       })
+    } finally {
+      await release(manifest)
+    }
+  })
+})
+
+/** The encoded streams of every compressed extent of `m`, as they lie on the devices now. */
+function rawStreams(m: Loose): Buffer[] {
+  const out: Buffer[] = []
+  const devices = m.devices.map((d: { id: string; hint: string }) => RawDevice.open(d.id, d.hint))
+  try {
+    for (const i of m.inodes) {
+      for (const e of (i.extents ?? []) as Extent[]) {
+        if (e.compression === undefined) continue
+        const b = Buffer.alloc(e.diskLength!)
+        devices[e.device].readExact(b, 0, b.length, e.deviceOffset)
+        out.push(b)
+      }
+    }
+  } finally {
+    for (const d of devices) d.close()
+  }
+  return out
+}
+
+t.test('relocated by a balance: remap publishes compressed extents at their new places, the view follows', async (t) => {
+  const scratch = await scratchDir(t)
+  await withBtrfs({ devices: 1, data: 'single', metadata: 'dup', sizeMiB: 512, mountOptions: 'compress=zstd' }, async (fsx) => {
+    const source = path.join(fsx.mountpoint, 'data')
+    await runOk('btrfs', ['subvolume', 'create', source])
+    const files = new Map([['a', compressible(3 * MiB, 20)], ['b', halfCompressible(2 * MiB, 21)]])
+    for (const [name, data] of files) await fs.promises.writeFile(path.join(source, name), data)
+    await runOk('sync', [])
+    const manifest = path.join(scratch, 'nightly.json')
+    const r = await extfs(['export', source, '--output', manifest, '--frozen-image', 'snapshot'])
+    t.equal(r.code, 0, `export: ${r.stderr}`)
+    try {
+      const m = await readJson(manifest)
+      const before = rawStreams(m)
+      t.ok(before.length > 20, `${before.length} compressed extents`)
+      await withView(manifest, async (view, logFile) => {
+        for (const [name, data] of files) t.ok(fs.readFileSync(path.join(view, name)).equals(data), `${name} before the move`)
+        await relocate(fsx)
+        const after = rawStreams(m)
+        t.ok(after.filter((b, k) => !b.equals(before[k]!)).length > before.length / 2, 'most old places of the streams now hold other bytes')
+        const remap = await extfs(['remap', manifest])
+        t.equal(remap.code, 0, `remap: ${remap.stderr.trim()}`)
+        const delta: Loose = await readJson(`${manifest}.delta-1`)
+        const moved: Extent[] = delta.files.flatMap((f: Loose) => f.extents ?? [])
+        t.ok(moved.length > 20 && moved.every((e) => e.compression === 'zstd' && e.diskLength! > 0 && e.decodedLength! > 0), 'the delta carries the extents compressed, with their encoding')
+        for (const [name, data] of files) t.ok(fs.readFileSync(path.join(view, name)).equals(data), `${name} through the view after the move`)
+        t.match(fs.readFileSync(logFile, 'utf8'), /followed the config ID/, 'the view followed the delta')
+      })
+      await compareThroughView(t, manifest, files, scratch, 'after remap, a new mount')
     } finally {
       await release(manifest)
     }
