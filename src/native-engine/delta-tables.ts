@@ -11,7 +11,7 @@
 //   (compressed extents), packed as in the tables (packExtentExtras); the checksums are measured as
 //   the tables' header says.
 //
-// Cost: 80 bytes of header, 16 per file, 32 per extent, 16 per new device, 16 per copy, and the
+// Cost: 80 bytes of header, 16 per file, 40 per extent, 16 per new device, 16 per copy, and the
 // checksums (4 bytes per sector of a checksummed extent).
 import type { Extent, ExtentCopy } from '../manifest/types'
 import { Blob } from './blob'
