@@ -1,5 +1,6 @@
 // btrfs layout queries: the chunk tree (logical address ranges → stripes on member devices), the
-// member devices, and the data checksums of a logical range (the csum tree). FIEMAP on btrfs reports logical addresses; src/mapping/btrfs-chunks.ts turns them
+// member devices, the data checksums of a logical range (the csum tree), and a file's extent items
+// (its subvolume's tree: how each compressed extent is stored). FIEMAP on btrfs reports logical addresses; src/mapping/btrfs-chunks.ts turns them
 // into device offsets with what these functions return. Both need CAP_SYS_ADMIN (tree search).
 //
 // On-disk items (the chunk item) are little-endian; the ioctl's own headers are in host order.
@@ -15,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 
 // TREE_SEARCH_V2 result buffer: room for hundreds of chunk items per call (each 80 + 32·stripes
 // bytes plus a 32-byte header), so even a multi-terabyte filesystem takes a handful of calls.
@@ -287,6 +289,66 @@ napi_value btrfs_csums(napi_env env, napi_callback_info info) {
     goto out;
   result = obj;
 out:
+  free(args);
+  return result != NULL ? result : napi_fail(env);
+}
+
+struct file_extent_list {
+  napi_value array;
+  uint32_t count;
+};
+
+// One EXTENT_DATA item (key offset = file offset) → {fileOffset, type, compression, encryption,
+// otherEncoding, ramBytes} and, for regular and preallocated extents, {diskBytenr, diskNumBytes,
+// offset, numBytes}. Inline items hold their data after `type`: nothing more is read of them.
+static bool add_file_extent(napi_env env, const struct btrfs_ioctl_search_header *h, const uint8_t *item, void *ctx) {
+  struct file_extent_list *l = ctx;
+  const size_t head = offsetof(struct btrfs_file_extent_item, disk_bytenr);
+  struct btrfs_file_extent_item fe;
+  memset(&fe, 0, sizeof fe);
+  if (h->len < head) return throw_errno(env, "btrfs file extent item: truncated", EIO), false;
+  memcpy(&fe, item, h->len < sizeof fe ? h->len : sizeof fe);
+  bool regular = fe.type != BTRFS_FILE_EXTENT_INLINE;
+  if (regular && h->len < sizeof fe) return throw_errno(env, "btrfs file extent item: truncated", EIO), false;
+  napi_value obj;
+  if (napi_create_object(env, &obj) != napi_ok || !set_num(env, obj, "fileOffset", h->offset, "btrfs file extent: file offset") ||
+      !set_num(env, obj, "type", fe.type, "btrfs file extent: type") || !set_num(env, obj, "compression", fe.compression, "btrfs file extent: compression") ||
+      !set_num(env, obj, "encryption", fe.encryption, "btrfs file extent: encryption") ||
+      !set_num(env, obj, "otherEncoding", le16toh(fe.other_encoding), "btrfs file extent: other encoding") ||
+      !set_num(env, obj, "ramBytes", le64toh(fe.ram_bytes), "btrfs file extent: ram bytes"))
+    return false;
+  if (regular && (!set_num(env, obj, "diskBytenr", le64toh(fe.disk_bytenr), "btrfs file extent: disk bytenr") ||
+                  !set_num(env, obj, "diskNumBytes", le64toh(fe.disk_num_bytes), "btrfs file extent: disk bytes") ||
+                  !set_num(env, obj, "offset", le64toh(fe.offset), "btrfs file extent: offset") ||
+                  !set_num(env, obj, "numBytes", le64toh(fe.num_bytes), "btrfs file extent: bytes")))
+    return false;
+  return napi_set_element(env, l->array, l->count++, obj) == napi_ok;
+}
+
+// btrfsFileExtents(fd): the EXTENT_DATA items of the regular file `fd` is open on, in file order, from
+// its subvolume's tree (tree id 0: the tree of the fd's own inode, so a snapshot's file reads the
+// snapshot's items). FIEMAP says where a compressed extent starts; these say what it is.
+napi_value btrfs_file_extents(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  int fd;
+  if (!get_fd(env, argv[0], &fd)) return NULL;
+  struct stat st;
+  if (fstat(fd, &st) < 0) return throw_errno(env, "fstat", errno);
+  struct btrfs_ioctl_search_args_v2 *args = calloc(1, sizeof *args + SEARCH_BUF);
+  if (args == NULL) return throw_errno(env, "malloc", ENOMEM);
+  napi_value result = NULL;
+  struct file_extent_list list = {NULL, 0};
+  struct btrfs_ioctl_search_key *k = &args->key;
+  k->tree_id = 0;
+  k->min_objectid = k->max_objectid = st.st_ino;
+  k->min_type = k->max_type = BTRFS_EXTENT_DATA_KEY;
+  k->min_offset = 0;
+  k->max_offset = UINT64_MAX;
+  k->min_transid = 0;
+  k->max_transid = UINT64_MAX;
+  if (napi_create_array(env, &list.array) == napi_ok &&
+      search_items(env, fd, args, st.st_ino, BTRFS_EXTENT_DATA_KEY, add_file_extent, &list))
+    result = list.array;
   free(args);
   return result != NULL ? result : napi_fail(env);
 }

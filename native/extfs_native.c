@@ -443,6 +443,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"btrfsDevices", NULL, btrfs_devices, NULL, NULL, NULL, napi_enumerable, NULL},
     {"btrfsCsumInfo", NULL, btrfs_csum_info, NULL, NULL, NULL, napi_enumerable, NULL},
     {"btrfsCsums", NULL, btrfs_csums, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"btrfsFileExtents", NULL, btrfs_file_extents, NULL, NULL, NULL, napi_enumerable, NULL},
     {"csumVerify", NULL, csum_verify, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   CHECK(napi_define_properties(env, exports, sizeof props / sizeof props[0], props));

@@ -35,6 +35,7 @@ napi_value btrfs_chunks(napi_env env, napi_callback_info info);
 napi_value btrfs_devices(napi_env env, napi_callback_info info);
 napi_value btrfs_csum_info(napi_env env, napi_callback_info info);
 napi_value btrfs_csums(napi_env env, napi_callback_info info);
+napi_value btrfs_file_extents(napi_env env, napi_callback_info info);
 napi_value csum_verify(napi_env env, napi_callback_info info);
 
 #endif

@@ -118,7 +118,7 @@ static int check_delta(const struct xt_tables *t, const void *buf, uint64_t len,
         return snprintf(msg, msg_len, "file %u: extent %u overflows 64 bits", k, i), -1;
       if (x->device >= n_dev) return snprintf(msg, msg_len, "file %u: extent %u: device %u out of range (%llu devices)", k, i, x->device, (unsigned long long)n_dev), -1;
       // Copies and checksums point into this delta's sections, measured as the tables' header says.
-      const char *bad = xt_check_extent_extras(t->h, x, n_dev, copies, h->n_copies, h->data_size);
+      const char *bad = xt_check_extent_extras(t->h, x, n_dev, copies, h->n_copies, base + h->data_off, h->data_size);
       if (bad != NULL) return snprintf(msg, msg_len, "file %u: extent %u: %s", k, i, bad), -1;
       if (i > 0 && x->file_offset < x[-1].file_offset + x[-1].length)
         return snprintf(msg, msg_len, "file %u: extent %u starts at %llu, before the previous one ends (extents must be sorted, non-overlapping)", k, i, (unsigned long long)x->file_offset), -1;

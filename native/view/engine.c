@@ -8,12 +8,14 @@
 //   checkTables(tables) → message | null       xt_check
 //   planRead(tables, index, offset, size)      the pieces of a read, as read.c plans it
 //   checkDelta(tables, delta, deviceFdCount)   the check applyDelta makes (delta.c)
+//   decode(algorithm, stream, decodedLength, sectorSize)   a compressed extent decoded (decode.c)
 // Before mount, and for tests:
 //   largeAcls(tables, limit?)                  the POSIX ACLs the kernel cannot pass through FUSE (ops.c)
 // mount() copies and checks the tables, mounts with libfuse3 and runs fuse_session_loop_mt on its
 // own pthread: from then on requests are served in C and the Node event loop stays free.
 #include "engine.h"
 #include "../csum.h"
+#include "decode.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -52,22 +54,42 @@ static const char *check_extents(const struct xt_extent *x, uint32_t count) {
   return NULL;
 }
 
-// An extent's device, its other copies (each on a device, the same length inside 64 bits) and its
-// checksums (whole sectors, one checksum each, inside the data blob). read.c trusts all of it.
+// A compressed extent's struct xt_compressed: a known algorithm, btrfs's bounds, whole sectors on
+// disk, the file's bytes inside the decoded ones. read.c and the decoders trust all of it.
+static const char *check_compressed(const struct xt_header *h, const struct xt_extent *x, const char *data, uint64_t data_size) {
+  if (x->csum_off < sizeof(struct xt_compressed) || x->csum_off > data_size) return "compressed extent's encoding out of range";
+  struct xt_compressed z = xt_compressed_of(x, data);
+  if (z.algorithm != XT_ZLIB && z.algorithm != XT_LZO && z.algorithm != XT_ZSTD) return "compressed extent: unknown algorithm";
+  if (z.disk_length == 0 || z.disk_length > XT_ENCODED_MAX || z.disk_length % h->sector_size != 0)
+    return "compressed extent: disk length not whole sectors up to 128 KiB";
+  if (z.decoded_length == 0 || z.decoded_length > XT_DECODED_MAX) return "compressed extent: decoded length not 1 byte to 128 KiB";
+  if ((uint64_t)z.decoded_offset + x->length > z.decoded_length) return "compressed extent: its bytes run past the decoded data";
+  return NULL;
+}
+
+// An extent's device, its other copies (each on a device, the same length inside 64 bits), its
+// checksums (whole sectors, one checksum each, inside the data blob) and, compressed, its encoding.
+// read.c trusts all of it.
 const char *xt_check_extent_extras(const struct xt_header *h, const struct xt_extent *x, uint64_t n_devices, const struct xt_copy *copies,
-                                   uint64_t n_copies, uint64_t data_size) {
+                                   uint64_t n_copies, const char *data, uint64_t data_size) {
   if (x->device >= n_devices) return "extent device out of range";
-  if (x->flags & ~XT_EXT_CSUM) return "unknown extent flags";
+  if (x->flags & ~(XT_EXT_CSUM | XT_EXT_COMPRESSED)) return "unknown extent flags";
   if (!in_range(x->copy_first, x->copy_count, n_copies)) return "extent copies out of range";
-  for (uint32_t k = 0; k < x->copy_count; k++) {
-    const struct xt_copy *c = &copies[x->copy_first + k];
-    if (c->device >= n_devices) return "copy device out of range";
-    if (c->device_offset + x->length < c->device_offset) return "copy overflows 64 bits";
-  }
+  for (uint32_t k = 0; k < x->copy_count; k++)
+    if (copies[x->copy_first + k].device >= n_devices) return "copy device out of range";
+  // btrfs checksums every compressed extent, and what is decoded must be what btrfs wrote.
+  if ((x->flags & XT_EXT_COMPRESSED) && !(x->flags & XT_EXT_CSUM)) return "compressed extent without checksums";
   if (!(x->flags & XT_EXT_CSUM)) return x->copy_count == 0 ? NULL : "extent has copies but no checksums to choose between them";
   if (h->csum_alg == XT_CSUM_NONE) return "extent has checksums but the tables name no algorithm";
-  if (x->length % h->sector_size != 0) return "extent with checksums is not whole sectors";
-  if (!in_range(x->csum_off, x->length / h->sector_size * h->csum_size, data_size)) return "extent checksums out of range";
+  const char *bad = x->flags & XT_EXT_COMPRESSED ? check_compressed(h, x, data, data_size) : NULL;
+  if (bad != NULL) return bad;
+  // The bytes on the device (and at each copy): the encoded stream of a compressed extent.
+  uint64_t span = x->flags & XT_EXT_COMPRESSED ? xt_compressed_of(x, data).disk_length : x->length;
+  if (x->device_offset + span < x->device_offset) return "extent overflows 64 bits";
+  for (uint32_t k = 0; k < x->copy_count; k++)
+    if (copies[x->copy_first + k].device_offset + span < copies[x->copy_first + k].device_offset) return "copy overflows 64 bits";
+  if (span % h->sector_size != 0) return "extent with checksums is not whole sectors";
+  if (!in_range(x->csum_off, span / h->sector_size * h->csum_size, data_size)) return "extent checksums out of range";
   return NULL;
 }
 
@@ -125,7 +147,7 @@ const char *xt_check(const void *image, uint64_t len, struct xt_tables *t) {
                                      h->sector_size > 65536 || (h->sector_size & (h->sector_size - 1)) != 0))
     return "unknown checksum algorithm, or a checksum or sector size that does not go with it";
   for (uint32_t i = 0; i < h->n_extents; i++) {
-    const char *bad = xt_check_extent_extras(h, &t->extents[i], h->n_devices, t->copies, h->n_copies, h->data_size);
+    const char *bad = xt_check_extent_extras(h, &t->extents[i], h->n_devices, t->copies, h->n_copies, t->data, h->data_size);
     if (bad != NULL) return bad;
   }
   for (uint32_t i = 0; i < h->n_xattrs; i++) {
@@ -193,6 +215,7 @@ static napi_value js_layout(napi_env env, napi_callback_info info) {
   DESCRIBE("xattr", struct xt_xattr, XT_XATTR_FIELDS);
   DESCRIBE("device", struct xt_device, XT_DEVICE_FIELDS);
   DESCRIBE("copy", struct xt_copy, XT_COPY_FIELDS);
+  DESCRIBE("compressed", struct xt_compressed, XT_COMPRESSED_FIELDS);
   DESCRIBE("delta_header", struct xt_delta_header, XT_DELTA_HEADER_FIELDS);
   DESCRIBE("delta_file", struct xt_delta_file, XT_DELTA_FILE_FIELDS);
   if (!set_num(env, out, "deltaVersion", XT_DELTA_VERSION) || !set_num(env, out, "deltaMagic", XT_DELTA_MAGIC)) return NULL;
@@ -504,16 +527,27 @@ static napi_value js_check_tables(napi_env env, napi_callback_info info) {
   return string_or_null(env, bad); // a static message: outlives the image
 }
 
-// One piece as JS sees it: {kind: 'zero', length}, {kind: 'data', device, deviceOffset, length} or,
-// for an inline file, {kind: 'inline', bytes}.
-static napi_value piece_js(napi_env env, const struct xt_piece *piece) {
-  napi_value o, kind;
-  const char *k = piece->zero ? "zero" : "data";
+static const char *const algorithm_names[] = {[XT_ZLIB] = "zlib", [XT_LZO] = "lzo", [XT_ZSTD] = "zstd"};
+
+// One piece as JS sees it: {kind: 'zero', length}, {kind: 'data', device, deviceOffset, length},
+// {kind: 'decoded', device, deviceOffset, diskLength, compression, decodedOffset, length} (a compressed
+// extent's) or, for an inline file, {kind: 'inline', bytes}.
+static napi_value piece_js(napi_env env, const struct xt_plan *p, const struct xt_piece *piece) {
+  napi_value o, kind, alg;
+  int decoded = !piece->zero && (piece->x->flags & XT_EXT_COMPRESSED);
+  const char *k = piece->zero ? "zero" : decoded ? "decoded" : "data";
   if (napi_create_object(env, &o) != napi_ok || napi_create_string_utf8(env, k, NAPI_AUTO_LENGTH, &kind) != napi_ok ||
       napi_set_named_property(env, o, "kind", kind) != napi_ok || !set_num(env, o, "length", (double)piece->length))
     return NULL;
   if (!piece->zero && (!set_num(env, o, "device", piece->device) || !set_num(env, o, "deviceOffset", (double)piece->device_offset)))
     return NULL;
+  if (decoded) {
+    struct xt_compressed z = xt_compressed_of(piece->x, p->csums);
+    if (!set_num(env, o, "diskLength", z.disk_length) || !set_num(env, o, "decodedOffset", (double)piece->decoded_offset) ||
+        napi_create_string_utf8(env, algorithm_names[z.algorithm], NAPI_AUTO_LENGTH, &alg) != napi_ok ||
+        napi_set_named_property(env, o, "compression", alg) != napi_ok)
+      return NULL;
+  }
   return o;
 }
 
@@ -537,7 +571,7 @@ static napi_value plan_js(napi_env env, struct xt_plan *p) {
     return (v = inline_js(env, p)) != NULL && napi_set_element(env, arr, 0, v) == napi_ok ? arr : NULL;
   }
   while (xt_plan_next(p, &piece)) {
-    if ((v = piece_js(env, &piece)) == NULL || napi_set_element(env, arr, k++, v) != napi_ok) return NULL;
+    if ((v = piece_js(env, p, &piece)) == NULL || napi_set_element(env, arr, k++, v) != napi_ok) return NULL;
   }
   return arr;
 }
@@ -571,6 +605,43 @@ static napi_value js_plan_read(napi_env env, napi_callback_info info) {
   napi_value out = plan_js(env, &p);
   free(image);
   return out;
+}
+
+// decode(algorithm, stream, decodedLength, sectorSize): what read.c makes of a compressed extent's
+// encoded stream (XT_ZLIB, XT_LZO, XT_ZSTD): a Buffer of the decoded bytes, at most decodedLength
+// (1 to 128 KiB) of them, or a thrown "decode: <why>". On its own decoder state, freed before it returns.
+static napi_value js_decode(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4], out;
+  uint32_t alg, decoded_length, sector;
+  bool is_buffer = false;
+  void *in;
+  size_t in_len;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 4 || napi_get_value_uint32(env, argv[0], &alg) != napi_ok || napi_is_buffer(env, argv[1], &is_buffer) != napi_ok || !is_buffer ||
+      napi_get_buffer_info(env, argv[1], &in, &in_len) != napi_ok || napi_get_value_uint32(env, argv[2], &decoded_length) != napi_ok ||
+      napi_get_value_uint32(env, argv[3], &sector) != napi_ok || decoded_length == 0 || decoded_length > XT_DECODED_MAX || in_len > XT_ENCODED_MAX)
+    return fail(env, NULL, "decode(algorithm, stream: Buffer of at most 128 KiB, decodedLength: 1 to 128 KiB, sectorSize)");
+  // Copies with no slack either side, so that a read past them is a sanitizer's report.
+  uint8_t *copy = malloc(in_len > 0 ? in_len : 1), *dst = malloc((size_t)decoded_length + 1);
+  struct xt_decoder d = {0};
+  char why[256] = "", msg[300];
+  size_t n = 0;
+  int err = copy == NULL || dst == NULL ? ENOMEM : 0;
+  if (err == 0) {
+    if (in_len > 0) memcpy(copy, in, in_len);
+    err = xt_decode(&d, alg, copy, in_len, sector, dst, (size_t)decoded_length + 1, &n, why, sizeof why);
+    if (err == 0 && n > decoded_length) err = EIO, snprintf(why, sizeof why, "decodes to more than %u bytes", decoded_length);
+  }
+  xt_decoder_free(&d);
+  napi_status s = err == 0 ? napi_create_buffer_copy(env, n, dst, NULL, &out) : napi_ok;
+  free(copy);
+  free(dst);
+  if (err != 0) {
+    snprintf(msg, sizeof msg, "decode: %s", err == ENOMEM ? "out of memory" : why);
+    return fail(env, NULL, msg);
+  }
+  return s == napi_ok ? out : NULL;
 }
 
 struct acl_list {
@@ -635,6 +706,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"planRead", NULL, js_plan_read, NULL, NULL, NULL, napi_enumerable, NULL},
     {"checkDelta", NULL, xt_js_check_delta, NULL, NULL, NULL, napi_enumerable, NULL},
     {"largeAcls", NULL, js_large_acls, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"decode", NULL, js_decode, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   CHECK(napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
   return exports;

@@ -129,11 +129,13 @@ void xt_acls_over(const struct xt_tables *t, uint64_t limit, void (*each)(void *
 
 // read.c: the plan of a read. Pure (no engine, no I/O): the FUSE read carries it out, and the addon's
 // planRead (for tests) reports it.
-// One piece of a reply, in file order: `length` zeros, or `length` bytes of device `device` at `device_offset`.
+// One piece of a reply, in file order: `length` zeros, or `length` bytes of device `device` at
+// `device_offset`, or (x is compressed) `length` bytes at `decoded_offset` of what the extent's
+// encoded stream at `device_offset` decodes to.
 struct xt_piece {
   int zero; // a hole, an unwritten range or the hole up to EOF
   uint32_t device;
-  uint64_t file_offset, device_offset, length;
+  uint64_t file_offset, device_offset, length, decoded_offset;
   const struct xt_extent *x; // the extent the bytes come from (its copies and checksums); NULL for zeros
 };
 // A reply being planned: bytes [start, end) of one file, walked piece by piece with xt_plan_next.

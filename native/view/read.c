@@ -11,12 +11,17 @@
 // each verified; a sector that does not verify (or a device read that fails) is read from the
 // extent's other copies in turn, and when no copy verifies the read is EIO, logged with the sector's
 // device offset and "no copy verifies": never a copy btrfs itself would reject.
+// A compressed extent (btrfs compress=) is read whole: its encoded stream's sectors, verified as above
+// (btrfs checksums the encoded bytes), then decoded (decode.c) into a per-thread buffer that is kept
+// as a cache of the last extent decoded, and the piece copied out of it. A stream that does not
+// decode, or decodes to fewer bytes than the piece needs, is EIO, logged: never zeros.
 // Every read first checks the lease (config.c): a clock read while it is fresh. A read may start or
 // move a push-ahead job (push.c), which reads through xt_read_into too.
 // A request resolves through one map of the file, loaded once (delta.c): the tables' extents, or the
 // list the latest delta installed; served reads are noted before the reply (xt_note_served).
 #include "engine.h"
 #include "../csum.h"
+#include "decode.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -34,11 +39,17 @@ static uint64_t align_up(uint64_t x) {
   return (x + ALIGN - 1) & ~(ALIGN - 1);
 }
 
-// Per worker thread: the reply buffer, the bounce buffer and the buffer whole sectors are verified
-// in, freed when libfuse ends the thread.
+// Per worker thread (and pusher): the reply buffer, the bounce buffer, the buffer whole sectors are
+// verified in and, once a compressed extent was read, the decoder's state and the last extent
+// decoded (the cache: `decoded_of` names it, for as long as the thread lives, since extents are
+// never freed while the session runs). Freed when the thread ends. Beyond the reply, what compressed
+// extents add is bounded per thread: 128 KiB + 1 decoded, 132 KiB of verified sectors, zlib's
+// ~40 KiB and zstd's ~100 KiB of state: about 400 KiB, so 17 threads (16 workers, a pusher) ~7 MiB.
 struct tbuf {
-  uint8_t *out, *bounce, *sectors;
-  size_t out_cap, sectors_cap;
+  uint8_t *out, *bounce, *sectors, *decoded;
+  size_t out_cap, sectors_cap, decoded_len;
+  const struct xt_extent *decoded_of;
+  struct xt_decoder decoder;
 };
 static pthread_key_t tbuf_key;
 static pthread_once_t tbuf_once = PTHREAD_ONCE_INIT;
@@ -48,6 +59,8 @@ static void tbuf_free(void *p) {
   free(b->out);
   free(b->bounce);
   free(b->sectors);
+  free(b->decoded);
+  xt_decoder_free(&b->decoder);
   free(b);
 }
 static void tbuf_key_init(void) {
@@ -171,6 +184,10 @@ int xt_plan_next(struct xt_plan *p, struct xt_piece *piece) {
   uint64_t stop = x->file_offset + x->length < p->end ? x->file_offset + x->length : p->end;
   *piece = (struct xt_piece){.file_offset = p->pos, .device = x->device,
                              .device_offset = x->device_offset + (p->pos - x->file_offset), .length = stop - p->pos, .x = x};
+  if (x->flags & XT_EXT_COMPRESSED) { // the encoded stream starts at the extent's device offset, whole
+    piece->device_offset = x->device_offset;
+    piece->decoded_offset = xt_compressed_of(x, p->csums).decoded_offset + (p->pos - x->file_offset);
+  }
   p->pos = stop;
   p->i++;
   return 1;
@@ -198,23 +215,26 @@ static int sector_from_copies(struct tbuf *b, const struct xt_tables *t, const s
   return 0;
 }
 
-// Piece `pc` of an extent with checksums into dst: the whole sectors around it read from the extent's
-// device, each verified, a bad one replaced from the other copies. EIO when a sector has no copy that
-// verifies; *bad_offset is then that sector's offset on the extent's device.
-static int read_verified(struct tbuf *b, const struct xt_tables *t, const struct xt_plan *p, const struct xt_device *devs, const struct xt_piece *pc,
-                         uint8_t *dst, uint64_t *bad_offset, char *why, size_t why_len) {
-  const struct xt_extent *x = pc->x;
-  const uint64_t ss = t->h->sector_size;
-  uint64_t rel = pc->device_offset - x->device_offset;
-  uint64_t from = rel / ss * ss, to = (rel + pc->length + ss - 1) / ss * ss; // to <= x->length: xt_check saw whole sectors
-  size_t need = (size_t)(to - from) + ALIGN;
+// This thread's buffer for `need` bytes of whole sectors (and ALIGN of slack); NULL when memory ran out.
+static uint8_t *sectors_buffer(struct tbuf *b, size_t need) {
   if (b->sectors_cap < need) {
     void *p;
-    if (posix_memalign(&p, ALIGN, need) != 0) return snprintf(why, why_len, "out of memory"), ENOMEM;
+    if (posix_memalign(&p, ALIGN, need) != 0) return NULL;
     free(b->sectors);
     b->sectors = p;
     b->sectors_cap = need;
   }
+  return b->sectors;
+}
+
+// Sectors [from, to) of extent x's bytes on its device (offsets from x->device_offset, whole sectors
+// inside them, as xt_check saw to) into b->sectors: each read from the extent's device and verified,
+// a bad one replaced from the other copies. EIO when a sector has no copy that verifies; *bad_offset
+// is then that sector's offset on the extent's device.
+static int verified_sectors(struct tbuf *b, const struct xt_tables *t, const struct xt_plan *p, const struct xt_device *devs,
+                            const struct xt_extent *x, uint64_t from, uint64_t to, uint64_t *bad_offset, char *why, size_t why_len) {
+  const uint64_t ss = t->h->sector_size;
+  if (sectors_buffer(b, (size_t)(to - from) + ALIGN) == NULL) return snprintf(why, why_len, "out of memory"), ENOMEM;
   char read_err[256] = "";
   if (read_range(b, &devs[x->device], b->sectors, x->device_offset + from, (size_t)(to - from), read_err, sizeof read_err) != 0)
     memset(b->sectors, 0, (size_t)(to - from)); // every sector then stands or falls by its copies
@@ -228,7 +248,43 @@ static int read_verified(struct tbuf *b, const struct xt_tables *t, const struct
              read_err[0] ? "; " : "", read_err);
     return EIO;
   }
-  memcpy(dst, b->sectors + (rel - from), (size_t)pc->length);
+  return 0;
+}
+
+// Piece `pc` of an extent with checksums into dst: the whole sectors around it, verified.
+static int read_verified(struct tbuf *b, const struct xt_tables *t, const struct xt_plan *p, const struct xt_device *devs, const struct xt_piece *pc,
+                         uint8_t *dst, uint64_t *bad_offset, char *why, size_t why_len) {
+  const uint64_t ss = t->h->sector_size;
+  uint64_t rel = pc->device_offset - pc->x->device_offset;
+  uint64_t from = rel / ss * ss, to = (rel + pc->length + ss - 1) / ss * ss; // to <= x->length: xt_check saw whole sectors
+  int err = verified_sectors(b, t, p, devs, pc->x, from, to, bad_offset, why, why_len);
+  if (err == 0) memcpy(dst, b->sectors + (rel - from), (size_t)pc->length);
+  return err;
+}
+
+// Piece `pc` of a compressed extent into dst: the extent's encoded stream read whole and verified,
+// decoded (unless it is the one this thread decoded last), and the piece's bytes copied out. EIO when
+// the stream does not decode, or decodes to fewer bytes than the piece needs.
+static int read_compressed(struct tbuf *b, const struct xt_tables *t, const struct xt_plan *p, const struct xt_device *devs,
+                           const struct xt_piece *pc, uint8_t *dst, uint64_t *bad_offset, char *why, size_t why_len) {
+  const struct xt_extent *x = pc->x;
+  struct xt_compressed z = xt_compressed_of(x, p->csums);
+  if (b->decoded_of != x) {
+    b->decoded_of = NULL; // until this one decoded
+    if (b->decoded == NULL && (b->decoded = malloc(XT_DECODED_MAX + 1)) == NULL) return snprintf(why, why_len, "out of memory"), ENOMEM;
+    int err = verified_sectors(b, t, p, devs, x, 0, z.disk_length, bad_offset, why, why_len);
+    // One byte more than decoded_length: a stream that fills it decodes to too much.
+    if (err == 0) err = xt_decode(&b->decoder, z.algorithm, b->sectors, z.disk_length, t->h->sector_size, b->decoded, (size_t)z.decoded_length + 1,
+                                  &b->decoded_len, why, why_len);
+    if (err == 0 && b->decoded_len > z.decoded_length)
+      err = EIO, snprintf(why, why_len, "compressed extent decodes to more than its %u bytes", z.decoded_length);
+    if (err != 0) return err;
+    b->decoded_of = x;
+  }
+  if (pc->decoded_offset + pc->length > b->decoded_len)
+    return snprintf(why, why_len, "compressed extent decodes to %zu bytes; the file needs bytes up to %llu of it", b->decoded_len,
+                    (unsigned long long)(pc->decoded_offset + pc->length)), EIO;
+  memcpy(dst, b->decoded + pc->decoded_offset, (size_t)pc->length);
   return 0;
 }
 
@@ -248,13 +304,15 @@ static int read_plan(struct engine *e, uint32_t index, struct xt_plan *p, const 
     }
     char why[512];
     uint64_t at = piece.device_offset;
-    int err = piece.x->flags & XT_EXT_CSUM
-                  ? read_verified(b, &e->t, p, devs, &piece, b->out + pos, &at, why, sizeof why)
-                  : read_range(b, &devs[piece.device], b->out + pos, piece.device_offset, (size_t)piece.length, why, sizeof why);
+    int compressed = (piece.x->flags & XT_EXT_COMPRESSED) != 0;
+    int err = compressed                     ? read_compressed(b, &e->t, p, devs, &piece, b->out + pos, &at, why, sizeof why)
+              : piece.x->flags & XT_EXT_CSUM ? read_verified(b, &e->t, p, devs, &piece, b->out + pos, &at, why, sizeof why)
+                                             : read_range(b, &devs[piece.device], b->out + pos, piece.device_offset, (size_t)piece.length, why, sizeof why);
     if (err != 0) {
       if (report) {
-        // A sector that failed verification may start before the piece: name it, not the piece.
-        uint64_t file_offset = at == piece.device_offset ? piece.file_offset : piece.x->file_offset + (at - piece.x->device_offset);
+        // A sector that failed verification may start before the piece: name it, not the piece. A
+        // compressed extent's sectors hold encoded bytes of no one file offset: name the piece's.
+        uint64_t file_offset = at == piece.device_offset || compressed ? piece.file_offset : piece.x->file_offset + (at - piece.x->device_offset);
         struct xt_event ev = {.kind = XT_EV_READ_FAILED, .index = index, .offset = file_offset,
                               .device = piece.device, .device_offset = at};
         snprintf(ev.reason, sizeof ev.reason, "%s", why);

@@ -19,6 +19,13 @@
 //   XT_EXT_CSUM has one csum_size-byte checksum per sector_size bytes of its length at
 //   data[csum_off], and copy_count other copies (mirrors) of the same bytes at
 //   copies[copy_first ..]. Reads verify every sector and fall back to the copies (read.c).
+// - Compressed extents (manifest feature "compressed-extents", btrfs compress=): an extent with
+//   XT_EXT_COMPRESSED (always with XT_EXT_CSUM: btrfs checksums the compressed bytes) holds its
+//   bytes encoded: disk_length bytes at device_offset (and at each copy) decode to at most
+//   decoded_length bytes, of which the file's `length` bytes start at decoded_offset. That
+//   struct xt_compressed lies in the data blob just before the extent's checksums, at
+//   data[csum_off - sizeof(struct xt_compressed)], so the checksums stay where csum_off says and
+//   every extent keeps its 40 bytes. The checksums cover disk_length (whole sectors), not `length`.
 // Blob offsets are u32: the packer refuses images whose blobs pass 4 GiB.
 #ifndef EXTFS_VIEW_TABLES_H
 #define EXTFS_VIEW_TABLES_H
@@ -26,12 +33,22 @@
 #include <stdint.h>
 
 #define XT_MAGIC 0x54565845u // "EXVT" read as a little-endian u32
-#define XT_VERSION 3u
+#define XT_VERSION 4u
 
 // xt_inode.flags
 #define XT_INLINE 1u // regular file whose content is in the data blob (first = offset, count = length)
 // xt_extent.flags
 #define XT_EXT_CSUM 1u // the extent's sectors have checksums at data[csum_off] (header: csum_alg, sector_size)
+#define XT_EXT_COMPRESSED 2u // the extent's bytes are encoded: a struct xt_compressed precedes its checksums
+
+// xt_compressed.algorithm: btrfs's own numbering (BTRFS_COMPRESS_*)
+#define XT_ZLIB 1u
+#define XT_LZO 2u
+#define XT_ZSTD 3u
+// btrfs's bounds (BTRFS_MAX_COMPRESSED, BTRFS_MAX_UNCOMPRESSED): a compressed extent takes at most
+// 128 KiB on disk and decodes to at most 128 KiB.
+#define XT_ENCODED_MAX (128u * 1024u)
+#define XT_DECODED_MAX (128u * 1024u)
 
 struct xt_header {
   uint32_t magic, version;
@@ -85,6 +102,15 @@ struct xt_extent {
   uint16_t flags; // XT_EXT_CSUM
 };
 
+// How a compressed extent is encoded (in the data blob, just before its checksums; not aligned: read
+// with memcpy). See the top of this file.
+struct xt_compressed {
+  uint32_t algorithm;      // XT_ZLIB, XT_LZO, XT_ZSTD
+  uint32_t disk_length;    // bytes of the encoded stream at device_offset (and at each copy), whole sectors
+  uint32_t decoded_length; // bytes it decodes to at most (btrfs ram_bytes), at most XT_DECODED_MAX
+  uint32_t decoded_offset; // the extent's first file byte is this byte of the decoded data
+};
+
 // Another copy (a btrfs mirror) of an extent's bytes: the same length at device_offset on device.
 struct xt_copy {
   uint64_t device_offset;
@@ -119,10 +145,11 @@ struct xt_device {
 //   the tables' devices followed by this delta's (and earlier deltas') new ones. An extent with
 //   XT_EXT_CSUM has its copies at this delta's copies[copy_first ..] and its checksums at this
 //   delta's data[csum_off], measured as the tables' header says (csum_alg, sector_size): an image
-//   keeps its checksum algorithm.
+//   keeps its checksum algorithm. A compressed extent's struct xt_compressed precedes its checksums
+//   in this delta's data blob, as in the tables.
 // - devices: the new ones, appended in this order; `fd` is ignored (applyDelta's deviceFds give them).
 #define XT_DELTA_MAGIC 0x44565845u // "EXVD" read as a little-endian u32
-#define XT_DELTA_VERSION 2u
+#define XT_DELTA_VERSION 3u
 
 struct xt_delta_header {
   uint32_t magic, version;
@@ -152,6 +179,7 @@ struct xt_delta_file {
 #define XT_DIRENT_FIELDS(F) F(name_off) F(child) F(name_len) F(reserved)
 #define XT_EXTENT_FIELDS(F) F(file_offset) F(device_offset) F(length) F(device) F(copy_first) F(csum_off) F(copy_count) F(flags)
 #define XT_COPY_FIELDS(F) F(device_offset) F(device) F(reserved)
+#define XT_COMPRESSED_FIELDS(F) F(algorithm) F(disk_length) F(decoded_length) F(decoded_offset)
 #define XT_XATTR_FIELDS(F) F(name_off) F(value_off) F(value_len) F(name_len) F(reserved)
 #define XT_DEVICE_FIELDS(F) F(fd) F(reserved) F(size)
 #define XT_DELTA_HEADER_FIELDS(F)                                                                            \
@@ -181,10 +209,17 @@ struct xt_tables {
 const char *xt_check(const void *image, uint64_t len, struct xt_tables *t);
 
 // An extent's flags, device, other copies (copies[copy_first ..] of n_copies, each on one of
-// n_devices, the same length inside 64 bits) and checksums (whole sectors as header `h` measures
-// them, inside a data blob of data_size bytes): NULL, or what is wrong. The tables' extents and a
-// delta's are checked by it alike. Defined in engine.c.
+// n_devices, the same length inside 64 bits), checksums (whole sectors as header `h` measures
+// them, inside the data blob `data` of data_size bytes) and, compressed, its struct xt_compressed
+// (a known algorithm, lengths within btrfs's bounds, the file's bytes inside the decoded ones):
+// NULL, or what is wrong. The tables' extents and a delta's are checked by it alike. Defined in engine.c.
 const char *xt_check_extent_extras(const struct xt_header *h, const struct xt_extent *x, uint64_t n_devices, const struct xt_copy *copies,
-                                   uint64_t n_copies, uint64_t data_size);
+                                   uint64_t n_copies, const char *data, uint64_t data_size);
+// The struct xt_compressed of extent x (XT_EXT_COMPRESSED, checked) in data blob `data`.
+static inline struct xt_compressed xt_compressed_of(const struct xt_extent *x, const char *data) {
+  struct xt_compressed z;
+  __builtin_memcpy(&z, data + x->csum_off - sizeof z, sizeof z);
+  return z;
+}
 
 #endif

@@ -158,7 +158,7 @@ function checkFiles(
     seen.add(ino)
     if ((f.extents === undefined) === (f.inline === undefined)) bad(at, `inode ${ino} needs exactly one of extents and inline`)
     try {
-      if (f.extents !== undefined) extents += checkExtents(f.extents, ino, size, deviceSizes, checksums)
+      if (f.extents !== undefined) extents += checkExtents(f.extents, ino, size, deviceSizes, checksums, true) // compressed ones need csums, so the image's dataChecksums
       else checkInline({ inline: f.inline, size }, ino, true)
     } catch (err) {
       if (err instanceof ManifestError) err.message = `${where}: ${err.message}`

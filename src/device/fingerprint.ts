@@ -2,7 +2,7 @@
 // inside the frozen extents, taken at export and compared before anything is served.
 import { createHash } from 'node:crypto'
 import { CSUM_ALG, linux } from '../linux'
-import { CSUM_ALGORITHMS, type DataChecksums, type Extent, type Fingerprint } from '../manifest/types'
+import { bytesOnDevice, CSUM_ALGORITHMS, type DataChecksums, type Extent, type Fingerprint } from '../manifest/types'
 import type { RawDevice } from './reader'
 
 const SAMPLE = 4096
@@ -22,11 +22,11 @@ function pickSamples(extents: Extent[]): { offset: number; length: number; exten
   const out = []
   for (let i = 0; i < extents.length && out.length < MAX_SAMPLES; i += step) {
     const e = extents[i]
-    const end = e.deviceOffset + e.length
+    const end = e.deviceOffset + bytesOnDevice(e) // a compressed extent's encoded stream
     const mid = Math.floor((e.deviceOffset + end) / 2 / SAMPLE) * SAMPLE
     const start = Math.max(Math.ceil(e.deviceOffset / SAMPLE) * SAMPLE, Math.min(mid, end - SAMPLE))
     if (start + SAMPLE <= end && start >= e.deviceOffset) out.push({ offset: start, length: SAMPLE, extent: e })
-    else out.push({ offset: e.deviceOffset, length: Math.min(e.length, SAMPLE), extent: e })
+    else out.push({ offset: e.deviceOffset, length: Math.min(end - e.deviceOffset, SAMPLE), extent: e })
   }
   return out
 }

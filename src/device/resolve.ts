@@ -1,6 +1,6 @@
 // Finding the manifest's devices on the mover and proving them, before anything is served.
 import fs from 'node:fs'
-import type { Device, Manifest } from '../manifest/types'
+import { bytesOnDevice, type Device, type Manifest } from '../manifest/types'
 import { listRawDevices } from '../mapping/blockdev'
 import { identitiesMatch, probeIdentity } from './identity'
 import { RawDevice } from './reader'
@@ -16,7 +16,7 @@ function bytesNeeded(manifest: Manifest, index: number, extentEnd?: number): num
   let end = extentEnd ?? 0
   if (extentEnd === undefined) {
     for (const inode of manifest.inodes) {
-      for (const e of inode.extents ?? []) if (e.device === index) end = Math.max(end, e.deviceOffset + e.length)
+      for (const e of inode.extents ?? []) if (e.device === index) end = Math.max(end, e.deviceOffset + bytesOnDevice(e))
     }
   }
   return end

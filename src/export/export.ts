@@ -29,7 +29,7 @@ import { pathOfInode } from '../manifest/paths'
 /** Filesystems the mapper resolves to raw disks (btrfs through its chunk tree). */
 const SUPPORTED_FS = new Set(['ext2', 'ext3', 'ext4', 'xfs', 'btrfs'])
 
-/** Default --carry-max: inline and compressed files up to this size are carried in the manifest. */
+/** Default --carry-max: inline files up to this size are carried in the manifest. */
 export const DEFAULT_CARRY_MAX = 64 * 1024
 
 export interface ExportOptions {
@@ -108,6 +108,7 @@ function features(walker: Walker, mapper: FileMapper): string[] {
   if ([...walker.inodes.values()].some((i) => i.inline !== undefined)) out.push('inline-data')
   if (mapper.dataChecksums) out.push('data-checksums')
   if (walker.byteNames) out.push('byte-names')
+  if ([...walker.inodes.values()].some((i) => i.extents?.some((e) => e.compression !== undefined))) out.push('compressed-extents')
   return out
 }
 

@@ -19,7 +19,7 @@ export interface WalkTarget {
   warn: (msg: string) => void
   /** Opens each regular file: in place, or by cloning it first (clone sets). */
   openFile: OpenFile
-  /** Largest inline or compressed file whose content is carried in the manifest (--carry-max), bytes. */
+  /** Largest inline file whose content is carried in the manifest (--carry-max), bytes. */
   carryMax: number
   /** Absolute paths never descended into (the image directory of a clone set or snapshot). */
   skip: ReadonlySet<string>
@@ -280,7 +280,7 @@ export class Walker {
       inode.extents = m.extents
       return
     }
-    // Inline or compressed: not readable raw, so the content itself goes into the manifest.
+    // Inline in the filesystem's metadata: on no raw block, so the content itself goes into the manifest.
     const max = this.target.carryMax
     if (inode.size > max) {
       throw new ExportError(`${file}: ${m.why} data of ${inode.size} bytes is over the ${max}-byte limit for carrying it in the manifest (--carry-max)`)

@@ -1,12 +1,17 @@
 // Extent arithmetic: which device ranges, and which runs of zeros, make up a read of a file.
 // Pure: no I/O. The caller executes the plan (pread each data segment, fill zero segments).
-import type { Extent } from '../manifest/types'
+import type { Compression, Extent } from '../manifest/types'
 import { lastAtOrBefore } from './search'
 
-/** A piece of a read: `length` bytes of zeros, or `length` bytes of devices[device] at `deviceOffset`. */
+/**
+ * A piece of a read: `length` bytes of zeros, or `length` bytes of devices[device] at `deviceOffset`,
+ * or (a compressed extent's) `length` bytes from `decodedOffset` of what the `diskLength` bytes at
+ * `deviceOffset` of devices[device] decode to with `compression`.
+ */
 export type Segment =
   | { kind: 'zero'; length: number }
   | { kind: 'data'; device: number; deviceOffset: number; length: number }
+  | { kind: 'decoded'; device: number; deviceOffset: number; diskLength: number; compression: Compression; decodedOffset: number; length: number }
 
 /**
  * Plan a read of `length` bytes at file offset `offset` of a file of `size` bytes whose data lives in
@@ -26,6 +31,12 @@ export type Segment =
  *   zero {length 4096}                                  file 4096..8192, the hole
  *   data {device 1, deviceOffset 50000, length 1808}    file 8192..10000, B up to EOF
  * 96 + 4096 + 1808 = 6000 = min(8000, 10000 - 4000).
+ *
+ * A compressed extent is read whole and decoded, so its segment names the whole encoded stream and
+ * where the piece starts in the decoded bytes: with C = {fileOffset: 0, device: 0, deviceOffset: 8192,
+ * length: 65536, compression: 'zstd', diskLength: 12288, decodedLength: 131072, decodedOffset: 4096},
+ * a read of 100 bytes at 1000 is decoded {device 0, deviceOffset 8192, diskLength 12288, zstd,
+ * decodedOffset 5096, length 100}.
  */
 export function planRead(extents: readonly Extent[], size: number, offset: number, length: number): Segment[] {
   if (!Number.isSafeInteger(offset) || offset < 0) throw new RangeError(`read offset ${offset} is not a non-negative integer`)
@@ -43,7 +54,12 @@ export function planRead(extents: readonly Extent[], size: number, offset: numbe
       pos = e.fileOffset
     }
     const stop = Math.min(e.fileOffset + e.length, end)
-    segments.push({ kind: 'data', device: e.device, deviceOffset: e.deviceOffset + (pos - e.fileOffset), length: stop - pos })
+    segments.push(e.compression === undefined
+      ? { kind: 'data', device: e.device, deviceOffset: e.deviceOffset + (pos - e.fileOffset), length: stop - pos }
+      : {
+          kind: 'decoded', device: e.device, deviceOffset: e.deviceOffset, diskLength: e.diskLength!, compression: e.compression,
+          decodedOffset: e.decodedOffset! + (pos - e.fileOffset), length: stop - pos,
+        })
     pos = stop
   }
   if (pos < end) segments.push({ kind: 'zero', length: end - pos })

@@ -63,6 +63,10 @@ export class FrozenView {
     private readonly config: ConfigWatch,
     private readonly log: Logger,
   ) {
+    // This engine has no decoder of btrfs's compressed extents: it would serve their encoded bytes.
+    if (manifest.features.includes('compressed-extents')) {
+      throw new ExtfsError(ExitCode.Usage, 'this manifest has compressed extents (feature "compressed-extents"), which only the native engine decodes: unset EXTFS_ENGINE=fuse-native')
+    }
     // This engine reads copy 0 unverified: serving such a manifest would bring back the stale-copy bug.
     if (manifest.features.includes('data-checksums')) {
       throw new ExtfsError(ExitCode.Usage, 'this manifest has data checksums (feature "data-checksums"), which only the native engine verifies: unset EXTFS_ENGINE=fuse-native')
@@ -140,6 +144,8 @@ export class FrozenView {
     for (const seg of planRead(inode.extents ?? [], inode.size, offset, length)) {
       if (seg.kind === 'zero') {
         target.fill(0, pos, pos + seg.length)
+      } else if (seg.kind === 'decoded') {
+        throw new ViewError(Errno.EIO, `inode ${ino}: compressed extent, which this engine cannot decode`) // refused at load: never here
       } else {
         const device = this.devices[seg.device]
         try {

@@ -63,6 +63,26 @@ export interface BtrfsCsumInfo {
   nodeSize: number
 }
 
+/** A btrfs EXTENT_DATA item of a file (linux/btrfs_tree.h, struct btrfs_file_extent_item). */
+export interface BtrfsFileExtent {
+  /** The item's key offset: where in the file its bytes start. */
+  fileOffset: number
+  /** BTRFS_FILE_EXTENT_INLINE 0, _REG 1, _PREALLOC 2. */
+  type: number
+  /** BTRFS_COMPRESS_NONE 0, _ZLIB 1, _LZO 2, _ZSTD 3. */
+  compression: number
+  encryption: number
+  otherEncoding: number
+  /** Bytes the extent holds decoded (the whole extent, of which `offset`.. is referenced). */
+  ramBytes: number
+  /** Regular and preallocated only: the extent's logical address (0: a hole) and bytes there. */
+  diskBytenr?: number
+  diskNumBytes?: number
+  /** Regular and preallocated only: where in the (decoded) extent the file's bytes start, and how many. */
+  offset?: number
+  numBytes?: number
+}
+
 /** Checksum algorithms as both addons number them (native/csum.h XT_CSUM_*): the view tables' csum_alg. */
 export const CSUM_ALG = { none: 0, crc32c: 1 } as const
 
@@ -106,6 +126,8 @@ export interface NativeAddon {
    * `fd`: any file or directory on the filesystem.
    */
   btrfsCsums(fd: number, logical: number, length: number, sectorSize: number, csumSize: number, nodeSize: number): { csums: Buffer; covered: number }
+  /** The EXTENT_DATA items of the regular file `fd` is open on, in file order (tree search of its subvolume). */
+  btrfsFileExtents(fd: number): BtrfsFileExtent[]
   /** Index of the first sector of `data` whose checksum in `csums` differs, or -1. `alg`: 1 crc32c (native/csum.h). */
   csumVerify(alg: number, data: Buffer, csums: Buffer, sectorSize: number): number
 }

@@ -4,7 +4,7 @@
 export const MANIFEST_FORMAT = 'extfs-manifest'
 export const MANIFEST_VERSION = 1
 /** Feature flags this build understands; a manifest naming any other is refused. */
-export const KNOWN_FEATURES = ['inline-data', 'data-checksums', 'byte-names'] as const
+export const KNOWN_FEATURES = ['inline-data', 'data-checksums', 'byte-names', 'compressed-extents'] as const
 export type Feature = (typeof KNOWN_FEATURES)[number]
 
 /** Seconds and nanoseconds since the epoch, as stat(2) reports them. */
@@ -25,6 +25,24 @@ export interface Extent {
   copies?: ExtentCopy[]
   /** Feature `data-checksums`: base64, one checksum per sector of the extent (header `dataChecksums`). */
   csums?: string
+  /**
+   * Feature `compressed-extents` (btrfs compress=): the bytes on the device are encoded. `diskLength`
+   * bytes at `deviceOffset` (and at each copy; `csums` cover them) decode to at most `decodedLength`
+   * bytes, and the file's `length` bytes are those from `decodedOffset` on. All four come together.
+   */
+  compression?: Compression
+  diskLength?: number
+  decodedLength?: number
+  decodedOffset?: number
+}
+
+/** The compression algorithms a manifest may name: btrfs's. */
+export const COMPRESSIONS = ['zlib', 'lzo', 'zstd'] as const
+export type Compression = (typeof COMPRESSIONS)[number]
+
+/** Bytes an extent takes on its device and at each copy: a compressed extent's encoded stream, else its length. */
+export function bytesOnDevice(e: Extent): number {
+  return e.diskLength ?? e.length
 }
 
 /** Another copy of an extent's bytes: `length` bytes at `deviceOffset` of devices[device]. */

@@ -13,6 +13,7 @@
 import { ManifestError } from '../errors'
 import { nameBytes, nameEncodingProblem } from './names'
 import {
+  COMPRESSIONS,
   CSUM_ALGORITHMS,
   type CsumAlgorithm,
   KNOWN_FEATURES,
@@ -46,6 +47,9 @@ export const LIMITS = {
   xattrNameBytes: 255,
   xattrValueBytes: 64 * KiB,
   inlineBytes: 64 * KiB,
+  /** btrfs's BTRFS_MAX_COMPRESSED and BTRFS_MAX_UNCOMPRESSED: a compressed extent on disk, and decoded. */
+  encodedBytes: 128 * KiB,
+  decodedBytes: 128 * KiB,
   /** NAME_MAX */
   nameBytes: 255,
   /** PATH_MAX minus the NUL: the longest symlink target Linux stores. */
@@ -74,7 +78,7 @@ const IDENTITY_KEY_SET = keySet(...IDENTITY_KEYS)
 const FINGERPRINT_KEYS = keySet('offset', 'length', 'sha256')
 const INODE_KEYS = keySet('ino', 'kind', 'perm', 'uid', 'gid', 'nlink', 'size', 'blocks', 'atime',
   'mtime', 'ctime', 'rdev', 'attrs', 'xattrs', 'extents', 'inline', 'target', 'entries')
-const EXTENT_KEYS = keySet('fileOffset', 'device', 'deviceOffset', 'length', 'copies', 'csums')
+const EXTENT_KEYS = keySet('fileOffset', 'device', 'deviceOffset', 'length', 'copies', 'csums', 'compression', 'diskLength', 'decodedLength', 'decodedOffset')
 const ENTRY_KEYS = keySet('name', 'ino')
 const INODE_KINDS = keySet('file', 'dir', 'symlink', 'fifo', 'char', 'block', 'socket')
 const FROZEN_KINDS = keySet('freeze', 'none', 'snapshot')
@@ -120,6 +124,8 @@ export interface HeaderFacts {
   byteNames: boolean
   /** Feature data-checksums: what an extent's csums must measure up to; undefined: extents have none. */
   checksums?: CsumFacts
+  /** Feature compressed-extents: extents may be compressed. */
+  compressedAllowed: boolean
 }
 
 /** Bytes per checksum and per checksummed sector, from the header's `dataChecksums`. */
@@ -142,7 +148,10 @@ export function validateHeader(value: Obj): HeaderFacts {
   checkHeader(value)
   const deviceSizes = checkDevices(value.devices)
   const checksums = checkDataChecksums(value.dataChecksums, features.has('data-checksums'))
-  return { deviceSizes, inlineAllowed: features.has('inline-data'), checksums, byteNames: features.has('byte-names') }
+  return {
+    deviceSizes, inlineAllowed: features.has('inline-data'), checksums,
+    byteNames: features.has('byte-names'), compressedAllowed: features.has('compressed-extents'),
+  }
 }
 
 /** `dataChecksums`: present exactly when feature data-checksums is; a known algorithm and sector size. */
@@ -413,7 +422,7 @@ export function checkInode(n: unknown, i: number, facts: HeaderFacts, totals: To
   checkAttributes(n, ino)
   checkKindFields(n, ino, kind)
   if (n.xattrs !== undefined) checkXattrs(n.xattrs, ino, facts.byteNames)
-  if (n.extents !== undefined) totals.extents += checkExtents(n.extents, ino, n.size as number, facts.deviceSizes, facts.checksums)
+  if (n.extents !== undefined) totals.extents += checkExtents(n.extents, ino, n.size as number, facts.deviceSizes, facts.checksums, facts.compressedAllowed)
   if (totals.extents > LIMITS.extents) bad('manifest', `more than ${LIMITS.extents} extents in all`)
   if (n.inline !== undefined) checkInline(n, ino, facts.inlineAllowed)
   if (n.target !== undefined) checkTarget(n.target, ino, facts.byteNames)
@@ -512,8 +521,9 @@ function xattrNameProblem(name: string, byteNames: boolean): string | undefined 
 /**
  * Checks one file's extents; returns how many there are. Extents must lie inside their device, start
  * inside the file, and be sorted by fileOffset without overlapping. Only the last may run past EOF.
+ * Compressed extents only when `compressedAllowed` (feature compressed-extents; a delta: always).
  */
-export function checkExtents(list: unknown, ino: number, size: number, deviceSizes: number[], checksums?: CsumFacts): number {
+export function checkExtents(list: unknown, ino: number, size: number, deviceSizes: number[], checksums?: CsumFacts, compressedAllowed = false): number {
   if (!Array.isArray(list)) bad(`inode ${ino}`, `extents must be an array, got ${describe(list)}`)
   if (list.length > LIMITS.extents) bad(`inode ${ino}`, `${list.length} extents, over the limit of ${LIMITS.extents}`)
   let prevStart = -1
@@ -535,12 +545,16 @@ export function checkExtents(list: unknown, ino: number, size: number, deviceSiz
     if (!isInt(deviceOffset, 0, MAX_SAFE)) {
       bad(`inode ${ino}`, `extents[${i}].deviceOffset must be a non-negative integer, got ${describe(deviceOffset)}`)
     }
+    const compressed = e.compression !== undefined || e.diskLength !== undefined || e.decodedLength !== undefined || e.decodedOffset !== undefined
+    if (compressed) checkCompression(e, `inode ${ino}`, `extents[${i}]`, compressedAllowed)
+    // What the extent takes on its device: a compressed one's encoded stream.
+    const span = compressed ? e.diskLength as number : length
     const deviceSize = deviceSizes[device]!
-    if (deviceOffset + length > deviceSize) {
-      bad(`inode ${ino}`, `extents[${i}] past device end: bytes ${deviceOffset}..${deviceOffset + length} ` +
+    if (deviceOffset + span > deviceSize) {
+      bad(`inode ${ino}`, `extents[${i}] past device end: bytes ${deviceOffset}..${deviceOffset + span} ` +
         `of device ${device}, which is ${deviceSize} bytes`)
     }
-    if (e.copies !== undefined || e.csums !== undefined) checkCopiesAndCsums(e, `inode ${ino}`, `extents[${i}]`, deviceSizes, checksums)
+    if (e.copies !== undefined || e.csums !== undefined || compressed) checkCopiesAndCsums(e, `inode ${ino}`, `extents[${i}]`, span, deviceSizes, checksums)
     if (fileOffset < prevStart) {
       bad(`inode ${ino}`, `extents unsorted: extents[${i}] starts at ${fileOffset}, before extents[${i - 1}] at ${prevStart}`)
     }
@@ -554,16 +568,35 @@ export function checkExtents(list: unknown, ino: number, size: number, deviceSiz
 }
 
 /**
- * An extent's `csums` (one checksum per sector of its length, which must be whole sectors) and
- * `copies` (other copies of its bytes, each inside its device; only with csums, which choose between
- * them). `e` has passed the extent checks.
+ * A compressed extent's `compression`, `diskLength`, `decodedLength` and `decodedOffset`: all four, a
+ * known algorithm, btrfs's bounds, and the file's bytes inside the decoded ones. `e` has passed the
+ * extent checks of its length.
  */
-function checkCopiesAndCsums(e: Obj, where: string, at: string, deviceSizes: number[], checksums: CsumFacts | undefined): void {
-  if (checksums === undefined) bad(where, `${at} has copies or csums but the manifest does not declare feature "data-checksums"`)
+function checkCompression(e: Obj, where: string, at: string, allowed: boolean): void {
+  if (!allowed) bad(where, `${at} is compressed but the manifest does not declare feature "compressed-extents"`)
+  if (typeof e.compression !== 'string' || !(COMPRESSIONS as readonly string[]).includes(e.compression)) {
+    bad(where, `${at}.compression must be one of ${COMPRESSIONS.join(', ')}, got ${describe(e.compression)}`)
+  }
+  if (!isInt(e.diskLength, 1, LIMITS.encodedBytes)) bad(where, `${at}.diskLength must be an integer from 1 to ${LIMITS.encodedBytes}, got ${describe(e.diskLength)}`)
+  if (!isInt(e.decodedLength, 1, LIMITS.decodedBytes)) bad(where, `${at}.decodedLength must be an integer from 1 to ${LIMITS.decodedBytes}, got ${describe(e.decodedLength)}`)
+  if (!isInt(e.decodedOffset, 0, e.decodedLength - 1)) bad(where, `${at}.decodedOffset must be an integer from 0 to decodedLength - 1, got ${describe(e.decodedOffset)}`)
   const length = e.length as number
+  if (e.decodedOffset + length > e.decodedLength) {
+    bad(where, `${at}: its ${length} bytes from decodedOffset ${e.decodedOffset} run past decodedLength ${e.decodedLength}`)
+  }
+  if (e.csums === undefined) bad(where, `${at} is compressed but has no csums: what is decoded must be what btrfs checksummed`)
+}
+
+/**
+ * An extent's `csums` (one checksum per sector of its `span` bytes on the device, which must be whole
+ * sectors) and `copies` (other copies of those bytes, each inside its device; only with csums, which
+ * choose between them). `e` has passed the extent checks.
+ */
+function checkCopiesAndCsums(e: Obj, where: string, at: string, span: number, deviceSizes: number[], checksums: CsumFacts | undefined): void {
+  if (checksums === undefined) bad(where, `${at} has copies or csums but the manifest does not declare feature "data-checksums"`)
   if (e.csums === undefined) bad(where, `${at} has copies but no csums to choose between them`)
-  if (length % checksums.sectorSize !== 0) bad(where, `${at} has csums but its length ${length} is not whole sectors of ${checksums.sectorSize} bytes`)
-  const want = (length / checksums.sectorSize) * checksums.csumSize
+  if (span % checksums.sectorSize !== 0) bad(where, `${at} has csums but its ${e.diskLength === undefined ? 'length' : 'diskLength'} ${span} is not whole sectors of ${checksums.sectorSize} bytes`)
+  const want = (span / checksums.sectorSize) * checksums.csumSize
   const got = base64Length(e.csums, want)
   if (got !== want) bad(where, `${at}.csums must be strict base64 of ${want} bytes (one checksum per sector), got ${got < 0 ? 'something else' : `${got} bytes`}`)
   if (e.copies === undefined) return
@@ -578,8 +611,8 @@ function checkCopiesAndCsums(e: Obj, where: string, at: string, deviceSizes: num
       bad(where, `${at}.copies[${k}].device ${describe(c.device)} does not exist (the manifest lists ${deviceSizes.length} devices)`)
     }
     if (!isInt(c.deviceOffset, 0, MAX_SAFE)) bad(where, `${at}.copies[${k}].deviceOffset must be a non-negative integer, got ${describe(c.deviceOffset)}`)
-    if (c.deviceOffset + length > deviceSizes[c.device]!) {
-      bad(where, `${at}.copies[${k}] past device end: bytes ${c.deviceOffset}..${c.deviceOffset + length} of device ${c.device}, which is ${deviceSizes[c.device]} bytes`)
+    if (c.deviceOffset + span > deviceSizes[c.device]!) {
+      bad(where, `${at}.copies[${k}] past device end: bytes ${c.deviceOffset}..${c.deviceOffset + span} of device ${c.device}, which is ${deviceSizes[c.device]} bytes`)
     }
   })
 }

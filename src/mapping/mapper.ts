@@ -3,6 +3,7 @@
 // Export asks one FileMapper per exported filesystem; the disks it meets become the manifest's devices.
 import {
   linux,
+  type BtrfsFileExtent,
   FiemapExtent,
   FIEMAP_EXTENT_DATA_INLINE,
   FIEMAP_EXTENT_ENCODED,
@@ -13,7 +14,7 @@ import {
   FIEMAP_EXTENT_NOT_ALIGNED,
   FIEMAP_EXTENT_DATA_TAIL,
 } from '../linux'
-import { CSUM_ALGORITHMS, type DataChecksums, type Extent } from '../manifest/types'
+import { COMPRESSIONS, CSUM_ALGORITHMS, type DataChecksums, type Extent } from '../manifest/types'
 import type { MountEntry } from './mountinfo'
 import type { RawDisk, RawSpan } from './span'
 import { devKey } from './span'
@@ -21,17 +22,23 @@ import { BtrfsLayout } from './btrfs'
 import { DeviceStack } from './stack'
 import { ExportError } from '../errors'
 
-/** Stored somewhere other than plain blocks (inline in metadata, compressed): only the content can be carried. */
-const CARRY_ONLY = FIEMAP_EXTENT_DATA_INLINE | FIEMAP_EXTENT_ENCODED
 /** Not where `physical` says, or not readable as plain bytes even by carrying raw blocks. */
 const UNREADABLE_RAW =
   FIEMAP_EXTENT_UNKNOWN | FIEMAP_EXTENT_DELALLOC | FIEMAP_EXTENT_DATA_ENCRYPTED | FIEMAP_EXTENT_NOT_ALIGNED | FIEMAP_EXTENT_DATA_TAIL
 
 /**
- * `extents`: the file's written data on raw disks. `carry`: the file's bytes cannot be read raw (inline
- * or compressed); the caller carries its content in the manifest or refuses the file.
+ * `extents`: the file's written data on raw disks (btrfs compressed extents as their encoded streams).
+ * `carry`: the file's bytes are inline in the filesystem's metadata, not on any raw block; the caller
+ * carries its content in the manifest or refuses the file.
  */
 export type FileMapping = { kind: 'extents'; extents: Extent[] } | { kind: 'carry'; why: string }
+
+/** btrfs's BTRFS_FILE_EXTENT_* item types and the manifest's names of its BTRFS_COMPRESS_* algorithms. */
+const FILE_EXTENT_INLINE = 0
+const FILE_EXTENT_PREALLOC = 2
+const BTRFS_COMPRESSION: readonly (typeof COMPRESSIONS[number] | undefined)[] = [undefined, 'zlib', 'lzo', 'zstd']
+/** btrfs's BTRFS_MAX_COMPRESSED and BTRFS_MAX_UNCOMPRESSED. */
+const COMPRESSED_MAX = 128 * 1024
 
 export interface MapperOptions {
   /** Continue through a loop device's backing file to the disk underneath (VM images). */
@@ -42,6 +49,9 @@ export interface MapperOptions {
    */
   dataChecksums?: boolean
 }
+
+/** A btrfs compressed extent as its item says: `length` file bytes from `fileOffset` are `decodedOffset`.. of the stream at logical `logical`. */
+type CompressedItem = Required<Pick<Extent, 'fileOffset' | 'length' | 'compression' | 'diskLength' | 'decodedLength' | 'decodedOffset'>> & { logical: number }
 
 /** A span on raw disks and, for btrfs mirrored profiles, where its other copies are. */
 interface MappedSpan extends RawSpan {
@@ -111,14 +121,23 @@ export class FileMapper {
     } catch (err) {
       throw new ExportError(`${file}: FIEMAP failed: ${(err as Error).message}`)
     }
-    const carried = reported.find((e) => e.flags & CARRY_ONLY)
-    if (carried) return { kind: 'carry', why: carried.flags & FIEMAP_EXTENT_ENCODED ? 'compressed' : 'inline' }
-    const extents: Extent[] = []
+    if (reported.some((e) => e.flags & FIEMAP_EXTENT_DATA_INLINE)) return { kind: 'carry', why: 'inline' }
     for (const e of reported) {
       if (e.flags & FIEMAP_EXTENT_UNWRITTEN || e.logical >= size) continue
       if (e.flags & UNREADABLE_RAW) {
         throw new ExportError(`${file}: extent at ${e.logical} cannot be read raw (FIEMAP flags 0x${e.flags.toString(16)})`)
       }
+    }
+    // btrfs compressed extents: FIEMAP tells where an encoded stream starts, not how long it is, how
+    // it is encoded or which of its decoded bytes the file uses. The file's extent items tell all of it.
+    const written = reported.some((e) => e.flags & FIEMAP_EXTENT_ENCODED) ? this.itemsOf(fd, file) : reported
+    const extents: Extent[] = []
+    for (const e of written) {
+      if ('compression' in e) {
+        if (e.fileOffset < size) this.pushCompressed(extents, fd, file, e)
+        continue
+      }
+      if (e.flags & FIEMAP_EXTENT_UNWRITTEN || e.logical >= size) continue
       const spans = this.resolve(e.physical, e.length)
       // Only mirrored data is checked: the copies are what a checksum chooses between.
       const csums = this.csums && spans.some((sp) => sp.copies) ? this.csums.read(fd, file, e.physical, e.length) : undefined
@@ -141,6 +160,56 @@ export class FileMapper {
       if (parts) x.csums = Buffer.concat(parts).toString('base64')
     }
     return { kind: 'extents', extents }
+  }
+
+  /**
+   * The file's written extents from its btrfs extent items: plain ones as FIEMAP would report them
+   * (holes and preallocated ranges left out), compressed ones as they are stored.
+   */
+  private itemsOf(fd: number, file: string): (FiemapExtent | CompressedItem)[] {
+    let items: BtrfsFileExtent[]
+    try {
+      items = linux.btrfsFileExtents(fd)
+    } catch (err) {
+      throw new ExportError(`${file}: cannot read its btrfs extent items: ${(err as Error).message}`)
+    }
+    const out: (FiemapExtent | CompressedItem)[] = []
+    for (const it of items) {
+      if (it.encryption !== 0 || it.otherEncoding !== 0) throw new ExportError(`${file}: extent at ${it.fileOffset} is encrypted or otherwise encoded: cannot be read raw`)
+      if (it.type === FILE_EXTENT_INLINE) throw new ExportError(`${file}: an inline extent at ${it.fileOffset} among regular ones: not supported`)
+      if (it.type === FILE_EXTENT_PREALLOC || it.diskBytenr === 0) continue // reads as zeros, like a hole
+      if (it.compression === 0) {
+        out.push({ logical: it.fileOffset, physical: it.diskBytenr! + it.offset!, length: it.numBytes!, flags: 0 })
+        continue
+      }
+      const compression = BTRFS_COMPRESSION[it.compression]
+      if (compression === undefined) throw new ExportError(`${file}: extent at ${it.fileOffset} is compressed with btrfs algorithm ${it.compression}, which extfs does not know`)
+      if (it.diskNumBytes! > COMPRESSED_MAX || it.ramBytes > COMPRESSED_MAX || it.offset! + it.numBytes! > it.ramBytes) {
+        throw new ExportError(`${file}: compressed extent at ${it.fileOffset} is out of btrfs's bounds (${it.diskNumBytes} bytes on disk, ${it.ramBytes} decoded, ${it.numBytes} used from ${it.offset})`)
+      }
+      out.push({ fileOffset: it.fileOffset, compression, logical: it.diskBytenr!, diskLength: it.diskNumBytes!, decodedLength: it.ramBytes, decodedOffset: it.offset!, length: it.numBytes! })
+    }
+    return out
+  }
+
+  /**
+   * A compressed extent: its whole encoded stream on one raw span (and each copy's), with btrfs's
+   * checksums of it, which the view verifies before decoding. What cannot be so described is refused.
+   */
+  private pushCompressed(extents: Extent[], fd: number, file: string, z: CompressedItem): void {
+    const where = `${file}: compressed extent at ${z.fileOffset} (logical ${z.logical}+${z.diskLength})`
+    const spans = this.resolve(z.logical, z.diskLength)
+    const span = spans[0]
+    if (spans.length !== 1 || !span!.raw) {
+      throw new ExportError(`${where}: the layers below btrfs split its encoded bytes (${spans.length} pieces: RAID0/RAID10 stripes, a striped or concatenated device); not supported`)
+    }
+    const csums = this.csums?.read(fd, file, z.logical, z.diskLength)
+    if (csums === undefined) throw new ExportError(`${where}: has no btrfs data checksums to verify it with; not supported`)
+    this.dataChecksums = this.csums!.info
+    const { logical: _, ...fields } = z
+    const x: Extent = { device: this.indexOf(span!.raw), deviceOffset: span!.offset, ...fields, csums: csums.toString('base64') }
+    if (span!.copies?.length) x.copies = span!.copies.map((c) => ({ device: this.indexOf(c.raw), deviceOffset: c.offset }))
+    extents.push(x)
   }
 
   /** Checksums of an extent's bytes while mapping, in pieces, joined once the file is mapped. */
@@ -173,7 +242,7 @@ export class FileMapper {
   private push(extents: Extent[], e: Extent, csums: Buffer | undefined): void {
     const last = extents[extents.length - 1]
     const lastParts = last && this.parts.get(last)
-    if (last && last.device === e.device && last.fileOffset + last.length === e.fileOffset && last.deviceOffset + last.length === e.deviceOffset &&
+    if (last && last.compression === undefined && last.device === e.device && last.fileOffset + last.length === e.fileOffset && last.deviceOffset + last.length === e.deviceOffset &&
       (lastParts === undefined) === (csums === undefined) && copiesContinue(last, e)) {
       if (csums) lastParts!.push(csums)
       last.length += e.length
@@ -224,7 +293,7 @@ function csumSource(mountpoint: string, layout: BtrfsLayout): CsumSource {
     info: { algorithm: 'crc32c', sectorSize },
     read(fd, file, logical, length) {
       if (name !== 'crc32c' || size !== 4) {
-        throw new ExportError(`${mountpoint}: btrfs checksums data with ${name}; extfs verifies mirrored copies with crc32c only, so it cannot export this filesystem's mirrored data safely`)
+        throw new ExportError(`${mountpoint}: btrfs checksums data with ${name}; extfs verifies mirrored and compressed data with crc32c only, so it cannot export this filesystem's mirrored or compressed data safely`)
       }
       let got: { csums: Buffer; covered: number }
       try {

@@ -2,7 +2,7 @@
 // deltas after the view's current config ID are read and checked (chain, validation, signature), their
 // new devices found and proven, and then all of them are applied to the engine in one step. Anything
 // wrong leaves the view on its old map and opens refused, with the reason.
-import type { DataChecksums, Device, Extent } from '../manifest/types'
+import { bytesOnDevice, type DataChecksums, type Device, type Extent } from '../manifest/types'
 import type { DeltaFile } from '../delta/types'
 import type { DeltaContext } from '../delta/validate'
 import { readDeltaChain } from '../delta/io'
@@ -161,7 +161,7 @@ export class ChainFollower implements ConfigCheck {
 
 /** Where extent `e`'s bytes end on device `index` (its own or a copy's place), 0 when it has none there. */
 function endOn(e: Extent, index: number): number {
-  let end = e.device === index ? e.deviceOffset + e.length : 0
-  for (const c of e.copies ?? []) if (c.device === index) end = Math.max(end, c.deviceOffset + e.length)
+  let end = e.device === index ? e.deviceOffset + bytesOnDevice(e) : 0
+  for (const c of e.copies ?? []) if (c.device === index) end = Math.max(end, c.deviceOffset + bytesOnDevice(e))
   return end
 }

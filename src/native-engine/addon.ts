@@ -3,6 +3,7 @@
 import path from 'node:path'
 import { checkLayout, type NativeLayout } from './tables'
 import { checkDeltaLayout } from './delta-tables'
+import type { Segment } from '../extents/plan'
 
 /** What C reports to JS, asynchronously, for a log line. */
 export interface EngineEvent {
@@ -85,13 +86,17 @@ export interface ViewAddon {
    * on a view of `tables` that no delta has changed yet; null when it would apply it.
    */
   checkDelta(tables: Buffer, delta: Buffer, deviceFdCount: number): string | null
+  /**
+   * The bytes a compressed extent's encoded `stream` decodes to (native/view/decode.c, as read.c
+   * decodes it): `algorithm` as COMPRESSION_ALG numbers it, at most `decodedLength` (1 to 128 KiB)
+   * bytes, lzo's segments aligned to `sectorSize`. Throws "decode: <why>" when the stream does not
+   * decode, ends early or would decode to more.
+   */
+  decode(algorithm: number, stream: Buffer, decodedLength: number, sectorSize: number): Buffer
 }
 
 /** A piece of a read planned in C: src/extents/plan.ts's Segment, or an inline file's bytes (the whole reply). */
-export type PlannedPiece =
-  | { kind: 'zero'; length: number }
-  | { kind: 'data'; device: number; deviceOffset: number; length: number }
-  | { kind: 'inline'; bytes: Buffer }
+export type PlannedPiece = Segment | { kind: 'inline'; bytes: Buffer }
 
 /** judge()'s reply: the first call counts. */
 export type Answer = (ok: boolean, reason?: string) => void

@@ -7,17 +7,18 @@
 // - files sorted by index, each once; their extents back to back in file order, each file's sorted
 //   by fileOffset, non-overlapping, merged where they continue each other (as in the tables).
 // - devices: one record per new device (its fd is given to applyDelta separately; the record's is -1).
-// - copies and data: extents' other copies and checksums (feature data-checksums), packed as in the
-//   tables (packExtentExtras); the checksums are measured as the tables' header says.
+// - copies and data: extents' other copies, checksums (feature data-checksums) and encodings
+//   (compressed extents), packed as in the tables (packExtentExtras); the checksums are measured as
+//   the tables' header says.
 //
-// Cost: 80 bytes of header, 16 per file, 32 per extent, 16 per new device, 16 per copy, and the
+// Cost: 80 bytes of header, 16 per file, 40 per extent, 16 per new device, 16 per copy, and the
 // checksums (4 bytes per sector of a checksummed extent).
 import type { Extent, ExtentCopy } from '../manifest/types'
 import { Blob } from './blob'
-import { EXTENT_CSUM, LAYOUT, mergeExtents, packExtentExtras, writeCopies, Writer, type NativeLayout } from './tables'
+import { EXTENT_COMPRESSED, EXTENT_CSUM, LAYOUT, mergeExtents, packExtentExtras, readCompression, writeCopies, Writer, type NativeLayout } from './tables'
 
 export const DELTA_MAGIC = 0x44565845 // "EXVD" as a little-endian u32
-export const DELTA_VERSION = 2
+export const DELTA_VERSION = 3
 
 export interface DeltaEntry {
   /** Inode index in the mounted tables (PathTable.index(ino)). */
@@ -125,7 +126,9 @@ export function unpackDelta(buf: Buffer, sectorSize = 4096): { files: DeltaEntry
           return { device: dv.getUint32(at + F('copy', 'device'), true), deviceOffset: u64(at + F('copy', 'device_offset')) }
         })
         if (count > 0) x.copies = copies
-        x.csums = csumBytes(e, x.length, sectorSize).toString('base64')
+        const csumOff = dv.getUint32(e + F('extent', 'csum_off'), true)
+        if (dv.getUint16(e + F('extent', 'flags'), true) & EXTENT_COMPRESSED) Object.assign(x, readCompression(buf, h.data + csumOff - LAYOUT.compressed.size))
+        x.csums = csumBytes(e, x.diskLength ?? x.length, sectorSize).toString('base64')
       }
       extents.push(x)
     }

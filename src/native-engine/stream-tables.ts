@@ -14,7 +14,7 @@
 // Records live in chunks of 32 MiB (see CHUNK_BYTES), so growing never copies.
 // Per file with one extent and a name of n bytes, while loading: 112 (inode) + 12 + n + 1 (entry and
 // name) + 40 (extent) + 8 + 1 (ino, kind) + 8 (entry's ino), and ~20 bytes of walk arrays after it.
-import type { DataChecksums, ExtentCopy, Inode, Manifest } from '../manifest/types'
+import { bytesOnDevice, type DataChecksums, type ExtentCopy, type Inode, type Manifest } from '../manifest/types'
 import type { InodeSink } from '../manifest/stream'
 import type { HeaderFacts } from '../manifest/validate'
 import { walkTree, type CompactTree } from '../manifest/tree'
@@ -249,7 +249,7 @@ export class TablesBuilder implements InodeSink {
       flags = FLAG_INLINE
     } else if (n.kind === 'file' && n.extents !== undefined) {
       for (const e of n.extents) {
-        const end = e.deviceOffset + e.length
+        const end = e.deviceOffset + bytesOnDevice(e)
         if (end > this.deviceEnds[e.device]!) this.deviceEnds[e.device] = end
       }
       const merged = mergeExtents(n.extents)

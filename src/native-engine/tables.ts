@@ -20,22 +20,28 @@
 //   and xattr values; identical values and name lists are stored once; extents' data checksums.
 // - copies: the other copies of extents with checksums (feature data-checksums), each extent's
 //   back to back; such extents are not merged (their checksums and copies would have to be).
+// - compressed extents (feature compressed-extents, which always have checksums): their encoding, a
+//   `compressed` struct, lies in the data blob just before their checksums (tables.h).
 //
 // Cost per inode: 112 bytes (inode) + 12 per name (dirent) + name bytes + 1, + 40 per extent, + 16
 // per xattr (+ its name and value unless shared). A 4 KiB file named "f000123" with one extent:
 // 112 + 12 + 8 + 40 = 172 bytes.
 import { CSUM_ALG } from '../linux'
-import { CSUM_ALGORITHMS, type DataChecksums, type Extent, type ExtentCopy, type Inode, type Manifest } from '../manifest/types'
+import { COMPRESSIONS, CSUM_ALGORITHMS, type DataChecksums, type Extent, type ExtentCopy, type Inode, type Manifest } from '../manifest/types'
 import type { StagedTables } from './stream-tables'
 import { Blob } from './blob'
 import { decodeName, encodeName } from '../manifest/names'
 
 export const TABLES_MAGIC = 0x54565845 // "EXVT" as a little-endian u32
-export const TABLES_VERSION = 3
+export const TABLES_VERSION = 4
 /** xt_inode.flags: a regular file whose content is in the data blob. */
 export const FLAG_INLINE = 1
 /** xt_extent.flags: the extent's sectors have checksums in the data blob (native/view/tables.h). */
 export const EXTENT_CSUM = 1
+/** xt_extent.flags: the extent's bytes are encoded; its `compressed` struct precedes its checksums. */
+export const EXTENT_COMPRESSED = 2
+/** xt_compressed.algorithm: btrfs's numbering (BTRFS_COMPRESS_ZLIB, _LZO, _ZSTD). */
+export const COMPRESSION_ALG: Record<(typeof COMPRESSIONS)[number], number> = { zlib: 1, lzo: 2, zstd: 3 }
 
 type FieldType = 'u16' | 'u32' | 'i32' | 'u64' | 'i64'
 const FIELD_BYTES: Record<FieldType, number> = { u16: 2, u32: 4, i32: 4, u64: 8, i64: 8 }
@@ -73,6 +79,7 @@ export const LAYOUT = {
   dirent: struct('name_off:u32 child:u32 name_len:u16 reserved:u16'),
   extent: struct('file_offset:u64 device_offset:u64 length:u64 device:u32 copy_first:u32 csum_off:u32 copy_count:u16 flags:u16'),
   copy: struct('device_offset:u64 device:u32 reserved:u32'),
+  compressed: struct('algorithm:u32 disk_length:u32 decoded_length:u32 decoded_offset:u32'),
   xattr: struct('name_off:u32 value_off:u32 value_len:u32 name_len:u16 reserved:u16'),
   device: struct('fd:i32 reserved:u32 size:u64'),
   // Deltas (delta-tables.ts): not part of the image, but the same contract with the addon.
@@ -163,7 +170,10 @@ export function imageStatFs(manifest: Manifest): StatFsFigures {
 
 const NUL = Buffer.alloc(1)
 
-/** Merge extents that continue each other on file and device (same device); never those with checksums. */
+/**
+ * Merge extents that continue each other on file and device (same device); never those with checksums
+ * (so never compressed ones, which always have them).
+ */
 export function mergeExtents(extents: readonly Extent[]): Extent[] {
   const out: Extent[] = []
   for (const e of extents) {
@@ -183,15 +193,33 @@ export function csumHeader(c: DataChecksums | undefined): { csum_alg: number; cs
 }
 
 /**
- * An extent's copies and checksums packed: the copies appended to `copies`, the checksums added to
- * `data`; returns the extent's fields that point at them.
+ * An extent's copies, checksums and encoding packed: the copies appended to `copies`, the checksums
+ * added to `data` (a compressed extent's `compressed` struct just before them); returns the extent's
+ * fields that point at them.
  */
 export function packExtentExtras(e: Extent, copies: ExtentCopy[], data: Blob): { copy_first: number; copy_count: number; csum_off: number; flags: number } {
   if (e.csums === undefined) return { copy_first: 0, copy_count: 0, csum_off: 0, flags: 0 }
   const first = copies.length
   for (const c of e.copies ?? []) copies.push(c)
   if (copies.length > U32_MAX) throw new RangeError('view tables: too many extent copies')
-  return { copy_first: first, copy_count: e.copies?.length ?? 0, csum_off: data.add(Buffer.from(e.csums, 'base64')), flags: EXTENT_CSUM }
+  const csums = Buffer.from(e.csums, 'base64')
+  if (e.compression === undefined) return { copy_first: first, copy_count: e.copies?.length ?? 0, csum_off: data.add(csums), flags: EXTENT_CSUM }
+  const z = Buffer.alloc(LAYOUT.compressed.size)
+  new Writer(z).struct('compressed', 0, {
+    algorithm: COMPRESSION_ALG[e.compression], disk_length: e.diskLength!, decoded_length: e.decodedLength!, decoded_offset: e.decodedOffset!,
+  })
+  const at = data.add(Buffer.concat([z, csums]))
+  return { copy_first: first, copy_count: e.copies?.length ?? 0, csum_off: at + z.length, flags: EXTENT_CSUM | EXTENT_COMPRESSED }
+}
+
+/** The fields of the `compressed` struct at `at` of `buf`, as a manifest extent names them. */
+export function readCompression(buf: Buffer, at: number): Pick<Extent, 'compression' | 'diskLength' | 'decodedLength' | 'decodedOffset'> {
+  const F = LAYOUT.compressed.fields
+  const alg = buf.readUInt32LE(at + F.algorithm.offset)
+  return {
+    compression: COMPRESSIONS.find((c) => COMPRESSION_ALG[c] === alg), diskLength: buf.readUInt32LE(at + F.disk_length.offset),
+    decodedLength: buf.readUInt32LE(at + F.decoded_length.offset), decodedOffset: buf.readUInt32LE(at + F.decoded_offset.offset),
+  }
 }
 
 /** The copies section: `copies` at `at`. */
@@ -515,7 +543,8 @@ export class TableReader {
     if (n.flags & FLAG_INLINE) return []
     return Array.from({ length: n.count }, (_, k) => {
       const e = this.struct('extent', this.header.extents_off + (n.first + k) * LAYOUT.extent.size)
-      return { fileOffset: e.file_offset, device: e.device, deviceOffset: e.device_offset, length: e.length }
+      const x: Extent = { fileOffset: e.file_offset, device: e.device, deviceOffset: e.device_offset, length: e.length }
+      return e.flags & EXTENT_COMPRESSED ? { ...x, ...readCompression(this.image, this.header.data_off + e.csum_off - LAYOUT.compressed.size) } : x
     })
   }
 

@@ -230,7 +230,7 @@ function walk(roots: string[], skip: ReadonlySet<string>, map: ImageMap): FileTa
 }
 
 /** ino → the file's new mapping, or its content when it can only be carried. */
-type Mapped = Map<number, FileMapping | { kind: 'inline'; inline: string }>
+type Mapped = Map<number, Extract<FileMapping, { kind: 'extents' }> | { kind: 'inline'; inline: string }>
 
 /** A path of the table does not lead to its file (gone, or another inode): the tree is not the one walked. */
 class PathGone extends ExportError {}
@@ -239,6 +239,9 @@ class PathGone extends ExportError {}
 function mapAll(map: ImageMap, files: FileTable, mapper: FileMapper, carryMax: number): Mapped {
   const out: Mapped = new Map()
   for (const [ino, loc] of map.files) {
+    // Carried content (inline data; compressed data before extfs decoded it) is in the manifest
+    // itself: nothing of it can move.
+    if (loc.inline !== undefined) continue
     const file = files.paths.get(ino)
     if (file === undefined) throw new PathGone(`inode ${ino}: not found in the image any more`)
     let fd: number
@@ -257,11 +260,11 @@ function mapAll(map: ImageMap, files: FileTable, mapper: FileMapper, carryMax: n
         throw new ExportError(`${file} (inode ${ino}): is ${st.isFile() ? `${st.size} bytes` : 'not a regular file'}, the image's file is ${loc.size} bytes: the image changed`)
       }
       const m = mapper.map(fd, file, loc.size)
-      if (m.kind === 'extents' || loc.inline !== undefined) {
-        out.set(ino, m) // carried content of a frozen file cannot change: only moves of raw extents matter
+      if (m.kind === 'extents') {
+        out.set(ino, m)
         continue
       }
-      // Raw blocks before, not readable raw now (inline, compressed): carry the content, as export does.
+      // Raw blocks before, inline in metadata now: carry the content, as export does.
       if (loc.size > carryMax) throw new ExportError(`${file}: ${m.why} data of ${loc.size} bytes is over the ${carryMax}-byte limit for carrying it (--carry-max at export)`)
       const content = Buffer.alloc(loc.size)
       if (fs.readSync(fd, content, 0, loc.size, 0) !== loc.size) throw new ExportError(`${file}: short read of ${m.why} data`)
@@ -306,7 +309,6 @@ function changedFiles(map: ImageMap, mapped: Mapped, disks: number[]): DeltaFile
   for (const ino of inos) {
     const m = mapped.get(ino)!
     const loc = map.files.get(ino)!
-    if (m.kind === 'carry') continue // carried before and now: unchanged
     if (m.kind === 'inline') {
       out.push({ ino, inline: m.inline })
       continue
@@ -333,6 +335,7 @@ function sameExtents(loc: FileLocation, now: Extent[]): boolean {
     const b = now[i]!
     if (a.fileOffset !== b.fileOffset || a.device !== b.device || a.deviceOffset !== b.deviceOffset || a.length !== b.length) return false
     if (a.csums !== b.csums || !sameCopies(a, b)) return false
+    if (a.compression !== b.compression || a.diskLength !== b.diskLength || a.decodedLength !== b.decodedLength || a.decodedOffset !== b.decodedOffset) return false
   }
   return true
 }

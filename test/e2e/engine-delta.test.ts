@@ -178,7 +178,7 @@ t.test('deltas: atomic application, superseded reads, refusals, and a hammered f
           const extentsAt = (b: Buffer) => Number(b.readBigUInt64LE(LAYOUT.delta_header.fields.extents_off.offset))
           const cases: [string, Buffer, number[], RegExp][] = [
             ['bad magic', setU32(good(), 'delta_header', 'magic', 0x12345678), [], /bad delta: not a delta \(bad magic\)/],
-            ['other version', setU32(good(), 'delta_header', 'version', 1), [], /delta version 1, expected 2/],
+            ['other version', setU32(good(), 'delta_header', 'version', 1), [], /delta version 1, expected 3/],
             ['truncated', good().subarray(0, 88), [], /delta size 96, buffer holds 88/],
             ['section past the end', setU64(good(), 'delta_header', 'extents_off', 1n << 40n), [], /section extents out of bounds/],
             ['misaligned section', setU64(good(), 'delta_header', 'files_off', 60n), [], /section files out of bounds/],

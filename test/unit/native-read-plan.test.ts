@@ -54,6 +54,12 @@ function randomExtents(rand: Rand, deviceSizes: number[]): Extent[] {
     // Sometimes continuing the previous one on its device: the packer merges those.
     const follow = prev !== undefined && rand.int(5) === 0
     const device = follow ? prev.device : rand.int(deviceSizes.length)
+    if (!follow && rand.int(4) === 0) { // a btrfs compressed extent: part of at most 128 KiB decoded
+      const c = randomCompressed(rand, pos, device, deviceSizes[device]!)
+      out.push(c)
+      pos += c.length + (rand.int(3) === 0 ? 0 : rand.pick([1, rand.int(4096), rand.int(2 ** 32)]))
+      continue
+    }
     const length = rand.pick([1, 1 + rand.int(300), 4096 * (1 + rand.int(64)), 1 + rand.int(8 * MiB)])
     const deviceOffset = follow && prev.deviceOffset + prev.length + length <= deviceSizes[device]! ? prev.deviceOffset + prev.length
       : rand.int(deviceSizes[device]! - length + 1)
@@ -62,6 +68,17 @@ function randomExtents(rand: Rand, deviceSizes: number[]): Extent[] {
     pos += length + (follow || rand.int(3) === 0 ? 0 : rand.pick([1, rand.int(4096), rand.int(2 ** 32)]))
   }
   return out
+}
+
+/** A compressed extent at `fileOffset`: 1 byte to all of its decoded bytes, from anywhere in them; its stream whole sectors. */
+function randomCompressed(rand: Rand, fileOffset: number, device: number, deviceSize: number): Extent {
+  const decodedLength = rand.pick([1, 1 + rand.int(128 * KiB), 128 * KiB])
+  const decodedOffset = rand.pick([0, 0, rand.int(decodedLength)])
+  const length = rand.pick([decodedLength - decodedOffset, 1 + rand.int(decodedLength - decodedOffset)])
+  const diskLength = 4096 * (1 + rand.int(32))
+  const compression = rand.pick(['zlib', 'lzo', 'zstd'] as const)
+  const csums = Buffer.from(Array.from({ length: (diskLength / 4096) * 4 }, () => rand.int(256))).toString('base64')
+  return { fileOffset, device, deviceOffset: rand.int(Math.floor((deviceSize - diskLength) / 4096) + 1) * 4096, length, compression, diskLength, decodedLength, decodedOffset, csums }
 }
 
 function randomFile(rand: Rand, ino: number, deviceSizes: number[]): RandomFile {
@@ -82,7 +99,8 @@ function randomFile(rand: Rand, ino: number, deviceSizes: number[]): RandomFile 
 /** A root with random files (some also in a subdirectory, through hard links), a symlink, many devices or few. */
 function randomManifest(rand: Rand): { manifest: Manifest; files: RandomFile[] } {
   const m = makeManifest()
-  m.features = ['inline-data']
+  m.features = ['inline-data', 'data-checksums', 'compressed-extents']
+  m.dataChecksums = { algorithm: 'crc32c', sectorSize: 4096 }
   const nDevices = rand.int(4) === 0 ? 1 + rand.int(64) : 1 + rand.int(3)
   m.devices = Array.from({ length: nDevices }, (_, k) => makeDevice(`d${k}`, rand.pick([16 * MiB, 2 ** 30 + rand.int(2 ** 30), 2 ** 44])))
   const deviceSizes = m.devices.map((d) => d.size)
@@ -136,6 +154,7 @@ t.test('C plans every random read as src/extents/plan.ts does', async (t) => {
   const READS = 60
   let reads = 0
   let nonEmpty = 0
+  let decoded = 0
   let failure: object | undefined
   for (let k = 0; k < MANIFESTS && failure === undefined; k++) {
     const { manifest, files } = randomManifest(rand)
@@ -152,11 +171,13 @@ t.test('C plans every random read as src/extents/plan.ts does', async (t) => {
       const got = cPlan(image, paths.index(f.ino), offset, length)
       reads++
       if (want.length > 0) nonEmpty++
+      if (want.some((p) => p.kind === 'decoded')) decoded++
       if (!isDeepStrictEqual(got, want)) failure = { seed: SEED, manifest: k, read: r, ino: f.ino, size: f.size, offset, length, extents: f.extents, want, got }
     }
   }
   if (failure !== undefined) t.fail(`C's plan differs from the model (seed ${SEED}; replay with EXTFS_TEST_SEED=${SEED})`, { failure })
   t.equal(reads, MANIFESTS * READS, `${reads} random reads (${nonEmpty} not empty) of ${MANIFESTS} random manifests planned alike (seed ${SEED})`)
+  t.ok(decoded > 100, `${decoded} of them read compressed extents`)
 })
 
 t.test('the worked example of planRead, through C', async (t) => {
@@ -244,7 +265,7 @@ t.test('hostile tables are refused by xt_check, and planRead refuses to plan thr
     ['a checksum size that is not crc32c\'s', tampered(['header', 0, 'csum_size', 8]), /unknown checksum algorithm/],
     ['checksums with no algorithm', tampered(['header', 0, 'csum_alg', 0]), /checksums but the tables name no algorithm/],
     ['more copies than the image holds', tampered(['header', 0, 'n_copies', 0x1000_0000]), /section copies out of bounds/],
-    ['unknown extent flags', tampered(['extent', a.first, 'flags', 3]), /unknown extent flags/],
+    ['unknown extent flags', tampered(['extent', a.first, 'flags', 4]), /unknown extent flags/],
     ['copies out of range', tampered(['extent', a.first, 'copy_count', 2]), /extent copies out of range/],
     ['copies without checksums', tampered(['extent', a.first, 'flags', 0]), /copies but no checksums/],
     ['a copy device out of range', tampered(['copy', 0, 'device', H.n_devices]), /copy device out of range/],
@@ -360,7 +381,7 @@ t.test('hostile deltas are refused by the C delta check', async (t) => {
   t.equal(addon.checkDelta(image, packDelta([{ index: idx.a, extents: [extent(0, 2, 0, 4096), extent(8192, 1, 0, 1)] }], [MiB]), 1), null, 'extents on a new device')
   const cases: [string, Buffer, number, RegExp][] = [
     ['bad magic', u32(good(), 'delta_header', 'magic', 0x12345678), 0, /not a delta \(bad magic\)/],
-    ['another version', u32(good(), 'delta_header', 'version', 1), 0, /delta version 1, expected 2/],
+    ['another version', u32(good(), 'delta_header', 'version', 1), 0, /delta version 1, expected 3/],
     ['truncated', good().subarray(0, 88), 0, /delta size 96, buffer holds 88/],
     ['a section past the end', u64(good(), 'delta_header', 'extents_off', 1n << 40n), 0, /section extents out of bounds/],
     ['a misaligned section', u64(good(), 'delta_header', 'files_off', 60n), 0, /section files out of bounds/],
@@ -407,7 +428,7 @@ t.test('copies and checksums of delta extents: accepted as the tables\' are, ref
     ['a copy on a device that does not exist', packDelta([{ index: idx.a, extents: [mirrored(0, 1, 0, 4096, [{ device: 2, deviceOffset: 0 }])] }], []), 0,
       /^file 0: extent 0: copy device out of range$/],
     ['copies without checksums', set('extent', 'flags', 0), 0, /^file 0: extent 0: extent has copies but no checksums to choose between them$/],
-    ['unknown extent flags', set('extent', 'flags', 3), 0, /^file 0: extent 0: unknown extent flags$/],
+    ['unknown extent flags', set('extent', 'flags', 4), 0, /^file 0: extent 0: unknown extent flags$/],
     ['more copies than the delta holds', set('extent', 'copy_count', 2), 0, /^file 0: extent 0: extent copies out of range$/],
     ['copies past the copies section', set('extent', 'copy_first', 1), 0, /^file 0: extent 0: extent copies out of range$/],
     ['a copy past 2^64', set('copy', 'device_offset', 2n ** 64n - 1n), 0, /^file 0: extent 0: copy overflows 64 bits$/],
@@ -422,4 +443,66 @@ t.test('copies and checksums of delta extents: accepted as the tables\' are, ref
   const tables = packTables(validateManifest(plain), [3])
   t.match(addon.checkDelta(tables.image, packDelta([{ index: tables.paths.index(2), extents: [mirrored(0, 0, 0, 4096, [])] }], []), 0),
     /^file 0: extent 0: extent has checksums but the tables name no algorithm$/, 'checksums on an image without them')
+})
+
+// ------------------------------------------------------------------------ compressed extents
+
+/** One file: a plain extent, then a zstd extent used from 4 KiB into its decoded bytes (the example of plan.ts). */
+function compressedManifest(): Manifest {
+  const m = makeManifest()
+  m.features = ['data-checksums', 'compressed-extents']
+  m.dataChecksums = { algorithm: 'crc32c', sectorSize: 4096 }
+  const csums = Buffer.alloc(12, 5).toString('base64')
+  m.inodes[1]!.size = 200_000
+  m.inodes[1]!.extents = [
+    { fileOffset: 0, device: 0, deviceOffset: 8192, length: 65536, compression: 'zstd', diskLength: 12288, decodedLength: 131072, decodedOffset: 4096, csums },
+    extent(65536, 0, 512 * KiB, 4096),
+  ]
+  return validateManifest(m)
+}
+
+t.test('compressed extents: C plans the decoded pieces of plan.ts, and refuses hostile encodings', async (t) => {
+  const { image, paths } = packTables(compressedManifest(), [100])
+  const a = paths.index(2)
+  const zstd = { kind: 'decoded', device: 0, deviceOffset: 8192, diskLength: 12288, compression: 'zstd' }
+  t.same(addon.planRead(image, a, 1000, 100), [{ ...zstd, decodedOffset: 5096, length: 100 }], 'the worked example of planRead')
+  t.same(addon.planRead(image, a, 60_000, 10_000), [{ ...zstd, decodedOffset: 64_096, length: 5536 }, { kind: 'data', device: 0, deviceOffset: 512 * KiB, length: 4096 }, { kind: 'zero', length: 368 }],
+    'a read across its end: the rest of the decoded bytes it uses, then the plain extent and a hole')
+  t.same(new TableReader(image).extents(a)[0], { fileOffset: 0, device: 0, deviceOffset: 8192, length: 65536, compression: 'zstd', diskLength: 12288, decodedLength: 131072, decodedOffset: 4096 },
+    'the tables read back with its encoding')
+
+  const r = new TableReader(image)
+  const x = r.struct('extent', r.header.extents_off + r.inode(a).first * LAYOUT.extent.size)
+  const zAt = r.header.data_off + x.csum_off - LAYOUT.compressed.size
+  const F = LAYOUT.compressed.fields
+  const withZ = (field: keyof typeof F, value: number) => {
+    const img = Buffer.from(image)
+    img.writeUInt32LE(value, zAt + F[field].offset)
+    return img
+  }
+  const extentAt = r.header.extents_off + r.inode(a).first * LAYOUT.extent.size
+  const withX = (field: string, value: number) => {
+    const img = Buffer.from(image)
+    const f = (LAYOUT.extent.fields as Record<string, { offset: number; size: number }>)[field]!
+    if (f.size === 2) img.writeUInt16LE(value, extentAt + f.offset)
+    else img.writeUInt32LE(value, extentAt + f.offset)
+    return img
+  }
+  t.equal(addon.checkTables(image), null, 'the image is accepted')
+  const cases: [string, Buffer, RegExp][] = [
+    ['an unknown algorithm', withZ('algorithm', 4), /unknown algorithm/],
+    ['no algorithm', withZ('algorithm', 0), /unknown algorithm/],
+    ['a stream of part of a sector', withZ('disk_length', 12287), /disk length not whole sectors/],
+    ['a stream over 128 KiB', withZ('disk_length', 128 * KiB + 4096), /disk length not whole sectors up to 128 KiB/],
+    ['an empty stream', withZ('disk_length', 0), /disk length/],
+    ['decoding to over 128 KiB', withZ('decoded_length', 128 * KiB + 1), /decoded length not 1 byte to 128 KiB/],
+    ['its bytes past the decoded ones', withZ('decoded_offset', 65537), /run past the decoded data/],
+    ['a stream whose checksums are fewer', withZ('disk_length', 16384), /extent checksums out of range/],
+    ['compressed without checksums', withX('flags', 2), /compressed extent without checksums/],
+    ['its encoding before the data blob', withX('csum_off', 8), /encoding out of range/],
+  ]
+  for (const [what, img, message] of cases) {
+    t.match(addon.checkTables(img), message, what)
+    t.throws(() => addon.planRead(img, a, 0, 4096), /planRead: /, `${what}: planRead refuses`)
+  }
 })

@@ -339,3 +339,48 @@ t.test('data checksums', async (t) => {
     })
   }
 })
+
+// Feature compressed-extents: btrfs compressed extents as stored, always with the csums of their stream.
+t.test('compressed extents', async (t) => {
+  /** The base manifest's first extent (4096 file bytes) made a zstd extent: 8 KiB on disk, 4 KiB into 128 KiB decoded. */
+  const compressed = (m: Loose) => {
+    m.features = ['data-checksums', 'compressed-extents']
+    m.dataChecksums = { algorithm: 'crc32c', sectorSize: 4096 }
+    Object.assign(inodeOf(m, 2).extents[0], {
+      compression: 'zstd', diskLength: 8192, decodedLength: 128 * 1024, decodedOffset: 4096, csums: Buffer.alloc(8, 3).toString('base64'),
+    })
+  }
+  const x = (m: Loose) => inodeOf(m, 2).extents[0]
+  const ok: Array<[string, (m: Loose) => void]> = [
+    ['a zstd extent', compressed],
+    ['a mirrored lzo extent', (m) => { compressed(m); Object.assign(x(m), { compression: 'lzo', copies: [{ device: 0, deviceOffset: 512 * 1024 }] }) }],
+    ['all of its decoded bytes', (m) => { compressed(m); Object.assign(x(m), { compression: 'zlib', decodedOffset: 0, decodedLength: 4096 }) }],
+  ]
+  for (const [name, mutate] of ok) {
+    t.test(name, async (t) => {
+      const m: Loose = makeManifest()
+      mutate(m)
+      t.doesNotThrow(() => validateManifest(m))
+    })
+  }
+  const refusedCases: Array<[string, (m: Loose) => void, RegExp]> = [
+    ['without the feature', (m) => { compressed(m); m.features = ['data-checksums'] }, /^inode 2: extents\[0\] is compressed but the manifest does not declare feature "compressed-extents"/],
+    ['an unknown algorithm', (m) => { compressed(m); x(m).compression = 'lz4' }, /extents\[0\]\.compression must be one of zlib, lzo, zstd, got "lz4"/],
+    ['a field missing', (m) => { compressed(m); delete x(m).decodedLength }, /extents\[0\]\.decodedLength must be an integer from 1 to 131072, got nothing/],
+    ['only one field', (m) => { m.features.push('compressed-extents'); x(m).decodedOffset = 0 }, /extents\[0\]\.compression must be one of/],
+    ['a stream over 128 KiB', (m) => { compressed(m); x(m).diskLength = 128 * 1024 + 4096 }, /diskLength must be an integer from 1 to 131072/],
+    ['decoding to over 128 KiB', (m) => { compressed(m); x(m).decodedLength = 128 * 1024 + 1 }, /decodedLength must be an integer from 1 to 131072/],
+    ['its bytes past the decoded ones', (m) => { compressed(m); x(m).decodedOffset = 126 * 1024 }, /its 4096 bytes from decodedOffset 129024 run past decodedLength 131072/],
+    ['without csums', (m) => { compressed(m); delete x(m).csums }, /extents\[0\] is compressed but has no csums/],
+    ['csums of its file length, not its stream', (m) => { compressed(m); x(m).csums = Buffer.alloc(4).toString('base64') }, /csums must be strict base64 of 8 bytes/],
+    ['a stream of part of a sector', (m) => { compressed(m); x(m).diskLength = 5000 }, /its diskLength 5000 is not whole sectors/],
+    ['a stream past the device end', (m) => { compressed(m); x(m).deviceOffset = 1024 * 1024 - 4096 }, /extents\[0\] past device end: bytes 1044480\.\.1052672/],
+  ]
+  for (const [name, mutate, error] of refusedCases) {
+    t.test(name, async (t) => {
+      const m: Loose = makeManifest()
+      mutate(m)
+      refused(t, () => validateManifest(m), error)
+    })
+  }
+})
