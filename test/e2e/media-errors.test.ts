@@ -151,6 +151,8 @@ t.test('media errors: a device that fails reads on one range', async (t) => {
       t.equal(await errnoOf(fsp.readFile(v('victim'))), EIO, 'reading the whole file fails')
       t.equal(await errnoOf(readAt(v('victim'), VICTIM_FAULT.offset, VICTIM_FAULT.length)), EIO, 'reading just the faulty range fails')
       t.equal(await errnoOf(readAt(v('victim'), VICTIM_FAULT.offset + VICTIM_FAULT.length - 1, 2)), EIO, 'two bytes straddling its end fail')
+      const direct = await run('dd', [`if=${v('victim')}`, 'of=/dev/null', 'bs=1M', 'iflag=direct', 'status=none'])
+      t.match(direct, { code: 1, stderr: /Input\/output error/ }, 'and an O_DIRECT read (past the page cache)')
       const lines = await failedReads(logFile, 'victim')
       t.ok(lines.length > 0, `logged (${lines.length} line(s): one per failed request)`)
       const { extent } = victim
