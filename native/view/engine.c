@@ -9,6 +9,7 @@
 //   planRead(tables, index, offset, size)      the pieces of a read, as read.c plans it
 //   checkDelta(tables, delta, deviceFdCount)   the check applyDelta makes (delta.c)
 //   decode(algorithm, stream, decodedLength, sectorSize)   a compressed extent decoded (decode.c)
+//   readFile(tables, index, offset, size)      a read as the FUSE read serves it, I/O on the tables' fds (read.c)
 // Before mount, and for tests:
 //   largeAcls(tables, limit?)                  the POSIX ACLs the kernel cannot pass through FUSE (ops.c)
 // mount() copies and checks the tables, mounts with libfuse3 and runs fuse_session_loop_mt on its
@@ -257,6 +258,10 @@ napi_status xt_call_js(struct engine *e, napi_threadsafe_function fn, void *data
 }
 
 void xt_post_event(struct engine *e, const struct xt_event *ev) {
+  if (e->events == NULL) { // no mount: readFile (tests)
+    if (e->test_event != NULL && e->test_event->kind == 0) *e->test_event = *ev;
+    return;
+  }
   struct xt_event *copy = malloc(sizeof *copy);
   if (copy == NULL) return;
   *copy = *ev;
@@ -644,6 +649,57 @@ static napi_value js_decode(napi_env env, napi_callback_info info) {
   return s == napi_ok ? out : NULL;
 }
 
+// readFile(tables, index, offset, size): what the FUSE read of `size` bytes at `offset` of the regular
+// file at inode index `index` answers (read.c: the plan, then pread(2) on the device fds packed in
+// the tables, the same per-thread buffers), with no mount: {errno: 0, bytes}, or {errno, failed},
+// `failed` the event a mount logs as `read failed` ({offset, device, deviceOffset, reason}).
+// Throws for bad tables or arguments.
+static napi_value js_read_file(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4], out, v;
+  uint32_t index;
+  int64_t off, size;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 4 || napi_get_value_uint32(env, argv[1], &index) != napi_ok || napi_get_value_int64(env, argv[2], &off) != napi_ok ||
+      napi_get_value_int64(env, argv[3], &size) != napi_ok || off < 0 || size < 0 || size > (1 << 30))
+    return fail(env, NULL, "readFile(tables, index, offset >= 0, 0 <= size <= 1 GiB)");
+  struct engine *e = calloc(1, sizeof *e);
+  if (e == NULL) return fail(env, NULL, "readFile: out of memory");
+  const char *bad;
+  char msg[512];
+  void *image = xt_tables_arg(env, argv[0], &e->t, &bad);
+  if (image == NULL) return free(e), NULL;
+  if (bad == NULL && index >= e->t.h->n_inodes) bad = "inode index out of range";
+  if (bad == NULL && !S_ISREG(e->t.inodes[index].mode)) bad = "not a regular file";
+  if (bad == NULL && xt_delta_init(e) != 0) bad = "out of memory";
+  if (bad != NULL) {
+    snprintf(msg, sizeof msg, "readFile: %s", bad);
+    free(image);
+    free(e);
+    return fail(env, NULL, msg);
+  }
+  struct xt_event ev = {0};
+  e->test_event = &ev;
+  struct xt_plan p; // as xt_read: clipped at EOF, inline bytes as they are, else the I/O
+  xt_plan_read(&p, &e->t, index, NULL, (uint64_t)off, (uint64_t)size);
+  const uint8_t *data = (const uint8_t *)p.inline_bytes;
+  int err = p.inline_bytes != NULL || p.end == p.start ? 0 : xt_read_into(e, index, NULL, p.start, p.end, &data, 1);
+  int ok = napi_create_object(env, &out) == napi_ok && set_num(env, out, "errno", err);
+  if (ok && err == 0) {
+    ok = napi_create_buffer_copy(env, (size_t)(p.end - p.start), data, NULL, &v) == napi_ok && napi_set_named_property(env, out, "bytes", v) == napi_ok;
+  } else if (ok && ev.kind == XT_EV_READ_FAILED) {
+    napi_value reason;
+    ok = napi_create_object(env, &v) == napi_ok && set_num(env, v, "offset", (double)ev.offset) && set_num(env, v, "device", ev.device) &&
+         set_num(env, v, "deviceOffset", (double)ev.device_offset) &&
+         napi_create_string_utf8(env, ev.reason, NAPI_AUTO_LENGTH, &reason) == napi_ok && napi_set_named_property(env, v, "reason", reason) == napi_ok &&
+         napi_set_named_property(env, out, "failed", v) == napi_ok;
+  }
+  xt_delta_destroy(e);
+  free(image);
+  free(e);
+  return ok ? out : NULL;
+}
+
 struct acl_list {
   napi_env env;
   napi_value arr;
@@ -705,6 +761,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"checkTables", NULL, js_check_tables, NULL, NULL, NULL, napi_enumerable, NULL},
     {"planRead", NULL, js_plan_read, NULL, NULL, NULL, napi_enumerable, NULL},
     {"checkDelta", NULL, xt_js_check_delta, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"readFile", NULL, js_read_file, NULL, NULL, NULL, napi_enumerable, NULL},
     {"largeAcls", NULL, js_large_acls, NULL, NULL, NULL, napi_enumerable, NULL},
     {"decode", NULL, js_decode, NULL, NULL, NULL, napi_enumerable, NULL},
   };

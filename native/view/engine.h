@@ -96,6 +96,8 @@ struct engine {
   int done;     // torn down: unmounted, everything but this struct freed
   struct xt_push *push; // push-ahead (push.c): started and stopped by the session thread
   int orphaned; // JS dropped the handle: free the struct once done
+  // No mount (the addon's readFile, for tests): events go here instead of to JS, the first one kept.
+  struct xt_event *test_event;
 };
 
 // A log event for JS (engine.c delivers it; JS turns the inode index into a path and logs with pino).
@@ -112,7 +114,8 @@ struct xt_event {
 };
 // Call into JS through `fn` unless the environment is going away; returns napi_closing then.
 napi_status xt_call_js(struct engine *e, napi_threadsafe_function fn, void *data, napi_threadsafe_function_call_mode mode);
-// Queue an event without blocking; dropped (never stalls a request) when the queue is full.
+// Queue an event without blocking; dropped (never stalls a request) when the queue is full. With no
+// mount (readFile, for tests) the first event is kept in e->test_event.
 void xt_post_event(struct engine *e, const struct xt_event *ev);
 
 // engine.c, for the addon's test functions (checkTables, planRead, checkDelta): a private, aligned

@@ -164,11 +164,15 @@ async function interruptible<T>(fn: (signal: AbortSignal) => Promise<T>): Promis
 /**
  * The exit status of `extfs backup`: the command's, unless the backup cannot be trusted; then 7 and one
  * line saying why (the most specific reason only), or 11 when all it lacks is metadata the kernel
- * could not pass (said in a line of its own, whatever the status).
+ * could not pass. Files whose reads failed and files whose metadata could not be passed are named
+ * in lines of their own, whatever the status.
  */
 function verdict(status: number, report: ViewReport | undefined, unchecked: string | undefined, logFile: string): number {
   // Said whatever the status: a command that only warns (tar --acls) exits 0 without them.
   const unserved = sayUnservedMetadata(report, logFile)
+  // Said whatever the status too: a command that ignores read errors (tar --ignore-failed-read, which
+  // may only see a short read and pad the file with zeros) exits 0 without those bytes.
+  const failed = sayFailedReads(report, logFile)
   // Bytes of these files may have come from blocks the initiator had moved away: the backup of them is not trustworthy.
   const tainted = report?.tainted ?? []
   if (tainted.length > 0) {
@@ -178,13 +182,14 @@ function verdict(status: number, report: ViewReport | undefined, unchecked: stri
   if (status !== 0) return status
   // A command that shrugs off a refused read (a shell loop, `cp` of some files) must not look clean.
   // Conservative: a refusal of the last check's own open (the image released in the instant after
-  // the command) counts too.
+  // the command) counts too. Failed reads were named above; this line is for the other refusals.
   const refused = report?.refused ?? 0
-  if (refused > 0) {
+  if (refused > (report?.failedReads?.requests ?? 0)) {
     const why = report?.firstRefusal ? `, first: ${report.firstRefusal}` : ''
     process.stderr.write(`extfs: the view refused or failed ${refused} request(s) while the command ran${why}; the backup is incomplete (log: ${logFile})\n`)
     return ExitCode.Stale
   }
+  if (failed) return ExitCode.Stale
   if (unchecked !== undefined) {
     process.stderr.write(`extfs: the backup cannot be checked against relocations up to its end: ${unchecked}\n`)
     return ExitCode.Stale
@@ -201,6 +206,18 @@ function sayUnservedMetadata(report: ViewReport | undefined, logFile: string): b
   if (count === 0) return false
   const named = files.slice(0, NAMED_FILES).join(', ') + (count > NAMED_FILES ? ` and ${count - NAMED_FILES} more` : '')
   process.stderr.write(`extfs: the command could not read the POSIX ACLs of ${count} file(s), larger than the kernel passes through FUSE: ${printable(named)}; the backup lacks them (log: ${logFile})\n`)
+  return true
+}
+
+/**
+ * One line naming the files whose reads failed while the command ran (the device answered an error:
+ * the view replied EIO and logged each request); whether there were any.
+ */
+function sayFailedReads(report: ViewReport | undefined, logFile: string): boolean {
+  const { requests, files, paths } = report?.failedReads ?? { requests: 0, files: 0, paths: [] }
+  if (files === 0) return false
+  const named = paths.slice(0, NAMED_FILES).join(', ') + (files > NAMED_FILES ? ` and ${files - NAMED_FILES} more` : '')
+  process.stderr.write(`extfs: reads of ${files} file(s) failed (device errors, ${requests} request(s)) while the command ran: ${named}; the backup is incomplete (log: ${logFile})\n`)
   return true
 }
 

@@ -125,7 +125,7 @@ export class FrozenView {
     this.node(ino)
     const verdict = this.config.check()
     if (!verdict.ok) {
-      if (this.refusals.note('open', ino, verdict.reason)) this.log.warn({ op: 'open', path, ino, reason: verdict.reason }, 'open refused: frozen image not current')
+      if (this.refusals.note('open', ino, verdict.reason, path)) this.log.warn({ op: 'open', path, ino, reason: verdict.reason }, 'open refused: frozen image not current')
       throw new ViewError(Errno.ESTALE, verdict.reason)
     }
   }
@@ -151,8 +151,8 @@ export class FrozenView {
         try {
           device.readExact(target, pos, seg.length, seg.deviceOffset)
         } catch (err) {
-          this.refusals.note('read', ino, (err as Error).message)
-          this.log.error({ op: 'read', ino, offset: offset + pos, device: device.id, deviceOffset: seg.deviceOffset, err: (err as Error).message }, 'read failed')
+          this.refusals.note('read', ino, (err as Error).message, path)
+          this.log.error({ op: 'read', path, ino, offset: offset + pos, device: device.id, deviceOffset: seg.deviceOffset, err: (err as Error).message }, 'read failed')
           throw new ViewError(Errno.EIO, (err as Error).message)
         }
       }
@@ -168,7 +168,7 @@ export class FrozenView {
   private refuseStaleRead(ino: number, path: string, offset: number): void {
     const verdict = this.config.check()
     if (verdict.ok) return
-    this.refusals.note('read-refused', ino, verdict.reason)
+    this.refusals.note('read-refused', ino, verdict.reason, path)
     this.log.warn({ op: 'read', path, ino, offset, reason: verdict.reason }, 'read refused: frozen image not current')
     throw new ViewError(Errno.ESTALE, verdict.reason)
   }

@@ -199,7 +199,7 @@ export async function runView(opts: ViewRunOptions): Promise<void> {
       const refused = engine!.refusedRequests()
       const unserved = engine!.unservedMetadata?.() ?? []
       if (opts.report) {
-        saveReport(mountpoint, { pid: process.pid, tainted, refused: refused.count, firstRefusal: refused.first,
+        saveReport(mountpoint, { pid: process.pid, tainted, refused: refused.count, firstRefusal: refused.first, failedReads: refused.failedReads,
           unservedMetadata: { count: unserved.length, files: unserved.slice(0, REPORT_FILES) } })
       }
       if (tainted.length > 0) log.warn({ mountpoint, tainted }, 'files were read under a superseded map and not re-read')

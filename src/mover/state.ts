@@ -59,8 +59,10 @@ export interface ViewReport {
   tainted: string[]
   /** Opens and reads the view refused (image not current, lease expired) or failed (device errors). */
   refused: number
-  /** Why the first of them was refused or failed. */
+  /** Why the first of them was refused (or, with none refused, failed). */
   firstRefusal?: string
+  /** Reads that failed (device errors), of how many files, and the paths of the first of them (at most 100). */
+  failedReads?: { requests: number; files: number; paths: string[] }
   /**
    * Files whose metadata a reader asked for and the view could not pass through the kernel (POSIX
    * ACLs larger than it reads: docs/design.md), the first REPORT_FILES of them, and how many in all.

@@ -71,7 +71,8 @@ export interface ViewAddon {
    */
   largeAcls(tables: Buffer, limit?: number): LargeAcls
 
-  // For tests only: the C that serves reads, called with no mount (test/unit/native-read-plan.test.ts).
+  // For tests only: the C that serves reads, called with no mount (test/unit/native-read-plan.test.ts,
+  // test/unit/native-read-errors.test.ts).
   // The control plane never calls these; each copies and checks the tables it is given, every call.
   /** What mount() would refuse in `tables` (native/view/engine.c xt_check), or null when it would accept them. */
   checkTables(tables: Buffer): string | null
@@ -93,7 +94,19 @@ export interface ViewAddon {
    * decode, ends early or would decode to more.
    */
   decode(algorithm: number, stream: Buffer, decodedLength: number, sectorSize: number): Buffer
+  /**
+   * What the FUSE read of `size` bytes at `offset` of the regular file at inode index `index` answers
+   * (native/view/read.c: the plan, then pread(2) on the device fds packed in `tables`): the bytes, or
+   * an errno with the `read failed` event a mount would log. Throws when the tables are refused or the
+   * index is no regular file.
+   */
+  readFile(tables: Buffer, index: number, offset: number, size: number): ReadResult
 }
+
+/** readFile's answer: the reply's bytes, or the errno the reader gets and the failure as a mount logs it. */
+export type ReadResult =
+  | { errno: 0; bytes: Buffer }
+  | { errno: number; failed?: { offset: number; device: number; deviceOffset: number; reason: string } }
 
 /** A piece of a read planned in C: src/extents/plan.ts's Segment, or an inline file's bytes (the whole reply). */
 export type PlannedPiece = Segment | { kind: 'inline'; bytes: Buffer }

@@ -202,14 +202,15 @@ export class NativeEngine implements ViewEngine {
   /** Log lines for what C refused or failed; the same fields and messages as FrozenView. */
   private report(ev: EngineEvent): void {
     if (ev.kind === 'acl') return this.reportUnservedAcl(ev)
-    if (!this.refusals.note(ev.kind, ev.index, ev.reason)) return
+    const path = this.paths.path(ev.index)
+    if (!this.refusals.note(ev.kind, ev.index, ev.reason, path)) return
     const ino = this.paths.ino(ev.index)
     if (ev.kind === 'open') {
-      this.log.warn({ op: 'open', path: this.paths.path(ev.index), ino, reason: ev.reason }, 'open refused: frozen image not current')
+      this.log.warn({ op: 'open', path, ino, reason: ev.reason }, 'open refused: frozen image not current')
     } else if (ev.kind === 'read-refused') {
-      this.log.warn({ op: 'read', path: this.paths.path(ev.index), ino, offset: ev.offset, reason: ev.reason }, 'read refused: frozen image not current')
+      this.log.warn({ op: 'read', path, ino, offset: ev.offset, reason: ev.reason }, 'read refused: frozen image not current')
     } else {
-      this.log.error({ op: 'read', path: this.paths.path(ev.index), ino, offset: ev.offset, device: this.deviceIds[ev.device] ?? ev.device, deviceOffset: ev.deviceOffset, err: ev.reason }, 'read failed')
+      this.log.error({ op: 'read', path, ino, offset: ev.offset, device: this.deviceIds[ev.device] ?? ev.device, deviceOffset: ev.deviceOffset, err: ev.reason }, 'read failed')
     }
   }
 
