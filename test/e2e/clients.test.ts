@@ -101,6 +101,11 @@ async function clientMatrix(t: Test, kind: FrozenKind): Promise<void> {
       const remap = await extfs(['remap', manifest])
       t.match(remap.stdout, REMAPPED, `the blocks moved and remap published a delta: ${remap.stdout.trim()} ${remap.stderr.trim()}`)
       for (const c of nightly) await reportsExactly(t, c, view, [], 'after the move and its remap')
+      // Not vacuous: the view did follow the delta, and serves the moved files from their new places.
+      t.match(await fsp.readFile(`${manifest}.view.log`, 'utf8'), /followed the config ID/, 'the view followed the delta')
+      for (const rel of tree.fragmented) {
+        t.ok((await fsp.readFile(path.join(view, rel))).equals(await fsp.readFile(path.join(src.data, rel))), `${rel}, moved, reads right through the view`)
+      }
     })
 
     await changeOneFile(src.data, tree)
