@@ -9,7 +9,7 @@ type Allow = (d: Difference) => boolean
 
 const NS_PER_S = 1_000_000_000n
 
-/** restic, borg, GNU tar and bsdtar skip sockets (a socket is only a name until a process binds it). */
+/** restic, borg, GNU tar and bsdtar skip sockets by design: a server binds its socket anew when it starts. */
 const socketSkipped: Allow = (d) => d.field === 'presence' && d.first?.kind === 'socket' && d.second === undefined
 
 /**
