@@ -189,12 +189,13 @@ export function buildProgram(): Command {
     .action(runServe)
 
   program.command('backup')
-    .description('mount on a private mountpoint, run the command there, unmount, exit with its status')
+    .description('mount on a private mountpoint (or --mountpoint), run the command there, unmount, exit with its status')
     .argument('<manifest>', 'a manifest file, or http(s)://initiator:port/<image> of extfs serve').argument('<command...>')
     .addOption(deviceOption())
     .addOption(keyOption())
     .addOption(caOption())
     .addOption(leaseOption())
+    .option('--mountpoint <dir>', 'mount on this empty directory (kept) instead of a new private one: the same path every night, as restic and borg need')
     .option('--log-file <file>', `view log (default: ${DEFAULT_LOG_FILE})`)
     .addOption(logLevelOption())
     .action(async (manifest: string, command: string[], o) => {

@@ -29,6 +29,8 @@ export interface MountCliOptions {
   lease?: number
   /** Leave a report of tainted files when the view stops (set by `extfs backup` for its own view). */
   report?: boolean
+  /** `extfs backup`: mount on this empty directory, kept afterwards, instead of a new private one. */
+  mountpoint?: string
 }
 
 /** An image `extfs serve` answers for, rather than a manifest file. */
@@ -106,10 +108,13 @@ export async function mountCommand(source: string, mountpoint: string, o: MountC
 }
 
 export async function backupCommand(source: string, command: string[], o: MountCliOptions): Promise<number> {
-  backgroundPreflight(source, o)
+  // restic and borg find last night's state by absolute path: a new directory each night makes them
+  // read every file again, hence --mountpoint (docs/clients.md).
+  const fixed = o.mountpoint === undefined ? undefined : path.resolve(o.mountpoint)
+  backgroundPreflight(source, o, fixed)
   const remote = remoteSource(source, o)
   const logFile = o.logFile ?? DEFAULT_LOG_FILE
-  const mountpoint = fs.mkdtempSync(path.join(os.tmpdir(), 'extfs-backup-'))
+  const mountpoint = fixed ?? fs.mkdtempSync(path.join(os.tmpdir(), 'extfs-backup-'))
   try {
     await startBackground([...childArgs(source, mountpoint, o), '--report'], logFile)
     const viewPid = loadState(mountpoint)?.pid
@@ -130,7 +135,7 @@ export async function backupCommand(source: string, command: string[], o: MountC
     const report = viewPid === undefined ? undefined : takeReport(mountpoint, viewPid)
     return verdict(status, report, unchecked, logFile)
   } finally {
-    fs.rmdirSync(mountpoint)
+    if (!fixed) fs.rmdirSync(mountpoint)
   }
 }
 

@@ -4,6 +4,7 @@
 // prepended so they run before loopfs.ts's.
 import { promises as fsp, rmdirSync } from 'node:fs'
 import { runOk } from './exec'
+import { writeInterleaved } from './populate'
 import { cleanupAtExit, isMounted, releaseLoopFs, releaseLoopFsSync, waitForPath, type LoopState } from './loopfs'
 
 export interface NestedFs {
@@ -24,10 +25,20 @@ interface State extends LoopState {
 
 const live = new Set<State>()
 
-/** Create `image` (sparse, sizeMiB), attach it, optionally give it one GPT partition, make ext4, mount. */
-export async function createNestedFs(image: string, opts: { sizeMiB: number; partition?: boolean }): Promise<NestedFs> {
-  await fsp.writeFile(image, '')
-  await fsp.truncate(image, opts.sizeMiB * 1024 * 1024)
+/**
+ * Create `image` (sparse, sizeMiB), attach it, optionally give it one GPT partition, make ext4, mount.
+ * `fragmented`: the image is written in full first, in 1 MiB chunks alternating with a scratch file
+ * removed afterwards, so it lies in many extents on the outer filesystem (xfs_fsr then moves it).
+ */
+export async function createNestedFs(image: string, opts: { sizeMiB: number; partition?: boolean; fragmented?: boolean }): Promise<NestedFs> {
+  if (opts.fragmented) {
+    const filler = `${image}.filler`
+    await writeInterleaved([{ file: image, seed: 1 }, { file: filler, seed: 2 }], opts.sizeMiB, 1024 * 1024)
+    await fsp.rm(filler)
+  } else {
+    await fsp.writeFile(image, '')
+    await fsp.truncate(image, opts.sizeMiB * 1024 * 1024)
+  }
   return setUp(image, { partition: opts.partition ?? false, fresh: true, readOnly: false })
 }
 

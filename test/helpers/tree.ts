@@ -106,30 +106,46 @@ export async function snapshotTree(dir: string, opts: SnapshotOptions): Promise<
   return tree
 }
 
+/**
+ * One difference a caller may accept: `field` is an EntryInfo field, `xattr <name>`, or `presence` for
+ * an entry only one tree has. Whoever accepts one says why next to it (a copy tool's known limit).
+ */
+export interface Difference {
+  rel: string
+  field: string
+  first?: EntryInfo
+  second?: EntryInfo
+}
+
+export interface DiffOptions {
+  ignorePaths?: (rel: string) => boolean
+  /** Differences to leave out of the result. */
+  allow?: (d: Difference) => boolean
+}
+
 /** Human-readable differences from a to b; empty when the trees match. */
-export function diffTrees(a: Tree, b: Tree, opts: { ignorePaths?: (rel: string) => boolean } = {}): string[] {
+export function diffTrees(a: Tree, b: Tree, opts: DiffOptions = {}): string[] {
   const out: string[] = []
+  const allowed = (d: Difference) => opts.allow?.(d) === true
   const paths = [...new Set([...a.keys(), ...b.keys()])].sort()
   for (const p of paths) {
     if (opts.ignorePaths?.(p)) continue
     const x = a.get(p)
     const y = b.get(p)
-    if (!x) {
-      out.push(`${p}: only in second tree (${y!.kind})`)
-      continue
-    }
-    if (!y) {
-      out.push(`${p}: only in first tree (${x.kind})`)
+    if (!x || !y) {
+      if (!allowed({ rel: p, field: 'presence', first: x, second: y })) out.push(`${p}: only in ${x ? 'first' : 'second'} tree (${(x ?? y)!.kind})`)
       continue
     }
     const fields: Array<keyof EntryInfo> = ['kind', 'mode', 'uid', 'gid', 'size', 'sha256', 'symlinkTarget', 'rdev', 'mtimeNs', 'acl', 'linkGroup']
     for (const f of fields) {
-      if (x[f] !== y[f]) out.push(`${p}: ${f} ${show(f, x[f])} != ${show(f, y[f])}`)
+      if (x[f] !== y[f] && !allowed({ rel: p, field: f, first: x, second: y })) out.push(`${p}: ${f} ${show(f, x[f])} != ${show(f, y[f])}`)
     }
     for (const name of [...new Set([...Object.keys(x.xattrs), ...Object.keys(y.xattrs)])].sort()) {
       const xv = x.xattrs[name]
       const yv = y.xattrs[name]
-      if (xv !== yv) out.push(`${p}: xattr ${name} ${xv === undefined ? '(absent)' : `0x${xv}`} != ${yv === undefined ? '(absent)' : `0x${yv}`}`)
+      if (xv !== yv && !allowed({ rel: p, field: `xattr ${name}`, first: x, second: y })) {
+        out.push(`${p}: xattr ${name} ${xv === undefined ? '(absent)' : `0x${xv}`} != ${yv === undefined ? '(absent)' : `0x${yv}`}`)
+      }
     }
   }
   return out
