@@ -263,9 +263,15 @@ void xt_post_event(struct engine *e, const struct xt_event *ev) {
     return;
   }
   struct xt_event *copy = malloc(sizeof *copy);
-  if (copy == NULL) return;
+  if (copy == NULL) {
+    atomic_fetch_add(&e->events_lost, 1);
+    return;
+  }
   *copy = *ev;
-  if (xt_call_js(e, e->events, copy, napi_tsfn_nonblocking) != napi_ok) free(copy);
+  if (xt_call_js(e, e->events, copy, napi_tsfn_nonblocking) != napi_ok) {
+    free(copy);
+    atomic_fetch_add(&e->events_lost, 1);
+  }
 }
 
 // The process exits with the view still mounted: Node is about to free the threadsafe functions,
@@ -460,6 +466,17 @@ static void unmount_complete(napi_env env, napi_status status, void *data) {
   napi_value undefined;
   napi_get_undefined(env, &undefined);
   napi_resolve_deferred(env, deferred, undefined);
+}
+
+// eventsLost(handle): how many events xt_post_event could not deliver since mount.
+static napi_value js_events_lost(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], out;
+  struct engine *e;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1 || napi_get_value_external(env, argv[0], (void **)&e) != napi_ok)
+    return fail(env, NULL, "eventsLost(handle)");
+  CHECK(napi_create_double(env, (double)atomic_load(&e->events_lost), &out));
+  return out;
 }
 
 static napi_value js_unmount(napi_env env, napi_callback_info info) {
@@ -756,6 +773,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"applyDelta", NULL, xt_js_apply_delta, NULL, NULL, NULL, napi_enumerable, NULL},
     {"tainted", NULL, xt_js_tainted, NULL, NULL, NULL, napi_enumerable, NULL},
     {"generation", NULL, xt_js_generation, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"eventsLost", NULL, js_events_lost, NULL, NULL, NULL, napi_enumerable, NULL},
     {"fileSize", NULL, xt_js_file_size, NULL, NULL, NULL, napi_enumerable, NULL},
     {"setLease", NULL, js_set_lease, NULL, NULL, NULL, napi_enumerable, NULL},
     {"checkTables", NULL, js_check_tables, NULL, NULL, NULL, napi_enumerable, NULL},

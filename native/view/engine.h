@@ -72,6 +72,9 @@ struct engine {
   // Into JS: `judge` blocks a FUSE worker until ConfigWatch.check() answers; `events` never blocks
   // (log lines for refused opens and failed reads). Both are released after the loop has ended.
   napi_threadsafe_function judge, events;
+  // Events that could not be queued (the queue full under a burst, or no memory): a backup with any
+  // cannot be judged clean, since a refused open or failed read may be among them (eventsLost()).
+  _Atomic uint64_t events_lost;
   // Guards calls into those against Node tearing them down at process exit with the view mounted.
   pthread_rwlock_t js_lock;
   int js_closed;

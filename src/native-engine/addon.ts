@@ -60,6 +60,8 @@ export interface ViewAddon {
   tainted(handle: SessionHandle): number[]
   /** Map generation: 0 at mount, +1 per applied delta. */
   generation(handle: SessionHandle): number
+  /** Events (refused opens, failed reads, unserved ACLs) C could not deliver since mount: a full queue. */
+  eventsLost(handle: SessionHandle): number
   /** Size of the regular file at inode index `index`; -1 when that is no regular file. */
   fileSize(handle: SessionHandle, index: number): number
   /** Serve opens and reads without asking judge() for `ms` more milliseconds; ms < 0: no lease (the default). */

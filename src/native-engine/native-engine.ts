@@ -38,6 +38,8 @@ export class NativeEngine implements ViewEngine {
   private unmounting?: Promise<void>
   /** taintedFiles() once unmounted: the list as it stood when unmount() was called. */
   private lastTainted: string[] = []
+  /** eventsLost() as of the last look, kept once unmounted. */
+  private lostEvents = 0
   /** Opens and reads refused since mount (stale, released, lease expired), and reads that failed. */
   private readonly refusals = new Refusals()
   /** Inode indexes of files whose POSIX ACL a reader asked for and could not have (too large for the kernel). */
@@ -103,6 +105,7 @@ export class NativeEngine implements ViewEngine {
     if (!this.unmounting) this.lastTainted = this.taintedFiles()
     this.unmounting ??= viewAddon().unmount(session).then(
       () => {
+        this.lostEvents = viewAddon().eventsLost(session) // the events of the last requests included
         this.session = undefined
         this.unmounting = undefined
       },
@@ -173,7 +176,13 @@ export class NativeEngine implements ViewEngine {
 
   /** Opens and reads refused or failed since mount, and why the first was: an `extfs backup` with any is not a clean one. */
   refusedRequests(): RefusalSummary {
-    return this.refusals.summary()
+    const summary = this.refusals.summary()
+    if (this.session) this.lostEvents = viewAddon().eventsLost(this.session)
+    // A lost event may have been a refused open or a failed read: count each as a refusal, so that
+    // a backup is never judged clean without having heard of everything.
+    if (this.lostEvents === 0) return summary
+    const lost = `${this.lostEvents} event(s) the view could not deliver (a burst of refused opens, failed reads or ACL requests)`
+    return { ...summary, count: summary.count + this.lostEvents, first: summary.first ?? lost }
   }
 
   /**

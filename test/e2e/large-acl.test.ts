@@ -11,6 +11,10 @@ import { withLoopFs } from '../helpers/loopfs'
 import { run, runOk } from '../helpers/exec'
 import { extfs, release, scratchDir, withView } from '../helpers/extfs'
 import { ExitCode } from '../../src/errors'
+import { spawnSync } from 'node:child_process'
+import pino from 'pino'
+import { loadImage } from '../../src/mover/load'
+import { NativeEngine } from '../../src/native-engine/native-engine'
 
 /** Named entries in each large ACL: 4 + 8 × (600 + 4) bytes as an xattr, over a 4 KiB page. */
 const NAMED = 600
@@ -93,6 +97,45 @@ t.test('XFS: ACLs over one page are named at mount and fail extfs backup; others
         t.equal(r.code, 0, `exit 0: ${r.stderr}`)
         t.equal(r.stderr, '', 'nothing to say')
       })
+    } finally {
+      await release(manifest)
+    }
+  })
+})
+
+t.test('events C could not deliver (a burst while JS was busy) count as refusals: never judged clean', async (t) => {
+  const dir = await scratchDir(t, 'extfs-lost-events-')
+  await withLoopFs({ fs: 'xfs' }, async (fs) => {
+    const data = path.join(fs.mountpoint, 'data')
+    await fsp.mkdir(data)
+    const bigFile = path.join(data, 'big-acl-file')
+    await fsp.writeFile(bigFile, 'many readers\n')
+    await setLargeAcl(bigFile, NAMED, 'access', dir)
+    const manifest = path.join(dir, 'lost.json')
+    try {
+      const exp = await extfs(['export', data, '--output', manifest, '--frozen-image', 'freeze'])
+      t.equal(exp.code, 0, `export: ${exp.stderr}`)
+      const image = loadImage(manifest, { deviceOverrides: new Map() })
+      const mnt = path.join(dir, 'view')
+      await fsp.mkdir(mnt)
+      const engine = new NativeEngine(image.manifest, image.devices, image.config, pino({ level: 'silent' }))
+      try {
+        await engine.mount(mnt, { fsname: 'extfs:lost-events', allowOther: false })
+        // spawnSync holds this (the JS) thread while the reader runs: each getxattr of the ACL is an
+        // event C queues for JS, and the queue (1024) fills.
+        const reader = spawnSync('python3', ['-c', `
+import os, sys
+for _ in range(3000):
+    try: os.getxattr(sys.argv[1], 'system.posix_acl_access')
+    except OSError: pass`, path.join(mnt, 'big-acl-file')])
+        t.equal(reader.status, 0, `reader: ${reader.stderr}`)
+      } finally {
+        await engine.unmount()
+        for (const d of image.devices) d.close()
+      }
+      const summary = engine.refusedRequests()
+      t.ok(summary.count > 0, `lost events count as refusals (${summary.count})`)
+      t.match(summary.first, /event\(s\) the view could not deliver/, 'and say so')
     } finally {
       await release(manifest)
     }
