@@ -14,11 +14,12 @@ import {
   FIEMAP_EXTENT_NOT_ALIGNED,
   FIEMAP_EXTENT_DATA_TAIL,
 } from '../linux'
-import { COMPRESSIONS, CSUM_ALGORITHMS, type DataChecksums, type Extent } from '../manifest/types'
+import { CSUM_ALGORITHMS, type DataChecksums, type Extent } from '../manifest/types'
 import type { MountEntry } from './mountinfo'
 import type { RawDisk, RawSpan } from './span'
 import { devKey } from './span'
 import { BtrfsLayout } from './btrfs'
+import { type CompressedItem, writtenExtents } from './btrfs-items'
 import { DeviceStack } from './stack'
 import { ExportError } from '../errors'
 
@@ -33,13 +34,6 @@ const UNREADABLE_RAW =
  */
 export type FileMapping = { kind: 'extents'; extents: Extent[] } | { kind: 'carry'; why: string }
 
-/** btrfs's BTRFS_FILE_EXTENT_* item types and the manifest's names of its BTRFS_COMPRESS_* algorithms. */
-const FILE_EXTENT_INLINE = 0
-const FILE_EXTENT_PREALLOC = 2
-const BTRFS_COMPRESSION: readonly (typeof COMPRESSIONS[number] | undefined)[] = [undefined, 'zlib', 'lzo', 'zstd']
-/** btrfs's BTRFS_MAX_COMPRESSED and BTRFS_MAX_UNCOMPRESSED. */
-const COMPRESSED_MAX = 128 * 1024
-
 export interface MapperOptions {
   /** Continue through a loop device's backing file to the disk underneath (VM images). */
   throughLoop: boolean
@@ -49,9 +43,6 @@ export interface MapperOptions {
    */
   dataChecksums?: boolean
 }
-
-/** A btrfs compressed extent as its item says: `length` file bytes from `fileOffset` are `decodedOffset`.. of the stream at logical `logical`. */
-type CompressedItem = Required<Pick<Extent, 'fileOffset' | 'length' | 'compression' | 'diskLength' | 'decodedLength' | 'decodedOffset'>> & { logical: number }
 
 /** A span on raw disks and, for btrfs mirrored profiles, where its other copies are. */
 interface MappedSpan extends RawSpan {
@@ -162,10 +153,7 @@ export class FileMapper {
     return { kind: 'extents', extents }
   }
 
-  /**
-   * The file's written extents from its btrfs extent items: plain ones as FIEMAP would report them
-   * (holes and preallocated ranges left out), compressed ones as they are stored.
-   */
+  /** The file's written extents from its btrfs extent items (btrfs-items.ts). */
   private itemsOf(fd: number, file: string): (FiemapExtent | CompressedItem)[] {
     let items: BtrfsFileExtent[]
     try {
@@ -173,23 +161,7 @@ export class FileMapper {
     } catch (err) {
       throw new ExportError(`${file}: cannot read its btrfs extent items: ${(err as Error).message}`)
     }
-    const out: (FiemapExtent | CompressedItem)[] = []
-    for (const it of items) {
-      if (it.encryption !== 0 || it.otherEncoding !== 0) throw new ExportError(`${file}: extent at ${it.fileOffset} is encrypted or otherwise encoded: cannot be read raw`)
-      if (it.type === FILE_EXTENT_INLINE) throw new ExportError(`${file}: an inline extent at ${it.fileOffset} among regular ones: not supported`)
-      if (it.type === FILE_EXTENT_PREALLOC || it.diskBytenr === 0) continue // reads as zeros, like a hole
-      if (it.compression === 0) {
-        out.push({ logical: it.fileOffset, physical: it.diskBytenr! + it.offset!, length: it.numBytes!, flags: 0 })
-        continue
-      }
-      const compression = BTRFS_COMPRESSION[it.compression]
-      if (compression === undefined) throw new ExportError(`${file}: extent at ${it.fileOffset} is compressed with btrfs algorithm ${it.compression}, which extfs does not know`)
-      if (it.diskNumBytes! > COMPRESSED_MAX || it.ramBytes > COMPRESSED_MAX || it.offset! + it.numBytes! > it.ramBytes) {
-        throw new ExportError(`${file}: compressed extent at ${it.fileOffset} is out of btrfs's bounds (${it.diskNumBytes} bytes on disk, ${it.ramBytes} decoded, ${it.numBytes} used from ${it.offset})`)
-      }
-      out.push({ fileOffset: it.fileOffset, compression, logical: it.diskBytenr!, diskLength: it.diskNumBytes!, decodedLength: it.ramBytes, decodedOffset: it.offset!, length: it.numBytes! })
-    }
-    return out
+    return writtenExtents(items, file)
   }
 
   /**

@@ -272,3 +272,22 @@ t.test('relocated by a balance: remap publishes compressed extents at their new 
     }
   })
 })
+
+t.test('RAID0: a compressed extent whose stream crosses a stripe boundary is refused, naming the file', async (t) => {
+  const scratch = await scratchDir(t)
+  await withBtrfs({ devices: 2, data: 'raid0', metadata: 'raid1', mountOptions: 'compress=zstd' }, async (fsx) => {
+    // 4 MiB that packs to about 3 MiB of streams, laid back to back: many cross a 64 KiB stripe boundary.
+    await fs.promises.writeFile(path.join(fsx.mountpoint, 'striped'), halfCompressible(4 * MiB, 30))
+    await runOk('sync', [])
+    const manifest = path.join(scratch, 'm.json')
+    const r = await extfs(['export', fsx.mountpoint, '--output', manifest, '--frozen-image', 'freeze'])
+    try {
+      t.not(r.code, 0, 'export fails')
+      t.match(r.stderr, /striped: compressed extent at \d+ .*the layers below btrfs split its encoded bytes/, `naming the file: ${r.stderr.trim()}`)
+      t.equal(r.stderr.trim().split('\n').length, 1, 'in one line')
+      t.notOk(fs.existsSync(manifest), 'and writes no manifest')
+    } finally {
+      await release(manifest)
+    }
+  })
+})
