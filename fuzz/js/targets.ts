@@ -90,9 +90,59 @@ function readsOf(size: number, extents: readonly { fileOffset: number; length: n
   return reads
 }
 
+/** st_mode's type bits (stat.h), by the manifest's kind. */
+const TYPE_BITS: Record<string, number> = { file: 0o100000, dir: 0o040000, symlink: 0o120000, fifo: 0o010000, char: 0o020000, block: 0o060000, socket: 0o140000 }
+
 /**
- * A manifest validate() accepted must pack (tables.ts), pass C's table check (xt_check), and every
- * read of its files must plan in C (plan.c) exactly as src/extents/plan.ts plans it.
+ * The tree the tables of `m` must serve, made from the manifest alone (the model of tables.ts), in the
+ * shape of servedTree: path → inode fields, xattrs, listxattr, extents (neighbours that continue each
+ * other on one device merged, unless they carry checksums), inline content or symlink target.
+ */
+function manifestTree(m: Manifest): Record<string, unknown> {
+  const byIno = new Map(m.inodes.map((n) => [n.ino, n]))
+  const out: Record<string, unknown> = {}
+  const walk = (n: Manifest['inodes'][number], p: string) => {
+    const extents: { fileOffset: number; device: number; deviceOffset: number; length: number }[] = []
+    const list = n.extents ?? []
+    list.forEach((e, i) => {
+      const last = extents[extents.length - 1]
+      if (last && list[i - 1]!.csums === undefined && e.csums === undefined && last.device === e.device &&
+        last.fileOffset + last.length === e.fileOffset && last.deviceOffset + last.length === e.deviceOffset) last.length += e.length
+      else extents.push({ fileOffset: e.fileOffset, device: e.device, deviceOffset: e.deviceOffset, length: e.length })
+    })
+    const names = Object.keys(n.xattrs ?? {})
+    const data = n.inline !== undefined ? Buffer.from(n.inline, 'base64') : Buffer.from(n.target ?? '', 'utf8')
+    const entries = (n.entries ?? []).map((e) => ({ name: Buffer.from(e.name, 'utf8'), ino: e.ino })).sort((a, b) => Buffer.compare(a.name, b.name))
+    out[p] = {
+      fields: {
+        ino: n.ino, size: n.size, blocks: n.blocks, rdev: n.rdev ?? 0, atime_sec: n.atime[0], mtime_sec: n.mtime[0], ctime_sec: n.ctime[0],
+        atime_nsec: n.atime[1], mtime_nsec: n.mtime[1], ctime_nsec: n.ctime[1], uid: n.uid, gid: n.gid, nlink: n.nlink,
+        count: n.kind === 'dir' ? entries.length : n.kind === 'file' ? (n.inline !== undefined ? data.length : extents.length) : n.kind === 'symlink' ? data.length : 0,
+        xattr_count: names.length, mode: TYPE_BITS[n.kind]! | n.perm, flags: n.inline !== undefined ? 1 : 0, attrs: n.attrs ?? 0,
+      },
+      xattrs: Object.fromEntries(names.map((x) => [x, Buffer.from(n.xattrs![x]!, 'base64')])),
+      listxattr: Buffer.concat(names.map((x) => Buffer.from(`${x}\0`, 'utf8'))).toString('hex'),
+      extents: n.kind === 'file' && n.inline === undefined ? extents : [],
+      data: n.inline !== undefined || n.kind === 'symlink' ? data.toString('hex') : '',
+    }
+    for (const e of entries) walk(byIno.get(e.ino)!, `${p}/${e.name.toString('utf8')}`)
+  }
+  walk(byIno.get(m.root)!, '')
+  return out
+}
+
+/** The first path where two trees differ, and how. */
+function firstDifference(a: Record<string, unknown>, b: Record<string, unknown>): string {
+  for (const k of new Set([...Object.keys(a), ...Object.keys(b)])) {
+    if (!isDeepStrictEqual(a[k], b[k])) return `${JSON.stringify(k)}: ${JSON.stringify(a[k])} against ${JSON.stringify(b[k])}`
+  }
+  return 'none'
+}
+
+/**
+ * A manifest validate() accepted must pack (tables.ts) into tables that serve what it says, pass C's
+ * table check (xt_check), and every read of its files must plan in C (plan.c) exactly as
+ * src/extents/plan.ts plans it.
  */
 function checkPacked(m: Manifest, what: string): void {
   let image: Buffer
@@ -104,6 +154,9 @@ function checkPacked(m: Manifest, what: string): void {
   } catch (err) {
     throw new Finding(`${what}: a manifest validate() accepts does not pack: ${(err as Error).stack}`)
   }
+  const served = servedTree(image)
+  const want = manifestTree(m)
+  if (!isDeepStrictEqual(served, want)) throw new Finding(`${what}: the packed tables serve another tree than the manifest says: ${firstDifference(served, want)}`)
   const addon = viewAddon()
   const refused = addon.checkTables(image)
   if (refused !== null) throw new Finding(`${what}: C refuses the tables of a manifest validate() accepts: ${refused}`)
@@ -131,7 +184,8 @@ function checkPacked(m: Manifest, what: string): void {
 const manifest: Target = {
   name: 'manifest',
   about: 'validate.ts (parseManifest): refusals are one-line ManifestErrors, wrong formats, versions and features are refused; ' +
-    'what it accepts re-validates, packs (tables.ts), passes C xt_check and plans every read in C as src/extents/plan.ts does',
+    'what it accepts re-validates, packs (tables.ts) into tables serving the tree the manifest says, passes C xt_check and plans every ' +
+    'read in C as src/extents/plan.ts does',
   alsoSeeds: ['test/fixtures'],
   arbitrary: (seeds) => mutatedSeeds(seeds),
   run(input) {
