@@ -42,6 +42,15 @@ export class ExtfsError extends Error {
   }
 }
 
+/**
+ * `text` (a message quoting input, such as JSON.parse's, which shows the text around a syntax error)
+ * with control characters written as \uXXXX: a message about hostile input stays one line and
+ * cannot move the cursor of the terminal it is printed on.
+ */
+export function oneLine(text: string): string {
+  return text.replace(/[\u0000-\u001f\u007f]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`)
+}
+
 export class ManifestError extends ExtfsError {
   /** `where` is what the problem is in ("inode 12", "manifest", ...), `what` the problem, when known. */
   constructor(message: string, readonly at?: { where: string; what: string }) { super(ExitCode.BadManifest, message) }

@@ -69,65 +69,6 @@ void xt_note_served(struct engine *e, uint32_t index, struct xt_map *m, uint64_t
   }
 }
 
-// ------------------------------------------------------------------------------------ the check
-
-static int in_range(uint64_t off, uint64_t len, uint64_t size) {
-  return off <= size && len <= size - off;
-}
-
-#define SECTION(off, n, type, what)                                                                    \
-  do {                                                                                                  \
-    if ((off) % 8 != 0 || !in_range((off), (uint64_t)(n) * sizeof(type), len))                          \
-      return snprintf(msg, msg_len, "section %s out of bounds", what), -1;                              \
-  } while (0)
-
-// Check a packed delta against the tables `t` (n_old devices so far, n_fds fds given). 0, or -1
-// with `msg` saying what is wrong and, for a file, which one.
-static int check_delta(const struct xt_tables *t, const void *buf, uint64_t len, uint32_t n_old, uint32_t n_fds, char *msg, size_t msg_len) {
-  const struct xt_delta_header *h = buf;
-  const char *base = buf;
-  if (len < sizeof *h || h->magic != XT_DELTA_MAGIC) return snprintf(msg, msg_len, "not a delta (bad magic)"), -1;
-  if (h->version != XT_DELTA_VERSION) return snprintf(msg, msg_len, "delta version %u, expected %u", h->version, XT_DELTA_VERSION), -1;
-  if (h->total_size != len) return snprintf(msg, msg_len, "delta size %llu, buffer holds %llu", (unsigned long long)h->total_size, (unsigned long long)len), -1;
-  SECTION(h->files_off, h->n_files, struct xt_delta_file, "files");
-  SECTION(h->extents_off, h->n_extents, struct xt_extent, "extents");
-  SECTION(h->devices_off, h->n_devices, struct xt_device, "devices");
-  SECTION(h->copies_off, h->n_copies, struct xt_copy, "copies");
-  SECTION(h->data_off, h->data_size, char, "data");
-  if (h->n_devices != n_fds) return snprintf(msg, msg_len, "%u new devices but %u device fds", h->n_devices, n_fds), -1;
-  if ((uint64_t)n_old + h->n_devices > UINT32_MAX) return snprintf(msg, msg_len, "too many devices"), -1;
-  uint64_t n_dev = (uint64_t)n_old + h->n_devices;
-  const struct xt_delta_file *files = (const void *)(base + h->files_off);
-  const struct xt_extent *ext = (const void *)(base + h->extents_off);
-  const struct xt_copy *copies = (const void *)(base + h->copies_off);
-  uint64_t next = 0;
-  for (uint32_t k = 0; k < h->n_files; k++) {
-    const struct xt_delta_file *f = &files[k];
-    if (f->index >= t->h->n_inodes) return snprintf(msg, msg_len, "file %u: inode index %u out of range (%u inodes)", k, f->index, t->h->n_inodes), -1;
-    if (k > 0 && f->index <= files[k - 1].index) return snprintf(msg, msg_len, "file %u: inode index %u not after %u (files must be sorted, each once)", k, f->index, files[k - 1].index), -1;
-    const struct xt_inode *n = &t->inodes[f->index];
-    if (!S_ISREG(n->mode)) return snprintf(msg, msg_len, "file %u: inode index %u is not a regular file", k, f->index), -1;
-    if (n->flags & XT_INLINE) return snprintf(msg, msg_len, "file %u: inode index %u has inline content, which a delta cannot replace", k, f->index), -1;
-    if (f->first != next || !in_range(f->first, f->count, h->n_extents))
-      return snprintf(msg, msg_len, "file %u: extents [%u, +%u) do not follow the previous file's (at %llu) within %u extents", k, f->first, f->count, (unsigned long long)next, h->n_extents), -1;
-    next = (uint64_t)f->first + f->count;
-    for (uint32_t i = 0; i < f->count; i++) {
-      const struct xt_extent *x = &ext[f->first + i];
-      if (x->length == 0) return snprintf(msg, msg_len, "file %u: extent %u is empty", k, i), -1;
-      if (x->file_offset + x->length < x->file_offset || x->device_offset + x->length < x->device_offset)
-        return snprintf(msg, msg_len, "file %u: extent %u overflows 64 bits", k, i), -1;
-      if (x->device >= n_dev) return snprintf(msg, msg_len, "file %u: extent %u: device %u out of range (%llu devices)", k, i, x->device, (unsigned long long)n_dev), -1;
-      // Copies and checksums point into this delta's sections, measured as the tables' header says.
-      const char *bad = xt_check_extent_extras(t->h, x, n_dev, copies, h->n_copies, base + h->data_off, h->data_size);
-      if (bad != NULL) return snprintf(msg, msg_len, "file %u: extent %u: %s", k, i, bad), -1;
-      if (i > 0 && x->file_offset < x[-1].file_offset + x[-1].length)
-        return snprintf(msg, msg_len, "file %u: extent %u starts at %llu, before the previous one ends (extents must be sorted, non-overlapping)", k, i, (unsigned long long)x->file_offset), -1;
-    }
-  }
-  if (next != h->n_extents) return snprintf(msg, msg_len, "%llu of %u extents belong to no file", (unsigned long long)(h->n_extents - next), h->n_extents), -1;
-  return 0;
-}
-
 // ------------------------------------------------------------------------------------ applying
 
 static napi_value throw_msg(napi_env env, const char *prefix, const char *msg) {
@@ -170,7 +111,7 @@ napi_value xt_js_apply_delta(napi_env env, napi_callback_info info) {
   void *copy = malloc(len > 0 ? len : 1);
   if (copy == NULL) return throw_msg(env, "applyDelta: ", "out of memory");
   if (len > 0) memcpy(copy, data, len); // an empty Buffer's data may be NULL
-  if (check_delta(&e->t, copy, len, old_devs->n, n_fds, msg, sizeof msg) != 0) return free(copy), throw_msg(env, "applyDelta: bad delta: ", msg);
+  if (xt_check_delta(&e->t, copy, len, old_devs->n, n_fds, msg, sizeof msg) != 0) return free(copy), throw_msg(env, "applyDelta: bad delta: ", msg);
   const struct xt_delta_header *h = copy;
   const struct xt_delta_file *files = (const void *)((char *)copy + h->files_off);
   const struct xt_extent *ext = (const void *)((char *)copy + h->extents_off);
@@ -342,7 +283,7 @@ napi_value xt_js_check_delta(napi_env env, napi_callback_info info) {
   void *copy = malloc(len > 0 ? len : 1); // aligned, as applyDelta's
   if (copy == NULL) return free(image), throw_msg(env, "checkDelta: ", "out of memory");
   if (len > 0) memcpy(copy, data, len); // an empty Buffer's data may be NULL
-  int refused = check_delta(&t, copy, len, t.h->n_devices, n_fds, msg, sizeof msg);
+  int refused = xt_check_delta(&t, copy, len, t.h->n_devices, n_fds, msg, sizeof msg);
   free(copy);
   free(image);
   napi_status s = refused ? napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &out) : napi_get_null(env, &out);

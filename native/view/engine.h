@@ -1,7 +1,7 @@
-// The native view engine: what its C files share. engine.c owns the N-API glue, the table check and
-// the session thread, ops.c the FUSE operations, read.c the read path (its plan and its I/O), config.c
-// the per-open config-ID check and the lease, delta.c applying deltas (and their check), push.c the
-// push-ahead of sequential readers.
+// The native view engine: what its C files share. engine.c owns the N-API glue and the session
+// thread, check.c the table and delta checks, ops.c the FUSE operations, plan.c the plan of a read and
+// read.c its I/O, config.c the per-open config-ID check and the lease, delta.c applying deltas, push.c
+// the push-ahead of sequential readers. check.c and plan.c call neither libfuse nor N-API (fuzz/c/).
 #ifndef EXTFS_VIEW_ENGINE_H
 #define EXTFS_VIEW_ENGINE_H
 
@@ -159,6 +159,9 @@ struct xt_plan {
 void xt_plan_read(struct xt_plan *p, const struct xt_tables *t, uint32_t index, const struct xt_map *m, uint64_t off, uint64_t size);
 // Bytes [start, end) (within the file) through `count` extents, sorted and disjoint (as xt_check sees to).
 void xt_plan_range(struct xt_plan *p, const struct xt_extent *ext, uint32_t count, uint64_t start, uint64_t end);
+// Bytes [start, end) of regular file `n` (not inline) of tables `t` through map `m` (NULL: the tables'
+// extents, copies and checksums).
+void xt_plan_through(struct xt_plan *p, const struct xt_tables *t, const struct xt_inode *n, const struct xt_map *m, uint64_t start, uint64_t end);
 // The next piece into *piece: 1, or 0 once [start, end) is covered.
 int xt_plan_next(struct xt_plan *p, struct xt_piece *piece);
 // read.c: the I/O

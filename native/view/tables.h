@@ -30,6 +30,7 @@
 #ifndef EXTFS_VIEW_TABLES_H
 #define EXTFS_VIEW_TABLES_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #define XT_MAGIC 0x54565845u // "EXVT" read as a little-endian u32
@@ -205,7 +206,7 @@ struct xt_tables {
 // Check every section bound, index and blob range of a packed image (len bytes at image), every
 // file's extents (sorted, disjoint, non-empty; copies and checksums in range, lengths whole sectors)
 // and every inline file's length (its size), and fill
-// `t`. Returns NULL, or a static message saying what is wrong. Defined in engine.c.
+// `t`. Returns NULL, or a static message saying what is wrong. Defined in check.c.
 const char *xt_check(const void *image, uint64_t len, struct xt_tables *t);
 
 // An extent's flags, device, other copies (copies[copy_first ..] of n_copies, each on one of
@@ -221,5 +222,11 @@ static inline struct xt_compressed xt_compressed_of(const struct xt_extent *x, c
   __builtin_memcpy(&z, data + x->csum_off - sizeof z, sizeof z);
   return z;
 }
+
+// Check a packed delta (len bytes at buf, 8-aligned) against checked tables `t`, with n_old devices
+// so far (the tables' and earlier deltas') and n_fds device fds given for its new ones: every check
+// applyDelta makes before it changes anything. 0, or -1 with `msg` saying what is wrong and, for a
+// file, which one. Defined in check.c.
+int xt_check_delta(const struct xt_tables *t, const void *buf, uint64_t len, uint32_t n_old, uint32_t n_fds, char *msg, size_t msg_len);
 
 #endif

@@ -61,6 +61,11 @@ export function readRecord(file: string): ConfigRecord {
     if (err instanceof ManifestError) throw err
     throw new ManifestError(`config-ID record ${file} unreadable: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)
   }
+  return parseRecord(text, file)
+}
+
+/** Check the text of the record in `file` (named in messages): readRecord without the I/O. */
+export function parseRecord(text: string, file: string): ConfigRecord {
   let r: unknown
   try {
     r = JSON.parse(text)
@@ -127,16 +132,18 @@ export type Verdict =
   | { ok: true }
   | { ok: false; reason: string }
 
-function judge(text: string, expectedId: string): Verdict {
-  let r: Partial<ConfigRecord>
+/**
+ * The verdict on the record's text: opens are served only while the record reads as readRecord reads
+ * it (a record it refuses, of another version say, refuses opens too) and names this config ID, current.
+ */
+function judge(text: string, file: string, expectedId: string): Verdict {
+  let r: ConfigRecord
   try {
-    r = JSON.parse(text)
-  } catch {
-    return { ok: false, reason: 'config-ID record is not valid JSON' }
+    r = parseRecord(text, file)
+  } catch (err) {
+    return { ok: false, reason: (err as Error).message }
   }
-  if (r.format !== RECORD_FORMAT || typeof r.configId !== 'string') return { ok: false, reason: 'config-ID record is malformed' }
   if (r.state === 'released') return { ok: false, reason: `frozen image ${r.configId} was released` }
-  if (r.state !== 'current') return { ok: false, reason: `config-ID record has unknown state ${String(r.state)}` }
   if (r.configId !== expectedId) return { ok: false, reason: `config ID changed from ${expectedId} to ${r.configId}` }
   return { ok: true }
 }
@@ -172,7 +179,7 @@ export class ConfigWatch implements ConfigCheck {
     const stamp = statsStamp(st)
     if (stamp !== this.stamp) {
       try {
-        this.verdict = judge(fs.readFileSync(this.file, 'utf8'), this.expectedId)
+        this.verdict = judge(fs.readFileSync(this.file, 'utf8'), this.file, this.expectedId)
         this.stamp = stamp
       } catch (err) {
         return { ok: false, reason: `config-ID record ${this.file} unreadable: ${(err as NodeJS.ErrnoException).code}` }

@@ -2,7 +2,7 @@
 // strict UTF-8, then validated against the map it must follow; writing is atomic (the manifest's
 // writeFileAtomic), so a mover sees the old file or the new one, never half of one.
 import fs from 'node:fs'
-import { ManifestError } from '../errors'
+import { ManifestError, oneLine } from '../errors'
 import { writeFileAtomic } from '../manifest/io'
 import type { Manifest } from '../manifest/types'
 import { deltaPathOf, type ConfigRecord } from '../configid/record'
@@ -67,7 +67,7 @@ export function parseDelta(text: string, ctx: DeltaContext, name: string, key?: 
   try {
     value = JSON.parse(text)
   } catch (err) {
-    throw new ManifestError(`${name} is not valid JSON (truncated?): ${(err as Error).message}`)
+    throw new ManifestError(`${name} is not valid JSON (truncated?): ${oneLine((err as Error).message)}`)
   }
   const d = validateDelta(value, ctx)
   if (key) verifyDeltaSignature(d, key, name)

@@ -10,7 +10,7 @@
 // Speed matters (a million inodes should validate in well under a few seconds), so the per-item
 // checks are plain functions that return a problem or nothing; the caller builds the message only on
 // failure. No closures or regular expressions per item where a cheap comparison does.
-import { ManifestError } from '../errors'
+import { ManifestError, oneLine } from '../errors'
 import { nameBytes, nameEncodingProblem } from './names'
 import {
   COMPRESSIONS,
@@ -101,7 +101,7 @@ export function parseManifest(text: string): Manifest {
   try {
     value = JSON.parse(text)
   } catch (err) {
-    throw new ManifestError(`manifest is not valid JSON (truncated?): ${(err as Error).message}`)
+    throw new ManifestError(`manifest is not valid JSON (truncated?): ${oneLine((err as Error).message)}`)
   }
   return validateManifest(value)
 }

@@ -7,11 +7,20 @@
  * system when freed (smaller ones come from the heap, which keeps them resident). Only the pages
  * written become resident, so the slack of a small manifest costs address space, not memory.
  */
-export const CHUNK_BYTES = 32 << 20
+export let CHUNK_BYTES = 32 << 20
+
+/**
+ * Tests and fuzzing: chunks of `bytes` for blobs and table records made from now on, so that small
+ * manifests cross chunk boundaries (and a table build per input does not allocate 200 MiB).
+ */
+export function setChunkBytes(bytes: number): void {
+  CHUNK_BYTES = bytes
+}
 
 const U32_MAX = 0xffff_ffff
 
 export class Blob {
+  private readonly chunkBytes = CHUNK_BYTES
   private chunks: Buffer[] = []
   size = 0
   private readonly seen = new Map<string, number>()
@@ -25,8 +34,8 @@ export class Blob {
     const at = this.size
     let done = 0
     while (done < bytes.length) {
-      const used = this.size % CHUNK_BYTES
-      if (used === 0 && this.chunks.length * CHUNK_BYTES === this.size) this.chunks.push(Buffer.allocUnsafe(CHUNK_BYTES))
+      const used = this.size % this.chunkBytes
+      if (used === 0 && this.chunks.length * this.chunkBytes === this.size) this.chunks.push(Buffer.allocUnsafe(this.chunkBytes))
       const n = bytes.copy(this.chunks[this.chunks.length - 1]!, used, done)
       done += n
       this.size += n
@@ -38,9 +47,9 @@ export class Blob {
   read(at: number, len: number): Buffer {
     const out = Buffer.allocUnsafe(len)
     for (let done = 0; done < len;) {
-      const c = Math.floor((at + done) / CHUNK_BYTES)
-      const o = (at + done) % CHUNK_BYTES
-      done += this.chunks[c]!.copy(out, done, o, Math.min(CHUNK_BYTES, o + len - done))
+      const c = Math.floor((at + done) / this.chunkBytes)
+      const o = (at + done) % this.chunkBytes
+      done += this.chunks[c]!.copy(out, done, o, Math.min(this.chunkBytes, o + len - done))
     }
     return out
   }

@@ -9,6 +9,7 @@
 //   POST /images/:name/remap                      RemapAnswer
 import path from 'node:path'
 import { CONFIG_ID } from '../manifest/validate'
+import { MAX_DELTAS } from '../configid/record'
 import { ExitCode, ExtfsError } from '../errors'
 
 /** Image names: the manifest's base name without `.json`; no dot first, so never `.` or `..`. */
@@ -64,18 +65,21 @@ export function parseConfigQuery(p: URLSearchParams): ConfigQuery | { error: str
   return { after, waitMs: Math.min(Number(waitText), MAX_WAIT_MS) }
 }
 
-/** A config answer as the client reads it: undefined when any field is missing or out of shape. */
+/**
+ * A config answer as the client reads it: undefined when any field is missing or out of shape. The
+ * mover names the image in messages and mirrors the chain as a record (src/mover/remote.ts), so the
+ * image is a config ID and the chain no longer than a record may hold.
+ */
 export function parseConfigAnswer(v: Record<string, unknown>): ConfigAnswer | undefined {
-  const ok = typeof v.image === 'string' && typeof v.configId === 'string' && CONFIG_ID.test(v.configId) &&
-    (v.state === 'current' || v.state === 'released') && Array.isArray(v.deltas) && v.deltas.every((s: unknown, i: number) => s === i + 1) &&
-    isCount(v.leaseMs) && isCount(v.heldMs)
+  const ok = isConfigId(v.image) && isConfigId(v.configId) && (v.state === 'current' || v.state === 'released') && Array.isArray(v.deltas) &&
+    v.deltas.length <= MAX_DELTAS && v.deltas.every((s: unknown, i: number) => s === i + 1) && isCount(v.leaseMs) && isCount(v.heldMs)
   return ok ? (v as unknown as ConfigAnswer) : undefined
 }
 
-/** A remap answer as the client reads it: undefined when out of shape. */
+/** A remap answer as the client reads it: undefined when out of shape (byte counts are counts). */
 export function parseRemapAnswer(v: Record<string, unknown>): RemapAnswer | undefined {
-  const ok = (v.state === 'unchanged' || v.state === 'remapped' || v.state === 'released') && typeof v.configId === 'string' &&
-    CONFIG_ID.test(v.configId) && (v.seq === undefined || isCount(v.seq)) && Number.isSafeInteger(v.manifestBytes)
+  const ok = (v.state === 'unchanged' || v.state === 'remapped' || v.state === 'released') && isConfigId(v.configId) &&
+    (v.seq === undefined || isCount(v.seq)) && (v.deltaBytes === undefined || isCount(v.deltaBytes)) && isCount(v.manifestBytes)
   return ok ? (v as unknown as RemapAnswer) : undefined
 }
 
@@ -90,4 +94,8 @@ export function imageNameOf(manifestPath: string): string {
 
 function isCount(v: unknown): v is number {
   return Number.isSafeInteger(v) && (v as number) >= 0
+}
+
+function isConfigId(v: unknown): v is string {
+  return typeof v === 'string' && CONFIG_ID.test(v)
 }

@@ -79,6 +79,8 @@ t.test('refused: format, version, unknown fields', async (t) => {
   refused(t, () => validateDelta(mutated((d) => { d.extra = 1 }), ctx()), /unknown field "extra"/)
   refused(t, () => validateDelta(mutated((d) => { d.files[0].size = 1 }), ctx()), /files\[0\]: unknown field "size"/)
   refused(t, () => validateDelta(mutated((d) => { d.createdAt = 'yesterday' }), ctx()), /createdAt "yesterday" is not a date/)
+  // Found by fuzzing: JSON.parse quotes the text around a syntax error, newlines and all.
+  refused(t, () => parseDelta('{\n"format":\n,\n}', ctx(), 'delta d1'), /^delta d1 is not valid JSON \(truncated\?\): [^\n]*\\u000a[^\n]*$/)
 })
 
 t.test('refused: a broken chain', async (t) => {

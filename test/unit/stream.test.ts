@@ -8,8 +8,9 @@ import { readManifestFile, writeManifestFile } from '../../src/manifest/io'
 import { signManifest, verifyManifestSignature } from '../../src/manifest/sign'
 import { CannotStream, streamManifestFile } from '../../src/manifest/stream'
 import { TablesBuilder, withDeviceFds } from '../../src/native-engine/stream-tables'
-import { packTables, TableReader } from '../../src/native-engine/tables'
+import { packTables } from '../../src/native-engine/tables'
 import { extent, inodeOf, makeInode, makeManifest } from '../helpers/manifest-factory'
+import { servedTree } from '../helpers/served-tree'
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 type Loose = any
@@ -17,25 +18,6 @@ type Loose = any
 const looseInode = (m: Loose, ino: number): Loose => inodeOf(m, ino)
 const KEY = Buffer.from('0123456789abcdef0123456789abcdef')
 const FIXTURES = path.join(__dirname, '..', 'fixtures')
-
-/** The served tree, engine-independent: path → inode fields, extents, data, xattrs. */
-function dump(image: Buffer): Record<string, unknown> {
-  const r = new TableReader(image)
-  const out: Record<string, unknown> = {}
-  const walk = (index: number, p: string) => {
-    const { parent: _p, first: _f, xattr_first: _x, ...fields } = r.inode(index)
-    const type = fields.mode! & 0o170000
-    const inline = type === 0o100000 && (fields.flags! & 1) !== 0
-    out[p] = {
-      fields, xattrs: r.xattrs(index), listxattr: r.listxattr(index).toString('hex'),
-      extents: type === 0o100000 && !inline ? r.extents(index) : [],
-      data: inline || type === 0o120000 ? r.data(index).toString('hex') : '',
-    }
-    if (type === 0o040000) for (const e of r.readdir(index)) walk(e.child, `${p}/${e.name}`)
-  }
-  walk(0, '')
-  return out
-}
 
 const layouts: Record<string, (m: Manifest) => string> = {
   'one inode per line': (m) => m as never, // written by writeManifestFile
@@ -95,7 +77,7 @@ t.test('valid manifests: the same tree in every layout', async (t) => {
       const file = write(dir, `${name}-${layout}.json`.replace(/ /g, '-'), layout, m)
       const s = streamed(file)
       t.equal(s.error, undefined, `${name}, ${layout}: streams`)
-      t.same(dump(s.image!), dump(whole(file).image!), `${name}, ${layout}: same tree as the whole-file path`)
+      t.same(servedTree(s.image!), servedTree(whole(file).image!), `${name}, ${layout}: same tree as the whole-file path`)
     }
   }
 })
@@ -174,6 +156,9 @@ t.test('not JSON', async (t) => {
   }
   fs.writeFileSync(path.join(dir, 'trail.json'), text + 'x')
   t.match(streamed(path.join(dir, 'trail.json')).error, /^manifest is not valid JSON/)
+  // Found by fuzzing: the quoted text around a syntax error stays one line.
+  fs.writeFileSync(path.join(dir, 'newline.json'), text.replace('"blockSize":4096,', '"blockSize":[1,\n,2],'))
+  t.match(streamed(path.join(dir, 'newline.json')).error, /^manifest is not valid JSON \(truncated\?\): [^\n]*\\u000a[^\n]*$/, 'one line')
   fs.writeFileSync(path.join(dir, 'twice.json'), text.replace('{', '{"root": 3,'))
   t.equal(streamed(path.join(dir, 'twice.json')).error, 'fallback', 'a key twice: JSON.parse semantics, read whole')
 })

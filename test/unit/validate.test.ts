@@ -31,6 +31,10 @@ t.test('text that is not JSON', async (t) => {
     t.test(name, async (t) => refused(t, () => parseManifest(input), /^manifest is not valid JSON \(truncated\?\): /))
   }
   t.test('not an object', async (t) => refused(t, () => parseManifest('[1,2]'), /^manifest: must be a JSON object/))
+  // Found by fuzzing (docs/fuzzing.md): JSON.parse's message quotes the text around the error, raw.
+  t.test('the quoted text around a syntax error stays one line, control characters escaped', async (t) => {
+    refused(t, () => parseManifest('{\n"format":\n\u001b[2J\n}'), /^manifest is not valid JSON \(truncated\?\): [^\n\r\u001b]*\\u000a[^\n\r\u001b]*\\u001b[^\n\r\u001b]*$/)
+  })
   t.test('deeply nested junk', async (t) => {
     const deep = '['.repeat(200_000) + ']'.repeat(200_000)
     refused(t, () => parseManifest(`{"format":"extfs-manifest","version":1,"features":[${deep}]}`), /^manifest: features must be strings, got/)
