@@ -21,6 +21,11 @@ import { run, runOk } from '../helpers/exec'
 import { extfs, ensureUnmounted } from '../helpers/extfs'
 import type { Extent, Inode, Manifest } from '../../src/manifest/types'
 
+/**
+ * A subtest that hangs (a read stuck in the view) fails after this; the whole test after withFaultyFs's
+ * deadline, which then cleans up.
+ */
+const SUBTEST = { timeout: 120_000 }
 const KiB = 1024
 const MiB = 1024 * KiB
 const PAGE = 4096
@@ -146,7 +151,7 @@ t.test('media errors: a device that fails reads on one range', async (t) => {
     t.equal(mounted.code, 0, `mount: ${mounted.stderr}`)
     const v = (rel: string) => path.join(viewMnt, rel)
 
-    await t.test('reads touching the range fail with EIO, each logged naming path, file offset, device and device offset', async (t) => {
+    await t.test('reads touching the range fail with EIO, each logged naming path, file offset, device and device offset', SUBTEST, async (t) => {
       await fs.arm(victim.start, victim.length)
       t.equal(await errnoOf(fsp.readFile(v('victim'))), EIO, 'reading the whole file fails')
       t.equal(await errnoOf(readAt(v('victim'), VICTIM_FAULT.offset, VICTIM_FAULT.length)), EIO, 'reading just the faulty range fails')
@@ -165,7 +170,7 @@ t.test('media errors: a device that fails reads on one range', async (t) => {
       t.ok((await fs.status()).eio > 0, 'the errors came from the device (the fixture failed requests)')
     })
 
-    await t.test('everything else is exact', async (t) => {
+    await t.test('everything else is exact', SUBTEST, async (t) => {
       t.ok((await fs.status()).armed, 'the fault is still armed')
       for (const rel of ['a', 'b', 'dir/c', 'big']) t.ok((await fsp.readFile(v(rel))).equals(FILES[rel]!), `${rel} equals the source`)
       // Page by page, each through a fresh open: exactly the faulty pages fail, every other one is exact.
@@ -179,7 +184,7 @@ t.test('media errors: a device that fails reads on one range', async (t) => {
       t.ok((await readAt(v('victim'), after, want.length - after)).equals(want.subarray(after)), 'one read of everything after it')
     })
 
-    await t.test('the view recovers when the device does', async (t) => {
+    await t.test('the view recovers when the device does', SUBTEST, async (t) => {
       const before = await fs.status()
       await fs.disarm()
       t.ok((await fsp.readFile(v('victim'))).equals(FILES.victim!), 'the same file reads whole and exact: no error kept')
@@ -187,7 +192,7 @@ t.test('media errors: a device that fails reads on one range', async (t) => {
       t.ok((await fs.status()).hits > before.hits, 'read from the device again (not from a cache)')
     })
 
-    await t.test('push-ahead never turns an error into zeros', async (t) => {
+    await t.test('push-ahead never turns an error into zeros', SUBTEST, async (t) => {
       // A fresh mount: nothing of big cached, no push job yet. A read at 0 starts one that pushes the
       // whole file (24 MiB < the window) in 1 MiB chunks and meets the faulty range on the way.
       await ensureUnmounted(viewMnt)
@@ -231,7 +236,7 @@ t.test('media errors: a device that fails reads on one range', async (t) => {
 
     await ensureUnmounted(viewMnt)
 
-    await t.test('extfs backup exits 7 naming the file when the command ignored the error', async (t) => {
+    await t.test('extfs backup exits 7 naming the file when the command ignored the error', SUBTEST, async (t) => {
       await fs.arm(victim.start, victim.length)
       const backupLog = path.join(fs.tmpdir, 'backup.log')
       const shrug = await extfs(['backup', manifestFile, '--log-file', backupLog, '--', 'sh', '-c', 'cat victim >/dev/null 2>&1; exit 0'])

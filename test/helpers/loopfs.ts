@@ -230,18 +230,21 @@ export function sleep(ms: number): Promise<void> {
 // --- last-resort cleanup at process exit -------------------------------------------------------
 // Exit handlers cannot await, so this path is synchronous. It only touches registered state.
 
+/** Signals that end a test process: tap ends a test file that ran out of time with SIGALRM, not with 'exit'. */
+const FATAL_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGALRM'] as const
+
 /**
- * Run `cleanup` at exit and on SIGINT/SIGTERM/SIGHUP (then re-raised with the default action).
+ * Run `cleanup` at exit and on SIGINT/SIGTERM/SIGHUP/SIGALRM (then re-raised with the default action).
  * `first`: before the handlers installed so far (what sits on top of another helper's devices).
  */
 export function cleanupAtExit(cleanup: () => void, opts: { first?: boolean } = {}): void {
   if (opts.first) {
     process.prependListener('exit', cleanup)
-    for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.prependOnceListener(sig, cleanup)
+    for (const sig of FATAL_SIGNALS) process.prependOnceListener(sig, cleanup)
     return
   }
   process.on('exit', cleanup)
-  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+  for (const sig of FATAL_SIGNALS) {
     process.once(sig, () => {
       cleanup()
       process.kill(process.pid, sig) // re-raise with the default action now that our handler is gone
