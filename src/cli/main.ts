@@ -79,7 +79,7 @@ export function buildProgram(): Command {
     .option('--assume-stable', 'with --frozen-image none on a read-write mount: you guarantee nothing writes')
     .option('--pre-freeze <command>', 'run with /bin/sh -c before the image is taken; failing aborts the export')
     .option('--post-thaw <command>', 'run with /bin/sh -c right after the image is taken, or taking it failed')
-    .option('--carry-max <bytes>', `carry inline or compressed files up to this size in the manifest (default ${DEFAULT_CARRY_MAX})`, parseCarryMax, DEFAULT_CARRY_MAX)
+    .option('--carry-max <bytes>', `carry inline files up to this size in the manifest (default ${DEFAULT_CARRY_MAX})`, parseCarryMax, DEFAULT_CARRY_MAX)
     .option('--through-loop', 'map files on a loop device through its backing file to the disk underneath')
     .option('--record <file>', 'where to publish the config-ID record (default: <manifest>.config-id)')
     .addOption(keyOption())

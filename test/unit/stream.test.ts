@@ -71,6 +71,7 @@ t.test('valid manifests: the same tree in every layout', async (t) => {
   const read = (name: string) => JSON.parse(fs.readFileSync(path.join(FIXTURES, name), 'utf8')) as Manifest
   const manifests: Record<string, Manifest> = {
     factory: makeManifest(), big, minimal: read('manifest-v1-minimal.json'), 'every kind': read('manifest-v1-every-kind.json'),
+    compressed: read('manifest-v1-compressed.json'),
   }
   for (const [name, m] of Object.entries(manifests)) {
     for (const layout of Object.keys(layouts)) {

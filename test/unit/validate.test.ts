@@ -264,6 +264,14 @@ t.test('golden fixtures', async (t) => {
     t.ok(m.signature, 'is signed')
   })
 
+  t.test('v1 compressed: btrfs compressed extents, plain and mirrored, one shared by a clone', async (t) => {
+    const m = parseManifest(read('manifest-v1-compressed.json'))
+    t.same(m.features, ['data-checksums', 'compressed-extents'])
+    const extents = m.inodes.flatMap((n) => n.extents ?? [])
+    t.same(extents.map((e) => e.compression ?? 'none'), ['zstd', 'none', 'lzo', 'zstd'], 'zstd, plain, lzo; the clone zstd')
+    t.equal(extents[3]!.decodedOffset, 20480, 'the clone starts 20 KiB into the decoded extent')
+  })
+
   t.test('v2 future is refused with the upgrade message', async (t) => {
     refused(t, () => parseManifest(read('manifest-v2-future.json')),
       /^unknown manifest version 2: this extfs reads version 1; upgrade extfs$/)
