@@ -70,6 +70,13 @@ function attempt<T>(what: string, fn: () => T): { value?: T; error?: ManifestErr
   }
 }
 
+/** `fn` must accept: its value, or a Finding naming the refusal. */
+function mustAccept<T>(what: string, fn: () => T): T {
+  const r = attempt(what, fn)
+  if (r.error !== undefined) throw new Finding(`${what}: refused: ${r.error.message}`)
+  return r.value as T
+}
+
 /** Manifests validated here are packed with these device fds (C checks fds only for >= -1). */
 const fdsOf = (m: { devices: unknown[] }) => m.devices.map((_, i) => 100 + i)
 
@@ -201,7 +208,7 @@ const manifest: Target = {
     if (features.some((f) => !(KNOWN_FEATURES as readonly unknown[]).includes(f)) || new Set(features).size !== features.length) {
       throw new Finding(`accepted features ${JSON.stringify(features)}`)
     }
-    attempt('parseManifest of what it accepted, re-serialized', () => parseManifest(JSON.stringify(r.value)))
+    mustAccept('parseManifest of what it accepted, re-serialized', () => parseManifest(JSON.stringify(r.value)))
     checkPacked(r.value, 'manifest')
   },
 }
@@ -410,10 +417,10 @@ const record: Target = {
     }
     if (r.value === undefined) return
     writeRecord(file, r.value.configId, r.value.state, { deltas: r.value.deltas, mapping: r.value.mapping })
-    const back = attempt('parseRecord of a written record', () => parseRecord(fs.readFileSync(file, 'utf8'), 'record'))
+    const back = mustAccept('parseRecord of a record written back', () => parseRecord(fs.readFileSync(file, 'utf8'), 'record'))
     // Written back without its time, and without an empty chain (absent means none).
     const { updatedAt: _a, deltas: d0, ...was } = r.value
-    const { updatedAt: _b, deltas: d1, ...now } = back.value!
+    const { updatedAt: _b, deltas: d1, ...now } = back
     if (d0 !== undefined && d0.length > 0) Object.assign(was, { deltas: d0 })
     if (d1 !== undefined) Object.assign(now, { deltas: d1 })
     if (!isDeepStrictEqual(now, was)) throw new Finding(`a record written back reads otherwise: ${JSON.stringify(now)} for ${JSON.stringify(was)}`)
@@ -467,7 +474,7 @@ const answers: Target = {
       // The mover mirrors it as a record (src/mover/remote.ts), which its readers must accept.
       const file = scratchFile('mirror-record.json', '')
       writeRecord(file, a.configId, a.state, { deltas: a.deltas.map((seq) => `delta-${seq}`) })
-      attempt('parseRecord of a mirrored config answer', () => parseRecord(fs.readFileSync(file, 'utf8'), file))
+      mustAccept('parseRecord of a config answer mirrored as a record', () => parseRecord(fs.readFileSync(file, 'utf8'), file))
     } else if (c.kind === 'remap') {
       const a = parseRemapAnswer(o)
       if ((a !== undefined) !== remapAnswerModel(o)) throw new Finding(`parseRemapAnswer ${a ? 'accepts' : 'refuses'} an answer the model ${a ? 'refuses' : 'accepts'}`)
