@@ -12,8 +12,9 @@ import { parseManifest, validateManifest, CONFIG_ID } from '../../src/manifest/v
 import { readManifestFile } from '../../src/manifest/io'
 import { signManifest, verifyManifestSignature } from '../../src/manifest/sign'
 import { CannotStream, streamManifestFile } from '../../src/manifest/stream'
-import { MANIFEST_FORMAT, MANIFEST_VERSION, KNOWN_FEATURES, type Manifest } from '../../src/manifest/types'
+import { MANIFEST_FORMAT, MANIFEST_VERSION, KNOWN_FEATURES, type Extent, type Manifest } from '../../src/manifest/types'
 import { planRead } from '../../src/extents/plan'
+import { decodeName, encodeName } from '../../src/manifest/names'
 import { mergeExtents, packTables } from '../../src/native-engine/tables'
 import { TablesBuilder, withDeviceFds } from '../../src/native-engine/stream-tables'
 import { packDelta } from '../../src/native-engine/delta-tables'
@@ -109,17 +110,22 @@ function manifestTree(m: Manifest): Record<string, unknown> {
   const byIno = new Map(m.inodes.map((n) => [n.ino, n]))
   const out: Record<string, unknown> = {}
   const walk = (n: Manifest['inodes'][number], p: string) => {
-    const extents: { fileOffset: number; device: number; deviceOffset: number; length: number }[] = []
+    const extents: Extent[] = []
     const list = n.extents ?? []
     list.forEach((e, i) => {
       const last = extents[extents.length - 1]
       if (last && list[i - 1]!.csums === undefined && e.csums === undefined && last.device === e.device &&
         last.fileOffset + last.length === e.fileOffset && last.deviceOffset + last.length === e.deviceOffset) last.length += e.length
-      else extents.push({ fileOffset: e.fileOffset, device: e.device, deviceOffset: e.deviceOffset, length: e.length })
+      else {
+        const x: Extent = { fileOffset: e.fileOffset, device: e.device, deviceOffset: e.deviceOffset, length: e.length }
+        // A compressed extent (never merged: it has csums) is served with its encoding.
+        extents.push(e.compression === undefined ? x : { ...x, compression: e.compression, diskLength: e.diskLength, decodedLength: e.decodedLength, decodedOffset: e.decodedOffset })
+      }
     })
     const names = Object.keys(n.xattrs ?? {})
-    const data = n.inline !== undefined ? Buffer.from(n.inline, 'base64') : Buffer.from(n.target ?? '', 'utf8')
-    const entries = (n.entries ?? []).map((e) => ({ name: Buffer.from(e.name, 'utf8'), ino: e.ino })).sort((a, b) => Buffer.compare(a.name, b.name))
+    // Names as the bytes they stand for (src/manifest/names.ts), as the packer writes them.
+    const data = n.inline !== undefined ? Buffer.from(n.inline, 'base64') : encodeName(n.target ?? '')
+    const entries = (n.entries ?? []).map((e) => ({ name: encodeName(e.name), ino: e.ino })).sort((a, b) => Buffer.compare(a.name, b.name))
     out[p] = {
       fields: {
         ino: n.ino, size: n.size, blocks: n.blocks, rdev: n.rdev ?? 0, atime_sec: n.atime[0], mtime_sec: n.mtime[0], ctime_sec: n.ctime[0],
@@ -128,11 +134,11 @@ function manifestTree(m: Manifest): Record<string, unknown> {
         xattr_count: names.length, mode: TYPE_BITS[n.kind]! | n.perm, flags: n.inline !== undefined ? 1 : 0, attrs: n.attrs ?? 0,
       },
       xattrs: Object.fromEntries(names.map((x) => [x, Buffer.from(n.xattrs![x]!, 'base64')])),
-      listxattr: Buffer.concat(names.map((x) => Buffer.from(`${x}\0`, 'utf8'))).toString('hex'),
+      listxattr: Buffer.concat(names.flatMap((x) => [encodeName(x), Buffer.of(0)])).toString('hex'),
       extents: n.kind === 'file' && n.inline === undefined ? extents : [],
       data: n.inline !== undefined || n.kind === 'symlink' ? data.toString('hex') : '',
     }
-    for (const e of entries) walk(byIno.get(e.ino)!, `${p}/${e.name.toString('utf8')}`)
+    for (const e of entries) walk(byIno.get(e.ino)!, `${p}/${decodeName(e.name)}`)
   }
   walk(byIno.get(m.root)!, '')
   return out
