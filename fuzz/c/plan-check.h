@@ -45,9 +45,15 @@ static void check_csum_piece(const struct xt_plan *p, const struct plan_bounds *
   const struct xt_extent *x = pc->x;
   const uint64_t ss = b->h->sector_size, cs = b->h->csum_size;
   REQUIRE(ss > 0 && cs > 0, "checksummed extent without a sector or checksum size", ss, cs);
-  uint64_t rel = pc->device_offset - x->device_offset;
-  uint64_t from = rel / ss * ss, to = (rel + pc->length + ss - 1) / ss * ss;
-  REQUIRE(to <= x->length, "whole sectors around a piece pass its extent", to, x->length);
+  uint64_t from, to;
+  if (x->flags & XT_EXT_COMPRESSED) { // read.c reads and verifies the whole encoded stream
+    from = 0;
+    to = xt_compressed_of(x, b->csums).disk_length;
+  } else {
+    uint64_t rel = pc->device_offset - x->device_offset;
+    from = rel / ss * ss, to = (rel + pc->length + ss - 1) / ss * ss;
+    REQUIRE(to <= x->length, "whole sectors around a piece pass its extent", to, x->length);
+  }
   REQUIRE(p->csums == b->csums && p->copies == b->copies, "plan reads checksums or copies from elsewhere", 0, 0);
   for (uint64_t o = from; o < to; o += ss) {
     const char *want = p->csums + x->csum_off + o / ss * cs;
@@ -70,8 +76,13 @@ static struct xt_piece model_piece(const struct plan_bounds *b, uint64_t pos, ui
     const struct xt_extent *x = &b->ext[i];
     if (x->file_offset <= pos && pos - x->file_offset < x->length) {
       uint64_t xend = x->file_offset + x->length;
-      return (struct xt_piece){.device = x->device, .file_offset = pos, .device_offset = x->device_offset + (pos - x->file_offset),
-                               .length = (xend < end ? xend : end) - pos, .x = x};
+      struct xt_piece w = {.device = x->device, .file_offset = pos, .device_offset = x->device_offset + (pos - x->file_offset),
+                           .length = (xend < end ? xend : end) - pos, .x = x};
+      if (x->flags & XT_EXT_COMPRESSED) { // the encoded stream whole; the bytes at an offset into what it decodes to
+        w.device_offset = x->device_offset;
+        w.decoded_offset = xt_compressed_of(x, b->csums).decoded_offset + (pos - x->file_offset);
+      }
+      return w;
     }
     if (x->file_offset > pos && x->file_offset < stop) stop = x->file_offset;
   }
@@ -103,7 +114,8 @@ static void check_read(const struct xt_tables *t, uint32_t index, const struct x
     REQUIRE(pc.file_offset == pos && pc.length > 0 && pc.length <= p.end - pos, "pieces do not tile the request", pc.file_offset, pc.length);
     if (b->count <= 4096) {
       struct xt_piece w = model_piece(b, pos, p.end);
-      REQUIRE(w.zero == pc.zero && w.length == pc.length && (pc.zero || (w.x == pc.x && w.device == pc.device && w.device_offset == pc.device_offset)),
+      REQUIRE(w.zero == pc.zero && w.length == pc.length &&
+                  (pc.zero || (w.x == pc.x && w.device == pc.device && w.device_offset == pc.device_offset && w.decoded_offset == pc.decoded_offset)),
               "plan differs from the model", pos, pc.length);
     }
     if (!pc.zero) {
@@ -111,8 +123,14 @@ static void check_read(const struct xt_tables *t, uint32_t index, const struct x
       REQUIRE(x >= b->ext && x < b->ext + b->count, "piece of an extent outside the file's list", x - b->ext, b->count);
       REQUIRE(pc.device == x->device && x->device < b->n_devices, "piece on no device", pc.device, b->n_devices);
       REQUIRE(x->file_offset <= pc.file_offset && pc.file_offset - x->file_offset + pc.length <= x->length, "piece outside its extent", pc.file_offset, pc.length);
-      REQUIRE(pc.device_offset == x->device_offset + (pc.file_offset - x->file_offset) && pc.device_offset + pc.length >= pc.device_offset,
-              "piece's device range wrong or overflowing", pc.device_offset, pc.length);
+      if (x->flags & XT_EXT_COMPRESSED) {
+        struct xt_compressed z = xt_compressed_of(x, b->csums);
+        REQUIRE(pc.device_offset == x->device_offset && pc.device_offset + z.disk_length >= pc.device_offset, "compressed piece's stream wrong or overflowing", pc.device_offset, z.disk_length);
+        REQUIRE(pc.decoded_offset + pc.length <= z.decoded_length, "compressed piece past the decoded bytes", pc.decoded_offset, pc.length);
+      } else {
+        REQUIRE(pc.device_offset == x->device_offset + (pc.file_offset - x->file_offset) && pc.device_offset + pc.length >= pc.device_offset,
+                "piece's device range wrong or overflowing", pc.device_offset, pc.length);
+      }
       if (x->flags & XT_EXT_CSUM) check_csum_piece(&p, b, &pc);
     }
     pos += pc.length;
