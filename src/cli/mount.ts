@@ -147,7 +147,7 @@ function runCommand(command: string[], cwd: string): Promise<number> {
     const forward = (sig: NodeJS.Signals) => child.kill(sig)
     process.on('SIGINT', forward).on('SIGTERM', forward)
     child.on('error', (err) => {
-      process.stderr.write(`extfs: cannot run ${command[0]}: ${err.message}\n`)
+      say(`cannot run ${command[0]}: ${err.message}`)
       resolve(127)
     })
     child.on('exit', (code, signal) => resolve(code ?? 128 + (signal ? os.constants.signals[signal] : 0)))
@@ -181,7 +181,7 @@ function verdict(status: number, report: ViewReport | undefined, unchecked: stri
   // Bytes of these files may have come from blocks the initiator had moved away: the backup of them is not trustworthy.
   const tainted = report?.tainted ?? []
   if (tainted.length > 0) {
-    process.stderr.write(`extfs: ${tainted.length} file(s) were read under a superseded map and not read again: ${printable(tainted.join(', '))}\n`)
+    say(`${tainted.length} file(s) were read under a superseded map and not read again: ${tainted.join(', ')}`)
     return status === 0 ? ExitCode.Stale : status
   }
   if (status !== 0) return status
@@ -191,15 +191,20 @@ function verdict(status: number, report: ViewReport | undefined, unchecked: stri
   const refused = report?.refused ?? 0
   if (refused > (report?.failedReads?.requests ?? 0)) {
     const why = report?.firstRefusal ? `, first: ${report.firstRefusal}` : ''
-    process.stderr.write(`extfs: the view refused or failed ${refused} request(s) while the command ran${why}; the backup is incomplete (log: ${logFile})\n`)
+    say(`the view refused or failed ${refused} request(s) while the command ran${why}; the backup is incomplete (log: ${logFile})`)
     return ExitCode.Stale
   }
   if (failed) return ExitCode.Stale
   if (unchecked !== undefined) {
-    process.stderr.write(`extfs: the backup cannot be checked against relocations up to its end: ${unchecked}\n`)
+    say(`the backup cannot be checked against relocations up to its end: ${unchecked}`)
     return ExitCode.Stale
   }
   return unserved ? ExitCode.UnservedMetadata : status
+}
+
+/** One line of `extfs backup` on stderr; paths in it may hold bytes that are not UTF-8 (shown \xNN). */
+function say(line: string): void {
+  process.stderr.write(`extfs: ${printable(line)}\n`)
 }
 
 /** How many files the backup's line names; the view's log names each. */
@@ -210,7 +215,7 @@ function sayUnservedMetadata(report: ViewReport | undefined, logFile: string): b
   const { count, files } = report?.unservedMetadata ?? { count: 0, files: [] }
   if (count === 0) return false
   const named = files.slice(0, NAMED_FILES).join(', ') + (count > NAMED_FILES ? ` and ${count - NAMED_FILES} more` : '')
-  process.stderr.write(`extfs: the command could not read the POSIX ACLs of ${count} file(s), larger than the kernel passes through FUSE: ${printable(named)}; the backup lacks them (log: ${logFile})\n`)
+  say(`the command could not read the POSIX ACLs of ${count} file(s), larger than the kernel passes through FUSE: ${named}; the backup lacks them (log: ${logFile})`)
   return true
 }
 
@@ -222,7 +227,7 @@ function sayFailedReads(report: ViewReport | undefined, logFile: string): boolea
   const { requests, files, paths } = report?.failedReads ?? { requests: 0, files: 0, paths: [] }
   if (files === 0) return false
   const named = paths.slice(0, NAMED_FILES).join(', ') + (files > NAMED_FILES ? ` and ${files - NAMED_FILES} more` : '')
-  process.stderr.write(`extfs: reads of ${files} file(s) failed (device errors, ${requests} request(s)) while the command ran: ${named}; the backup is incomplete (log: ${logFile})\n`)
+  say(`reads of ${files} file(s) failed (device errors, ${requests} request(s)) while the command ran: ${named}; the backup is incomplete (log: ${logFile})`)
   return true
 }
 

@@ -61,9 +61,10 @@ function kindOf(st: fs.BigIntStats): InodeKind {
 
 /** The xattrs of `file` by name (as decodeName carries it), values base64; `names` learns of byte names. */
 function readXattrs(file: string, names: NameDecoder): Record<string, string> | undefined {
+  const at = hostPath(file)
   let raw: Buffer[]
   try {
-    raw = linux.listXattrs(hostPath(file))
+    raw = linux.listXattrs(at)
   } catch (err) {
     // ENOENT: deleted after it was described, which only a live filesystem (clone sets) allows.
     const code = (err as NodeJS.ErrnoException).code
@@ -75,7 +76,7 @@ function readXattrs(file: string, names: NameDecoder): Record<string, string> | 
   for (const bytes of raw) {
     const name = names.decode(bytes)
     try {
-      out[name] = linux.getXattr(hostPath(file), bytes).toString('base64')
+      out[name] = linux.getXattr(at, bytes).toString('base64')
     } catch (err) {
       throw new ExportError(`${file}: cannot read extended attribute ${JSON.stringify(name)}: ${(err as Error).message}`)
     }

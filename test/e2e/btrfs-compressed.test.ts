@@ -12,6 +12,7 @@
 // - RAID1: copy 0 of a compressed extent damaged on the raw device under the view, the view reads the
 //   other copy (btrfs's checksums cover the encoded bytes); both damaged: EIO, logged, never garbage.
 // Needs root, loop devices, btrfs-progs and xfs_io.
+import { settledCachedBytes } from '../helpers/page-cache'
 import t, { type Test } from 'tap'
 import fs from 'node:fs'
 import * as path from 'node:path'
@@ -78,21 +79,6 @@ function extentsByName(m: Loose): Map<string, Extent[]> {
   return out
 }
 
-/** Bytes of `file` in the page cache (fincore), once they stop growing (1 s unchanged) or reach `enough`. */
-async function cachedBytes(file: string, enough: number): Promise<number> {
-  let last = -1
-  let same = 0
-  for (let i = 0; i < 40; i++) {
-    const now = Number((await runOk('fincore', ['--bytes', '--noheadings', '--output', 'RES', file])).stdout.trim())
-    if (now >= enough) return now
-    same = now === last ? same + 1 : 0
-    if (same === 2) return now
-    last = now
-    await new Promise((r) => setTimeout(r, 500))
-  }
-  return last
-}
-
 /**
  * Every file through the view (read and tar) equals the source. First `big` (6 MiB) is pushed ahead
  * (native/view/push.c) after a 64 KiB read: the pages the pusher stored are decoded bytes, which the
@@ -105,7 +91,7 @@ async function compareThroughView(t: Test, manifest: string, files: Map<string, 
       const fd = fs.openSync(big, 'r')
       try {
         fs.readSync(fd, Buffer.alloc(64 * KiB), 0, 64 * KiB, 0)
-        const got = await cachedBytes(big, files.get('big')!.length - 4096)
+        const got = await settledCachedBytes(big, files.get('big')!.length - 4096)
         t.ok(got >= files.get('big')!.length - 4096, `${what}: after a 64 KiB read, push-ahead cached big whole (${got} bytes)`)
       } finally {
         fs.closeSync(fd)

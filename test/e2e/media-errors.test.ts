@@ -13,6 +13,7 @@
 // - `extfs backup` exits 7 naming the file when its command ignored the error (a shell that throws
 //   cat's status away, tar --ignore-failed-read), and 0 once the device reads again.
 import t from 'tap'
+import { settledCachedBytes } from '../helpers/page-cache'
 import { promises as fsp, readFileSync } from 'node:fs'
 import * as path from 'node:path'
 import { withFaultyFs, type FaultyFs } from '../helpers/faulty-disk'
@@ -99,22 +100,6 @@ async function failedReads(logFile: string, rel: string): Promise<LogLine[]> {
     if (lines.length > 0 || i === 100) return lines
     await new Promise((r) => setTimeout(r, 100))
   }
-}
-
-/** Cached bytes of `file` (fincore). */
-const cached = async (file: string) => Number((await runOk('fincore', ['--bytes', '--noheadings', '--output', 'RES', file])).stdout.trim())
-
-/** Cached bytes of `file` once unchanged for a whole second (at most 20 s). */
-async function settled(file: string): Promise<number> {
-  let last = -1
-  for (let i = 0, same = 0; i < 40; i++) {
-    const now = await cached(file)
-    same = now === last ? same + 1 : 0
-    if (same === 2) return now
-    last = now
-    await new Promise((r) => setTimeout(r, 500))
-  }
-  return last
 }
 
 async function populate(fs: FaultyFs): Promise<void> {
@@ -213,7 +198,7 @@ t.test('media errors: a device that fails reads on one range', async (t) => {
           if (!met) await new Promise((r) => setTimeout(r, 100))
         }
         t.ok(met, 'the pusher met the faulty range (the device failed its read)')
-        const got = await settled(v('big'))
+        const got = await settledCachedBytes(v('big'))
         t.ok(got <= BIG_FAULT.offset, `and stored nothing from there on (${got} bytes cached, the fault at ${BIG_FAULT.offset})`)
         t.same(await failedReads(pushLog, 'big').then((l) => l.length), 0, 'a push that failed is not logged: only a reader\'s read is')
 

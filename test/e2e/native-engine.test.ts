@@ -11,6 +11,7 @@ import { createHash } from 'node:crypto'
 import { promises as fsp, readFileSync } from 'node:fs'
 import * as path from 'node:path'
 import pino from 'pino'
+import { settledCachedBytes } from '../helpers/page-cache'
 import { withLoopFs, isMounted, type LoopFsOptions } from '../helpers/loopfs'
 import { populateEveryKind, seededBytes } from '../helpers/populate'
 import { snapshotTree, diffTrees, type Tree } from '../helpers/tree'
@@ -326,25 +327,6 @@ t.test('push-ahead: a sequential reader finds the file cached, never more than t
   const MiB = 1024 * 1024
   const WINDOW = 256 * MiB // PUSH_AHEAD
   const state = await scratchDir(t, 'extfs-push-')
-  const cached = async (file: string) => Number((await runOk('fincore', ['--bytes', '--noheadings', '--output', 'RES', file])).stdout.trim())
-  /** Cached bytes once they stop growing (unchanged for 0.5 s, at most 20 s). */
-  /**
-   * Cached bytes of `file` once they stop growing (the same for a whole second: on a loaded host the
-   * pusher can pause longer than one 500 ms look), or as soon as they reach `enough`.
-   */
-  const settled = async (file: string, enough = Infinity) => {
-    let last = -1
-    let same = 0
-    for (let i = 0; i < 40; i++) {
-      const now = await cached(file)
-      if (now >= enough) return now
-      same = now === last ? same + 1 : 0
-      if (same === 2) return now
-      last = now
-      await new Promise((r) => setTimeout(r, 500))
-    }
-    return last
-  }
   await withLoopFs({ fs: 'ext4' }, async (fs) => {
     const data = path.join(fs.mountpoint, 'data')
     await fsp.mkdir(data)
@@ -367,7 +349,7 @@ t.test('push-ahead: a sequential reader finds the file cached, never more than t
       const h = await fsp.open(path.join(v, 'whole'), 'r')
       try {
         await h.read(Buffer.alloc(64 * 1024), 0, 64 * 1024, 0)
-        const got = await settled(path.join(v, 'whole'), whole.length - 4096)
+        const got = await settledCachedBytes(path.join(v, 'whole'), whole.length - 4096)
         t.ok(got >= whole.length - 4096, `after 64 KiB read, the whole 24 MiB file is cached (${got} bytes)`)
       } finally {
         await h.close()
@@ -377,7 +359,7 @@ t.test('push-ahead: a sequential reader finds the file cached, never more than t
       const w = await fsp.open(path.join(v, 'window'), 'r')
       try {
         await w.read(Buffer.alloc(64 * 1024), 0, 64 * 1024, 0)
-        const got = await settled(path.join(v, 'window'))
+        const got = await settledCachedBytes(path.join(v, 'window'))
         t.ok(got >= WINDOW - 8 * MiB, `a 700 MiB file is pushed up to the window (${got} bytes cached)`)
         t.ok(got <= WINDOW + 24 * MiB, 'and not further while the reader stays put (window + readahead)')
         // Read on through the trip pages and past the window, with an open handle still holding the job.

@@ -1,6 +1,6 @@
 // The manifest validator, table-driven: a valid base manifest, then one mutation per bad input with
 // the message it must produce. Plus the golden fixtures of every format version.
-import t from 'tap'
+import t, { type Test } from 'tap'
 import fs from 'node:fs'
 import path from 'node:path'
 import { parseManifest, validateManifest } from '../../src/manifest/validate'
@@ -237,13 +237,7 @@ t.test('accepted variations', async (t) => {
     ['an empty directory', (m) => { inodeOf(m, 3).entries = [] }],
     ['frozen image kind none with fsUuid', (m) => { m.frozenImage = { kind: 'none', mountpoint: '/', fsType: 'xfs', fsUuid: 'x' } }],
   ]
-  for (const [name, mutate] of ok) {
-    t.test(name, async (t) => {
-      const m: Loose = makeManifest()
-      mutate(m)
-      t.doesNotThrow(() => validateManifest(m))
-    })
-  }
+  acceptsEach(t, ok)
 })
 
 t.test('golden fixtures', async (t) => {
@@ -303,6 +297,28 @@ t.test('a large manifest validates quickly', async (t) => {
   t.ok(ms < 3000, 'well within the budget of a few seconds per million inodes')
 })
 
+/** Each mutation of the base manifest validates. */
+function acceptsEach(t: Test, cases: Array<[string, (m: Loose) => void]>): void {
+  for (const [name, mutate] of cases) {
+    t.test(name, async (t) => {
+      const m: Loose = makeManifest()
+      mutate(m)
+      t.doesNotThrow(() => validateManifest(m))
+    })
+  }
+}
+
+/** Each mutation of the base manifest is refused with its message. */
+function refusesEach(t: Test, cases: Array<[string, (m: Loose) => void, RegExp]>): void {
+  for (const [name, mutate, error] of cases) {
+    t.test(name, async (t) => {
+      const m: Loose = makeManifest()
+      mutate(m)
+      refused(t, () => validateManifest(m), error)
+    })
+  }
+}
+
 // Feature data-checksums: btrfs mirrored extents with their other copies and one crc32c per sector.
 t.test('data checksums', async (t) => {
   const csums = (sectors: number) => Buffer.alloc(sectors * 4, 9).toString('base64')
@@ -318,13 +334,7 @@ t.test('data checksums', async (t) => {
     ['three other copies (RAID1C4)', (m) => { withCsums(m); inodeOf(m, 2).extents[0].copies = [0, 1, 2].map((k) => ({ device: 0, deviceOffset: k * 4096 })) }],
     ['the feature with no extent using it', (m) => { m.features = ['data-checksums']; m.dataChecksums = { algorithm: 'crc32c', sectorSize: 65536 } }],
   ]
-  for (const [name, mutate] of ok) {
-    t.test(name, async (t) => {
-      const m: Loose = makeManifest()
-      mutate(m)
-      t.doesNotThrow(() => validateManifest(m))
-    })
-  }
+  acceptsEach(t, ok)
   const refusedCases: Array<[string, (m: Loose) => void, RegExp]> = [
     ['csums without the feature', (m) => { withCsums(m); m.features = []; delete m.dataChecksums }, /^inode 2: extents\[0\] has copies or csums but the manifest does not declare feature "data-checksums"/],
     ['the feature without dataChecksums', (m) => { withCsums(m); delete m.dataChecksums }, /^manifest: declares feature "data-checksums" but has no dataChecksums/],
@@ -343,13 +353,7 @@ t.test('data checksums', async (t) => {
     ['a copy at a negative offset', (m) => { withCsums(m); inodeOf(m, 2).extents[0].copies[0].deviceOffset = -4096 }, /copies\[0\]\.deviceOffset must be a non-negative integer/],
     ['an unknown field in a copy', (m) => { withCsums(m); inodeOf(m, 2).extents[0].copies[0].length = 4096 }, /copies\[0\]: unknown field "length"/],
   ]
-  for (const [name, mutate, error] of refusedCases) {
-    t.test(name, async (t) => {
-      const m: Loose = makeManifest()
-      mutate(m)
-      refused(t, () => validateManifest(m), error)
-    })
-  }
+  refusesEach(t, refusedCases)
 })
 
 // Feature compressed-extents: btrfs compressed extents as stored, always with the csums of their stream.
@@ -368,13 +372,7 @@ t.test('compressed extents', async (t) => {
     ['a mirrored lzo extent', (m) => { compressed(m); Object.assign(x(m), { compression: 'lzo', copies: [{ device: 0, deviceOffset: 512 * 1024 }] }) }],
     ['all of its decoded bytes', (m) => { compressed(m); Object.assign(x(m), { compression: 'zlib', decodedOffset: 0, decodedLength: 4096 }) }],
   ]
-  for (const [name, mutate] of ok) {
-    t.test(name, async (t) => {
-      const m: Loose = makeManifest()
-      mutate(m)
-      t.doesNotThrow(() => validateManifest(m))
-    })
-  }
+  acceptsEach(t, ok)
   const refusedCases: Array<[string, (m: Loose) => void, RegExp]> = [
     ['without the feature', (m) => { compressed(m); m.features = ['data-checksums'] }, /^inode 2: extents\[0\] is compressed but the manifest does not declare feature "compressed-extents"/],
     ['an unknown algorithm', (m) => { compressed(m); x(m).compression = 'lz4' }, /extents\[0\]\.compression must be one of zlib, lzo, zstd, got "lz4"/],
@@ -388,11 +386,5 @@ t.test('compressed extents', async (t) => {
     ['a stream of part of a sector', (m) => { compressed(m); x(m).diskLength = 5000 }, /its diskLength 5000 is not whole sectors/],
     ['a stream past the device end', (m) => { compressed(m); x(m).deviceOffset = 1024 * 1024 - 4096 }, /extents\[0\] past device end: bytes 1044480\.\.1052672/],
   ]
-  for (const [name, mutate, error] of refusedCases) {
-    t.test(name, async (t) => {
-      const m: Loose = makeManifest()
-      mutate(m)
-      refused(t, () => validateManifest(m), error)
-    })
-  }
+  refusesEach(t, refusedCases)
 })

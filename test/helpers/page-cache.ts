@@ -1,0 +1,25 @@
+// How much of a file the kernel's page cache holds (fincore): what push-ahead stored through the view.
+import { runOk } from './exec'
+
+/** Bytes of `file` in the page cache now. */
+export async function cachedBytes(file: string): Promise<number> {
+  return Number((await runOk('fincore', ['--bytes', '--noheadings', '--output', 'RES', file])).stdout.trim())
+}
+
+/**
+ * Cached bytes of `file` once they stop growing (the same for a whole second: on a loaded host the
+ * pusher can pause longer than one 500 ms look), or as soon as they reach `enough`; at most 20 s.
+ */
+export async function settledCachedBytes(file: string, enough = Infinity): Promise<number> {
+  let last = -1
+  let same = 0
+  for (let i = 0; i < 40; i++) {
+    const now = await cachedBytes(file)
+    if (now >= enough) return now
+    same = now === last ? same + 1 : 0
+    if (same === 2) return now
+    last = now
+    await new Promise((r) => setTimeout(r, 500))
+  }
+  return last
+}
