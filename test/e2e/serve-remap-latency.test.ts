@@ -1,7 +1,9 @@
 // A remap never makes serve late: while the first remap of a large image runs (every file mapped again),
-// lease answers keep coming within 100 ms, because the remap runs in serve's remap thread
-// (src/service/remap-worker.ts). The same probe against a remap on serve's own thread, as it ran before,
-// sees answers held back for about the whole remap: the probe can tell the two apart.
+// lease answers keep coming, because the remap runs in serve's remap thread (src/service/remap-worker.ts).
+// The same probe against a remap on serve's own thread, as it ran before, sees answers held back for
+// about the whole remap: the probe can tell the two apart. The bound is relative to the remap's length
+// (a tenth of it, and never under 100 ms), not a fixed figure: on a loaded host (a CI run with fuzzers
+// beside it) a lone answer took 132 ms while the remap took 2.2 s, which is noise, not the bug.
 import t from 'tap'
 import { promises as fsp, readFileSync } from 'node:fs'
 import * as path from 'node:path'
@@ -17,6 +19,8 @@ import { remapImage } from '../../src/remap/remap'
 /** Files in the image: enough that a first remap takes seconds here. */
 const FILES = 40_000
 const LATE_MS = 100
+/** An answer held back longer than this share of the remap means serve's thread ran the remap. */
+const HELD_SHARE = 0.1
 
 /** How long each config answer took while `remap` ran, and how long the remap took, ms. */
 async function probeDuringRemap(client: ConfigClient): Promise<{ remapMs: number; answersMs: number[] }> {
@@ -49,7 +53,7 @@ async function writeSmallFiles(dir: string): Promise<void> {
   }
 }
 
-t.test(`lease answers within ${LATE_MS} ms while a ${FILES}-file image is remapped`, async (t) => {
+t.test(`lease answers are not held back while a ${FILES}-file image is remapped`, async (t) => {
   const dir = await scratchDir(t, 'extfs-remap-latency-')
   const keyFile = path.join(dir, 'key')
   await fsp.writeFile(keyFile, 'a3'.repeat(32))
@@ -69,9 +73,10 @@ t.test(`lease answers within ${LATE_MS} ms while a ${FILES}-file image is remapp
       const worker = await probeDuringRemap(client)
       client.close()
       const slowest = Math.max(...worker.answersMs)
+      const late = Math.max(LATE_MS, HELD_SHARE * worker.remapMs)
       t.ok(worker.remapMs >= 10 * LATE_MS, `the remap took ${Math.round(worker.remapMs)} ms: long enough to hold answers back if it ran on serve's thread`)
       t.ok(worker.answersMs.length >= 5, `${worker.answersMs.length} answers during the remap`)
-      t.ok(slowest < LATE_MS, `slowest answer during the remap: ${slowest.toFixed(1)} ms`)
+      t.ok(slowest < late, `slowest answer during the remap: ${slowest.toFixed(1)} ms (bound ${late.toFixed(0)} ms)`)
       t.equal((await served.stop()).code, 0, 'serve stopped cleanly')
       const kept = keptBytesLogged(served.stderr())
       t.ok(kept > FILES * 100 && kept <= 512 * 2 ** 20, `serve kept ${kept} bytes for the next remap, within the default --remap-cache`)
@@ -92,7 +97,8 @@ t.test(`lease answers within ${LATE_MS} ms while a ${FILES}-file image is remapp
         const inThread = new ConfigClient(`http://127.0.0.1:${addr.port}/big`, key)
         const control = await probeDuringRemap(inThread)
         inThread.close()
-        t.ok(Math.max(...control.answersMs) > LATE_MS, `on serve's own thread an answer waited ${Math.round(Math.max(...control.answersMs))} ms (remap ${Math.round(control.remapMs)} ms)`)
+        const held = Math.max(...control.answersMs)
+        t.ok(held > Math.max(LATE_MS, HELD_SHARE * control.remapMs), `on serve's own thread an answer waited ${Math.round(held)} ms (remap ${Math.round(control.remapMs)} ms): the bound tells the two apart`)
       } finally {
         await server.close()
         state.close()

@@ -645,7 +645,7 @@ t.test('two hosts: serve in one network namespace, the mover in another', async 
           // have begun before it; remaps run one after the other, so the second to end after the move
           // began after it: by then serve has published all the move did.
           const remaps = () => parseLog(scheduler.stderr()).filter((l) => l.msg === 'remap' && l.image === 'sched')
-          await waitFor('two scheduled remaps after the move', () => remaps().filter((l) => l.time > moved).length >= 2, 30_000)
+          await waitFor('two scheduled remaps after the move', () => remaps().filter((l) => l.time > moved).length >= 2, 120_000)
           const published = remaps()
           const remapped = published.filter((l) => l.state === 'remapped')
           t.ok(remapped.length > 0, `serve's schedule remapped the image: ${JSON.stringify(remapped.map((l) => l.configId))}`)
