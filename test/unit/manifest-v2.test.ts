@@ -5,7 +5,8 @@ import t from 'tap'
 import fs from 'node:fs'
 import path from 'node:path'
 import type { Inode, Manifest } from '../../src/manifest/types'
-import { readCheckedManifest } from '../../src/manifest/io'
+import { readCheckedManifest, writeManifestFile } from '../../src/manifest/io'
+import { formatSummary, summarizeFile } from '../../src/cli/inspect'
 import { streamOrReadManifest } from '../../src/manifest/stream'
 import { writeManifestV2 } from '../../src/manifest/v2/write'
 import { PREAMBLE, TRAILER_BYTES } from '../../src/manifest/v2/format'
@@ -165,4 +166,26 @@ t.test('the tree rules of version 1 hold', async (t) => {
   const missing = makeManifest()
   inodeOf(missing, 1).entries!.push({ name: 'ghost', ino: 999 })
   refused(t, () => readCheckedManifest(write('missing', missing)), /points at inode 999, which does not exist/)
+})
+
+t.test('inspect summarizes either version alike, streamed', async (t) => {
+  const dir = t.testdir({})
+  const m = read('manifest-v1-every-kind.json')
+  // A file deep in the tree holding an ACL no FUSE reader can have, reached through two hard links.
+  const acl = Buffer.alloc(5000, 7).toString('base64')
+  m.inodes.push(makeInode(900, 'dir', { entries: [{ name: 'deep', ino: 901 }] }), makeInode(901, 'file', { nlink: 2, xattrs: { 'system.posix_acl_access': acl } }))
+  const root = inodeOf(m, m.root)
+  root.entries!.push({ name: 'acl-dir', ino: 900 }, { name: 'acl-link', ino: 901 })
+  const v1 = path.join(dir, 'm.json')
+  writeManifestFile(v1, m)
+  const v2 = path.join(dir, 'm.extfs')
+  writeManifestV2(v2, headerOf(m), m.inodes, KEY)
+  const s1 = summarizeFile(v1)
+  const s2 = summarizeFile(v2, KEY)
+  t.same({ ...s2, version: 1, signed: s1.signed }, s1, 'the same summary')
+  t.equal(s2.version, 2)
+  t.equal(s2.signed, true, 'a signed v2 shows as signed')
+  t.equal(s1.largeAcls.length, 1, `the large ACL is found once: ${s1.largeAcls}`)
+  t.match(s1.largeAcls[0], /^\/acl-(dir\/deep|link)$/)
+  t.match(formatSummary(s2), /^format {8}version 2 \(binary\)$/m)
 })
