@@ -337,7 +337,9 @@ class BodyReader {
       for (let i = 0; i < n; i++) e.copies.push({ device: w.varint('copy device'), deviceOffset: w.varint('copy device offset') })
     }
     const csums = w.sized('checksums', 4 * 1024 * 1024)
-    if (csums.length > 0) e.csums = csums.toString('base64')
+    // Extras bit 0 means checksums (copies come only with them, as in version 1): none is a contradiction.
+    if (csums.length === 0) this.bad('manifest', 'an extent with extras bit 0 carries no checksums')
+    e.csums = csums.toString('base64')
   }
 
   private compressed(w: Window, ino: number, e: Extent): void {
