@@ -54,8 +54,23 @@ struct cfg_stamp {
   struct timespec mtim, ctim;
 };
 
+// Tables mapped from a file (tables_file.c: version 2 manifests, loaded by load2.c): shared by the
+// JS handle (mapTables) and the engine that mounts them; unmapped when the last lets go.
+struct xt_mapped {
+  void *image;
+  uint64_t len;
+  int fd; // the tables file (the handle's own dup): device fds are written through it
+  struct xt_tables t;
+  _Atomic int refs;
+};
+// The mapped tables of a mapTables() handle `v`, or NULL when `v` is none (a Buffer, say).
+struct xt_mapped *xt_mapped_arg(napi_env env, napi_value v);
+void xt_mapped_unref(struct xt_mapped *m);
+napi_status xt_tables_file_init(napi_env env, napi_value exports);
+
 struct engine {
   struct xt_tables t;
+  struct xt_mapped *mapped; // the tables' mapping when mounted from a file; else t.image is malloc'd
   struct fuse_session *se;
   char *mountpoint;
   int no_opendir; // the kernel opens directories without asking (FUSE_CAP_NO_OPENDIR_SUPPORT)
