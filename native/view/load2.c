@@ -123,7 +123,7 @@ struct loader {
 static const char *where_prefix(struct loader *L, char *buf, size_t len) {
   if (L->where == AT_INODE) snprintf(buf, len, "inode %llu: ", (unsigned long long)L->where_n);
   else if (L->where == AT_RECORD) snprintf(buf, len, "INODE record %llu: ", (unsigned long long)L->where_n);
-  else snprintf(buf, len, "manifest body: ");
+  else snprintf(buf, len, "manifest: ");
   return buf;
 }
 
@@ -207,9 +207,10 @@ static uint64_t varint(struct loader *L, const char *what) {
   return varint_max(L, M2_VALUE_MAX, what);
 }
 
-// (v << 1) ^ (v >> 63) decoded; magnitude at most 2^53 - 1.
+// (v << 1) ^ (v >> 63) decoded; the encoded form is a varint like any (at most 2^53 - 1), so the
+// magnitude of v is below 2^52.
 static int64_t zigzag(struct loader *L, const char *what) {
-  uint64_t raw = varint_max(L, 2 * M2_VALUE_MAX, what); // 2 * max + 1 would be -(2^53)
+  uint64_t raw = varint(L, what);
   return raw & 1 ? -(int64_t)(raw >> 1) - 1 : (int64_t)(raw >> 1);
 }
 
@@ -766,8 +767,9 @@ static void inode_record(struct loader *L) {
   uint64_t has = varint(L, "has");
   if (has & ~(uint64_t)M2_HAS_ALL) fail(L, "unknown has bits 0x%llx", (unsigned long long)has);
   int device_node = type == S_IFCHR || type == S_IFBLK, file = type == S_IFREG;
+  // rdev is optional on char and block devices, as version 1 has it (and the TS writer writes it):
+  // docs/manifest-v2.md says "required there", which the reference reader does not hold either.
   if ((has & M2_HAS_RDEV) && !device_node) fail(L, "a %s cannot have rdev (only char and block devices do)", kind);
-  if (!(has & M2_HAS_RDEV) && device_node) fail(L, "a %s needs rdev", kind);
   if (has & M2_HAS_RDEV) o.rdev = varint(L, "rdev");
   if ((has & M2_HAS_ATTRS) && !file && type != S_IFDIR) fail(L, "a %s cannot have attrs (only regular files and directories do)", kind);
   if (has & M2_HAS_ATTRS) {
