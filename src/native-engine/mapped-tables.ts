@@ -15,7 +15,7 @@ import { decodeName } from '../manifest/names'
 import type { DataChecksums, Manifest, ManifestHeader } from '../manifest/types'
 import { readLayout, verifyMac, type V2Layout } from '../manifest/v2/read'
 import type { FileSizes } from '../delta/validate'
-import { viewAddon, type LoadedV2, type TablesHandle } from './addon'
+import { viewAddon, type LoadedV2, type LoadV2Facts, type TablesHandle } from './addon'
 import { csumHeader, type StatFsFigures } from './tables'
 
 /** What a log line needs of the tables: index → ino and path, ino → index. PathTable (tables.ts) too. */
@@ -91,14 +91,20 @@ function openTablesFile(): number {
  * and packed by C into the file open at `tablesFd`. Throws a one-line ManifestError for a bad body.
  */
 export function loadV2Tables(fd: number, path: string, layout: V2Layout, tablesFd: number): LoadedV2 {
-  const { header, facts, trailer } = layout
-  const csums = csumHeader(header.dataChecksums as DataChecksums | undefined)
-  const features = (header.features as string[]).reduce((bits, f) => bits | (FEATURE_BITS[f as keyof typeof FEATURE_BITS] ?? 0), 0)
+  const { trailer } = layout
   const result = viewAddon().loadV2(fd, { start: layout.bodyStart, end: layout.bodyEnd }, { inodes: trailer.inodes, dirs: trailer.dirs, entries: trailer.entries },
-    { deviceSizes: facts.deviceSizes, features, root: header.root as number, blockSize: header.blockSize as number,
-      csumAlg: csums.csum_alg, csumSize: csums.csum_size, sectorSize: csums.sector_size }, tablesFd)
+    loadFacts(layout), tablesFd)
   if ('error' in result) throw new ManifestError(`manifest ${path}: ${result.error}`)
   return result
+}
+
+/** What the C loader needs from the validated header. */
+export function loadFacts(layout: V2Layout): LoadV2Facts {
+  const { header, facts } = layout
+  const csums = csumHeader(header.dataChecksums as DataChecksums | undefined)
+  const features = (header.features as string[]).reduce((bits, f) => bits | (FEATURE_BITS[f as keyof typeof FEATURE_BITS] ?? 0), 0)
+  return { deviceSizes: facts.deviceSizes, features, root: header.root as number, blockSize: header.blockSize as number,
+    csumAlg: csums.csum_alg, csumSize: csums.csum_size, sectorSize: csums.sector_size }
 }
 
 /**
