@@ -84,6 +84,7 @@ struct loader {
   uint8_t *flags;
   uint32_t *parent;
   uint32_t n, root_rank;
+  uint32_t last_rank; // rank_of's hint
 
   // Pass 1's totals, which size the sections; passes 2 and 3 check they write exactly these.
   uint64_t dirs, entries, names_size, extents, raw_extents, xattrs, copies, data_max;
@@ -172,7 +173,7 @@ static void fill(struct loader *L, uint64_t want) {
 }
 
 // `n` (at most READ_WINDOW / 2) bytes at the read position, which moves past them.
-static const uint8_t *take(struct loader *L, uint64_t n) {
+static inline const uint8_t *take(struct loader *L, uint64_t n) {
   struct window *w = &L->w;
   if (w->pos < w->at || w->pos + n > w->at + w->len) fill(L, n);
   const uint8_t *p = w->buf + (w->pos - w->at);
@@ -185,20 +186,35 @@ static void skip(struct loader *L, uint64_t n) {
   L->w.pos += n;
 }
 
-static uint8_t byte(struct loader *L) {
+static inline uint8_t byte(struct loader *L) {
   return *take(L, 1);
 }
 
-// Unsigned LEB128 in its shortest form, at most `max`.
-static uint64_t varint_max(struct loader *L, uint64_t max, const char *what) {
+// Unsigned LEB128 at p (avail bytes there): the bytes it takes, 0 when it runs past avail, -1 when it
+// is not in its shortest form, -2 when it passes 56 bits (over any limit).
+static inline int decode_varint(const uint8_t *p, uint64_t avail, uint64_t *out) {
   uint64_t v = 0;
-  for (unsigned i = 0;; i++) {
-    uint8_t b = byte(L);
-    if (i > 0 && b == 0) fail(L, "%s: varint not in its shortest form", what);
-    if (i == 8) fail(L, "%s: value over 2^53 - 1", what); // 8 bytes already hold 56 bits
+  for (unsigned i = 0; i < avail; i++) {
+    uint8_t b = p[i];
+    if (i > 0 && b == 0) return -1;
+    if (i == 8) return -2; // 8 bytes already hold 56 bits
     v |= (uint64_t)(b & 0x7f) << (7 * i);
-    if (!(b & 0x80)) break;
+    if (!(b & 0x80)) return *out = v, (int)i + 1;
   }
+  return 0;
+}
+
+// Unsigned LEB128 in its shortest form, at most `max`.
+static inline uint64_t varint_max(struct loader *L, uint64_t max, const char *what) {
+  struct window *w = &L->w;
+  uint64_t left = w->end - w->pos, want = left < M2_VARINT_MAX_BYTES ? left : M2_VARINT_MAX_BYTES;
+  if (w->pos < w->at || w->pos + want > w->at + w->len) fill(L, want);
+  uint64_t v = 0;
+  int n = decode_varint(w->buf + (w->pos - w->at), want, &v);
+  if (n == 0) fail(L, "a record runs past the end of the body (truncated)");
+  if (n == -1) fail(L, "%s: varint not in its shortest form", what);
+  if (n == -2) fail(L, "%s: value over 2^53 - 1", what);
+  w->pos += (uint64_t)n;
   if (v > max) fail(L, "%s: %llu is over the limit of %llu", what, (unsigned long long)v, (unsigned long long)max);
   return v;
 }
@@ -301,16 +317,25 @@ static uint64_t ino_of_index(const struct loader *L, uint32_t index) {
   return L->inos[rank_to_index(L, index)]; // the swap is its own inverse
 }
 
-// Table index of `ino`, or -1.
-static int64_t index_of(const struct loader *L, uint64_t ino) {
+// The rank of `ino`, or -1. Entries mostly name inodes in ascending order (a directory's files were
+// made one after the other): the rank after the last one found is tried before a binary search.
+static int64_t rank_of(struct loader *L, uint64_t ino) {
+  uint32_t next = L->last_rank + 1;
+  if (next < L->n && L->inos[next] == ino) return L->last_rank = next;
   uint32_t lo = 0, hi = L->n;
   while (lo < hi) {
     uint32_t mid = lo + (hi - lo) / 2;
-    if (L->inos[mid] == ino) return rank_to_index(L, mid);
+    if (L->inos[mid] == ino) return L->last_rank = mid;
     if (L->inos[mid] < ino) lo = mid + 1;
     else hi = mid;
   }
   return -1;
+}
+
+// Table index of `ino`, or -1.
+static int64_t index_of(struct loader *L, uint64_t ino) {
+  int64_t rank = rank_of(L, ino);
+  return rank < 0 ? -1 : (int64_t)rank_to_index(L, (uint32_t)rank);
 }
 
 static unsigned kind_of(const struct loader *L, uint32_t index) {
