@@ -251,11 +251,14 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
   }
   const char *bad = NULL;
   if (mapped != NULL) {
-    // The file's mapping, shared with the JS handle: checked again, since the device fds were
-    // written into it after mapTables checked it.
+    // The file's mapping, shared with the JS handle (which checked its sections only), checked whole
+    // here with the device fds written into it. The pages checked are dropped as the check goes and
+    // at its end: they stay in the page cache, and only those requests touch come back.
     atomic_fetch_add(&mapped->refs, 1);
     e->mapped = mapped;
-    bad = xt_check(mapped->image, mapped->len, &e->t);
+    bad = xt_check_paced(mapped->image, mapped->len, &e->t, xt_mapped_drop_pages, mapped);
+    xt_mapped_drop_pages(mapped);
+    if (bad == NULL) mapped->checked = 1;
   } else {
     // A private copy: the request path must not depend on a JS buffer's lifetime or contents.
     bad = (e->t.image = malloc(len > 0 ? len : 1)) == NULL ? "out of memory" : NULL;
@@ -635,7 +638,8 @@ static napi_value js_large_acls(napi_env env, napi_callback_info info) {
   const char *bad = NULL;
   struct xt_mapped *mapped = xt_mapped_arg(env, argv[0]); // checked when it was mapped
   void *image = NULL;
-  if (mapped != NULL) t = mapped->t;
+  if (mapped != NULL && !mapped->checked) bad = "not checked whole yet (call it once mounted)";
+  else if (mapped != NULL) t = mapped->t;
   else if ((image = xt_tables_arg(env, argv[0], &t, &bad)) == NULL) return NULL;
   if (bad != NULL) {
     free(image);

@@ -60,9 +60,13 @@ struct xt_mapped {
   void *image;
   uint64_t len;
   int fd; // the tables file (the handle's own dup): device fds are written through it
-  struct xt_tables t;
+  struct xt_tables t; // sections only (xt_check_sections) until a mount checked it all
+  int checked;        // a mount's xt_check accepted it
   _Atomic int refs;
 };
+// Drop the pages of a mapped image from this process (they stay in the page cache): the pace of a
+// check over it (xt_check_paced), so that checking does not keep it all resident.
+void xt_mapped_drop_pages(void *m);
 // The mapped tables of a mapTables() handle `v`, or NULL when `v` is none (a Buffer, say).
 struct xt_mapped *xt_mapped_arg(napi_env env, napi_value v);
 void xt_mapped_unref(struct xt_mapped *m);

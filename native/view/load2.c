@@ -17,8 +17,9 @@
 // Index = rank of the inode number among the INODE records, with the root swapped to index 0 (FUSE
 // nodeid 1), so ino → index is a binary search (m2_index_of) and needs no table. The tables are
 // written through a shared mapping of tables_fd sized in pass 1 (page cache, written back and
-// evictable, not heap): heap is 13 bytes per inode plus fixed buffers (window, dedup cache, one
-// inode's xattr names), reported in m2_load_out.heap_bytes.
+// evictable, not heap; its pages dropped from the resident set every DROP_EVERY records): heap is 13
+// bytes per inode plus fixed buffers (window, dedup cache, one inode's xattr names), reported in
+// m2_load_out.heap_bytes.
 //
 // Sections lie in the JS packer's order (tables.ts): header | inodes | dirents | extents | xattrs |
 // copies | devices | names | data. Device fds are -1 (none yet): the control plane writes them once it
@@ -44,6 +45,7 @@
 #define XATTRS_MAX (M2_MAX_XATTR_LIST / 7 + 1) // names of at least "user.x" and a NUL
 #define MAX_EXTENTS_IN_ALL 100000000u          // validate.ts LIMITS.extents
 #define NO_PARENT UINT32_MAX
+#define DROP_EVERY 65536u // records between drop_pages
 
 // loader.flags per inode: its kind (S_IFMT >> 12 fits in 4 bits), whether a DIR record named it, and
 // the state of the walk that proves every directory reaches the root.
@@ -910,10 +912,17 @@ static void map_tables(struct loader *L) {
   for (uint32_t i = 0; i < in->n_devices; i++) dev[i] = (struct xt_device){.fd = -1, .size = in->device_sizes[i]};
 }
 
+// The tables' pages written so far, out of this process's resident set (they stay in the page cache,
+// dirty until written back): the mapping never keeps the whole image resident.
+static void drop_pages(struct loader *L, uint64_t record) {
+  if ((record & (DROP_EVERY - 1)) == DROP_EVERY - 1) madvise(L->map, L->map_len, MADV_DONTNEED);
+}
+
 static void write_dirs(struct loader *L) {
   L->writing = 1;
   L->w.pos = L->in->body_start;
-  while (L->w.pos < L->inodes_at) {
+  for (uint64_t k = 0; L->w.pos < L->inodes_at; k++) {
+    drop_pages(L, k);
     byte(L); // a DIR tag, as pass 1 found
     dir_record(L);
   }
@@ -925,7 +934,8 @@ static void write_inodes(struct loader *L) {
   L->prev_ino = 0;
   L->prev_time[0] = L->prev_time[1] = L->prev_time[2] = 0;
   L->cursor = 0;
-  while (L->w.pos < L->w.end) {
+  for (uint64_t k = 0; L->w.pos < L->w.end; k++) {
+    drop_pages(L, k);
     byte(L); // an INODE tag
     inode_record(L);
   }

@@ -99,7 +99,11 @@ export interface ViewAddon {
    * Synchronous. A body it refuses is `{error}`, one line naming the problem and the inode.
    */
   loadV2(manifestFd: number, body: { start: number; end: number }, trailer: { inodes: number; dirs: number; entries: number }, facts: LoadV2Facts, tablesFd: number): LoadV2Result
-  /** The tables file mapped read-only and checked (xt_check); the handle keeps its own fd. Throws "mapTables: bad tables: ..." */
+  /**
+   * The tables file mapped read-only, its sections checked (header, every section inside the file;
+   * throws "mapTables: bad tables: ..."); the handle keeps its own fd. mount() checks it whole (xt_check);
+   * largeAcls(handle) answers only after that.
+   */
   mapTables(fd: number): TablesHandle
   /** Writes one device fd per device into the tables file (before mount). */
   setTablesDevices(handle: TablesHandle, fds: number[]): void

@@ -73,7 +73,8 @@ export class NativeEngine implements ViewEngine {
     // The addon copies a packed image: collect what loading left behind first, so the peak is the two
     // copies and little else (src/native-engine/memory.ts). Mapped tables are shared, not copied.
     if (packed) collectGarbage()
-    const largeAcls = this.filesWithLargeAcls(tables)
+    // Mapped tables are checked whole by mount() only: their ACLs are looked at once it has.
+    const packedAcls = packed ? this.filesWithLargeAcls(packed.image) : undefined
     const options = ['ro', 'default_permissions', `fsname=${escapeOption(opts.fsname)}`, 'subtype=extfs']
     if (opts.allowOther) options.push('allow_other')
     this.session = addon.mount(tables, this.config.file, mountpoint, options.join(','),
@@ -92,6 +93,7 @@ export class NativeEngine implements ViewEngine {
       await this.unmount().catch(() => undefined)
       throw err
     }
+    const largeAcls = packedAcls ?? this.filesWithLargeAcls(tables)
     if (largeAcls.files.length > 0) {
       const { files, limit } = largeAcls
       this.log.warn({ mountpoint, count: files.length, files: files.slice(0, NAMED_AT_MOUNT), limit },
