@@ -649,7 +649,8 @@ static napi_value js_large_acls(napi_env env, napi_callback_info info) {
   }
   struct acl_list l = {.env = env};
   l.failed = napi_create_array(env, &l.arr) != napi_ok;
-  if (!l.failed) xt_acls_over(&t, (uint64_t)limit, acl_js, &l);
+  if (!l.failed) xt_acls_over(&t, (uint64_t)limit, acl_js, &l, mapped != NULL ? xt_mapped_drop_pages : NULL, mapped);
+  if (mapped != NULL) xt_mapped_drop_pages(mapped);
   free(image);
   if (l.failed || napi_create_object(env, &out) != napi_ok || !set_num(env, out, "limit", (double)limit) ||
       napi_set_named_property(env, out, "acls", l.arr) != napi_ok)

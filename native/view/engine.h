@@ -149,8 +149,10 @@ void *xt_tables_arg(napi_env env, napi_value v, struct xt_tables *t, const char 
 extern const struct fuse_lowlevel_ops xt_ops;
 const struct xt_inode *xt_node(const struct engine *e, fuse_ino_t nodeid);
 // Calls `each` for every POSIX ACL in checked tables `t` whose xattr is longer than `limit` bytes, in
-// inode order: those the kernel cannot pass when `limit` is the buffer it reads ACLs into.
-void xt_acls_over(const struct xt_tables *t, uint64_t limit, void (*each)(void *ctx, uint32_t index, const char *name, uint32_t len), void *ctx);
+// inode order: those the kernel cannot pass when `limit` is the buffer it reads ACLs into. pace(arg),
+// when not NULL, every 65536 inodes (as xt_check_paced).
+void xt_acls_over(const struct xt_tables *t, uint64_t limit, void (*each)(void *ctx, uint32_t index, const char *name, uint32_t len), void *ctx,
+                  void (*pace)(void *arg), void *arg);
 
 // read.c: the plan of a read. Pure (no engine, no I/O): the FUSE read carries it out, and the addon's
 // planRead (for tests) reports it.
