@@ -896,8 +896,7 @@ static void inode_record(struct loader *L) {
   uint64_t has = varint(L, "has");
   if (has & ~(uint64_t)M2_HAS_ALL) fail(L, "unknown has bits 0x%llx", (unsigned long long)has);
   int device_node = type == S_IFCHR || type == S_IFBLK, file = type == S_IFREG;
-  // rdev is optional on char and block devices, as version 1 has it (and the TS writer writes it):
-  // docs/manifest-v2.md says "required there", which the reference reader does not hold either.
+  // rdev is optional on char and block devices, as in version 1.
   if ((has & M2_HAS_RDEV) && !device_node) fail(L, "a %s cannot have rdev (only char and block devices do)", kind);
   if (has & M2_HAS_RDEV) o.rdev = varint(L, "rdev");
   if ((has & M2_HAS_ATTRS) && !file && type != S_IFDIR) fail(L, "a %s cannot have attrs (only regular files and directories do)", kind);

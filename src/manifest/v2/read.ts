@@ -8,7 +8,7 @@
 // record again. The HMAC is checked in a pass of its own before anything else is believed.
 import crypto from 'node:crypto'
 import fs from 'node:fs'
-import { ManifestError } from '../../errors'
+import { ManifestError, oneLine } from '../../errors'
 import { openManifest } from '../file'
 import { decodeName } from '../names'
 import { checkSignature } from '../sign'
@@ -82,7 +82,7 @@ function parseHeader(bytes: Buffer, path: string): Record<string, unknown> {
   try {
     value = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes))
   } catch (err) {
-    throw new ManifestError(`manifest ${path}: header is not valid JSON (${(err as Error).message.split('\n')[0]})`)
+    throw new ManifestError(`manifest ${path}: header is not valid JSON: ${oneLine((err as Error).message)}`)
   }
   if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new ManifestError(`manifest ${path}: header must be a JSON object`)
   for (const k of ['inodes', 'signature']) if (Object.hasOwn(value, k)) throw new ManifestError(`manifest ${path}: a version 2 header has no ${JSON.stringify(k)}`)
