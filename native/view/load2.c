@@ -102,6 +102,7 @@ struct loader {
   uint8_t *flags;
   uint32_t *parent;
   uint32_t n, root_rank;
+  uint32_t next_rank; // pass 3: the INODE record's rank
   uint32_t last_rank; // rank_of's hint
 
   // Pass 1's totals, which size the sections; passes 2 and 3 check they write exactly these.
@@ -160,6 +161,13 @@ __attribute__((format(printf, 2, 3), noreturn)) static void fail(struct loader *
     va_end(ap);
   }
   longjmp(L->fail, 1);
+}
+
+// Passes 2 and 3 read the bytes pass 1 checked: anything else means the file changed under the
+// loader (written on the other host meanwhile), and nothing written may pass what pass 1 sized.
+__attribute__((noreturn)) static void changed(struct loader *L) {
+  L->where = AT_BODY;
+  fail(L, "the manifest changed while it was read");
 }
 
 // A name for a message: JSON-quoted, bytes outside printable ASCII as \xNN (as validate.ts quote()
@@ -427,6 +435,7 @@ static void read_exact(struct loader *L, int fd, void *p, uint64_t len, uint64_t
 static uint32_t data_put(struct loader *L, const uint8_t *p, uint64_t len, int nul) {
   uint64_t total = len + (nul ? 1 : 0);
   if (L->n_data + total > UINT32_MAX) fail(L, "the tables' data blob passes 4 GiB (u32 offsets)");
+  if (total > L->data_max - L->n_data) changed(L);
   uint32_t off = (uint32_t)L->n_data;
   static const uint8_t zero = 0;
   put(L, &L->data, L->h->data_off + off, p, len);
@@ -461,6 +470,7 @@ static uint32_t data_add(struct loader *L, const uint8_t *p, uint64_t len, int n
 // `len` bytes of the manifest at file offset `at` appended to the data blob, unshared (checksums).
 static uint32_t data_copy(struct loader *L, uint64_t at, uint64_t len) {
   if (L->n_data + len > UINT32_MAX) fail(L, "the tables' data blob passes 4 GiB (u32 offsets)");
+  if (len > L->data_max - L->n_data) changed(L);
   uint32_t off = (uint32_t)L->n_data;
   for (uint64_t done = 0; done < len;) {
     uint64_t n = len - done < SCRATCH_BYTES ? len - done : SCRATCH_BYTES;
@@ -541,6 +551,7 @@ static void dir_record(struct loader *L) {
     }
     int64_t c = index_of(L, (uint64_t)child);
     if (c < 0) fail(L, "entry %s points at inode %lld, which does not exist", quoted(name, len, q, sizeof q), (long long)child);
+    if (L->n_dirents >= L->entries || len + 1 > L->names_size - L->n_names) changed(L);
     memcpy(L->names + L->n_names, name, len);
     L->names[L->n_names + len] = 0;
     L->dirents[L->n_dirents++] = (struct xt_dirent){.name_off = (uint32_t)L->n_names, .child = (uint32_t)c, .name_len = (uint16_t)len};
@@ -554,6 +565,7 @@ static void dir_record(struct loader *L) {
     if (dirent_cmp(a, b) == 0) fail(L, "entry %s appears twice", quoted((const uint8_t *)L->names + b->name_off, b->name_len, q, sizeof q));
   }
   link_children(L, dir, first, (uint32_t)n);
+  if (L->n_dir_ranges >= L->in->n_dirs) changed(L);
   L->dir_ranges[L->n_dir_ranges++] = (struct dir_range){.index = dir, .first = first, .count = (uint32_t)n};
 }
 
@@ -663,6 +675,7 @@ static struct xt_extent table_extent(struct loader *L, const struct extent *e) {
     x.copy_first = (uint32_t)L->n_copies;
     x.copy_count = (uint16_t)e->n_copies;
     for (uint32_t k = 0; k < e->n_copies; k++, L->n_copies++) {
+      if (L->n_copies >= L->copies) changed(L);
       struct xt_copy c = {.device_offset = e->copy_offset[k], .device = (uint32_t)e->copy_device[k]};
       put(L, &L->copyv, L->h->copies_off + L->n_copies * sizeof c, &c, sizeof c);
     }
@@ -676,6 +689,7 @@ static struct xt_extent table_extent(struct loader *L, const struct extent *e) {
 }
 
 static void write_extent(struct loader *L, const struct xt_extent *x) {
+  if (L->n_extents >= L->extents) changed(L);
   put(L, &L->extentv, L->h->extents_off + L->n_extents * sizeof *x, x, sizeof *x);
   L->n_extents++;
 }
@@ -797,6 +811,7 @@ static void inode_xattrs(struct loader *L, uint32_t *first, uint32_t *count) {
   *first = (uint32_t)L->n_xattrs;
   *count = (uint32_t)n;
   for (uint32_t k = 0; k < n; k++, L->n_xattrs++) {
+    if (L->n_xattrs >= L->xattrs) changed(L);
     struct xt_xattr x = {.name_off = list_off + L->xname_off[k], .value_off = L->xvalue_off[k], .value_len = L->xvalue_len[k], .name_len = L->xname_len[k]};
     put(L, &L->xattrv, L->h->xattrs_off + L->n_xattrs * sizeof x, &x, sizeof x);
   }
@@ -857,7 +872,7 @@ static uint32_t inline_content(struct loader *L, uint64_t size, uint32_t *count)
 static void inode_record(struct loader *L) {
   const struct m2_load_in *in = L->in;
   L->where = AT_RECORD;
-  L->where_n = L->n;
+  L->where_n = L->writing ? L->next_rank : L->n;
   uint64_t delta = varint(L, "ino");
   if (delta == 0) fail(L, "ino not above the previous INODE record's (inode numbers must ascend)");
   uint64_t ino = L->prev_ino + delta;
@@ -865,10 +880,10 @@ static void inode_record(struct loader *L) {
   L->prev_ino = ino;
   L->where = AT_INODE;
   L->where_n = ino;
-  uint32_t rank = L->n;
+  uint32_t rank = L->writing ? L->next_rank++ : L->n++;
   if (!L->writing && rank >= in->n_inodes) fail(L, "more INODE records than the trailer's %u", in->n_inodes);
-  L->n++;
   if (!L->writing) L->inos[rank] = ino;
+  else if (rank >= L->n || L->inos[rank] != ino) changed(L);
 
   struct xt_inode o = {.ino = ino};
   uint64_t mode = varint(L, "mode");
@@ -921,6 +936,7 @@ static void inode_record(struct loader *L) {
     return;
   }
   uint32_t index = rank_to_index(L, rank);
+  if (kind_of(L, index) != KIND_OF(type)) changed(L);
   if (type == S_IFDIR) dir_range_of(L, index, &o.first, &o.count);
   o.parent = L->parent[index];
   put(L, &L->inodes, L->h->inodes_off + (uint64_t)index * sizeof o, &o, sizeof o);
@@ -1020,7 +1036,7 @@ static void write_dirs(struct loader *L) {
   L->w.pos = L->in->body_start;
   while (L->w.pos < L->inodes_at) {
     drop_pages(L);
-    byte(L); // a DIR tag, as pass 1 found
+    if (byte(L) != M2_TAG_DIR) changed(L); // pass 1 found one here
     dir_record(L);
   }
   madvise(L->map, L->map_len, MADV_DONTNEED);
@@ -1029,12 +1045,12 @@ static void write_dirs(struct loader *L) {
 
 static void write_inodes(struct loader *L) {
   L->w.pos = L->inodes_at;
-  L->n = 0;
+  L->next_rank = 0;
   L->prev_ino = 0;
   L->prev_time[0] = L->prev_time[1] = L->prev_time[2] = 0;
   L->cursor = 0;
   while (L->w.pos < L->w.end) {
-    byte(L); // an INODE tag
+    if (byte(L) != M2_TAG_INODE) changed(L);
     inode_record(L);
   }
   struct appender *all[] = {&L->inodes, &L->extentv, &L->xattrv, &L->copyv, &L->data};
@@ -1045,8 +1061,9 @@ static void write_inodes(struct loader *L) {
 static void finish_tables(struct loader *L) {
   struct xt_header *h = L->h;
   L->where = AT_BODY;
-  if (L->n_dirents != L->entries || L->n_extents != L->extents || L->n_xattrs != L->xattrs || L->n_copies != L->copies || L->n_names != L->names_size)
-    fail(L, "internal error: the second pass wrote other counts than the first found");
+  if (L->next_rank != L->n || L->n_dirents != L->entries || L->n_extents != L->extents || L->n_xattrs != L->xattrs || L->n_copies != L->copies ||
+      L->n_names != L->names_size)
+    changed(L); // or a bug: passes 2 and 3 wrote other counts than pass 1 found
   h->data_size = L->n_data;
   h->total_size = align8(h->data_off + L->n_data);
   uint64_t bsize = L->in->block_size;
