@@ -9,6 +9,7 @@
 import { ROOT } from './env'
 import crypto from 'node:crypto'
 import fs from 'node:fs'
+import os from 'node:os'
 import path from 'node:path'
 import { Worker } from 'node:worker_threads'
 import fc from 'fast-check'
@@ -16,6 +17,10 @@ import { seedsOf } from './corpus'
 import { Finding, TARGETS, type Target } from './targets'
 import { validateManifest } from '../../src/manifest/validate'
 import { packTables } from '../../src/native-engine/tables'
+import { loadFacts } from '../../src/native-engine/mapped-tables'
+import { readLayout } from '../../src/manifest/v2/read'
+import { writeManifestV2 } from '../../src/manifest/v2/write'
+import type { Manifest } from '../../src/manifest/types'
 import { packDelta } from '../../src/native-engine/delta-tables'
 import { parseDelta } from '../../src/delta/io'
 import { ImageMap } from '../../src/delta/chain'
@@ -141,7 +146,8 @@ function replay(t: Target, files: string[]): number {
 /**
  * The C targets' seeds, from the JS corpora: every valid manifest packed into tables (fuzz/corpus/
  * c-tables/), every delta case packed with its manifest's tables (fuzz/corpus/c-delta/), in the input
- * formats of fuzz/c/tables.c and fuzz/c/delta.c. Run again when the table or delta layout changes.
+ * formats of fuzz/c/tables.c and fuzz/c/delta.c; every valid manifest as a v2 body (fuzz/corpus/c-load2/,
+ * fuzz/c/load2.c). Run again when the table, delta or v2 layout changes.
  */
 function cSeeds(): number {
   const u64 = (v: number) => {
@@ -166,6 +172,7 @@ function cSeeds(): number {
       continue
     }
     write('c-tables', s.name, Buffer.concat([u64(4095), u64(8194), packTables(m, m.devices.map((_, i) => 3 + i)).image]))
+    write('c-load2', s.name, load2Seed(m))
   }
   for (const s of seedsOf(targetNamed('delta'))) {
     const c = s.value as { manifest: unknown; delta: string }
@@ -181,6 +188,37 @@ function cSeeds(): number {
     write('c-delta', s.name, Buffer.concat([u32(image.length), u32(d.devices.length), u64(1), u64(8192), image, delta]))
   }
   return 0
+}
+
+/** A manifest as fuzz/c/load2.c takes it: the loader's facts, the trailer's counts, the v2 body. */
+function load2Seed(m: Manifest): Buffer {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'extfs-seed-'))
+  try {
+    const file = path.join(dir, 'm.extfs')
+    const { inodes, signature: _s, ...header } = m
+    writeManifestV2(file, header, inodes)
+    const fd = fs.openSync(file, 'r')
+    try {
+      const layout = readLayout(fd, file, Number.MAX_SAFE_INTEGER)
+      const f = loadFacts(layout)
+      const body = Buffer.alloc(layout.bodyEnd - layout.bodyStart)
+      fs.readSync(fd, body, 0, body.length, layout.bodyStart)
+      const fixed = Buffer.alloc(2 + 8 * f.deviceSizes.length + 24)
+      fixed[0] = f.features
+      fixed[1] = f.deviceSizes.length
+      f.deviceSizes.forEach((size, i) => fixed.writeBigUInt64LE(BigInt(size), 2 + 8 * i))
+      let at = 2 + 8 * f.deviceSizes.length
+      fixed.writeBigUInt64LE(BigInt(f.root), at)
+      fixed.writeUInt32LE(layout.trailer.inodes, at + 8)
+      fixed.writeUInt32LE(layout.trailer.dirs, at + 12)
+      fixed.writeBigUInt64LE(BigInt(layout.trailer.entries), at + 16)
+      return Buffer.concat([fixed, body])
+    } finally {
+      fs.closeSync(fd)
+    }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true })
+  }
 }
 
 async function main(argv: string[]): Promise<number> {

@@ -75,7 +75,7 @@ const char *xt_check_extent_extras(const struct xt_header *h, const struct xt_ex
     t->field = (const type *)(base + (off));                                                            \
   } while (0)
 
-const char *xt_check(const void *image, uint64_t len, struct xt_tables *t) {
+const char *xt_check_sections(const void *image, uint64_t len, struct xt_tables *t) {
   const char *base = image;
   const struct xt_header *h = image;
   if (len < sizeof *h || h->magic != XT_MAGIC) return "not a table image (bad magic)";
@@ -93,9 +93,28 @@ const char *xt_check(const void *image, uint64_t len, struct xt_tables *t) {
   if (!in_range(h->names_off, h->names_size, len) || !in_range(h->data_off, h->data_size, len)) return "blob out of bounds";
   t->names = base + h->names_off;
   t->data = base + h->data_off;
+  return NULL;
+}
 
+// Every XT_PACE_EVERY items of each sweep over a section, pace(arg) (when not NULL): a caller
+// checking a mapped file drops the pages behind it, so the check does not keep the whole image resident.
+#define XT_PACE_EVERY 65536u
+#define PACE(i)                                                                  \
+  do {                                                                           \
+    if (pace != NULL && ((i) & (XT_PACE_EVERY - 1)) == XT_PACE_EVERY - 1) pace(arg); \
+  } while (0)
+
+const char *xt_check(const void *image, uint64_t len, struct xt_tables *t) {
+  return xt_check_paced(image, len, t, NULL, NULL);
+}
+
+const char *xt_check_paced(const void *image, uint64_t len, struct xt_tables *t, void (*pace)(void *arg), void *arg) {
+  const char *bad = xt_check_sections(image, len, t);
+  if (bad != NULL) return bad;
+  const struct xt_header *h = t->h;
   if (!S_ISDIR(t->inodes[0].mode)) return "inode 0 (the root) is not a directory";
   for (uint32_t i = 0; i < h->n_inodes; i++) {
+    PACE(i);
     const struct xt_inode *n = &t->inodes[i];
     if (n->parent >= h->n_inodes) return "inode parent out of range";
     if (S_ISDIR(n->mode) && !in_range(n->first, n->count, h->n_dirents)) return "dirents out of range";
@@ -104,7 +123,7 @@ const char *xt_check(const void *image, uint64_t len, struct xt_tables *t) {
     if (S_ISREG(n->mode) && (n->flags & XT_INLINE) && n->count != n->size) return "inline data length differs from the file size";
     if (S_ISREG(n->mode) && !(n->flags & XT_INLINE)) {
       if (!in_range(n->first, n->count, h->n_extents)) return "extents out of range";
-      const char *bad = check_extents(t->extents + n->first, n->count);
+      bad = check_extents(t->extents + n->first, n->count);
       if (bad != NULL) return bad;
     }
     if (S_ISLNK(n->mode) && !cstring_at(t->data, h->data_size, n->first, n->count)) return "symlink target out of range";
@@ -116,6 +135,7 @@ const char *xt_check(const void *image, uint64_t len, struct xt_tables *t) {
     }
   }
   for (uint32_t i = 0; i < h->n_dirents; i++) {
+    PACE(i);
     const struct xt_dirent *d = &t->dirents[i];
     if (d->child >= h->n_inodes || !cstring_at(t->names, h->names_size, d->name_off, d->name_len)) return "dirent out of range";
   }
@@ -123,10 +143,12 @@ const char *xt_check(const void *image, uint64_t len, struct xt_tables *t) {
                                      h->sector_size > 65536 || (h->sector_size & (h->sector_size - 1)) != 0))
     return "unknown checksum algorithm, or a checksum or sector size that does not go with it";
   for (uint32_t i = 0; i < h->n_extents; i++) {
-    const char *bad = xt_check_extent_extras(h, &t->extents[i], h->n_devices, t->copies, h->n_copies, t->data, h->data_size);
+    PACE(i);
+    bad = xt_check_extent_extras(h, &t->extents[i], h->n_devices, t->copies, h->n_copies, t->data, h->data_size);
     if (bad != NULL) return bad;
   }
   for (uint32_t i = 0; i < h->n_xattrs; i++) {
+    PACE(i);
     const struct xt_xattr *x = &t->xattrs[i];
     if (!cstring_at(t->data, h->data_size, x->name_off, x->name_len) || !in_range(x->value_off, x->value_len, h->data_size))
       return "xattr out of range";

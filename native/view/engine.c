@@ -12,7 +12,8 @@
 //   readFile(tables, index, offset, size)      a read as the FUSE read serves it, I/O on the tables' fds (read.c)
 // Before mount, and for tests:
 //   largeAcls(tables, limit?)                  the POSIX ACLs the kernel cannot pass through FUSE (ops.c)
-// mount() copies and checks the tables, mounts with libfuse3 and runs fuse_session_loop_mt on its
+// Tables in a file (version 2 manifests): see tables_file.c; mount and largeAcls take its handle too.
+// mount() copies (or, from a file, maps) and checks the tables, mounts with libfuse3 and runs fuse_session_loop_mt on its
 // own pthread: from then on requests are served in C and the Node event loop stays free.
 #include "engine.h"
 #include "../csum.h"
@@ -177,7 +178,10 @@ static void engine_teardown(struct engine *e) {
   xt_config_destroy(e);
   xt_delta_destroy(e);
   pthread_rwlock_destroy(&e->js_lock);
-  free(e->t.image);
+  if (e->mapped != NULL) xt_mapped_unref(e->mapped);
+  else free(e->t.image);
+  e->mapped = NULL;
+  e->t.image = NULL;
   free(e->mountpoint);
   e->done = 1;
 }
@@ -229,13 +233,15 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
   napi_value argv[7], name;
   int64_t lease_ms = -1;
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  void *buf;
-  size_t len;
+  void *buf = NULL;
+  size_t len = 0;
   bool is_buffer = false;
-  if (argc < 7 || napi_is_buffer(env, argv[0], &is_buffer) != napi_ok || !is_buffer || napi_get_value_int64(env, argv[6], &lease_ms) != napi_ok) {
-    return fail(env, NULL, "mount(tables, record, mountpoint, options, judge, onEvent, leaseMs)");
+  struct xt_mapped *mapped = argc >= 1 ? xt_mapped_arg(env, argv[0]) : NULL;
+  if (argc < 7 || (mapped == NULL && (napi_is_buffer(env, argv[0], &is_buffer) != napi_ok || !is_buffer)) ||
+      napi_get_value_int64(env, argv[6], &lease_ms) != napi_ok) {
+    return fail(env, NULL, "mount(tables Buffer or mapTables handle, record, mountpoint, options, judge, onEvent, leaseMs)");
   }
-  CHECK(napi_get_buffer_info(env, argv[0], &buf, &len));
+  if (mapped == NULL) CHECK(napi_get_buffer_info(env, argv[0], &buf, &len));
 
   char msg[512], *options = get_string(env, argv[3]);
   struct engine *e = engine_new(env, argv[1], argv[2]);
@@ -243,11 +249,23 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
     free(options);
     return fail(env, e, "mount: out of memory or bad string argument");
   }
-  // A private copy: the request path must not depend on a JS buffer's lifetime or contents.
-  const char *bad = (e->t.image = malloc(len > 0 ? len : 1)) == NULL ? "out of memory" : NULL;
-  if (bad == NULL) {
-    if (len > 0) memcpy(e->t.image, buf, len); // an empty Buffer's data may be NULL
-    bad = xt_check(e->t.image, len, &e->t);
+  const char *bad = NULL;
+  if (mapped != NULL) {
+    // The file's mapping, shared with the JS handle (which checked its sections only), checked whole
+    // here with the device fds written into it. The pages checked are dropped as the check goes and
+    // at its end: they stay in the page cache, and only those requests touch come back.
+    atomic_fetch_add(&mapped->refs, 1);
+    e->mapped = mapped;
+    bad = xt_check_paced(mapped->image, mapped->len, &e->t, xt_mapped_drop_pages, mapped);
+    xt_mapped_drop_pages(mapped);
+    if (bad == NULL) mapped->checked = 1;
+  } else {
+    // A private copy: the request path must not depend on a JS buffer's lifetime or contents.
+    bad = (e->t.image = malloc(len > 0 ? len : 1)) == NULL ? "out of memory" : NULL;
+    if (bad == NULL) {
+      if (len > 0) memcpy(e->t.image, buf, len); // an empty Buffer's data may be NULL
+      bad = xt_check(e->t.image, len, &e->t);
+    }
   }
   if (bad == NULL && xt_delta_init(e) != 0) bad = "out of memory";
   if (bad != NULL) {
@@ -617,9 +635,12 @@ static napi_value js_large_acls(napi_env env, napi_callback_info info) {
   if (argc < 1 || (type != napi_undefined && (napi_get_value_int64(env, argv[1], &limit) != napi_ok || limit < 0)))
     return fail(env, NULL, "largeAcls(tables, limit >= 0?)");
   struct xt_tables t;
-  const char *bad;
-  void *image = xt_tables_arg(env, argv[0], &t, &bad);
-  if (image == NULL) return NULL;
+  const char *bad = NULL;
+  struct xt_mapped *mapped = xt_mapped_arg(env, argv[0]); // checked when it was mapped
+  void *image = NULL;
+  if (mapped != NULL && !mapped->checked) bad = "not checked whole yet (call it once mounted)";
+  else if (mapped != NULL) t = mapped->t;
+  else if ((image = xt_tables_arg(env, argv[0], &t, &bad)) == NULL) return NULL;
   if (bad != NULL) {
     free(image);
     char msg[512];
@@ -628,7 +649,8 @@ static napi_value js_large_acls(napi_env env, napi_callback_info info) {
   }
   struct acl_list l = {.env = env};
   l.failed = napi_create_array(env, &l.arr) != napi_ok;
-  if (!l.failed) xt_acls_over(&t, (uint64_t)limit, acl_js, &l);
+  if (!l.failed) xt_acls_over(&t, (uint64_t)limit, acl_js, &l, mapped != NULL ? xt_mapped_drop_pages : NULL, mapped);
+  if (mapped != NULL) xt_mapped_drop_pages(mapped);
   free(image);
   if (l.failed || napi_create_object(env, &out) != napi_ok || !set_num(env, out, "limit", (double)limit) ||
       napi_set_named_property(env, out, "acls", l.arr) != napi_ok)
@@ -655,6 +677,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"decode", NULL, js_decode, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   CHECK(napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
+  CHECK(xt_tables_file_init(env, exports));
   return exports;
 }
 

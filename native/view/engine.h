@@ -54,8 +54,27 @@ struct cfg_stamp {
   struct timespec mtim, ctim;
 };
 
+// Tables mapped from a file (tables_file.c: version 2 manifests, loaded by load2.c): shared by the
+// JS handle (mapTables) and the engine that mounts them; unmapped when the last lets go.
+struct xt_mapped {
+  void *image;
+  uint64_t len;
+  int fd; // the tables file (the handle's own dup): device fds are written through it
+  struct xt_tables t; // sections only (xt_check_sections) until a mount checked it all
+  int checked;        // a mount's xt_check accepted it
+  _Atomic int refs;
+};
+// Drop the pages of a mapped image from this process (they stay in the page cache): the pace of a
+// check over it (xt_check_paced), so that checking does not keep it all resident.
+void xt_mapped_drop_pages(void *m);
+// The mapped tables of a mapTables() handle `v`, or NULL when `v` is none (a Buffer, say).
+struct xt_mapped *xt_mapped_arg(napi_env env, napi_value v);
+void xt_mapped_unref(struct xt_mapped *m);
+napi_status xt_tables_file_init(napi_env env, napi_value exports);
+
 struct engine {
   struct xt_tables t;
+  struct xt_mapped *mapped; // the tables' mapping when mounted from a file; else t.image is malloc'd
   struct fuse_session *se;
   char *mountpoint;
   int no_opendir; // the kernel opens directories without asking (FUSE_CAP_NO_OPENDIR_SUPPORT)
@@ -130,8 +149,10 @@ void *xt_tables_arg(napi_env env, napi_value v, struct xt_tables *t, const char 
 extern const struct fuse_lowlevel_ops xt_ops;
 const struct xt_inode *xt_node(const struct engine *e, fuse_ino_t nodeid);
 // Calls `each` for every POSIX ACL in checked tables `t` whose xattr is longer than `limit` bytes, in
-// inode order: those the kernel cannot pass when `limit` is the buffer it reads ACLs into.
-void xt_acls_over(const struct xt_tables *t, uint64_t limit, void (*each)(void *ctx, uint32_t index, const char *name, uint32_t len), void *ctx);
+// inode order: those the kernel cannot pass when `limit` is the buffer it reads ACLs into. pace(arg),
+// when not NULL, every 65536 inodes (as xt_check_paced).
+void xt_acls_over(const struct xt_tables *t, uint64_t limit, void (*each)(void *ctx, uint32_t index, const char *name, uint32_t len), void *ctx,
+                  void (*pace)(void *arg), void *arg);
 
 // read.c: the plan of a read. Pure (no engine, no I/O): the FUSE read carries it out, and the addon's
 // planRead (for tests) reports it.

@@ -237,8 +237,11 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t nodeid, const char *name, siz
   fuse_reply_err(req, ENODATA);
 }
 
-void xt_acls_over(const struct xt_tables *t, uint64_t limit, void (*each)(void *ctx, uint32_t index, const char *name, uint32_t len), void *ctx) {
+void xt_acls_over(const struct xt_tables *t, uint64_t limit, void (*each)(void *ctx, uint32_t index, const char *name, uint32_t len), void *ctx,
+                  void (*pace)(void *arg), void *arg) {
+  if (t->h->n_xattrs == 0) return; // no inode has any: nothing to walk
   for (uint32_t i = 0; i < t->h->n_inodes; i++) {
+    if (pace != NULL && (i & 0xffff) == 0xffff) pace(arg);
     const struct xt_inode *n = &t->inodes[i];
     const struct xt_xattr *x = t->xattrs + n->xattr_first;
     for (uint32_t k = 0; k < n->xattr_count; k++) {

@@ -208,6 +208,11 @@ struct xt_tables {
 // and every inline file's length (its size), and fill
 // `t`. Returns NULL, or a static message saying what is wrong. Defined in check.c.
 const char *xt_check(const void *image, uint64_t len, struct xt_tables *t);
+// xt_check calling pace(arg) every 65536 items of each of its sweeps (tables mapped from a file: the
+// caller drops the pages checked so far, check.c), and the first part of it alone: the header and
+// every section and blob inside the image, `t` filled (what indexing the sections needs, no more).
+const char *xt_check_paced(const void *image, uint64_t len, struct xt_tables *t, void (*pace)(void *arg), void *arg);
+const char *xt_check_sections(const void *image, uint64_t len, struct xt_tables *t);
 
 // An extent's flags, device, other copies (copies[copy_first ..] of n_copies, each on one of
 // n_devices, the same length inside 64 bits), checksums (whole sectors as header `h` measures

@@ -1,9 +1,10 @@
 // Everything the mover checks before serving: manifest, signature, devices, fingerprints, config ID.
 import type { Manifest } from '../manifest/types'
-import { readCheckedManifest } from '../manifest/io'
+import { isV2Path, readCheckedManifest } from '../manifest/io'
 import { streamOrReadManifest } from '../manifest/stream'
 import { fileSizesOf, streamedManifest, TablesBuilder } from '../native-engine/stream-tables'
 import { stagedTablesOf } from '../native-engine/tables'
+import { loadMappedManifest, mappedTablesOf } from '../native-engine/mapped-tables'
 import { resolveDevices, type CurrentDevices } from '../device/resolve'
 import type { RawDevice } from '../device/reader'
 import { ConfigWatch, readRecord, recordPath, type ConfigRecord } from '../configid/record'
@@ -31,10 +32,13 @@ export interface LoadedImage {
 }
 
 /**
- * The manifest for the native engine: streamed, validated and packed inode by inode (memory about
- * 200 bytes per file, no limit from V8's string length); read whole when its layout cannot stream.
+ * The manifest for the native engine. Version 2: loaded by C into tables in a file that the engine
+ * maps (native/view/load2.c; a few bytes of heap per file). Version 1: streamed, validated and packed
+ * inode by inode (memory about 200 bytes per file, no limit from V8's string length); read whole when
+ * its layout cannot stream.
  */
 export function readPackedManifest(manifestPath: string, key?: Buffer): Manifest {
+  if (isV2Path(manifestPath)) return loadMappedManifest(manifestPath, key, () => readCheckedManifest(manifestPath, key).inodes)
   const builder = new TablesBuilder()
   const { header, whole } = streamOrReadManifest(manifestPath, builder, key)
   if (whole) return whole
@@ -55,7 +59,8 @@ export function loadImage(manifestPath: string, opts: LoadOptions): LoadedImage 
     if (!record) throw new StaleError(`frozen image not current: ${verdict.reason}`)
     current = devicesOfChain(manifest, config.file, record, opts.key)
   }
-  const devices = resolveDevices(manifest, current, opts.deviceOverrides, stagedTablesOf(manifest)?.deviceEnds)
+  const deviceEnds = stagedTablesOf(manifest)?.deviceEnds ?? mappedTablesOf(manifest)?.deviceEnds
+  const devices = resolveDevices(manifest, current, opts.deviceOverrides, deviceEnds)
   return { manifest, devices, config }
 }
 
@@ -67,7 +72,7 @@ export function loadImage(manifestPath: string, opts: LoadOptions): LoadedImage 
  */
 function devicesOfChain(manifest: Manifest, recordFile: string, record: ConfigRecord, key?: Buffer): CurrentDevices {
   const staged = stagedTablesOf(manifest) // none when the manifest could not stream: it was read whole
-  const fileSizes = staged ? fileSizesOf(staged) : fileSizesOfManifest(manifest)
+  const fileSizes = staged ? fileSizesOf(staged) : mappedTablesOf(manifest)?.fileSizes() ?? fileSizesOfManifest(manifest)
   const start = { image: manifest.configId, seq: 1, from: manifest.configId, devices: manifest.devices, fileSizes, retired: new Set<number>(),
     dataChecksums: manifest.dataChecksums }
   const { ctx } = readDeltaChain(recordFile, record.deltas ?? [], start, key)

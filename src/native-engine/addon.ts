@@ -37,6 +37,23 @@ export interface LargeAcls {
 /** Opaque: one mounted session. */
 export type SessionHandle = { readonly __session: unique symbol }
 
+/** Opaque: tables mapped from a file (mapTables). */
+export type TablesHandle = { readonly __tables: unique symbol }
+
+/** loadV2's answer: the tables' counts, or the one line saying what is wrong with the body. */
+export type LoadV2Result = { error: string } | LoadedV2
+
+export interface LoadedV2 { inodes: number; dirents: number; extents: number; xattrs: number; copies: number; names: number; data: number
+      /** Per device: the end of its furthest extent (bytes). */
+      deviceEnds: number[]; tablesBytes: number
+      /** What the C loader allocated at its peak (its tables are in the file). */
+      heapBytes: number }
+
+/** What loadV2 needs from the validated header; features as native/view/load2.h M2L_* bits. */
+export interface LoadV2Facts {
+  deviceSizes: number[]; features: number; root: number; blockSize: number; csumAlg: number; csumSize: number; sectorSize: number
+}
+
 export interface ViewAddon {
   layout(): NativeLayout
   /**
@@ -46,7 +63,7 @@ export interface ViewAddon {
    * (the FUSE request waits at most 5 s, then is refused; later answers are ignored). `onEvent`
    * receives log events. `leaseMs` is the lease at mount (as setLease). Throws if not mounted.
    */
-  mount(tables: Buffer, recordPath: string, mountpoint: string, options: string, judge: (answer: Answer) => void, onEvent: (ev: EngineEvent) => void, leaseMs: number): SessionHandle
+  mount(tables: Buffer | TablesHandle, recordPath: string, mountpoint: string, options: string, judge: (answer: Answer) => void, onEvent: (ev: EngineEvent) => void, leaseMs: number): SessionHandle
   /** umount(2) (not lazy), end the session, free everything. Rejects "...busy" and keeps serving. */
   unmount(handle: SessionHandle): Promise<void>
   /**
@@ -71,7 +88,34 @@ export interface ViewAddon {
    * the buffer the kernel reads a FUSE filesystem's ACLs into: those no reader of the view can have.
    * Copies and checks the tables (throws when they are refused).
    */
-  largeAcls(tables: Buffer, limit?: number): LargeAcls
+  largeAcls(tables: Buffer | TablesHandle, limit?: number): LargeAcls
+
+  // Tables in a file (version 2 manifests: native/view/load2.c, tables_file.c).
+  /** An unlinked file in `dir` (O_TMPFILE), open read-write: where loadV2 writes the tables. */
+  openTablesFile(dir: string): number
+  /**
+   * Decode, check and pack the body of the version 2 manifest open at `manifestFd` (bytes
+   * [start, end)) into `tablesFd`; the trailer's counts and the validated header's facts given.
+   * Synchronous. A body it refuses is `{error}`, one line naming the problem and the inode.
+   */
+  loadV2(manifestFd: number, body: { start: number; end: number }, trailer: { inodes: number; dirs: number; entries: number }, facts: LoadV2Facts, tablesFd: number): LoadV2Result
+  /**
+   * The tables file mapped read-only, its sections checked (header, every section inside the file;
+   * throws "mapTables: bad tables: ..."); the handle keeps its own fd. mount() checks it whole (xt_check);
+   * largeAcls(handle) answers only after that.
+   */
+  mapTables(fd: number): TablesHandle
+  /** Writes one device fd per device into the tables file (before mount). */
+  setTablesDevices(handle: TablesHandle, fds: number[]): void
+  /** The inode index of `ino`, or -1. */
+  tablesIndex(handle: TablesHandle, ino: number): number
+  /** The ino at inode index `index`, or -1. */
+  tablesIno(handle: TablesHandle, index: number): number
+  /** The bytes of the path of the inode's first name ("/a/b"). */
+  tablesPath(handle: TablesHandle, index: number): Buffer
+  /** The size of the regular file at `index`, or -1. */
+  tablesFileSize(handle: TablesHandle, index: number): number
+  tablesCounts(handle: TablesHandle): { inodes: number; dirents: number; extents: number; xattrs: number; names: number; data: number; bytes: number; sfBlocks: number }
 
   // For tests only: the C that serves reads, called with no mount (test/unit/native-read-plan.test.ts,
   // test/unit/native-read-errors.test.ts).

@@ -45,4 +45,29 @@ t.test('the C seeds pass the C checks', async (t) => {
     t.equal(addon.checkTables(tables), null, `c-delta/${f}: xt_check accepts the tables`, { again })
     t.equal(addon.checkDelta(tables, input.subarray(24 + tablesLength), input.readUInt32LE(4)), null, `c-delta/${f}: xt_check_delta accepts the delta`, { again })
   }
+  const scratch = t.testdir({})
+  for (const f of fs.readdirSync(dir('c-load2'))) {
+    t.equal(loadSeed(fs.readFileSync(path.join(dir('c-load2'), f)), scratch), null, `c-load2/${f}: the C loader accepts the body`, { again })
+  }
 })
+
+/** A fuzz/c/load2.c input through the addon's loadV2 (its layout is that file's): null, or the refusal. */
+function loadSeed(input: Buffer, scratch: string): string | null {
+  const devices = input[1]!
+  const at = 2 + 8 * devices
+  const body = path.join(scratch, 'body')
+  fs.writeFileSync(body, input.subarray(at + 24))
+  const fd = fs.openSync(body, 'r')
+  const tablesFd = viewAddon().openTablesFile(scratch)
+  try {
+    const deviceSizes = Array.from({ length: devices }, (_, i) => Number(input.readBigUInt64LE(2 + 8 * i)))
+    const csums = input[0]! & 2 ? { csumAlg: 1, csumSize: 4, sectorSize: 4096 } : { csumAlg: 0, csumSize: 0, sectorSize: 0 }
+    const r = viewAddon().loadV2(fd, { start: 0, end: input.length - at - 24 },
+      { inodes: input.readUInt32LE(at + 8), dirs: input.readUInt32LE(at + 12), entries: Number(input.readBigUInt64LE(at + 16)) },
+      { deviceSizes, features: input[0]! & 15, root: Number(input.readBigUInt64LE(at)), blockSize: 4096, ...csums }, tablesFd)
+    return 'error' in r ? r.error : null
+  } finally {
+    fs.closeSync(tablesFd)
+    fs.closeSync(fd)
+  }
+}

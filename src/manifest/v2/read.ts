@@ -31,7 +31,7 @@ export function isV2File(fd: number): boolean {
 }
 
 /** Where a version 2 file's parts lie, and its validated header. */
-interface V2Layout {
+export interface V2Layout {
   header: Record<string, unknown>
   facts: HeaderFacts
   bodyStart: number
@@ -90,7 +90,7 @@ function parseHeader(bytes: Buffer, path: string): Record<string, unknown> {
 }
 
 /** HMAC-SHA256 over everything before the MAC, compared in constant time (one line on failure, as v1). */
-function verifyMac(fd: number, path: string, layout: V2Layout, key: Buffer): void {
+export function verifyMac(fd: number, path: string, layout: V2Layout, key: Buffer): void {
   const end = layout.bodyEnd + TRAILER_BYTES - MAC_BYTES
   const hmac = crypto.createHmac('sha256', key)
   const chunk = Buffer.alloc(WINDOW)

@@ -1,0 +1,140 @@
+// Tables the C loader wrote into a file from a version 2 manifest (native/view/load2.c), mapped by
+// the addon (native/view/tables_file.c): JS never holds a copy. The manifest's header is read and
+// validated here (src/manifest/v2/read.ts readLayout, the reference reader's), its HMAC verified
+// streaming, then C decodes, checks and packs the body; a bad body is one ManifestError line.
+//
+// The tables file is unlinked from the start (O_TMPFILE): nothing is left behind, whatever way the
+// process ends. It lives in EXTFS_TABLES_DIR, else /var/tmp, else the temporary directory: a disk
+// filesystem rather than tmpfs (/run, often /tmp), so that the kernel can drop its clean pages under
+// memory pressure instead of holding them as shared memory (or swapping them).
+import fs from 'node:fs'
+import os from 'node:os'
+import { ManifestError } from '../errors'
+import { openManifest } from '../manifest/file'
+import { decodeName } from '../manifest/names'
+import type { DataChecksums, Manifest, ManifestHeader } from '../manifest/types'
+import { readLayout, verifyMac, type V2Layout } from '../manifest/v2/read'
+import type { FileSizes } from '../delta/validate'
+import { viewAddon, type LoadedV2, type LoadV2Facts, type TablesHandle } from './addon'
+import { csumHeader, type StatFsFigures } from './tables'
+
+/** What a log line needs of the tables: index → ino and path, ino → index. PathTable (tables.ts) too. */
+export interface IndexPaths {
+  ino(index: number): number
+  index(ino: number): number
+  path(index: number): string
+}
+
+/** M2L_* of native/view/load2.h: the features that change what a body may hold. */
+const FEATURE_BITS = { 'inline-data': 1, 'data-checksums': 2, 'compressed-extents': 4, 'byte-names': 8 } as const
+
+export class MappedTables implements IndexPaths {
+  constructor(
+    readonly handle: TablesHandle,
+    readonly loaded: LoadedV2,
+    readonly statfs: StatFsFigures,
+  ) {}
+
+  /** Per device: the end (bytes) of the furthest extent on it. */
+  get deviceEnds(): number[] {
+    return this.loaded.deviceEnds
+  }
+
+  ino(index: number): number {
+    return viewAddon().tablesIno(this.handle, index)
+  }
+
+  index(ino: number): number {
+    return viewAddon().tablesIndex(this.handle, ino)
+  }
+
+  path(index: number): string {
+    if (!Number.isInteger(index) || index < 0 || index >= this.loaded.inodes) return `(inode index ${index})`
+    return decodeName(viewAddon().tablesPath(this.handle, index))
+  }
+
+  /** Sizes of the regular files, by ino: what checking a delta before mounting needs. */
+  fileSizes(): FileSizes {
+    return {
+      get: (ino) => {
+        const index = this.index(ino)
+        const size = index < 0 ? -1 : viewAddon().tablesFileSize(this.handle, index)
+        return size < 0 ? undefined : size
+      },
+    }
+  }
+}
+
+const mapped = new WeakMap<object, MappedTables>()
+
+/** The mapped tables a version 2 manifest was loaded into, or undefined. */
+export function mappedTablesOf(m: Manifest): MappedTables | undefined {
+  return mapped.get(m)
+}
+
+/** Where the tables file goes: see the top of this file. */
+function openTablesFile(): number {
+  const dirs = [process.env.EXTFS_TABLES_DIR, '/var/tmp', os.tmpdir()].filter((d): d is string => !!d)
+  let last: Error | undefined
+  for (const dir of dirs) {
+    try {
+      return viewAddon().openTablesFile(dir)
+    } catch (err) {
+      last = err as Error
+    }
+  }
+  throw new Error(`cannot make the view's tables file in ${dirs.join(', ')}: ${last?.message}`)
+}
+
+/**
+ * The body of the version 2 manifest open at `fd` (its layout read, its MAC verified) decoded, checked
+ * and packed by C into the file open at `tablesFd`. Throws a one-line ManifestError for a bad body.
+ */
+export function loadV2Tables(fd: number, path: string, layout: V2Layout, tablesFd: number): LoadedV2 {
+  const { trailer } = layout
+  const result = viewAddon().loadV2(fd, { start: layout.bodyStart, end: layout.bodyEnd }, { inodes: trailer.inodes, dirs: trailer.dirs, entries: trailer.entries },
+    loadFacts(layout), tablesFd)
+  if ('error' in result) throw new ManifestError(`manifest ${path}: ${result.error}`)
+  return result
+}
+
+/** What the C loader needs from the validated header. */
+export function loadFacts(layout: V2Layout): LoadV2Facts {
+  const { header, facts } = layout
+  const csums = csumHeader(header.dataChecksums as DataChecksums | undefined)
+  const features = (header.features as string[]).reduce((bits, f) => bits | (FEATURE_BITS[f as keyof typeof FEATURE_BITS] ?? 0), 0)
+  return { deviceSizes: facts.deviceSizes, features, root: header.root as number, blockSize: header.blockSize as number,
+    csumAlg: csums.csum_alg, csumSize: csums.csum_size, sectorSize: csums.sector_size }
+}
+
+/**
+ * The version 2 manifest in `path` for the native engine: header validated, signature verified with
+ * `key` (an unsigned manifest refused), body loaded by C into mapped tables. Reading the returned
+ * manifest's `inodes` reads the file again with the reference reader (tests and debugging only).
+ */
+export function loadMappedManifest(path: string, key: Buffer | undefined, readWhole: () => Manifest['inodes']): Manifest {
+  const fd = openManifest(path)
+  let tablesFd = -1
+  try {
+    const layout = readLayout(fd, path, Number.MAX_SAFE_INTEGER)
+    if (key) verifyMac(fd, path, layout, key)
+    const { header, trailer } = layout
+    tablesFd = openTablesFile()
+    const result = loadV2Tables(fd, path, layout, tablesFd)
+    const handle = viewAddon().mapTables(tablesFd) // keeps its own descriptor of the file
+    const counts = viewAddon().tablesCounts(handle)
+    const bsize = header.blockSize as number
+    const statfs: StatFsFigures = {
+      bsize, frsize: bsize, blocks: counts.sfBlocks, bfree: 0, bavail: 0, files: result.inodes, ffree: 0, favail: 0, namemax: 255,
+    }
+    const { signed, mac } = trailer
+    const m = { ...header, ...(signed ? { signature: { alg: 'hmac-sha256', value: mac.toString('hex') } } : {}) } as unknown as ManifestHeader
+    let inodes: Manifest['inodes'] | undefined
+    Object.defineProperty(m, 'inodes', { enumerable: true, get: () => (inodes ??= readWhole()) })
+    mapped.set(m, new MappedTables(handle, result, statfs))
+    return m as Manifest
+  } finally {
+    if (tablesFd >= 0) fs.closeSync(tablesFd)
+    fs.closeSync(fd)
+  }
+}
