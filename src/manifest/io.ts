@@ -45,7 +45,10 @@ export function readCheckedManifest(path: string, key?: Buffer): Manifest {
   return manifest
 }
 
-/** The file at `path` is a version 2 manifest (its preamble); a missing file is left to the reader's own message. */
+/**
+ * The file at `path` is a version 2 manifest (its preamble). A missing file, and one over the size
+ * limit, are left to the JSON reader's own message: the latter is refused before any byte is read.
+ */
 export function isV2Path(path: string): boolean {
   let fd: number
   try {
@@ -54,7 +57,8 @@ export function isV2Path(path: string): boolean {
     return false
   }
   try {
-    return fs.fstatSync(fd).isFile() && isV2File(fd)
+    const st = fs.fstatSync(fd)
+    return st.isFile() && st.size <= DEFAULT_MAX_MANIFEST_BYTES && isV2File(fd)
   } finally {
     fs.closeSync(fd)
   }
