@@ -254,7 +254,9 @@ static bool read_dir(struct mapper *m, uint32_t dir) {
   m->overflowed = false;
   m->prev_child = 0;
   struct dir_pass p = {m, false, 0};
-  err = ext2fs_dir_iterate2(m->fs, dir, DIRENT_FLAG_INCLUDE_INLINE_DATA, m->block, on_entry, &p);
+  // Flags 0: libext2fs reads an inline-data directory by itself (DIRENT_FLAG_INCLUDE_INLINE_DATA is
+  // its internal mark for a buffer that is inline data, not a request).
+  err = ext2fs_dir_iterate2(m->fs, dir, 0, m->block, on_entry, &p);
   if (m->failed) return false;
   if (err) return lib_error(m, "cannot read directory", dir, err);
   if (m->n == 0) return true; // an inode without a DIR record is an empty directory
@@ -265,7 +267,7 @@ static bool read_dir(struct mapper *m, uint32_t dir) {
     return true;
   }
   p.second = true;
-  err = ext2fs_dir_iterate2(m->fs, dir, DIRENT_FLAG_INCLUDE_INLINE_DATA, m->block, on_entry, &p);
+  err = ext2fs_dir_iterate2(m->fs, dir, 0, m->block, on_entry, &p);
   if (err) return lib_error(m, "cannot read directory again", dir, err);
   if (p.n != m->n) return fail(m, "directory inode %u: %llu entries, then %llu (not frozen?)", dir, (unsigned long long)m->n, (unsigned long long)p.n);
   return true;
@@ -742,6 +744,11 @@ static bool check_job(struct mapper *m) {
 }
 
 void e4_map(const struct e4_job *job, struct e4_result *out) {
+  static bool messages;
+  if (!messages) { // libext2fs's error codes have messages once their table is added (com_err)
+    initialize_ext2_error_table();
+    messages = true;
+  }
   memset(out, 0, sizeof *out);
   struct mapper m = {.job = job, .out = out};
   if (check_job(&m) && open_fs(&m) && walk_dirs(&m) && scan_inodes(&m)) {
