@@ -43,7 +43,7 @@
 // Merkle tree past EOF, casefolded lookups) or that are never a file (an xattr value inode).
 #define REFUSED_INODE_FLAGS (EXT4_ENCRYPT_FL | EXT4_VERITY_FL | EXT4_CASEFOLD_FL | EXT4_EA_INODE_FL)
 
-#define DIR_BUFFER_MAX (8u << 20) // a directory's encoded entries kept to count them; past it, read twice
+#define DIR_BUFFER_MAX (1u << 20) // a directory's encoded entries kept to count them; past it, read twice
 #define EXTENTS_MAX 100000000u    // version 1's limit over the whole manifest bounds one file too
 
 struct count_spill { // names of an inode past the u8 counter's 255

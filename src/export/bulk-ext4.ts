@@ -129,7 +129,10 @@ export function mapBulk(t: BulkTarget, bodyPath: string): BulkBody {
     fs.closeSync(fd)
   }
   const samples = result.samples.map((s) => ({ fileOffset: 0, device: s.disk, deviceOffset: s.deviceOffset, length: s.length }))
-  return { result, disks, root: st.ino, samples }
+  // The devices are the disks extents reach, as the walker's (every disk used has a sample: its first
+  // extent); those before the last one used stay so that the body's disk indices hold.
+  const used = samples.reduce((n, s) => Math.max(n, s.device + 1), 0)
+  return { result, disks: disks.slice(0, used), root: st.ino, samples }
 }
 
 /** Where the body is written while the manifest is assembled: beside the manifest, never on the frozen filesystem. */
