@@ -108,6 +108,7 @@ t.test('ext4 default: every kind, odd times, byte names, large ACL, 300 hard lin
     await fsp.writeFile(path.join(tree, 'many-links', 'l0'), 'linked\n')
     await py('import os,sys\nfor i in range(1,300): os.link(sys.argv[1]+"/l0", sys.argv[1]+"/l%d"%i)', path.join(tree, 'many-links'))
     await runOk('chown', ['4000000000:4000000001', path.join(tree, 'many-links', 'l0')]) // i_uid_high
+    await runOk('mknod', [path.join(tree, 'wide-dev'), 'c', '4095', '1048575']) // new_encode_dev: i_block[1]
     await oddTimes(tree)
     await equivalent(t, lfs, tree)
   })
