@@ -277,7 +277,8 @@ static bool walk_dirs(struct mapper *m) {
   if (!enter_dir(m, m->job->root)) return false;
   while (m->depth > 0)
     if (!read_dir(m, m->stack[--m->depth])) return false;
-  return true;
+  // Version 1's limit, which the trailer's u32 counts and every reader hold to.
+  return m->reached <= M2_MAX_INODES || refuse(m, "%llu inodes in the tree, over %u", (unsigned long long)m->reached, M2_MAX_INODES);
 }
 
 // ------------------------------------------------------------------------- inode fields

@@ -93,7 +93,7 @@ export function buildProgram(): Command {
         preFreeze: o.preFreeze, postThaw: o.postThaw, carryMax: o.carryMax, throughLoop: !!o.throughLoop, warn: (msg) => log.warn(msg),
         mapper: o.mapper, format: o.format === undefined ? undefined : (Number(o.format) as 1 | 2),
       })
-      log.debug({ output: path.resolve(o.output), configId: m.configId, inodes: m.inodes, mapper: m.mapper, format: m.format }, 'exported')
+      log.debug({ output: path.resolve(o.output), configId: m.configId, inodes: m.inodes, mapper: m.mapper, format: m.format, ...m.bulk }, 'exported')
       process.stdout.write(`exported ${m.inodes} inodes to ${o.output}, config ID ${m.configId}${heldImage(m.frozenImage, o.output)}\n`)
     })
 

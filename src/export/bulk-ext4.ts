@@ -118,8 +118,8 @@ export function mapBulk(t: BulkTarget, bodyPath: string): BulkBody {
   const fd = fs.openSync(bodyPath, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o600)
   let result: Ext4BulkResult
   try {
+    // Not fsync'd: a scratch file that assembleV2 reads back at once into the manifest, which is.
     result = linux.ext4BulkMap({ device: t.mount.source, root: st.ino, skip: skippedInodes(t.skip, st.dev), segments, carryMax: t.carryMax, fd })
-    fs.fsyncSync(fd)
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code
     if (code === 'ERR_BULK_REFUSED') throw new BulkRefused((err as Error).message)

@@ -63,6 +63,8 @@ export interface ExportSummary {
   inodes: number
   format: 1 | 2
   mapper: 'bulk' | 'vfs'
+  /** The bulk mapper's own figures: body bytes, whether it read with O_DIRECT, the process's peak RSS then. */
+  bulk?: { bodyBytes: number; directIo: boolean; peakRssKiB: number; tableBytes: number }
 }
 
 function sourceFilesystem(paths: string[]): { dev: bigint; mount: MountEntry; realPaths: string[] } {
@@ -259,7 +261,8 @@ export function exportImage(opts: ExportOptions): ExportSummary {
       const features = [...(bulk.result.inlineData ? ['inline-data'] : []), ...(bulk.result.byteNames ? ['byte-names'] : [])]
       const h = header(bulk.root, features, describeDevices(bulk.disks, bulk.samples, undefined))
       assembleV2(output, h, body, bulk.result, opts.key)
-      summary = { configId, frozenImage, inodes: bulk.result.inodes, format: 2, mapper: 'bulk' }
+      const { bodyBytes, directIo, peakRssKiB, tableBytes } = bulk.result
+      summary = { configId, frozenImage, inodes: bulk.result.inodes, format: 2, mapper: 'bulk', bulk: { bodyBytes, directIo, peakRssKiB, tableBytes } }
     } else {
       const walker = new Walker({ dev: hold.dev, mapper, warn: (m) => opts.warn(toSource(m)), openFile: hold.openFile, carryMax: opts.carryMax, skip: new Set([...hold.skip, journal]), live: hold.live })
       const { root, synthetic } = buildTree(walker, hold.walkPaths, realPaths.map((p) => path.basename(p)))
