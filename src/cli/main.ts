@@ -8,15 +8,15 @@ import { createLogger } from '../log'
 import { readKeyFile } from '../manifest/sign'
 import { DEFAULT_CARRY_MAX, exportImage } from '../export/export'
 import { releaseFromJournal, releaseImage, ReleaseResult } from '../frozen/release'
-import type { FrozenImage, Manifest } from '../manifest/types'
+import type { FrozenImage, ManifestHeader } from '../manifest/types'
 import { LIMITS } from '../manifest/validate'
 import { loadImage } from '../mover/load'
-import { readCheckedManifest } from '../manifest/io'
+import { readManifestHeader } from '../manifest/stream'
 import { requireRoot } from '../mover/checks'
 import { DEFAULT_LOG_FILE } from '../mover/daemon'
 import { unmountView } from '../mover/umount'
 import { backupCommand, mountCommand } from './mount'
-import { formatSummary, summarize } from './inspect'
+import { formatSummary, printInodes, summarizeFile } from './inspect'
 import { remapImage } from '../remap/remap'
 import { parseMiB, parseSeconds, runServe } from '../service/run'
 import { DEFAULT_REMAP_CACHE_BYTES } from '../service/remap-worker'
@@ -52,7 +52,7 @@ function heldImage(f: FrozenImage, output: string): string {
   return ''
 }
 
-function describeRelease(r: ReleaseResult, m: Manifest | undefined): string {
+function describeRelease(r: ReleaseResult, m: ManifestHeader | undefined): string {
   const parts = [r.configId ? `released ${r.configId}` : 'released the image of an export that did not finish']
   if (r.thawed !== undefined) parts.push(r.thawed ? `${m?.frozenImage.mountpoint ?? 'the filesystem'} thawed` : `${m?.frozenImage.mountpoint ?? 'the filesystem'} was not frozen`)
   if (r.removed) parts.push(`removed ${r.removed}`)
@@ -120,9 +120,11 @@ export function buildProgram(): Command {
     .description('files, bytes, extents, devices, frozen image and config ID of a manifest')
     .argument('<manifest>')
     .option('--json', 'machine-readable output')
+    .option('--inodes', 'every inode as a line of JSON (the version 1 form), after a line with the header; either version, streamed')
     .addOption(keyOption())
     .action((manifest: string, o) => {
-      const s = summarize(readCheckedManifest(manifest, key(o)))
+      if (o.inodes) return printInodes(manifest, key(o), (line) => process.stdout.write(line + '\n'))
+      const s = summarizeFile(manifest, key(o))
       process.stdout.write((o.json ? JSON.stringify(s, null, 2) : formatSummary(s)) + '\n')
     })
 
@@ -153,7 +155,7 @@ export function buildProgram(): Command {
         process.stdout.write(describeRelease(r, undefined) + '\n')
         return
       }
-      const m = readCheckedManifest(manifest, key(o))
+      const m = readManifestHeader(manifest, key(o))
       process.stdout.write(describeRelease(releaseImage(file, m, Math.round(o.grace * 1000)), m) + '\n')
     })
 

@@ -71,6 +71,21 @@ export function streamOrReadManifest(path: string, sink: InodeSink, key?: Buffer
 }
 
 /**
+ * The manifest's header (config ID, record, frozen image), checked whole and its signature verified
+ * with `key`, without keeping its inodes.
+ */
+export function readManifestHeader(path: string, key?: Buffer): ManifestHeader {
+  const ignore: InodeSink = { begin() {}, inode() {}, finish() {} }
+  const { header, whole } = streamOrReadManifest(path, ignore, key)
+  return whole ? withoutInodes(whole) : header
+}
+
+function withoutInodes(m: Manifest): ManifestHeader {
+  const { inodes: _inodes, ...header } = m
+  return header
+}
+
+/**
  * Validate the manifest in `path` while streaming its inodes to `sink`; returns the header.
  * Throws ManifestError with one line on any problem, CannotStream when the layout needs the whole-file path.
  */

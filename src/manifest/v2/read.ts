@@ -8,7 +8,7 @@
 // record again. The HMAC is checked in a pass of its own before anything else is believed.
 import crypto from 'node:crypto'
 import fs from 'node:fs'
-import { ManifestError } from '../../errors'
+import { ManifestError, oneLine } from '../../errors'
 import { openManifest } from '../file'
 import { decodeName } from '../names'
 import { checkSignature } from '../sign'
@@ -41,7 +41,7 @@ interface V2Layout {
 
 /**
  * Stream the version 2 manifest in `path` into `sink`, checked as version 1 is; the signature verified
- * with `key` first. Returns the header (with `root`; version 2 has no `signature` field).
+ * with `key` first. Returns the header, with the trailer's MAC as its `signature` when signed.
  */
 export function streamManifestV2(path: string, sink: InodeSink, key?: Buffer, maxBytes = Number.MAX_SAFE_INTEGER): ManifestHeader {
   const fd = openManifest(path)
@@ -49,7 +49,9 @@ export function streamManifestV2(path: string, sink: InodeSink, key?: Buffer, ma
     const layout = readLayout(fd, path, maxBytes)
     if (key) verifyMac(fd, path, layout, key)
     new BodyReader(fd, path, layout, sink).run()
-    return layout.header as unknown as ManifestHeader
+    const { signed, mac } = layout.trailer
+    // The trailer's MAC stands for v1's signature field: what `inspect` shows, nothing verifies it again.
+    return { ...layout.header, ...(signed ? { signature: { alg: 'hmac-sha256', value: mac.toString('hex') } } : {}) } as unknown as ManifestHeader
   } finally {
     fs.closeSync(fd)
   }
@@ -80,7 +82,7 @@ function parseHeader(bytes: Buffer, path: string): Record<string, unknown> {
   try {
     value = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes))
   } catch (err) {
-    throw new ManifestError(`manifest ${path}: header is not valid JSON (${(err as Error).message.split('\n')[0]})`)
+    throw new ManifestError(`manifest ${path}: header is not valid JSON: ${oneLine((err as Error).message)}`)
   }
   if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new ManifestError(`manifest ${path}: header must be a JSON object`)
   for (const k of ['inodes', 'signature']) if (Object.hasOwn(value, k)) throw new ManifestError(`manifest ${path}: a version 2 header has no ${JSON.stringify(k)}`)
