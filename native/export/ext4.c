@@ -598,8 +598,8 @@ static bool symlink_target(struct mapper *m, struct ext2_inode_large *i, char **
 
 // ------------------------------------------------------------------------------ inodes
 
-static bool describe(struct mapper *m, uint32_t ino, struct ext2_inode_large *i) {
-  m->ino = ino;
+// An inode the tree names, as ext4_iget() would accept it and as this mapper reproduces it.
+static bool check_inode(struct mapper *m, uint32_t ino, const struct ext2_inode_large *i) {
   uint32_t type = i->i_mode & LINUX_S_IFMT;
   if (i->i_links_count == 0) return refuse(m, "an entry names inode %u, which is not in use", ino);
   // ext4_iget() refuses an inode whose extra part is odd or overruns it; only valid ones are read here.
@@ -611,7 +611,13 @@ static bool describe(struct mapper *m, uint32_t ino, struct ext2_inode_large *i)
   if (type != LINUX_S_IFREG && type != LINUX_S_IFDIR && type != LINUX_S_IFLNK && type != LINUX_S_IFIFO && type != LINUX_S_IFCHR &&
       type != LINUX_S_IFBLK && type != LINUX_S_IFSOCK)
     return refuse(m, "inode %u: mode 0%o", ino, i->i_mode);
-  struct m2_inode r = {
+  return EXT2_I_SIZE(i) <= M2_VALUE_MAX || refuse(m, "inode %u: size over 2^53", ino);
+}
+
+// The INODE record's fixed fields: what stat and FS_IOC_GETFLAGS report for it.
+static bool fields_of(struct mapper *m, uint32_t ino, const struct ext2_inode_large *i, struct m2_inode *r) {
+  uint32_t type = i->i_mode & LINUX_S_IFMT;
+  *r = (struct m2_inode){
     .ino = ino, .mode = i->i_mode, .uid = inode_uid(*i), .gid = inode_gid(*i),
     // A directory's nlink is the filesystem's; a file's counts the names found in the tree.
     .nlink = type == LINUX_S_IFDIR ? i->i_links_count : names_of(m, ino),
@@ -619,19 +625,26 @@ static bool describe(struct mapper *m, uint32_t ino, struct ext2_inode_large *i)
   };
   // ext4_file_getattr(): a regular file with inline data reports one more 512-byte unit per 512
   // bytes of size than it allocates ("so tar and rsync do not think it sparse").
-  if (type == LINUX_S_IFREG && (i->i_flags & EXT4_INLINE_DATA_FL)) r.blocks += (r.size + 511) >> 9;
-  m->size = r.size;
-  if (r.size > M2_VALUE_MAX) return refuse(m, "inode %u: size over 2^53", ino);
-  if (!times_of(m, i, &r)) return false;
+  if (type == LINUX_S_IFREG && (i->i_flags & EXT4_INLINE_DATA_FL)) r->blocks += (r->size + 511) >> 9;
   if (type == LINUX_S_IFCHR || type == LINUX_S_IFBLK) {
-    r.has |= M2_HAS_RDEV;
-    r.rdev = rdev_of(i);
+    r->has |= M2_HAS_RDEV;
+    r->rdev = rdev_of(i);
   }
   if (type == LINUX_S_IFREG || type == LINUX_S_IFDIR) {
-    r.attrs = i->i_flags & KERNEL_EXT4_FL_USER_VISIBLE;
-    if (type == LINUX_S_IFREG) r.attrs &= ~KERNEL_FS_PROJINHERIT_FL;
-    if (r.attrs) r.has |= M2_HAS_ATTRS;
+    r->attrs = i->i_flags & KERNEL_EXT4_FL_USER_VISIBLE;
+    if (type == LINUX_S_IFREG) r->attrs &= ~KERNEL_FS_PROJINHERIT_FL;
+    if (r->attrs) r->has |= M2_HAS_ATTRS;
   }
+  return times_of(m, i, r);
+}
+
+// One INODE record: the fixed fields, then xattrs, then the content its type has.
+static bool describe(struct mapper *m, uint32_t ino, struct ext2_inode_large *i) {
+  m->ino = ino;
+  uint32_t type = i->i_mode & LINUX_S_IFMT;
+  struct m2_inode r;
+  if (!check_inode(m, ino, i) || !fields_of(m, ino, i, &r)) return false;
+  m->size = r.size;
   struct ext2_xattr_handle *h;
   struct xattr_list xl;
   char *bytes = NULL; // inline content or symlink target
