@@ -479,10 +479,12 @@ static bool add_blocks(struct mapper *m, uint64_t lblk, uint64_t pblk, uint64_t 
   }
   for (size_t k = lo ? lo - 1 : 0; left > 0; k++) {
     if (k >= m->job->nsegments || at < seg[k].fs_offset || at >= seg[k].fs_offset + seg[k].length)
-      return refuse(m, "inode %u: filesystem bytes at %llu are on no raw disk (a hole in the device stack)", m->ino, (unsigned long long)at);
+      return refuse(m, "inode %u: filesystem bytes at %llu are outside the device map", m->ino, (unsigned long long)at);
     uint64_t take = seg[k].fs_offset + seg[k].length - at;
     if (take > left) take = left;
-    if (!add_run(m, file_offset, take, seg[k].disk, seg[k].disk_offset + (at - seg[k].fs_offset))) return false;
+    // Bytes in a hole of the device stack read as zeros: left out like a hole in the file, as the VFS
+    // mapper leaves out the spans with no raw disk.
+    if (!seg[k].hole && !add_run(m, file_offset, take, seg[k].disk, seg[k].disk_offset + (at - seg[k].fs_offset))) return false;
     file_offset += take, at += take, left -= take;
   }
   return true;
@@ -771,8 +773,9 @@ static bool check_job(struct mapper *m) {
   const struct e4_job *j = m->job;
   if (j->nsegments == 0 || j->nsegments > E4_MAX_SEGMENTS) return refuse(m, "%zu segments in the device map", j->nsegments);
   for (size_t k = 0; k < j->nsegments; k++) {
-    if (j->segments[k].disk >= E4_MAX_DISKS) return refuse(m, "device map names disk %u", j->segments[k].disk);
     if (k && j->segments[k].fs_offset < j->segments[k - 1].fs_offset + j->segments[k - 1].length) return fail(m, "device map segments overlap or are unsorted");
+    if (j->segments[k].hole) continue;
+    if (j->segments[k].disk >= E4_MAX_DISKS) return refuse(m, "device map names disk %u", j->segments[k].disk);
     if (j->segments[k].disk >= m->out->ndisks) m->out->ndisks = j->segments[k].disk + 1;
   }
   m->out->samplers = calloc(E4_MAX_DISKS, sizeof *m->out->samplers);

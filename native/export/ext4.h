@@ -7,11 +7,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
-// A piece of the filesystem's byte address space that lies on one raw disk, unbroken.
+// A piece of the filesystem's byte address space that lies on one raw disk, unbroken; or, `hole`, on
+// none (a loop device's backing file has a hole there: those bytes read as zeros).
 struct e4_segment {
   uint64_t fs_offset, length;
   uint32_t disk;
   uint64_t disk_offset;
+  bool hole;
 };
 
 #define E4_MAX_SEGMENTS 4096u

@@ -50,11 +50,15 @@ static bool parse_segments(napi_env env, napi_value opts, struct e4_segment **se
   *segs = calloc(count ? count : 1, sizeof **segs);
   *n = count;
   for (uint32_t k = 0; k < count; k++) {
-    uint64_t disk;
+    uint64_t disk = 0;
     struct e4_segment *s = &(*segs)[k];
-    if (napi_get_element(env, arr, k, &el) != napi_ok || !prop_uint(env, el, "fsOffset", 9007199254740991.0, &s->fs_offset) ||
-        !prop_uint(env, el, "length", 9007199254740991.0, &s->length) || !prop_uint(env, el, "disk", E4_MAX_DISKS - 1, &disk) ||
-        !prop_uint(env, el, "diskOffset", 9007199254740991.0, &s->disk_offset))
+    napi_value hole;
+    napi_valuetype type;
+    if (napi_get_element(env, arr, k, &el) != napi_ok || !prop(env, el, "hole", &hole) || napi_typeof(env, hole, &type) != napi_ok) return false;
+    s->hole = false;
+    if (type == napi_boolean && napi_get_value_bool(env, hole, &s->hole) != napi_ok) return false;
+    if (!prop_uint(env, el, "fsOffset", 9007199254740991.0, &s->fs_offset) || !prop_uint(env, el, "length", 9007199254740991.0, &s->length) ||
+        (!s->hole && (!prop_uint(env, el, "disk", E4_MAX_DISKS - 1, &disk) || !prop_uint(env, el, "diskOffset", 9007199254740991.0, &s->disk_offset))))
       return false;
     s->disk = (uint32_t)disk;
   }

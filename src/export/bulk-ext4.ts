@@ -66,8 +66,8 @@ function mountsUnder(dir: string): string[] {
 }
 
 /**
- * The filesystem's block device as pieces on raw disks, or a refusal when the stack is not a few
- * linear pieces without holes. Resolved once, with the image held, like FileMapper's stack.
+ * The filesystem's block device as pieces on raw disks (and holes), or a refusal when the stack is more
+ * than MAX_SEGMENTS pieces. Resolved once, with the image held, like FileMapper's stack.
  */
 export function linearMap(mount: MountEntry, throughLoop: boolean): { segments: Ext4Segment[]; disks: RawDisk[] } {
   const fd = fs.openSync(mount.source, 'r')
@@ -85,7 +85,12 @@ export function linearMap(mount: MountEntry, throughLoop: boolean): { segments: 
   const segments: Ext4Segment[] = []
   let fsOffset = 0
   for (const s of spans) {
-    if (!s.raw) throw new BulkRefused(`${mount.source}: bytes ${fsOffset}+${s.length} are on no raw disk (thin or sparse backing)`)
+    if (!s.raw) {
+      // Unbacked (a loop backing file's hole, thin space never written): reads as zeros, as FileMapper leaves it out.
+      segments.push({ fsOffset, length: s.length, hole: true })
+      fsOffset += s.length
+      continue
+    }
     const key = devKey(s.raw)
     let disk = index.get(key)
     if (disk === undefined) {

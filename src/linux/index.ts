@@ -86,13 +86,11 @@ export interface BtrfsFileExtent {
 /** Checksum algorithms as both addons number them (native/csum.h XT_CSUM_*): the view tables' csum_alg. */
 export const CSUM_ALG = { none: 0, crc32c: 1 } as const
 
-/** A linear piece of a filesystem's byte address space on one raw disk (index into the caller's disk list). */
-export interface Ext4Segment {
-  fsOffset: number
-  length: number
-  disk: number
-  diskOffset: number
-}
+/**
+ * A linear piece of a filesystem's byte address space on one raw disk (index into the caller's disk
+ * list), or `hole`: on none (a loop backing file's hole, read as zeros; `disk` and `diskOffset` unused).
+ */
+export type Ext4Segment = { fsOffset: number; length: number; disk: number; diskOffset: number; hole?: false } | { fsOffset: number; length: number; hole: true }
 
 /** What ext4BulkMap wrote: the body's counts (the v2 trailer's), features it needs, and extents to fingerprint. */
 export interface Ext4BulkResult {
@@ -161,7 +159,8 @@ export interface NativeAddon {
   /**
    * The ext4 bulk mapper (native/export/ext4.c): reads the frozen ext4 on `device` with libext2fs and
    * writes the manifest v2 body (DIR then INODE records) of the tree under inode `root` to `fd`, entries
-   * naming an inode in `skip` left out, extents placed on raw disks through `segments` (sorted, disjoint).
+   * naming an inode in `skip` left out, extents placed on raw disks through `segments` (sorted, disjoint;
+   * the bytes of a file in a `hole` segment are left out, as the VFS mapper leaves out unbacked spans).
    * Throws code ERR_BULK_REFUSED for what it does not reproduce exactly (the VFS walker may do it
    * instead), ERR_BULK_FAILED for what the walker would fail on too (I/O, the carry limit).
    */
