@@ -2,8 +2,9 @@
   "targets": [
     {
       "target_name": "extfs_native",
-      "sources": ["native/extfs_native.c", "native/btrfs.c", "native/csum.c"],
-      "cflags": ["-Wall", "-Wextra", "-O2", "-D_GNU_SOURCE"]
+      "sources": ["native/extfs_native.c", "native/btrfs.c", "native/csum.c", "native/export/ext4.c", "native/export/ext4_napi.c", "native/manifest/v2write.c"],
+      "cflags": ["-Wall", "-Wextra", "-O2", "-D_GNU_SOURCE", "<!@(pkg-config --cflags ext2fs)"],
+      "libraries": ["<!@(pkg-config --libs ext2fs)"]
     },
     {
       "target_name": "extfs_view",

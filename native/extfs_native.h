@@ -38,4 +38,7 @@ napi_value btrfs_csums(napi_env env, napi_callback_info info);
 napi_value btrfs_file_extents(napi_env env, napi_callback_info info);
 napi_value csum_verify(napi_env env, napi_callback_info info);
 
+// native/export/ext4_napi.c
+napi_value ext4_bulk_map(napi_env env, napi_callback_info info);
+
 #endif

@@ -8,7 +8,7 @@ import { createLogger } from '../log'
 import { readKeyFile } from '../manifest/sign'
 import { DEFAULT_CARRY_MAX, exportImage } from '../export/export'
 import { releaseFromJournal, releaseImage, ReleaseResult } from '../frozen/release'
-import type { Manifest, ManifestHeader } from '../manifest/types'
+import type { FrozenImage, ManifestHeader } from '../manifest/types'
 import { LIMITS } from '../manifest/validate'
 import { loadImage } from '../mover/load'
 import { readManifestHeader } from '../manifest/stream'
@@ -46,8 +46,7 @@ function parseCarryMax(value: string): number {
 }
 
 /** What export says about the image it holds and how to end it. */
-function heldImage(m: Manifest, output: string): string {
-  const f = m.frozenImage
+function heldImage(f: FrozenImage, output: string): string {
   if (f.kind === 'freeze') return `; ${f.mountpoint} stays frozen until: extfs release ${output}`
   if (f.kind === 'snapshot') return `; image: ${f.mechanism} at ${f.imagePath}, kept until: extfs release ${output}`
   return ''
@@ -82,6 +81,8 @@ export function buildProgram(): Command {
     .option('--carry-max <bytes>', `carry inline files up to this size in the manifest (default ${DEFAULT_CARRY_MAX})`, parseCarryMax, DEFAULT_CARRY_MAX)
     .option('--through-loop', 'map files on a loop device through its backing file to the disk underneath')
     .option('--record <file>', 'where to publish the config-ID record (default: <manifest>.config-id)')
+    .addOption(new Option('--mapper <mapper>', 'bulk: read a frozen ext4\'s metadata from its device (manifest format 2); vfs: walk the tree; auto: bulk where it applies').choices(['auto', 'bulk', 'vfs']).default('auto'))
+    .addOption(new Option('--format <version>', 'manifest format version (default: 1 from the VFS walker, 2 from the bulk mapper)').choices(['1', '2']))
     .addOption(keyOption())
     .addOption(logLevelOption())
     .action((paths: string[], o) => {
@@ -90,9 +91,10 @@ export function buildProgram(): Command {
       const m = exportImage({
         paths, output: o.output, frozenImage: o.frozenImage, assumeStable: !!o.assumeStable, record: o.record, key: key(o),
         preFreeze: o.preFreeze, postThaw: o.postThaw, carryMax: o.carryMax, throughLoop: !!o.throughLoop, warn: (msg) => log.warn(msg),
+        mapper: o.mapper, format: o.format === undefined ? undefined : (Number(o.format) as 1 | 2),
       })
-      log.debug({ output: path.resolve(o.output), configId: m.configId, inodes: m.inodes.length }, 'exported')
-      process.stdout.write(`exported ${m.inodes.length} inodes to ${o.output}, config ID ${m.configId}${heldImage(m, o.output)}\n`)
+      log.debug({ output: path.resolve(o.output), configId: m.configId, inodes: m.inodes, mapper: m.mapper, format: m.format, ...m.bulk }, 'exported')
+      process.stdout.write(`exported ${m.inodes} inodes to ${o.output}, config ID ${m.configId}${heldImage(m.frozenImage, o.output)}\n`)
     })
 
   program.command('mount')

@@ -5,7 +5,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { randomBytes } from 'node:crypto'
-import type { DataChecksums, Device, Extent, FrozenImage, FrozenImageKind, Inode, Manifest } from '../manifest/types'
+import type { DataChecksums, Device, Extent, FrozenImage, FrozenImageKind, Inode, Manifest, ManifestHeader } from '../manifest/types'
 import type { RawDisk } from '../mapping/span'
 import { MANIFEST_FORMAT, MANIFEST_VERSION } from '../manifest/types'
 import { signManifest } from '../manifest/sign'
@@ -25,6 +25,8 @@ import { extentsOnDevice, takeFingerprints } from '../device/fingerprint'
 import { Walker } from './walk'
 import { ExportError, ManifestError } from '../errors'
 import { pathOfInode } from '../manifest/paths'
+import { assembleV2, writeManifestV2 } from '../manifest/v2/write'
+import { bodyPathOf, BulkRefused, mapBulk, whyNotBulk, type BulkBody, type MapperChoice } from './bulk-ext4'
 
 /** Filesystems the mapper resolves to raw disks (btrfs through its chunk tree). */
 const SUPPORTED_FS = new Set(['ext2', 'ext3', 'ext4', 'xfs', 'btrfs'])
@@ -47,7 +49,22 @@ export interface ExportOptions {
   carryMax: number
   /** Map through loop devices to the disk under their backing files. */
   throughLoop: boolean
+  /** auto: the bulk mapper where it applies (ext4, frozen), else the VFS walker; bulk: it or fail. */
+  mapper: MapperChoice
+  /** Manifest format version; default 1 for the VFS walker, 2 for the bulk mapper (which writes only 2). */
+  format?: 1 | 2
   warn: (msg: string) => void
+}
+
+/** What export wrote. */
+export interface ExportSummary {
+  configId: string
+  frozenImage: FrozenImage
+  inodes: number
+  format: 1 | 2
+  mapper: 'bulk' | 'vfs'
+  /** The bulk mapper's own figures: body bytes, whether it read with O_DIRECT, the process's peak RSS then. */
+  bulk?: { bodyBytes: number; directIo: boolean; peakRssKiB: number; tableBytes: number }
 }
 
 function sourceFilesystem(paths: string[]): { dev: bigint; mount: MountEntry; realPaths: string[] } {
@@ -102,7 +119,7 @@ function describeDevices(disks: RawDisk[], extents: Extent[], checksums: DataChe
   })
 }
 
-/** The feature flags the manifest uses: a writer lists a flag only when it needs it. */
+/** The feature flags the walker's manifest uses: a writer lists a flag only when it needs it. */
 function features(walker: Walker, mapper: FileMapper): string[] {
   const out: string[] = []
   if ([...walker.inodes.values()].some((i) => i.inline !== undefined)) out.push('inline-data')
@@ -153,11 +170,24 @@ function checkKind(opts: ExportOptions, mount: MountEntry, dev: bigint, realPath
   return opts.frozenImage === 'snapshot' ? planSnapshot(mount, realPaths) : undefined
 }
 
-export function exportImage(opts: ExportOptions): Manifest {
+/** Whether to try the bulk mapper; throws when it was asked for and does not apply. */
+function wantBulk(opts: ExportOptions, mount: MountEntry, realPaths: string[]): boolean {
+  if (opts.mapper === 'vfs') return false
+  if (opts.format === 1) {
+    if (opts.mapper === 'bulk') throw new ExportError('--mapper bulk writes manifest format 2 only: drop --format 1')
+    return false
+  }
+  const why = whyNotBulk({ mount, realPaths, frozenImage: opts.frozenImage, skip: [], throughLoop: opts.throughLoop, carryMax: opts.carryMax })
+  if (why !== undefined && opts.mapper === 'bulk') throw new ExportError(`--mapper bulk does not apply: ${why}`)
+  return why === undefined
+}
+
+export function exportImage(opts: ExportOptions): ExportSummary {
   const { dev, mount, realPaths } = sourceFilesystem(opts.paths)
   const output = path.resolve(opts.output)
   const record = opts.record ? path.resolve(opts.record) : `${output}.config-id`
   const plan = checkKind(opts, mount, dev, realPaths, output, record)
+  const tryBulk = wantBulk(opts, mount, realPaths)
   const journal = journalPathOf(output)
   // One image per manifest path: a second export would overwrite the only record of the first image.
   if (fs.existsSync(journal)) throw new ExportError(`${journal} exists: the image last exported to ${opts.output} was not released; run: extfs release ${opts.output}`)
@@ -206,16 +236,14 @@ export function exportImage(opts: ExportOptions): Manifest {
   // A clone set is taken file by file during the walk: its post-thaw hook runs after the last clone.
   if (!hold.live) postThaw('taken')
   const toSource = inSourceTerms(hold, realPaths)
+  const body = bodyPathOf(output)
   try {
-    const walker = new Walker({ dev: hold.dev, mapper, warn: (m) => opts.warn(toSource(m)), openFile: hold.openFile, carryMax: opts.carryMax, skip: new Set([...hold.skip, journal]), live: hold.live })
-    const { root, synthetic } = buildTree(walker, hold.walkPaths, realPaths.map((p) => path.basename(p)))
-    postThaw('taken')
-    const devices = describeDevices(mapper.disks, allExtents(walker.inodes.values()), mapper.dataChecksums)
+    const bulk = tryBulk ? bulkOrDecline(opts, { mount, realPaths, frozenImage: opts.frozenImage, skip: [...hold.skip, journal], throughLoop: opts.throughLoop, carryMax: opts.carryMax }, body) : undefined
     const configId = randomBytes(16).toString('hex')
-    let manifest: Manifest = {
+    const header = (root: number, features: string[], devices: Device[], checksums?: DataChecksums): ManifestHeader => ({
       format: MANIFEST_FORMAT,
       version: MANIFEST_VERSION,
-      features: features(walker, mapper),
+      features,
       configId,
       createdAt: new Date().toISOString(),
       source: { host: os.hostname(), paths: realPaths },
@@ -223,15 +251,36 @@ export function exportImage(opts: ExportOptions): Manifest {
       // Relative when beside the manifest, so both hosts may mount the shared storage at different paths.
       configRecord: path.dirname(record) === path.dirname(output) ? path.basename(record) : record,
       blockSize: fs.statfsSync(mount.mountpoint).bsize,
-      ...(mapper.dataChecksums ? { dataChecksums: mapper.dataChecksums } : {}),
+      ...(checksums ? { dataChecksums: checksums } : {}),
       devices,
       root,
-      inodes: [...walker.inodes.values()].sort((a, b) => a.ino - b.ino),
+    })
+    let summary: ExportSummary
+    if (bulk) {
+      postThaw('taken')
+      const features = [...(bulk.result.inlineData ? ['inline-data'] : []), ...(bulk.result.byteNames ? ['byte-names'] : [])]
+      const h = header(bulk.root, features, describeDevices(bulk.disks, bulk.samples, undefined))
+      assembleV2(output, h, body, bulk.result, opts.key)
+      const { bodyBytes, directIo, peakRssKiB, tableBytes } = bulk.result
+      summary = { configId, frozenImage, inodes: bulk.result.inodes, format: 2, mapper: 'bulk', bulk: { bodyBytes, directIo, peakRssKiB, tableBytes } }
+    } else {
+      const walker = new Walker({ dev: hold.dev, mapper, warn: (m) => opts.warn(toSource(m)), openFile: hold.openFile, carryMax: opts.carryMax, skip: new Set([...hold.skip, journal]), live: hold.live })
+      const { root, synthetic } = buildTree(walker, hold.walkPaths, realPaths.map((p) => path.basename(p)))
+      postThaw('taken')
+      const devices = describeDevices(mapper.disks, allExtents(walker.inodes.values()), mapper.dataChecksums)
+      const h = header(root, features(walker, mapper), devices, mapper.dataChecksums)
+      const inodes = [...walker.inodes.values()].sort((a, b) => a.ino - b.ino)
+      if (opts.format === 2) {
+        writeManifestV2(output, h, inodes, opts.key) // the header's version becomes 2 there
+      } else {
+        let manifest: Manifest = { ...h, inodes }
+        if (opts.key) manifest = signManifest(manifest, opts.key)
+        // writeManifestFile holds our own output to the mover's rules before writing it; without its
+        // record a manifest serves nothing, so a failure here leaves nothing usable behind.
+        writeOwnManifest(output, manifest, (inView) => sourcePathOf(inView, synthetic, realPaths))
+      }
+      summary = { configId, frozenImage, inodes: inodes.length, format: opts.format ?? 1, mapper: 'vfs' }
     }
-    if (opts.key) manifest = signManifest(manifest, opts.key)
-    // writeManifestFile holds our own output to the mover's rules before writing it; without its
-    // record a manifest serves nothing, so a failure here leaves nothing usable behind.
-    writeOwnManifest(output, manifest, (inView) => sourcePathOf(inView, synthetic, realPaths))
     try {
       // The mapping options go into the record so that `extfs remap` maps the image the same way.
       writeRecord(record, configId, 'current', { mapping: { throughLoop: opts.throughLoop, carryMax: opts.carryMax } })
@@ -239,12 +288,27 @@ export function exportImage(opts: ExportOptions): Manifest {
       fs.rmSync(output, { force: true })
       throw err
     }
-    return manifest
+    return summary
   } catch (err) {
     postThaw('failed')
     undo(true)
     if (err instanceof ExportError) err.message = toSource(err.message)
     throw err
+  } finally {
+    fs.rmSync(body, { force: true })
+  }
+}
+
+/** The bulk mapper's body, or undefined when it declined and the walker is allowed to map instead (said once). */
+function bulkOrDecline(opts: ExportOptions, target: Parameters<typeof mapBulk>[0], body: string): BulkBody | undefined {
+  try {
+    return mapBulk(target, body)
+  } catch (err) {
+    if (!(err instanceof BulkRefused)) throw err
+    if (opts.mapper === 'bulk') throw new ExportError(`--mapper bulk: ${err.message}`)
+    opts.warn(`bulk mapper declined (${err.message}); mapping through the VFS instead`)
+    fs.rmSync(body, { force: true })
+    return undefined
   }
 }
 
