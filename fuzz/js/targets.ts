@@ -9,9 +9,10 @@ import path from 'node:path'
 import { isDeepStrictEqual } from 'node:util'
 import { ManifestError } from '../../src/errors'
 import { parseManifest, validateManifest, CONFIG_ID } from '../../src/manifest/validate'
-import { readManifestFile } from '../../src/manifest/io'
+import { isV2Path, readCheckedManifest, readManifestFile } from '../../src/manifest/io'
+import { writeManifestV2 } from '../../src/manifest/v2/write'
 import { signManifest, verifyManifestSignature } from '../../src/manifest/sign'
-import { CannotStream, streamManifestFile } from '../../src/manifest/stream'
+import { CannotStream, streamManifestFile, streamOrReadManifest } from '../../src/manifest/stream'
 import { MANIFEST_FORMAT, MANIFEST_VERSION, KNOWN_FEATURES, type Extent, type Manifest } from '../../src/manifest/types'
 import { planRead } from '../../src/extents/plan'
 import { decodeName, encodeName } from '../../src/manifest/names'
@@ -27,7 +28,7 @@ import { ConfigWatch, MAX_DELTAS, parseRecord, RECORD_FORMAT, writeRecord } from
 import { MAX_WAIT_MS, parseConfigAnswer, parseConfigQuery, parseRemapAnswer } from '../../src/service/protocol'
 import { RequestVerifier, MemoryNonceStore, requestMac, sha256Hex, DEFAULT_SKEW_MS } from '../../src/service/auth'
 import { servedTree } from '../../test/helpers/served-tree'
-import { applyByteEdits, applyEdits, byteEditArb, editArb, layout, LAYOUTS, mutatedSeeds, type Json, type Seed } from './mutate'
+import { applyByteEdits, applyEdits, byteEditArb, editArb, layout, LAYOUTS, mutatedSeeds, type Edit, type Json, type Seed } from './mutate'
 
 /** A crash (an exception other than the parser's refusal) or a disagreement with a model. */
 export class Finding extends Error {}
@@ -290,6 +291,62 @@ function resigned(v: Json, sign: (v: object) => object): Json {
   }
 }
 
+// ------------------------------------------------------------------------------------ v2
+
+/** The v2 bytes of a JSON seed that validates (its edits applied when they keep it valid), else undefined. */
+function v2Of(value: Json, edits: readonly Edit[]): Buffer | undefined {
+  for (const v of [applyEdits(value, edits), value]) {
+    try {
+      const m = validateManifest(JSON.parse(JSON.stringify(v)))
+      const { inodes, signature: _s, ...header } = m
+      const file = scratchFile('seed.extfs', '')
+      writeManifestV2(file, header, inodes)
+      return fs.readFileSync(file)
+    } catch {
+      continue
+    }
+  }
+  return undefined
+}
+
+/** The manifest a v2 reader accepted, as version 1 would hold it (for validateManifest and packTables). */
+function asV1(m: Manifest): Manifest {
+  const { signature: _s, ...rest } = m
+  return { ...rest, version: MANIFEST_VERSION }
+}
+
+const v2: Target = {
+  name: 'v2',
+  about: 'manifest format 2 (v2/read.ts) on binary files made from the JSON seeds and edited byte by byte: refuses in one line, or ' +
+    'accepts only what validateManifest accepts as version 1, streams the same tree as packTables of it, and writes back the same inodes',
+  alsoSeeds: ['test/fixtures', 'fuzz/corpus/manifest'],
+  arbitrary: (seeds) => fc.record({
+    seed: fc.nat({ max: seeds.length - 1 }),
+    edits: fc.array(editArb, { maxLength: 3 }),
+    bytes: fc.array(byteEditArb, { maxLength: 4 }),
+  }).map(({ seed, edits, bytes }) => {
+    const s = seeds[seed]!
+    const base = s.value !== undefined ? v2Of(s.value, edits) ?? s.bytes : s.bytes
+    return applyByteEdits(base, bytes)
+  }),
+  run(input) {
+    const file = scratchFile('manifest.extfs', input)
+    const r = attempt('readCheckedManifest (v2)', () => readCheckedManifest(file))
+    if (r.error !== undefined || !isV2Path(file)) return
+    const m = asV1(r.value!)
+    mustAccept('validateManifest of what the v2 reader accepted', () => validateManifest(JSON.parse(JSON.stringify(m))))
+    const b = new TablesBuilder()
+    const { header } = mustAccept('streamOrReadManifest (v2)', () => streamOrReadManifest(file, b))
+    const streamedTree = servedTree(withDeviceFds(b.build(), fdsOf(header)).image)
+    if (!isDeepStrictEqual(streamedTree, servedTree(packTables(m, fdsOf(m)).image))) throw new Finding('the v2 stream serves another tree than packTables of what it read')
+    const again = scratchFile('again.extfs', '')
+    const { inodes, ...h } = m
+    writeManifestV2(again, h, inodes)
+    const back = mustAccept('the v2 reader on what the v2 writer wrote back', () => readCheckedManifest(again))
+    if (!isDeepStrictEqual(back.inodes, [...inodes].sort((a, c) => a.ino - c.ino))) throw new Finding('written back, the inodes differ')
+  },
+}
+
 // ------------------------------------------------------------------------------------ delta
 
 /**
@@ -507,4 +564,4 @@ const answers: Target = {
   },
 }
 
-export const TARGETS: readonly Target[] = [manifest, stream, delta, record, answers]
+export const TARGETS: readonly Target[] = [manifest, stream, v2, delta, record, answers]

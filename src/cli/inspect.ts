@@ -1,9 +1,12 @@
-// `extfs inspect`: what a manifest holds, for people (text) and scripts (--json).
-import type { Manifest } from '../manifest/types'
+// `extfs inspect`: what a manifest of either version holds, for people (text) and scripts (--json).
+import type { Inode, Manifest } from '../manifest/types'
 import { printable } from '../manifest/names'
+import { streamOrReadManifest, type InodeSink } from '../manifest/stream'
 
 export interface Summary {
   configId: string
+  /** Manifest format version: 1 JSON, 2 binary. */
+  version: number
   frozenImage: Manifest['frozenImage']
   createdAt: string
   host: string
@@ -25,48 +28,81 @@ export interface Summary {
 const KERNEL_ACL_BUFFER = 4096
 const ACL_NAMES = ['system.posix_acl_access', 'system.posix_acl_default']
 
-/** Paths (one name each, from the root, sorted) of the inodes holding an ACL no FUSE reader can have. */
-function largeAclPaths(m: Manifest): string[] {
-  const large = new Set(m.inodes.filter((i) => ACL_NAMES.some((name) => {
-    const b64 = i.xattrs?.[name]
+function holdsLargeAcl(n: Inode): boolean {
+  return ACL_NAMES.some((name) => {
+    const b64 = n.xattrs?.[name]
     return b64 !== undefined && Buffer.byteLength(b64, 'base64') > KERNEL_ACL_BUFFER
-  })).map((i) => i.ino))
-  if (large.size === 0) return []
-  const byIno = new Map(m.inodes.map((i) => [i.ino, i]))
-  const found: string[] = []
-  const seen = new Set<number>()
-  const walk = [{ ino: m.root, path: '/' }]
-  for (let next = walk.pop(); next !== undefined; next = walk.pop()) {
-    if (seen.has(next.ino)) continue
-    seen.add(next.ino)
-    if (large.has(next.ino)) found.push(next.path)
-    const prefix = next.path === '/' ? '' : next.path
-    for (const e of byIno.get(next.ino)?.entries ?? []) walk.push({ ino: e.ino, path: `${prefix}/${e.name}` })
-  }
-  return found.sort()
+  })
 }
 
-export function summarize(m: Manifest): Summary {
-  const inodes: Record<string, number> = {}
-  let bytes = 0
-  let extents = 0
-  let extentBytes = 0
-  let inlineFiles = 0
-  for (const i of m.inodes) {
-    inodes[i.kind] = (inodes[i.kind] ?? 0) + 1
-    if (i.kind !== 'file') continue
-    bytes += i.size
-    for (const e of i.extents ?? []) {
-      extents++
-      extentBytes += e.length
+/** Counts as the inodes stream by; remembers only directories and files with large ACLs. */
+class Tally implements InodeSink {
+  readonly inodes: Record<string, number> = {}
+  bytes = 0
+  extents = 0
+  extentBytes = 0
+  inlineFiles = 0
+  readonly dirs = new Set<number>()
+  readonly largeAcl = new Set<number>()
+
+  begin(): void {}
+  finish(): void {}
+
+  inode(n: Inode): void {
+    this.inodes[n.kind] = (this.inodes[n.kind] ?? 0) + 1
+    if (n.kind === 'dir') this.dirs.add(n.ino)
+    if (holdsLargeAcl(n)) this.largeAcl.add(n.ino)
+    if (n.kind !== 'file') return
+    this.bytes += n.size
+    for (const e of n.extents ?? []) {
+      this.extents++
+      this.extentBytes += e.length
     }
-    if (i.inline !== undefined) inlineFiles++
+    if (n.inline !== undefined) this.inlineFiles++
   }
+}
+
+/**
+ * Paths (one name each, from the root, sorted) of `wanted` inodes: a second pass over the manifest
+ * that keeps the names of directories and of the wanted files only, never every entry.
+ */
+function pathsOf(wanted: Set<number>, dirs: Set<number>, root: number, pass: (sink: InodeSink) => void): string[] {
+  const named = new Map<number, { parent: number; name: string }>()
+  pass({
+    begin() {}, finish() {},
+    inode(n: Inode) {
+      for (const e of n.entries ?? []) if ((dirs.has(e.ino) || wanted.has(e.ino)) && !named.has(e.ino)) named.set(e.ino, { parent: n.ino, name: e.name })
+    },
+  })
+  const pathOf = (ino: number): string => {
+    const parts: string[] = []
+    for (let at = ino; at !== root; at = named.get(at)!.parent) parts.push(named.get(at)!.name)
+    return '/' + parts.reverse().join('/')
+  }
+  return [...wanted].filter((ino) => ino === root || named.has(ino)).map(pathOf).sort()
+}
+
+/**
+ * The summary of the manifest in `file` (either version), checked and its signature verified with
+ * `key`, streamed: what it holds is proportional to its directories, not its files.
+ */
+export function summarizeFile(file: string, key?: Buffer): Summary {
+  let tally = new Tally()
+  const { header, whole } = streamOrReadManifest(file, tally, key)
+  const pass = whole
+    ? (sink: InodeSink) => whole.inodes.forEach((n, i) => sink.inode(n, i))
+    : (sink: InodeSink) => streamOrReadManifest(file, sink, key)
+  if (whole) {
+    tally = new Tally() // what the stream saw before it gave up is not counted
+    pass(tally)
+  }
+  const largeAcls = tally.largeAcl.size === 0 ? [] : pathsOf(tally.largeAcl, tally.dirs, header.root, pass)
   return {
-    configId: m.configId, frozenImage: m.frozenImage, createdAt: m.createdAt, host: m.source.host, signed: !!m.signature,
-    inodes, bytes, extents, extentBytes, inlineFiles,
-    devices: m.devices.map((d) => ({ id: d.id, size: d.size, hint: d.hint, identity: d.identity, fingerprints: d.fingerprints.length })),
-    largeAcls: largeAclPaths(m),
+    configId: header.configId, version: header.version, frozenImage: header.frozenImage, createdAt: header.createdAt, host: header.source.host,
+    signed: !!header.signature, inodes: tally.inodes, bytes: tally.bytes, extents: tally.extents, extentBytes: tally.extentBytes,
+    inlineFiles: tally.inlineFiles,
+    devices: header.devices.map((d) => ({ id: d.id, size: d.size, hint: d.hint, identity: d.identity, fingerprints: d.fingerprints.length })),
+    largeAcls,
   }
 }
 
@@ -74,6 +110,7 @@ export function formatSummary(s: Summary): string {
   const kinds = Object.entries(s.inodes).map(([k, n]) => `${n} ${k}`).join(', ')
   const lines = [
     `config ID     ${s.configId}`,
+    `format        version ${s.version} (${s.version === 1 ? 'JSON' : 'binary'})`,
     `frozen image  ${s.frozenImage.kind}${s.frozenImage.mechanism ? ` (${s.frozenImage.mechanism} at ${s.frozenImage.imagePath})` : ''} of ${s.frozenImage.mountpoint} (${s.frozenImage.fsType}) on ${s.host} at ${s.createdAt}`,
     `signed        ${s.signed ? 'yes (hmac-sha256)' : 'no'}`,
     `inodes        ${kinds}`,

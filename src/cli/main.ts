@@ -8,15 +8,15 @@ import { createLogger } from '../log'
 import { readKeyFile } from '../manifest/sign'
 import { DEFAULT_CARRY_MAX, exportImage } from '../export/export'
 import { releaseFromJournal, releaseImage, ReleaseResult } from '../frozen/release'
-import type { Manifest } from '../manifest/types'
+import type { Manifest, ManifestHeader } from '../manifest/types'
 import { LIMITS } from '../manifest/validate'
 import { loadImage } from '../mover/load'
-import { readCheckedManifest } from '../manifest/io'
+import { readManifestHeader } from '../manifest/stream'
 import { requireRoot } from '../mover/checks'
 import { DEFAULT_LOG_FILE } from '../mover/daemon'
 import { unmountView } from '../mover/umount'
 import { backupCommand, mountCommand } from './mount'
-import { formatSummary, summarize } from './inspect'
+import { formatSummary, summarizeFile } from './inspect'
 import { remapImage } from '../remap/remap'
 import { parseMiB, parseSeconds, runServe } from '../service/run'
 import { DEFAULT_REMAP_CACHE_BYTES } from '../service/remap-worker'
@@ -53,7 +53,7 @@ function heldImage(m: Manifest, output: string): string {
   return ''
 }
 
-function describeRelease(r: ReleaseResult, m: Manifest | undefined): string {
+function describeRelease(r: ReleaseResult, m: ManifestHeader | undefined): string {
   const parts = [r.configId ? `released ${r.configId}` : 'released the image of an export that did not finish']
   if (r.thawed !== undefined) parts.push(r.thawed ? `${m?.frozenImage.mountpoint ?? 'the filesystem'} thawed` : `${m?.frozenImage.mountpoint ?? 'the filesystem'} was not frozen`)
   if (r.removed) parts.push(`removed ${r.removed}`)
@@ -120,7 +120,7 @@ export function buildProgram(): Command {
     .option('--json', 'machine-readable output')
     .addOption(keyOption())
     .action((manifest: string, o) => {
-      const s = summarize(readCheckedManifest(manifest, key(o)))
+      const s = summarizeFile(manifest, key(o))
       process.stdout.write((o.json ? JSON.stringify(s, null, 2) : formatSummary(s)) + '\n')
     })
 
@@ -151,7 +151,7 @@ export function buildProgram(): Command {
         process.stdout.write(describeRelease(r, undefined) + '\n')
         return
       }
-      const m = readCheckedManifest(manifest, key(o))
+      const m = readManifestHeader(manifest, key(o))
       process.stdout.write(describeRelease(releaseImage(file, m, Math.round(o.grace * 1000)), m) + '\n')
     })
 

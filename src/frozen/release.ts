@@ -6,7 +6,7 @@
 // (`<manifest>.frozen-image`). Both are data: only the image directory export creates, carrying its
 // marker, is ever removed, so nothing of the owner's is touched. Releasing twice is harmless.
 import fs from 'node:fs'
-import type { FrozenImage, Manifest } from '../manifest/types'
+import type { FrozenImage, ManifestHeader } from '../manifest/types'
 import { readRecord, recordPath, writeRecord } from '../configid/record'
 import { thawFilesystem } from './freeze'
 import { discardImage } from './discard'
@@ -72,7 +72,7 @@ function journalMatches(j: FrozenImageJournal, image: FrozenImage): boolean {
  * following `extfs serve` that did not hear of the release (cut off from the initiator) has seen its
  * lease run out before the image's blocks can be reused (docs/remap.md, "The lease").
  */
-export function releaseImage(manifestPath: string, manifest: Manifest, graceMs = 0): ReleaseResult {
+export function releaseImage(manifestPath: string, manifest: ManifestHeader, graceMs = 0): ReleaseResult {
   const image = manifest.frozenImage
   if (image.kind !== 'none') checkStillMounted(image)
   markReleased(recordPath(manifestPath, manifest.configRecord), manifest.configId)

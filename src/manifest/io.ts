@@ -1,14 +1,17 @@
 // Reading and writing manifest files. Reading is bounded (the size is checked before any byte is read)
 // and ends in parseManifest, so what comes back is validated. Writing is atomic: readers on the other
 // host see the old file or the new one, never half of one.
-import crypto from 'node:crypto'
 import fs from 'node:fs'
-import nodePath from 'node:path'
 import { constants as bufferConstants } from 'node:buffer'
 import { ManifestError } from '../errors'
 import type { Manifest } from './types'
 import { parseManifest, validateManifest } from './validate'
 import { verifyManifestSignature } from './sign'
+import { openManifest, writeAll, writeAtomicWith } from './file'
+import { isV2File } from './v2/read'
+import { readWholeV2 } from './v2/whole'
+
+export { openManifest }
 
 export const DEFAULT_MAX_MANIFEST_BYTES = 1024 * 1024 * 1024
 
@@ -31,11 +34,30 @@ export function readManifestFile(path: string, opts: ReadManifestOptions = {}): 
   return parseManifest(readManifestText(path, maxBytes))
 }
 
-/** The whole manifest as objects, its signature verified with `key`: bounded by V8's string limit. */
+/**
+ * The whole manifest as objects, its signature verified with `key`: version 1 bounded by V8's string
+ * limit, version 2 (binary) by memory alone.
+ */
 export function readCheckedManifest(path: string, key?: Buffer): Manifest {
+  if (isV2Path(path)) return readWholeV2(path, key)
   const manifest = readManifestFile(path)
   if (key) verifyManifestSignature(manifest, key)
   return manifest
+}
+
+/** The file at `path` is a version 2 manifest (its preamble); a missing file is left to the reader's own message. */
+export function isV2Path(path: string): boolean {
+  let fd: number
+  try {
+    fd = fs.openSync(path, 'r')
+  } catch {
+    return false
+  }
+  try {
+    return fs.fstatSync(fd).isFile() && isV2File(fd)
+  } finally {
+    fs.closeSync(fd)
+  }
 }
 
 /**
@@ -75,16 +97,6 @@ function readManifestText(path: string, maxBytes: number): string {
     return decodeUtf8(bytes, path)
   } finally {
     fs.closeSync(fd)
-  }
-}
-
-export function openManifest(path: string): number {
-  try {
-    return fs.openSync(path, 'r')
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code
-    if (code === 'ENOENT') throw new ManifestError(`manifest ${path} does not exist`)
-    throw new ManifestError(`cannot open manifest ${path}: ${code ?? (err as Error).message}`)
   }
 }
 
@@ -135,42 +147,6 @@ function decodeUtf8(bytes: Buffer, path: string): string {
 
 // ---------------------------------------------------------------------------------------------
 // Writing
-
-function writeAtomicWith(path: string, write: (fd: number) => void): void {
-  const dir = nodePath.dirname(path)
-  const tmp = nodePath.join(dir, `.${nodePath.basename(path)}.${process.pid}.${crypto.randomBytes(6).toString('hex')}.tmp`)
-  let fd: number | undefined = fs.openSync(tmp, 'wx')
-  try {
-    write(fd)
-    fs.fsyncSync(fd)
-    fs.closeSync(fd)
-    fd = undefined
-    fs.renameSync(tmp, path)
-  } catch (err) {
-    if (fd !== undefined) closeQuietly(fd)
-    try { fs.unlinkSync(tmp) } catch { /* already gone */ }
-    throw err
-  }
-  fsyncDir(dir)
-}
-
-function fsyncDir(dir: string): void {
-  const fd = fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY)
-  try {
-    fs.fsyncSync(fd)
-  } finally {
-    fs.closeSync(fd)
-  }
-}
-
-function closeQuietly(fd: number): void {
-  try { fs.closeSync(fd) } catch { /* the original error matters more */ }
-}
-
-function writeAll(fd: number, buf: Buffer): void {
-  let done = 0
-  while (done < buf.length) done += fs.writeSync(fd, buf, done, buf.length - done)
-}
 
 /** Collects text and writes it in blocks of about 1 MiB: the whole manifest may not fit in one string. */
 class BufferedWriter {

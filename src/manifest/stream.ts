@@ -17,7 +17,8 @@
 // whole-file path (readManifestFile), which is bounded by V8's string limit.
 import fs from 'node:fs'
 import { ManifestError, oneLine } from '../errors'
-import { DEFAULT_MAX_MANIFEST_BYTES, openManifest, readCheckedManifest } from './io'
+import { DEFAULT_MAX_MANIFEST_BYTES, isV2Path, openManifest, readCheckedManifest } from './io'
+import { streamManifestV2 } from './v2/read'
 import { CanonicalHmac, checkSignature } from './sign'
 import type { Inode, Manifest, ManifestHeader } from './types'
 import {
@@ -59,6 +60,7 @@ const EARLY_FIELDS = ['format', 'version', 'features', 'configId', 'createdAt', 
  * place that chooses between the two readers.
  */
 export function streamOrReadManifest(path: string, sink: InodeSink, key?: Buffer): { header: ManifestHeader; whole?: Manifest } {
+  if (isV2Path(path)) return { header: streamManifestV2(path, sink, key, DEFAULT_MAX_MANIFEST_BYTES) }
   try {
     return { header: streamManifestFile(path, sink, { maxBytes: DEFAULT_MAX_MANIFEST_BYTES, key }) }
   } catch (err) {
@@ -66,6 +68,21 @@ export function streamOrReadManifest(path: string, sink: InodeSink, key?: Buffer
     const whole = readCheckedManifest(path, key)
     return { header: whole, whole }
   }
+}
+
+/**
+ * The manifest's header (config ID, record, frozen image), checked whole and its signature verified
+ * with `key`, without keeping its inodes.
+ */
+export function readManifestHeader(path: string, key?: Buffer): ManifestHeader {
+  const ignore: InodeSink = { begin() {}, inode() {}, finish() {} }
+  const { header, whole } = streamOrReadManifest(path, ignore, key)
+  return whole ? withoutInodes(whole) : header
+}
+
+function withoutInodes(m: Manifest): ManifestHeader {
+  const { inodes: _inodes, ...header } = m
+  return header
 }
 
 /**

@@ -3,6 +3,8 @@
 
 export const MANIFEST_FORMAT = 'extfs-manifest'
 export const MANIFEST_VERSION = 1
+/** The newest version this build reads: 2 is the binary layout (docs/manifest-v2.md). */
+export const MANIFEST_VERSION_MAX = 2
 /** Feature flags this build understands; a manifest naming any other is refused. */
 export const KNOWN_FEATURES = ['inline-data', 'data-checksums', 'byte-names', 'compressed-extents'] as const
 export type Feature = (typeof KNOWN_FEATURES)[number]

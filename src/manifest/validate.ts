@@ -19,6 +19,7 @@ import {
   KNOWN_FEATURES,
   MANIFEST_FORMAT,
   MANIFEST_VERSION,
+  MANIFEST_VERSION_MAX,
   type Device,
   type Inode,
   type Manifest,
@@ -139,10 +140,10 @@ export interface CsumFacts {
  * loader (src/manifest/stream.ts), which passes the top-level fields without `inodes` (and without
  * `root` or `signature` when they come after the inodes in the file: see checkLateField).
  */
-export function validateHeader(value: Obj): HeaderFacts {
+export function validateHeader(value: Obj, version = MANIFEST_VERSION): HeaderFacts {
   // Format, version and features first: a newer manifest must get the "upgrade" message, not a
   // complaint about some field this build does not know.
-  checkFormatAndVersion(value)
+  checkFormatAndVersion(value, version)
   const features = checkFeatures(value.features)
   checkKnownKeys(value, MANIFEST_KEYS, 'manifest')
   checkHeader(value)
@@ -197,16 +198,17 @@ export function checkRoot(root: unknown): asserts root is number {
 // ---------------------------------------------------------------------------------------------
 // Header
 
-function checkFormatAndVersion(m: Obj): void {
+/** `version` is what the file's layout is (JSON: 1; binary: 2, docs/manifest-v2.md). */
+function checkFormatAndVersion(m: Obj, version: number): void {
   if (m.format !== MANIFEST_FORMAT) {
     bad('manifest', `format is ${describe(m.format)}, expected "${MANIFEST_FORMAT}": not an extfs manifest`)
   }
   const v = m.version
   if (!isInt(v, 0, MAX_SAFE)) bad('manifest', `version must be a non-negative integer, got ${describe(v)}`)
-  if (v !== MANIFEST_VERSION) {
-    const hint = v > MANIFEST_VERSION ? '; upgrade extfs' : ''
-    throw new ManifestError(`unknown manifest version ${v}: this extfs reads version ${MANIFEST_VERSION}${hint}`)
-  }
+  if (v === version) return
+  if (v === 2 && version === 1) throw new ManifestError('manifest version 2 is binary (docs/manifest-v2.md), not JSON')
+  const hint = v > MANIFEST_VERSION_MAX ? '; upgrade extfs' : ''
+  throw new ManifestError(`unknown manifest version ${v}: this extfs reads versions 1 and ${MANIFEST_VERSION_MAX}${hint}`)
 }
 
 function checkFeatures(value: unknown): Set<string> {
@@ -621,6 +623,12 @@ function checkCopiesAndCsums(e: Obj, where: string, at: string, span: number, de
 // The tree: walk from the root, checking each directory's entries. Every directory must be reached
 // exactly once (one parent, no cycles) and every inode at least once (no orphans); files may be
 // reached many times (hard links).
+
+/** The tree rules over inodes each checked on their own already (checkInode, checkEntries): a reader that collects them. */
+export function checkInodeTree(root: unknown, inodes: Inode[], byteNames: boolean): void {
+  const maxIno = inodes.reduce((m, n) => Math.max(m, n.ino), 0)
+  checkTree(root, inodes, indexInodes(inodes, maxIno), byteNames)
+}
 
 function checkTree(root: unknown, inodes: Inode[], index: InoIndex, byteNames: boolean): void {
   checkRoot(root)

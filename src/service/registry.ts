@@ -5,7 +5,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import type { Logger } from 'pino'
 import { deltaPathOf, fileStamp, readRecord, recordPath } from '../configid/record'
-import { streamOrReadManifest, type InodeSink } from '../manifest/stream'
+import { readManifestHeader } from '../manifest/stream'
 import type { ManifestHeader } from '../manifest/types'
 import { CONFIG_ID } from '../manifest/validate'
 import { DEFAULT_MAX_DELTA_BYTES } from '../delta/io'
@@ -221,12 +221,6 @@ export class ImageRegistry {
       if (fileStamp(img.recordFile) !== img.recordStamp || fileStamp(img.manifestPath) !== img.manifestStamp) this.sync(img)
     }
   }
-}
-
-/** The manifest's header (config ID, record), checked and its signature verified, without keeping its inodes. */
-function readManifestHeader(manifestPath: string, key: Buffer): ManifestHeader {
-  const ignore: InodeSink = { begin() {}, inode() {}, finish() {} }
-  return streamOrReadManifest(manifestPath, ignore, key).header
 }
 
 /** The chain fields of a delta file; the mover checks the rest (validation, signature). */

@@ -53,8 +53,9 @@ const bytes = (n: number): string => Buffer.alloc(n, 0x61).toString('base64')
 const cases: Case[] = [
   // header
   { name: 'wrong format', mutate: (m) => { m.format = 'tarball' }, error: /format is "tarball", expected "extfs-manifest"/ },
-  { name: 'unknown version', mutate: (m) => { m.version = 2 }, error: /^unknown manifest version 2: this extfs reads version 1; upgrade extfs$/ },
-  { name: 'version 0', mutate: (m) => { m.version = 0 }, error: /^unknown manifest version 0: this extfs reads version 1$/ },
+  { name: 'unknown version', mutate: (m) => { m.version = 3 }, error: /^unknown manifest version 3: this extfs reads versions 1 and 2; upgrade extfs$/ },
+  { name: 'version 2 as JSON', mutate: (m) => { m.version = 2 }, error: /^manifest version 2 is binary \(docs\/manifest-v2.md\), not JSON$/ },
+  { name: 'version 0', mutate: (m) => { m.version = 0 }, error: /^unknown manifest version 0: this extfs reads versions 1 and 2$/ },
   { name: 'version as string', mutate: (m) => { m.version = '1' }, error: /version must be a non-negative integer, got "1"/ },
   { name: 'unknown feature', mutate: (m) => { m.features = ['compression'] }, error: /feature "compression" that this extfs does not know.*upgrade extfs/ },
   { name: 'feature twice', mutate: (m) => { m.features = ['inline-data', 'inline-data'] }, error: /feature "inline-data" is listed twice/ },
@@ -266,9 +267,9 @@ t.test('golden fixtures', async (t) => {
     t.equal(extents[3]!.decodedOffset, 20480, 'the clone starts 20 KiB into the decoded extent')
   })
 
-  t.test('v2 future is refused with the upgrade message', async (t) => {
-    refused(t, () => parseManifest(read('manifest-v2-future.json')),
-      /^unknown manifest version 2: this extfs reads version 1; upgrade extfs$/)
+  t.test('v3 future is refused with the upgrade message', async (t) => {
+    refused(t, () => parseManifest(read('manifest-v3-future.json')),
+      /^unknown manifest version 3: this extfs reads versions 1 and 2; upgrade extfs$/)
   })
 })
 
