@@ -8,7 +8,7 @@ import { createLogger } from '../log'
 import { readKeyFile } from '../manifest/sign'
 import { DEFAULT_CARRY_MAX, exportImage } from '../export/export'
 import { releaseFromJournal, releaseImage, ReleaseResult } from '../frozen/release'
-import type { Manifest, ManifestHeader } from '../manifest/types'
+import type { FrozenImage, ManifestHeader } from '../manifest/types'
 import { LIMITS } from '../manifest/validate'
 import { loadImage } from '../mover/load'
 import { readManifestHeader } from '../manifest/stream'
@@ -46,7 +46,7 @@ function parseCarryMax(value: string): number {
 }
 
 /** What export says about the image it holds and how to end it. */
-function heldImage(m: Manifest, output: string): string {
+function heldImage(m: { frozenImage: FrozenImage }, output: string): string {
   const f = m.frozenImage
   if (f.kind === 'freeze') return `; ${f.mountpoint} stays frozen until: extfs release ${output}`
   if (f.kind === 'snapshot') return `; image: ${f.mechanism} at ${f.imagePath}, kept until: extfs release ${output}`
@@ -81,6 +81,7 @@ export function buildProgram(): Command {
     .option('--post-thaw <command>', 'run with /bin/sh -c right after the image is taken, or taking it failed')
     .option('--carry-max <bytes>', `carry inline files up to this size in the manifest (default ${DEFAULT_CARRY_MAX})`, parseCarryMax, DEFAULT_CARRY_MAX)
     .option('--through-loop', 'map files on a loop device through its backing file to the disk underneath')
+    .addOption(new Option('--mapper <kind>', 'auto: the bulk mapper where it applies (btrfs snapshot; manifest format 2), else the VFS walker; bulk: it or fail; vfs: the walker').choices(['auto', 'bulk', 'vfs']).default('auto'))
     .option('--record <file>', 'where to publish the config-ID record (default: <manifest>.config-id)')
     .addOption(keyOption())
     .addOption(logLevelOption())
@@ -89,10 +90,10 @@ export function buildProgram(): Command {
       const log = createLogger({ level: o.logLevel })
       const m = exportImage({
         paths, output: o.output, frozenImage: o.frozenImage, assumeStable: !!o.assumeStable, record: o.record, key: key(o),
-        preFreeze: o.preFreeze, postThaw: o.postThaw, carryMax: o.carryMax, throughLoop: !!o.throughLoop, warn: (msg) => log.warn(msg),
+        preFreeze: o.preFreeze, postThaw: o.postThaw, carryMax: o.carryMax, throughLoop: !!o.throughLoop, mapper: o.mapper, warn: (msg) => log.warn(msg),
       })
-      log.debug({ output: path.resolve(o.output), configId: m.configId, inodes: m.inodes.length }, 'exported')
-      process.stdout.write(`exported ${m.inodes.length} inodes to ${o.output}, config ID ${m.configId}${heldImage(m, o.output)}\n`)
+      log.debug({ output: path.resolve(o.output), configId: m.configId, inodes: m.inodes, format: m.format, mapper: m.mapper }, 'exported')
+      process.stdout.write(`exported ${m.inodes} inodes to ${o.output}, config ID ${m.configId}${heldImage(m, o.output)}\n`)
     })
 
   program.command('mount')

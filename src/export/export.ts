@@ -5,7 +5,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { randomBytes } from 'node:crypto'
-import type { DataChecksums, Device, Extent, FrozenImage, FrozenImageKind, Inode, Manifest } from '../manifest/types'
+import type { DataChecksums, Device, Extent, FrozenImage, FrozenImageKind, Inode, Manifest, ManifestHeader } from '../manifest/types'
 import type { RawDisk } from '../mapping/span'
 import { MANIFEST_FORMAT, MANIFEST_VERSION } from '../manifest/types'
 import { signManifest } from '../manifest/sign'
@@ -25,6 +25,8 @@ import { extentsOnDevice, takeFingerprints } from '../device/fingerprint'
 import { Walker } from './walk'
 import { ExportError, ManifestError } from '../errors'
 import { pathOfInode } from '../manifest/paths'
+import { assembleV2 } from '../manifest/v2/write'
+import { bodyPathOf, BulkDeclined, declinedWhy, mapBtrfsBulk, whyNotBtrfsBulk, type BtrfsBulkBody, type MapperChoice } from './bulk-btrfs'
 
 /** Filesystems the mapper resolves to raw disks (btrfs through its chunk tree). */
 const SUPPORTED_FS = new Set(['ext2', 'ext3', 'ext4', 'xfs', 'btrfs'])
@@ -47,7 +49,18 @@ export interface ExportOptions {
   carryMax: number
   /** Map through loop devices to the disk under their backing files. */
   throughLoop: boolean
+  /** auto: the bulk mapper where it applies (a btrfs snapshot), else the VFS walker; bulk: it or fail; vfs: the walker. */
+  mapper?: MapperChoice
   warn: (msg: string) => void
+}
+
+/** What export wrote. */
+export interface ExportSummary {
+  configId: string
+  frozenImage: FrozenImage
+  inodes: number
+  format: 1 | 2
+  mapper: 'bulk' | 'vfs'
 }
 
 function sourceFilesystem(paths: string[]): { dev: bigint; mount: MountEntry; realPaths: string[] } {
@@ -153,11 +166,12 @@ function checkKind(opts: ExportOptions, mount: MountEntry, dev: bigint, realPath
   return opts.frozenImage === 'snapshot' ? planSnapshot(mount, realPaths) : undefined
 }
 
-export function exportImage(opts: ExportOptions): Manifest {
+export function exportImage(opts: ExportOptions): ExportSummary {
   const { dev, mount, realPaths } = sourceFilesystem(opts.paths)
   const output = path.resolve(opts.output)
   const record = opts.record ? path.resolve(opts.record) : `${output}.config-id`
   const plan = checkKind(opts, mount, dev, realPaths, output, record)
+  const tryBulk = wantBulk(opts, mount, realPaths, plan)
   const journal = journalPathOf(output)
   // One image per manifest path: a second export would overwrite the only record of the first image.
   if (fs.existsSync(journal)) throw new ExportError(`${journal} exists: the image last exported to ${opts.output} was not released; run: extfs release ${opts.output}`)
@@ -206,7 +220,24 @@ export function exportImage(opts: ExportOptions): Manifest {
   // A clone set is taken file by file during the walk: its post-thaw hook runs after the last clone.
   if (!hold.live) postThaw('taken')
   const toSource = inSourceTerms(hold, realPaths)
+  const body = bodyPathOf(output)
   try {
+    const skip = new Set([...hold.skip, journal])
+    const bulk = tryBulk ? bulkOrDecline(opts, { mount, walkPath: hold.walkPaths[0]!, dev: hold.dev, skip, throughLoop: opts.throughLoop, carryMax: opts.carryMax }, body, toSource) : undefined
+    if (bulk) {
+      const configId = randomBytes(16).toString('hex')
+      const header: ManifestHeader = {
+        format: MANIFEST_FORMAT, version: MANIFEST_VERSION, features: bulk.features, configId, createdAt: new Date().toISOString(),
+        source: { host: os.hostname(), paths: realPaths }, frozenImage,
+        configRecord: path.dirname(record) === path.dirname(output) ? path.basename(record) : record,
+        blockSize: fs.statfsSync(mount.mountpoint).bsize,
+        ...(bulk.dataChecksums ? { dataChecksums: bulk.dataChecksums } : {}),
+        devices: describeDevices(bulk.disks, bulk.samples, bulk.dataChecksums), root: bulk.root,
+      }
+      assembleV2(output, header, body, bulk.result, opts.key) // the header's version becomes 2 there
+      publishRecord(output, record, configId, opts)
+      return { configId, frozenImage, inodes: bulk.result.inodes, format: 2, mapper: 'bulk' }
+    }
     const walker = new Walker({ dev: hold.dev, mapper, warn: (m) => opts.warn(toSource(m)), openFile: hold.openFile, carryMax: opts.carryMax, skip: new Set([...hold.skip, journal]), live: hold.live })
     const { root, synthetic } = buildTree(walker, hold.walkPaths, realPaths.map((p) => path.basename(p)))
     postThaw('taken')
@@ -232,19 +263,51 @@ export function exportImage(opts: ExportOptions): Manifest {
     // writeManifestFile holds our own output to the mover's rules before writing it; without its
     // record a manifest serves nothing, so a failure here leaves nothing usable behind.
     writeOwnManifest(output, manifest, (inView) => sourcePathOf(inView, synthetic, realPaths))
-    try {
-      // The mapping options go into the record so that `extfs remap` maps the image the same way.
-      writeRecord(record, configId, 'current', { mapping: { throughLoop: opts.throughLoop, carryMax: opts.carryMax } })
-    } catch (err) {
-      fs.rmSync(output, { force: true })
-      throw err
-    }
-    return manifest
+    publishRecord(output, record, configId, opts)
+    return { configId, frozenImage, inodes: manifest.inodes.length, format: 1, mapper: 'vfs' }
   } catch (err) {
     postThaw('failed')
     undo(true)
     if (err instanceof ExportError) err.message = toSource(err.message)
     throw err
+  } finally {
+    fs.rmSync(body, { force: true })
+  }
+}
+
+/** The config-ID record; without it a manifest serves nothing, so a failure removes the manifest too. */
+function publishRecord(output: string, record: string, configId: string, opts: ExportOptions): void {
+  try {
+    // The mapping options go into the record so that `extfs remap` maps the image the same way.
+    writeRecord(record, configId, 'current', { mapping: { throughLoop: opts.throughLoop, carryMax: opts.carryMax } })
+  } catch (err) {
+    fs.rmSync(output, { force: true })
+    throw err
+  }
+}
+
+/** Whether to try the bulk mapper; throws when it was asked for and does not apply. */
+function wantBulk(opts: ExportOptions, mount: MountEntry, realPaths: string[], plan: SnapshotPlan | undefined): boolean {
+  const choice = opts.mapper ?? 'auto'
+  if (choice === 'vfs') return false
+  const why = opts.frozenImage === 'snapshot' ? whyNotBtrfsBulk(mount, realPaths, plan?.mechanism) : `--frozen-image ${opts.frozenImage}`
+  if (why !== undefined && choice === 'bulk') throw new ExportError(`--mapper bulk does not apply: ${why}`)
+  return why === undefined
+}
+
+/**
+ * The bulk mapper's body, or undefined when it declined or failed and the walker may map instead (said
+ * once, as a warning): the walker then maps exactly, or fails in its own words naming the file.
+ */
+function bulkOrDecline(opts: ExportOptions, target: Parameters<typeof mapBtrfsBulk>[0], body: string, toSource: (t: string) => string): BtrfsBulkBody | undefined {
+  try {
+    return mapBtrfsBulk(target, body)
+  } catch (err) {
+    if (!(err instanceof BulkDeclined)) throw err
+    if (opts.mapper === 'bulk') throw new ExportError(toSource(`--mapper bulk ${declinedWhy(err)}`))
+    opts.warn(toSource(`bulk mapper ${declinedWhy(err)}; mapping through the VFS instead`))
+    fs.rmSync(body, { force: true })
+    return undefined
   }
 }
 

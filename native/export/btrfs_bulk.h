@@ -1,0 +1,78 @@
+// The btrfs bulk mapper: the manifest (format version 2 body) of a tree inside a read-only btrfs
+// snapshot, read with BTRFS_IOC_TREE_SEARCH_V2 from the snapshot's fs tree instead of through the
+// VFS. See btrfs_bulk.c.
+#ifndef EXTFS_EXPORT_BTRFS_BULK_H
+#define EXTFS_EXPORT_BTRFS_BULK_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define BB_MAX_COPIES 4u        // copy 0 (the one read) and up to three others (RAID1C4)
+#define BB_MAX_DISKS 64u
+#define BB_MAX_SEGMENTS 1000000u // RAID0/RAID10 give one per stripe unit: 16,384 per GiB chunk
+#define BB_SAMPLES_PER_DISK 1024u
+
+// A piece of btrfs's logical address space whose every copy lies unbroken on one raw disk. The
+// caller composes it from the chunk map and the device stack (src/export/bulk-btrfs.ts), so the
+// chunk arithmetic keeps its one home in src/mapping/btrfs-chunks.ts.
+struct bb_segment {
+  uint64_t logical, length;
+  uint32_t ncopies;
+  struct bb_place {
+    uint32_t disk;
+    uint64_t offset;
+  } copy[BB_MAX_COPIES];
+};
+
+struct bb_job {
+  int tree_fd;                // an fd inside the snapshot: its subvolume's tree is the one searched
+  uint64_t root;              // inode number of the exported directory
+  const uint64_t *skip;       // directory inode numbers never entered (the image directory), any order
+  size_t nskip;
+  const struct bb_segment *segments; // sorted by logical, disjoint
+  size_t nsegments;
+  uint64_t carry_max;         // largest inline file carried in the manifest, bytes
+  uint32_t sector_size, node_size, csum_type, csum_size; // BTRFS_IOC_FS_INFO
+  int fd;                     // where the body goes
+  int inodes_fd;              // an empty scratch file: INODE records wait here while DIR records go to fd
+};
+
+#define BB_SAMPLE_SECTORS 16u // a checksummed sample: at most this many sectors, with their crc32c
+
+// A range of a disk that export may fingerprint; with the checksums of its sectors when it has them,
+// so that a damaged or stale copy is never what proves the disk (src/device/fingerprint.ts).
+struct bb_sample {
+  uint32_t disk;
+  uint64_t offset, length;
+  uint32_t csum_len;
+  uint8_t csum[BB_SAMPLE_SECTORS * 4];
+};
+
+// Evenly spaced extents of one disk, in body order, however many there are: when full, every other
+// one is dropped and the stride doubles (deterministic, unlike a reservoir).
+struct bb_sampler {
+  struct bb_sample kept[BB_SAMPLES_PER_DISK];
+  uint32_t n;
+  uint64_t stride, seen;
+};
+
+enum bb_outcome { BB_OK, BB_REFUSED, BB_FAILED };
+
+struct bb_result {
+  enum bb_outcome outcome;
+  char why[512];              // refusal or failure, one line
+  uint32_t inodes, dirs;
+  uint64_t entries;
+  bool byte_names, inline_data, data_checksums, compressed;
+  uint64_t body_bytes;
+  uint64_t table_bytes;       // bytes of the tables that scale with the tree (16 per directory)
+  uint64_t searches;          // TREE_SEARCH_V2 calls
+  struct bb_sampler *samplers; // BB_MAX_DISKS of them, malloc'd; free with bb_result_free
+  uint32_t ndisks;
+};
+
+void bb_map(const struct bb_job *job, struct bb_result *out);
+void bb_result_free(struct bb_result *r);
+
+#endif
