@@ -203,6 +203,8 @@ t.test('a subdirectory as the root; compressed with zlib, lzo and zstd, inline c
     t.ok(bulk.features.includes('compressed-extents') && bulk.features.includes('data-checksums'), 'compressed extents with their checksums')
     const algorithms = new Set(bulk.inodes.flatMap((i) => (i.extents ?? []).map((e) => e.compression).filter(Boolean)))
     t.same([...algorithms].sort(), ['lzo', 'zlib', 'zstd'], 'all three algorithms met')
+    const carried = bulk.inodes.filter((i) => i.size === 3000 && i.inline !== undefined)
+    t.equal(carried.length, 3, 'the small files (inline, compressed in the tree) are carried decoded')
   })
 })
 
