@@ -43,7 +43,7 @@
 // Merkle tree past EOF, casefolded lookups) or that are never a file (an xattr value inode).
 #define REFUSED_INODE_FLAGS (EXT4_ENCRYPT_FL | EXT4_VERITY_FL | EXT4_CASEFOLD_FL | EXT4_EA_INODE_FL)
 
-#define DIR_BUFFER_MAX (8u << 20) // a directory's encoded entries kept to count them; past it, read twice
+#define DIR_BUFFER_MAX (1u << 20) // a directory's encoded entries kept to count them; past it, read twice
 #define EXTENTS_MAX 100000000u    // version 1's limit over the whole manifest bounds one file too
 
 struct count_spill { // names of an inode past the u8 counter's 255
@@ -254,7 +254,9 @@ static bool read_dir(struct mapper *m, uint32_t dir) {
   m->overflowed = false;
   m->prev_child = 0;
   struct dir_pass p = {m, false, 0};
-  err = ext2fs_dir_iterate2(m->fs, dir, DIRENT_FLAG_INCLUDE_INLINE_DATA, m->block, on_entry, &p);
+  // Flags 0: libext2fs reads an inline-data directory by itself (DIRENT_FLAG_INCLUDE_INLINE_DATA is
+  // its internal mark for a buffer that is inline data, not a request).
+  err = ext2fs_dir_iterate2(m->fs, dir, 0, m->block, on_entry, &p);
   if (m->failed) return false;
   if (err) return lib_error(m, "cannot read directory", dir, err);
   if (m->n == 0) return true; // an inode without a DIR record is an empty directory
@@ -265,7 +267,7 @@ static bool read_dir(struct mapper *m, uint32_t dir) {
     return true;
   }
   p.second = true;
-  err = ext2fs_dir_iterate2(m->fs, dir, DIRENT_FLAG_INCLUDE_INLINE_DATA, m->block, on_entry, &p);
+  err = ext2fs_dir_iterate2(m->fs, dir, 0, m->block, on_entry, &p);
   if (err) return lib_error(m, "cannot read directory again", dir, err);
   if (p.n != m->n) return fail(m, "directory inode %u: %llu entries, then %llu (not frozen?)", dir, (unsigned long long)m->n, (unsigned long long)p.n);
   return true;
@@ -275,7 +277,8 @@ static bool walk_dirs(struct mapper *m) {
   if (!enter_dir(m, m->job->root)) return false;
   while (m->depth > 0)
     if (!read_dir(m, m->stack[--m->depth])) return false;
-  return true;
+  // Version 1's limit, which the trailer's u32 counts and every reader hold to.
+  return m->reached <= M2_MAX_INODES || refuse(m, "%llu inodes in the tree, over %u", (unsigned long long)m->reached, M2_MAX_INODES);
 }
 
 // ------------------------------------------------------------------------- inode fields
@@ -614,6 +617,9 @@ static bool describe(struct mapper *m, uint32_t ino, struct ext2_inode_large *i)
     .nlink = type == LINUX_S_IFDIR ? i->i_links_count : names_of(m, ino),
     .size = EXT2_I_SIZE(i), .blocks = ext2fs_get_stat_i_blocks(m->fs, (struct ext2_inode *)i),
   };
+  // ext4_file_getattr(): a regular file with inline data reports one more 512-byte unit per 512
+  // bytes of size than it allocates ("so tar and rsync do not think it sparse").
+  if (type == LINUX_S_IFREG && (i->i_flags & EXT4_INLINE_DATA_FL)) r.blocks += (r.size + 511) >> 9;
   m->size = r.size;
   if (r.size > M2_VALUE_MAX) return refuse(m, "inode %u: size over 2^53", ino);
   if (!times_of(m, i, &r)) return false;
@@ -742,6 +748,11 @@ static bool check_job(struct mapper *m) {
 }
 
 void e4_map(const struct e4_job *job, struct e4_result *out) {
+  static bool messages;
+  if (!messages) { // libext2fs's error codes have messages once their table is added (com_err)
+    initialize_ext2_error_table();
+    messages = true;
+  }
   memset(out, 0, sizeof *out);
   struct mapper m = {.job = job, .out = out};
   if (check_job(&m) && open_fs(&m) && walk_dirs(&m) && scan_inodes(&m)) {

@@ -81,7 +81,8 @@ export function buildProgram(): Command {
     .option('--post-thaw <command>', 'run with /bin/sh -c right after the image is taken, or taking it failed')
     .option('--carry-max <bytes>', `carry inline files up to this size in the manifest (default ${DEFAULT_CARRY_MAX})`, parseCarryMax, DEFAULT_CARRY_MAX)
     .option('--through-loop', 'map files on a loop device through its backing file to the disk underneath')
-    .addOption(new Option('--mapper <kind>', 'auto: the bulk mapper where it applies (btrfs snapshot; manifest format 2), else the VFS walker; bulk: it or fail; vfs: the walker').choices(['auto', 'bulk', 'vfs']).default('auto'))
+    .addOption(new Option('--mapper <mapper>', 'bulk: read a frozen ext4\'s metadata from its device, or a btrfs snapshot\'s from its tree (manifest format 2); vfs: walk the tree; auto: bulk where it applies').choices(['auto', 'bulk', 'vfs']).default('auto'))
+    .addOption(new Option('--format <version>', 'manifest format version (default: 1 from the VFS walker, 2 from the bulk mapper)').choices(['1', '2']))
     .option('--record <file>', 'where to publish the config-ID record (default: <manifest>.config-id)')
     .addOption(keyOption())
     .addOption(logLevelOption())
@@ -90,9 +91,10 @@ export function buildProgram(): Command {
       const log = createLogger({ level: o.logLevel })
       const m = exportImage({
         paths, output: o.output, frozenImage: o.frozenImage, assumeStable: !!o.assumeStable, record: o.record, key: key(o),
-        preFreeze: o.preFreeze, postThaw: o.postThaw, carryMax: o.carryMax, throughLoop: !!o.throughLoop, mapper: o.mapper, warn: (msg) => log.warn(msg),
+        preFreeze: o.preFreeze, postThaw: o.postThaw, carryMax: o.carryMax, throughLoop: !!o.throughLoop, warn: (msg) => log.warn(msg),
+        mapper: o.mapper, format: o.format === undefined ? undefined : (Number(o.format) as 1 | 2),
       })
-      log.debug({ output: path.resolve(o.output), configId: m.configId, inodes: m.inodes, format: m.format, mapper: m.mapper }, 'exported')
+      log.debug({ output: path.resolve(o.output), configId: m.configId, inodes: m.inodes, mapper: m.mapper, format: m.format, ...m.bulk }, 'exported')
       process.stdout.write(`exported ${m.inodes} inodes to ${o.output}, config ID ${m.configId}${heldImage(m, o.output)}\n`)
     })
 

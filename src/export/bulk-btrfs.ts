@@ -4,7 +4,6 @@
 // applies, composes the map from btrfs logical addresses to raw disks (the chunk map and the device
 // stack, through the same code the VFS mapper uses), and runs it.
 import fs from 'node:fs'
-import path from 'node:path'
 import type { DataChecksums, Extent } from '../manifest/types'
 import { linux, type BtrfsBulkResult, type BtrfsSegment } from '../linux'
 import { readMountTable, type MountEntry } from '../mapping/mountinfo'
@@ -12,19 +11,10 @@ import { BtrfsLayout } from '../mapping/btrfs'
 import { DeviceStack } from '../mapping/stack'
 import { alongside } from '../mapping/mapper'
 import { devKey, type RawDisk } from '../mapping/span'
-
-/** Which mapper export uses: the bulk mapper where it applies (else the VFS walker), only it, or only the walker. */
-export type MapperChoice = 'auto' | 'bulk' | 'vfs'
+import { BulkRefused } from './bulk-ext4'
 
 /** As many segments as native/export/btrfs_bulk.h BB_MAX_SEGMENTS (RAID0/10: one per 64 KiB stripe unit). */
 const MAX_SEGMENTS = 1_000_000
-
-/** The bulk mapper declines (it does not reproduce this exactly) or failed; the walker may map instead. */
-export class BulkDeclined extends Error {
-  constructor(message: string, readonly failed: boolean) {
-    super(message)
-  }
-}
 
 export interface BtrfsBulkTarget {
   mount: MountEntry
@@ -56,6 +46,8 @@ export interface BtrfsBulkBody {
 export function whyNotBtrfsBulk(mount: MountEntry, realPaths: string[], mechanism: string | undefined): string | undefined {
   if (mount.fsType !== 'btrfs') return `filesystem type ${mount.fsType}`
   if (mechanism !== 'btrfs-snapshot') return 'only a read-only btrfs snapshot (--frozen-image snapshot of a subvolume) holds the tree still'
+  // The POSIX ACL xattrs are in the tree either way; with noacl the kernel does not serve them.
+  if (mount.superOptions.includes('noacl')) return 'mounted with noacl'
   if (realPaths.length !== 1) return 'more than one path'
   if (!fs.lstatSync(realPaths[0]!).isDirectory()) return `${realPaths[0]} is not a directory`
   const prefix = realPaths[0] === '/' ? '/' : realPaths[0] + '/'
@@ -86,10 +78,10 @@ export function logicalSegments(layout: BtrfsLayout, throughLoop: boolean): { se
     let logical = chunk.logical
     for (const m of layout.resolveMirrored(chunk.logical, chunk.length)) {
       for (const piece of alongside(m.copies.map((c) => stack.resolve(c.dev, c.offset, m.length)))) {
-        if (!piece.raw) throw new BulkDeclined(`btrfs logical ${logical}+${piece.length} is on no raw disk (thin or sparse backing)`, false)
+        if (!piece.raw) throw new BulkRefused(`btrfs logical ${logical}+${piece.length} is on no raw disk (thin or sparse backing)`)
         const copies = [{ disk: diskOf(piece.raw), offset: piece.offset }, ...(piece.copies ?? []).map((c) => ({ disk: diskOf(c.raw), offset: c.offset }))]
         push(segments, { logical, length: piece.length, copies })
-        if (segments.length > MAX_SEGMENTS) throw new BulkDeclined(`the chunk map has more than ${MAX_SEGMENTS} pieces on raw disks`, false)
+        if (segments.length > MAX_SEGMENTS) throw new BulkRefused(`the chunk map has more than ${MAX_SEGMENTS} pieces on raw disks`)
         logical += piece.length
       }
     }
@@ -111,7 +103,7 @@ function skippedDirs(skip: Iterable<string>, dev: bigint): number[] {
   for (const p of skip) {
     const st = fs.lstatSync(p, { bigint: true, throwIfNoEntry: false })
     if (!st || st.dev !== dev) continue
-    if (!st.isDirectory()) throw new BulkDeclined(`${p}: a skipped path that is not a directory`, false)
+    if (!st.isDirectory()) throw new BulkRefused(`${p}: a skipped path that is not a directory`)
     out.push(Number(st.ino))
   }
   return out
@@ -126,9 +118,10 @@ function featuresOf(r: BtrfsBulkResult): string[] {
 }
 
 /**
- * Run the bulk mapper on the snapshot, writing the body to `bodyPath`. Throws BulkDeclined when it
- * declines or fails (the caller may let the walker map instead, which fails in its own words where it
- * must), anything else when export must fail.
+ * Run the bulk mapper on the snapshot, writing the body to `bodyPath`. Throws BulkRefused when it
+ * declines, and also when it fails (the carry limit, checksums extfs cannot use): the walker then meets
+ * the same problem and reports it in its own words, naming the file, where the C side knows only an
+ * inode number. Anything else thrown means export must fail.
  */
 export function mapBtrfsBulk(t: BtrfsBulkTarget, bodyPath: string): BtrfsBulkBody {
   // Read with the snapshot taken, as FileMapper reads it: the chunks the snapshot's flush allocated are in.
@@ -151,7 +144,8 @@ export function mapBtrfsBulk(t: BtrfsBulkTarget, bodyPath: string): BtrfsBulkBod
     fs.fsyncSync(fd)
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code
-    if (code === 'ERR_BULK_REFUSED' || code === 'ERR_BULK_FAILED') throw new BulkDeclined((err as Error).message, code === 'ERR_BULK_FAILED')
+    if (code === 'ERR_BULK_REFUSED') throw new BulkRefused((err as Error).message)
+    if (code === 'ERR_BULK_FAILED') throw new BulkRefused(`failed: ${(err as Error).message}`)
     throw err
   } finally {
     fs.closeSync(inodesFd)
@@ -163,14 +157,4 @@ export function mapBtrfsBulk(t: BtrfsBulkTarget, bodyPath: string): BtrfsBulkBod
   }))
   const dataChecksums: DataChecksums | undefined = result.dataChecksums ? { algorithm: 'crc32c', sectorSize } : undefined
   return { result, disks, root, features: featuresOf(result), dataChecksums, samples }
-}
-
-/** Where the body is written while the manifest is assembled: beside the manifest, never on the frozen filesystem. */
-export function bodyPathOf(output: string): string {
-  return path.join(path.dirname(output), `.${path.basename(output)}.body-${process.pid}`)
-}
-
-/** For messages: the bulk mapper's refusal or failure. */
-export function declinedWhy(err: BulkDeclined): string {
-  return `${err.failed ? 'failed' : 'declined'}: ${err.message}`
 }

@@ -25,8 +25,9 @@ import { extentsOnDevice, takeFingerprints } from '../device/fingerprint'
 import { Walker } from './walk'
 import { ExportError, ManifestError } from '../errors'
 import { pathOfInode } from '../manifest/paths'
-import { assembleV2 } from '../manifest/v2/write'
-import { bodyPathOf, BulkDeclined, declinedWhy, mapBtrfsBulk, whyNotBtrfsBulk, type BtrfsBulkBody, type MapperChoice } from './bulk-btrfs'
+import { assembleV2, writeManifestV2 } from '../manifest/v2/write'
+import { bodyPathOf, BulkRefused, mapBulk, whyNotBulk, type MapperChoice } from './bulk-ext4'
+import { mapBtrfsBulk, whyNotBtrfsBulk } from './bulk-btrfs'
 
 /** Filesystems the mapper resolves to raw disks (btrfs through its chunk tree). */
 const SUPPORTED_FS = new Set(['ext2', 'ext3', 'ext4', 'xfs', 'btrfs'])
@@ -49,8 +50,10 @@ export interface ExportOptions {
   carryMax: number
   /** Map through loop devices to the disk under their backing files. */
   throughLoop: boolean
-  /** auto: the bulk mapper where it applies (a btrfs snapshot), else the VFS walker; bulk: it or fail; vfs: the walker. */
-  mapper?: MapperChoice
+  /** auto: the bulk mapper where it applies (ext4 frozen, a btrfs snapshot), else the VFS walker; bulk: it or fail. */
+  mapper: MapperChoice
+  /** Manifest format version; default 1 for the VFS walker, 2 for the bulk mapper (which writes only 2). */
+  format?: 1 | 2
   warn: (msg: string) => void
 }
 
@@ -61,6 +64,28 @@ export interface ExportSummary {
   inodes: number
   format: 1 | 2
   mapper: 'bulk' | 'vfs'
+  /** The bulk mapper's own figures: body bytes, whether it read with O_DIRECT, the process's peak RSS then. */
+  bulk?: BulkFigures
+}
+
+/** A bulk mapper's own figures: body bytes, the process's peak RSS then, its tables' bytes; ext4: whether it read with O_DIRECT. */
+interface BulkFigures {
+  bodyBytes: number
+  peakRssKiB: number
+  tableBytes: number
+  directIo?: boolean
+}
+
+/** What a bulk mapper (ext4 or btrfs) wrote, as export assembles the manifest around it. */
+interface MappedBody {
+  counts: { inodes: number; dirs: number; entries: number }
+  disks: RawDisk[]
+  root: number
+  features: string[]
+  dataChecksums?: DataChecksums
+  /** Extents to fingerprint, by index into `disks`. */
+  samples: Extent[]
+  figures: BulkFigures
 }
 
 function sourceFilesystem(paths: string[]): { dev: bigint; mount: MountEntry; realPaths: string[] } {
@@ -115,7 +140,7 @@ function describeDevices(disks: RawDisk[], extents: Extent[], checksums: DataChe
   })
 }
 
-/** The feature flags the manifest uses: a writer lists a flag only when it needs it. */
+/** The feature flags the walker's manifest uses: a writer lists a flag only when it needs it. */
 function features(walker: Walker, mapper: FileMapper): string[] {
   const out: string[] = []
   if ([...walker.inodes.values()].some((i) => i.inline !== undefined)) out.push('inline-data')
@@ -164,6 +189,20 @@ function checkKind(opts: ExportOptions, mount: MountEntry, dev: bigint, realPath
     throw new ExportError(`${mount.mountpoint} is mounted read-write: --frozen-image none needs a read-only mount, or --assume-stable if you guarantee nothing writes to it`)
   }
   return opts.frozenImage === 'snapshot' ? planSnapshot(mount, realPaths) : undefined
+}
+
+/** Whether to try the bulk mapper; throws when it was asked for and does not apply. */
+function wantBulk(opts: ExportOptions, mount: MountEntry, realPaths: string[], plan: SnapshotPlan | undefined): boolean {
+  if (opts.mapper === 'vfs') return false
+  if (opts.format === 1) {
+    if (opts.mapper === 'bulk') throw new ExportError('--mapper bulk writes manifest format 2 only: drop --format 1')
+    return false
+  }
+  const why = mount.fsType === 'btrfs'
+    ? whyNotBtrfsBulk(mount, realPaths, opts.frozenImage === 'snapshot' ? plan?.mechanism : undefined)
+    : whyNotBulk({ mount, realPaths, frozenImage: opts.frozenImage, skip: [], throughLoop: opts.throughLoop, carryMax: opts.carryMax })
+  if (why !== undefined && opts.mapper === 'bulk') throw new ExportError(`--mapper bulk does not apply: ${why}`)
+  return why === undefined
 }
 
 export function exportImage(opts: ExportOptions): ExportSummary {
@@ -222,31 +261,12 @@ export function exportImage(opts: ExportOptions): ExportSummary {
   const toSource = inSourceTerms(hold, realPaths)
   const body = bodyPathOf(output)
   try {
-    const skip = new Set([...hold.skip, journal])
-    const bulk = tryBulk ? bulkOrDecline(opts, { mount, walkPath: hold.walkPaths[0]!, dev: hold.dev, skip, throughLoop: opts.throughLoop, carryMax: opts.carryMax }, body, toSource) : undefined
-    if (bulk) {
-      const configId = randomBytes(16).toString('hex')
-      const header: ManifestHeader = {
-        format: MANIFEST_FORMAT, version: MANIFEST_VERSION, features: bulk.features, configId, createdAt: new Date().toISOString(),
-        source: { host: os.hostname(), paths: realPaths }, frozenImage,
-        configRecord: path.dirname(record) === path.dirname(output) ? path.basename(record) : record,
-        blockSize: fs.statfsSync(mount.mountpoint).bsize,
-        ...(bulk.dataChecksums ? { dataChecksums: bulk.dataChecksums } : {}),
-        devices: describeDevices(bulk.disks, bulk.samples, bulk.dataChecksums), root: bulk.root,
-      }
-      assembleV2(output, header, body, bulk.result, opts.key) // the header's version becomes 2 there
-      publishRecord(output, record, configId, opts)
-      return { configId, frozenImage, inodes: bulk.result.inodes, format: 2, mapper: 'bulk' }
-    }
-    const walker = new Walker({ dev: hold.dev, mapper, warn: (m) => opts.warn(toSource(m)), openFile: hold.openFile, carryMax: opts.carryMax, skip: new Set([...hold.skip, journal]), live: hold.live })
-    const { root, synthetic } = buildTree(walker, hold.walkPaths, realPaths.map((p) => path.basename(p)))
-    postThaw('taken')
-    const devices = describeDevices(mapper.disks, allExtents(walker.inodes.values()), mapper.dataChecksums)
+    const bulk = tryBulk ? bulkOrDecline(opts, () => mapBody(opts, mount, realPaths, hold, journal, body), body) : undefined
     const configId = randomBytes(16).toString('hex')
-    let manifest: Manifest = {
+    const header = (root: number, features: string[], devices: Device[], checksums?: DataChecksums): ManifestHeader => ({
       format: MANIFEST_FORMAT,
       version: MANIFEST_VERSION,
-      features: features(walker, mapper),
+      features,
       configId,
       createdAt: new Date().toISOString(),
       source: { host: os.hostname(), paths: realPaths },
@@ -254,17 +274,42 @@ export function exportImage(opts: ExportOptions): ExportSummary {
       // Relative when beside the manifest, so both hosts may mount the shared storage at different paths.
       configRecord: path.dirname(record) === path.dirname(output) ? path.basename(record) : record,
       blockSize: fs.statfsSync(mount.mountpoint).bsize,
-      ...(mapper.dataChecksums ? { dataChecksums: mapper.dataChecksums } : {}),
+      ...(checksums ? { dataChecksums: checksums } : {}),
       devices,
       root,
-      inodes: [...walker.inodes.values()].sort((a, b) => a.ino - b.ino),
+    })
+    let summary: ExportSummary
+    if (bulk) {
+      postThaw('taken')
+      const h = header(bulk.root, bulk.features, describeDevices(bulk.disks, bulk.samples, bulk.dataChecksums), bulk.dataChecksums)
+      assembleV2(output, h, body, bulk.counts, opts.key)
+      summary = { configId, frozenImage, inodes: bulk.counts.inodes, format: 2, mapper: 'bulk', bulk: bulk.figures }
+    } else {
+      const walker = new Walker({ dev: hold.dev, mapper, warn: (m) => opts.warn(toSource(m)), openFile: hold.openFile, carryMax: opts.carryMax, skip: new Set([...hold.skip, journal]), live: hold.live })
+      const { root, synthetic } = buildTree(walker, hold.walkPaths, realPaths.map((p) => path.basename(p)))
+      postThaw('taken')
+      const devices = describeDevices(mapper.disks, allExtents(walker.inodes.values()), mapper.dataChecksums)
+      const h = header(root, features(walker, mapper), devices, mapper.dataChecksums)
+      const inodes = [...walker.inodes.values()].sort((a, b) => a.ino - b.ino)
+      if (opts.format === 2) {
+        writeManifestV2(output, h, inodes, opts.key) // the header's version becomes 2 there
+      } else {
+        let manifest: Manifest = { ...h, inodes }
+        if (opts.key) manifest = signManifest(manifest, opts.key)
+        // writeManifestFile holds our own output to the mover's rules before writing it; without its
+        // record a manifest serves nothing, so a failure here leaves nothing usable behind.
+        writeOwnManifest(output, manifest, (inView) => sourcePathOf(inView, synthetic, realPaths))
+      }
+      summary = { configId, frozenImage, inodes: inodes.length, format: opts.format ?? 1, mapper: 'vfs' }
     }
-    if (opts.key) manifest = signManifest(manifest, opts.key)
-    // writeManifestFile holds our own output to the mover's rules before writing it; without its
-    // record a manifest serves nothing, so a failure here leaves nothing usable behind.
-    writeOwnManifest(output, manifest, (inView) => sourcePathOf(inView, synthetic, realPaths))
-    publishRecord(output, record, configId, opts)
-    return { configId, frozenImage, inodes: manifest.inodes.length, format: 1, mapper: 'vfs' }
+    try {
+      // The mapping options go into the record so that `extfs remap` maps the image the same way.
+      writeRecord(record, configId, 'current', { mapping: { throughLoop: opts.throughLoop, carryMax: opts.carryMax } })
+    } catch (err) {
+      fs.rmSync(output, { force: true })
+      throw err
+    }
+    return summary
   } catch (err) {
     postThaw('failed')
     undo(true)
@@ -275,37 +320,28 @@ export function exportImage(opts: ExportOptions): ExportSummary {
   }
 }
 
-/** The config-ID record; without it a manifest serves nothing, so a failure removes the manifest too. */
-function publishRecord(output: string, record: string, configId: string, opts: ExportOptions): void {
-  try {
-    // The mapping options go into the record so that `extfs remap` maps the image the same way.
-    writeRecord(record, configId, 'current', { mapping: { throughLoop: opts.throughLoop, carryMax: opts.carryMax } })
-  } catch (err) {
-    fs.rmSync(output, { force: true })
-    throw err
+/** Run the bulk mapper of the filesystem (btrfs: on the snapshot; ext4: on the frozen device), writing `body`. */
+function mapBody(opts: ExportOptions, mount: MountEntry, realPaths: string[], hold: Hold, journal: string, body: string): MappedBody {
+  const skip = [...hold.skip, journal]
+  if (mount.fsType === 'btrfs') {
+    const b = mapBtrfsBulk({ mount, walkPath: hold.walkPaths[0]!, dev: hold.dev, skip, throughLoop: opts.throughLoop, carryMax: opts.carryMax }, body)
+    const { bodyBytes, peakRssKiB, tableBytes } = b.result
+    return { counts: b.result, disks: b.disks, root: b.root, features: b.features, dataChecksums: b.dataChecksums, samples: b.samples, figures: { bodyBytes, peakRssKiB, tableBytes } }
   }
+  const b = mapBulk({ mount, realPaths, frozenImage: opts.frozenImage, skip, throughLoop: opts.throughLoop, carryMax: opts.carryMax }, body)
+  const features = [...(b.result.inlineData ? ['inline-data'] : []), ...(b.result.byteNames ? ['byte-names'] : [])]
+  const { bodyBytes, directIo, peakRssKiB, tableBytes } = b.result
+  return { counts: b.result, disks: b.disks, root: b.root, features, samples: b.samples, figures: { bodyBytes, directIo, peakRssKiB, tableBytes } }
 }
 
-/** Whether to try the bulk mapper; throws when it was asked for and does not apply. */
-function wantBulk(opts: ExportOptions, mount: MountEntry, realPaths: string[], plan: SnapshotPlan | undefined): boolean {
-  const choice = opts.mapper ?? 'auto'
-  if (choice === 'vfs') return false
-  const why = opts.frozenImage === 'snapshot' ? whyNotBtrfsBulk(mount, realPaths, plan?.mechanism) : `--frozen-image ${opts.frozenImage}`
-  if (why !== undefined && choice === 'bulk') throw new ExportError(`--mapper bulk does not apply: ${why}`)
-  return why === undefined
-}
-
-/**
- * The bulk mapper's body, or undefined when it declined or failed and the walker may map instead (said
- * once, as a warning): the walker then maps exactly, or fails in its own words naming the file.
- */
-function bulkOrDecline(opts: ExportOptions, target: Parameters<typeof mapBtrfsBulk>[0], body: string, toSource: (t: string) => string): BtrfsBulkBody | undefined {
+/** The bulk mapper's body, or undefined when it declined and the walker is allowed to map instead (said once). */
+function bulkOrDecline(opts: ExportOptions, map: () => MappedBody, body: string): MappedBody | undefined {
   try {
-    return mapBtrfsBulk(target, body)
+    return map()
   } catch (err) {
-    if (!(err instanceof BulkDeclined)) throw err
-    if (opts.mapper === 'bulk') throw new ExportError(toSource(`--mapper bulk ${declinedWhy(err)}`))
-    opts.warn(toSource(`bulk mapper ${declinedWhy(err)}; mapping through the VFS instead`))
+    if (!(err instanceof BulkRefused)) throw err
+    if (opts.mapper === 'bulk') throw new ExportError(`--mapper bulk: ${err.message}`)
+    opts.warn(`bulk mapper declined (${err.message}); mapping through the VFS instead`)
     fs.rmSync(body, { force: true })
     return undefined
   }

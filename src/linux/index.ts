@@ -120,6 +120,34 @@ export interface BtrfsBulkResult {
   samples: { disk: number; deviceOffset: number; length: number; csums?: Buffer }[]
 }
 
+/** A linear piece of a filesystem's byte address space on one raw disk (index into the caller's disk list). */
+export interface Ext4Segment {
+  fsOffset: number
+  length: number
+  disk: number
+  diskOffset: number
+}
+
+/** What ext4BulkMap wrote: the body's counts (the v2 trailer's), features it needs, and extents to fingerprint. */
+export interface Ext4BulkResult {
+  inodes: number
+  dirs: number
+  entries: number
+  /** Some name, symlink target or xattr name is not UTF-8: feature byte-names. */
+  byteNames: boolean
+  /** Some file's content is carried in the body: feature inline-data. */
+  inlineData: boolean
+  /** The device was read with O_DIRECT (else buffered: the device refused O_DIRECT). */
+  directIo: boolean
+  bodyBytes: number
+  /** Bytes of the per-inode tables (one byte and one bit per inode of the filesystem, lazily touched). */
+  tableBytes: number
+  /** ru_maxrss of the process when the mapper finished, KiB. */
+  peakRssKiB: number
+  /** Up to 1024 extents per disk, evenly spaced in body order: what export fingerprints. */
+  samples: { disk: number; deviceOffset: number; length: number }[]
+}
+
 export interface NativeAddon {
   /** All extents of the open file `fd`, with FIEMAP_FLAG_SYNC (dirty data flushed first). */
   fiemap(fd: number): FiemapExtent[]
@@ -164,6 +192,14 @@ export interface NativeAddon {
   btrfsFileExtents(fd: number): BtrfsFileExtent[]
   /** Index of the first sector of `data` whose checksum in `csums` differs, or -1. `alg`: 1 crc32c (native/csum.h). */
   csumVerify(alg: number, data: Buffer, csums: Buffer, sectorSize: number): number
+  /**
+   * The ext4 bulk mapper (native/export/ext4.c): reads the frozen ext4 on `device` with libext2fs and
+   * writes the manifest v2 body (DIR then INODE records) of the tree under inode `root` to `fd`, entries
+   * naming an inode in `skip` left out, extents placed on raw disks through `segments` (sorted, disjoint).
+   * Throws code ERR_BULK_REFUSED for what it does not reproduce exactly (the VFS walker may do it
+   * instead), ERR_BULK_FAILED for what the walker would fail on too (I/O, the carry limit).
+   */
+  ext4BulkMap(opts: { device: string; root: number; skip: number[]; segments: Ext4Segment[]; carryMax: number; fd: number }): Ext4BulkResult
   /**
    * The btrfs bulk mapper (native/export/btrfs_bulk.c): two sweeps of the fs tree of the subvolume
    * `treeFd` is in (a read-only snapshot) write the manifest v2 body of the tree under directory inode

@@ -10,6 +10,8 @@ export interface MountEntry {
   /** The mount source (e.g. /dev/loop3p1, or "extfs:<config id>" for our views). */
   source: string
   readOnly: boolean
+  /** The filesystem's own options (the last field: e.g. "rw,noacl,errors=remount-ro"). */
+  superOptions: string[]
 }
 
 // mountinfo escapes space, tab, newline and backslash as \ooo.
@@ -27,13 +29,14 @@ export function readMountTable(): MountEntry[] {
     if (!right) continue
     const f = left.split(' ')
     const [major, minor] = f[2].split(':').map(Number)
-    const [fsType, source] = right.split(' ')
+    const [fsType, source, superOptions] = right.split(' ')
     entries.push({
       major, minor,
       mountpoint: unescape(f[4]),
       fsType,
       source: unescape(source),
       readOnly: f[5].split(',').includes('ro'),
+      superOptions: (superOptions ?? '').split(','),
     })
   }
   return entries

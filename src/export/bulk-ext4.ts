@@ -1,0 +1,141 @@
+// The ext4 bulk path of `extfs export`: instead of walking the frozen tree through the VFS, the C
+// mapper (native/export/ext4.c) reads the filesystem's metadata from its block device and writes the
+// manifest's version 2 body; this module decides whether it applies, gives it the linear map from
+// the filesystem's bytes to raw disks, and assembles the manifest around the body.
+import fs from 'node:fs'
+import path from 'node:path'
+import type { Extent } from '../manifest/types'
+import { linux, type Ext4BulkResult, type Ext4Segment } from '../linux'
+import type { MountEntry } from '../mapping/mountinfo'
+import { readMountTable } from '../mapping/mountinfo'
+import { DeviceStack } from '../mapping/stack'
+import { devKey, type RawDisk } from '../mapping/span'
+import { ExportError } from '../errors'
+
+export type MapperChoice = 'auto' | 'bulk' | 'vfs'
+
+/** More pieces than this is not "a linear map" (thin pools, fragmented loop backing files): the VFS walker maps those. */
+const MAX_SEGMENTS = 4096
+
+/** Why the bulk mapper does not apply (a refusal), thrown before or while it runs. */
+export class BulkRefused extends Error {}
+
+export interface BulkTarget {
+  mount: MountEntry
+  /** The exported paths (real paths) and how the image is held. */
+  realPaths: string[]
+  frozenImage: string
+  /** Absolute paths never entered (image directories, the journal), as the walker's skip. */
+  skip: Iterable<string>
+  throughLoop: boolean
+  carryMax: number
+}
+
+export interface BulkBody {
+  result: Ext4BulkResult
+  disks: RawDisk[]
+  root: number
+  /** Extents to fingerprint, by index into `disks`. */
+  samples: Extent[]
+}
+
+/**
+ * Why the bulk mapper cannot export this, or undefined when it can. Checked before the image is taken.
+ * Only a freeze: it leaves the on-disk metadata exactly the kernel's (journal flushed, inodes written).
+ * `none` is not accepted even on a read-only mount, where it would be true, because nothing keeps
+ * the mount read-only while the device is read; `snapshot` does not apply to ext4.
+ */
+export function whyNotBulk(t: BulkTarget): string | undefined {
+  if (t.mount.fsType !== 'ext4') return `filesystem type ${t.mount.fsType}`
+  if (t.frozenImage !== 'freeze') return `--frozen-image ${t.frozenImage} (only freeze holds the on-disk metadata still)`
+  if (!t.mount.source.startsWith('/dev/')) return `mount source ${t.mount.source} is not a block device`
+  // Without these the kernel's listxattr hides user.* or the ACLs that the blocks hold.
+  for (const opt of ['noacl', 'nouser_xattr']) if (t.mount.superOptions.includes(opt)) return `mounted with ${opt}`
+  if (t.realPaths.length !== 1) return 'more than one path'
+  const st = fs.lstatSync(t.realPaths[0]!)
+  if (!st.isDirectory()) return `${t.realPaths[0]} is not a directory`
+  const under = mountsUnder(t.realPaths[0]!)
+  if (under.length > 0) return `${under[0]} is a mount point inside the exported tree`
+  return undefined
+}
+
+/** Mount points strictly below `dir`: the walker serves them as empty directories, the blocks hold what is under them. */
+function mountsUnder(dir: string): string[] {
+  const prefix = dir === '/' ? '/' : dir + '/'
+  return readMountTable().map((m) => m.mountpoint).filter((p) => p !== dir && p.startsWith(prefix))
+}
+
+/**
+ * The filesystem's block device as pieces on raw disks, or a refusal when the stack is not a few
+ * linear pieces without holes. Resolved once, with the image held, like FileMapper's stack.
+ */
+export function linearMap(mount: MountEntry, throughLoop: boolean): { segments: Ext4Segment[]; disks: RawDisk[] } {
+  const fd = fs.openSync(mount.source, 'r')
+  let size: number
+  try {
+    size = linux.blockDeviceSize(fd)
+  } finally {
+    fs.closeSync(fd)
+  }
+  const stack = new DeviceStack({ throughLoop })
+  const spans = stack.resolve({ major: mount.major, minor: mount.minor }, 0, size)
+  if (spans.length > MAX_SEGMENTS) throw new BulkRefused(`${mount.source} lies on ${spans.length} pieces of raw disks (more than ${MAX_SEGMENTS})`)
+  const disks: RawDisk[] = []
+  const index = new Map<string, number>()
+  const segments: Ext4Segment[] = []
+  let fsOffset = 0
+  for (const s of spans) {
+    if (!s.raw) throw new BulkRefused(`${mount.source}: bytes ${fsOffset}+${s.length} are on no raw disk (thin or sparse backing)`)
+    const key = devKey(s.raw)
+    let disk = index.get(key)
+    if (disk === undefined) {
+      disk = disks.push(s.raw) - 1
+      index.set(key, disk)
+    }
+    segments.push({ fsOffset, length: s.length, disk, diskOffset: s.offset })
+    fsOffset += s.length
+  }
+  return { segments, disks }
+}
+
+/** Inode numbers of the skipped paths that exist on the exported filesystem. */
+function skippedInodes(skip: Iterable<string>, dev: number): number[] {
+  const out: number[] = []
+  for (const p of skip) {
+    const st = fs.lstatSync(p, { throwIfNoEntry: false })
+    if (st && st.dev === dev) out.push(st.ino)
+  }
+  return out
+}
+
+/**
+ * Run the bulk mapper on the held image, writing the body to `bodyPath`. Throws BulkRefused when it
+ * declines (the caller may fall back to the walker), ExportError when export must fail.
+ */
+export function mapBulk(t: BulkTarget, bodyPath: string): BulkBody {
+  const { segments, disks } = linearMap(t.mount, t.throughLoop)
+  const st = fs.statSync(t.realPaths[0]!)
+  const fd = fs.openSync(bodyPath, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o600)
+  let result: Ext4BulkResult
+  try {
+    // Not fsync'd: a scratch file that assembleV2 reads back at once into the manifest, which is.
+    result = linux.ext4BulkMap({ device: t.mount.source, root: st.ino, skip: skippedInodes(t.skip, st.dev), segments, carryMax: t.carryMax, fd })
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code
+    if (code === 'ERR_BULK_REFUSED') throw new BulkRefused((err as Error).message)
+    if (code === 'ERR_BULK_FAILED') throw new ExportError(`${t.realPaths[0]}: ${(err as Error).message}`)
+    throw err
+  } finally {
+    fs.closeSync(fd)
+  }
+  const samples = result.samples.map((s) => ({ fileOffset: 0, device: s.disk, deviceOffset: s.deviceOffset, length: s.length }))
+  // The devices are the disks extents reach, as the walker's (every disk used has a sample: its first
+  // extent); those before the last one used stay so that the body's disk indices hold.
+  const used = samples.reduce((n, s) => Math.max(n, s.device + 1), 0)
+  return { result, disks: disks.slice(0, used), root: st.ino, samples }
+}
+
+/** Where the body is written while the manifest is assembled: beside the manifest, never on the frozen filesystem. */
+export function bodyPathOf(output: string): string {
+  return path.join(path.dirname(output), `.${path.basename(output)}.body-${process.pid}`)
+}
