@@ -158,17 +158,6 @@ __attribute__((format(printf, 2, 3))) static bool fail(struct mapper *m, const c
   return false;
 }
 
-static bool grow(void **p, size_t *cap, size_t need, size_t size) {
-  if (need <= *cap) return true;
-  size_t cap2 = *cap ? *cap : 64;
-  while (cap2 < need) cap2 *= 2;
-  void *q = realloc(*p, cap2 * size);
-  if (q == NULL) return false;
-  *p = q;
-  *cap = cap2;
-  return true;
-}
-
 static void note_name(struct mapper *m, const void *name, size_t len) {
   if (!m->out->byte_names && !m2_valid_utf8(name, len)) m->out->byte_names = true;
 }
@@ -283,7 +272,7 @@ static bool sweep_dirs(struct mapper *m) {
       struct btrfs_inode_item ii;
       if (!inode_item(m, &h, item, &ii)) return false;
       if (!S_ISDIR(le32toh(ii.mode))) continue;
-      if (!grow((void **)&m->dirs, &m->dirs_cap, m->ndirs + 1, sizeof *m->dirs)) return fail(m, "out of memory");
+      if (!bulk_grow((void **)&m->dirs, &m->dirs_cap, m->ndirs + 1, sizeof *m->dirs)) return fail(m, "out of memory");
       m->dirs[m->ndirs++] = (struct dir_row){h.objectid, 0};
     } else if (h.type == BTRFS_INODE_REF_KEY && m->ndirs && m->dirs[m->ndirs - 1].ino == h.objectid) {
       if (m->dirs[m->ndirs - 1].parent != 0) return refuse(m, "directory inode %llu has two parents", (unsigned long long)h.objectid);
@@ -332,21 +321,6 @@ static bool mark_tree(struct mapper *m) {
 
 // ------------------------------------------------------------------------------ samples
 
-static void sample(struct mapper *m, uint32_t disk, uint64_t offset, uint64_t length, const uint8_t *csum, uint32_t csum_len) {
-  struct bb_sampler *s = &m->out->samplers[disk];
-  if (s->stride == 0) s->stride = 1;
-  if (s->seen++ % s->stride != 0) return;
-  if (s->n == BB_SAMPLES_PER_DISK) {
-    for (uint32_t i = 0; i < s->n / 2; i++) s->kept[i] = s->kept[2 * i];
-    s->n /= 2;
-    s->stride *= 2;
-    if ((s->seen - 1) % s->stride != 0) return;
-  }
-  struct bb_sample *k = &s->kept[s->n++];
-  k->disk = disk, k->offset = offset, k->length = length, k->csum_len = csum_len;
-  if (csum_len) memcpy(k->csum, csum, csum_len);
-}
-
 // Samples of a run on every copy: its bytes on the disk (a compressed run's encoded stream); for a
 // checksummed run the BB_SAMPLE_SECTORS sectors at its middle, with their checksums.
 static void sample_run(struct mapper *m, const struct run *r) {
@@ -360,8 +334,9 @@ static void sample_run(struct mapper *m, const struct run *r) {
     csum = m->csums + r->csum_at + first * m->job->csum_size;
     csum_len = (uint32_t)(length / sector * m->job->csum_size);
   }
-  sample(m, r->disk, r->disk_offset + start, length, csum, csum_len);
-  for (uint32_t k = 0; k < r->ncopies; k++) sample(m, r->copies[k].device, r->copies[k].device_offset + start, length, csum, csum_len);
+  bulk_sample(&m->out->samplers[r->disk], r->disk, r->disk_offset + start, length, csum, csum_len);
+  for (uint32_t k = 0; k < r->ncopies; k++)
+    bulk_sample(&m->out->samplers[r->copies[k].device], r->copies[k].device, r->copies[k].device_offset + start, length, csum, csum_len);
 }
 
 // ---------------------------------------------------------------------------- checksums
@@ -375,7 +350,7 @@ static bool read_csums(struct mapper *m, uint64_t logical, uint64_t length, uint
   uint64_t n = length / j->sector_size;
   size_t bytes = (size_t)(n * j->csum_size);
   if (m->csum_len + bytes > CSUMS_MAX) return refuse(m, "inode %llu: over %u bytes of data checksums", (unsigned long long)m->ino, CSUMS_MAX);
-  if (!grow((void **)&m->csums, &m->csum_cap, m->csum_len + bytes, 1)) return fail(m, "out of memory");
+  if (!bulk_grow((void **)&m->csums, &m->csum_cap, m->csum_len + bytes, 1)) return fail(m, "out of memory");
   uint8_t *out = m->csums + m->csum_len;
   memset(out, 0, bytes);
   // An EXTENT_CSUM item is keyed by the logical address of its first sector and holds at most one
@@ -428,7 +403,7 @@ static bool add_run(struct mapper *m, const struct run *r) {
     return true;
   }
   if (m->nruns >= RUNS_MAX) return refuse(m, "inode %llu: over %u extents", (unsigned long long)m->ino, RUNS_MAX);
-  if (!grow((void **)&m->runs, &m->runs_cap, m->nruns + 1, sizeof *m->runs)) return fail(m, "out of memory");
+  if (!bulk_grow((void **)&m->runs, &m->runs_cap, m->nruns + 1, sizeof *m->runs)) return fail(m, "out of memory");
   m->runs[m->nruns++] = *r;
   return true;
 }
@@ -582,7 +557,7 @@ static bool xattr_item(struct mapper *m, const struct btrfs_ioctl_search_header 
     if (data_len > M2_MAX_XATTR_VALUE) return refuse(m, "inode %llu: xattr value of %zu bytes", ino, data_len);
     size_t need = name_len + data_len + 2 * M2_VARINT_MAX_BYTES;
     if (m->xlen + need > XATTR_BUFFER_MAX) return refuse(m, "inode %llu: over %u bytes of xattrs", ino, XATTR_BUFFER_MAX);
-    if (!grow((void **)&m->xbuf, &m->xcap, m->xlen + need, 1)) return fail(m, "out of memory");
+    if (!bulk_grow((void **)&m->xbuf, &m->xcap, m->xlen + need, 1)) return fail(m, "out of memory");
     m->xlen += m2_varint_encode(m->xbuf + m->xlen, name_len);
     memcpy(m->xbuf + m->xlen, name, name_len), m->xlen += name_len;
     m->xlen += m2_varint_encode(m->xbuf + m->xlen, data_len);
@@ -637,7 +612,7 @@ static bool take_entry(struct mapper *m, const uint8_t *name, size_t len, uint64
   m->out->entries++;
   note_name(m, name, len);
   if (m->overflowed) return true;
-  if (!grow((void **)&m->ebuf, &m->ecap, m->elen + len + 2 * M2_VARINT_MAX_BYTES, 1)) return fail(m, "out of memory");
+  if (!bulk_grow((void **)&m->ebuf, &m->ecap, m->elen + len + 2 * M2_VARINT_MAX_BYTES, 1)) return fail(m, "out of memory");
   m->elen += m2_dir_entry_encode(m->ebuf + m->elen, name, len, child, &m->prev_child);
   if (m->elen > DIR_BUFFER_MAX) m->overflowed = true; // written by a second reading instead
   return true;

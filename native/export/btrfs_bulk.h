@@ -8,10 +8,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "bulk.h"
+
 #define BB_MAX_COPIES 4u        // copy 0 (the one read) and up to three others (RAID1C4)
-#define BB_MAX_DISKS 64u
+#define BB_MAX_DISKS BULK_MAX_DISKS
 #define BB_MAX_SEGMENTS 1000000u // RAID0/RAID10 give one per stripe unit: 16,384 per GiB chunk
-#define BB_SAMPLES_PER_DISK 1024u
+#define BB_SAMPLE_SECTORS 16u // a checksummed sample: at most this many sectors, with their crc32c
 
 // A piece of btrfs's logical address space whose every copy lies unbroken on one raw disk. The
 // caller composes it from the chunk map and the device stack (src/export/bulk-btrfs.ts), so the
@@ -38,25 +40,6 @@ struct bb_job {
   int inodes_fd;              // an empty scratch file: INODE records wait here while DIR records go to fd
 };
 
-#define BB_SAMPLE_SECTORS 16u // a checksummed sample: at most this many sectors, with their crc32c
-
-// A range of a disk that export may fingerprint; with the checksums of its sectors when it has them,
-// so that a damaged or stale copy is never what proves the disk (src/device/fingerprint.ts).
-struct bb_sample {
-  uint32_t disk;
-  uint64_t offset, length;
-  uint32_t csum_len;
-  uint8_t csum[BB_SAMPLE_SECTORS * 4];
-};
-
-// Evenly spaced extents of one disk, in body order, however many there are: when full, every other
-// one is dropped and the stride doubles (deterministic, unlike a reservoir).
-struct bb_sampler {
-  struct bb_sample kept[BB_SAMPLES_PER_DISK];
-  uint32_t n;
-  uint64_t stride, seen;
-};
-
 enum bb_outcome { BB_OK, BB_REFUSED, BB_FAILED };
 
 struct bb_result {
@@ -68,7 +51,7 @@ struct bb_result {
   uint64_t body_bytes;
   uint64_t table_bytes;       // bytes of the tables that scale with the tree (16 per directory)
   uint64_t searches;          // TREE_SEARCH_V2 calls
-  struct bb_sampler *samplers; // BB_MAX_DISKS of them, malloc'd; free with bb_result_free
+  struct bulk_sampler *samplers; // BB_MAX_DISKS of them, malloc'd; free with bb_result_free
   uint32_t ndisks;
 };
 
