@@ -8,7 +8,7 @@
 //      straight to the body; its INODE record to a scratch file, appended to the body at the end, because
 //      every DIR record must precede every INODE record. That costs writing the INODE records twice
 //      (in the kernel, copy_file_range) instead of a third sweep, and holds nothing per inode.
-// Held: the directory table, one inode's xattrs, one directory's encoded entries (up to 8 MiB, then
+// Held: the directory table, one inode's xattrs, one directory's encoded entries (up to 512 KiB, then
 // read again), one file's extents and checksums, the search buffers and two write buffers.
 //
 // Every field must equal what the VFS walker (src/export/walk.ts) reports through the kernel; where
@@ -35,7 +35,7 @@
 
 // One TREE_SEARCH_V2 call returns up to this many bytes of items (the kernel's cap is 16 MiB).
 #define SEARCH_BUF (256u * 1024u)
-#define DIR_BUFFER_MAX (8u << 20)     // a directory's encoded entries kept to count them; past it, read twice
+#define DIR_BUFFER_MAX (512u << 10)   // a directory's encoded entries kept to count them; past it, read twice
 #define XATTR_BUFFER_MAX (4u << 20)   // one inode's xattrs (btrfs keeps each in one leaf, so this is plenty)
 #define RUNS_MAX 4000000u             // one file's extents (~64 bytes each)
 #define CSUMS_MAX (64u << 20)         // one file's data checksums: 64 GiB of crc32c-summed data
