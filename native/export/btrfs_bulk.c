@@ -101,6 +101,7 @@ struct mapper {
   struct m2w *dirs_w, *inodes_w;
   struct search fs, aux; // aux: the csum tree, and a big directory read again
   struct xt_decoder decoder;
+  uint32_t disk_index[BB_MAX_DISKS]; // segments' disk index -> the body's (UINT32_MAX: not met yet)
   uint64_t *skip;        // sorted copy of job->skip
   struct dir_row *dirs;  // ascending ino
   uint8_t *dir_state;
@@ -698,11 +699,23 @@ static bool time_of(struct mapper *m, const struct btrfs_timespec *t, struct m2_
   return out->nsec < 1000000000u || refuse(m, "inode %llu: a time with %u ns", (unsigned long long)m->ino, out->nsec);
 }
 
+// The body's index of a disk of the segments: numbered as first met, so that only the disks the
+// extents reach become the manifest's devices, as the walker's.
+static uint32_t disk_met(struct mapper *m, uint32_t disk) {
+  if (m->disk_index[disk] == UINT32_MAX) {
+    m->disk_index[disk] = m->out->ndisks;
+    m->out->disk_order[m->out->ndisks++] = disk;
+  }
+  return m->disk_index[disk];
+}
+
 static void write_extents(struct mapper *m) {
   m2w_extents_begin(m->inodes_w, m->nruns);
   uint64_t end = 0;
   for (size_t k = 0; k < m->nruns; k++) {
-    const struct run *r = &m->runs[k];
+    struct run *r = &m->runs[k];
+    r->disk = disk_met(m, r->disk);
+    for (uint32_t c = 0; c < r->ncopies; c++) r->copies[c].device = disk_met(m, r->copies[c].device);
     if (!r->csums && !r->algorithm) {
       m2w_extent(m->inodes_w, r->file_offset - end, r->length, r->disk, r->disk_offset);
     } else {
@@ -895,10 +908,10 @@ static bool check_job(struct mapper *m) {
     if (s->ncopies < 1 || s->ncopies > BB_MAX_COPIES || s->length == 0) return fail(m, "segment %zu: %u copies, %llu bytes", k, s->ncopies, (unsigned long long)s->length);
     for (uint32_t c = 0; c < s->ncopies; c++) {
       if (s->copy[c].disk >= BB_MAX_DISKS) return refuse(m, "the chunk map names disk %u", s->copy[c].disk);
-      if (s->copy[c].disk >= m->out->ndisks) m->out->ndisks = s->copy[c].disk + 1;
     }
     if (k && s->logical < j->segments[k - 1].logical + j->segments[k - 1].length) return fail(m, "segments overlap or are unsorted");
   }
+  for (uint32_t d = 0; d < BB_MAX_DISKS; d++) m->disk_index[d] = UINT32_MAX;
   m->skip = malloc((j->nskip ? j->nskip : 1) * sizeof *m->skip);
   m->out->samplers = calloc(BB_MAX_DISKS, sizeof *m->out->samplers);
   m->dirs_w = malloc(sizeof *m->dirs_w);

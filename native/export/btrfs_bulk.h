@@ -51,7 +51,10 @@ struct bb_result {
   uint64_t body_bytes;
   uint64_t table_bytes;       // bytes of the tables that scale with the tree (16 per directory)
   uint64_t searches;          // TREE_SEARCH_V2 calls
-  struct bulk_sampler *samplers; // BB_MAX_DISKS of them, malloc'd; free with bb_result_free
+  struct bulk_sampler *samplers; // BB_MAX_DISKS of them, by the body's disk index; free with bb_result_free
+  // The disks the extents reach, numbered in the order met as the walker's mapper numbers them
+  // (FileMapper.indexOf): disk_order[i] is the segments' disk index of the body's disk i.
+  uint32_t disk_order[BB_MAX_DISKS];
   uint32_t ndisks;
 };
 

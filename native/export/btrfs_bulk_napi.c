@@ -60,6 +60,15 @@ static bool parse_skip(napi_env env, napi_value opts, uint64_t **skip, size_t *n
   return true;
 }
 
+// disks: the segments' disk index of each of the body's disks, in the body's order.
+static bool set_disks(napi_env env, napi_value obj, const struct bb_result *r) {
+  napi_value arr, v;
+  if (napi_create_array_with_length(env, r->ndisks, &arr) != napi_ok) return false;
+  for (uint32_t i = 0; i < r->ndisks; i++)
+    if (napi_create_uint32(env, r->disk_order[i], &v) != napi_ok || napi_set_element(env, arr, i, v) != napi_ok) return false;
+  return napi_set_named_property(env, obj, "disks", arr) == napi_ok;
+}
+
 static napi_value result_of(napi_env env, const struct bb_result *r) {
   napi_value obj, samples;
   struct rusage ru;
@@ -70,7 +79,7 @@ static napi_value result_of(napi_env env, const struct bb_result *r) {
       !bulk_set_bool(env, obj, "compressedExtents", r->compressed) || !bulk_set_num(env, obj, "bodyBytes", r->body_bytes) ||
       !bulk_set_num(env, obj, "tableBytes", r->table_bytes) || !bulk_set_num(env, obj, "searches", r->searches) ||
       !bulk_set_num(env, obj, "peakRssKiB", (uint64_t)ru.ru_maxrss) || (samples = bulk_samples(env, r->samplers, r->ndisks)) == NULL ||
-      napi_set_named_property(env, obj, "samples", samples) != napi_ok)
+      napi_set_named_property(env, obj, "samples", samples) != napi_ok || !set_disks(env, obj, r))
     return NULL;
   return obj;
 }

@@ -156,5 +156,6 @@ export function mapBtrfsBulk(t: BtrfsBulkTarget, bodyPath: string): BtrfsBulkBod
     fileOffset: 0, device: s.disk, deviceOffset: s.deviceOffset, length: s.length, ...(s.csums ? { csums: s.csums.toString('base64') } : {}),
   }))
   const dataChecksums: DataChecksums | undefined = result.dataChecksums ? { algorithm: 'crc32c', sectorSize } : undefined
-  return { result, disks, root, features: featuresOf(result), dataChecksums, samples }
+  // Only the disks the extents reach are the manifest's devices, numbered as met (as the walker's).
+  return { result, disks: result.disks.map((d) => disks[d]!), root, features: featuresOf(result), dataChecksums, samples }
 }

@@ -118,6 +118,8 @@ export interface BtrfsBulkResult {
   peakRssKiB: number
   /** Up to 1024 ranges per disk, evenly spaced in body order, checksummed ones with their csums: what export fingerprints. */
   samples: { disk: number; deviceOffset: number; length: number; csums?: Buffer }[]
+  /** The disks the extents reach, in the body's numbering: each one's index into the segments' disks. */
+  disks: number[]
 }
 
 /** A linear piece of a filesystem's byte address space on one raw disk (index into the caller's disk list). */

@@ -77,6 +77,8 @@ function manifestDifferences(bulk: Manifest, vfs: Manifest): string[] {
   if ([...bulk.features].sort().join() !== [...vfs.features].sort().join()) out.push(`features ${bulk.features} vs ${vfs.features}`)
   if (JSON.stringify(bulk.dataChecksums) !== JSON.stringify(vfs.dataChecksums)) out.push(`dataChecksums ${JSON.stringify(bulk.dataChecksums)} vs ${JSON.stringify(vfs.dataChecksums)}`)
   if (bulk.blockSize !== vfs.blockSize) out.push(`blockSize ${bulk.blockSize} vs ${vfs.blockSize}`)
+  const disks = (m: Manifest) => m.devices.map((d) => d.hint).sort().join()
+  if (disks(bulk) !== disks(vfs)) out.push(`devices ${disks(bulk)} vs ${disks(vfs)}`)
   const theirs = new Map(vfs.inodes.map((i) => [i.ino, i]))
   if (bulk.inodes.length !== vfs.inodes.length) out.push(`${bulk.inodes.length} inodes vs ${vfs.inodes.length}`)
   for (const i of bulk.inodes) {
