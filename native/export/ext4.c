@@ -625,6 +625,17 @@ static bool describe(struct mapper *m, uint32_t ino, struct ext2_inode_large *i)
   return ok;
 }
 
+// Some inode of block group `g` is in the tree. A tree that is a small part of a large filesystem
+// then reads only its own groups' inode tables.
+static bool group_reached(const struct mapper *m, uint32_t g) {
+  uint64_t ipg = m->fs->super->s_inodes_per_group;
+  uint64_t first = (uint64_t)g * ipg + 1, last = first + ipg - 1;
+  if (last > m->inodes_count) last = m->inodes_count;
+  for (uint64_t ino = first; ino <= last; ino++)
+    if (m->names[ino]) return true;
+  return false;
+}
+
 static bool scan_inodes(struct mapper *m) {
   ext2_inode_scan scan;
   size_t isize = EXT2_INODE_SIZE(m->fs->super);
@@ -645,6 +656,14 @@ static bool scan_inodes(struct mapper *m) {
     if (ino == 0 || ino > m->inodes_count) {
       ok = fail(m, "cannot scan the inode tables: %s", error_message(err));
       break;
+    }
+    uint32_t ipg = m->fs->super->s_inodes_per_group;
+    if ((ino - 1) % ipg == 0 && !group_reached(m, (ino - 1) / ipg)) {
+      uint32_t next = (ino - 1) / ipg + 1;
+      if (next >= m->fs->group_desc_count) break;
+      err = ext2fs_inode_scan_goto_blockgroup(scan, (int)next);
+      if (err) ok = fail(m, "cannot scan the inode tables: %s", error_message(err));
+      continue;
     }
     if (m->names[ino] == 0) continue; // not in the tree: a checksum error there is none of ours
     if (err) ok = lib_error(m, "cannot read the inode", ino, err);

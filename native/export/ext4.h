@@ -22,7 +22,7 @@ struct e4_segment {
 struct e4_job {
   const char *device;        // the ext4 block device, opened read-only
   uint32_t root;             // inode number of the exported directory
-  const uint32_t *skip;      // inode numbers never entered (sorted ascending by the caller? no: any order)
+  const uint32_t *skip;      // inode numbers never entered (a few: image directories, the journal)
   size_t nskip;
   const struct e4_segment *segments; // sorted by fs_offset, disjoint
   size_t nsegments;

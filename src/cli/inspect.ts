@@ -2,6 +2,7 @@
 import type { Inode, Manifest } from '../manifest/types'
 import { printable } from '../manifest/names'
 import { streamOrReadManifest, type InodeSink } from '../manifest/stream'
+import { ManifestError } from '../errors'
 
 export interface Summary {
   configId: string
@@ -104,6 +105,40 @@ export function summarizeFile(file: string, key?: Buffer): Summary {
     devices: header.devices.map((d) => ({ id: d.id, size: d.size, hint: d.hint, identity: d.identity, fingerprints: d.fingerprints.length })),
     largeAcls,
   }
+}
+
+/**
+ * `inspect --inodes`: the header as one line of JSON, then each inode as one, in the version 1 form
+ * whatever the file's version, checked and streamed (a v1 file that cannot stream is read whole).
+ */
+export function printInodes(file: string, key: Buffer | undefined, out: (line: string) => void): void {
+  const lines: string[] = []
+  const flush = () => {
+    if (lines.length > 0) out(lines.splice(0).join('\n'))
+  }
+  let headerSeen = false
+  const sink: InodeSink = {
+    begin(header) {
+      const { signature: _s, ...rest } = header
+      out(JSON.stringify({ header: rest }))
+      headerSeen = true
+    },
+    inode(n) {
+      lines.push(JSON.stringify(n))
+      if (lines.length >= 1024) flush()
+    },
+    finish() {},
+  }
+  const { whole } = streamOrReadManifest(file, sink, key)
+  if (whole) {
+    // The JSON layout could not stream. Almost always before the first line; after it, what went out
+    // cannot be taken back: say so rather than print the header twice.
+    if (headerSeen) throw new ManifestError(`manifest ${file}: its JSON layout stops streaming after its inodes began (a top-level field twice?); inspect --inodes cannot print it`)
+    const { inodes, signature: _s, ...header } = whole
+    out(JSON.stringify({ header }))
+    for (const n of inodes) lines.push(JSON.stringify(n))
+  }
+  flush()
 }
 
 export function formatSummary(s: Summary): string {

@@ -16,7 +16,7 @@ import { requireRoot } from '../mover/checks'
 import { DEFAULT_LOG_FILE } from '../mover/daemon'
 import { unmountView } from '../mover/umount'
 import { backupCommand, mountCommand } from './mount'
-import { formatSummary, summarizeFile } from './inspect'
+import { formatSummary, printInodes, summarizeFile } from './inspect'
 import { remapImage } from '../remap/remap'
 import { parseMiB, parseSeconds, runServe } from '../service/run'
 import { DEFAULT_REMAP_CACHE_BYTES } from '../service/remap-worker'
@@ -121,8 +121,10 @@ export function buildProgram(): Command {
     .description('files, bytes, extents, devices, frozen image and config ID of a manifest')
     .argument('<manifest>')
     .option('--json', 'machine-readable output')
+    .option('--inodes', 'every inode as a line of JSON (the version 1 form), after a line with the header; either version, streamed')
     .addOption(keyOption())
     .action((manifest: string, o) => {
+      if (o.inodes) return printInodes(manifest, key(o), (line) => process.stdout.write(line + '\n'))
       const s = summarizeFile(manifest, key(o))
       process.stdout.write((o.json ? JSON.stringify(s, null, 2) : formatSummary(s)) + '\n')
     })

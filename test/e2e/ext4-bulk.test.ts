@@ -1,8 +1,9 @@
 // The ext4 bulk mapper (native/export/ext4.c) against the reference, the VFS walker: the same frozen
 // tree exported both ways must give the same manifest, inode for inode and field for field (times to
 // the nanosecond, nlink, blocks, attrs, xattrs and ACL bytes, carried content, extents), and both
-// views must show the source's tree. Then what it must refuse: an encrypted directory (falls back to
-// the walker, said once; --mapper bulk fails in one line) and a mount point inside the tree.
+// views must show the source's tree. Then what it must refuse: an entry naming an unused inode, an
+// encrypted directory (falls back to the walker, said once; --mapper bulk fails in one line) and a
+// mount point inside the tree.
 import t, { type Test } from 'tap'
 import { promises as fsp } from 'node:fs'
 import * as path from 'node:path'
@@ -98,7 +99,7 @@ t.test('ext4 default: every kind, odd times, byte names, large ACL, 300 hard lin
     const tree = path.join(lfs.mountpoint, 'tree')
     await fsp.mkdir(tree)
     await populateEveryKind(tree)
-    await py('import os,sys; open(os.path.join(sys.argv[1].encode(), b"caf\\xe9-latin1"), "wb").write(b"x")', tree)
+    await py('import os,sys\nd=sys.argv[1].encode()\nopen(d+b"/caf\\xe9-latin1","wb").write(b"x")\nos.setxattr(d+b"/caf\\xe9-latin1",b"user.caf\\xe9",b"v")\nos.symlink(b"caf\\xe9-latin1",d+b"/link-\\xff")', tree)
     await fsp.writeFile(path.join(tree, 'big-acl'), 'acl\n')
     await fsp.writeFile(path.join(tree, 'acl.spec'), Array.from({ length: 300 }, (_, i) => `u:${30000 + i}:r--`).join('\n') + '\n')
     await runOk('setfacl', ['-M', path.join(tree, 'acl.spec'), path.join(tree, 'big-acl')])
@@ -149,9 +150,13 @@ t.test('ext4: data past 4 GiB in a sparse file', async (t) => {
 })
 
 t.test('ext4 -O inline_data: inline files, directories and symlinks', async (t) => {
-  await withLoopFs({ fs: 'ext4', mkfsArgs: ['-O', 'inline_data', '-I', '512'] }, async (lfs) => {
+  // mke2fs -d writes through libext2fs, which (unlike the kernel) makes symlinks of 60+ bytes inline.
+  const seed = await scratchDir(t, 'extfs-ext4-seed-')
+  await fsp.mkdir(path.join(seed, 'tree', 'seeded'), { recursive: true })
+  await fsp.symlink('i'.repeat(120), path.join(seed, 'tree', 'seeded', 'inline-link'))
+  await fsp.writeFile(path.join(seed, 'tree', 'seeded', 'small'), 'seeded by mke2fs\n')
+  await withLoopFs({ fs: 'ext4', mkfsArgs: ['-O', 'inline_data', '-I', '512', '-d', seed] }, async (lfs) => {
     const tree = path.join(lfs.mountpoint, 'tree')
-    await fsp.mkdir(tree)
     for (const size of [0, 1, 59, 60, 61, 150, 300, 4000]) await fsp.writeFile(path.join(tree, `f${size}`), seededBytes(size, size))
     await fsp.mkdir(path.join(tree, 'small-dir'))
     await fsp.writeFile(path.join(tree, 'small-dir', 'a'), 'a')
@@ -239,14 +244,27 @@ dfd = os.open(d, os.O_RDONLY)
 fcntl.ioctl(dfd, 0x800C6613, struct.pack('<BBBBBxxx16s', 2, 1, 4, 0, 0, bytes(arg[8:24])))  # FS_IOC_SET_ENCRYPTION_POLICY v2
 `
 
-t.test('refusals: an encrypted directory, a mount point inside the tree', async (t) => {
+t.test('refusals: an entry naming an unused inode, an encrypted directory, a mount point inside the tree', async (t) => {
   const dir = await scratchDir(t, 'extfs-ext4-bulk-refuse-')
   await withLoopFs({ fs: 'ext4', mkfsArgs: ['-O', 'encrypt'] }, async (lfs) => {
     const tree = path.join(lfs.mountpoint, 'tree')
     await fsp.mkdir(tree)
     await fsp.writeFile(path.join(tree, 'plain'), 'p\n')
-    await py(ENCRYPT_DIR, path.join(tree, 'sealed'))
     const m = path.join(dir, 'refused.m')
+    // An entry naming an inode not in use: its inode cleared with debugfs on the unmounted filesystem.
+    await fsp.writeFile(path.join(tree, 'ghost'), 'g\n')
+    await runOk('umount', [lfs.mountpoint])
+    await runOk('debugfs', ['-w', '-R', 'clri tree/ghost', lfs.fsDevice])
+    await runOk('mount', [lfs.fsDevice, lfs.mountpoint])
+    const ghost = await extfs(['export', tree, '--output', m, '--mapper', 'bulk'])
+    await release(m)
+    t.not(ghost.code, 0, 'an entry naming an unused inode: --mapper bulk fails')
+    t.match(ghost.stderr, /an entry names inode \d+, which is not in use/)
+    await runOk('umount', [lfs.mountpoint])
+    await runOk('debugfs', ['-w', '-R', 'unlink tree/ghost', lfs.fsDevice])
+    await runOk('mount', [lfs.fsDevice, lfs.mountpoint])
+
+    await py(ENCRYPT_DIR, path.join(tree, 'sealed'))
     const bulk = await extfs(['export', tree, '--output', m, '--mapper', 'bulk'])
     await release(m)
     t.not(bulk.code, 0, '--mapper bulk fails')
@@ -256,7 +274,16 @@ t.test('refusals: an encrypted directory, a mount point inside the tree', async 
     await release(m)
     t.equal(auto.code, 0, `auto falls back to the walker: ${auto.stderr}`)
     t.equal(auto.stderr.match(/bulk mapper declined/g)?.length, 1, 'said once')
-    t.equal(readCheckedManifest(m).version, 1, 'the walker wrote format 1')
+    const v1 = readCheckedManifest(m)
+    t.equal(v1.version, 1, 'the walker wrote format 1')
+    const asV2 = await extfs(['export', tree, '--output', m, '--mapper', 'vfs', '--format', '2'])
+    await release(m)
+    t.equal(asV2.code, 0, `the walker writes format 2 when asked: ${asV2.stderr}`)
+    const v2 = readCheckedManifest(m)
+    t.same({ version: v2.version, inodes: v2.inodes }, { version: 2, inodes: v1.inodes }, 'the same inodes in format 2')
+    const both = await extfs(['export', tree, '--output', m, '--mapper', 'bulk', '--format', '1'])
+    t.not(both.code, 0, '--mapper bulk --format 1 is refused before anything is frozen')
+    t.match(both.stderr, /writes manifest format 2 only/)
 
     await fsp.mkdir(path.join(tree, 'mnt'))
     await runOk('mount', ['-t', 'tmpfs', 'tmpfs', path.join(tree, 'mnt')])

@@ -6,10 +6,11 @@ import fs from 'node:fs'
 import path from 'node:path'
 import type { Inode, Manifest } from '../../src/manifest/types'
 import { readCheckedManifest, writeManifestFile } from '../../src/manifest/io'
-import { formatSummary, summarizeFile } from '../../src/cli/inspect'
+import { formatSummary, printInodes, summarizeFile } from '../../src/cli/inspect'
 import { streamOrReadManifest } from '../../src/manifest/stream'
 import { writeManifestV2 } from '../../src/manifest/v2/write'
 import { PREAMBLE, TRAILER_BYTES } from '../../src/manifest/v2/format'
+import { getVarint, putVarint, unzigzag, zigzag } from '../../src/manifest/v2/varint'
 import { TablesBuilder, withDeviceFds } from '../../src/native-engine/stream-tables'
 import { packTables } from '../../src/native-engine/tables'
 import { extent, inodeOf, makeInode, makeManifest, refused } from '../helpers/manifest-factory'
@@ -200,4 +201,44 @@ t.test('golden v2 fixtures keep reading as their v1 twins', async (t) => {
     t.same({ ...v2, inodes: [], version: 1, signature: undefined }, { ...v1, inodes: [], signature: undefined }, `${name}: the v1 twin's header`)
   }
   refused(t, () => readCheckedManifest(path.join(FIXTURES, 'manifest-v2-every-kind.extfs'), KEY), /^manifest signature does not match/)
+})
+
+t.test('varints: shortest form only, at most 2^53 - 1', async (t) => {
+  const enc = (v: number) => {
+    const b = Buffer.alloc(10)
+    return b.subarray(0, putVarint(b, 0, v))
+  }
+  for (const v of [0, 1, 127, 128, 300, 2 ** 32, 2 ** 52 + 5, Number.MAX_SAFE_INTEGER]) {
+    const b = enc(v)
+    t.same(getVarint(b, 0, b.length), [v, b.length], `${v} round-trips in ${b.length} bytes`)
+  }
+  t.equal(enc(127).length, 1)
+  t.equal(enc(Number.MAX_SAFE_INTEGER).length, 8)
+  t.throws(() => getVarint(Buffer.of(0x80, 0x00), 0, 2), /shortest form/, '0 written in two bytes')
+  t.throws(() => getVarint(Buffer.of(0x81, 0x80, 0x00), 0, 3), /shortest form/, '1 with a trailing zero group')
+  t.throws(() => getVarint(Buffer.from([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x10]), 0, 8), /over/, '2^53 is refused')
+  t.throws(() => getVarint(Buffer.alloc(11, 0xff), 0, 11), /over|longer/, 'eleven bytes')
+  t.equal(getVarint(Buffer.of(0x80), 0, 1), undefined, 'cut short: undefined, the caller says where')
+  t.throws(() => putVarint(Buffer.alloc(10), 0, -1), RangeError)
+  for (const v of [0, -1, 1, -(2 ** 51), 2 ** 51, 2 ** 52 - 1, -(2 ** 52 - 1)]) t.equal(unzigzag(zigzag(v)), v, `zigzag ${v}`)
+  t.throws(() => zigzag(2 ** 52), RangeError, 'a difference of 2^52 is refused by the writer')
+})
+
+t.test('inspect --inodes prints either version as the same lines', async (t) => {
+  const dir = t.testdir({})
+  const m = read('manifest-v1-every-kind.json')
+  const v1 = path.join(dir, 'm.json')
+  writeManifestFile(v1, m)
+  const v2 = path.join(dir, 'm.extfs')
+  writeManifestV2(v2, headerOf(m), m.inodes)
+  const lines = (file: string) => {
+    const out: string[] = []
+    printInodes(file, undefined, (l) => out.push(...l.split('\n')))
+    return out.map((l) => JSON.parse(l))
+  }
+  const a = lines(v1)
+  const b = lines(v2)
+  t.equal(a.length, m.inodes.length + 1, 'a header line and a line per inode')
+  t.same({ ...b[0].header, version: 1 }, a[0].header, 'the same header')
+  t.same(byIno(b.slice(1)), byIno(a.slice(1)), 'the same inodes')
 })

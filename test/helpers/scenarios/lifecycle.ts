@@ -91,7 +91,7 @@ async function lifecycle(t: Test, engine: Engine): Promise<void> {
     }
     const manifest = path.join(state, 'm.json')
     try {
-      const exp = await cli(['export', data, '--output', manifest, '--frozen-image', 'freeze'])
+      const exp = await cli(['export', data, '--output', manifest, '--frozen-image', 'freeze', '--mapper', 'vfs']) // reads the v1 JSON
       t.equal(exp.code, 0, `export: ${exp.stderr}`)
       const m = await readJson(manifest)
       const record = recordOf(manifest, m)
