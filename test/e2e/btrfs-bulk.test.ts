@@ -12,7 +12,8 @@
 // grown past its inline bytes), non-UTF-8 names, nodatacow, chattr flags, reflinks, a sparse file with
 // data past 4 GiB, a 20,000-extent file, hard links enough for INODE_EXTREF items, a subdirectory as
 // the export root; compressed files (zlib, lzo, zstd, inline compressed ones too); RAID1 (copies and
-// crc32c checksums); a 100,000-entry directory. Refusal: a nested subvolume inside the tree makes
+// crc32c checksums); RAID0 (stripes); a 100,000-entry directory; the subvolume mounted on its own (our images
+// directory inside it skipped). Refusal: a nested subvolume inside the tree makes
 // `--mapper auto` fall back to the walker (said once) and `--mapper bulk` fail in one line.
 // Needs root, loop devices, btrfs-progs, xfs_io, setfacl, chattr.
 import t, { type Test } from 'tap'
@@ -222,6 +223,16 @@ t.test('RAID1: other copies and crc32c checksums', async (t) => {
     const { bulk } = await compareAll(t, ex, vol)
     t.ok(bulk.dataChecksums && bulk.inodes.some((i) => i.extents?.some((e) => e.copies?.length === 1 && e.csums)), 'mirrored extents carry a copy and checksums')
     t.equal(bulk.devices.length, 2, 'both members are devices')
+  })
+})
+
+t.test('RAID0: extents cut at stripe units, joined where they continue', async (t) => {
+  await withSubvolume(t, { devices: 2, data: 'raid0', metadata: 'raid1', sizeMiB: 384 }, async (_ctx, vol, out) => {
+    for (const [k, size] of [5 * MiB + 123, 64 * KiB, 200 * KiB + 1].entries()) fs.writeFileSync(path.join(vol, `f${k}`), seededBytes(40 + k, size))
+    await runOk('sync', [])
+    const ex = await exportBoth(t, vol, out)
+    const { bulk } = await compareAll(t, ex, vol)
+    t.ok(bulk.inodes.some((i) => (i.extents?.length ?? 0) > 1), 'a file spans stripes of both members')
   })
 })
 
