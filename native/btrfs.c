@@ -6,6 +6,7 @@
 // On-disk items (the chunk item) are little-endian; the ioctl's own headers are in host order.
 #include "extfs_native.h"
 #include "csum.h"
+#include "btrfs.h"
 
 #include <endian.h>
 #include <errno.h>
@@ -219,7 +220,7 @@ napi_value btrfs_csum_info(napi_env env, napi_callback_info info) {
 
 // Copy the part of csum item (at logical `item_start`, `item_len` bytes) that covers the sectors of
 // [logical, logical + n·sector) into out (n·csum_size bytes); returns the sectors copied.
-static uint64_t csum_overlap(uint64_t item_start, uint32_t item_len, const uint8_t *item, uint64_t logical, uint64_t n,
+uint64_t btrfs_csum_overlap(uint64_t item_start, uint32_t item_len, const uint8_t *item, uint64_t logical, uint64_t n,
                              uint32_t sector, uint32_t csum_size, uint8_t *out) {
   uint64_t item_sectors = item_len / csum_size;
   uint64_t a = item_start > logical ? (item_start - logical) / sector : 0;            // first sector of ours it covers
@@ -241,7 +242,7 @@ struct csum_range {
 static bool add_csums(napi_env env, const struct btrfs_ioctl_search_header *h, const uint8_t *item, void *ctx) {
   (void)env;
   struct csum_range *r = ctx;
-  if (h->offset % r->sector == 0) r->covered += csum_overlap(h->offset, h->len, item, r->logical, r->n, r->sector, r->csum_size, r->out);
+  if (h->offset % r->sector == 0) r->covered += btrfs_csum_overlap(h->offset, h->len, item, r->logical, r->n, r->sector, r->csum_size, r->out);
   return true;
 }
 

@@ -41,4 +41,7 @@ napi_value csum_verify(napi_env env, napi_callback_info info);
 // native/export/ext4_napi.c
 napi_value ext4_bulk_map(napi_env env, napi_callback_info info);
 
+// native/export/btrfs_bulk_napi.c
+napi_value btrfs_bulk_map(napi_env env, napi_callback_info info);
+
 #endif

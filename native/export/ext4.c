@@ -116,40 +116,8 @@ static bool lib_error(struct mapper *m, const char *what, uint32_t ino, errcode_
 
 // -------------------------------------------------------------------- names and counts
 
-static bool grow(void **p, size_t *cap, size_t need, size_t size) {
-  if (need <= *cap) return true;
-  size_t cap2 = *cap ? *cap : 64;
-  while (cap2 < need) cap2 *= 2;
-  void *q = realloc(*p, cap2 * size);
-  if (q == NULL) return false;
-  *p = q;
-  *cap = cap2;
-  return true;
-}
-
-// Strict UTF-8 as Node decodes it (no overlongs, no surrogates, nothing above U+10FFFF): a name that
-// is not needs manifest feature byte-names.
-static bool valid_utf8(const uint8_t *s, size_t n) {
-  for (size_t i = 0; i < n;) {
-    uint8_t c = s[i];
-    if (c < 0x80) { i++; continue; }
-    size_t len = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc2 ? 2 : 0;
-    if (len == 0 || c > 0xf4 || i + len > n) return false;
-    uint8_t c1 = s[i + 1];
-    if ((c1 & 0xc0) != 0x80) return false;
-    if (c == 0xe0 && c1 < 0xa0) return false; // overlong
-    if (c == 0xed && c1 > 0x9f) return false; // surrogate
-    if (c == 0xf0 && c1 < 0x90) return false; // overlong
-    if (c == 0xf4 && c1 > 0x8f) return false; // above U+10FFFF
-    for (size_t k = 2; k < len; k++)
-      if ((s[i + k] & 0xc0) != 0x80) return false;
-    i += len;
-  }
-  return true;
-}
-
 static void note_name(struct mapper *m, const void *name, size_t len) {
-  if (!m->out->byte_names && !valid_utf8(name, len)) m->out->byte_names = true;
+  if (!m->out->byte_names && !m2_valid_utf8(name, len)) m->out->byte_names = true;
 }
 
 static bool is_dir_entered(const struct mapper *m, uint32_t ino) {
@@ -165,7 +133,7 @@ static bool count_name(struct mapper *m, uint32_t ino) {
   }
   for (size_t i = 0; i < m->nspill; i++)
     if (m->spill[i].ino == ino) return ++m->spill[i].count != 0 || refuse(m, "inode %u: more than 2^32 names", ino);
-  if (!grow((void **)&m->spill, &m->spill_cap, m->nspill + 1, sizeof *m->spill)) return fail(m, "out of memory");
+  if (!bulk_grow((void **)&m->spill, &m->spill_cap, m->nspill + 1, sizeof *m->spill)) return fail(m, "out of memory");
   m->spill[m->nspill++] = (struct count_spill){ino, 256};
   return true;
 }
@@ -189,7 +157,7 @@ static bool enter_dir(struct mapper *m, uint32_t ino) {
   m->names[ino] = 1;
   m->dir_bits[ino >> 3] |= (uint8_t)(1u << (ino & 7));
   m->reached++;
-  if (!grow((void **)&m->stack, &m->stack_cap, m->depth + 1, sizeof *m->stack)) return fail(m, "out of memory");
+  if (!bulk_grow((void **)&m->stack, &m->stack_cap, m->depth + 1, sizeof *m->stack)) return fail(m, "out of memory");
   m->stack[m->depth++] = ino;
   return true;
 }
@@ -213,7 +181,7 @@ static bool take_entry(struct mapper *m, const char *name, size_t len, uint32_t 
     if (!count_name(m, child)) return false;
   }
   if (m->overflowed) return true;
-  if (!grow((void **)&m->ebuf, &m->ecap, m->elen + len + 2 * M2_VARINT_MAX_BYTES, 1)) return fail(m, "out of memory");
+  if (!bulk_grow((void **)&m->ebuf, &m->ecap, m->elen + len + 2 * M2_VARINT_MAX_BYTES, 1)) return fail(m, "out of memory");
   m->elen += m2_dir_entry_encode(m->ebuf + m->elen, name, len, child, &m->prev_child);
   if (m->elen > DIR_BUFFER_MAX) m->overflowed = true; // written by a second reading instead
   return true;
@@ -383,7 +351,7 @@ static int on_xattr(char *name, char *value, size_t len, void *priv) {
   if (kind < 0) return refuse(m, "inode %u: xattr %s is in a namespace this mapper does not know", m->ino, name), XATTR_ABORT;
   size_t name_len = strlen(name);
   if (name_len > M2_MAX_NAME) return refuse(m, "inode %u: xattr name of %zu bytes", m->ino, name_len), XATTR_ABORT;
-  if (!grow((void **)&l->refs, &l->cap, l->n + 1, sizeof *l->refs)) return fail(m, "out of memory"), XATTR_ABORT;
+  if (!bulk_grow((void **)&l->refs, &l->cap, l->n + 1, sizeof *l->refs)) return fail(m, "out of memory"), XATTR_ABORT;
   struct xattr_ref *r = &l->refs[l->n++];
   *r = (struct xattr_ref){name, value, len, NULL};
   if (kind == 2) {
@@ -435,19 +403,6 @@ static void write_xattrs(struct mapper *m, const struct xattr_list *l) {
 
 // ------------------------------------------------------------------------------ extents
 
-static void sample(struct mapper *m, uint32_t disk, uint64_t offset, uint64_t length) {
-  struct e4_sampler *s = &m->out->samplers[disk];
-  if (s->stride == 0) s->stride = 1;
-  if (s->seen++ % s->stride != 0) return;
-  if (s->n == E4_SAMPLES_PER_DISK) {
-    for (uint32_t i = 0; i < s->n / 2; i++) s->kept[i] = s->kept[2 * i];
-    s->n /= 2;
-    s->stride *= 2;
-    if ((s->seen - 1) % s->stride != 0) return;
-  }
-  s->kept[s->n++] = (struct e4_sample){disk, offset, length};
-}
-
 // Append, joining a run that continues the previous one in the file and on the same disk, as the
 // VFS mapper joins FIEMAP's extents (src/mapping/mapper.ts push()).
 static bool add_run(struct mapper *m, uint64_t file_offset, uint64_t length, uint32_t disk, uint64_t disk_offset) {
@@ -457,7 +412,7 @@ static bool add_run(struct mapper *m, uint64_t file_offset, uint64_t length, uin
     return true;
   }
   if (m->nruns >= EXTENTS_MAX) return refuse(m, "inode %u: over %u extents", m->ino, EXTENTS_MAX);
-  if (!grow((void **)&m->runs, &m->runs_cap, m->nruns + 1, sizeof *m->runs)) return fail(m, "out of memory");
+  if (!bulk_grow((void **)&m->runs, &m->runs_cap, m->nruns + 1, sizeof *m->runs)) return fail(m, "out of memory");
   m->runs[m->nruns++] = (struct run){file_offset, length, disk_offset, disk};
   return true;
 }
@@ -542,7 +497,7 @@ static void write_extents(struct mapper *m) {
     struct run *r = &m->runs[k];
     m2w_extent(m->w, r->file_offset - end, r->length, r->disk, r->disk_offset);
     end = r->file_offset + r->length;
-    sample(m, r->disk, r->disk_offset, r->length);
+    bulk_sample(&m->out->samplers[r->disk], r->disk, r->disk_offset, r->length, NULL, 0);
   }
 }
 

@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "bulk.h"
+
 // A piece of the filesystem's byte address space that lies on one raw disk, unbroken; or, `hole`, on
 // none (a loop device's backing file has a hole there: those bytes read as zeros).
 struct e4_segment {
@@ -17,8 +19,7 @@ struct e4_segment {
 };
 
 #define E4_MAX_SEGMENTS 4096u
-#define E4_MAX_DISKS 64u
-#define E4_SAMPLES_PER_DISK 1024u // extents kept per disk for the device fingerprints
+#define E4_MAX_DISKS BULK_MAX_DISKS
 
 struct e4_job {
   const char *device;        // the ext4 block device, opened read-only
@@ -31,19 +32,6 @@ struct e4_job {
   int fd;                    // where the body goes
 };
 
-struct e4_sample {
-  uint32_t disk;
-  uint64_t offset, length;
-};
-
-// Evenly spaced extents of one disk, in manifest order, however many there are: when full, every
-// other one is dropped and the stride doubles (deterministic, unlike a reservoir).
-struct e4_sampler {
-  struct e4_sample kept[E4_SAMPLES_PER_DISK];
-  uint32_t n;
-  uint64_t stride, seen;
-};
-
 enum e4_outcome { E4_OK, E4_REFUSED, E4_FAILED };
 
 struct e4_result {
@@ -54,7 +42,7 @@ struct e4_result {
   bool byte_names, inline_data, direct_io;
   uint64_t body_bytes;
   uint64_t table_bytes;      // what the mapper allocated for tables that scale with the filesystem
-  struct e4_sampler *samplers; // one per disk (E4_MAX_DISKS), malloc'd; free with e4_result_free
+  struct bulk_sampler *samplers; // one per disk (E4_MAX_DISKS), malloc'd; free with e4_result_free
   uint32_t ndisks;
 };
 

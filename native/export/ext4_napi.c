@@ -6,25 +6,11 @@
 #include <string.h>
 #include <sys/resource.h>
 
-#include "../extfs_native.h"
+#include "bulk_napi.h"
 #include "ext4.h"
 
 static bool prop(napi_env env, napi_value obj, const char *key, napi_value *out) {
   return napi_get_named_property(env, obj, key, out) == napi_ok;
-}
-
-static bool prop_uint(napi_env env, napi_value obj, const char *key, double max, uint64_t *out) {
-  napi_value v;
-  return prop(env, obj, key, &v) && get_uint(env, v, key, max, out);
-}
-
-static bool array_of(napi_env env, napi_value obj, const char *key, napi_value *arr, uint32_t *n) {
-  bool is;
-  if (!prop(env, obj, key, arr) || napi_is_array(env, *arr, &is) != napi_ok || !is) {
-    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", key);
-    return false;
-  }
-  return napi_get_array_length(env, *arr, n) == napi_ok;
 }
 
 static char *device_path(napi_env env, napi_value obj) {
@@ -42,7 +28,7 @@ static char *device_path(napi_env env, napi_value obj) {
 static bool parse_segments(napi_env env, napi_value opts, struct e4_segment **segs, size_t *n) {
   napi_value arr, el;
   uint32_t count;
-  if (!array_of(env, opts, "segments", &arr, &count)) return false;
+  if (!bulk_array_of(env, opts, "segments", &arr, &count)) return false;
   if (count > E4_MAX_SEGMENTS) {
     napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "too many segments");
     return false;
@@ -57,8 +43,8 @@ static bool parse_segments(napi_env env, napi_value opts, struct e4_segment **se
     if (napi_get_element(env, arr, k, &el) != napi_ok || !prop(env, el, "hole", &hole) || napi_typeof(env, hole, &type) != napi_ok) return false;
     s->hole = false;
     if (type == napi_boolean && napi_get_value_bool(env, hole, &s->hole) != napi_ok) return false;
-    if (!prop_uint(env, el, "fsOffset", 9007199254740991.0, &s->fs_offset) || !prop_uint(env, el, "length", 9007199254740991.0, &s->length) ||
-        (!s->hole && (!prop_uint(env, el, "disk", E4_MAX_DISKS - 1, &disk) || !prop_uint(env, el, "diskOffset", 9007199254740991.0, &s->disk_offset))))
+    if (!bulk_prop_uint(env, el, "fsOffset", 9007199254740991.0, &s->fs_offset) || !bulk_prop_uint(env, el, "length", 9007199254740991.0, &s->length) ||
+        (!s->hole && (!bulk_prop_uint(env, el, "disk", E4_MAX_DISKS - 1, &disk) || !bulk_prop_uint(env, el, "diskOffset", 9007199254740991.0, &s->disk_offset))))
       return false;
     s->disk = (uint32_t)disk;
   }
@@ -68,7 +54,7 @@ static bool parse_segments(napi_env env, napi_value opts, struct e4_segment **se
 static bool parse_skip(napi_env env, napi_value opts, uint32_t **skip, size_t *n) {
   napi_value arr, el;
   uint32_t count;
-  if (!array_of(env, opts, "skip", &arr, &count)) return false;
+  if (!bulk_array_of(env, opts, "skip", &arr, &count)) return false;
   *skip = calloc(count ? count : 1, sizeof **skip);
   *n = count;
   for (uint32_t k = 0; k < count; k++) {
@@ -79,55 +65,18 @@ static bool parse_skip(napi_env env, napi_value opts, uint32_t **skip, size_t *n
   return true;
 }
 
-static bool set_num(napi_env env, napi_value obj, const char *key, uint64_t v) {
-  napi_value js;
-  return make_u64(env, v, key, &js) && napi_set_named_property(env, obj, key, js) == napi_ok;
-}
-
-static bool set_bool(napi_env env, napi_value obj, const char *key, bool v) {
-  napi_value js;
-  return napi_get_boolean(env, v, &js) == napi_ok && napi_set_named_property(env, obj, key, js) == napi_ok;
-}
-
-static napi_value samples_of(napi_env env, const struct e4_result *r) {
-  napi_value arr, el;
-  uint32_t at = 0;
-  if (napi_create_array(env, &arr) != napi_ok) return NULL;
-  for (uint32_t d = 0; d < r->ndisks; d++) {
-    for (uint32_t k = 0; k < r->samplers[d].n; k++) {
-      const struct e4_sample *s = &r->samplers[d].kept[k];
-      if (napi_create_object(env, &el) != napi_ok || !set_num(env, el, "disk", s->disk) || !set_num(env, el, "deviceOffset", s->offset) ||
-          !set_num(env, el, "length", s->length) || napi_set_element(env, arr, at++, el) != napi_ok)
-        return NULL;
-    }
-  }
-  return arr;
-}
-
 static napi_value result_of(napi_env env, const struct e4_result *r) {
   napi_value obj, samples;
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);
-  if (napi_create_object(env, &obj) != napi_ok || !set_num(env, obj, "inodes", r->inodes) || !set_num(env, obj, "dirs", r->dirs) ||
-      !set_num(env, obj, "entries", r->entries) || !set_bool(env, obj, "byteNames", r->byte_names) ||
-      !set_bool(env, obj, "inlineData", r->inline_data) || !set_bool(env, obj, "directIo", r->direct_io) ||
-      !set_num(env, obj, "bodyBytes", r->body_bytes) || !set_num(env, obj, "tableBytes", r->table_bytes) ||
-      !set_num(env, obj, "peakRssKiB", (uint64_t)ru.ru_maxrss) || (samples = samples_of(env, r)) == NULL ||
+  if (napi_create_object(env, &obj) != napi_ok || !bulk_set_num(env, obj, "inodes", r->inodes) || !bulk_set_num(env, obj, "dirs", r->dirs) ||
+      !bulk_set_num(env, obj, "entries", r->entries) || !bulk_set_bool(env, obj, "byteNames", r->byte_names) ||
+      !bulk_set_bool(env, obj, "inlineData", r->inline_data) || !bulk_set_bool(env, obj, "directIo", r->direct_io) ||
+      !bulk_set_num(env, obj, "bodyBytes", r->body_bytes) || !bulk_set_num(env, obj, "tableBytes", r->table_bytes) ||
+      !bulk_set_num(env, obj, "peakRssKiB", (uint64_t)ru.ru_maxrss) || (samples = bulk_samples(env, r->samplers, r->ndisks)) == NULL ||
       napi_set_named_property(env, obj, "samples", samples) != napi_ok)
     return NULL;
   return obj;
-}
-
-// A refusal throws code ERR_BULK_REFUSED (export may fall back to the VFS walker); a failure
-// ERR_BULK_FAILED (export fails: the walker would meet the same problem).
-static void throw_outcome(napi_env env, const struct e4_result *r) {
-  napi_value msg, code, err;
-  const char *c = r->outcome == E4_REFUSED ? "ERR_BULK_REFUSED" : "ERR_BULK_FAILED";
-  if (napi_create_string_utf8(env, r->why, NAPI_AUTO_LENGTH, &msg) == napi_ok && napi_create_string_utf8(env, c, NAPI_AUTO_LENGTH, &code) == napi_ok &&
-      napi_create_error(env, code, msg, &err) == napi_ok)
-    napi_throw(env, err);
-  else
-    napi_throw_error(env, c, r->why);
 }
 
 napi_value ext4_bulk_map(napi_env env, napi_callback_info info) {
@@ -139,14 +88,14 @@ napi_value ext4_bulk_map(napi_env env, napi_callback_info info) {
   napi_value out = NULL;
   char *device = device_path(env, argv[0]);
   if (device == NULL) return NULL;
-  if (prop_uint(env, argv[0], "root", UINT32_MAX, &root) && prop_uint(env, argv[0], "carryMax", 1 << 20, &carry) &&
-      prop_uint(env, argv[0], "fd", INT32_MAX, &fd) && parse_segments(env, argv[0], &segs, &job.nsegments) &&
+  if (bulk_prop_uint(env, argv[0], "root", UINT32_MAX, &root) && bulk_prop_uint(env, argv[0], "carryMax", 1 << 20, &carry) &&
+      bulk_prop_uint(env, argv[0], "fd", INT32_MAX, &fd) && parse_segments(env, argv[0], &segs, &job.nsegments) &&
       parse_skip(env, argv[0], &skip, &job.nskip)) {
     job.device = device, job.root = (uint32_t)root, job.carry_max = carry, job.fd = (int)fd, job.segments = segs, job.skip = skip;
     struct e4_result r;
     e4_map(&job, &r);
     if (r.outcome == E4_OK) out = result_of(env, &r);
-    else throw_outcome(env, &r);
+    else bulk_throw_outcome(env, r.outcome == E4_REFUSED, r.why);
     e4_result_free(&r);
   }
   free(device), free(segs), free(skip);

@@ -141,3 +141,49 @@ void m2w_extent(struct m2w *w, uint64_t gap, uint64_t length, uint32_t device, u
   m2w_varint(w, 0); // extras: ext4 keeps no data checksums and does not compress
   w->cursor = device_offset + length;
 }
+
+void m2w_extent_extras(struct m2w *w, uint64_t gap, uint64_t length, uint32_t device, uint64_t device_offset,
+                       const struct m2_extent_extras *x) {
+  m2w_varint(w, gap);
+  m2w_varint(w, length);
+  m2w_varint(w, device);
+  m2w_zigzag(w, (int64_t)(device_offset - w->cursor));
+  m2w_varint(w, (x->csums ? M2_EXT_CSUMS : 0u) | (x->algorithm ? M2_EXT_COMPRESSED : 0u));
+  w->cursor = device_offset + length;
+  if (x->csums) {
+    m2w_varint(w, x->ncopies);
+    for (uint32_t k = 0; k < x->ncopies; k++) {
+      m2w_varint(w, x->copies[k].device);
+      m2w_varint(w, x->copies[k].device_offset);
+    }
+    m2w_bytes(w, x->csum, x->csum_len);
+  }
+  if (x->algorithm) {
+    m2w_u8(w, x->algorithm);
+    m2w_varint(w, x->disk_length);
+    m2w_varint(w, x->decoded_length);
+    m2w_varint(w, x->decoded_offset);
+  }
+}
+
+bool m2_valid_utf8(const uint8_t *s, size_t n) {
+  for (size_t i = 0; i < n;) {
+    uint8_t c = s[i];
+    if (c < 0x80) {
+      i++;
+      continue;
+    }
+    size_t len = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc2 ? 2 : 0;
+    if (len == 0 || c > 0xf4 || i + len > n) return false;
+    uint8_t c1 = s[i + 1];
+    if ((c1 & 0xc0) != 0x80) return false;
+    if (c == 0xe0 && c1 < 0xa0) return false; // overlong
+    if (c == 0xed && c1 > 0x9f) return false; // surrogate
+    if (c == 0xf0 && c1 < 0x90) return false; // overlong
+    if (c == 0xf4 && c1 > 0x8f) return false; // above U+10FFFF
+    for (size_t k = 2; k < len; k++)
+      if ((s[i + k] & 0xc0) != 0x80) return false;
+    i += len;
+  }
+  return true;
+}

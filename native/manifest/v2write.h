@@ -71,4 +71,29 @@ void m2w_extents_begin(struct m2w *w, uint64_t n);
 // One plain extent (no extras); `gap` is fileOffset minus the previous extent's end in this file.
 void m2w_extent(struct m2w *w, uint64_t gap, uint64_t length, uint32_t device, uint64_t device_offset);
 
+// The extras of one extent (docs/manifest-v2.md, `extras`): its other copies and data checksums
+// (feature data-checksums), and how it is compressed (feature compressed-extents, with checksums).
+struct m2_copy {
+  uint32_t device;
+  uint64_t device_offset;
+};
+
+struct m2_extent_extras {
+  bool csums;                          // extras bit 0: the copies and csums below are written
+  uint32_t ncopies;                    // other copies, 0..M2_MAX_COPIES
+  struct m2_copy copies[M2_MAX_COPIES];
+  const uint8_t *csum;                 // one checksum per sector of the extent's bytes on the device
+  size_t csum_len;
+  uint8_t algorithm;                   // extras bit 1 when nonzero: 1 zlib, 2 lzo, 3 zstd
+  uint64_t disk_length, decoded_length, decoded_offset;
+};
+
+// One extent with extras; the device cursor advances by `length` (the file bytes), as for plain ones.
+void m2w_extent_extras(struct m2w *w, uint64_t gap, uint64_t length, uint32_t device, uint64_t device_offset,
+                       const struct m2_extent_extras *x);
+
+// Strict UTF-8 as Node decodes it (no overlongs, no surrogates, nothing above U+10FFFF): a name, symlink
+// target or xattr name that is not needs feature byte-names.
+bool m2_valid_utf8(const uint8_t *s, size_t n);
+
 #endif

@@ -46,7 +46,8 @@ function parseCarryMax(value: string): number {
 }
 
 /** What export says about the image it holds and how to end it. */
-function heldImage(f: FrozenImage, output: string): string {
+function heldImage(m: { frozenImage: FrozenImage }, output: string): string {
+  const f = m.frozenImage
   if (f.kind === 'freeze') return `; ${f.mountpoint} stays frozen until: extfs release ${output}`
   if (f.kind === 'snapshot') return `; image: ${f.mechanism} at ${f.imagePath}, kept until: extfs release ${output}`
   return ''
@@ -80,9 +81,9 @@ export function buildProgram(): Command {
     .option('--post-thaw <command>', 'run with /bin/sh -c right after the image is taken, or taking it failed')
     .option('--carry-max <bytes>', `carry inline files up to this size in the manifest (default ${DEFAULT_CARRY_MAX})`, parseCarryMax, DEFAULT_CARRY_MAX)
     .option('--through-loop', 'map files on a loop device through its backing file to the disk underneath')
-    .option('--record <file>', 'where to publish the config-ID record (default: <manifest>.config-id)')
-    .addOption(new Option('--mapper <mapper>', 'bulk: read a frozen ext4\'s metadata from its device (manifest format 2); vfs: walk the tree; auto: bulk where it applies').choices(['auto', 'bulk', 'vfs']).default('auto'))
+    .addOption(new Option('--mapper <mapper>', 'bulk: read a frozen ext4\'s metadata from its device, or a btrfs snapshot\'s from its tree (manifest format 2); vfs: walk the tree; auto: bulk where it applies').choices(['auto', 'bulk', 'vfs']).default('auto'))
     .addOption(new Option('--format <version>', 'manifest format version (default: 1 from the VFS walker, 2 from the bulk mapper)').choices(['1', '2']))
+    .option('--record <file>', 'where to publish the config-ID record (default: <manifest>.config-id)')
     .addOption(keyOption())
     .addOption(logLevelOption())
     .action((paths: string[], o) => {
@@ -94,7 +95,7 @@ export function buildProgram(): Command {
         mapper: o.mapper, format: o.format === undefined ? undefined : (Number(o.format) as 1 | 2),
       })
       log.debug({ output: path.resolve(o.output), configId: m.configId, inodes: m.inodes, mapper: m.mapper, format: m.format, ...m.bulk }, 'exported')
-      process.stdout.write(`exported ${m.inodes} inodes to ${o.output}, config ID ${m.configId}${heldImage(m.frozenImage, o.output)}\n`)
+      process.stdout.write(`exported ${m.inodes} inodes to ${o.output}, config ID ${m.configId}${heldImage(m, o.output)}\n`)
     })
 
   program.command('mount')

@@ -26,7 +26,8 @@ import { Walker } from './walk'
 import { ExportError, ManifestError } from '../errors'
 import { pathOfInode } from '../manifest/paths'
 import { assembleV2, writeManifestV2 } from '../manifest/v2/write'
-import { bodyPathOf, BulkRefused, mapBulk, whyNotBulk, type BulkBody, type MapperChoice } from './bulk-ext4'
+import { bodyPathOf, BulkRefused, mapBulk, whyNotBulk, type MapperChoice } from './bulk-ext4'
+import { mapBtrfsBulk, whyNotBtrfsBulk } from './bulk-btrfs'
 
 /** Filesystems the mapper resolves to raw disks (btrfs through its chunk tree). */
 const SUPPORTED_FS = new Set(['ext2', 'ext3', 'ext4', 'xfs', 'btrfs'])
@@ -49,7 +50,7 @@ export interface ExportOptions {
   carryMax: number
   /** Map through loop devices to the disk under their backing files. */
   throughLoop: boolean
-  /** auto: the bulk mapper where it applies (ext4, frozen), else the VFS walker; bulk: it or fail. */
+  /** auto: the bulk mapper where it applies (ext4 frozen, a btrfs snapshot), else the VFS walker; bulk: it or fail. */
   mapper: MapperChoice
   /** Manifest format version; default 1 for the VFS walker, 2 for the bulk mapper (which writes only 2). */
   format?: 1 | 2
@@ -64,7 +65,27 @@ export interface ExportSummary {
   format: 1 | 2
   mapper: 'bulk' | 'vfs'
   /** The bulk mapper's own figures: body bytes, whether it read with O_DIRECT, the process's peak RSS then. */
-  bulk?: { bodyBytes: number; directIo: boolean; peakRssKiB: number; tableBytes: number }
+  bulk?: BulkFigures
+}
+
+/** A bulk mapper's own figures: body bytes, the process's peak RSS then, its tables' bytes; ext4: whether it read with O_DIRECT. */
+interface BulkFigures {
+  bodyBytes: number
+  peakRssKiB: number
+  tableBytes: number
+  directIo?: boolean
+}
+
+/** What a bulk mapper (ext4 or btrfs) wrote, as export assembles the manifest around it. */
+interface MappedBody {
+  counts: { inodes: number; dirs: number; entries: number }
+  disks: RawDisk[]
+  root: number
+  features: string[]
+  dataChecksums?: DataChecksums
+  /** Extents to fingerprint, by index into `disks`. */
+  samples: Extent[]
+  figures: BulkFigures
 }
 
 function sourceFilesystem(paths: string[]): { dev: bigint; mount: MountEntry; realPaths: string[] } {
@@ -171,13 +192,15 @@ function checkKind(opts: ExportOptions, mount: MountEntry, dev: bigint, realPath
 }
 
 /** Whether to try the bulk mapper; throws when it was asked for and does not apply. */
-function wantBulk(opts: ExportOptions, mount: MountEntry, realPaths: string[]): boolean {
+function wantBulk(opts: ExportOptions, mount: MountEntry, realPaths: string[], plan: SnapshotPlan | undefined): boolean {
   if (opts.mapper === 'vfs') return false
   if (opts.format === 1) {
     if (opts.mapper === 'bulk') throw new ExportError('--mapper bulk writes manifest format 2 only: drop --format 1')
     return false
   }
-  const why = whyNotBulk({ mount, realPaths, frozenImage: opts.frozenImage, skip: [], throughLoop: opts.throughLoop, carryMax: opts.carryMax })
+  const why = mount.fsType === 'btrfs'
+    ? whyNotBtrfsBulk(mount, realPaths, opts.frozenImage === 'snapshot' ? plan?.mechanism : undefined)
+    : whyNotBulk({ mount, realPaths, frozenImage: opts.frozenImage, skip: [], throughLoop: opts.throughLoop, carryMax: opts.carryMax })
   if (why !== undefined && opts.mapper === 'bulk') throw new ExportError(`--mapper bulk does not apply: ${why}`)
   return why === undefined
 }
@@ -187,7 +210,7 @@ export function exportImage(opts: ExportOptions): ExportSummary {
   const output = path.resolve(opts.output)
   const record = opts.record ? path.resolve(opts.record) : `${output}.config-id`
   const plan = checkKind(opts, mount, dev, realPaths, output, record)
-  const tryBulk = wantBulk(opts, mount, realPaths)
+  const tryBulk = wantBulk(opts, mount, realPaths, plan)
   const journal = journalPathOf(output)
   // One image per manifest path: a second export would overwrite the only record of the first image.
   if (fs.existsSync(journal)) throw new ExportError(`${journal} exists: the image last exported to ${opts.output} was not released; run: extfs release ${opts.output}`)
@@ -238,7 +261,7 @@ export function exportImage(opts: ExportOptions): ExportSummary {
   const toSource = inSourceTerms(hold, realPaths)
   const body = bodyPathOf(output)
   try {
-    const bulk = tryBulk ? bulkOrDecline(opts, { mount, realPaths, frozenImage: opts.frozenImage, skip: [...hold.skip, journal], throughLoop: opts.throughLoop, carryMax: opts.carryMax }, body) : undefined
+    const bulk = tryBulk ? bulkOrDecline(opts, () => mapBody(opts, mount, realPaths, hold, journal, body), body) : undefined
     const configId = randomBytes(16).toString('hex')
     const header = (root: number, features: string[], devices: Device[], checksums?: DataChecksums): ManifestHeader => ({
       format: MANIFEST_FORMAT,
@@ -258,11 +281,9 @@ export function exportImage(opts: ExportOptions): ExportSummary {
     let summary: ExportSummary
     if (bulk) {
       postThaw('taken')
-      const features = [...(bulk.result.inlineData ? ['inline-data'] : []), ...(bulk.result.byteNames ? ['byte-names'] : [])]
-      const h = header(bulk.root, features, describeDevices(bulk.disks, bulk.samples, undefined))
-      assembleV2(output, h, body, bulk.result, opts.key)
-      const { bodyBytes, directIo, peakRssKiB, tableBytes } = bulk.result
-      summary = { configId, frozenImage, inodes: bulk.result.inodes, format: 2, mapper: 'bulk', bulk: { bodyBytes, directIo, peakRssKiB, tableBytes } }
+      const h = header(bulk.root, bulk.features, describeDevices(bulk.disks, bulk.samples, bulk.dataChecksums), bulk.dataChecksums)
+      assembleV2(output, h, body, bulk.counts, opts.key)
+      summary = { configId, frozenImage, inodes: bulk.counts.inodes, format: 2, mapper: 'bulk', bulk: bulk.figures }
     } else {
       const walker = new Walker({ dev: hold.dev, mapper, warn: (m) => opts.warn(toSource(m)), openFile: hold.openFile, carryMax: opts.carryMax, skip: new Set([...hold.skip, journal]), live: hold.live })
       const { root, synthetic } = buildTree(walker, hold.walkPaths, realPaths.map((p) => path.basename(p)))
@@ -299,10 +320,24 @@ export function exportImage(opts: ExportOptions): ExportSummary {
   }
 }
 
+/** Run the bulk mapper of the filesystem (btrfs: on the snapshot; ext4: on the frozen device), writing `body`. */
+function mapBody(opts: ExportOptions, mount: MountEntry, realPaths: string[], hold: Hold, journal: string, body: string): MappedBody {
+  const skip = [...hold.skip, journal]
+  if (mount.fsType === 'btrfs') {
+    const b = mapBtrfsBulk({ mount, walkPath: hold.walkPaths[0]!, dev: hold.dev, skip, throughLoop: opts.throughLoop, carryMax: opts.carryMax }, body)
+    const { bodyBytes, peakRssKiB, tableBytes } = b.result
+    return { counts: b.result, disks: b.disks, root: b.root, features: b.features, dataChecksums: b.dataChecksums, samples: b.samples, figures: { bodyBytes, peakRssKiB, tableBytes } }
+  }
+  const b = mapBulk({ mount, realPaths, frozenImage: opts.frozenImage, skip, throughLoop: opts.throughLoop, carryMax: opts.carryMax }, body)
+  const features = [...(b.result.inlineData ? ['inline-data'] : []), ...(b.result.byteNames ? ['byte-names'] : [])]
+  const { bodyBytes, directIo, peakRssKiB, tableBytes } = b.result
+  return { counts: b.result, disks: b.disks, root: b.root, features, samples: b.samples, figures: { bodyBytes, directIo, peakRssKiB, tableBytes } }
+}
+
 /** The bulk mapper's body, or undefined when it declined and the walker is allowed to map instead (said once). */
-function bulkOrDecline(opts: ExportOptions, target: Parameters<typeof mapBulk>[0], body: string): BulkBody | undefined {
+function bulkOrDecline(opts: ExportOptions, map: () => MappedBody, body: string): MappedBody | undefined {
   try {
-    return mapBulk(target, body)
+    return map()
   } catch (err) {
     if (!(err instanceof BulkRefused)) throw err
     if (opts.mapper === 'bulk') throw new ExportError(`--mapper bulk: ${err.message}`)

@@ -87,6 +87,42 @@ export interface BtrfsFileExtent {
 export const CSUM_ALG = { none: 0, crc32c: 1 } as const
 
 /**
+ * A piece of btrfs's logical address space whose every copy lies unbroken on one raw disk: `disk` is an
+ * index into the caller's disk list, copies[0] the copy read (src/export/bulk-btrfs.ts composes them).
+ */
+export interface BtrfsSegment {
+  logical: number
+  length: number
+  copies: { disk: number; offset: number }[]
+}
+
+/** What btrfsBulkMap wrote: the body's counts (the v2 trailer's), the features it needs, extents to fingerprint. */
+export interface BtrfsBulkResult {
+  inodes: number
+  dirs: number
+  entries: number
+  /** Some name, symlink target or xattr name is not UTF-8: feature byte-names. */
+  byteNames: boolean
+  /** Some file's content is carried in the body: feature inline-data. */
+  inlineData: boolean
+  /** Some extent carries crc32c checksums (mirrored or compressed data): feature data-checksums. */
+  dataChecksums: boolean
+  /** Some extent is compressed: feature compressed-extents. */
+  compressedExtents: boolean
+  bodyBytes: number
+  /** Bytes of the tables that scale with the tree (17 per directory of the subvolume). */
+  tableBytes: number
+  /** BTRFS_IOC_TREE_SEARCH_V2 calls made. */
+  searches: number
+  /** ru_maxrss of the process when the mapper finished, KiB. */
+  peakRssKiB: number
+  /** Up to 1024 ranges per disk, evenly spaced in body order, checksummed ones with their csums: what export fingerprints. */
+  samples: { disk: number; deviceOffset: number; length: number; csums?: Buffer }[]
+  /** The disks the extents reach, in the body's numbering: each one's index into the segments' disks. */
+  disks: number[]
+}
+
+/**
  * A linear piece of a filesystem's byte address space on one raw disk (index into the caller's disk
  * list), or `hole`: on none (a loop backing file's hole, read as zeros; `disk` and `diskOffset` unused).
  */
@@ -165,6 +201,18 @@ export interface NativeAddon {
    * instead), ERR_BULK_FAILED for what the walker would fail on too (I/O, the carry limit).
    */
   ext4BulkMap(opts: { device: string; root: number; skip: number[]; segments: Ext4Segment[]; carryMax: number; fd: number }): Ext4BulkResult
+  /**
+   * The btrfs bulk mapper (native/export/btrfs_bulk.c): two sweeps of the fs tree of the subvolume
+   * `treeFd` is in (a read-only snapshot) write the manifest v2 body of the tree under directory inode
+   * `root` to `fd` (DIR records there, INODE records first to the empty scratch file `inodesFd`),
+   * entries naming a directory in `skip` left out, logical addresses placed on raw disks through
+   * `segments` (sorted, disjoint). Throws code ERR_BULK_REFUSED for what it does not reproduce exactly
+   * (the VFS walker may do it instead), ERR_BULK_FAILED for what the walker would fail on too.
+   */
+  btrfsBulkMap(opts: {
+    treeFd: number; root: number; skip: number[]; segments: BtrfsSegment[]; carryMax: number; fd: number; inodesFd: number
+    sectorSize: number; nodeSize: number; csumType: number; csumSize: number
+  }): BtrfsBulkResult
 }
 
 // dist/linux/index.js and src/linux/index.ts both sit two levels below the package root. EXTFS_ADDON_DIR

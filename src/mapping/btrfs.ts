@@ -24,7 +24,8 @@ export class BtrfsLayout {
   private constructor(
     readonly fsid: string,
     readonly devices: BtrfsMember[],
-    private readonly chunks: ChunkMap,
+    /** The chunk tree as read, sorted by logical address. */
+    readonly chunks: ChunkMap,
     /** The data checksum algorithm and sizes (BTRFS_IOC_FS_INFO). */
     readonly csumInfo: BtrfsCsumInfo,
   ) {

@@ -45,7 +45,7 @@ export interface MapperOptions {
 }
 
 /** A span on raw disks and, for btrfs mirrored profiles, where its other copies are. */
-interface MappedSpan extends RawSpan {
+export interface MappedSpan extends RawSpan {
   copies?: { raw: RawDisk; offset: number }[]
 }
 
@@ -236,7 +236,7 @@ function copiesContinue(a: Extent, b: Extent): boolean {
  * them is cut: each piece is copy 0's span with the other copies' at the same place. A copy that is
  * a hole there (a lower layer unmapped) is left out of that piece.
  */
-function alongside(copies: RawSpan[][]): MappedSpan[] {
+export function alongside(copies: RawSpan[][]): MappedSpan[] {
   const out: MappedSpan[] = []
   const at = copies.map(() => ({ i: 0, used: 0 }))
   const [first] = copies

@@ -39,7 +39,7 @@ t.test('inline btrfs files are carried, refused over --carry-max; compressed fil
     await runOk('sync', [])
 
     const refusedManifest = path.join(scratch, 'refused.json')
-    const lowered = await extfs(['export', source, '--output', refusedManifest, '--frozen-image', 'snapshot', '--carry-max', '16'])
+    const lowered = await extfs(['export', source, '--mapper', 'vfs', '--output', refusedManifest, '--frozen-image', 'snapshot', '--carry-max', '16'])
     t.not(lowered.code, 0, '--carry-max 16 refuses the inline file')
     t.match(lowered.stderr, new RegExp(`${source}/inline.txt: `), `the refusal names the file by its own path: ${lowered.stderr.trim()}`)
     t.match(lowered.stderr, /--carry-max/, 'and the option that would carry it')
@@ -47,7 +47,7 @@ t.test('inline btrfs files are carried, refused over --carry-max; compressed fil
     t.same(await leftovers(fs.mountpoint), [], 'the refused export left no snapshot behind')
 
     const manifest = path.join(scratch, 'nightly.json')
-    const exp = await extfs(['export', source, '--output', manifest, '--frozen-image', 'snapshot'])
+    const exp = await extfs(['export', source, '--mapper', 'vfs', '--output', manifest, '--frozen-image', 'snapshot'])
     t.equal(exp.code, 0, `export: ${exp.stderr}`)
     try {
       const m = await readJson(manifest)

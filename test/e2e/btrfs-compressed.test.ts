@@ -114,7 +114,7 @@ for (const algorithm of ALGORITHMS) {
       const files = await populate(source)
       for (const kind of ['freeze', 'snapshot']) {
         const manifest = path.join(scratch, `${kind}.json`)
-        const r = await extfs(['export', source, '--output', manifest, '--frozen-image', kind])
+        const r = await extfs(['export', source, '--mapper', 'vfs', '--output', manifest, '--frozen-image', kind])
         t.equal(r.code, 0, `export --frozen-image ${kind}: ${r.stderr}`)
         try {
           const m = await readJson(manifest)
@@ -233,7 +233,7 @@ t.test('relocated by a balance: remap publishes compressed extents at their new 
     for (const [name, data] of files) await fs.promises.writeFile(path.join(source, name), data)
     await runOk('sync', [])
     const manifest = path.join(scratch, 'nightly.json')
-    const r = await extfs(['export', source, '--output', manifest, '--frozen-image', 'snapshot'])
+    const r = await extfs(['export', source, '--mapper', 'vfs', '--output', manifest, '--frozen-image', 'snapshot'])
     t.equal(r.code, 0, `export: ${r.stderr}`)
     try {
       const m = await readJson(manifest)

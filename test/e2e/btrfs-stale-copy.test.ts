@@ -274,7 +274,7 @@ t.test('btrfs RAID1 served: extfs backup http://… exits 0 (serve\'s final rema
     for (const [i, name] of ['x', 'y'].entries()) await fs.promises.writeFile(path.join(source, name), seededBytes(80 + i, 1 * MiB + i))
     await runOk('sync', [])
     const manifest = path.join(scratch, 'served.json')
-    const exp = await extfs(['export', source, '--output', manifest, '--frozen-image', 'snapshot', '--key', keyFile])
+    const exp = await extfs(['export', source, '--mapper', 'vfs', '--output', manifest, '--frozen-image', 'snapshot', '--key', keyFile])
     t.equal(exp.code, 0, `export: ${exp.stderr.trim()}`)
     try {
       t.ok((await readJson(manifest)).features.includes('data-checksums'), 'a mirrored image: the manifest has data checksums')

@@ -152,7 +152,7 @@ t.test('btrfs balance of a read-only snapshot (signed)', async (t) => {
     const expected = await contentsByIno(data)
     const manifest = path.join(state, 'btrfs.json')
     try {
-      const exp = await extfs(['export', data, '--output', manifest, '--frozen-image', 'snapshot', '--key', key])
+      const exp = await extfs(['export', data, '--mapper', 'vfs', '--output', manifest, '--frozen-image', 'snapshot', '--key', key])
       t.equal(exp.code, 0, `export: ${exp.stderr}`)
       const m = readJson(manifest)
       t.equal(m.frozenImage.mechanism, 'btrfs-snapshot')
@@ -189,7 +189,7 @@ t.test('btrfs replace of a member by a spare; the old member wiped', async (t) =
     const expected = await contentsByIno(data)
     const manifest = path.join(state, 'replace.json')
     try {
-      const exp = await extfs(['export', data, '--output', manifest, '--frozen-image', 'snapshot'])
+      const exp = await extfs(['export', data, '--mapper', 'vfs', '--output', manifest, '--frozen-image', 'snapshot'])
       t.equal(exp.code, 0, `export: ${exp.stderr}`)
       const m = readJson(manifest)
       const oldIndex = busiestDevice(m)

@@ -123,7 +123,7 @@ t.test('btrfs: a subvolume gets a read-only snapshot, the top level a clone set'
     await populateEveryKind(data)
     const manifest = path.join(state, 'btrfs.json')
     try {
-      const exp = await extfs(['export', data, '--output', manifest, '--frozen-image', 'snapshot'])
+      const exp = await extfs(['export', data, '--mapper', 'vfs', '--output', manifest, '--frozen-image', 'snapshot'])
       t.equal(exp.code, 0, `export: ${exp.stderr}`)
       const image = await snapshotTree(data, { timePrecisionNs: NS })
       const m = readJson(manifest)

@@ -52,7 +52,8 @@ export async function exportBtrfsImage(t: Test, fs: BtrfsFs, scratch: string): P
   for (const [i, name] of IMAGE_FILES.entries()) await fsp.writeFile(path.join(source, name), seededBytes(100 + i, 3 * MiB + i * 4097))
   await runOk('sync', [])
   const manifest = path.join(scratch, 'nightly.json')
-  const exp = await extfs(['export', source, '--output', manifest, '--frozen-image', 'snapshot'])
+  // --mapper vfs: the helpers below read the manifest (and its deltas) as format 1 JSON.
+  const exp = await extfs(['export', source, '--output', manifest, '--frozen-image', 'snapshot', '--mapper', 'vfs'])
   t.equal(exp.code, 0, `export: ${exp.stderr}`)
   return { manifest, source }
 }

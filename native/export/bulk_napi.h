@@ -1,0 +1,22 @@
+// The N-API helpers the bulk mappers' faces (ext4_napi.c, btrfs_bulk_napi.c) share: options read off
+// one object, results set on one, the fingerprint samples, and a refusal or failure thrown.
+#ifndef EXTFS_EXPORT_BULK_NAPI_H
+#define EXTFS_EXPORT_BULK_NAPI_H
+
+#include "../extfs_native.h"
+#include "bulk.h"
+
+#define BULK_SAFE_INTEGER 9007199254740991.0
+
+bool bulk_prop_uint(napi_env env, napi_value obj, const char *key, double max, uint64_t *out);
+// An array property (TypeError otherwise) and its length.
+bool bulk_array_of(napi_env env, napi_value obj, const char *key, napi_value *arr, uint32_t *n);
+bool bulk_set_num(napi_env env, napi_value obj, const char *key, uint64_t v);
+bool bulk_set_bool(napi_env env, napi_value obj, const char *key, bool v);
+// [{ disk, deviceOffset, length, csums? }] of every disk's sampler, in disk order; NULL on failure.
+napi_value bulk_samples(napi_env env, const struct bulk_sampler *samplers, uint32_t ndisks);
+// A refusal throws code ERR_BULK_REFUSED (export may fall back to the VFS walker); a failure
+// ERR_BULK_FAILED (the walker would meet the same problem).
+void bulk_throw_outcome(napi_env env, bool refused, const char *why);
+
+#endif
