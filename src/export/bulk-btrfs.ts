@@ -6,12 +6,12 @@
 import fs from 'node:fs'
 import type { DataChecksums, Extent } from '../manifest/types'
 import { linux, type BtrfsBulkResult, type BtrfsSegment } from '../linux'
-import { readMountTable, type MountEntry } from '../mapping/mountinfo'
+import type { MountEntry } from '../mapping/mountinfo'
 import { BtrfsLayout } from '../mapping/btrfs'
 import { DeviceStack } from '../mapping/stack'
 import { alongside } from '../mapping/mapper'
 import { devKey, type RawDisk } from '../mapping/span'
-import { BulkRefused } from './bulk-ext4'
+import { BulkRefused, mountsUnder } from './bulk'
 
 /** As many segments as native/export/btrfs_bulk.h BB_MAX_SEGMENTS (RAID0/10: one per 64 KiB stripe unit). */
 const MAX_SEGMENTS = 1_000_000
@@ -50,8 +50,7 @@ export function whyNotBtrfsBulk(mount: MountEntry, realPaths: string[], mechanis
   if (mount.superOptions.includes('noacl')) return 'mounted with noacl'
   if (realPaths.length !== 1) return 'more than one path'
   if (!fs.lstatSync(realPaths[0]!).isDirectory()) return `${realPaths[0]} is not a directory`
-  const prefix = realPaths[0] === '/' ? '/' : realPaths[0] + '/'
-  const under = readMountTable().map((m) => m.mountpoint).find((p) => p.startsWith(prefix))
+  const [under] = mountsUnder(realPaths[0]!)
   if (under !== undefined) return `${under} is a mount point inside the exported tree (the walker serves it as an empty directory)`
   return undefined
 }

@@ -3,22 +3,16 @@
 // manifest's version 2 body; this module decides whether it applies, gives it the linear map from
 // the filesystem's bytes to raw disks, and assembles the manifest around the body.
 import fs from 'node:fs'
-import path from 'node:path'
 import type { Extent } from '../manifest/types'
 import { linux, type Ext4BulkResult, type Ext4Segment } from '../linux'
 import type { MountEntry } from '../mapping/mountinfo'
-import { readMountTable } from '../mapping/mountinfo'
 import { DeviceStack } from '../mapping/stack'
 import { devKey, type RawDisk } from '../mapping/span'
 import { ExportError } from '../errors'
-
-export type MapperChoice = 'auto' | 'bulk' | 'vfs'
+import { BulkRefused, mountsUnder } from './bulk'
 
 /** More pieces than this is not "a linear map" (thin pools, fragmented loop backing files): the VFS walker maps those. */
 const MAX_SEGMENTS = 4096
-
-/** Why the bulk mapper does not apply (a refusal), thrown before or while it runs. */
-export class BulkRefused extends Error {}
 
 export interface BulkTarget {
   mount: MountEntry
@@ -60,11 +54,6 @@ export function whyNotBulk(t: BulkTarget): string | undefined {
 }
 
 /** Mount points strictly below `dir`: the walker serves them as empty directories, the blocks hold what is under them. */
-function mountsUnder(dir: string): string[] {
-  const prefix = dir === '/' ? '/' : dir + '/'
-  return readMountTable().map((m) => m.mountpoint).filter((p) => p !== dir && p.startsWith(prefix))
-}
-
 /**
  * The filesystem's block device as pieces on raw disks (and holes), or a refusal when the stack is more
  * than MAX_SEGMENTS pieces. Resolved once, with the image held, like FileMapper's stack.
@@ -138,9 +127,4 @@ export function mapBulk(t: BulkTarget, bodyPath: string): BulkBody {
   // extent); those before the last one used stay so that the body's disk indices hold.
   const used = samples.reduce((n, s) => Math.max(n, s.device + 1), 0)
   return { result, disks: disks.slice(0, used), root: st.ino, samples }
-}
-
-/** Where the body is written while the manifest is assembled: beside the manifest, never on the frozen filesystem. */
-export function bodyPathOf(output: string): string {
-  return path.join(path.dirname(output), `.${path.basename(output)}.body-${process.pid}`)
 }

@@ -26,7 +26,8 @@ import { Walker } from './walk'
 import { ExportError, ManifestError } from '../errors'
 import { pathOfInode } from '../manifest/paths'
 import { assembleV2, writeManifestV2 } from '../manifest/v2/write'
-import { bodyPathOf, BulkRefused, mapBulk, whyNotBulk, type MapperChoice } from './bulk-ext4'
+import { mapBulk, whyNotBulk } from './bulk-ext4'
+import { bodyPathOf, BulkRefused, type MapperChoice } from './bulk'
 import { mapBtrfsBulk, whyNotBtrfsBulk } from './bulk-btrfs'
 
 /** Filesystems the mapper resolves to raw disks (btrfs through its chunk tree). */

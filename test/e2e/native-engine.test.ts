@@ -282,7 +282,10 @@ t.test('native engine on ext4: backups to the nanosecond, and the edges', async 
           t.ok((await fsp.lstat(path.join(v, 'regular/f4096'))).isFile(), 'metadata still answers')
           const refused = logLines(logFile).filter((l) => l.msg === 'open refused: frozen image not current')
           t.match(refused.find((l) => l.path === '/regular/f4096'), { level: 40, op: 'open', ino: Number, reason: /released/ })
-          t.match(refused.find((l) => l.path === '/links/a/one'), { op: 'open' }, 'a hard link logs its first path')
+          // Opened through links/b/two; logged by the one path the tables keep for the file, which of
+          // its three names that is depends on the loader (JS packs breadth first, C by inode order).
+          const names = ['/links/a/one', '/links/b/two', '/links/b/c/three']
+          t.match(refused.find((l) => names.includes(String(l.path))), { op: 'open' }, 'a hard link logs one of its paths')
 
           view!.engine.setLease(0) // what serve.ts does when it sees the release: every read asks the config check
           t.equal(await errnoOf(unread.read(Buffer.alloc(100), 0, 100, 0)), ESTALE, 'a read of a file opened before is refused (ESTALE)')
