@@ -191,7 +191,7 @@ class BodyReader {
   constructor(private readonly fd: number, private readonly path: string, private readonly layout: V2Layout, private readonly sink: InodeSink) {}
 
   run(): void {
-    const { bodyStart, bodyEnd, header, facts, trailer } = this.layout
+    const { bodyStart, header, facts, trailer } = this.layout
     const w = this.window(bodyStart)
     const inodesAt = this.indexDirs(w)
     if (this.dirAt.size !== trailer.dirs || this.entries !== trailer.entries) {
@@ -222,7 +222,6 @@ class BodyReader {
     }
     if (count !== trailer.inodes) this.bad('manifest', `the body has ${count} inode records; the trailer says ${trailer.inodes}`)
     for (const dir of this.dirAt.keys()) this.bad(`inode ${dir}`, 'has a directory record but is not a directory with an inode record')
-    void bodyEnd
     this.sink.finish(header.root as number)
   }
 
