@@ -242,3 +242,17 @@ t.test('inspect --inodes prints either version as the same lines', async (t) => 
   t.same({ ...b[0].header, version: 1 }, a[0].header, 'the same header')
   t.same(byIno(b.slice(1)), byIno(a.slice(1)), 'the same inodes')
 })
+
+t.test('inspect refuses a tree mount refuses, in either version', async (t) => {
+  const dir = t.testdir({})
+  const cycle = makeManifest()
+  cycle.inodes.push(makeInode(60, 'dir', { entries: [] }))
+  inodeOf(cycle, 1).entries!.push({ name: 'c', ino: 60 })
+  inodeOf(cycle, 60).entries!.push({ name: 'up', ino: 60 })
+  const v2 = path.join(dir, 'cycle.extfs')
+  writeManifestV2(v2, headerOf(cycle), cycle.inodes)
+  refused(t, () => summarizeFile(v2), /its own ancestor \(a cycle\)/)
+  const v1 = path.join(dir, 'cycle.json')
+  fs.writeFileSync(v1, JSON.stringify(cycle)) // writeManifestFile would refuse it
+  refused(t, () => summarizeFile(v1), /its own ancestor \(a cycle\)/)
+})
