@@ -87,7 +87,7 @@ function writeHeader(file: V2File, header: ManifestHeader): void {
 }
 
 /** Encodes DIR and INODE records of v1 inode objects (their names carried as src/manifest/names.ts says). */
-export class BodyEncoder {
+class BodyEncoder {
   readonly counts: TrailerCounts = { inodes: 0, dirs: 0, entries: 0 }
   private lastIno = 0
   private readonly lastSec = [0, 0, 0]
