@@ -7,17 +7,18 @@ export async function cachedBytes(file: string): Promise<number> {
 }
 
 /**
- * Cached bytes of `file` once they stop growing (the same for a whole second: on a loaded host the
- * pusher can pause longer than one 500 ms look), or as soon as they reach `enough`; at most 20 s.
+ * Cached bytes of `file` once they stop growing (the same for three seconds: on a loaded host the
+ * pusher can pause longer than a second between stores), or as soon
+ * as they reach `enough`; at most 30 s.
  */
 export async function settledCachedBytes(file: string, enough = Infinity): Promise<number> {
   let last = -1
   let same = 0
-  for (let i = 0; i < 40; i++) {
+  for (let i = 0; i < 60; i++) {
     const now = await cachedBytes(file)
     if (now >= enough) return now
     same = now === last ? same + 1 : 0
-    if (same === 2) return now
+    if (same === 6) return now
     last = now
     await new Promise((r) => setTimeout(r, 500))
   }
