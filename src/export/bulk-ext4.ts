@@ -92,6 +92,11 @@ export function linearMap(mount: MountEntry, throughLoop: boolean): { segments: 
   return { segments, disks }
 }
 
+/** The feature flags of an ext4 body, as export.ts features() lists the walker's. */
+export function ext4Features(r: Ext4BulkResult): string[] {
+  return [...(r.inlineData ? ['inline-data'] : []), ...(r.byteNames ? ['byte-names'] : [])]
+}
+
 /** Inode numbers of the skipped paths that exist on the exported filesystem. */
 function skippedInodes(skip: Iterable<string>, dev: number): number[] {
   const out: number[] = []

@@ -17,7 +17,7 @@ import { checkEntries, checkInode, checkRoot, validateHeader, LIMITS, type Heade
 import { getVarint, unzigzag } from './varint'
 import {
   decodeTrailer, EXT_COMPRESSED, EXT_CSUMS, HAS_ALL, HAS_ATTRS, HAS_INLINE, HAS_RDEV, HAS_XATTRS, HEADER_MAX, kindOfMode,
-  MAC_BYTES, PREAMBLE, TAG_DIR, TAG_INODE, TRAILER_BYTES, V2_VERSION, type Trailer,
+  MAC_BYTES, PREAMBLE, TAG_DIR, TAG_INODE, TRAILER_BYTES, V2_VERSION, type Trailer, type TrailerCounts,
 } from './format'
 import type { InodeSink } from '../stream'
 
@@ -49,12 +49,85 @@ export function streamManifestV2(path: string, sink: InodeSink, key?: Buffer, ma
     const layout = readLayout(fd, path, maxBytes)
     if (key) verifyMac(fd, path, layout, key)
     new BodyReader(fd, path, layout, sink).run()
-    const { signed, mac } = layout.trailer
-    // The trailer's MAC stands for v1's signature field: what `inspect` shows, nothing verifies it again.
-    return { ...layout.header, ...(signed ? { signature: { alg: 'hmac-sha256', value: mac.toString('hex') } } : {}) } as unknown as ManifestHeader
+    return headerOf(layout)
   } finally {
     fs.closeSync(fd)
   }
+}
+
+const NO_SINK: InodeSink = { begin() {}, inode() {}, finish() {} }
+
+/** A version 2 body being read inode by inode (openManifestV2, openBodyV2); close() when done. */
+export interface V2Inodes {
+  /** The validated header (a manifest's: with the trailer's MAC as its signature when signed). */
+  header: ManifestHeader
+  /** Every INODE record in ascending ino order, each checked as version 1 checks an inode; not the tree. */
+  inodes: Iterable<Inode>
+  close(): void
+}
+
+/**
+ * The inodes of the version 2 manifest in `path`, pulled one at a time (remap joins two such streams
+ * by ino), its signature verified with `key` first. The same reader and checks as streamManifestV2.
+ */
+export function openManifestV2(path: string, key?: Buffer, maxBytes = Number.MAX_SAFE_INTEGER): V2Inodes {
+  const fd = openManifest(path)
+  try {
+    const layout = readLayout(fd, path, maxBytes)
+    if (key) verifyMac(fd, path, layout, key)
+    return pulled(fd, path, layout, headerOf(layout))
+  } catch (err) {
+    fs.closeSync(fd)
+    throw err
+  }
+}
+
+/** The header of the version 2 manifest in `path`, the signature verified with `key`; the body is not read. */
+export function readHeaderV2(path: string, key?: Buffer, maxBytes = Number.MAX_SAFE_INTEGER): ManifestHeader {
+  const fd = openManifest(path)
+  try {
+    const layout = readLayout(fd, path, maxBytes)
+    if (key) verifyMac(fd, path, layout, key)
+    return headerOf(layout)
+  } finally {
+    fs.closeSync(fd)
+  }
+}
+
+/** The header as a manifest's: the trailer's MAC stands for v1's signature field (what `inspect` shows). */
+function headerOf(layout: V2Layout): ManifestHeader {
+  const { signed, mac } = layout.trailer
+  return { ...layout.header, ...(signed ? { signature: { alg: 'hmac-sha256', value: mac.toString('hex') } } : {}) } as unknown as ManifestHeader
+}
+
+/**
+ * A bare body (what a bulk mapper writes: no preamble, header or trailer) read as the body of a
+ * manifest with `header` and the mapper's `counts`; unsigned, for the host's own scratch files.
+ */
+export function openBodyV2(path: string, header: Record<string, unknown>, counts: TrailerCounts): V2Inodes {
+  const fd = openManifest(path)
+  try {
+    const facts = validateHeader(header, V2_VERSION)
+    checkRoot(header.root)
+    const layout: V2Layout = { header, facts, bodyStart: 0, bodyEnd: fs.fstatSync(fd).size, trailer: { ...counts, signed: false, mac: Buffer.alloc(MAC_BYTES) } }
+    return pulled(fd, path, layout, header as unknown as ManifestHeader)
+  } catch (err) {
+    fs.closeSync(fd)
+    throw err
+  }
+}
+
+function pulled(fd: number, path: string, layout: V2Layout, header: ManifestHeader): V2Inodes {
+  const records = new BodyReader(fd, path, layout).inodes()
+  let open = true
+  const close = () => {
+    if (open) fs.closeSync(fd)
+    open = false
+  }
+  function* inodes(): Generator<Inode> {
+    for (const [, n] of records) yield n
+  }
+  return { header, inodes: inodes(), close }
 }
 
 /** Preamble, header and trailer: read and checked, the body's bounds known. */
@@ -188,16 +261,34 @@ class BodyReader {
   private readonly totals: Totals = { extents: 0 }
   private entries = 0
 
-  constructor(private readonly fd: number, private readonly path: string, private readonly layout: V2Layout, private readonly sink: InodeSink) {}
+  constructor(private readonly fd: number, private readonly path: string, private readonly layout: V2Layout, private readonly sink: InodeSink = NO_SINK) {}
 
   run(): void {
-    const { bodyStart, header, facts, trailer } = this.layout
+    const { header, facts } = this.layout
+    const inodes = this.inodes()
+    this.sink.begin(header, facts)
+    for (const [i, n] of inodes) this.sink.inode(n, i)
+    this.sink.finish(header.root as number)
+  }
+
+  /**
+   * Every INODE record in ascending ino order, each checked as version 1 checks an inode, with its
+   * position; then the body's counts and DIR records are held to the trailer. The DIR records are
+   * indexed (and counted) before the first inode is yielded. The tree is not checked: that needs
+   * every inode (run()'s sink does it).
+   */
+  inodes(): Generator<[number, Inode]> {
+    const { bodyStart, trailer } = this.layout
     const w = this.window(bodyStart)
     const inodesAt = this.indexDirs(w)
     if (this.dirAt.size !== trailer.dirs || this.entries !== trailer.entries) {
       this.bad('manifest', `the body has ${this.dirAt.size} directory records and ${this.entries} entries; the trailer says ${trailer.dirs} and ${trailer.entries}`)
     }
-    this.sink.begin(header, facts)
+    return this.records(w, inodesAt)
+  }
+
+  private *records(w: Window, inodesAt: number): Generator<[number, Inode]> {
+    const { bodyStart, facts, trailer } = this.layout
     const dirs = this.window(bodyStart)
     w.pos = inodesAt
     let ino = 0
@@ -217,12 +308,11 @@ class BodyReader {
       if (n.kind === 'dir') n.entries = this.entriesOf(dirs, ino)
       checkInode(n, count, facts, this.totals)
       if (n.kind === 'dir') checkEntries(n.entries as unknown[], ino, facts.byteNames)
-      this.sink.inode(n, count)
+      yield [count, n]
       count++
     }
     if (count !== trailer.inodes) this.bad('manifest', `the body has ${count} inode records; the trailer says ${trailer.inodes}`)
     for (const dir of this.dirAt.keys()) this.bad(`inode ${dir}`, 'has a directory record but is not a directory with an inode record')
-    this.sink.finish(header.root as number)
   }
 
   private window(start: number): Window {

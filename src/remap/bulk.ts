@@ -1,0 +1,154 @@
+// The bulk path of `extfs remap` (docs/remap.md, "Remapping a bulk-mapped image"): a format 2 image
+// whose filesystem a bulk mapper reads (ext4 frozen, a read-only btrfs snapshot) is mapped again by that
+// mapper into a scratch body beside the manifest, then joined by inode number with the manifest's
+// INODE records and the files the delta chain replaced (join.ts). Nothing proportional to the image is
+// held: the two bodies stream, the deltas' files and the changed files are all that is kept per file.
+// The result is the delta the VFS path would publish for the same moves.
+import fs from 'node:fs'
+import path from 'node:path'
+import type { DataChecksums, Device, FrozenImage, ManifestHeader } from '../manifest/types'
+import type { ConfigRecord, RecordMapping } from '../configid/record'
+import type { MountEntry } from '../mapping/mountinfo'
+import type { RawDisk } from '../mapping/span'
+import type { DeltaFile } from '../delta/types'
+import type { TrailerCounts } from '../manifest/v2/format'
+import { openBodyV2, openManifestV2, type V2Inodes } from '../manifest/v2/read'
+import { ext4Features, mapBulk, whyNotBulk } from '../export/bulk-ext4'
+import { mapBtrfsBulk, whyNotBtrfsBulk } from '../export/bulk-btrfs'
+import { BulkRefused } from '../export/bulk'
+import { inSnapshot } from '../export/hold'
+import { subvolumeOf } from '../frozen/btrfs-snapshot'
+import { imagesRootOf } from '../frozen/image-dir'
+import { SNAPSHOT_NAME } from '../frozen/discard'
+import { journalPathOf } from '../frozen/journal'
+import { StaleError } from '../errors'
+import type { RemapCache } from './cache'
+import { assignDevices, describeNewDevices, globalIndex, inNewMap, knownDeviceChanges } from './devices'
+import { checkSameChecksums } from './image'
+import { joinByIno, type JoinResult } from './join'
+import { publishDelta, type RemapResult } from './publish'
+
+/** The image being remapped, as remap.ts found it. */
+export interface ImageToRemap {
+  manifestFile: string
+  header: ManifestHeader
+  manifestBytes: number
+  recordFile: string
+  record: ConfigRecord
+  mapping: RecordMapping
+  mount: MountEntry
+}
+
+/** A fresh body a bulk mapper wrote, and what reading it needs. */
+interface FreshBody {
+  disks: RawDisk[]
+  root: number
+  features: string[]
+  dataChecksums?: DataChecksums
+  counts: TrailerCounts
+}
+
+/**
+ * Whether a bulk mapper maps images of this kind (as export chooses it): ext4 held by a freeze, a
+ * read-only btrfs snapshot. Other format 2 images (a clone set, kind none) stay with the VFS path.
+ */
+export function bulkMapsKind(f: FrozenImage): boolean {
+  return (f.fsType === 'ext4' && f.kind === 'freeze') || (f.fsType === 'btrfs' && f.kind === 'snapshot' && f.mechanism === 'btrfs-snapshot')
+}
+
+/**
+ * Remap through the bulk mapper: the result, or why the mapper declined (the caller falls back to the
+ * VFS path). Fails as the VFS path fails on everything else.
+ */
+export function remapBulk(image: ImageToRemap, cache: RemapCache, opts: { key?: Buffer; warn: (m: string) => void }): { result?: RemapResult; declined?: string } {
+  const { manifestFile, header } = image
+  const body = path.join(path.dirname(manifestFile), `.${path.basename(manifestFile)}.remap-body-${process.pid}`)
+  try {
+    let fresh: FreshBody
+    try {
+      fresh = mapFresh(image, body)
+    } catch (err) {
+      if (err instanceof BulkRefused) return { declined: err.message }
+      throw err
+    }
+    const chain = cache.currentChain(manifestFile, image.recordFile, image.record, opts.key)
+    checkSameChecksums(fresh.dataChecksums, header.dataChecksums, manifestFile)
+    if (fresh.root !== header.root) throw new StaleError(`${manifestFile}: the image's root is inode ${fresh.root} now, ${header.root} in the manifest: cannot remap`)
+    const known = assignDevices(fresh.disks, chain.devices, chain.retired)
+    const joined = joinStreams(image, opts.key, body, fresh, (was, now) =>
+      joinByIno({ was: was.inodes, now: now.inodes, overlay: chain.files, known: (i) => known[i] ?? -1, retired: chain.retired }))
+    if (joined.changed.length === 0) return { result: { state: 'unchanged', configId: chain.configId, manifestBytes: image.manifestBytes, mapper: 'bulk' } }
+
+    // Only the disks the map after the delta uses become (or stay) devices, numbered as the VFS path numbers them.
+    const used = fresh.disks.map((_, i) => i).filter((i) => joined.usedDisks.has(i))
+    const rawDisks = used.map((i) => fresh.disks[i]!)
+    const assigned = used.map((i) => known[i]!)
+    const index = globalIndex(assigned, chain.devices.length)
+    const files = joined.changed.map((f): DeltaFile => f.extents ? { ino: f.ino, extents: f.extents.map((e) => inNewMap(e, (i) => index(used.indexOf(i)))) } : f)
+    const checksums = header.dataChecksums
+    const newDevices = describeNewDevices(rawDisks, assigned, chain.devices, files, checksums)
+    const devices = knownDeviceChanges(chain, joined.touched, (d) => joined.after.get(d)?.extents() ?? [], rawDisks, assigned, checksums, opts.warn)
+    cache.noteFiles(joined.before) // the delta's check needs their sizes; the next remap, their places before it
+    const result = publishDelta({
+      manifestFile, recordFile: image.recordFile, record: image.record, context: chain.context(), files, newDevices, ...devices, checksums,
+      key: opts.key, manifestBytes: image.manifestBytes, mapper: 'bulk',
+    })
+    return { result }
+  } finally {
+    fs.rmSync(body, { force: true })
+  }
+}
+
+/** Run `join` over the manifest's body and the fresh one, both closed afterwards, whatever happens. */
+function joinStreams(image: ImageToRemap, key: Buffer | undefined, body: string, fresh: FreshBody, join: (was: V2Inodes, now: V2Inodes) => JoinResult): JoinResult {
+  const was = openManifestV2(image.manifestFile, key)
+  try {
+    if (was.header.configId !== image.header.configId) throw new StaleError(`${image.manifestFile} was replaced while remapping (now image ${was.header.configId}): nothing done`)
+    const now = openBodyV2(body, freshHeader(image.header, fresh), fresh.counts)
+    try {
+      return join(was, now)
+    } finally {
+      now.close()
+    }
+  } finally {
+    was.close()
+  }
+}
+
+/**
+ * The header the fresh body is read under: the manifest's, with the disks the mapper met as its devices
+ * (extents are checked inside them) and the features and checksums it found.
+ */
+function freshHeader(h: ManifestHeader, fresh: FreshBody): Record<string, unknown> {
+  const { signature: _signature, dataChecksums: _checksums, ...rest } = h
+  const devices: Device[] = fresh.disks.map((d, i) => ({ id: `disk${i}`, size: d.size, identity: {}, fingerprints: [] }))
+  return { ...rest, version: 2, features: fresh.features, devices, root: fresh.root, ...(fresh.dataChecksums ? { dataChecksums: fresh.dataChecksums } : {}) }
+}
+
+/**
+ * The image mapped again by its filesystem's bulk mapper into `body`, as export ran it (same paths,
+ * skips and mapping options). BulkRefused when it does not apply or declines.
+ */
+function mapFresh(image: ImageToRemap, body: string): FreshBody {
+  const { header, mount, mapping } = image
+  const f = header.frozenImage
+  const realPaths = header.source.paths
+  const opts = { throughLoop: mapping.throughLoop, carryMax: mapping.carryMax }
+  if (f.fsType === 'ext4') {
+    const t = { mount, realPaths, frozenImage: f.kind, skip: [journalPathOf(image.manifestFile)], ...opts }
+    const why = whyNotBulk(t)
+    if (why !== undefined) throw new BulkRefused(why)
+    const b = mapBulk(t, body)
+    return { disks: b.disks, root: b.root, features: ext4Features(b.result), counts: b.result }
+  }
+  if (f.fsType === 'btrfs' && f.kind === 'snapshot') {
+    const why = whyNotBtrfsBulk(mount, realPaths, f.mechanism)
+    if (why !== undefined) throw new BulkRefused(why)
+    const snapshot = path.join(f.imagePath!, SNAPSHOT_NAME)
+    const { walkPaths, skip } = inSnapshot(subvolumeOf(realPaths[0]!).root, snapshot, realPaths, imagesRootOf(f.mountpoint))
+    const dev = fs.statSync(snapshot, { bigint: true }).dev
+    const b = mapBtrfsBulk({ mount, walkPath: walkPaths[0]!, dev, skip: [...skip, journalPathOf(image.manifestFile)], ...opts }, body)
+    return { disks: b.disks, root: b.root, features: b.features, dataChecksums: b.dataChecksums, counts: b.result }
+  }
+  throw new BulkRefused(`no bulk mapper reads a ${f.fsType} image held by ${f.kind}`)
+}
