@@ -210,7 +210,7 @@ function seedFiles(map: ImageMap, manifestFile: string, key: Buffer | undefined,
   for (const name of names) for (const ino of inosOfDeltaFile(deltaPathOf(recordFile, name))) if (!map.files.has(ino)) wanted.add(ino)
   if (wanted.size === 0) return
   const last = Math.max(...wanted)
-  const m = openManifestV2(manifestFile, key)
+  const m = openManifestV2(manifestFile, key, { entries: false })
   try {
     if (m.header.configId !== image) throw new StaleError(`${manifestFile} was replaced while remapping (now image ${m.header.configId}): nothing done`)
     for (const n of m.inodes) {

@@ -26,6 +26,8 @@ export interface RemapResult {
   manifestBytes: number
   /** How the image was mapped again: its bulk mapper (format 2), or file by file through the VFS; absent when released. */
   mapper?: 'bulk' | 'vfs'
+  /** The bulk path: the fresh body equalled the manifest's byte for byte, or the inodes were joined (join.ts). */
+  compared?: 'bytes' | 'inodes'
 }
 
 export interface NewDelta extends KnownDevices {
@@ -41,6 +43,7 @@ export interface NewDelta extends KnownDevices {
   key?: Buffer
   manifestBytes: number
   mapper: 'bulk' | 'vfs'
+  compared?: RemapResult['compared']
 }
 
 export function publishDelta(n: NewDelta): RemapResult {
@@ -68,5 +71,5 @@ export function publishDelta(n: NewDelta): RemapResult {
   }
   const name = path.dirname(deltaPath) === path.dirname(recordFile) ? path.basename(deltaPath) : deltaPath
   writeRecord(recordFile, delta.to, 'current', { deltas: [...(record.deltas ?? []), name], mapping: record.mapping })
-  return { state: 'remapped', configId: delta.to, delta, deltaPath, deltaBytes, manifestBytes: n.manifestBytes, mapper: n.mapper }
+  return { state: 'remapped', configId: delta.to, delta, deltaPath, deltaBytes, manifestBytes: n.manifestBytes, mapper: n.mapper, ...(n.compared ? { compared: n.compared } : {}) }
 }

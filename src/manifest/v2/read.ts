@@ -57,6 +57,15 @@ export function streamManifestV2(path: string, sink: InodeSink, key?: Buffer, ma
 
 const NO_SINK: InodeSink = { begin() {}, inode() {}, finish() {} }
 
+export interface PullOptions {
+  /**
+   * false: directories come with no entries, and their DIR records are only counted (held to the
+   * trailer), not decoded or checked: for a reader that uses no names (remap joins by ino). Most of
+   * the reader's time and garbage is in the names.
+   */
+  entries?: boolean
+}
+
 /** A version 2 body being read inode by inode (openManifestV2, openBodyV2); close() when done. */
 export interface V2Inodes {
   /** The validated header (a manifest's: with the trailer's MAC as its signature when signed). */
@@ -70,12 +79,12 @@ export interface V2Inodes {
  * The inodes of the version 2 manifest in `path`, pulled one at a time (remap joins two such streams
  * by ino), its signature verified with `key` first. The same reader and checks as streamManifestV2.
  */
-export function openManifestV2(path: string, key?: Buffer, maxBytes = Number.MAX_SAFE_INTEGER): V2Inodes {
+export function openManifestV2(path: string, key?: Buffer, opts: PullOptions = {}): V2Inodes {
   const fd = openManifest(path)
   try {
-    const layout = readLayout(fd, path, maxBytes)
+    const layout = readLayout(fd, path, Number.MAX_SAFE_INTEGER)
     if (key) verifyMac(fd, path, layout, key)
-    return pulled(fd, path, layout, headerOf(layout))
+    return pulled(fd, path, layout, headerOf(layout), opts)
   } catch (err) {
     fs.closeSync(fd)
     throw err
@@ -104,21 +113,21 @@ function headerOf(layout: V2Layout): ManifestHeader {
  * A bare body (what a bulk mapper writes: no preamble, header or trailer) read as the body of a
  * manifest with `header` and the mapper's `counts`; unsigned, for the host's own scratch files.
  */
-export function openBodyV2(path: string, header: Record<string, unknown>, counts: TrailerCounts): V2Inodes {
+export function openBodyV2(path: string, header: Record<string, unknown>, counts: TrailerCounts, opts: PullOptions = {}): V2Inodes {
   const fd = openManifest(path)
   try {
     const facts = validateHeader(header, V2_VERSION)
     checkRoot(header.root)
     const layout: V2Layout = { header, facts, bodyStart: 0, bodyEnd: fs.fstatSync(fd).size, trailer: { ...counts, signed: false, mac: Buffer.alloc(MAC_BYTES) } }
-    return pulled(fd, path, layout, header as unknown as ManifestHeader)
+    return pulled(fd, path, layout, header as unknown as ManifestHeader, opts)
   } catch (err) {
     fs.closeSync(fd)
     throw err
   }
 }
 
-function pulled(fd: number, path: string, layout: V2Layout, header: ManifestHeader): V2Inodes {
-  const records = new BodyReader(fd, path, layout).inodes()
+function pulled(fd: number, path: string, layout: V2Layout, header: ManifestHeader, opts: PullOptions): V2Inodes {
+  const records = new BodyReader(fd, path, layout, NO_SINK, opts.entries ?? true).inodes()
   let open = true
   const close = () => {
     if (open) fs.closeSync(fd)
@@ -175,6 +184,46 @@ export function verifyMac(fd: number, path: string, layout: V2Layout, key: Buffe
   }
   const mac = hmac.digest('hex')
   checkSignature(layout.trailer.signed ? { alg: 'hmac-sha256', value: layout.trailer.mac.toString('hex') } : undefined, () => mac)
+}
+
+/**
+ * Whether the body of the version 2 manifest in `path` is byte for byte the bare body in `bodyPath`
+ * (what a bulk mapper writes), the signature verified with `key` in the same pass, so that the bytes
+ * compared are the bytes verified. Sizes that differ answer false at once, nothing verified.
+ */
+export function sameBodyV2(path: string, bodyPath: string, key?: Buffer): boolean {
+  const fd = openManifest(path)
+  let bodyFd = -1
+  try {
+    const layout = readLayout(fd, path, Number.MAX_SAFE_INTEGER)
+    bodyFd = fs.openSync(bodyPath, 'r')
+    if (fs.fstatSync(bodyFd).size !== layout.bodyEnd - layout.bodyStart) return false
+    const end = layout.bodyEnd + TRAILER_BYTES - MAC_BYTES
+    const hmac = key ? crypto.createHmac('sha256', key) : undefined
+    const chunk = Buffer.alloc(WINDOW)
+    const other = Buffer.alloc(WINDOW)
+    for (let at = 0; at < end;) {
+      const n = fs.readSync(fd, chunk, 0, Math.min(chunk.length, end - at), at)
+      if (n <= 0) throw new ManifestError(`manifest ${path}: short read at ${at}`)
+      hmac?.update(chunk.subarray(0, n))
+      const from = Math.max(at, layout.bodyStart)
+      const to = Math.min(at + n, layout.bodyEnd)
+      if (from < to) {
+        const len = to - from
+        if (fs.readSync(bodyFd, other, 0, len, from - layout.bodyStart) !== len) return false
+        if (!chunk.subarray(from - at, to - at).equals(other.subarray(0, len))) return false
+      }
+      at += n
+    }
+    if (hmac) {
+      const mac = hmac.digest('hex')
+      checkSignature(layout.trailer.signed ? { alg: 'hmac-sha256', value: layout.trailer.mac.toString('hex') } : undefined, () => mac)
+    }
+    return true
+  } finally {
+    if (bodyFd >= 0) fs.closeSync(bodyFd)
+    fs.closeSync(fd)
+  }
 }
 
 function readAt(fd: number, at: number, len: number): Buffer {
@@ -243,6 +292,14 @@ class Window {
     return unzigzag(this.varint(what))
   }
 
+  /** Past a `bytes` field of at most `max` bytes, without copying it. */
+  skipSized(what: string, max: number): void {
+    const n = this.varint(`${what} length`)
+    if (n > max) this.bad(`${what} is ${n} bytes, over the limit of ${max}`)
+    this.ensure(n)
+    this.pos += n
+  }
+
   /** A `bytes` field of at most `max` bytes (a copy). */
   sized(what: string, max: number): Buffer {
     const n = this.varint(`${what} length`)
@@ -261,7 +318,11 @@ class BodyReader {
   private readonly totals: Totals = { extents: 0 }
   private entries = 0
 
-  constructor(private readonly fd: number, private readonly path: string, private readonly layout: V2Layout, private readonly sink: InodeSink = NO_SINK) {}
+  constructor(
+    private readonly fd: number, private readonly path: string, private readonly layout: V2Layout, private readonly sink: InodeSink = NO_SINK,
+    /** false: directories come without their entries (and those are not checked), for a reader that uses none (remap). */
+    private readonly withEntries = true,
+  ) {}
 
   run(): void {
     const { header, facts } = this.layout
@@ -305,9 +366,10 @@ class BodyReader {
       ino += step
       if (!Number.isSafeInteger(ino)) this.bad('manifest', 'inode numbers past 2^53')
       const n = this.inode(w, ino, sec, cursor)
-      if (n.kind === 'dir') n.entries = this.entriesOf(dirs, ino)
+      if (n.kind === 'dir' && this.withEntries) n.entries = this.entriesOf(dirs, ino)
+      else if (n.kind === 'dir') this.dirAt.delete(ino)
       checkInode(n, count, facts, this.totals)
-      if (n.kind === 'dir') checkEntries(n.entries as unknown[], ino, facts.byteNames)
+      if (n.kind === 'dir' && this.withEntries) checkEntries(n.entries as unknown[], ino, facts.byteNames)
       yield [count, n]
       count++
     }
@@ -329,7 +391,7 @@ class BodyReader {
       this.dirAt.set(dir, w.pos)
       const n = w.varint('entry count', LIMITS.entriesPerDir)
       for (let i = 0; i < n; i++) {
-        w.sized('entry name', LIMITS.nameBytes)
+        w.skipSized('entry name', LIMITS.nameBytes)
         w.varint('entry inode number')
       }
       this.entries += n
