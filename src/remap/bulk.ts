@@ -71,6 +71,7 @@ export function remapBulk(image: ImageToRemap, cache: RemapCache, opts: { key?: 
       if (err instanceof BulkRefused) return { declined: err.message }
       throw err
     }
+    cache.dropWholeMap() // bounded by the deltas from now on, whatever the VFS path kept before
     const chain = cache.currentChain(manifestFile, image.recordFile, image.record, opts.key)
     checkSameChecksums(fresh.dataChecksums, header.dataChecksums, manifestFile)
     if (fresh.root !== header.root) throw new StaleError(`${manifestFile}: the image's root is inode ${fresh.root} now, ${header.root} in the manifest: cannot remap`)

@@ -106,6 +106,11 @@ export class RemapCache {
     if (map) for (const [ino, loc] of before) if (!map.files.has(ino)) map.files.set(ino, loc)
   }
 
+  /** The bulk path mapped the image: what only the VFS path uses (the whole map, the path table) goes. */
+  dropWholeMap(): void {
+    if (this.cached) this.cached.full = this.cached.files = undefined
+  }
+
   /** The ino → path table kept for this manifest, if any. */
   files(): FileTable | undefined {
     return this.image().files
