@@ -79,8 +79,13 @@ export function remapBulk(image: ImageToRemap, cache: RemapCache, opts: { key?: 
     const unchanged = (compared: 'bytes' | 'inodes'): RemapResult => ({ state: 'unchanged', configId: chain.configId, manifestBytes: image.manifestBytes, mapper: 'bulk', compared })
     // No delta yet and every disk the manifest's own device of that index: a body byte for byte the
     // manifest's maps every file as the manifest does. Mappers write the same bytes for the same
-    // filesystem, so an unchanged image costs one read of the manifest instead of decoding both.
-    if (chain.seq === 0 && known.every((d, i) => d === i) && sameBodyV2(manifestFile, body, opts.key)) return { result: unchanged('bytes') }
+    // filesystem, so an unchanged image costs one read of the manifest instead of decoding both. The
+    // signature was checked when the cache read the file; a file unchanged since (before and after the
+    // comparison) holds the bytes checked, else they are checked again in the same pass.
+    if (chain.seq === 0 && known.every((d, i) => d === i)) {
+      const verified = cache.stillVerified(manifestFile)
+      if (sameBodyV2(manifestFile, body, verified ? undefined : opts.key) && (!verified || cache.stillVerified(manifestFile))) return { result: unchanged('bytes') }
+    }
     const joined = joinStreams(image, opts.key, body, fresh, (was, now) =>
       joinByIno({ was: was.inodes, now: now.inodes, overlay: chain.files, known: (i) => known[i] ?? -1, retired: chain.retired }))
     if (joined.changed.length === 0) return { result: unchanged('inodes') }

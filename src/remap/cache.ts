@@ -106,6 +106,15 @@ export class RemapCache {
     if (map) for (const [ino, loc] of before) if (!map.files.has(ino)) map.files.set(ino, loc)
   }
 
+  /**
+   * Whether the manifest file is still the one manifest() read and verified (fileStamp: st_dev, st_ino,
+   * size, mtime and ctime in ns; any write changes ctime), so its bytes are the bytes verified then.
+   */
+  stillVerified(manifestFile: string): boolean {
+    const c = this.cached
+    return c !== undefined && c.identity !== '' && fileStamp(manifestFile) === c.identity
+  }
+
   /** The bulk path mapped the image: what only the VFS path uses (the whole map, the path table) goes. */
   dropWholeMap(): void {
     if (this.cached) this.cached.full = this.cached.files = undefined
