@@ -7,7 +7,8 @@
 //     old places: a delta naming exactly the files with extents (the inline ones live in metadata), a
 //     mounted view of the manifest follows it and equals the source byte for byte, and a second remap
 //     (the delta's files now come from the overlay, the rest from the manifest) is unchanged;
-// and an ext4 image held by a freeze, remapped at once: unchanged, through the bulk mapper.
+// and an ext4 image held by a freeze and signed, remapped at once: unchanged, through the bulk mapper
+// (with another key: refused).
 // Needs root, loop devices, btrfs-progs.
 import t from 'tap'
 import fs, { promises as fsp } from 'node:fs'
@@ -35,8 +36,8 @@ async function populate(dir: string): Promise<void> {
   await runOk('sync', [])
 }
 
-async function remap(manifest: string) {
-  return extfs(['remap', manifest, '--log-level', 'info'], { timeoutMs: 300_000 })
+async function remap(manifest: string, extra: string[] = []) {
+  return extfs(['remap', manifest, '--log-level', 'info', ...extra], { timeoutMs: 300_000 })
 }
 
 t.test('btrfs snapshot: unchanged, a declined bulk mapper, a balance followed byte-exact', async (t) => {
@@ -96,18 +97,25 @@ t.test('btrfs snapshot: unchanged, a declined bulk mapper, a balance followed by
   })
 })
 
-t.test('ext4 freeze: an unchanged image remaps through the bulk mapper', async (t) => {
+t.test('ext4 freeze, signed: an unchanged image remaps through the bulk mapper', async (t) => {
   await withLoopFs({ fs: 'ext4' }, async (lfs) => {
     const tree = path.join(lfs.mountpoint, 'tree')
     await fsp.mkdir(tree)
     await populate(tree)
     const scratch = await scratchDir(t, 'extfs-remap-bulk-')
     const manifest = path.join(scratch, 'nightly.extfs')
+    const key = path.join(scratch, 'key')
+    fs.writeFileSync(key, '0123456789abcdef0123456789abcdef\n')
     try {
-      const exp = await extfs(['export', tree, '--output', manifest, '--frozen-image', 'freeze', '--mapper', 'bulk'])
+      const exp = await extfs(['export', tree, '--output', manifest, '--frozen-image', 'freeze', '--mapper', 'bulk', '--key', key])
       t.equal(exp.code, 0, `export: ${exp.stderr}`)
       const configId = readCheckedManifest(manifest).configId
-      const r = await remap(manifest)
+      const other = path.join(scratch, 'other-key')
+      fs.writeFileSync(other, 'another key, another key, another\n')
+      const refused = await remap(manifest, ['--key', other])
+      t.not(refused.code, 0, 'another key: refused')
+      t.match(refused.stderr, /signature does not match/)
+      const r = await remap(manifest, ['--key', key])
       t.equal(r.code, 0, `remap: ${r.stderr}`)
       t.equal(r.stdout, `unchanged ${configId}\n`)
       t.match(r.stderr, BY_BYTES)
