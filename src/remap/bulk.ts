@@ -13,11 +13,10 @@ import type { RawDisk } from '../mapping/span'
 import type { DeltaFile } from '../delta/types'
 import type { TrailerCounts } from '../manifest/v2/format'
 import { openBodyV2, openManifestV2, sameBodyV2, type V2Inodes } from '../manifest/v2/read'
-import { ext4Features, mapBulk, whyNotBulk } from '../export/bulk-ext4'
-import { mapBtrfsBulk, whyNotBtrfsBulk } from '../export/bulk-btrfs'
+import { ext4Features, mapBulk, whyNotExt4Mapper } from '../export/bulk-ext4'
+import { mapBtrfsBulk } from '../export/bulk-btrfs'
 import { BulkRefused } from '../export/bulk'
 import { inSnapshot } from '../export/hold'
-import { subvolumeOf } from '../frozen/btrfs-snapshot'
 import { imagesRootOf } from '../frozen/image-dir'
 import { SNAPSHOT_NAME } from '../frozen/discard'
 import { journalPathOf } from '../frozen/journal'
@@ -138,7 +137,9 @@ function freshHeader(h: ManifestHeader, fresh: FreshBody): Record<string, unknow
 
 /**
  * The image mapped again by its filesystem's bulk mapper into `body`, as export ran it (same paths,
- * skips and mapping options). BulkRefused when it does not apply or declines.
+ * skips and mapping options). BulkRefused when it does not apply or declines. Mounts inside the
+ * exported tree do not matter here (export declines them for the view's sake): the ext4 mapper reads
+ * the device beneath them, the btrfs one the snapshot, which no mount covers.
  */
 function mapFresh(image: ImageToRemap, body: string): FreshBody {
   const { header, mount, mapping } = image
@@ -147,19 +148,32 @@ function mapFresh(image: ImageToRemap, body: string): FreshBody {
   const opts = { throughLoop: mapping.throughLoop, carryMax: mapping.carryMax }
   if (f.fsType === 'ext4') {
     const t = { mount, realPaths, frozenImage: f.kind, skip: [journalPathOf(image.manifestFile)], ...opts }
-    const why = whyNotBulk(t)
+    const why = whyNotExt4Mapper(t)
     if (why !== undefined) throw new BulkRefused(why)
     const b = mapBulk(t, body)
     return { disks: b.disks, root: b.root, features: ext4Features(b.result), counts: b.result }
   }
-  if (f.fsType === 'btrfs' && f.kind === 'snapshot') {
-    const why = whyNotBtrfsBulk(mount, realPaths, f.mechanism)
-    if (why !== undefined) throw new BulkRefused(why)
+  if (mount.fsType === 'btrfs' && realPaths.length === 1) {
     const snapshot = path.join(f.imagePath!, SNAPSHOT_NAME)
-    const { walkPaths, skip } = inSnapshot(subvolumeOf(realPaths[0]!).root, snapshot, realPaths, imagesRootOf(f.mountpoint))
     const dev = fs.statSync(snapshot, { bigint: true }).dev
+    const root = subvolumeRootOf(snapshot, dev, realPaths[0]!, header.root)
+    const { walkPaths, skip } = inSnapshot(root, snapshot, realPaths, imagesRootOf(f.mountpoint))
     const b = mapBtrfsBulk({ mount, walkPath: walkPaths[0]!, dev, skip: [...skip, journalPathOf(image.manifestFile)], ...opts }, body)
     return { disks: b.disks, root: b.root, features: b.features, dataChecksums: b.dataChecksums, counts: b.result }
   }
-  throw new BulkRefused(`no bulk mapper reads a ${f.fsType} image held by ${f.kind}`)
+  throw new BulkRefused(realPaths.length === 1 ? `no bulk mapper reads a ${mount.fsType} image held by ${f.kind}` : 'more than one path')
+}
+
+/**
+ * Where the snapshot's subvolume was mounted on this host when export took it, found without the live
+ * tree (which may have changed since): the ancestor of the exported path whose remainder names, inside
+ * the snapshot, the manifest's root directory. A directory has one name, so one ancestor fits at most.
+ */
+function subvolumeRootOf(snapshot: string, dev: bigint, exported: string, rootIno: number): string {
+  const parts = exported.split('/').filter(Boolean)
+  for (let i = parts.length; i >= 0; i--) {
+    const st = fs.lstatSync(path.join(snapshot, ...parts.slice(i)), { bigint: true, throwIfNoEntry: false })
+    if (st?.isDirectory() && st.dev === dev && st.ino === BigInt(rootIno)) return '/' + parts.slice(0, i).join('/')
+  }
+  throw new BulkRefused(`the exported directory ${exported} (inode ${rootIno}) is not found in the snapshot ${snapshot}`)
 }

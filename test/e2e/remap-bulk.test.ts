@@ -1,12 +1,13 @@
 // Issue 14: `extfs remap` of a format 2 image through its bulk mapper (src/remap/bulk.ts), on real loop
 // devices. A btrfs subvolume exported as a read-only snapshot with --mapper bulk:
 //   - remapped at once: unchanged, through the bulk mapper (its log line says which path ran);
-//   - with a mount inside the exported tree the bulk mapper declines: remap says so in one warning,
-//     remaps through the VFS, and is still unchanged;
+//   - with a mount inside the (live) exported tree: still the bulk mapper (it sweeps the snapshot);
 //   - after `btrfs balance -d` (which moves a read-only snapshot's data too) and a fill that reuses the
 //     old places: a delta naming exactly the files with extents (the inline ones live in metadata), a
 //     mounted view of the manifest follows it and equals the source byte for byte, and a second remap
 //     (the delta's files now come from the overlay, the rest from the manifest) is unchanged;
+// a btrfs snapshot exported by the walker (format 2) with a nested subvolume, which the bulk mapper
+// refuses: remap warns once and maps through the VFS, unchanged;
 // and an ext4 image held by a freeze and signed, remapped at once: unchanged, through the bulk mapper
 // (with another key: refused).
 // Needs root, loop devices, btrfs-progs.
@@ -40,7 +41,7 @@ async function remap(manifest: string, extra: string[] = []) {
   return extfs(['remap', manifest, '--log-level', 'info', ...extra], { timeoutMs: 300_000 })
 }
 
-t.test('btrfs snapshot: unchanged, a declined bulk mapper, a balance followed byte-exact', async (t) => {
+t.test('btrfs snapshot: unchanged, a mount inside the tree, a balance followed byte-exact', async (t) => {
   await withBtrfs({ devices: 1, data: 'single', metadata: 'single', sizeMiB: 320 }, async (bfs) => {
     const source = path.join(bfs.mountpoint, 'data')
     await runOk('btrfs', ['subvolume', 'create', source])
@@ -59,15 +60,14 @@ t.test('btrfs snapshot: unchanged, a declined bulk mapper, a balance followed by
     t.equal(first.stdout, `unchanged ${m.configId}\n`)
     t.match(first.stderr, BY_BYTES, 'mapped again by the bulk mapper, its body byte for byte the manifest\'s')
 
-    // A mount inside the exported tree: the bulk mapper declines (as export's would); remap falls back, loudly.
+    // A mount inside the exported tree (of the live subvolume): the snapshot the mapper sweeps is beneath no mount.
     const covered = path.join(source, 'sub')
     await runOk('mount', ['-t', 'tmpfs', 'extfs-remap-test', covered])
     try {
-      const fallback = await remap(manifest)
-      t.equal(fallback.code, 0, `remap with a mount inside: ${fallback.stderr}`)
-      t.equal(fallback.stdout, `unchanged ${m.configId}\n`)
-      t.match(fallback.stderr, /the bulk mapper declined to map the image again \(.*mount point inside the exported tree/, 'said once')
-      t.match(fallback.stderr, /"mapper":"vfs"/)
+      const mounted = await remap(manifest)
+      t.equal(mounted.code, 0, `remap with a mount inside: ${mounted.stderr}`)
+      t.equal(mounted.stdout, `unchanged ${m.configId}\n`)
+      t.match(mounted.stderr, BY_BYTES, 'still the bulk mapper')
     } finally {
       await runOk('umount', [covered])
     }
@@ -94,6 +94,26 @@ t.test('btrfs snapshot: unchanged, a declined bulk mapper, a balance followed by
       const diff = diffTrees(want, await snapshotTree(mnt, { timePrecisionNs: 1 }), { ignorePaths: (rel) => rel === '.' })
       t.same(diff, [], 'the view (manifest + delta) equals the source byte for byte')
     })
+  })
+})
+
+t.test('btrfs snapshot exported by the walker in format 2, with a nested subvolume: the bulk mapper declines, remap says so once and maps through the VFS', async (t) => {
+  await withBtrfs({ devices: 1, data: 'single', metadata: 'single' }, async (bfs) => {
+    const source = path.join(bfs.mountpoint, 'data')
+    await runOk('btrfs', ['subvolume', 'create', source])
+    await populate(source)
+    await runOk('btrfs', ['subvolume', 'create', path.join(source, 'nested')])
+    const scratch = await scratchDir(t, 'extfs-remap-bulk-')
+    const manifest = path.join(scratch, 'walked.extfs')
+    const exp = await extfs(['export', source, '--output', manifest, '--frozen-image', 'snapshot', '--mapper', 'vfs', '--format', '2'])
+    t.teardown(() => release(manifest))
+    t.equal(exp.code, 0, `export: ${exp.stderr}`)
+    const r = await remap(manifest)
+    t.equal(r.code, 0, `remap: ${r.stderr}`)
+    t.equal(r.stdout, `unchanged ${readCheckedManifest(manifest).configId}\n`)
+    t.match(r.stderr, /the bulk mapper declined to map the image again \(.*subvolume.*\); remapping file by file through the VFS/)
+    t.equal(r.stderr.match(/declined/g)?.length, 1, 'said once')
+    t.match(r.stderr, /"mapper":"vfs"/)
   })
 })
 
