@@ -11,6 +11,7 @@ import type { ConfigRecord, RecordMapping } from '../configid/record'
 import type { MountEntry } from '../mapping/mountinfo'
 import type { RawDisk } from '../mapping/span'
 import type { DeltaFile } from '../delta/types'
+import type { ImageMap } from '../delta/chain'
 import type { TrailerCounts } from '../manifest/v2/format'
 import { openBodyV2, openManifestV2, sameBodyV2, type V2Inodes } from '../manifest/v2/read'
 import { ext4Features, mapBulk, whyNotExt4Mapper } from '../export/bulk-ext4'
@@ -20,7 +21,7 @@ import { inSnapshot } from '../export/hold'
 import { imagesRootOf } from '../frozen/image-dir'
 import { SNAPSHOT_NAME } from '../frozen/discard'
 import { journalPathOf } from '../frozen/journal'
-import { StaleError } from '../errors'
+import { ExportError, StaleError } from '../errors'
 import type { RemapCache } from './cache'
 import { assignDevices, describeNewDevices, globalIndex, inNewMap, knownDeviceChanges } from './devices'
 import { checkSameChecksums } from './image'
@@ -73,40 +74,51 @@ export function remapBulk(image: ImageToRemap, cache: RemapCache, opts: { key?: 
     cache.dropWholeMap() // bounded by the deltas from now on, whatever the VFS path kept before
     const chain = cache.currentChain(manifestFile, image.recordFile, image.record, opts.key)
     checkSameChecksums(fresh.dataChecksums, header.dataChecksums, manifestFile)
-    if (fresh.root !== header.root) throw new StaleError(`${manifestFile}: the image's root is inode ${fresh.root} now, ${header.root} in the manifest: cannot remap`)
+    if (fresh.root !== header.root) throw new ExportError(`${manifestFile}: the frozen image's tree differs from its manifest (its root is inode ${fresh.root} now, ${header.root} in the manifest): cannot remap`)
     const known = assignDevices(fresh.disks, chain.devices, chain.retired)
     const unchanged = (compared: 'bytes' | 'inodes'): RemapResult => ({ state: 'unchanged', configId: chain.configId, manifestBytes: image.manifestBytes, mapper: 'bulk', compared })
-    // No delta yet and every disk the manifest's own device of that index: a body byte for byte the
-    // manifest's maps every file as the manifest does. Mappers write the same bytes for the same
-    // filesystem, so an unchanged image costs one read of the manifest instead of decoding both. The
-    // signature was checked when the cache read the file; a file unchanged since (before and after the
-    // comparison) holds the bytes checked, else they are checked again in the same pass.
-    if (chain.seq === 0 && known.every((d, i) => d === i)) {
-      const verified = cache.stillVerified(manifestFile)
-      if (sameBodyV2(manifestFile, body, verified ? undefined : opts.key) && (!verified || cache.stillVerified(manifestFile))) return { result: unchanged('bytes') }
-    }
+    if (chain.seq === 0 && known.every((d, i) => d === i) && sameBytes(image, cache, body, opts.key)) return { result: unchanged('bytes') }
     const joined = joinStreams(image, opts.key, body, fresh, (was, now) =>
       joinByIno({ was: was.inodes, now: now.inodes, overlay: chain.files, known: (i) => known[i] ?? -1, retired: chain.retired }))
     if (joined.changed.length === 0) return { result: unchanged('inodes') }
-
-    // Only the disks the map after the delta uses become (or stay) devices, numbered as the VFS path numbers them.
-    const used = fresh.disks.map((_, i) => i).filter((i) => joined.usedDisks.has(i))
-    const rawDisks = used.map((i) => fresh.disks[i]!)
-    const assigned = used.map((i) => known[i]!)
-    const index = globalIndex(assigned, chain.devices.length)
-    const files = joined.changed.map((f): DeltaFile => f.extents ? { ino: f.ino, extents: f.extents.map((e) => inNewMap(e, (i) => index(used.indexOf(i)))) } : f)
-    const checksums = header.dataChecksums
-    const newDevices = describeNewDevices(rawDisks, assigned, chain.devices, files, checksums)
-    const devices = knownDeviceChanges(chain, joined.touched, (d) => joined.after.get(d)?.extents() ?? [], rawDisks, assigned, checksums, opts.warn)
     cache.noteFiles(joined.before) // the delta's check needs their sizes; the next remap, their places before it
-    const result = publishDelta({
-      manifestFile, recordFile: image.recordFile, record: image.record, context: chain.context(), files, newDevices, ...devices, checksums,
-      key: opts.key, manifestBytes: image.manifestBytes, mapper: 'bulk', compared: 'inodes',
-    })
-    return { result }
+    return { result: publishJoined(image, chain, fresh, known, joined, opts) }
   } finally {
     fs.rmSync(body, { force: true })
   }
+}
+
+/**
+ * With no delta yet and every disk the manifest's own device of that index, a fresh body byte for byte
+ * the manifest's maps every file as the manifest does; mappers write the same bytes for the same
+ * filesystem, so an unchanged image costs one read of the manifest instead of decoding both. The
+ * signature was checked when the cache read the file: a file unchanged since (before and after the
+ * comparison) holds the bytes checked, else they are checked again in the same pass.
+ */
+function sameBytes(image: ImageToRemap, cache: RemapCache, body: string, key: Buffer | undefined): boolean {
+  const verified = cache.stillVerified(image.manifestFile)
+  return sameBodyV2(image.manifestFile, body, verified ? undefined : key) && (!verified || cache.stillVerified(image.manifestFile))
+}
+
+/**
+ * The delta of what the join found moved, as the VFS path writes it: only the disks the map after the
+ * delta uses become (or stay) devices, numbered as the VFS path numbers them; proofs from the spreads.
+ */
+function publishJoined(
+  image: ImageToRemap, chain: ImageMap, fresh: FreshBody, known: number[], joined: JoinResult, opts: { key?: Buffer; warn: (m: string) => void },
+): RemapResult {
+  const used = fresh.disks.map((_, i) => i).filter((i) => joined.usedDisks.has(i))
+  const rawDisks = used.map((i) => fresh.disks[i]!)
+  const assigned = used.map((i) => known[i]!)
+  const index = globalIndex(assigned, chain.devices.length)
+  const files = joined.changed.map((f): DeltaFile => f.extents ? { ino: f.ino, extents: f.extents.map((e) => inNewMap(e, (i) => index(used.indexOf(i)))) } : f)
+  const checksums = image.header.dataChecksums
+  const newDevices = describeNewDevices(rawDisks, assigned, chain.devices, files, checksums)
+  const devices = knownDeviceChanges(chain, joined.touched, (d) => joined.after.get(d)?.extents() ?? [], rawDisks, assigned, checksums, opts.warn)
+  return publishDelta({
+    manifestFile: image.manifestFile, recordFile: image.recordFile, record: image.record, context: chain.context(), files, newDevices, ...devices,
+    checksums, key: opts.key, manifestBytes: image.manifestBytes, mapper: 'bulk', compared: 'inodes',
+  })
 }
 
 /** Run `join` over the manifest's body and the fresh one, both closed afterwards, whatever happens. */
