@@ -127,16 +127,13 @@ export function openBodyV2(path: string, header: Record<string, unknown>, counts
 }
 
 function pulled(fd: number, path: string, layout: V2Layout, header: ManifestHeader, opts: PullOptions): V2Inodes {
-  const records = new BodyReader(fd, path, layout, NO_SINK, opts.entries ?? true).inodes()
+  const inodes = new BodyReader(fd, path, layout, NO_SINK, opts.entries ?? true).inodes()
   let open = true
   const close = () => {
     if (open) fs.closeSync(fd)
     open = false
   }
-  function* inodes(): Generator<Inode> {
-    for (const [, n] of records) yield n
-  }
-  return { header, inodes: inodes(), close }
+  return { header, inodes, close }
 }
 
 /** Preamble, header and trailer: read and checked, the body's bounds known. */
@@ -276,6 +273,16 @@ class Window {
   }
 
   varint(what: string, max = Number.MAX_SAFE_INTEGER): number {
+    // One byte, already in the window (most fields: counts, flags, small deltas): what getVarint would
+    // answer, without the pair it allocates. A body of a million inodes has tens of millions of varints.
+    const at = this.pos - this.base
+    if (at >= 0 && at < this.len) {
+      const byte = this.buf[at]!
+      if (byte < 0x80 && byte <= max) {
+        this.pos++
+        return byte
+      }
+    }
     this.ensure(Math.min(10, this.end - this.pos))
     let got: [number, number] | undefined
     try {
@@ -328,17 +335,17 @@ class BodyReader {
     const { header, facts } = this.layout
     const inodes = this.inodes()
     this.sink.begin(header, facts)
-    for (const [i, n] of inodes) this.sink.inode(n, i)
+    let i = 0
+    for (const n of inodes) this.sink.inode(n, i++)
     this.sink.finish(header.root as number)
   }
 
   /**
-   * Every INODE record in ascending ino order, each checked as version 1 checks an inode, with its
-   * position; then the body's counts and DIR records are held to the trailer. The DIR records are
+   * Every INODE record in ascending ino order, each checked as version 1 checks an inode; then the body's counts and DIR records are held to the trailer. The DIR records are
    * indexed (and counted) before the first inode is yielded. The tree is not checked: that needs
    * every inode (run()'s sink does it).
    */
-  inodes(): Generator<[number, Inode]> {
+  inodes(): Generator<Inode> {
     const { bodyStart, trailer } = this.layout
     const w = this.window(bodyStart)
     const inodesAt = this.indexDirs(w)
@@ -348,7 +355,7 @@ class BodyReader {
     return this.records(w, inodesAt)
   }
 
-  private *records(w: Window, inodesAt: number): Generator<[number, Inode]> {
+  private *records(w: Window, inodesAt: number): Generator<Inode> {
     const { bodyStart, facts, trailer } = this.layout
     const dirs = this.window(bodyStart)
     w.pos = inodesAt
@@ -370,7 +377,7 @@ class BodyReader {
       else if (n.kind === 'dir') this.dirAt.delete(ino)
       checkInode(n, count, facts, this.totals)
       if (n.kind === 'dir' && this.withEntries) checkEntries(n.entries as unknown[], ino, facts.byteNames)
-      yield [count, n]
+      yield n
       count++
     }
     if (count !== trailer.inodes) this.bad('manifest', `the body has ${count} inode records; the trailer says ${trailer.inodes}`)
