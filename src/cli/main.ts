@@ -170,6 +170,7 @@ export function buildProgram(): Command {
       const log = createLogger({ level: o.logLevel })
       const r = remapImage(manifest, { key: key(o), warn: (msg) => log.warn(msg) })
       if (r.state === 'released') throw new StaleError(`frozen image ${r.configId} was released: nothing to remap`)
+      log.info({ mapper: r.mapper, compared: r.compared, state: r.state }, 'remap: image mapped again')
       if (r.state === 'unchanged') {
         process.stdout.write(`unchanged ${r.configId}\n`)
         return

@@ -2,7 +2,7 @@
 // Only what a delta can change is kept: where each regular file's bytes lie (with their copies and
 // checksums, feature data-checksums), and the device list (which devices there are, the newest
 // fingerprints proving each, which are retired).
-import type { DataChecksums, Device, Extent, Manifest } from '../manifest/types'
+import type { DataChecksums, Device, Extent, Inode, Manifest, ManifestHeader } from '../manifest/types'
 import type { Delta } from './types'
 import type { DeltaContext } from './validate'
 import { ManifestError } from '../errors'
@@ -34,11 +34,18 @@ export class ImageMap {
 
   static ofManifest(m: Manifest): ImageMap {
     const files = new Map<number, FileLocation>()
-    for (const n of m.inodes) {
-      if (n.kind !== 'file') continue
-      files.set(n.ino, { size: n.size, extents: n.inline === undefined ? n.extents ?? [] : undefined, inline: n.inline })
-    }
+    for (const n of m.inodes) if (n.kind === 'file') files.set(n.ino, locationOf(n))
     return new ImageMap(m.configId, m.configId, 0, [...m.devices], files, new Set(), m.dataChecksums)
+  }
+
+  /**
+   * A partial map: the manifest's devices and none of its files; the caller adds the files the delta
+   * chain names (with their manifest locations) before applying it, and reads every other file from the
+   * manifest itself (a bulk remap, src/remap/bulk.ts). Checks that need every file (apply's retired
+   * check) then cover only the files it holds; the caller checks the others as it reads them.
+   */
+  static partial(m: ManifestHeader): ImageMap {
+    return new ImageMap(m.configId, m.configId, 0, [...m.devices], new Map(), new Set(), m.dataChecksums)
   }
 
   /** What validateDelta needs to check the next delta against this map. */
@@ -76,6 +83,11 @@ export class ImageMap {
       if (used !== undefined) throw new ManifestError(`delta ${d.seq}: retires device ${used}, but inode ${ino} still has an extent (or a copy of one) on it`)
     }
   }
+}
+
+/** Where a regular file of a manifest has its bytes. */
+export function locationOf(n: Inode): FileLocation {
+  return n.inline !== undefined ? { size: n.size, inline: n.inline } : { size: n.size, extents: n.extents ?? [] }
 }
 
 /** The devices an extent's bytes are on: its own, then its copies'. */

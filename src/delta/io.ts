@@ -25,7 +25,30 @@ const utf8 = new TextDecoder('utf-8', { fatal: true })
 
 /** Read, parse and validate the delta in `file` as the next one after `ctx`. One-line ManifestErrors. */
 export function readDeltaFile(file: string, ctx: DeltaContext, opts: ReadDeltaOptions = {}): Delta {
-  const maxBytes = opts.maxBytes ?? DEFAULT_MAX_DELTA_BYTES
+  return parseDelta(readDeltaText(file, opts.maxBytes), ctx, `delta ${file}`, opts.key)
+}
+
+/**
+ * The inode numbers a delta file names (its `files[].ino` that are integers), before it is checked:
+ * what a reader that does not hold every file's size must look up first (src/remap/cache.ts). Nothing
+ * else of the file is believed; readDeltaFile checks it all afterwards.
+ */
+export function inosOfDeltaFile(file: string, maxBytes?: number): number[] {
+  const name = `delta ${file}`
+  let value: unknown
+  try {
+    value = JSON.parse(readDeltaText(file, maxBytes))
+  } catch (err) {
+    if (err instanceof ManifestError) throw err
+    throw new ManifestError(`${name} is not valid JSON (truncated?): ${oneLine((err as Error).message)}`)
+  }
+  const files = (value as { files?: unknown } | null)?.files
+  if (!Array.isArray(files)) return []
+  return files.map((f) => (f as { ino?: unknown } | null)?.ino).filter((ino): ino is number => Number.isSafeInteger(ino))
+}
+
+/** The text of a delta file: bounded (fstat before a byte is read), strict UTF-8. */
+function readDeltaText(file: string, maxBytes = DEFAULT_MAX_DELTA_BYTES): string {
   const name = `delta ${file}`
   let bytes: Buffer
   let fd: number
@@ -52,13 +75,11 @@ export function readDeltaFile(file: string, ctx: DeltaContext, opts: ReadDeltaOp
   } finally {
     fs.closeSync(fd)
   }
-  let text: string
   try {
-    text = utf8.decode(bytes)
+    return utf8.decode(bytes)
   } catch {
     throw new ManifestError(`${name} is not valid UTF-8`)
   }
-  return parseDelta(text, ctx, name, opts.key)
 }
 
 /** Parse and validate delta text (and check its signature when `key` is given). */

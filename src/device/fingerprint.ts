@@ -31,6 +31,31 @@ function pickSamples(extents: Extent[]): { offset: number; length: number; exten
   return out
 }
 
+/**
+ * An even spread of a device's extents, kept while they stream past without holding them all: every
+ * `step`-th extent, `step` doubling whenever more than twice the samples are kept. What remap samples
+ * a device's proof from when it never holds the image's whole map (src/remap/join.ts).
+ */
+export class SampleSpread {
+  private kept: Extent[] = []
+  private step = 1
+  private seen = 0
+
+  add(e: Extent): void {
+    if (this.seen++ % this.step !== 0) return
+    this.kept.push(e)
+    if (this.kept.length > 2 * MAX_SAMPLES) {
+      this.kept = this.kept.filter((_, i) => i % 2 === 0)
+      this.step *= 2
+    }
+  }
+
+  /** The extents kept, in the order they came: chooseSamples/takeFingerprints pick among them. */
+  extents(): Extent[] {
+    return this.kept
+  }
+}
+
 export function hashRange(device: RawDevice, offset: number, length: number): string {
   const buf = Buffer.alloc(length)
   device.readExact(buf, 0, length, offset)

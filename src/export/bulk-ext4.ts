@@ -40,16 +40,27 @@ export interface BulkBody {
  * the mount read-only while the device is read; `snapshot` does not apply to ext4.
  */
 export function whyNotBulk(t: BulkTarget): string | undefined {
+  const why = whyNotExt4Mapper(t)
+  if (why !== undefined) return why
+  // Without these the kernel's listxattr hides user.* or the ACLs that the blocks hold.
+  for (const opt of ['noacl', 'nouser_xattr']) if (t.mount.superOptions.includes(opt)) return `mounted with ${opt}`
+  const under = mountsUnder(t.realPaths[0]!)
+  if (under.length > 0) return `${under[0]} is a mount point inside the exported tree`
+  return undefined
+}
+
+/**
+ * What the mapper itself needs, or why it cannot run: one directory of an ext4 filesystem on a block
+ * device, held by a freeze. Remap asks only this: the extents it compares are the blocks' whatever a
+ * mount or a mount option would show on top of them (whyNotBulk's other checks are about the view).
+ */
+export function whyNotExt4Mapper(t: Pick<BulkTarget, 'mount' | 'realPaths' | 'frozenImage'>): string | undefined {
   if (t.mount.fsType !== 'ext4') return `filesystem type ${t.mount.fsType}`
   if (t.frozenImage !== 'freeze') return `--frozen-image ${t.frozenImage} (only freeze holds the on-disk metadata still)`
   if (!t.mount.source.startsWith('/dev/')) return `mount source ${t.mount.source} is not a block device`
-  // Without these the kernel's listxattr hides user.* or the ACLs that the blocks hold.
-  for (const opt of ['noacl', 'nouser_xattr']) if (t.mount.superOptions.includes(opt)) return `mounted with ${opt}`
   if (t.realPaths.length !== 1) return 'more than one path'
   const st = fs.lstatSync(t.realPaths[0]!)
   if (!st.isDirectory()) return `${t.realPaths[0]} is not a directory`
-  const under = mountsUnder(t.realPaths[0]!)
-  if (under.length > 0) return `${under[0]} is a mount point inside the exported tree`
   return undefined
 }
 
@@ -90,6 +101,11 @@ export function linearMap(mount: MountEntry, throughLoop: boolean): { segments: 
     fsOffset += s.length
   }
   return { segments, disks }
+}
+
+/** The feature flags of an ext4 body, as export.ts features() lists the walker's. */
+export function ext4Features(r: Ext4BulkResult): string[] {
+  return [...(r.inlineData ? ['inline-data'] : []), ...(r.byteNames ? ['byte-names'] : [])]
 }
 
 /** Inode numbers of the skipped paths that exist on the exported filesystem. */

@@ -26,7 +26,7 @@ import { Walker } from './walk'
 import { ExportError, ManifestError } from '../errors'
 import { pathOfInode } from '../manifest/paths'
 import { assembleV2, writeManifestV2 } from '../manifest/v2/write'
-import { mapBulk, whyNotBulk } from './bulk-ext4'
+import { ext4Features, mapBulk, whyNotBulk } from './bulk-ext4'
 import { bodyPathOf, BulkRefused, type MapperChoice } from './bulk'
 import { mapBtrfsBulk, whyNotBtrfsBulk } from './bulk-btrfs'
 
@@ -330,7 +330,7 @@ function mapBody(opts: ExportOptions, mount: MountEntry, realPaths: string[], ho
     return { counts: b.result, disks: b.disks, root: b.root, features: b.features, dataChecksums: b.dataChecksums, samples: b.samples, figures: { bodyBytes, peakRssKiB, tableBytes } }
   }
   const b = mapBulk({ mount, realPaths, frozenImage: opts.frozenImage, skip, throughLoop: opts.throughLoop, carryMax: opts.carryMax }, body)
-  const features = [...(b.result.inlineData ? ['inline-data'] : []), ...(b.result.byteNames ? ['byte-names'] : [])]
+  const features = ext4Features(b.result)
   const { bodyBytes, directIo, peakRssKiB, tableBytes } = b.result
   return { counts: b.result, disks: b.disks, root: b.root, features, samples: b.samples, figures: { bodyBytes, directIo, peakRssKiB, tableBytes } }
 }

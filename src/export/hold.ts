@@ -42,12 +42,20 @@ export function takeImage(image: FrozenImage, plan: SnapshotPlan | undefined, re
   const root = plan!.subvolumeRoot
   const snapshot = path.join(dir, SNAPSHOT_NAME)
   takeSnapshot(root, snapshot)
+  return { ...inSnapshot(root, snapshot, realPaths, imagesRoot), dev: fs.statSync(snapshot, { bigint: true }).dev, openFile: openInPlace, live: false }
+}
+
+/**
+ * Where the exported paths are inside a btrfs snapshot of subvolume `root`, and what a walk there skips;
+ * also how remap finds them again (src/remap/bulk.ts).
+ */
+export function inSnapshot(root: string, snapshot: string, realPaths: string[], imagesRoot: string): { walkPaths: string[]; skip: Set<string> } {
   // The same place inside the snapshot: the walk reads the image, never the live subvolume.
-  const inSnapshot = (p: string) => path.join(snapshot, path.relative(root, p))
+  const inside = (p: string) => path.join(snapshot, path.relative(root, p))
   const skip = new Set([imagesRoot])
   // Our images directory may sit inside the snapshotted subvolume (it was there, empty, when the snapshot was taken).
-  if (imagesRoot.startsWith(root + '/')) skip.add(inSnapshot(imagesRoot))
-  return { walkPaths: realPaths.map(inSnapshot), dev: fs.statSync(snapshot, { bigint: true }).dev, openFile: openInPlace, skip, live: false }
+  if (imagesRoot.startsWith(root + '/')) skip.add(inside(imagesRoot))
+  return { walkPaths: realPaths.map(inside), skip }
 }
 
 /** Undo what takeImage did, after a failed export. */

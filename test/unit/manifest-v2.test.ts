@@ -9,6 +9,7 @@ import { readCheckedManifest, writeManifestFile } from '../../src/manifest/io'
 import { formatSummary, printInodes, summarizeFile } from '../../src/cli/inspect'
 import { streamOrReadManifest } from '../../src/manifest/stream'
 import { writeManifestV2 } from '../../src/manifest/v2/write'
+import { openManifestV2, sameBodyV2 } from '../../src/manifest/v2/read'
 import { PREAMBLE, TRAILER_BYTES } from '../../src/manifest/v2/format'
 import { getVarint, putVarint, unzigzag, zigzag } from '../../src/manifest/v2/varint'
 import { TablesBuilder, withDeviceFds } from '../../src/native-engine/stream-tables'
@@ -255,4 +256,29 @@ t.test('inspect refuses a tree mount refuses, in either version', async (t) => {
   const v1 = path.join(dir, 'cycle.json')
   fs.writeFileSync(v1, JSON.stringify(cycle)) // writeManifestFile would refuse it
   refused(t, () => summarizeFile(v1), /its own ancestor \(a cycle\)/)
+})
+
+t.test('sameBodyV2: the body byte for byte, the signature checked over the bytes compared; openManifestV2 pulls inodes', async (t) => {
+  const dir = t.testdir({})
+  const m = read('manifest-v1-every-kind.json')
+  const file = path.join(dir, 'signed.extfs')
+  writeManifestV2(file, headerOf(m), m.inodes, KEY)
+  const bytes = fs.readFileSync(file)
+  const bodyStart = PREAMBLE.length + 4 + bytes.readUInt32LE(PREAMBLE.length)
+  const body = path.join(dir, 'body')
+  fs.writeFileSync(body, bytes.subarray(bodyStart, bytes.length - TRAILER_BYTES))
+  t.equal(sameBodyV2(file, body, KEY), true, 'the same body')
+  t.equal(sameBodyV2(file, body), true, 'without a key too')
+  refused(t, () => sameBodyV2(file, body, Buffer.from('another key, long enough')), /^manifest signature does not match/)
+  const other = Buffer.from(bytes.subarray(bodyStart, bytes.length - TRAILER_BYTES))
+  other[other.length >> 1]! ^= 1
+  fs.writeFileSync(body, other)
+  t.equal(sameBodyV2(file, body, KEY), false, 'one byte differs')
+  fs.writeFileSync(body, other.subarray(1))
+  t.equal(sameBodyV2(file, body, KEY), false, 'another length')
+  const pulled = openManifestV2(file, KEY, { entries: false })
+  const inos = [...pulled.inodes].map((n) => [n.ino, n.kind === 'dir' ? n.entries!.length : -1])
+  pulled.close()
+  t.same(inos.map(([ino]) => ino), byIno(m.inodes).map((n) => n.ino), 'every inode, ascending')
+  t.ok(inos.every(([, entries]) => entries <= 0), 'directories without their entries when asked')
 })

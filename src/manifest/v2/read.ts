@@ -17,7 +17,7 @@ import { checkEntries, checkInode, checkRoot, validateHeader, LIMITS, type Heade
 import { getVarint, unzigzag } from './varint'
 import {
   decodeTrailer, EXT_COMPRESSED, EXT_CSUMS, HAS_ALL, HAS_ATTRS, HAS_INLINE, HAS_RDEV, HAS_XATTRS, HEADER_MAX, kindOfMode,
-  MAC_BYTES, PREAMBLE, TAG_DIR, TAG_INODE, TRAILER_BYTES, V2_VERSION, type Trailer,
+  MAC_BYTES, PREAMBLE, TAG_DIR, TAG_INODE, TRAILER_BYTES, V2_VERSION, type Trailer, type TrailerCounts,
 } from './format'
 import type { InodeSink } from '../stream'
 
@@ -49,12 +49,91 @@ export function streamManifestV2(path: string, sink: InodeSink, key?: Buffer, ma
     const layout = readLayout(fd, path, maxBytes)
     if (key) verifyMac(fd, path, layout, key)
     new BodyReader(fd, path, layout, sink).run()
-    const { signed, mac } = layout.trailer
-    // The trailer's MAC stands for v1's signature field: what `inspect` shows, nothing verifies it again.
-    return { ...layout.header, ...(signed ? { signature: { alg: 'hmac-sha256', value: mac.toString('hex') } } : {}) } as unknown as ManifestHeader
+    return headerOf(layout)
   } finally {
     fs.closeSync(fd)
   }
+}
+
+const NO_SINK: InodeSink = { begin() {}, inode() {}, finish() {} }
+
+export interface PullOptions {
+  /**
+   * false: directories come with no entries, and their DIR records are only counted (held to the
+   * trailer), not decoded or checked: for a reader that uses no names (remap joins by ino). Most of
+   * the reader's time and garbage is in the names.
+   */
+  entries?: boolean
+}
+
+/** A version 2 body being read inode by inode (openManifestV2, openBodyV2); close() when done. */
+export interface V2Inodes {
+  /** The validated header (a manifest's: with the trailer's MAC as its signature when signed). */
+  header: ManifestHeader
+  /** Every INODE record in ascending ino order, each checked as version 1 checks an inode; not the tree. */
+  inodes: Iterable<Inode>
+  close(): void
+}
+
+/**
+ * The inodes of the version 2 manifest in `path`, pulled one at a time (remap joins two such streams
+ * by ino), its signature verified with `key` first. The same reader and checks as streamManifestV2.
+ */
+export function openManifestV2(path: string, key?: Buffer, opts: PullOptions = {}): V2Inodes {
+  const fd = openManifest(path)
+  try {
+    const layout = readLayout(fd, path, Number.MAX_SAFE_INTEGER)
+    if (key) verifyMac(fd, path, layout, key)
+    return pulled(fd, path, layout, headerOf(layout), opts)
+  } catch (err) {
+    fs.closeSync(fd)
+    throw err
+  }
+}
+
+/** The header of the version 2 manifest in `path`, the signature verified with `key`; the body is not read. */
+export function readHeaderV2(path: string, key?: Buffer, maxBytes = Number.MAX_SAFE_INTEGER): ManifestHeader {
+  const fd = openManifest(path)
+  try {
+    const layout = readLayout(fd, path, maxBytes)
+    if (key) verifyMac(fd, path, layout, key)
+    return headerOf(layout)
+  } finally {
+    fs.closeSync(fd)
+  }
+}
+
+/** The header as a manifest's: the trailer's MAC stands for v1's signature field (what `inspect` shows). */
+function headerOf(layout: V2Layout): ManifestHeader {
+  const { signed, mac } = layout.trailer
+  return { ...layout.header, ...(signed ? { signature: { alg: 'hmac-sha256', value: mac.toString('hex') } } : {}) } as unknown as ManifestHeader
+}
+
+/**
+ * A bare body (what a bulk mapper writes: no preamble, header or trailer) read as the body of a
+ * manifest with `header` and the mapper's `counts`; unsigned, for the host's own scratch files.
+ */
+export function openBodyV2(path: string, header: Record<string, unknown>, counts: TrailerCounts, opts: PullOptions = {}): V2Inodes {
+  const fd = openManifest(path)
+  try {
+    const facts = validateHeader(header, V2_VERSION)
+    checkRoot(header.root)
+    const layout: V2Layout = { header, facts, bodyStart: 0, bodyEnd: fs.fstatSync(fd).size, trailer: { ...counts, signed: false, mac: Buffer.alloc(MAC_BYTES) } }
+    return pulled(fd, path, layout, header as unknown as ManifestHeader, opts)
+  } catch (err) {
+    fs.closeSync(fd)
+    throw err
+  }
+}
+
+function pulled(fd: number, path: string, layout: V2Layout, header: ManifestHeader, opts: PullOptions): V2Inodes {
+  const inodes = new BodyReader(fd, path, layout, NO_SINK, opts.entries ?? true).inodes()
+  let open = true
+  const close = () => {
+    if (open) fs.closeSync(fd)
+    open = false
+  }
+  return { header, inodes, close }
 }
 
 /** Preamble, header and trailer: read and checked, the body's bounds known. */
@@ -102,6 +181,46 @@ export function verifyMac(fd: number, path: string, layout: V2Layout, key: Buffe
   }
   const mac = hmac.digest('hex')
   checkSignature(layout.trailer.signed ? { alg: 'hmac-sha256', value: layout.trailer.mac.toString('hex') } : undefined, () => mac)
+}
+
+/**
+ * Whether the body of the version 2 manifest in `path` is byte for byte the bare body in `bodyPath`
+ * (what a bulk mapper writes), the signature verified with `key` in the same pass, so that the bytes
+ * compared are the bytes verified. Sizes that differ answer false at once, nothing verified.
+ */
+export function sameBodyV2(path: string, bodyPath: string, key?: Buffer): boolean {
+  const fd = openManifest(path)
+  let bodyFd = -1
+  try {
+    const layout = readLayout(fd, path, Number.MAX_SAFE_INTEGER)
+    bodyFd = fs.openSync(bodyPath, 'r')
+    if (fs.fstatSync(bodyFd).size !== layout.bodyEnd - layout.bodyStart) return false
+    const end = layout.bodyEnd + TRAILER_BYTES - MAC_BYTES
+    const hmac = key ? crypto.createHmac('sha256', key) : undefined
+    const chunk = Buffer.alloc(WINDOW)
+    const other = Buffer.alloc(WINDOW)
+    for (let at = 0; at < end;) {
+      const n = fs.readSync(fd, chunk, 0, Math.min(chunk.length, end - at), at)
+      if (n <= 0) throw new ManifestError(`manifest ${path}: short read at ${at}`)
+      hmac?.update(chunk.subarray(0, n))
+      const from = Math.max(at, layout.bodyStart)
+      const to = Math.min(at + n, layout.bodyEnd)
+      if (from < to) {
+        const len = to - from
+        if (fs.readSync(bodyFd, other, 0, len, from - layout.bodyStart) !== len) return false
+        if (!chunk.subarray(from - at, to - at).equals(other.subarray(0, len))) return false
+      }
+      at += n
+    }
+    if (hmac) {
+      const mac = hmac.digest('hex')
+      checkSignature(layout.trailer.signed ? { alg: 'hmac-sha256', value: layout.trailer.mac.toString('hex') } : undefined, () => mac)
+    }
+    return true
+  } finally {
+    if (bodyFd >= 0) fs.closeSync(bodyFd)
+    fs.closeSync(fd)
+  }
 }
 
 function readAt(fd: number, at: number, len: number): Buffer {
@@ -154,6 +273,16 @@ class Window {
   }
 
   varint(what: string, max = Number.MAX_SAFE_INTEGER): number {
+    // One byte, already in the window (most fields: counts, flags, small deltas): what getVarint would
+    // answer, without the pair it allocates. A body of a million inodes has tens of millions of varints.
+    const at = this.pos - this.base
+    if (at >= 0 && at < this.len) {
+      const byte = this.buf[at]!
+      if (byte < 0x80 && byte <= max) {
+        this.pos++
+        return byte
+      }
+    }
     this.ensure(Math.min(10, this.end - this.pos))
     let got: [number, number] | undefined
     try {
@@ -168,6 +297,14 @@ class Window {
 
   zigzag(what: string): number {
     return unzigzag(this.varint(what))
+  }
+
+  /** Past a `bytes` field of at most `max` bytes, without copying it. */
+  skipSized(what: string, max: number): void {
+    const n = this.varint(`${what} length`)
+    if (n > max) this.bad(`${what} is ${n} bytes, over the limit of ${max}`)
+    this.ensure(n)
+    this.pos += n
   }
 
   /** A `bytes` field of at most `max` bytes (a copy). */
@@ -188,16 +325,38 @@ class BodyReader {
   private readonly totals: Totals = { extents: 0 }
   private entries = 0
 
-  constructor(private readonly fd: number, private readonly path: string, private readonly layout: V2Layout, private readonly sink: InodeSink) {}
+  constructor(
+    private readonly fd: number, private readonly path: string, private readonly layout: V2Layout, private readonly sink: InodeSink = NO_SINK,
+    /** false: directories come without their entries (and those are not checked), for a reader that uses none (remap). */
+    private readonly withEntries = true,
+  ) {}
 
   run(): void {
-    const { bodyStart, header, facts, trailer } = this.layout
+    const { header, facts } = this.layout
+    const inodes = this.inodes()
+    this.sink.begin(header, facts)
+    let i = 0
+    for (const n of inodes) this.sink.inode(n, i++)
+    this.sink.finish(header.root as number)
+  }
+
+  /**
+   * Every INODE record in ascending ino order, each checked as version 1 checks an inode; then the body's counts and DIR records are held to the trailer. The DIR records are
+   * indexed (and counted) before the first inode is yielded. The tree is not checked: that needs
+   * every inode (run()'s sink does it).
+   */
+  inodes(): Generator<Inode> {
+    const { bodyStart, trailer } = this.layout
     const w = this.window(bodyStart)
     const inodesAt = this.indexDirs(w)
     if (this.dirAt.size !== trailer.dirs || this.entries !== trailer.entries) {
       this.bad('manifest', `the body has ${this.dirAt.size} directory records and ${this.entries} entries; the trailer says ${trailer.dirs} and ${trailer.entries}`)
     }
-    this.sink.begin(header, facts)
+    return this.records(w, inodesAt)
+  }
+
+  private *records(w: Window, inodesAt: number): Generator<Inode> {
+    const { bodyStart, facts, trailer } = this.layout
     const dirs = this.window(bodyStart)
     w.pos = inodesAt
     let ino = 0
@@ -214,15 +373,15 @@ class BodyReader {
       ino += step
       if (!Number.isSafeInteger(ino)) this.bad('manifest', 'inode numbers past 2^53')
       const n = this.inode(w, ino, sec, cursor)
-      if (n.kind === 'dir') n.entries = this.entriesOf(dirs, ino)
+      if (n.kind === 'dir' && this.withEntries) n.entries = this.entriesOf(dirs, ino)
+      else if (n.kind === 'dir') this.dirAt.delete(ino)
       checkInode(n, count, facts, this.totals)
-      if (n.kind === 'dir') checkEntries(n.entries as unknown[], ino, facts.byteNames)
-      this.sink.inode(n, count)
+      if (n.kind === 'dir' && this.withEntries) checkEntries(n.entries as unknown[], ino, facts.byteNames)
+      yield n
       count++
     }
     if (count !== trailer.inodes) this.bad('manifest', `the body has ${count} inode records; the trailer says ${trailer.inodes}`)
     for (const dir of this.dirAt.keys()) this.bad(`inode ${dir}`, 'has a directory record but is not a directory with an inode record')
-    this.sink.finish(header.root as number)
   }
 
   private window(start: number): Window {
@@ -239,7 +398,7 @@ class BodyReader {
       this.dirAt.set(dir, w.pos)
       const n = w.varint('entry count', LIMITS.entriesPerDir)
       for (let i = 0; i < n; i++) {
-        w.sized('entry name', LIMITS.nameBytes)
+        w.skipSized('entry name', LIMITS.nameBytes)
         w.varint('entry inode number')
       }
       this.entries += n
