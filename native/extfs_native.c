@@ -447,6 +447,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"csumVerify", NULL, csum_verify, NULL, NULL, NULL, napi_enumerable, NULL},
     {"ext4BulkMap", NULL, ext4_bulk_map, NULL, NULL, NULL, napi_enumerable, NULL},
     {"btrfsBulkMap", NULL, btrfs_bulk_map, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"xfsBulkMap", NULL, xfs_bulk_map, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   CHECK(napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
   return exports;
