@@ -158,7 +158,9 @@ static bool map_all(struct xfs_mapper *m) {
   if (t == MAP_FAILED) return xm_fail(m, "mmap of the inode table (%llu bytes): %s", (unsigned long long)m->table_len, strerror(errno));
   m->names = t;
   m->out->table_bytes = m->table_len;
-  m->extents = malloc(XM_FSMAP_RECORDS * sizeof *m->extents);
+  m->cap = m->job->window_extents ? m->job->window_extents : XM_FSMAP_RECORDS;
+  if (m->cap < 2 || m->cap > XM_FSMAP_RECORDS) return xm_fail(m, "a window of %zu extents", m->cap);
+  m->extents = malloc(m->cap * sizeof *m->extents);
   if (m->extents == NULL) return xm_fail(m, "out of memory");
   if (!xm_walk_dirs(m)) return false;
   for (m->lo = 0; m->lo < m->table_len; m->lo = m->hi) {

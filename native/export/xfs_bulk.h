@@ -18,6 +18,7 @@ struct xb_job {
   const struct bulk_segment *segments; // the data device's bytes on raw disks, sorted by fs_offset, disjoint
   size_t nsegments;
   int fd;                             // where the body goes
+  uint32_t window_extents;            // extents held per window (0: XM_FSMAP_RECORDS); tests make it small
 };
 
 enum xb_outcome { XB_OK, XB_REFUSED, XB_FAILED };

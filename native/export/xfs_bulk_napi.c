@@ -26,11 +26,15 @@ napi_value xfs_bulk_map(napi_env env, napi_callback_info info) {
   struct xb_job job = {0};
   struct bulk_segment *segs = NULL;
   uint64_t *skip = NULL;
-  uint64_t root, fd, root_fd;
+  uint64_t root, fd, root_fd, window = 0;
+  napi_value w;
+  bool has_window = false;
   napi_value out = NULL;
   if (bulk_prop_uint(env, argv[0], "root", BULK_SAFE_INTEGER, &root) && bulk_prop_uint(env, argv[0], "rootFd", INT32_MAX, &root_fd) &&
       bulk_prop_uint(env, argv[0], "fd", INT32_MAX, &fd) && bulk_parse_segments(env, argv[0], &segs, &job.nsegments) &&
-      bulk_parse_skip(env, argv[0], &skip, &job.nskip)) {
+      bulk_parse_skip(env, argv[0], &skip, &job.nskip) && napi_has_named_property(env, argv[0], "windowExtents", &has_window) == napi_ok &&
+      (!has_window || (napi_get_named_property(env, argv[0], "windowExtents", &w) == napi_ok && get_uint(env, w, "windowExtents", 1 << 19, &window)))) {
+    job.window_extents = (uint32_t)window;
     job.root = root, job.root_fd = (int)root_fd, job.fd = (int)fd, job.segments = segs, job.skip = skip;
     struct xb_result r;
     xb_map(&job, &r);

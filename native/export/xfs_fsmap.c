@@ -1,7 +1,7 @@
 // The extents of the tree's regular files, from XFS's reverse map (FS_IOC_GETFSMAP): one sweep of
 // the whole filesystem's space, in device order, naming for each extent its owner inode, its file
 // offset and whether it is unwritten, an attribute fork's or a block-map btree block. A window of
-// inode numbers is collected at a time, at most XM_FSMAP_RECORDS extents: when the buffer fills, the
+// inode numbers is collected at a time, at most m->cap extents (XM_FSMAP_RECORDS): when the buffer fills, the
 // window's upper half of inode numbers is dropped and the sweep goes on for the lower half; the
 // dropped inodes are the next window's. A tree of small files fits one window: one sweep.
 #include "xfs_map.h"
@@ -29,7 +29,7 @@ static bool halve(struct xfs_mapper *m) {
   if (cut == 0) {
     cut = m->nextents / 2;
     while (cut < m->nextents && m->extents[cut].ino == m->extents[0].ino) cut++;
-    if (cut == m->nextents) return xm_refuse(m, "inode %llu has over %u extents", (unsigned long long)m->extents[0].ino, XM_FSMAP_RECORDS / 2);
+    if (cut == m->nextents) return xm_refuse(m, "inode %llu has over %u extents", (unsigned long long)m->extents[0].ino, (unsigned)(m->cap / 2));
   }
   m->hi = m->extents[cut].ino;
   m->nextents = cut;
@@ -42,7 +42,7 @@ static bool take(struct xfs_mapper *m, const struct fsmap *r) {
   if (r->fmr_flags & (FMR_OF_SPECIAL_OWNER | FMR_OF_PREALLOC | FMR_OF_ATTR_FORK | FMR_OF_EXTENT_MAP)) return true;
   if (r->fmr_owner < m->lo || r->fmr_owner >= m->hi || r->fmr_owner >= m->table_len || m->names[r->fmr_owner] == 0) return true;
   if (r->fmr_length == 0) return xm_fail(m, "GETFSMAP: an empty extent of inode %llu", (unsigned long long)r->fmr_owner);
-  if (m->nextents == XM_FSMAP_RECORDS && !halve(m)) return false;
+  if (m->nextents == m->cap && !halve(m)) return false;
   if (r->fmr_owner >= m->hi) return true; // halve() just dropped it
   m->extents[m->nextents++] = (struct xm_extent){r->fmr_owner, r->fmr_offset, r->fmr_physical, r->fmr_length};
   return true;

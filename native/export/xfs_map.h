@@ -33,7 +33,7 @@ struct xfs_mapper {
   // The window of inode numbers being described, and the extents of its regular files, by (ino, offset).
   uint64_t lo, hi;
   struct xm_extent *extents;
-  size_t nextents, next;              // next: the first extent not yet consumed
+  size_t cap, nextents, next;         // cap: the job's window_extents or XM_FSMAP_RECORDS              // next: the first extent not yet consumed
   struct bulk_runs runs;              // one file's extents on raw disks
 };
 

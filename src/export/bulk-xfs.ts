@@ -78,7 +78,9 @@ export function mapXfsBulk(t: XfsBulkTarget, bodyPath: string): XfsBulkBody {
     const skip = skippedDirs(t.skip, st.dev).filter((ino) => ino !== root)
     fd = fs.openSync(bodyPath, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o600)
     // Not fsync'd: a scratch file that assembleV2 reads back at once into the manifest, which is.
-    result = linux.xfsBulkMap({ rootFd, root, skip, segments, fd })
+    // EXTFS_XFS_WINDOW_EXTENTS: a small window of extents, so that tests exercise many GETFSMAP sweeps.
+    const window = process.env.EXTFS_XFS_WINDOW_EXTENTS
+    result = linux.xfsBulkMap({ rootFd, root, skip, segments, fd, ...(window ? { windowExtents: Number(window) } : {}) })
   } catch (err) {
     throw bulkError(err, (message) => new ExportError(`${t.realPaths[0]}: ${message}`))
   } finally {

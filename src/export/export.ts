@@ -70,12 +70,15 @@ export interface ExportSummary {
   bulk?: BulkFigures
 }
 
-/** A bulk mapper's own figures: body bytes, the process's peak RSS then, its tables' bytes; ext4: whether it read with O_DIRECT. */
+/** A bulk mapper's own figures: body bytes, the process's peak RSS then, its tables' bytes; ext4: whether it read with O_DIRECT; XFS: sweeps and handle opens. */
 interface BulkFigures {
   bodyBytes: number
   peakRssKiB: number
   tableBytes: number
   directIo?: boolean
+  /** XFS: GETFSMAP sweeps, and inodes opened by handle. */
+  windows?: number
+  handleOpens?: number
 }
 
 /** What a bulk mapper (ext4, btrfs or XFS) wrote, as export assembles the manifest around it. */
@@ -334,8 +337,8 @@ function mapBody(opts: ExportOptions, mount: MountEntry, realPaths: string[], ho
   }
   if (mount.fsType === 'xfs') {
     const b = mapXfsBulk({ mount, realPaths, frozenImage: opts.frozenImage, skip, throughLoop: opts.throughLoop }, body)
-    const { bodyBytes, peakRssKiB, tableBytes } = b.result
-    return { counts: b.result, disks: b.disks, root: b.root, features: b.result.byteNames ? ['byte-names'] : [], samples: b.samples, figures: { bodyBytes, peakRssKiB, tableBytes } }
+    const { bodyBytes, peakRssKiB, tableBytes, windows, handleOpens } = b.result
+    return { counts: b.result, disks: b.disks, root: b.root, features: b.result.byteNames ? ['byte-names'] : [], samples: b.samples, figures: { bodyBytes, peakRssKiB, tableBytes, windows, handleOpens } }
   }
   const b = mapBulk({ mount, realPaths, frozenImage: opts.frozenImage, skip, throughLoop: opts.throughLoop, carryMax: opts.carryMax }, body)
   const features = [...(b.result.inlineData ? ['inline-data'] : []), ...(b.result.byteNames ? ['byte-names'] : [])]

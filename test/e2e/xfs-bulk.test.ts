@@ -4,7 +4,7 @@
 // views must show the source's tree (test/helpers/bulk-equivalence.ts, shared with ext4-bulk).
 // Trees, on XFS with the reverse map (mkfs.xfs -m rmapbt=1; reflink=1 is the default): every kind
 // (holes, unwritten extents, blocks preallocated past EOF, hard links, specials, xattrs, ACLs, odd
-// modes), reflinked files (whole and in part), chattr flags, non-UTF-8 names, a 300-entry ACL, 64 KiB
+// modes), also in windows of 64 extents (many reverse-map sweeps), reflinked files (whole and in part), chattr flags, non-UTF-8 names, a 300-entry ACL, 64 KiB
 // xattr values, xattrs on a symlink, long and short symlinks; a sparse file with data past 4 GiB and a
 // file of 20,000 extents; directories in each of XFS's formats (shortform, block, leaf, node: 12,000
 // entries). Refusal: without the reverse map, `--mapper auto` falls back to the walker (said once) and
@@ -56,6 +56,8 @@ t.test('XFS with rmapbt: every kind, reflinks, flags, byte names, ACLs, big xatt
       await runOk('touch', ['-h', '-d', when!, path.join(tree, `time-${name}`)])
     }
     await equivalent(t, lfs, tree, XFS)
+    // Windows of 64 extents: many GETFSMAP sweeps, each keeping the lower inode numbers when it fills.
+    await equivalent(t, lfs, tree, { ...XFS, views: false, bulkEnv: { EXTFS_XFS_WINDOW_EXTENTS: '64' } })
   })
 })
 

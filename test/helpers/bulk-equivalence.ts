@@ -16,10 +16,10 @@ import type { Inode, Manifest } from '../../src/manifest/types'
 const SNAP = { timePrecisionNs: 1 } as const
 
 /** Export `tree` through `mapper`, snapshot its view while the image is held, release. */
-export async function exportAndView(t: Test, tree: string, dir: string, mapper: 'vfs' | 'bulk', view: boolean, args: string[] = []): Promise<{ manifest: Manifest; view?: Tree }> {
+export async function exportAndView(t: Test, tree: string, dir: string, mapper: 'vfs' | 'bulk', view: boolean, args: string[] = [], env?: NodeJS.ProcessEnv): Promise<{ manifest: Manifest; view?: Tree }> {
   const out = path.join(dir, mapper === 'vfs' ? 'vfs.json' : 'bulk.m2')
   try {
-    const r = await extfs(['export', tree, '--output', out, '--mapper', mapper, '--log-level', 'warn', ...args], { timeoutMs: 300_000 })
+    const r = await extfs(['export', tree, '--output', out, '--mapper', mapper, '--log-level', 'warn', ...args], { timeoutMs: 300_000, env })
     t.equal(r.code, 0, `${mapper} export: ${r.stderr}`)
     const manifest = readCheckedManifest(out)
     return { manifest, view: view ? await withView(out, (mnt) => snapshotTree(mnt, SNAP)) : undefined }
@@ -68,11 +68,11 @@ function normalize(n: Inode): Record<string, unknown> {
 }
 
 /** Both exports, their manifests compared, both views and the source compared as trees. */
-export async function equivalent(t: Test, lfs: { mountpoint: string }, tree: string, opts: { views: boolean; args?: string[]; scratchPrefix?: string } = { views: true }): Promise<void> {
+export async function equivalent(t: Test, lfs: { mountpoint: string }, tree: string, opts: { views: boolean; args?: string[]; scratchPrefix?: string; bulkEnv?: NodeJS.ProcessEnv } = { views: true }): Promise<void> {
   const dir = await scratchDir(t, opts.scratchPrefix ?? 'extfs-bulk-')
   await runOk('sync', ['-f', lfs.mountpoint])
   const vfs = await exportAndView(t, tree, dir, 'vfs', opts.views, opts.args)
-  const bulk = await exportAndView(t, tree, dir, 'bulk', opts.views, opts.args)
+  const bulk = await exportAndView(t, tree, dir, 'bulk', opts.views, opts.args, opts.bulkEnv && { ...process.env, ...opts.bulkEnv })
   compareManifests(t, vfs.manifest, bulk.manifest)
   if (!opts.views) return
   t.same(diffTrees(vfs.view!, bulk.view!), [], 'the views are the same tree')
