@@ -49,6 +49,19 @@ bool bulk_parse_segments(napi_env env, napi_value opts, struct bulk_segment **se
   return true;
 }
 
+char *bulk_device_path(napi_env env, napi_value obj) {
+  napi_value v;
+  size_t len;
+  if (!prop(env, obj, "device", &v) || napi_get_value_string_utf8(env, v, NULL, 0, &len) != napi_ok) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "device must be a string");
+    return NULL;
+  }
+  char *s = malloc(len + 1);
+  if (s == NULL) return throw_errno(env, "malloc", ENOMEM), NULL;
+  napi_get_value_string_utf8(env, v, s, len + 1, &len);
+  return s;
+}
+
 bool bulk_parse_skip(napi_env env, napi_value opts, uint64_t **skip, size_t *n) {
   napi_value arr, el;
   uint32_t count;

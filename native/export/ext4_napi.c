@@ -9,22 +9,6 @@
 #include "bulk_napi.h"
 #include "ext4.h"
 
-static bool prop(napi_env env, napi_value obj, const char *key, napi_value *out) {
-  return napi_get_named_property(env, obj, key, out) == napi_ok;
-}
-
-static char *device_path(napi_env env, napi_value obj) {
-  napi_value v;
-  size_t len;
-  if (!prop(env, obj, "device", &v) || napi_get_value_string_utf8(env, v, NULL, 0, &len) != napi_ok) {
-    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "device must be a string");
-    return NULL;
-  }
-  char *s = malloc(len + 1);
-  if (s) napi_get_value_string_utf8(env, v, s, len + 1, &len);
-  return s;
-}
-
 static bool parse_skip(napi_env env, napi_value opts, uint32_t **skip, size_t *n) {
   napi_value arr, el;
   uint32_t count;
@@ -60,7 +44,7 @@ napi_value ext4_bulk_map(napi_env env, napi_callback_info info) {
   uint32_t *skip = NULL;
   uint64_t root, carry, fd;
   napi_value out = NULL;
-  char *device = device_path(env, argv[0]);
+  char *device = bulk_device_path(env, argv[0]);
   if (device == NULL) return NULL;
   if (bulk_prop_uint(env, argv[0], "root", UINT32_MAX, &root) && bulk_prop_uint(env, argv[0], "carryMax", 1 << 20, &carry) &&
       bulk_prop_uint(env, argv[0], "fd", INT32_MAX, &fd) && bulk_parse_segments(env, argv[0], &segs, &job.nsegments) &&

@@ -11,7 +11,9 @@
 //      of it maps every file of the window without opening any. Only symlinks (their target) and
 //      inodes with an attribute fork (their xattrs) are opened, by handle.
 // bulkstat reads inodes with XFS_IGET_DONTCACHE, and nothing here looks a name up, so the owner's
-// dentry and inode caches keep only the directories and the few inodes opened by handle.
+// dentry and inode caches keep only the directories and the few inodes opened by handle. (An empty
+// attribute fork, which this kernel gives every new inode when a security module is loaded, is told
+// from the on-disk inode: xfs_peek.c.)
 //
 // It holds the table (calloc'd: untouched pages cost nothing), the stack of directories to read, up
 // to 1 MiB of one directory's entries, up to XM_FSMAP_RECORDS extents of one window and one file's.
@@ -139,6 +141,7 @@ static bool check_geometry(struct xfs_mapper *m) {
   while ((g.inodesize << inopblog) < g.blocksize) inopblog++;
   if (agblklog + inopblog > 40) return xm_refuse(m, "inode numbers of %u bits", agblklog + inopblog);
   m->table_len = (uint64_t)g.agcount << (agblklog + inopblog);
+  m->inode_size = g.inodesize, m->ag_blocks = g.agblocks, m->agino_log = agblklog + inopblog, m->inopblog = inopblog;
   if (m->table_len > XM_TABLE_MAX) return xm_refuse(m, "inode numbers up to %llu: over the table's %llu", (unsigned long long)m->table_len, XM_TABLE_MAX);
   return true;
 }
@@ -162,7 +165,7 @@ static bool map_all(struct xfs_mapper *m) {
   if (m->cap < 2 || m->cap > XM_FSMAP_RECORDS) return xm_fail(m, "a window of %zu extents", m->cap);
   m->extents = malloc(m->cap * sizeof *m->extents);
   if (m->extents == NULL) return xm_fail(m, "out of memory");
-  if (!xm_walk_dirs(m)) return false;
+  if (!xm_peek_open(m) || !xm_walk_dirs(m)) return false;
   for (m->lo = 0; m->lo < m->table_len; m->lo = m->hi) {
     if (!xm_collect_extents(m) || !xm_describe_window(m)) return false;
   }
@@ -172,7 +175,7 @@ static bool map_all(struct xfs_mapper *m) {
 
 void xb_map(const struct xb_job *job, struct xb_result *out) {
   memset(out, 0, sizeof *out);
-  struct xfs_mapper m = {.job = job, .out = out};
+  struct xfs_mapper m = {.job = job, .out = out, .peek.fd = -1};
   out->samplers = calloc(BULK_MAX_DISKS, sizeof *out->samplers);
   m.w = malloc(sizeof *m.w);
   if (out->samplers == NULL || m.w == NULL) {
@@ -185,6 +188,7 @@ void xb_map(const struct xb_job *job, struct xb_result *out) {
       out->body_bytes = m.w->written;
     }
   }
+  xm_peek_close(&m);
   if (m.names) munmap(m.names, m.table_len);
   free(m.extents), free(m.runs.run), free(m.w);
 }

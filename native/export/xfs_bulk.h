@@ -11,6 +11,7 @@
 #include "bulk.h"
 
 struct xb_job {
+  const char *device;                 // the filesystem's block device, read (O_DIRECT) for on-disk inodes; NULL: never
   int root_fd;                        // the exported directory, O_RDONLY | O_DIRECTORY: also the handle's mount fd
   uint64_t root;                      // its inode number
   const uint64_t *skip;               // directory inode numbers never entered (the image directory), any order

@@ -1,6 +1,7 @@
 // xfsBulkMap(options): the N-API face of the XFS bulk mapper (xfs_bulk.c). The contract is documented
 // in src/linux/index.ts. Synchronous: export has nothing else to do meanwhile, and the filesystem is
 // frozen for exactly as long as this runs.
+#include <errno.h>
 #include <stdlib.h>
 #include <sys/resource.h>
 
@@ -30,11 +31,14 @@ napi_value xfs_bulk_map(napi_env env, napi_callback_info info) {
   napi_value w;
   bool has_window = false;
   napi_value out = NULL;
+  char *device = bulk_device_path(env, argv[0]);
+  if (device == NULL) return NULL;
   if (bulk_prop_uint(env, argv[0], "root", BULK_SAFE_INTEGER, &root) && bulk_prop_uint(env, argv[0], "rootFd", INT32_MAX, &root_fd) &&
       bulk_prop_uint(env, argv[0], "fd", INT32_MAX, &fd) && bulk_parse_segments(env, argv[0], &segs, &job.nsegments) &&
       bulk_parse_skip(env, argv[0], &skip, &job.nskip) && napi_has_named_property(env, argv[0], "windowExtents", &has_window) == napi_ok &&
       (!has_window || (napi_get_named_property(env, argv[0], "windowExtents", &w) == napi_ok && get_uint(env, w, "windowExtents", 1 << 19, &window)))) {
     job.window_extents = (uint32_t)window;
+    job.device = device;
     job.root = root, job.root_fd = (int)root_fd, job.fd = (int)fd, job.segments = segs, job.skip = skip;
     struct xb_result r;
     xb_map(&job, &r);
@@ -42,6 +46,6 @@ napi_value xfs_bulk_map(napi_env env, napi_callback_info info) {
     else bulk_throw_outcome(env, r.outcome == XB_REFUSED, r.why);
     xb_result_free(&r);
   }
-  free(segs), free(skip);
+  free(device), free(segs), free(skip);
   return out;
 }

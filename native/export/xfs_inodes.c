@@ -142,13 +142,15 @@ static bool describe(struct xfs_mapper *m, const struct xfs_bulkstat *bs, struct
   if (!fields_of(m, bs, &r)) return false;
   if (++m->out->inodes > M2_MAX_INODES) return xm_refuse(m, "over %u inodes", M2_MAX_INODES);
   uint32_t type = bs->bs_mode & S_IFMT;
-  // Only these need the inode itself: bs_forkoff is 0 when it has no attribute fork (no xattrs).
+  // Only these need the inode itself: bs_forkoff is 0 when it has no attribute fork (no xattrs), and
+  // an attribute fork may be certainly empty on disk.
+  bool attrs = bs->bs_forkoff != 0 && !xm_attrs_certainly_empty(m, bs);
   int fd = -1;
-  if (type == S_IFLNK || bs->bs_forkoff != 0) {
+  if (type == S_IFLNK || attrs) {
     fd = xm_open(m, bs->bs_ino, bs->bs_gen, O_PATH | O_NOFOLLOW);
     if (fd < 0) return false;
   }
-  if (fd >= 0 && bs->bs_forkoff != 0 && list_xattrs(m, bs->bs_ino, fd, b)) r.has |= M2_HAS_XATTRS;
+  if (attrs && list_xattrs(m, bs->bs_ino, fd, b)) r.has |= M2_HAS_XATTRS;
   bool ok = m->out->outcome == XB_OK;
   if (ok) m2w_inode_begin(m->w, &r);
   if (ok && (r.has & M2_HAS_XATTRS)) ok = write_xattrs(m, bs->bs_ino, fd, b);

@@ -22,7 +22,8 @@ struct xfs_mapper {
   const struct xb_job *job;
   struct xb_result *out;
   struct m2w *w;
-  uint32_t block_size;
+  uint32_t block_size, inode_size, ag_blocks;
+  unsigned agino_log, inopblog;       // an inode number is agno << agino_log | agbno << inopblog | index
   // Per inode number: 0 not in the tree; else the names found for it (a directory: 1).
   uint8_t *names;
   uint64_t table_len;
@@ -35,6 +36,12 @@ struct xfs_mapper {
   struct xm_extent *extents;
   size_t cap, nextents, next;         // cap: the job's window_extents or XM_FSMAP_RECORDS              // next: the first extent not yet consumed
   struct bulk_runs runs;              // one file's extents on raw disks
+  struct {                            // on-disk inodes read (xfs_peek.c): one chunk of 64 at a time
+    int fd;
+    uint8_t *buf;
+    size_t len;
+    uint64_t at;                      // device byte of buf, UINT64_MAX when none
+  } peek;
 };
 
 bool xm_refuse(struct xfs_mapper *m, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -45,6 +52,12 @@ void xm_note_name(struct xfs_mapper *m, const void *name, size_t len);
 bool xm_stat_one(struct xfs_mapper *m, uint64_t ino, struct xfs_bulkstat *bs);
 // open_by_handle_at(2) of (ino, gen) with `flags`; -1 after a refusal or failure.
 int xm_open(struct xfs_mapper *m, uint64_t ino, uint32_t gen, int flags);
+
+// xfs_peek.c: the device opened with O_DIRECT for on-disk inodes (or not: then every answer is "maybe").
+bool xm_peek_open(struct xfs_mapper *m);
+void xm_peek_close(struct xfs_mapper *m);
+// True only when the on-disk inode bulkstat describes in `bs` has an attribute fork with no entries.
+bool xm_attrs_certainly_empty(struct xfs_mapper *m, const struct xfs_bulkstat *bs);
 
 // Pass 1 (xfs_dirs.c): DIR records of every directory in the tree, the table filled.
 bool xm_walk_dirs(struct xfs_mapper *m);

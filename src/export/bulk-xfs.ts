@@ -80,7 +80,7 @@ export function mapXfsBulk(t: XfsBulkTarget, bodyPath: string): XfsBulkBody {
     // Not fsync'd: a scratch file that assembleV2 reads back at once into the manifest, which is.
     // EXTFS_XFS_WINDOW_EXTENTS: a small window of extents, so that tests exercise many GETFSMAP sweeps.
     const window = process.env.EXTFS_XFS_WINDOW_EXTENTS
-    result = linux.xfsBulkMap({ rootFd, root, skip, segments, fd, ...(window ? { windowExtents: Number(window) } : {}) })
+    result = linux.xfsBulkMap({ device: t.mount.source, rootFd, root, skip, segments, fd, ...(window ? { windowExtents: Number(window) } : {}) })
   } catch (err) {
     throw bulkError(err, (message) => new ExportError(`${t.realPaths[0]}: ${message}`))
   } finally {

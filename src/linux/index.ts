@@ -234,11 +234,12 @@ export interface NativeAddon {
    * directory, inode `root`) is on, writes the manifest v2 body of the tree under it to `fd` from
    * XFS_IOC_BULKSTAT and FS_IOC_GETFSMAP (directories read by handle), entries naming a directory in
    * `skip` left out, the data device's bytes placed on raw disks through `segments` (as ext4BulkMap's).
-   * `windowExtents` (default 524,288): extents held per window of inode numbers (tests make it small).
+   * `device` (the filesystem's block device) is read with O_DIRECT for on-disk inodes only, to skip
+   * opening those whose attribute fork is empty. `windowExtents` (default 524,288): extents held per window of inode numbers (tests make it small).
    * Throws code ERR_BULK_REFUSED for what it does not reproduce exactly (no reverse map, realtime, ...:
    * the VFS walker may do it instead), ERR_BULK_FAILED for what the walker would fail on too.
    */
-  xfsBulkMap(opts: { rootFd: number; root: number; skip: number[]; segments: Ext4Segment[]; fd: number; windowExtents?: number }): XfsBulkResult
+  xfsBulkMap(opts: { device: string; rootFd: number; root: number; skip: number[]; segments: Ext4Segment[]; fd: number; windowExtents?: number }): XfsBulkResult
   btrfsBulkMap(opts: {
     treeFd: number; root: number; skip: number[]; segments: BtrfsSegment[]; carryMax: number; fd: number; inodesFd: number
     sectorSize: number; nodeSize: number; csumType: number; csumSize: number
