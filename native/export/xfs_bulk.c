@@ -9,7 +9,9 @@
 //      numbers at a time, with the regular files' extents from FS_IOC_GETFSMAP (xfs_fsmap.c): the
 //      reverse-mapping btree names the owner inode and file offset of every extent, so one sweep
 //      of it maps every file of the window without opening any. Only symlinks (their target) and
-//      inodes with an attribute fork (their xattrs) are opened, by handle.
+//      inodes with an attribute fork (their xattrs) are opened, by handle. Without the reverse map
+//      (mkfs.xfs's default before rmapbt=1), each regular file is opened by handle for FIEMAP
+//      (xfs_fiemap.c): the walker's extent call, without its path lookups and JavaScript.
 // bulkstat reads inodes with XFS_IGET_DONTCACHE, and nothing here looks a name up, so the owner's
 // dentry and inode caches keep only the directories and the few inodes opened by handle. (An empty
 // attribute fork, which this kernel gives every new inode when a security module is loaded, is told
@@ -127,9 +129,9 @@ static bool check_geometry(struct xfs_mapper *m) {
   struct xfs_fsop_geom g;
   memset(&g, 0, sizeof g);
   if (ioctl(m->job->root_fd, XFS_IOC_FSGEOMETRY, &g) != 0) return xm_refuse(m, "XFS_IOC_FSGEOMETRY: %s", strerror(errno));
-  // Without the reverse map, GETFSMAP knows no owners: each file would need its own extent map
-  // (XFS_IOC_GETBMAPX on an open file), the walker's per-file cost; the walker does that already.
-  if (!(g.flags & XFS_FSOP_GEOM_FLAGS_RMAPBT)) return xm_refuse(m, "no reverse-mapping btree (mkfs.xfs -m rmapbt=1): extents would be mapped file by file");
+  // Without the reverse map, GETFSMAP knows no owners: each regular file is opened (by handle) for
+  // its own extent map, FIEMAP as the walker's (xfs_fiemap.c).
+  m->rmap = (g.flags & XFS_FSOP_GEOM_FLAGS_RMAPBT) != 0;
   // A realtime file's extents are on the realtime device, which the linear map of the data device does not place.
   if (g.rtblocks != 0) return xm_refuse(m, "a realtime device");
   if (g.blocksize < 512 || g.blocksize % 512 != 0 || g.inodesize == 0 || g.blocksize < g.inodesize) return xm_refuse(m, "block size %u, inode size %u", g.blocksize, g.inodesize);
@@ -167,7 +169,9 @@ static bool map_all(struct xfs_mapper *m) {
   if (m->extents == NULL) return xm_fail(m, "out of memory");
   if (!xm_peek_open(m) || !xm_walk_dirs(m)) return false;
   for (m->lo = 0; m->lo < m->table_len; m->lo = m->hi) {
-    if (!xm_collect_extents(m) || !xm_describe_window(m)) return false;
+    if (!m->rmap) m->hi = m->table_len; // one window: extents come per file
+    else if (!xm_collect_extents(m)) return false;
+    if (!xm_describe_window(m)) return false;
   }
   if (m->out->inodes != m->reached) return xm_fail(m, "%llu inodes named in the tree, %u described", (unsigned long long)m->reached, m->out->inodes);
   return true;

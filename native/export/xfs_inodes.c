@@ -105,8 +105,15 @@ static bool symlink_target(struct xfs_mapper *m, uint64_t ino, int fd) {
   return true;
 }
 
-// The window's extents of `ino` (consumed whatever its type), placed on raw disks and written.
+static bool write_runs(struct xfs_mapper *m, const struct xfs_bulkstat *bs);
+
+// The window's extents of `ino` (consumed whatever its type), placed on raw disks and written; without
+// the reverse map, the file's own FIEMAP.
 static bool write_extents(struct xfs_mapper *m, const struct xfs_bulkstat *bs, bool regular) {
+  if (!m->rmap) {
+    m->runs.n = 0;
+    return !regular || (xm_fiemap_file(m, bs) && write_runs(m, bs));
+  }
   while (m->next < m->nextents && m->extents[m->next].ino < bs->bs_ino) m->next++;
   m->runs.n = 0;
   // The walker keeps a FIEMAP extent that starts before EOF whole, and drops one starting at or past
@@ -124,7 +131,10 @@ static bool write_extents(struct xfs_mapper *m, const struct xfs_bulkstat *bs, b
     case BULK_NO_MEMORY: return xm_fail(m, "out of memory");
     }
   }
-  if (!regular) return true;
+  return !regular || write_runs(m, bs);
+}
+
+static bool write_runs(struct xfs_mapper *m, const struct xfs_bulkstat *bs) {
   m2w_extents_begin(m->w, m->runs.n);
   uint64_t end = 0;
   for (size_t k = 0; k < m->runs.n; k++) {

@@ -22,6 +22,7 @@ struct xfs_mapper {
   const struct xb_job *job;
   struct xb_result *out;
   struct m2w *w;
+  bool rmap;                          // the reverse map is there: extents from GETFSMAP, else FIEMAP per file
   uint32_t block_size, inode_size, ag_blocks;
   unsigned agino_log, inopblog;       // an inode number is agno << agino_log | agbno << inopblog | index
   // Per inode number: 0 not in the tree; else the names found for it (a directory: 1).
@@ -64,6 +65,8 @@ bool xm_walk_dirs(struct xfs_mapper *m);
 // Extents (xfs_fsmap.c): the reverse map's data extents of inodes in the tree from m->lo, as many
 // whole inodes as XM_FSMAP_RECORDS allows; sets m->hi to the first inode number not collected.
 bool xm_collect_extents(struct xfs_mapper *m);
+// Without the reverse map (xfs_fiemap.c): one regular file's extents onto m->runs, by FIEMAP on it.
+bool xm_fiemap_file(struct xfs_mapper *m, const struct xfs_bulkstat *bs);
 // Pass 2 (xfs_inodes.c): INODE records of the tree's inodes in [m->lo, m->hi), in inode order.
 bool xm_describe_window(struct xfs_mapper *m);
 

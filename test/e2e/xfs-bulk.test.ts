@@ -7,8 +7,8 @@
 // modes), also in windows of 64 extents (many reverse-map sweeps), reflinked files (whole and in part), chattr flags, non-UTF-8 names, a 300-entry ACL, 64 KiB
 // xattr values, xattrs on a symlink, long and short symlinks; a sparse file with data past 4 GiB and a
 // file of 20,000 extents; directories in each of XFS's formats (shortform, block, leaf, node: 12,000
-// entries). Refusal: without the reverse map, `--mapper auto` falls back to the walker (said once) and
-// `--mapper bulk` fails in one line.
+// entries); without the reverse map (extents by FIEMAP per file). Refusal: an inode of 300 names makes
+// `--mapper auto` fall back to the walker (said once) and `--mapper bulk` fail in one line.
 // Needs root, loop devices, xfsprogs, setfacl, setfattr, chattr, python3.
 import t from 'tap'
 import { promises as fsp } from 'node:fs'
@@ -89,17 +89,29 @@ t.test('XFS with rmapbt: shortform, block, leaf and node directories (12,000 ent
   })
 })
 
-t.test('XFS without the reverse map: auto falls back to the walker, bulk refuses in one line', async (t) => {
-  const dir = await scratchDir(t, 'extfs-xfs-bulk-refuse-')
-  await withLoopFs({ fs: 'xfs', mkfsArgs: ['-m', 'rmapbt=0'] }, async (lfs) => {
+t.test('XFS without the reverse map: FIEMAP per file, the same manifest', async (t) => {
+  await withLoopFs({ fs: 'xfs', sizeMiB: 400, mkfsArgs: ['-m', 'rmapbt=0'] }, async (lfs) => {
     const tree = path.join(lfs.mountpoint, 'tree')
     await fsp.mkdir(tree)
-    await fsp.writeFile(path.join(tree, 'plain'), 'p\n')
+    await populateEveryKind(tree)
+    await fsp.writeFile(path.join(tree, 'original'), seededBytes(11, 3 * MiB + 5))
+    await runOk('cp', ['--reflink=always', path.join(tree, 'original'), path.join(tree, 'clone')])
+    await equivalent(t, lfs, tree, XFS)
+  })
+})
+
+t.test('refusals: 300 names of one inode (auto falls back, said once; bulk fails in one line), a clone set', async (t) => {
+  const dir = await scratchDir(t, 'extfs-xfs-bulk-refuse-')
+  await withLoopFs({ fs: 'xfs', mkfsArgs: RMAP }, async (lfs) => {
+    const tree = path.join(lfs.mountpoint, 'tree')
+    await fsp.mkdir(path.join(tree, 'many-links'), { recursive: true })
+    await fsp.writeFile(path.join(tree, 'many-links', 'l0'), 'linked\n')
+    await py('import os,sys\nfor i in range(1,300): os.link(sys.argv[1]+"/l0", sys.argv[1]+"/l%d"%i)', path.join(tree, 'many-links'))
     const m = path.join(dir, 'refused.m')
     const bulk = await extfs(['export', tree, '--output', m, '--mapper', 'bulk'])
     await release(m)
     t.not(bulk.code, 0, '--mapper bulk fails')
-    t.match(bulk.stderr, /reverse-mapping btree/, 'naming why')
+    t.match(bulk.stderr, /over 254 names/, 'naming why')
     t.equal(bulk.stderr.trim().split('\n').length, 1, 'in one line')
     const auto = await extfs(['export', tree, '--output', m, '--log-level', 'warn', '--format', '2'])
     await release(m)
