@@ -2,7 +2,7 @@
   "targets": [
     {
       "target_name": "extfs_native",
-      "sources": ["native/extfs_native.c", "native/btrfs.c", "native/csum.c", "native/export/ext4.c", "native/export/ext4_napi.c", "native/export/btrfs_bulk.c", "native/export/btrfs_bulk_napi.c", "native/export/bulk.c", "native/export/bulk_napi.c", "native/manifest/v2write.c", "native/view/decode.c"],
+      "sources": ["native/extfs_native.c", "native/btrfs.c", "native/csum.c", "native/export/ext4.c", "native/export/ext4_napi.c", "native/export/btrfs_bulk.c", "native/export/btrfs_bulk_napi.c", "native/export/xfs_bulk.c", "native/export/xfs_dirs.c", "native/export/xfs_fsmap.c", "native/export/xfs_inodes.c", "native/export/xfs_peek.c", "native/export/xfs_fiemap.c", "native/export/xfs_bulk_napi.c", "native/export/bulk.c", "native/export/bulk_napi.c", "native/manifest/v2write.c", "native/view/decode.c"],
       "cflags": ["-Wall", "-Wextra", "-O2", "-D_GNU_SOURCE", "<!@(pkg-config --cflags ext2fs)"],
       "libraries": ["<!@(pkg-config --libs ext2fs)", "-lz", "-lzstd", "-llzo2"]
     },

@@ -271,13 +271,15 @@ static napi_value logical_block_size(napi_env env, napi_callback_info info) {
 
 // ------------------------------------------------------------------------------- xattrs
 
-// Probe the size, then read; the attribute can grow in between (ERANGE), so go round again.
+// One call into a buffer of the VFS's largest list or value (XATTR_LIST_MAX, XATTR_SIZE_MAX: 64 KiB),
+// instead of probing the size first: the walker lists every file's xattrs, most have none. Should
+// a filesystem answer ERANGE anyway, probe the size, then read, going round again if it grew.
 // Returns a malloc'd buffer (caller frees) and its length, or NULL with an exception thrown.
+#define XATTR_VFS_MAX 65536
 static char *read_xattr(napi_env env, const char *path, const char *name, ssize_t *len) {
   const char *what = name == NULL ? "llistxattr" : "lgetxattr";
+  ssize_t size = XATTR_VFS_MAX;
   for (;;) {
-    ssize_t size = name == NULL ? llistxattr(path, NULL, 0) : lgetxattr(path, name, NULL, 0);
-    if (size < 0) return (char *)throw_errno(env, what, errno);
     char *buf = malloc(size + 1); // + 1: malloc(0) may return NULL
     if (buf == NULL) return (char *)throw_errno(env, "malloc", ENOMEM);
     *len = name == NULL ? llistxattr(path, buf, size) : lgetxattr(path, name, buf, size);
@@ -285,6 +287,8 @@ static char *read_xattr(napi_env env, const char *path, const char *name, ssize_
     int err = errno;
     free(buf);
     if (err != ERANGE) return (char *)throw_errno(env, what, err);
+    size = name == NULL ? llistxattr(path, NULL, 0) : lgetxattr(path, name, NULL, 0);
+    if (size < 0) return (char *)throw_errno(env, what, errno);
   }
 }
 
@@ -447,6 +451,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"csumVerify", NULL, csum_verify, NULL, NULL, NULL, napi_enumerable, NULL},
     {"ext4BulkMap", NULL, ext4_bulk_map, NULL, NULL, NULL, napi_enumerable, NULL},
     {"btrfsBulkMap", NULL, btrfs_bulk_map, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"xfsBulkMap", NULL, xfs_bulk_map, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   CHECK(napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
   return exports;

@@ -44,4 +44,7 @@ napi_value ext4_bulk_map(napi_env env, napi_callback_info info);
 // native/export/btrfs_bulk_napi.c
 napi_value btrfs_bulk_map(napi_env env, napi_callback_info info);
 
+// native/export/xfs_bulk_napi.c
+napi_value xfs_bulk_map(napi_env env, napi_callback_info info);
+
 #endif

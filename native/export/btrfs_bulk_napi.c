@@ -48,18 +48,6 @@ static bool parse_segments(napi_env env, napi_value opts, struct bb_segment **se
   return true;
 }
 
-static bool parse_skip(napi_env env, napi_value opts, uint64_t **skip, size_t *n) {
-  napi_value arr, el;
-  uint32_t count;
-  if (!bulk_array_of(env, opts, "skip", &arr, &count)) return false;
-  *skip = calloc(count ? count : 1, sizeof **skip);
-  if (*skip == NULL) return throw_errno(env, "malloc", ENOMEM), false;
-  *n = count;
-  for (uint32_t k = 0; k < count; k++)
-    if (napi_get_element(env, arr, k, &el) != napi_ok || !get_uint(env, el, "skip", SAFE, &(*skip)[k])) return false;
-  return true;
-}
-
 // disks: the segments' disk index of each of the body's disks, in the body's order.
 static bool set_disks(napi_env env, napi_value obj, const struct bb_result *r) {
   napi_value arr, v;
@@ -96,7 +84,7 @@ napi_value btrfs_bulk_map(napi_env env, napi_callback_info info) {
       bulk_prop_uint(env, o, "fd", INT32_MAX, &fd) && bulk_prop_uint(env, o, "inodesFd", INT32_MAX, &inodes_fd) &&
       bulk_prop_uint(env, o, "sectorSize", 65536, &sector) && bulk_prop_uint(env, o, "nodeSize", 65536, &node) &&
       bulk_prop_uint(env, o, "csumType", 255, &csum_type) && bulk_prop_uint(env, o, "csumSize", 64, &csum_size) &&
-      parse_segments(env, o, &segs, &job.nsegments) && parse_skip(env, o, &skip, &job.nskip)) {
+      parse_segments(env, o, &segs, &job.nsegments) && bulk_parse_skip(env, o, &skip, &job.nskip)) {
     job.tree_fd = (int)tree_fd, job.root = root, job.carry_max = carry, job.fd = (int)fd, job.inodes_fd = (int)inodes_fd;
     job.sector_size = (uint32_t)sector, job.node_size = (uint32_t)node, job.csum_type = (uint32_t)csum_type, job.csum_size = (uint32_t)csum_size;
     job.segments = segs, job.skip = skip;

@@ -1,5 +1,7 @@
-// What the bulk mappers (ext4.c, btrfs_bulk.c) share: the evenly spaced extents kept for the device
-// fingerprints, and growing an array. N-API helpers of their faces are in bulk_napi.h.
+// What the bulk mappers (ext4.c, btrfs_bulk.c, xfs_*.c) share: the evenly spaced extents kept for the
+// device fingerprints, growing an array, and (ext4, XFS) placing a file's filesystem bytes on raw disks
+// through a linear map, joined as the VFS mapper joins FIEMAP's extents. N-API helpers of their faces
+// are in bulk_napi.h.
 #ifndef EXTFS_EXPORT_BULK_H
 #define EXTFS_EXPORT_BULK_H
 
@@ -33,5 +35,37 @@ void bulk_sample(struct bulk_sampler *s, uint32_t disk, uint64_t offset, uint64_
 
 // Room for `need` elements of `size` bytes in *p (capacity *cap, doubled as needed); false when out of memory.
 bool bulk_grow(void **p, size_t *cap, size_t need, size_t size);
+
+// A piece of the filesystem's byte address space that lies on one raw disk, unbroken; or, `hole`, on
+// none (a loop device's backing file has a hole there: those bytes read as zeros).
+struct bulk_segment {
+  uint64_t fs_offset, length;
+  uint32_t disk;
+  uint64_t disk_offset;
+  bool hole;
+};
+
+#define BULK_MAX_SEGMENTS 4096u
+
+// One file's extents on raw disks, in file order.
+struct bulk_runs {
+  struct bulk_run {
+    uint64_t file_offset, length, disk_offset;
+    uint32_t disk;
+  } *run;
+  size_t n, cap;
+};
+
+// Checks a linear map: NULL when usable (and *ndisks one past the highest disk it names), else why not
+// (`*refused` false: the caller's map is malformed, not merely beyond this mapper).
+const char *bulk_check_segments(const struct bulk_segment *segments, size_t nsegments, uint32_t *ndisks, bool *refused);
+
+enum bulk_place { BULK_PLACED, BULK_OUTSIDE_MAP, BULK_NO_MEMORY };
+
+// Place `len` filesystem bytes at `at`, file bytes from `file_offset`, through `segments` (sorted,
+// disjoint) onto `runs`: bytes in a hole segment are left out (as the VFS mapper leaves out spans with
+// no raw disk), a run that continues the previous one in the file and on the same disk is joined to it
+// (src/mapping/mapper.ts push()). BULK_OUTSIDE_MAP: some byte is in no segment.
+enum bulk_place bulk_place(struct bulk_runs *runs, const struct bulk_segment *segments, size_t nsegments, uint64_t file_offset, uint64_t at, uint64_t len);
 
 #endif

@@ -1,6 +1,9 @@
 // See bulk_napi.h.
 #include "bulk_napi.h"
 
+#include <errno.h>
+#include <stdlib.h>
+
 bool bulk_prop_uint(napi_env env, napi_value obj, const char *key, double max, uint64_t *out) {
   napi_value v;
   return napi_get_named_property(env, obj, key, &v) == napi_ok && get_uint(env, v, key, max, out);
@@ -13,6 +16,62 @@ bool bulk_array_of(napi_env env, napi_value obj, const char *key, napi_value *ar
     return false;
   }
   return napi_get_array_length(env, *arr, n) == napi_ok;
+}
+
+static bool prop(napi_env env, napi_value obj, const char *key, napi_value *out) {
+  return napi_get_named_property(env, obj, key, out) == napi_ok;
+}
+
+bool bulk_parse_segments(napi_env env, napi_value opts, struct bulk_segment **segs, size_t *n) {
+  napi_value arr, el;
+  uint32_t count;
+  if (!bulk_array_of(env, opts, "segments", &arr, &count)) return false;
+  if (count > BULK_MAX_SEGMENTS) {
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "too many segments");
+    return false;
+  }
+  *segs = calloc(count ? count : 1, sizeof **segs);
+  if (*segs == NULL) return throw_errno(env, "malloc", ENOMEM), false;
+  *n = count;
+  for (uint32_t k = 0; k < count; k++) {
+    uint64_t disk = 0;
+    struct bulk_segment *s = &(*segs)[k];
+    napi_value hole;
+    napi_valuetype type;
+    if (napi_get_element(env, arr, k, &el) != napi_ok || !prop(env, el, "hole", &hole) || napi_typeof(env, hole, &type) != napi_ok) return false;
+    s->hole = false;
+    if (type == napi_boolean && napi_get_value_bool(env, hole, &s->hole) != napi_ok) return false;
+    if (!bulk_prop_uint(env, el, "fsOffset", 9007199254740991.0, &s->fs_offset) || !bulk_prop_uint(env, el, "length", 9007199254740991.0, &s->length) ||
+        (!s->hole && (!bulk_prop_uint(env, el, "disk", BULK_MAX_DISKS - 1, &disk) || !bulk_prop_uint(env, el, "diskOffset", 9007199254740991.0, &s->disk_offset))))
+      return false;
+    s->disk = (uint32_t)disk;
+  }
+  return true;
+}
+
+char *bulk_device_path(napi_env env, napi_value obj) {
+  napi_value v;
+  size_t len;
+  if (!prop(env, obj, "device", &v) || napi_get_value_string_utf8(env, v, NULL, 0, &len) != napi_ok) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "device must be a string");
+    return NULL;
+  }
+  char *s = malloc(len + 1);
+  if (s == NULL) return throw_errno(env, "malloc", ENOMEM), NULL;
+  napi_get_value_string_utf8(env, v, s, len + 1, &len);
+  return s;
+}
+
+bool bulk_parse_skip(napi_env env, napi_value opts, uint64_t **skip, size_t *n) {
+  napi_value arr, el;
+  uint32_t count;
+  if (!bulk_array_of(env, opts, "skip", &arr, &count)) return false;
+  *skip = calloc(count ? count : 1, sizeof **skip);
+  if (*skip == NULL) return throw_errno(env, "malloc", ENOMEM), false;
+  *n = count;
+  for (uint32_t k = 0; k < count; k++)
+    if (napi_get_element(env, arr, k, &el) != napi_ok || !get_uint(env, el, "skip", BULK_SAFE_INTEGER, &(*skip)[k])) return false;
+  return true;
 }
 
 bool bulk_set_num(napi_env env, napi_value obj, const char *key, uint64_t v) {

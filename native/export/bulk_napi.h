@@ -11,6 +11,13 @@
 bool bulk_prop_uint(napi_env env, napi_value obj, const char *key, double max, uint64_t *out);
 // An array property (TypeError otherwise) and its length.
 bool bulk_array_of(napi_env env, napi_value obj, const char *key, napi_value *arr, uint32_t *n);
+// segments: [{ fsOffset, length, disk, diskOffset } | { fsOffset, length, hole: true }], a linear map
+// (src/export/bulk-ext4.ts linearMap); calloc'd into *segs.
+bool bulk_parse_segments(napi_env env, napi_value opts, struct bulk_segment **segs, size_t *n);
+// device: a string property, malloc'd (NULL after throwing).
+char *bulk_device_path(napi_env env, napi_value obj);
+// skip: [inode number], calloc'd into *skip.
+bool bulk_parse_skip(napi_env env, napi_value opts, uint64_t **skip, size_t *n);
 bool bulk_set_num(napi_env env, napi_value obj, const char *key, uint64_t v);
 bool bulk_set_bool(napi_env env, napi_value obj, const char *key, bool v);
 // [{ disk, deviceOffset, length, csums? }] of every disk's sampler, in disk order; NULL on failure.

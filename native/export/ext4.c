@@ -72,8 +72,7 @@ struct mapper {
   uint64_t prev_child;
   bool failed;          // a callback hit a refusal or failure; out->why says which
   // The regular file being mapped.
-  struct run { uint64_t file_offset, length, disk_offset; uint32_t disk; } *runs;
-  size_t nruns, runs_cap;
+  struct bulk_runs runs;
   uint64_t size;
   uint32_t ino;
   char *block;          // one filesystem block
@@ -403,45 +402,20 @@ static void write_xattrs(struct mapper *m, const struct xattr_list *l) {
 
 // ------------------------------------------------------------------------------ extents
 
-// Append, joining a run that continues the previous one in the file and on the same disk, as the
-// VFS mapper joins FIEMAP's extents (src/mapping/mapper.ts push()).
-static bool add_run(struct mapper *m, uint64_t file_offset, uint64_t length, uint32_t disk, uint64_t disk_offset) {
-  struct run *last = m->nruns ? &m->runs[m->nruns - 1] : NULL;
-  if (last && last->disk == disk && last->file_offset + last->length == file_offset && last->disk_offset + last->length == disk_offset) {
-    last->length += length;
-    return true;
-  }
-  if (m->nruns >= EXTENTS_MAX) return refuse(m, "inode %u: over %u extents", m->ino, EXTENTS_MAX);
-  if (!bulk_grow((void **)&m->runs, &m->runs_cap, m->nruns + 1, sizeof *m->runs)) return fail(m, "out of memory");
-  m->runs[m->nruns++] = (struct run){file_offset, length, disk_offset, disk};
-  return true;
-}
-
 // Written blocks [lblk, lblk + len) at pblk: through the linear map onto the raw disks. Blocks at or
 // past EOF are left out as the walker leaves FIEMAP's extents that start there.
 static bool add_blocks(struct mapper *m, uint64_t lblk, uint64_t pblk, uint64_t len) {
   uint64_t bs = m->fs->blocksize;
-  uint64_t file_offset = lblk * bs, at = pblk * bs, left = len * bs;
+  uint64_t file_offset = lblk * bs, at = pblk * bs;
   if (file_offset >= m->size) return true;
   if (pblk + len > ext2fs_blocks_count(m->fs->super) || pblk < m->fs->super->s_first_data_block)
     return refuse(m, "inode %u: blocks %llu+%llu outside the filesystem", m->ino, (unsigned long long)pblk, (unsigned long long)len);
-  const struct e4_segment *seg = m->job->segments;
-  size_t lo = 0, hi = m->job->nsegments;
-  while (lo < hi) { // the last segment starting at or before `at`
-    size_t mid = (lo + hi) / 2;
-    if (seg[mid].fs_offset <= at) lo = mid + 1;
-    else hi = mid;
+  switch (bulk_place(&m->runs, m->job->segments, m->job->nsegments, file_offset, at, len * bs)) {
+  case BULK_PLACED: break;
+  case BULK_OUTSIDE_MAP: return refuse(m, "inode %u: filesystem bytes at %llu are outside the device map", m->ino, (unsigned long long)at);
+  case BULK_NO_MEMORY: return fail(m, "out of memory");
   }
-  for (size_t k = lo ? lo - 1 : 0; left > 0; k++) {
-    if (k >= m->job->nsegments || at < seg[k].fs_offset || at >= seg[k].fs_offset + seg[k].length)
-      return refuse(m, "inode %u: filesystem bytes at %llu are outside the device map", m->ino, (unsigned long long)at);
-    uint64_t take = seg[k].fs_offset + seg[k].length - at;
-    if (take > left) take = left;
-    // Bytes in a hole of the device stack read as zeros: left out like a hole in the file, as the VFS
-    // mapper leaves out the spans with no raw disk.
-    if (!seg[k].hole && !add_run(m, file_offset, take, seg[k].disk, seg[k].disk_offset + (at - seg[k].fs_offset))) return false;
-    file_offset += take, at += take, left -= take;
-  }
+  if (m->runs.n > EXTENTS_MAX) return refuse(m, "inode %u: over %u extents", m->ino, EXTENTS_MAX);
   return true;
 }
 
@@ -491,10 +465,10 @@ static bool map_block_map(struct mapper *m) {
 }
 
 static void write_extents(struct mapper *m) {
-  m2w_extents_begin(m->w, m->nruns);
+  m2w_extents_begin(m->w, m->runs.n);
   uint64_t end = 0;
-  for (size_t k = 0; k < m->nruns; k++) {
-    struct run *r = &m->runs[k];
+  for (size_t k = 0; k < m->runs.n; k++) {
+    struct bulk_run *r = &m->runs.run[k];
     m2w_extent(m->w, r->file_offset - end, r->length, r->disk, r->disk_offset);
     end = r->file_offset + r->length;
     bulk_sample(&m->out->samplers[r->disk], r->disk, r->disk_offset, r->length, NULL, 0);
@@ -608,7 +582,7 @@ static bool describe(struct mapper *m, uint32_t ino, struct ext2_inode_large *i)
   size_t nbytes = 0;
   bool ok = read_xattrs(m, i, &h, &xl);
   if (ok && xl.n) r.has |= M2_HAS_XATTRS;
-  m->nruns = 0;
+  m->runs.n = 0;
   if (ok && type == LINUX_S_IFREG && (i->i_flags & EXT4_INLINE_DATA_FL)) {
     // FIEMAP reports inline data only inside the size: an empty inline file is one without extents.
     if (r.size > 0) {
@@ -725,14 +699,9 @@ static bool open_fs(struct mapper *m) {
 }
 
 static bool check_job(struct mapper *m) {
-  const struct e4_job *j = m->job;
-  if (j->nsegments == 0 || j->nsegments > E4_MAX_SEGMENTS) return refuse(m, "%zu segments in the device map", j->nsegments);
-  for (size_t k = 0; k < j->nsegments; k++) {
-    if (k && j->segments[k].fs_offset < j->segments[k - 1].fs_offset + j->segments[k - 1].length) return fail(m, "device map segments overlap or are unsorted");
-    if (j->segments[k].hole) continue;
-    if (j->segments[k].disk >= E4_MAX_DISKS) return refuse(m, "device map names disk %u", j->segments[k].disk);
-    if (j->segments[k].disk >= m->out->ndisks) m->out->ndisks = j->segments[k].disk + 1;
-  }
+  bool refused;
+  const char *why = bulk_check_segments(m->job->segments, m->job->nsegments, &m->out->ndisks, &refused);
+  if (why) return refused ? refuse(m, "%s", why) : fail(m, "%s", why);
   m->out->samplers = calloc(E4_MAX_DISKS, sizeof *m->out->samplers);
   return m->out->samplers != NULL || fail(m, "out of memory");
 }
@@ -753,7 +722,7 @@ void e4_map(const struct e4_job *job, struct e4_result *out) {
     fail(&m, "cannot write the manifest body: %s", strerror(m.w->error));
   }
   if (m.fs) ext2fs_close_free(&m.fs);
-  free(m.names), free(m.dir_bits), free(m.spill), free(m.stack), free(m.ebuf), free(m.runs), free(m.block), free(m.w);
+  free(m.names), free(m.dir_bits), free(m.spill), free(m.stack), free(m.ebuf), free(m.runs.run), free(m.block), free(m.w);
 }
 
 void e4_result_free(struct e4_result *r) {

@@ -9,16 +9,7 @@
 
 #include "bulk.h"
 
-// A piece of the filesystem's byte address space that lies on one raw disk, unbroken; or, `hole`, on
-// none (a loop device's backing file has a hole there: those bytes read as zeros).
-struct e4_segment {
-  uint64_t fs_offset, length;
-  uint32_t disk;
-  uint64_t disk_offset;
-  bool hole;
-};
-
-#define E4_MAX_SEGMENTS 4096u
+#define E4_MAX_SEGMENTS BULK_MAX_SEGMENTS
 #define E4_MAX_DISKS BULK_MAX_DISKS
 
 struct e4_job {
@@ -26,7 +17,7 @@ struct e4_job {
   uint32_t root;             // inode number of the exported directory
   const uint32_t *skip;      // inode numbers never entered (a few: image directories, the journal)
   size_t nskip;
-  const struct e4_segment *segments; // sorted by fs_offset, disjoint
+  const struct bulk_segment *segments; // sorted by fs_offset, disjoint
   size_t nsegments;
   uint64_t carry_max;        // largest inline file carried in the manifest, bytes
   int fd;                    // where the body goes

@@ -9,48 +9,6 @@
 #include "bulk_napi.h"
 #include "ext4.h"
 
-static bool prop(napi_env env, napi_value obj, const char *key, napi_value *out) {
-  return napi_get_named_property(env, obj, key, out) == napi_ok;
-}
-
-static char *device_path(napi_env env, napi_value obj) {
-  napi_value v;
-  size_t len;
-  if (!prop(env, obj, "device", &v) || napi_get_value_string_utf8(env, v, NULL, 0, &len) != napi_ok) {
-    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "device must be a string");
-    return NULL;
-  }
-  char *s = malloc(len + 1);
-  if (s) napi_get_value_string_utf8(env, v, s, len + 1, &len);
-  return s;
-}
-
-static bool parse_segments(napi_env env, napi_value opts, struct e4_segment **segs, size_t *n) {
-  napi_value arr, el;
-  uint32_t count;
-  if (!bulk_array_of(env, opts, "segments", &arr, &count)) return false;
-  if (count > E4_MAX_SEGMENTS) {
-    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "too many segments");
-    return false;
-  }
-  *segs = calloc(count ? count : 1, sizeof **segs);
-  *n = count;
-  for (uint32_t k = 0; k < count; k++) {
-    uint64_t disk = 0;
-    struct e4_segment *s = &(*segs)[k];
-    napi_value hole;
-    napi_valuetype type;
-    if (napi_get_element(env, arr, k, &el) != napi_ok || !prop(env, el, "hole", &hole) || napi_typeof(env, hole, &type) != napi_ok) return false;
-    s->hole = false;
-    if (type == napi_boolean && napi_get_value_bool(env, hole, &s->hole) != napi_ok) return false;
-    if (!bulk_prop_uint(env, el, "fsOffset", 9007199254740991.0, &s->fs_offset) || !bulk_prop_uint(env, el, "length", 9007199254740991.0, &s->length) ||
-        (!s->hole && (!bulk_prop_uint(env, el, "disk", E4_MAX_DISKS - 1, &disk) || !bulk_prop_uint(env, el, "diskOffset", 9007199254740991.0, &s->disk_offset))))
-      return false;
-    s->disk = (uint32_t)disk;
-  }
-  return true;
-}
-
 static bool parse_skip(napi_env env, napi_value opts, uint32_t **skip, size_t *n) {
   napi_value arr, el;
   uint32_t count;
@@ -82,14 +40,14 @@ static napi_value result_of(napi_env env, const struct e4_result *r) {
 napi_value ext4_bulk_map(napi_env env, napi_callback_info info) {
   ARGS(1);
   struct e4_job job = {0};
-  struct e4_segment *segs = NULL;
+  struct bulk_segment *segs = NULL;
   uint32_t *skip = NULL;
   uint64_t root, carry, fd;
   napi_value out = NULL;
-  char *device = device_path(env, argv[0]);
+  char *device = bulk_device_path(env, argv[0]);
   if (device == NULL) return NULL;
   if (bulk_prop_uint(env, argv[0], "root", UINT32_MAX, &root) && bulk_prop_uint(env, argv[0], "carryMax", 1 << 20, &carry) &&
-      bulk_prop_uint(env, argv[0], "fd", INT32_MAX, &fd) && parse_segments(env, argv[0], &segs, &job.nsegments) &&
+      bulk_prop_uint(env, argv[0], "fd", INT32_MAX, &fd) && bulk_parse_segments(env, argv[0], &segs, &job.nsegments) &&
       parse_skip(env, argv[0], &skip, &job.nskip)) {
     job.device = device, job.root = (uint32_t)root, job.carry_max = carry, job.fd = (int)fd, job.segments = segs, job.skip = skip;
     struct e4_result r;

@@ -11,7 +11,7 @@ import { BtrfsLayout } from '../mapping/btrfs'
 import { DeviceStack } from '../mapping/stack'
 import { alongside } from '../mapping/mapper'
 import { devKey, type RawDisk } from '../mapping/span'
-import { BulkRefused, mountsUnder } from './bulk'
+import { BulkRefused, bulkError, mountsUnder } from './bulk'
 
 /** As many segments as native/export/btrfs_bulk.h BB_MAX_SEGMENTS (RAID0/10: one per 64 KiB stripe unit). */
 const MAX_SEGMENTS = 1_000_000
@@ -142,10 +142,7 @@ export function mapBtrfsBulk(t: BtrfsBulkTarget, bodyPath: string): BtrfsBulkBod
     })
     fs.fsyncSync(fd)
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code
-    if (code === 'ERR_BULK_REFUSED') throw new BulkRefused((err as Error).message)
-    if (code === 'ERR_BULK_FAILED') throw new BulkRefused(`failed: ${(err as Error).message}`)
-    throw err
+    throw bulkError(err, (message) => new BulkRefused(`failed: ${message}`))
   } finally {
     fs.closeSync(inodesFd)
     fs.closeSync(fd)

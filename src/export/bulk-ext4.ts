@@ -9,7 +9,7 @@ import type { MountEntry } from '../mapping/mountinfo'
 import { DeviceStack } from '../mapping/stack'
 import { devKey, type RawDisk } from '../mapping/span'
 import { ExportError } from '../errors'
-import { BulkRefused, mountsUnder } from './bulk'
+import { BulkRefused, bulkError, mountsUnder } from './bulk'
 
 /** More pieces than this is not "a linear map" (thin pools, fragmented loop backing files): the VFS walker maps those. */
 const MAX_SEGMENTS = 4096
@@ -131,10 +131,7 @@ export function mapBulk(t: BulkTarget, bodyPath: string): BulkBody {
     // Not fsync'd: a scratch file that assembleV2 reads back at once into the manifest, which is.
     result = linux.ext4BulkMap({ device: t.mount.source, root: st.ino, skip: skippedInodes(t.skip, st.dev), segments, carryMax: t.carryMax, fd })
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code
-    if (code === 'ERR_BULK_REFUSED') throw new BulkRefused((err as Error).message)
-    if (code === 'ERR_BULK_FAILED') throw new ExportError(`${t.realPaths[0]}: ${(err as Error).message}`)
-    throw err
+    throw bulkError(err, (message) => new ExportError(`${t.realPaths[0]}: ${message}`))
   } finally {
     fs.closeSync(fd)
   }

@@ -9,6 +9,17 @@ export type MapperChoice = 'auto' | 'bulk' | 'vfs'
 /** Why a bulk mapper does not apply (a refusal), thrown before or while it runs: auto falls back to the walker. */
 export class BulkRefused extends Error {}
 
+/**
+ * What a native bulk mapper threw, as export treats it: a refusal (code ERR_BULK_REFUSED) becomes
+ * BulkRefused, a failure (ERR_BULK_FAILED) what `onFailed` makes of its message, anything else itself.
+ */
+export function bulkError(err: unknown, onFailed: (message: string) => Error): unknown {
+  const code = (err as NodeJS.ErrnoException).code
+  if (code === 'ERR_BULK_REFUSED') return new BulkRefused((err as Error).message)
+  if (code === 'ERR_BULK_FAILED') return onFailed((err as Error).message)
+  return err
+}
+
 /** Where the body is written while the manifest is assembled: beside the manifest, never on the frozen filesystem. */
 export function bodyPathOf(output: string): string {
   return path.join(path.dirname(output), `.${path.basename(output)}.body-${process.pid}`)

@@ -29,6 +29,7 @@ import { assembleV2, writeManifestV2 } from '../manifest/v2/write'
 import { ext4Features, mapBulk, whyNotBulk } from './bulk-ext4'
 import { bodyPathOf, BulkRefused, type MapperChoice } from './bulk'
 import { mapBtrfsBulk, whyNotBtrfsBulk } from './bulk-btrfs'
+import { mapXfsBulk, whyNotXfsBulk } from './bulk-xfs'
 
 /** Filesystems the mapper resolves to raw disks (btrfs through its chunk tree). */
 const SUPPORTED_FS = new Set(['ext2', 'ext3', 'ext4', 'xfs', 'btrfs'])
@@ -69,15 +70,18 @@ export interface ExportSummary {
   bulk?: BulkFigures
 }
 
-/** A bulk mapper's own figures: body bytes, the process's peak RSS then, its tables' bytes; ext4: whether it read with O_DIRECT. */
+/** A bulk mapper's own figures: body bytes, the process's peak RSS then, its tables' bytes; ext4: whether it read with O_DIRECT; XFS: sweeps and handle opens. */
 interface BulkFigures {
   bodyBytes: number
   peakRssKiB: number
   tableBytes: number
   directIo?: boolean
+  /** XFS: GETFSMAP sweeps, and inodes opened by handle. */
+  windows?: number
+  handleOpens?: number
 }
 
-/** What a bulk mapper (ext4 or btrfs) wrote, as export assembles the manifest around it. */
+/** What a bulk mapper (ext4, btrfs or XFS) wrote, as export assembles the manifest around it. */
 interface MappedBody {
   counts: { inodes: number; dirs: number; entries: number }
   disks: RawDisk[]
@@ -201,7 +205,9 @@ function wantBulk(opts: ExportOptions, mount: MountEntry, realPaths: string[], p
   }
   const why = mount.fsType === 'btrfs'
     ? whyNotBtrfsBulk(mount, realPaths, opts.frozenImage === 'snapshot' ? plan?.mechanism : undefined)
-    : whyNotBulk({ mount, realPaths, frozenImage: opts.frozenImage, skip: [], throughLoop: opts.throughLoop, carryMax: opts.carryMax })
+    : mount.fsType === 'xfs'
+      ? whyNotXfsBulk({ mount, realPaths, frozenImage: opts.frozenImage, skip: [], throughLoop: opts.throughLoop })
+      : whyNotBulk({ mount, realPaths, frozenImage: opts.frozenImage, skip: [], throughLoop: opts.throughLoop, carryMax: opts.carryMax })
   if (why !== undefined && opts.mapper === 'bulk') throw new ExportError(`--mapper bulk does not apply: ${why}`)
   return why === undefined
 }
@@ -321,13 +327,18 @@ export function exportImage(opts: ExportOptions): ExportSummary {
   }
 }
 
-/** Run the bulk mapper of the filesystem (btrfs: on the snapshot; ext4: on the frozen device), writing `body`. */
+/** Run the bulk mapper of the filesystem (btrfs: on the snapshot; ext4: on the frozen device; XFS: on the frozen mount), writing `body`. */
 function mapBody(opts: ExportOptions, mount: MountEntry, realPaths: string[], hold: Hold, journal: string, body: string): MappedBody {
   const skip = [...hold.skip, journal]
   if (mount.fsType === 'btrfs') {
     const b = mapBtrfsBulk({ mount, walkPath: hold.walkPaths[0]!, dev: hold.dev, skip, throughLoop: opts.throughLoop, carryMax: opts.carryMax }, body)
     const { bodyBytes, peakRssKiB, tableBytes } = b.result
     return { counts: b.result, disks: b.disks, root: b.root, features: b.features, dataChecksums: b.dataChecksums, samples: b.samples, figures: { bodyBytes, peakRssKiB, tableBytes } }
+  }
+  if (mount.fsType === 'xfs') {
+    const b = mapXfsBulk({ mount, realPaths, frozenImage: opts.frozenImage, skip, throughLoop: opts.throughLoop }, body)
+    const { bodyBytes, peakRssKiB, tableBytes, windows, handleOpens } = b.result
+    return { counts: b.result, disks: b.disks, root: b.root, features: b.result.byteNames ? ['byte-names'] : [], samples: b.samples, figures: { bodyBytes, peakRssKiB, tableBytes, windows, handleOpens } }
   }
   const b = mapBulk({ mount, realPaths, frozenImage: opts.frozenImage, skip, throughLoop: opts.throughLoop, carryMax: opts.carryMax }, body)
   const features = ext4Features(b.result)

@@ -48,37 +48,60 @@ export function attrFlagsOf(fd: number, file: string): number {
   }
 }
 
-/** Clone each file into `dir` as `<source inode number>`; metadata is the original's right after cloning. */
+/**
+ * Clone each file into `dir` as `<source inode number>`; metadata is the original's right after cloning.
+ * Per file: open, FICLONE into a new file, fstat of both, FS_IOC_GETFLAGS: whether the name still
+ * names the inode the walk met is told by the fstat after the clone (a clone of another file is
+ * removed), not by one more fstat before it.
+ */
 export function cloneInto(dir: string): OpenFile {
   return (file, st) => {
     let src: number
     try {
-      src = fs.openSync(hostPath(file), fs.constants.O_RDONLY | fs.constants.O_NOATIME | fs.constants.O_NOFOLLOW)
+      // O_NONBLOCK: the name may now be a FIFO, whose open would wait for a writer.
+      src = fs.openSync(hostPath(file), fs.constants.O_RDONLY | fs.constants.O_NOATIME | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK)
     } catch (err) {
       if (VANISHED.has((err as NodeJS.ErrnoException).code ?? '')) return undefined
       throw err
     }
     try {
-      // The name may now belong to another inode (deleted and recreated): that is a different file.
-      const before = fs.fstatSync(src, { bigint: true })
-      if (!before.isFile() || before.ino !== st.ino) return undefined
       const clonePath = path.join(dir, String(st.ino))
       const clone = fs.openSync(clonePath, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, 0o600)
+      let meta: fs.BigIntStats
       try {
-        linux.ficlone(src, clone)
+        try {
+          linux.ficlone(src, clone)
+        } catch (err) {
+          // The name may now be another inode, or no regular file (deleted and recreated): a different file.
+          if (!isStill(fs.fstatSync(src, { bigint: true }), st)) return gone(clone, clonePath)
+          const code = (err as NodeJS.ErrnoException).code
+          if (code === 'EOPNOTSUPP' || code === 'EXDEV' || code === 'EINVAL') {
+            throw new ExportError(`${file}: cannot be cloned (${code}): this filesystem has no reflink; use --frozen-image freeze or none`)
+          }
+          throw new ExportError(`${file}: cloning failed: ${(err as Error).message}`)
+        }
+        meta = fs.fstatSync(src, { bigint: true })
+        if (!isStill(meta, st)) return gone(clone, clonePath)
       } catch (err) {
         fs.closeSync(clone)
-        const code = (err as NodeJS.ErrnoException).code
-        if (code === 'EOPNOTSUPP' || code === 'EXDEV' || code === 'EINVAL') {
-          throw new ExportError(`${file}: cannot be cloned (${code}): this filesystem has no reflink; use --frozen-image freeze or none`)
-        }
-        throw new ExportError(`${file}: cloning failed: ${(err as Error).message}`)
+        throw err
       }
-      const meta = fs.fstatSync(src, { bigint: true })
       const data = fs.fstatSync(clone, { bigint: true })
       return { fd: clone, meta, data, attrs: attrFlagsOf(src, file), close: () => fs.closeSync(clone) }
     } finally {
       fs.closeSync(src)
     }
   }
+}
+
+/** The open file is still the regular file the walk met under that name. */
+function isStill(now: fs.BigIntStats, met: fs.BigIntStats): boolean {
+  return now.isFile() && now.ino === met.ino
+}
+
+/** Drop a clone made of a file that is not the one the walk met: undefined, as for a vanished file. */
+function gone(clone: number, clonePath: string): undefined {
+  fs.closeSync(clone)
+  fs.rmSync(clonePath)
+  return undefined
 }

@@ -122,6 +122,26 @@ export interface BtrfsBulkResult {
   disks: number[]
 }
 
+/** What xfsBulkMap wrote: the body's counts (the v2 trailer's), features it needs, and extents to fingerprint. */
+export interface XfsBulkResult {
+  inodes: number
+  dirs: number
+  entries: number
+  /** Some name, symlink target or xattr name is not UTF-8: feature byte-names. */
+  byteNames: boolean
+  bodyBytes: number
+  /** Address space of the table of one byte per inode number (untouched pages cost nothing). */
+  tableBytes: number
+  /** FS_IOC_GETFSMAP sweeps, one per window of inode numbers. */
+  windows: number
+  /** Inodes opened by handle: directories, symlinks, inodes with an attribute fork. */
+  handleOpens: number
+  /** ru_maxrss of the process when the mapper finished, KiB. */
+  peakRssKiB: number
+  /** Up to 1024 ranges per disk, evenly spaced in body order: what export fingerprints. */
+  samples: { disk: number; deviceOffset: number; length: number }[]
+}
+
 /**
  * A linear piece of a filesystem's byte address space on one raw disk (index into the caller's disk
  * list), or `hole`: on none (a loop backing file's hole, read as zeros; `disk` and `diskOffset` unused).
@@ -209,6 +229,17 @@ export interface NativeAddon {
    * `segments` (sorted, disjoint). Throws code ERR_BULK_REFUSED for what it does not reproduce exactly
    * (the VFS walker may do it instead), ERR_BULK_FAILED for what the walker would fail on too.
    */
+  /**
+   * The XFS bulk mapper (native/export/xfs_bulk.c): on the frozen XFS that `rootFd` (the exported
+   * directory, inode `root`) is on, writes the manifest v2 body of the tree under it to `fd` from
+   * XFS_IOC_BULKSTAT and FS_IOC_GETFSMAP (directories read by handle), entries naming a directory in
+   * `skip` left out, the data device's bytes placed on raw disks through `segments` (as ext4BulkMap's).
+   * `device` (the filesystem's block device) is read with O_DIRECT for on-disk inodes only, to skip
+   * opening those whose attribute fork is empty. `windowExtents` (default 524,288): extents held per window of inode numbers (tests make it small).
+   * Throws code ERR_BULK_REFUSED for what it does not reproduce exactly (no reverse map, realtime, ...:
+   * the VFS walker may do it instead), ERR_BULK_FAILED for what the walker would fail on too.
+   */
+  xfsBulkMap(opts: { device: string; rootFd: number; root: number; skip: number[]; segments: Ext4Segment[]; fd: number; windowExtents?: number }): XfsBulkResult
   btrfsBulkMap(opts: {
     treeFd: number; root: number; skip: number[]; segments: BtrfsSegment[]; carryMax: number; fd: number; inodesFd: number
     sectorSize: number; nodeSize: number; csumType: number; csumSize: number

@@ -6,6 +6,8 @@ export interface MountEntry {
   minor: number
   /** Where it is mounted, octal escapes decoded. */
   mountpoint: string
+  /** The directory of the filesystem mounted there ("/" unless a bind mount of a subdirectory); optional for hand-made entries. */
+  root?: string
   fsType: string
   /** The mount source (e.g. /dev/loop3p1, or "extfs:<config id>" for our views). */
   source: string
@@ -33,6 +35,7 @@ export function readMountTable(): MountEntry[] {
     entries.push({
       major, minor,
       mountpoint: unescape(f[4]),
+      root: unescape(f[3]),
       fsType,
       source: unescape(source),
       readOnly: f[5].split(',').includes('ro'),

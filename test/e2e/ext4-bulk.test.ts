@@ -7,84 +7,17 @@
 import t, { type Test } from 'tap'
 import { promises as fsp } from 'node:fs'
 import * as path from 'node:path'
-import { isDeepStrictEqual } from 'node:util'
 import { withLoopFs } from '../helpers/loopfs'
 import { createNestedFs, destroyNestedFs } from '../helpers/nested-loop'
 import { runOk } from '../helpers/exec'
-import { extfs, release, scratchDir, withView } from '../helpers/extfs'
+import { extfs, release, scratchDir } from '../helpers/extfs'
+import { checkReadPast, equivalent, equivalentManifests, writePast4GiB } from '../helpers/bulk-equivalence'
 import { populateEveryKind, seededBytes, writeInterleaved } from '../helpers/populate'
-import { diffTrees, snapshotTree, type Tree } from '../helpers/tree'
 import { readCheckedManifest } from '../../src/manifest/io'
-import type { Inode, Manifest } from '../../src/manifest/types'
 
 const KiB = 1024
 const MiB = 1024 * KiB
-const SNAP = { timePrecisionNs: 1 } as const
 const py = (code: string, ...args: string[]) => runOk('python3', ['-c', code, ...args], { timeoutMs: 300_000 })
-
-/** Export `tree` through `mapper`, snapshot its view while the image is held, release. */
-async function exportAndView(t: Test, tree: string, dir: string, mapper: 'vfs' | 'bulk', view: boolean, args: string[] = []): Promise<{ manifest: Manifest; view?: Tree }> {
-  const out = path.join(dir, mapper === 'vfs' ? 'vfs.json' : 'bulk.m2')
-  try {
-    const r = await extfs(['export', tree, '--output', out, '--mapper', mapper, '--log-level', 'warn', ...args], { timeoutMs: 300_000 })
-    t.equal(r.code, 0, `${mapper} export: ${r.stderr}`)
-    const manifest = readCheckedManifest(out)
-    return { manifest, view: view ? await withView(out, (mnt) => snapshotTree(mnt, SNAP)) : undefined }
-  } finally {
-    await release(out)
-  }
-}
-
-/** Every field of every inode, the extents as the view reads them (joined where they continue each other). */
-function compareManifests(t: Test, vfs: Manifest, bulk: Manifest): void {
-  t.equal(bulk.version, 2, 'the bulk mapper writes format 2')
-  t.same(bulk.root, vfs.root, 'root')
-  t.same([...bulk.features].sort(), [...vfs.features].sort(), 'features')
-  t.same(bulk.devices.map((d) => [d.id, d.size, d.hint]), vfs.devices.map((d) => [d.id, d.size, d.hint]), 'devices')
-  t.ok(bulk.devices.every((d) => d.fingerprints.length > 0 || !bulk.inodes.some((n) => n.extents?.length)), 'fingerprints taken')
-  const byIno = new Map(vfs.inodes.map((n) => [n.ino, n]))
-  t.equal(bulk.inodes.length, vfs.inodes.length, 'inode count')
-  let differences = 0
-  for (const n of bulk.inodes) {
-    const want = byIno.get(n.ino)
-    const got = normalize(n)
-    if (!want) {
-      t.fail(`inode ${n.ino} only in the bulk manifest`)
-      continue
-    }
-    if (!isDeepStrictEqual(got, normalize(want)) && differences++ < 5) t.same(got, normalize(want), `inode ${n.ino}`)
-  }
-  t.equal(differences, 0, 'every inode equal')
-}
-
-function normalize(n: Inode): Record<string, unknown> {
-  const { entries, extents, xattrs, ...rest } = n
-  const out: Record<string, unknown> = { ...rest }
-  if (entries) out.entries = [...entries].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
-  if (xattrs) out.xattrs = Object.fromEntries(Object.entries(xattrs).sort())
-  if (extents?.length) {
-    const joined: { fileOffset: number; device: number; deviceOffset: number; length: number }[] = []
-    for (const e of extents) {
-      const last = joined[joined.length - 1]
-      if (last && last.device === e.device && last.fileOffset + last.length === e.fileOffset && last.deviceOffset + last.length === e.deviceOffset) last.length += e.length
-      else joined.push({ fileOffset: e.fileOffset, device: e.device, deviceOffset: e.deviceOffset, length: e.length })
-    }
-    out.extents = joined
-  }
-  return out
-}
-
-/** Both exports, their manifests compared, both views and the source compared as trees. */
-async function equivalent(t: Test, lfs: { mountpoint: string }, tree: string, opts: { views: boolean; args?: string[] } = { views: true }): Promise<void> {
-  const dir = await scratchDir(t, 'extfs-ext4-bulk-')
-  await runOk('sync', ['-f', lfs.mountpoint])
-  const vfs = await exportAndView(t, tree, dir, 'vfs', opts.views, opts.args)
-  const bulk = await exportAndView(t, tree, dir, 'bulk', opts.views, opts.args)
-  compareManifests(t, vfs.manifest, bulk.manifest)
-  if (!opts.views) return
-  t.same(diffTrees(vfs.view!, bulk.view!), [], 'the views are the same tree')
-  t.same(diffTrees(await snapshotTree(tree, SNAP), bulk.view!), [], 'the bulk view is the source')
-}
 
 /** Times the VFS walker and the view carry to the nanosecond, before 1970 and past 2038 (the extra epoch bits). */
 async function oddTimes(tree: string): Promise<void> {
@@ -120,33 +53,10 @@ t.test('ext4: data past 4 GiB in a sparse file', async (t) => {
   await withLoopFs({ fs: 'ext4' }, async (lfs) => {
     const tree = path.join(lfs.mountpoint, 'tree')
     await fsp.mkdir(tree)
-    const data = seededBytes(9, 10000)
-    const at = 5 * 1024 * MiB + 123
-    const fh = await fsp.open(path.join(tree, 'past-4GiB'), 'w')
-    await fh.write(data, 0, data.length, at)
-    await fh.close()
+    const { data, at } = await writePast4GiB(tree, 'past-4GiB')
     // The views are not hashed whole (5 GiB of zeros through FUSE): the manifests must agree, and
     // the bulk view must return the bytes past 4 GiB.
-    const dir = await scratchDir(t, 'extfs-ext4-bulk-')
-    await runOk('sync', ['-f', lfs.mountpoint])
-    const vfs = path.join(dir, 'vfs.json')
-    t.equal((await extfs(['export', tree, '--output', vfs, '--mapper', 'vfs'])).code, 0)
-    await release(vfs)
-    const bulk = path.join(dir, 'bulk.m2')
-    try {
-      t.equal((await extfs(['export', tree, '--output', bulk, '--mapper', 'bulk'])).code, 0)
-      compareManifests(t, readCheckedManifest(vfs), readCheckedManifest(bulk))
-      await withView(bulk, async (mnt) => {
-        const got = Buffer.alloc(data.length + 100)
-        const v = await fsp.open(path.join(mnt, 'past-4GiB'))
-        const { bytesRead } = await v.read(got, 0, got.length, at - 50)
-        await v.close()
-        t.equal(bytesRead, data.length + 50, 'read up to EOF')
-        t.ok(got.subarray(0, 50).equals(Buffer.alloc(50)) && got.subarray(50, 50 + data.length).equals(data), 'the bytes past 4 GiB')
-      })
-    } finally {
-      await release(bulk)
-    }
+    await equivalentManifests(t, lfs, tree, 'extfs-ext4-bulk-', (mnt) => checkReadPast(t, mnt, 'past-4GiB', data, at))
   })
 })
 
