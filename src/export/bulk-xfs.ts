@@ -66,6 +66,11 @@ function skippedDirs(skip: Iterable<string>, dev: number): number[] {
  * Run the bulk mapper on the frozen filesystem, writing the body to `bodyPath`. Throws BulkRefused when
  * it declines (the caller may fall back to the walker), ExportError when export must fail.
  */
+/** The manifest features an XFS body needs (XFS has no inline data the view could need, no data checksums). */
+export function xfsFeatures(r: XfsBulkResult): string[] {
+  return r.byteNames ? ['byte-names'] : []
+}
+
 export function mapXfsBulk(t: XfsBulkTarget, bodyPath: string): XfsBulkBody {
   const { segments, disks } = linearMap(t.mount, t.throughLoop)
   const rootFd = fs.openSync(t.realPaths[0]!, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY | fs.constants.O_NOFOLLOW)

@@ -29,7 +29,7 @@ import { assembleV2, writeManifestV2 } from '../manifest/v2/write'
 import { ext4Features, mapBulk, whyNotBulk } from './bulk-ext4'
 import { bodyPathOf, BulkRefused, type MapperChoice } from './bulk'
 import { mapBtrfsBulk, whyNotBtrfsBulk } from './bulk-btrfs'
-import { mapXfsBulk, whyNotXfsBulk } from './bulk-xfs'
+import { mapXfsBulk, whyNotXfsBulk, xfsFeatures } from './bulk-xfs'
 
 /** Filesystems the mapper resolves to raw disks (btrfs through its chunk tree). */
 const SUPPORTED_FS = new Set(['ext2', 'ext3', 'ext4', 'xfs', 'btrfs'])
@@ -348,7 +348,7 @@ function mapBody(opts: ExportOptions, mount: MountEntry, realPaths: string[], ho
   if (mount.fsType === 'xfs') {
     const b = mapXfsBulk({ mount, realPaths, frozenImage: opts.frozenImage, skip, throughLoop: opts.throughLoop }, body)
     const { bodyBytes, peakRssKiB, tableBytes, windows, handleOpens } = b.result
-    return { counts: b.result, disks: b.disks, root: b.root, features: b.result.byteNames ? ['byte-names'] : [], samples: b.samples, figures: { bodyBytes, peakRssKiB, tableBytes, windows, handleOpens } }
+    return { counts: b.result, disks: b.disks, root: b.root, features: xfsFeatures(b.result), samples: b.samples, figures: { bodyBytes, peakRssKiB, tableBytes, windows, handleOpens } }
   }
   const b = mapBulk({ mount, realPaths, frozenImage: opts.frozenImage, skip, throughLoop: opts.throughLoop, carryMax: opts.carryMax }, body)
   const features = ext4Features(b.result)

@@ -1,5 +1,5 @@
 // The bulk path of `extfs remap` (docs/remap.md, "Remapping a bulk-mapped image"): a format 2 image
-// whose filesystem a bulk mapper reads (ext4 frozen, a read-only btrfs snapshot) is mapped again by that
+// whose filesystem a bulk mapper reads (ext4 or XFS frozen, a read-only btrfs snapshot) is mapped again by that
 // mapper into a scratch body beside the manifest, then joined by inode number with the manifest's
 // INODE records and the files the delta chain replaced (join.ts). Nothing proportional to the image is
 // held: the two bodies stream, the deltas' files and the changed files are all that is kept per file.
@@ -16,6 +16,7 @@ import type { TrailerCounts } from '../manifest/v2/format'
 import { openBodyV2, openManifestV2, sameBodyV2, type V2Inodes } from '../manifest/v2/read'
 import { ext4Features, mapBulk, whyNotExt4Mapper } from '../export/bulk-ext4'
 import { mapBtrfsBulk } from '../export/bulk-btrfs'
+import { mapXfsBulk, whyNotXfsBulk, xfsFeatures } from '../export/bulk-xfs'
 import { BulkRefused } from '../export/bulk'
 import { inSnapshot } from '../export/hold'
 import { imagesRootOf } from '../frozen/image-dir'
@@ -49,11 +50,11 @@ interface FreshBody {
 }
 
 /**
- * Whether a bulk mapper maps images of this kind (as export chooses it): ext4 held by a freeze, a
- * read-only btrfs snapshot. Other format 2 images (a clone set, kind none) stay with the VFS path.
+ * Whether a bulk mapper maps images of this kind (as export chooses it): ext4 or XFS held by a freeze,
+ * a read-only btrfs snapshot. Other format 2 images (a clone set, kind none) stay with the VFS path.
  */
 export function bulkMapsKind(f: FrozenImage): boolean {
-  return (f.fsType === 'ext4' && f.kind === 'freeze') || (f.fsType === 'btrfs' && f.kind === 'snapshot' && f.mechanism === 'btrfs-snapshot')
+  return ((f.fsType === 'ext4' || f.fsType === 'xfs') && f.kind === 'freeze') || (f.fsType === 'btrfs' && f.kind === 'snapshot' && f.mechanism === 'btrfs-snapshot')
 }
 
 /**
@@ -164,6 +165,13 @@ function mapFresh(image: ImageToRemap, body: string): FreshBody {
     if (why !== undefined) throw new BulkRefused(why)
     const b = mapBulk(t, body)
     return { disks: b.disks, root: b.root, features: ext4Features(b.result), counts: b.result }
+  }
+  if (f.fsType === 'xfs') {
+    const t = { mount, realPaths, frozenImage: f.kind, skip: [journalPathOf(image.manifestFile)], throughLoop: mapping.throughLoop }
+    const why = whyNotXfsBulk(t)
+    if (why !== undefined) throw new BulkRefused(why)
+    const b = mapXfsBulk(t, body)
+    return { disks: b.disks, root: b.root, features: xfsFeatures(b.result), counts: b.result }
   }
   if (mount.fsType === 'btrfs' && realPaths.length === 1) {
     const snapshot = path.join(f.imagePath!, SNAPSHOT_NAME)

@@ -8,7 +8,7 @@
 //     (the delta's files now come from the overlay, the rest from the manifest) is unchanged;
 // a btrfs snapshot exported by the walker (format 2) with a nested subvolume, which the bulk mapper
 // refuses: remap warns once and maps through the VFS, unchanged;
-// and an ext4 image held by a freeze and signed, remapped at once: unchanged, through the bulk mapper
+// and an ext4 or XFS image held by a freeze and signed, remapped at once: unchanged, through the bulk mapper
 // (with another key: refused).
 // Needs root, loop devices, btrfs-progs.
 import t from 'tap'
@@ -117,8 +117,9 @@ t.test('btrfs snapshot exported by the walker in format 2, with a nested subvolu
   })
 })
 
-t.test('ext4 freeze, signed: an unchanged image remaps through the bulk mapper', async (t) => {
-  await withLoopFs({ fs: 'ext4' }, async (lfs) => {
+for (const held of [{ fs: 'ext4' as const, mkfsArgs: [] }, { fs: 'xfs' as const, mkfsArgs: ['-m', 'rmapbt=1'] }]) {
+t.test(`${held.fs} freeze, signed: an unchanged image remaps through the bulk mapper`, async (t) => {
+  await withLoopFs({ fs: held.fs, mkfsArgs: held.mkfsArgs }, async (lfs) => {
     const tree = path.join(lfs.mountpoint, 'tree')
     await fsp.mkdir(tree)
     await populate(tree)
@@ -146,3 +147,4 @@ t.test('ext4 freeze, signed: an unchanged image remaps through the bulk mapper',
     }
   })
 })
+}
