@@ -105,8 +105,7 @@ export interface BodyToLoad {
 export function loadTables(path: string, body: BodyToLoad, blockSize: number): MappedTables {
   const tablesFd = openTablesFile()
   try {
-    const result = viewAddon().loadV2(body.fd, { start: body.start, end: body.end }, body.counts, body.facts, tablesFd)
-    if ('error' in result) throw new ManifestError(`manifest ${path}: ${result.error}`)
+    const result = packTablesFile(path, body, tablesFd)
     const handle = viewAddon().mapTables(tablesFd) // keeps its own descriptor of the file
     const counts = viewAddon().tablesCounts(handle)
     const statfs: StatFsFigures = {
@@ -116,6 +115,13 @@ export function loadTables(path: string, body: BodyToLoad, blockSize: number): M
   } finally {
     fs.closeSync(tablesFd)
   }
+}
+
+/** The C loader's run: `body` decoded, checked and written as tables into `tablesFd`. */
+export function packTablesFile(path: string, body: BodyToLoad, tablesFd: number): LoadedV2 {
+  const result = viewAddon().loadV2(body.fd, { start: body.start, end: body.end }, body.counts, body.facts, tablesFd)
+  if ('error' in result) throw new ManifestError(`manifest ${path}: ${result.error}`)
+  return result
 }
 
 /** What the C loader needs from a validated header (either version's: the same fields). */

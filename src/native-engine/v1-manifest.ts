@@ -16,18 +16,15 @@ import { readCheckedManifest } from '../manifest/io'
 import { streamOrReadManifest } from '../manifest/stream'
 import { TreeSink } from '../manifest/tree'
 import { bothSinks, SpooledInodes, Unsorted, V2BodySink } from '../manifest/v2/from-v1'
-import type { TrailerCounts } from '../manifest/v2/format'
-import { loadFacts, loadTables, mappedManifest, openTablesFile, type MappedTables } from './mapped-tables'
+import { loadFacts, loadTables, mappedManifest, openTablesFile, type BodyToLoad, type MappedTables } from './mapped-tables'
 
 const COPY_BYTES = 1024 * 1024
 
 /** The version 1 manifest in `path` checked (signature with `key`) and loaded by C into mapped tables. */
 export function loadV1Manifest(path: string, key: Buffer | undefined): Manifest {
-  const body = encodeBody(path, key)
+  const body = encodeV1Body(path, key)
   try {
-    const { header, counts, bytes, fd } = body
-    const facts = loadFacts(header as unknown as Record<string, unknown>, header.devices.map((d) => d.size))
-    return mappedManifest(path, header, { fd, start: 0, end: bytes, counts, facts }, () => readCheckedManifest(path, key).inodes)
+    return mappedManifest(path, body.header, body, () => readCheckedManifest(path, key).inodes)
   } finally {
     fs.closeSync(body.fd)
   }
@@ -38,6 +35,13 @@ export function loadV1Manifest(path: string, key: Buffer | undefined): Manifest 
  * encoding and C loader; C checks it whole (a manifest read by the mover was checked before).
  */
 export function tablesOfManifest(manifest: Manifest): MappedTables {
+  return withBodyOf(manifest, (body) => loadTables(IN_MEMORY, body, manifest.blockSize))
+}
+
+const IN_MEMORY = '(in memory)'
+
+/** `use` given the body of a manifest held as objects, in an unlinked file closed after. */
+export function withBodyOf<T>(manifest: Manifest, use: (body: BodyToLoad) => T): T {
   const scratch = new Scratch()
   try {
     const [dirs, inodes] = [scratch.open(), scratch.open()]
@@ -45,18 +49,15 @@ export function tablesOfManifest(manifest: Manifest): MappedTables {
     const count = encodeWhole(manifest.inodes, body)
     const bytes = append(dirs, inodes)
     const facts = loadFacts(manifest as unknown as Record<string, unknown>, manifest.devices.map((d) => d.size))
-    return loadTables('(in memory)', { fd: dirs, start: 0, end: bytes, counts: body.counts(count), facts }, manifest.blockSize)
+    return use({ fd: dirs, start: 0, end: bytes, counts: body.counts(count), facts })
   } finally {
     scratch.closeAll()
   }
 }
 
-interface EncodedBody {
+export interface EncodedBody extends BodyToLoad {
   header: ManifestHeader
-  /** The body file (DIR then INODE records), open; the caller closes it. */
-  fd: number
-  bytes: number
-  counts: TrailerCounts
+  /** `fd`: the body file (DIR then INODE records), open; the caller closes it. */
 }
 
 /**
@@ -64,7 +65,7 @@ interface EncodedBody {
  * order); a manifest whose inodes do not is streamed again with its inodes spooled and sorted, and
  * one laid out so that it cannot stream is read whole and encoded from its objects.
  */
-function encodeBody(path: string, key: Buffer | undefined): EncodedBody {
+export function encodeV1Body(path: string, key: Buffer | undefined): EncodedBody {
   const scratch = new Scratch()
   try {
     let dirs = scratch.open()
@@ -91,7 +92,8 @@ function encodeBody(path: string, key: Buffer | undefined): EncodedBody {
     }
     const bytes = append(dirs, inodes)
     scratch.keep(dirs)
-    return { header, fd: dirs, bytes, counts: body.counts(inodeCount) }
+    const facts = loadFacts(header as unknown as Record<string, unknown>, header.devices.map((d) => d.size))
+    return { header, fd: dirs, start: 0, end: bytes, counts: body.counts(inodeCount), facts }
   } finally {
     scratch.closeAll()
   }

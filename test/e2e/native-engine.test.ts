@@ -200,6 +200,9 @@ t.test('native engine on ext4: backups to the nanosecond, and the edges', async 
         for (const e of shifted.extents!) e.deviceOffset += 1000
         const pastEnd = byPath('regular/f4096')
         pastEnd.extents = [{ fileOffset: 0, device: 0, deviceOffset: image.devices[0]!.size, length: 4096 }]
+        // The manifest says the device is a block longer than it is (the packer refuses extents past a
+        // device's end): the device then reads short there.
+        m.devices[0]!.size += 4096
         const inline = byPath('regular/f4095')
         const inlineContent = seededBytes(77, 3000)
         delete inline.extents

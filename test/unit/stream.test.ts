@@ -7,10 +7,10 @@ import type { Manifest } from '../../src/manifest/types'
 import { readManifestFile, writeManifestFile } from '../../src/manifest/io'
 import { signManifest, verifyManifestSignature } from '../../src/manifest/sign'
 import { CannotStream, streamManifestFile } from '../../src/manifest/stream'
-import { TablesBuilder, withDeviceFds } from '../../src/native-engine/stream-tables'
-import { packTables } from '../../src/native-engine/tables'
 import { extent, inodeOf, makeInode, makeManifest } from '../helpers/manifest-factory'
 import { servedTree } from '../helpers/served-tree'
+import { packedTables, packedV1File } from '../helpers/packed-tables'
+import { TreeSink } from '../../src/manifest/tree'
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 type Loose = any
@@ -38,13 +38,14 @@ function write(dir: string, name: string, layout: string, m: Manifest): string {
   return file
 }
 
-/** Streams `file`: the packed image, or the error message; 'fallback' when it cannot stream. */
+/**
+ * Streams `file`: the packed image (as a mount packs it: re-encoded and loaded by C), or the error
+ * message; 'fallback' when it cannot stream.
+ */
 function streamed(file: string, key?: Buffer): { image?: Buffer; error?: string } {
-  const b = new TablesBuilder()
   try {
-    const header = streamManifestFile(file, b, { maxBytes: 2 ** 30, key })
-    const staged = b.build()
-    return { image: withDeviceFds(staged, header.devices.map((_, i) => 100 + i)).image }
+    streamManifestFile(file, new TreeSink(), { maxBytes: 2 ** 30, key })
+    return { image: packedV1File(file, key, (n) => Array.from({ length: n }, (_, i) => 100 + i)).image }
   } catch (err) {
     if (err instanceof CannotStream) return { error: 'fallback' }
     return { error: (err as Error).message }
@@ -55,7 +56,7 @@ function whole(file: string, key?: Buffer): { image?: Buffer; error?: string } {
   try {
     const m = readManifestFile(file)
     if (key) verifyManifestSignature(m, key)
-    return { image: packTables(m, m.devices.map((_, i) => 100 + i)).image }
+    return { image: packedTables(m, m.devices.map((_, i) => 100 + i)).image }
   } catch (err) {
     return { error: (err as Error).message }
   }
