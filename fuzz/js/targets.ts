@@ -16,8 +16,9 @@ import { CannotStream, streamManifestFile, streamOrReadManifest } from '../../sr
 import { MANIFEST_FORMAT, MANIFEST_VERSION, KNOWN_FEATURES, type Extent, type Manifest } from '../../src/manifest/types'
 import { planRead } from '../../src/extents/plan'
 import { decodeName, encodeName } from '../../src/manifest/names'
-import { mergeExtents, packTables } from '../../src/native-engine/tables'
-import { TablesBuilder, withDeviceFds } from '../../src/native-engine/stream-tables'
+import { mergeExtents } from '../../src/native-engine/tables'
+import { packedTables, packedV1File, packedV2File } from '../../test/helpers/packed-tables'
+import { TreeSink } from '../../src/manifest/tree'
 import { packDelta } from '../../src/native-engine/delta-tables'
 import { viewAddon, type PlannedPiece } from '../../src/native-engine/addon'
 import { parseDelta } from '../../src/delta/io'
@@ -154,7 +155,8 @@ function firstDifference(a: Record<string, unknown>, b: Record<string, unknown>)
 }
 
 /**
- * A manifest validate() accepted must pack (tables.ts) into tables that serve what it says, pass C's
+ * A manifest validate() accepted must pack (re-encoded as v2 and loaded by C, as a mount packs it)
+ * into tables that serve what it says, pass C's
  * table check (xt_check), and every read of its files must plan in C (plan.c) exactly as
  * src/extents/plan.ts plans it.
  */
@@ -162,7 +164,7 @@ function checkPacked(m: Manifest, what: string): void {
   let image: Buffer
   let index: (ino: number) => number
   try {
-    const packed = packTables(m, fdsOf(m))
+    const packed = packedTables(m, fdsOf(m))
     image = packed.image
     index = (ino) => packed.paths.index(ino)
   } catch (err) {
@@ -234,10 +236,11 @@ function scratchFile(name: string, bytes: Buffer | string): string {
 
 /** The streaming reader's verdict: the packed image and header, a refusal, or 'fallback' (CannotStream). */
 function streamed(file: string, key: Buffer | undefined, chunkBytes: number): { image?: Buffer; header?: unknown; error?: string } | 'fallback' {
-  const b = new TablesBuilder()
   try {
-    const header = streamManifestFile(file, b, { maxBytes: 2 ** 30, key, chunkBytes })
-    return { image: withDeviceFds(b.build(), fdsOf(header)).image, header }
+    const header = streamManifestFile(file, new TreeSink(), { maxBytes: 2 ** 30, key, chunkBytes })
+    // Accepted: packed as a mount packs it (streamed again, in 4 MiB chunks, re-encoded, loaded by C).
+    const image = packedV1File(file, key, (n) => Array.from({ length: n }, (_, i) => 3 + i)).image
+    return { image, header }
   } catch (err) {
     if (err instanceof CannotStream) return 'fallback'
     return { error: refusal(err, `streamManifestFile (chunks of ${chunkBytes} bytes)`).message }
@@ -246,7 +249,7 @@ function streamed(file: string, key: Buffer | undefined, chunkBytes: number): { 
 
 const stream: Target = {
   name: 'stream',
-  about: 'stream.ts + stream-tables.ts against the whole-file reader (io.ts), in chunks of 4 MiB and of a few bytes, with --key ' +
+  about: 'stream.ts + the tree walk + the mount\'s packer (v1 re-encoded, loaded by C) against the whole-file reader (io.ts), in chunks of 4 MiB and of a few bytes, with --key ' +
     'when the manifest is signed: both accept or both refuse (or the stream hands over to the whole-file path); ' +
     'accepted, the same header and the same served tree',
   alsoSeeds: ['test/fixtures', 'fuzz/corpus/manifest'],
@@ -275,7 +278,7 @@ const stream: Target = {
       if (s.error !== undefined) continue
       const { inodes: _inodes, ...header } = whole.m!
       if (!isDeepStrictEqual(s.header, header)) throw new Finding(`the streamed header differs from the whole manifest's; ${at}`)
-      const packed = packTables(whole.m!, fdsOf(whole.m!)).image
+      const packed = packedTables(whole.m!, fdsOf(whole.m!)).image
       if (!isDeepStrictEqual(servedTree(s.image!), servedTree(packed))) throw new Finding(`the streamed tables serve another tree than the whole manifest's; ${at}`)
     }
   },
@@ -309,7 +312,7 @@ function v2Of(value: Json, edits: readonly Edit[]): Buffer | undefined {
   return undefined
 }
 
-/** The manifest a v2 reader accepted, as version 1 would hold it (for validateManifest and packTables). */
+/** The manifest a v2 reader accepted, as version 1 would hold it (for validateManifest and the packer). */
 function asV1(m: Manifest): Manifest {
   const { signature: _s, ...rest } = m
   return { ...rest, version: MANIFEST_VERSION }
@@ -318,7 +321,7 @@ function asV1(m: Manifest): Manifest {
 const v2: Target = {
   name: 'v2',
   about: 'manifest format 2 (v2/read.ts) on binary files made from the JSON seeds and edited byte by byte: refuses in one line, or ' +
-    'accepts only what validateManifest accepts as version 1, streams the same tree as packTables of it, and writes back the same inodes',
+    'accepts only what validateManifest accepts as version 1, loads in C the tree its objects pack into, and writes back the same inodes',
   alsoSeeds: ['test/fixtures', 'fuzz/corpus/manifest'],
   arbitrary: (seeds) => fc.record({
     seed: fc.nat({ max: seeds.length - 1 }),
@@ -335,10 +338,9 @@ const v2: Target = {
     if (r.error !== undefined || !isV2Path(file)) return
     const m = asV1(r.value!)
     mustAccept('validateManifest of what the v2 reader accepted', () => validateManifest(JSON.parse(JSON.stringify(m))))
-    const b = new TablesBuilder()
-    const { header } = mustAccept('streamOrReadManifest (v2)', () => streamOrReadManifest(file, b))
-    const streamedTree = servedTree(withDeviceFds(b.build(), fdsOf(header)).image)
-    if (!isDeepStrictEqual(streamedTree, servedTree(packTables(m, fdsOf(m)).image))) throw new Finding('the v2 stream serves another tree than packTables of what it read')
+    mustAccept('streamOrReadManifest (v2)', () => streamOrReadManifest(file, new TreeSink()))
+    const loadedTree = servedTree(mustAccept('the C loader (v2)', () => packedV2File(file, undefined, (n) => Array.from({ length: n }, (_, i) => 3 + i))).image)
+    if (!isDeepStrictEqual(loadedTree, servedTree(packedTables(m, fdsOf(m)).image))) throw new Finding('C loads another tree from the v2 file than from what the v2 reader read of it')
     const again = scratchFile('again.extfs', '')
     const { inodes, ...h } = m
     writeManifestV2(again, h, inodes)
@@ -419,7 +421,7 @@ const delta: Target = {
     // nor replaces (docs/remap.md, "Engine"): such a delta is refused there, by design.
     const inline = new Set(m.inodes.filter((n) => n.inline !== undefined).map((n) => n.ino))
     if (d.files.some((f) => f.inline !== undefined || inline.has(f.ino))) return
-    const { image, paths } = packTables(m, fdsOf(m))
+    const { image, paths } = packedTables(m, fdsOf(m))
     const files = d.files.map((f) => ({ index: paths.index(f.ino), extents: f.extents ?? [] }))
     if (files.some((f) => f.index < 0)) throw new Finding('a delta names a file the tables do not have')
     let packed: Buffer
