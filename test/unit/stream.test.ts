@@ -8,7 +8,7 @@ import { readManifestFile, writeManifestFile } from '../../src/manifest/io'
 import { signManifest, verifyManifestSignature } from '../../src/manifest/sign'
 import { CannotStream, streamManifestFile } from '../../src/manifest/stream'
 import { extent, inodeOf, makeInode, makeManifest } from '../helpers/manifest-factory'
-import { servedTree } from '../helpers/served-tree'
+import { manifestTree, servedTree } from '../helpers/served-tree'
 import { packedTables, packedV1File } from '../helpers/packed-tables'
 import { TreeSink } from '../../src/manifest/tree'
 
@@ -80,7 +80,43 @@ t.test('valid manifests: the same tree in every layout', async (t) => {
       const s = streamed(file)
       t.equal(s.error, undefined, `${name}, ${layout}: streams`)
       t.same(servedTree(s.image!), servedTree(whole(file).image!), `${name}, ${layout}: same tree as the whole-file path`)
+      // The model of the manifest as the file has it (a layout may reorder an inode's keys, and so its xattrs).
+      t.same(servedTree(s.image!), manifestTree(JSON.parse(fs.readFileSync(file, 'utf8')) as Manifest), `${name}, ${layout}: the tree the manifest says`)
     }
+  }
+})
+
+t.test('the mount\'s packer: inodes in any order, a layout that cannot stream, refusals with their messages', async (t) => {
+  const dir = t.testdir({})
+  const fds = (n: number) => Array.from({ length: n }, (_, i) => 100 + i)
+  const every = JSON.parse(fs.readFileSync(path.join(FIXTURES, 'manifest-v1-every-kind.json'), 'utf8')) as Manifest
+  const { signature: _s, ...unsigned } = every
+  const cases: Record<string, Manifest> = {
+    'writer order': unsigned,
+    'inodes reversed (spooled, sorted)': { ...unsigned, inodes: [...unsigned.inodes].reverse() },
+    'one inode out of place at the end': { ...unsigned, inodes: [...unsigned.inodes.slice(1), unsigned.inodes[0]!] },
+  }
+  for (const [name, m] of Object.entries(cases)) {
+    const file = write(dir, 'm.json', 'one inode per line', m)
+    t.same(servedTree(packedV1File(file, undefined, fds).image), manifestTree(m), `${name}: the tree the manifest says`)
+  }
+  const reversedKeys = path.join(dir, 'keys.json')
+  fs.writeFileSync(reversedKeys, JSON.stringify(reverseKeys(unsigned), null, 2))
+  t.equal(streamed(reversedKeys).error, 'fallback', 'top-level keys reversed: cannot stream')
+  t.same(servedTree(packedV1File(reversedKeys, undefined, fds).image), manifestTree(JSON.parse(fs.readFileSync(reversedKeys, 'utf8')) as Manifest),
+    '... read whole and packed as it says')
+  const refusals: Array<[string, (m: Loose) => void, RegExp]> = [
+    ['an ino twice, out of order (the sorting pass)', (m) => { m.inodes.push(makeInode(2, 'fifo')) }, /^inode 2: is listed twice/],
+    ['an ino twice, side by side', (m) => { m.inodes.push(makeInode(4, 'fifo')) }, /^inode 4: is listed twice/],
+    ['a cycle', (m) => { looseInode(m, 3).entries.push({ name: 'me', ino: 3 }) }, /^inode 3: entry "me" points at directory 3, its own ancestor \(a cycle\)/],
+    ['an orphan, out of order', (m) => { m.inodes.unshift(makeInode(9, 'file')) }, /^inode 9: is not reachable from the root \(an orphan\)/],
+  ]
+  for (const [name, mutate, want] of refusals) {
+    const m: Loose = makeManifest()
+    mutate(m)
+    const file = path.join(dir, 'bad.json')
+    fs.writeFileSync(file, JSON.stringify(m))
+    t.throws(() => packedV1File(file, undefined, fds), want, name)
   }
 })
 
