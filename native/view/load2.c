@@ -23,7 +23,7 @@
 // cache, one inode's xattrs; ~10.5 MiB): 23.5 MB for 1,000,000 files, 141 MB for 10,000,000, reported in
 // m2_load_out.heap_bytes.
 //
-// Sections lie in the JS packer's order (tables.ts): header | inodes | dirents | extents | xattrs |
+// Sections lie in the order of tables.h (src/native-engine/tables.ts states the layout): header | inodes | dirents | extents | xattrs |
 // copies | devices | names | data. Device fds are -1 (none yet): the control plane writes them once it
 // has opened and proven the devices (addon setTablesDevices).
 #include "load2_internal.h"

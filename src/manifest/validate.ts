@@ -355,7 +355,7 @@ export function checkFingerprints(list: unknown, deviceSize: number, where: stri
 }
 
 // ---------------------------------------------------------------------------------------------
-// Inodes: each one on its own (fields, extents, xattrs). How they link up is checkTree's job.
+// Inodes: each one on its own (fields, extents, xattrs). How they link up is walkInodeTree's job.
 
 interface InodeTable {
   list: Inode[]

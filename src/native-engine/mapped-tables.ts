@@ -1,7 +1,9 @@
-// Tables the C loader wrote into a file from a version 2 manifest (native/view/load2.c), mapped by
-// the addon (native/view/tables_file.c): JS never holds a copy. The manifest's header is read and
-// validated here (src/manifest/v2/read.ts readLayout, the reference reader's), its HMAC verified
-// streaming, then C decodes, checks and packs the body; a bad body is one ManifestError line.
+// Tables the C loader wrote into a file from a version 2 body (native/view/load2*.c: the one packer
+// of the view's tables), mapped by the addon (native/view/tables_file.c): JS never holds a copy. For a
+// version 2 manifest the header is read and validated here (src/manifest/v2/read.ts readLayout, the
+// reference reader's), its HMAC verified streaming, then C decodes, checks and packs the body; a
+// version 1 manifest arrives as a body re-encoded from its checked inodes (v1-manifest.ts). A bad
+// body is one ManifestError line.
 //
 // The tables file is unlinked from the start (O_TMPFILE): nothing is left behind, whatever way the
 // process ends. It lives in EXTFS_TABLES_DIR, else /var/tmp, else the temporary directory: a disk
@@ -18,7 +20,7 @@ import type { FileSizes } from '../delta/validate'
 import { viewAddon, type LoadedV2, type LoadV2Facts, type TablesHandle } from './addon'
 import { csumHeader, type StatFsFigures } from './tables'
 
-/** What a log line needs of the tables: index → ino and path, ino → index. PathTable (tables.ts) too. */
+/** What a log line needs of the tables: index → ino and path, ino → index. */
 export interface IndexPaths {
   ino(index: number): number
   index(ino: number): number

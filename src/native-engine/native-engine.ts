@@ -1,7 +1,7 @@
 // The native engine: the view served in C on libfuse3's low-level API (native/view/). C packs the
-// manifest into tables in a file once (mapped-tables.ts), JS mounts them, and then only answers two rare calls from C: "judge the
-// config-ID record, it changed (or the lease expired)" and "log this refused open / failed read".
-// Requests never reach JS.
+// manifest into tables in a file once (mapped-tables.ts), JS mounts them, and then only answers two
+// rare calls from C: "judge the config-ID record, it changed (or the lease expired)" and "log this
+// refused open / failed read". Requests never reach JS.
 import { promises as fsp, writeFileSync } from 'node:fs'
 import type { Logger } from 'pino'
 import type { Extent, Manifest } from '../manifest/types'
