@@ -665,21 +665,16 @@ export interface InodeTree {
 
 /**
  * The one walk of the inode tree (every reader of either version in TypeScript; the view's C loader
- * checks the same rules, native/view/load2_dirs.c): iterative and breadth-first from the root.
- * Every directory must be reached exactly once (one parent, no cycles, no entry back to the root),
- * every entry must name an inode, every inode must be reached (no orphans); files may be reached many
- * times (hard links). Throws ManifestError on the first problem.
+ * checks the same rules, native/view/load2_dirs.c): iterative and breadth-first from the root, each
+ * inode reached once, each reached directory's entries in their order. `entry` sees every entry with
+ * the position of the inode it names (-1: none) and whether that inode was reached before; returning
+ * true stops the walk. Returns which inodes (by position) were reached. The checks are walkInodeTree's; a reader
+ * of a tree that may be broken (paths.ts, for messages) walks with its own `entry`.
  */
-export function walkInodeTree(tree: InodeTree, root: number): void {
-  const n = tree.count
-  const rootPos = tree.indexOf(root)
-  if (rootPos === -1) bad('manifest', `root inode ${root} is missing from the inode list`)
-  if (tree.kind(rootPos) !== 'dir') bad('manifest', `root inode ${root} is a ${tree.kind(rootPos)}, not a dir`)
+export function breadthFirst(tree: InodeTree, rootPos: number, entry: (dir: number, k: number, child: number, seen: boolean) => boolean | void): Uint8Array {
   /** Positions in the order reached: each inode once. */
-  const queue = new Uint32Array(n)
-  const reached = new Uint8Array(n)
-  /** Position of each directory's parent; -1 until reached (and for the root). */
-  const parentOf = new Int32Array(n).fill(-1)
+  const queue = new Uint32Array(tree.count)
+  const reached = new Uint8Array(tree.count)
   queue[0] = rootPos
   reached[rootPos] = 1
   let count = 1
@@ -688,21 +683,37 @@ export function walkInodeTree(tree: InodeTree, root: number): void {
     if (tree.kind(dir) !== 'dir') continue
     const entries = tree.entryCount(dir)
     for (let k = 0; k < entries; k++) {
-      const childIno = tree.entryIno(dir, k)
-      const child = tree.indexOf(childIno)
-      if (child === -1) bad(`inode ${tree.ino(dir)}`, `entry ${quote(tree.entryName(dir, k))} points at inode ${childIno}, which does not exist`)
-      if (tree.kind(child) === 'dir') {
-        if (child === rootPos) bad(`inode ${tree.ino(dir)}`, `entry ${quote(tree.entryName(dir, k))} points back at the root directory (a cycle)`)
-        if (reached[child]) rejectSecondParent(tree, parentOf, child, dir, tree.entryName(dir, k))
-        parentOf[child] = dir
-      }
-      if (!reached[child]) {
-        reached[child] = 1
-        queue[count++] = child
-      }
+      const child = tree.indexOf(tree.entryIno(dir, k))
+      const seen = child !== -1 && reached[child] === 1
+      if (entry(dir, k, child, seen) === true) return reached
+      if (child === -1 || seen) continue
+      reached[child] = 1
+      queue[count++] = child
     }
   }
-  if (count < n) bad(`inode ${tree.ino(reached.indexOf(0))}`, 'is not reachable from the root (an orphan)')
+  return reached
+}
+
+/**
+ * The tree's rules over the walk: every directory reached exactly once (one parent, no cycles, no
+ * entry back to the root), every entry naming an inode, every inode reached (no orphans); files may be
+ * reached many times (hard links). Throws ManifestError on the first problem.
+ */
+export function walkInodeTree(tree: InodeTree, root: number): void {
+  const rootPos = tree.indexOf(root)
+  if (rootPos === -1) bad('manifest', `root inode ${root} is missing from the inode list`)
+  if (tree.kind(rootPos) !== 'dir') bad('manifest', `root inode ${root} is a ${tree.kind(rootPos)}, not a dir`)
+  /** Position of each directory's parent; -1 until reached (and for the root). */
+  const parentOf = new Int32Array(tree.count).fill(-1)
+  const reached = breadthFirst(tree, rootPos, (dir, k, child, seen) => {
+    if (child === -1) bad(`inode ${tree.ino(dir)}`, `entry ${quote(tree.entryName(dir, k))} points at inode ${tree.entryIno(dir, k)}, which does not exist`)
+    if (tree.kind(child) !== 'dir') return
+    if (child === rootPos) bad(`inode ${tree.ino(dir)}`, `entry ${quote(tree.entryName(dir, k))} points back at the root directory (a cycle)`)
+    if (seen) rejectSecondParent(tree, parentOf, child, dir, tree.entryName(dir, k))
+    parentOf[child] = dir
+  })
+  const orphan = reached.indexOf(0)
+  if (orphan !== -1) bad(`inode ${tree.ino(orphan)}`, 'is not reachable from the root (an orphan)')
 }
 
 function checkEntryCount(entries: unknown[], dirIno: number): void {
