@@ -15,7 +15,7 @@ import type { Inode, Manifest, ManifestHeader } from '../manifest/types'
 import { readCheckedManifest } from '../manifest/io'
 import { streamOrReadManifest } from '../manifest/stream'
 import { TreeSink } from '../manifest/tree'
-import { bothSinks, SpooledInodes, Unsorted, V2BodySink } from '../manifest/v2/from-v1'
+import { bothSinks, encoding, SpooledInodes, Unsorted, V2BodySink } from '../manifest/v2/from-v1'
 import { loadFacts, loadTables, mappedManifest, openTablesFile, type BodyToLoad, type MappedTables } from './mapped-tables'
 
 const COPY_BYTES = 1024 * 1024
@@ -103,7 +103,7 @@ export function encodeV1Body(path: string, key: Buffer | undefined): EncodedBody
 function encodeWhole(inodes: readonly Inode[], body: V2BodySink): number {
   for (const n of inodes) if (n.kind === 'dir') body.inode(n) // DIR records only (the sink does not stop)
   const out = body.inodeStream()
-  for (const n of [...inodes].sort((a, b) => a.ino - b.ino)) out.inode(n)
+  for (const n of [...inodes].sort((a, b) => a.ino - b.ino)) encoding(n, () => out.inode(n))
   body.finish()
   return inodes.length
 }

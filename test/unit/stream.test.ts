@@ -110,6 +110,8 @@ t.test('the mount\'s packer: inodes in any order, a layout that cannot stream, r
     ['an ino twice, side by side', (m) => { m.inodes.push(makeInode(4, 'fifo')) }, /^inode 4: is listed twice/],
     ['a cycle', (m) => { looseInode(m, 3).entries.push({ name: 'me', ino: 3 }) }, /^inode 3: entry "me" points at directory 3, its own ancestor \(a cycle\)/],
     ['an orphan, out of order', (m) => { m.inodes.unshift(makeInode(9, 'file')) }, /^inode 9: is not reachable from the root \(an orphan\)/],
+    // v1 takes times up to 2^53 - 1; v2, the tables' input, differences below 2^52: refused, never wrapped.
+    ['times 2^52 apart', (m) => { looseInode(m, 3).mtime = [2 ** 53 - 1, 0] }, /^inode 3: cannot be loaded: the view's tables take differences below 2\^52/],
   ]
   for (const [name, mutate, want] of refusals) {
     const m: Loose = makeManifest()

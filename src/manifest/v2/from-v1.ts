@@ -9,7 +9,7 @@
 // streams it again into a SpooledInodes sink: each inode's JSON appended to a spool file, 20 bytes
 // per inode of index, encoded in order at the end.
 import fs from 'node:fs'
-import { ManifestError } from '../../errors'
+import { bad } from '../validate'
 import type { InodeSink } from '../stream'
 import type { Inode } from '../types'
 import type { TrailerCounts } from './format'
@@ -18,13 +18,19 @@ import { BodyStream } from './write'
 /** The manifest's inodes do not ascend: stream it again into SpooledInodes. */
 export class Unsorted extends Error {}
 
-/** RangeError of the encoder (a difference version 2 cannot encode) as the one-line error of a bad manifest. */
-function encoding<T>(what: () => T): T {
+/**
+ * `n` encoded by `encode`, a RangeError of the encoder turned into the one-line error of a bad
+ * manifest, naming the inode. Version 2 stores times, device offsets and entries' inode numbers as
+ * differences from their neighbours, below 2^52 each (manifest-v2.md); version 1 takes values up to
+ * 2^53 - 1, so a manifest with values 2^52 apart (a time 140 million years from the others, a device
+ * of 4 PiB) is refused at mount rather than served wrong.
+ */
+export function encoding(n: Inode, encode: () => void): void {
   try {
-    return what()
+    encode()
   } catch (err) {
-    if (err instanceof RangeError) throw new ManifestError(`manifest cannot be loaded as version 2: ${err.message}`)
-    throw err
+    if (!(err instanceof RangeError)) throw err
+    bad(`inode ${n.ino}`, `cannot be loaded: the view's tables take differences below 2^52 between neighbouring times, device offsets and entries' inode numbers (${err.message})`)
   }
 }
 
@@ -42,12 +48,12 @@ export class V2BodySink implements InodeSink {
   begin(): void {}
 
   inode(n: Inode): void {
-    if (n.kind === 'dir') encoding(() => this.dirs.dir(n.ino, n.entries ?? []))
+    if (n.kind === 'dir') encoding(n, () => this.dirs.dir(n.ino, n.entries ?? []))
     if (!this.stopWhenUnsorted) return
     if (n.ino < this.lastIno) throw new Unsorted(`inode ${n.ino} after ${this.lastIno}`)
     if (n.ino === this.lastIno) return // listed twice: the tree check refuses it once the stream ends
     this.lastIno = n.ino
-    encoding(() => this.inodes.inode(n))
+    encoding(n, () => this.inodes.inode(n))
   }
 
   finish(): void {
@@ -101,7 +107,8 @@ export class SpooledInodes implements InodeSink {
     for (const i of order) {
       const json = Buffer.allocUnsafe(this.lens[i]!)
       fs.readSync(this.spoolFd, json, 0, json.length, this.offs[i]!)
-      encoding(() => out.inode(JSON.parse(json.toString('utf8')) as Inode))
+      const n = JSON.parse(json.toString('utf8')) as Inode
+      encoding(n, () => out.inode(n))
     }
     out.flush()
     return this.n
