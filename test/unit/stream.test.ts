@@ -1,5 +1,6 @@
-// The streaming loader (src/manifest/stream.ts + src/native-engine/stream-tables.ts) against the whole-file
-// path: the same verdict and message for every layout, the same served tree, exact signatures.
+// The streaming loader (src/manifest/stream.ts, the tree check of src/manifest/tree.ts, and the mount's
+// packer: src/native-engine/v1-manifest.ts) against the whole-file path and the model: the same verdict
+// and message for every layout, the tree the manifest says, exact signatures.
 import t from 'tap'
 import fs from 'node:fs'
 import path from 'node:path'
