@@ -15,10 +15,6 @@ export const ROOT = (() => {
 // The checkout's addons, unless the caller named others (an ASan build, say).
 process.env.EXTFS_ADDON_DIR ??= path.join(ROOT, 'build', 'Release')
 
-// src/native-engine/memory.ts forces full collections while tables are built (to keep a mount's peak
-// low); with a table build per input they would take most of the time. It uses a global gc first.
-;(globalThis as { gc?: () => void }).gc = () => undefined
-
-// Table blobs and records in chunks of 1000 bytes instead of 32 MiB: small manifests then cross chunk
-// boundaries (Blob.add and read, Records), and a build does not allocate hundreds of MiB per input.
+// Delta blobs in chunks of 1000 bytes instead of 32 MiB: small deltas then cross chunk boundaries
+// (Blob.add and read), and a delta packed per input does not allocate hundreds of MiB.
 setChunkBytes(1000)

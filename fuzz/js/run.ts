@@ -16,7 +16,7 @@ import fc from 'fast-check'
 import { seedsOf } from './corpus'
 import { Finding, TARGETS, type Target } from './targets'
 import { validateManifest } from '../../src/manifest/validate'
-import { packTables } from '../../src/native-engine/tables'
+import { packedTables } from '../../test/helpers/packed-tables'
 import { loadFacts } from '../../src/native-engine/mapped-tables'
 import { readLayout } from '../../src/manifest/v2/read'
 import { writeManifestV2 } from '../../src/manifest/v2/write'
@@ -171,7 +171,7 @@ function cSeeds(): number {
     } catch {
       continue
     }
-    write('c-tables', s.name, Buffer.concat([u64(4095), u64(8194), packTables(m, m.devices.map((_, i) => 3 + i)).image]))
+    write('c-tables', s.name, Buffer.concat([u64(4095), u64(8194), packedTables(m, m.devices.map((_, i) => 3 + i)).image]))
     write('c-load2', s.name, load2Seed(m))
   }
   for (const s of seedsOf(targetNamed('delta'))) {
@@ -183,7 +183,7 @@ function cSeeds(): number {
     } catch {
       continue // a regression entry the parser refuses
     }
-    const { image, paths } = packTables(m, m.devices.map((_, i) => 3 + i))
+    const { image, paths } = packedTables(m, m.devices.map((_, i) => 3 + i))
     const delta = packDelta(d.files.map((f) => ({ index: paths.index(f.ino), extents: f.extents ?? [] })), d.devices.map((x) => x.size))
     write('c-delta', s.name, Buffer.concat([u32(image.length), u32(d.devices.length), u64(1), u64(8192), image, delta]))
   }
@@ -200,7 +200,7 @@ function load2Seed(m: Manifest): Buffer {
     const fd = fs.openSync(file, 'r')
     try {
       const layout = readLayout(fd, file, Number.MAX_SAFE_INTEGER)
-      const f = loadFacts(layout)
+      const f = loadFacts(layout.header, layout.facts.deviceSizes)
       const body = Buffer.alloc(layout.bodyEnd - layout.bodyStart)
       fs.readSync(fd, body, 0, body.length, layout.bodyStart)
       const fixed = Buffer.alloc(2 + 8 * f.deviceSizes.length + 24)

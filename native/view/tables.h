@@ -1,4 +1,4 @@
-// The view's tables: one immutable, little-endian image packed by src/native-engine/tables.ts from a
+// The view's tables: one immutable, little-endian image (layout mirrored by src/native-engine/tables.ts) packed by load2*.c from a
 // validated manifest. This header and that module are the two halves of one contract; the addon
 // exports every struct's size and field offsets (layout()) and JS refuses to run if they disagree.
 //

@@ -3,7 +3,7 @@ import type { Inode, Manifest } from '../manifest/types'
 import { printable } from '../manifest/names'
 import { streamOrReadManifest, type InodeSink } from '../manifest/stream'
 import { ManifestError } from '../errors'
-import { TablesBuilder } from '../native-engine/stream-tables'
+import { TreeSink } from '../manifest/tree'
 
 export interface Summary {
   configId: string
@@ -86,17 +86,17 @@ function pathsOf(wanted: Set<number>, dirs: Set<number>, root: number, pass: (si
 
 /**
  * The summary of the manifest in `file` (either version), checked and its signature verified with
- * `key`, streamed: the summary itself holds what is proportional to its directories, the check the
- * mover's packed tables (about 170 bytes per inode, as a mount of a version 1 manifest).
+ * `key`, streamed: the summary itself holds what is proportional to its directories, the tree check
+ * its compact arrays (src/manifest/tree.ts, about 50 bytes per small file, as a mount of version 1).
  */
 export function summarizeFile(file: string, key?: Buffer): Summary {
   let tally = new Tally()
-  // The tree rules (one parent per directory, no cycles, no orphans) are checked by the mover's own
-  // streaming packer, so that inspect refuses what mount refuses; it holds the packed tables meanwhile.
-  const check = new TablesBuilder()
+  // The tree rules (one parent per directory, no cycles, no orphans) are checked by the walk a mount
+  // of version 1 checks them with, so that inspect refuses what mount refuses.
+  const check = new TreeSink()
   const both: InodeSink = {
-    begin: (h, facts) => { check.begin(h, facts); tally.begin() },
-    inode: (n, i) => { check.inode(n, i); tally.inode(n) },
+    begin: () => tally.begin(),
+    inode: (n, i) => { check.inode(n); tally.inode(n) },
     finish: (root) => check.finish(root),
   }
   const { header, whole } = streamOrReadManifest(file, both, key)

@@ -10,7 +10,7 @@
 // takes a faster path: the line is parsed as is, and a line that does not parse alone is scanned.
 //
 // What needs the whole manifest is checked after the stream: duplicate inode numbers, the root, the
-// tree (by the sink, on its compact arrays: src/manifest/tree.ts) and the signature. Header fields
+// tree (by the sink: src/manifest/tree.ts TreeSink, on compact arrays) and the signature. Header fields
 // are checked by validate.ts's own validateHeader once the inodes begin, so they must all come
 // before `inodes` except `root` and `signature` (the writer puts `signature` last). A manifest laid
 // out otherwise, or with a top-level key twice, throws CannotStream: the caller falls back to the

@@ -355,7 +355,7 @@ export function checkFingerprints(list: unknown, deviceSize: number, where: stri
 }
 
 // ---------------------------------------------------------------------------------------------
-// Inodes: each one on its own (fields, extents, xattrs). How they link up is checkTree's job.
+// Inodes: each one on its own (fields, extents, xattrs). How they link up is walkInodeTree's job.
 
 interface InodeTable {
   list: Inode[]
@@ -630,45 +630,90 @@ export function checkInodeTree(root: unknown, inodes: Inode[], byteNames: boolea
   checkTree(root, inodes, indexInodes(inodes, maxIno), byteNames)
 }
 
+/**
+ * A whole manifest's tree: each directory's entries on their own first, in list order (as a streamed
+ * manifest's are checked while it streams), then the walk every reader shares.
+ */
 function checkTree(root: unknown, inodes: Inode[], index: InoIndex, byteNames: boolean): void {
   checkRoot(root)
-  const rootIndex = lookupIno(index, root)
-  if (rootIndex === -1) bad('manifest', `root inode ${root} is missing from the inode list`)
-  if (inodes[rootIndex]!.kind !== 'dir') bad('manifest', `root inode ${root} is a ${inodes[rootIndex]!.kind}, not a dir`)
+  for (const n of inodes) if (n.kind === 'dir') checkEntries(n.entries as unknown[], n.ino, byteNames)
+  walkInodeTree({
+    count: inodes.length,
+    ino: (i) => inodes[i]!.ino,
+    kind: (i) => inodes[i]!.kind,
+    indexOf: (ino) => lookupIno(index, ino),
+    entryCount: (i) => inodes[i]!.entries?.length ?? 0,
+    entryIno: (i, k) => inodes[i]!.entries![k]!.ino,
+    entryName: (i, k) => inodes[i]!.entries![k]!.name,
+  }, root)
+}
 
-  const reached = new Uint8Array(inodes.length)
-  /** Position of each directory's parent in `inodes`; -1 until reached (and for the root). */
-  const parentOf = new Int32Array(inodes.length).fill(-1)
-  reached[rootIndex] = 1
-  let reachedCount = 1
-  const stack = [rootIndex]
-  while (stack.length > 0) {
-    const dirIndex = stack.pop()!
-    const dir = inodes[dirIndex]!
-    const entries = dir.entries as unknown[]
-    checkEntryCount(entries, dir.ino)
-    const names = entries.length > 1 ? new Set<string>() : undefined
-    for (let i = 0; i < entries.length; i++) {
-      const e = checkEntry(entries[i], dir.ino, i, names, byteNames)
-      const childIndex = lookupIno(index, e.ino)
-      if (childIndex === -1) bad(`inode ${dir.ino}`, `entry ${quote(e.name)} points at inode ${e.ino}, which does not exist`)
-      const child = inodes[childIndex]!
-      if (child.kind === 'dir') {
-        if (childIndex === rootIndex) bad(`inode ${dir.ino}`, `entry ${quote(e.name)} points back at the root directory (a cycle)`)
-        if (reached[childIndex]) rejectSecondParent(inodes, parentOf, childIndex, dirIndex, e.name)
-        parentOf[childIndex] = dirIndex
-        stack.push(childIndex)
-      }
-      if (!reached[childIndex]) {
-        reached[childIndex] = 1
-        reachedCount++
-      }
+/**
+ * The inodes of a manifest as the tree walk sees them, by position: whole manifests (objects) and
+ * streamed ones (compact arrays, src/manifest/tree.ts) alike. Entries are checked on their own already.
+ */
+export interface InodeTree {
+  readonly count: number
+  ino(i: number): number
+  kind(i: number): string
+  /** Position of inode `ino`, or -1. */
+  indexOf(ino: number): number
+  entryCount(dir: number): number
+  entryIno(dir: number, k: number): number
+  entryName(dir: number, k: number): string
+}
+
+/**
+ * The one walk of the inode tree (every reader of either version in TypeScript; the view's C loader
+ * checks the same rules, native/view/load2_dirs.c): iterative and breadth-first from the root, each
+ * inode reached once, each reached directory's entries in their order. `entry` sees every entry with
+ * the position of the inode it names (-1: none) and whether that inode was reached before; returning
+ * true stops the walk. Returns which inodes (by position) were reached. The checks are walkInodeTree's; a reader
+ * of a tree that may be broken (paths.ts, for messages) walks with its own `entry`.
+ */
+export function breadthFirst(tree: InodeTree, rootPos: number, entry: (dir: number, k: number, child: number, seen: boolean) => boolean | void): Uint8Array {
+  /** Positions in the order reached: each inode once. */
+  const queue = new Uint32Array(tree.count)
+  const reached = new Uint8Array(tree.count)
+  queue[0] = rootPos
+  reached[rootPos] = 1
+  let count = 1
+  for (let next = 0; next < count; next++) {
+    const dir = queue[next]!
+    if (tree.kind(dir) !== 'dir') continue
+    const entries = tree.entryCount(dir)
+    for (let k = 0; k < entries; k++) {
+      const child = tree.indexOf(tree.entryIno(dir, k))
+      const seen = child !== -1 && reached[child] === 1
+      if (entry(dir, k, child, seen) === true) return reached
+      if (child === -1 || seen) continue
+      reached[child] = 1
+      queue[count++] = child
     }
   }
-  if (reachedCount < inodes.length) {
-    const orphan = inodes[reached.indexOf(0)]!
-    bad(`inode ${orphan.ino}`, 'is not reachable from the root (an orphan)')
-  }
+  return reached
+}
+
+/**
+ * The tree's rules over the walk: every directory reached exactly once (one parent, no cycles, no
+ * entry back to the root), every entry naming an inode, every inode reached (no orphans); files may be
+ * reached many times (hard links). Throws ManifestError on the first problem.
+ */
+export function walkInodeTree(tree: InodeTree, root: number): void {
+  const rootPos = tree.indexOf(root)
+  if (rootPos === -1) bad('manifest', `root inode ${root} is missing from the inode list`)
+  if (tree.kind(rootPos) !== 'dir') bad('manifest', `root inode ${root} is a ${tree.kind(rootPos)}, not a dir`)
+  /** Position of each directory's parent; -1 until reached (and for the root). */
+  const parentOf = new Int32Array(tree.count).fill(-1)
+  const reached = breadthFirst(tree, rootPos, (dir, k, child, seen) => {
+    if (child === -1) bad(`inode ${tree.ino(dir)}`, `entry ${quote(tree.entryName(dir, k))} points at inode ${tree.entryIno(dir, k)}, which does not exist`)
+    if (tree.kind(child) !== 'dir') return
+    if (child === rootPos) bad(`inode ${tree.ino(dir)}`, `entry ${quote(tree.entryName(dir, k))} points back at the root directory (a cycle)`)
+    if (seen) rejectSecondParent(tree, parentOf, child, dir, tree.entryName(dir, k))
+    parentOf[child] = dir
+  })
+  const orphan = reached.indexOf(0)
+  if (orphan !== -1) bad(`inode ${tree.ino(orphan)}`, 'is not reachable from the root (an orphan)')
 }
 
 function checkEntryCount(entries: unknown[], dirIno: number): void {
@@ -678,9 +723,9 @@ function checkEntryCount(entries: unknown[], dirIno: number): void {
 }
 
 /**
- * A directory's entries on their own (count, fields, names, no name twice), as checkTree checks each
- * directory it reaches. The streaming loader checks them as the directory streams by; where they
- * point (existing inodes, a tree) is checked after the stream (src/manifest/tree.ts).
+ * A directory's entries on their own (count, fields, names, no name twice). The streaming readers
+ * check them as the directory streams by, checkTree before its walk; where they point (existing
+ * inodes, a tree) is walkInodeTree's job.
  */
 export function checkEntries(entries: unknown[], dirIno: number, byteNames: boolean): void {
   checkEntryCount(entries, dirIno)
@@ -731,14 +776,14 @@ function encodingProblem(name: string, byteNames: boolean): string | undefined {
 }
 
 /** A directory reached a second time: say whether it is its own ancestor (a cycle) or has two parents. */
-function rejectSecondParent(inodes: Inode[], parentOf: Int32Array, child: number, from: number, name: string): never {
-  const childIno = inodes[child]!.ino
+function rejectSecondParent(tree: InodeTree, parentOf: Int32Array, child: number, from: number, name: string): never {
+  const childIno = tree.ino(child)
   for (let up = from; up !== -1; up = parentOf[up]!) {
-    if (up === child) bad(`inode ${inodes[from]!.ino}`, `entry ${quote(name)} points at directory ${childIno}, its own ancestor (a cycle)`)
+    if (up === child) bad(`inode ${tree.ino(from)}`, `entry ${quote(name)} points at directory ${childIno}, its own ancestor (a cycle)`)
   }
-  const first = inodes[parentOf[child]!]!.ino
+  const first = tree.ino(parentOf[child]!)
   if (parentOf[child] === from) bad(`inode ${first}`, `directory ${childIno} has two parents: it is entered twice here, the second time as ${quote(name)}`)
-  bad(`inode ${childIno}`, `directory has two parents: inode ${first} and inode ${inodes[from]!.ino} (entry ${quote(name)})`)
+  bad(`inode ${childIno}`, `directory has two parents: inode ${first} and inode ${tree.ino(from)} (entry ${quote(name)})`)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,10 +1,8 @@
 // Everything the mover checks before serving: manifest, signature, devices, fingerprints, config ID.
 import type { Manifest } from '../manifest/types'
 import { isV2Path, readCheckedManifest } from '../manifest/io'
-import { streamOrReadManifest } from '../manifest/stream'
-import { fileSizesOf, streamedManifest, TablesBuilder } from '../native-engine/stream-tables'
-import { stagedTablesOf } from '../native-engine/tables'
 import { loadMappedManifest, mappedTablesOf } from '../native-engine/mapped-tables'
+import { loadV1Manifest } from '../native-engine/v1-manifest'
 import { resolveDevices, type CurrentDevices } from '../device/resolve'
 import type { RawDevice } from '../device/reader'
 import { ConfigWatch, readRecord, recordPath, type ConfigRecord } from '../configid/record'
@@ -21,10 +19,9 @@ export interface LoadOptions {
 
 export interface LoadedImage {
   /**
-   * For the native engine, a streamed manifest: the header, its inodes packed into the engine's
-   * tables as they were read (src/native-engine/stream-tables.ts; reading `inodes` reads the file again,
-   * whole: only tests and debugging do). For the
-   * fuse-native engine, or a manifest laid out so it cannot stream, the whole object tree.
+   * For the native engine, the header, its inodes packed by C into the engine's tables
+   * (src/native-engine/mapped-tables.ts; reading `inodes` reads the file again, whole: only tests and
+   * debugging do). For the fuse-native engine, the whole object tree.
    */
   manifest: Manifest
   devices: RawDevice[]
@@ -32,17 +29,13 @@ export interface LoadedImage {
 }
 
 /**
- * The manifest for the native engine. Version 2: loaded by C into tables in a file that the engine
- * maps (native/view/load2.c; a few bytes of heap per file). Version 1: streamed, validated and packed
- * inode by inode (memory about 200 bytes per file, no limit from V8's string length); read whole when
- * its layout cannot stream.
+ * The manifest for the native engine, loaded by C into tables in a file that the engine maps
+ * (native/view/load2*.c; a few bytes of heap per file). Version 1 is streamed and validated first,
+ * and re-encoded as a version 2 body for the same loader (src/native-engine/v1-manifest.ts).
  */
 export function readPackedManifest(manifestPath: string, key?: Buffer): Manifest {
   if (isV2Path(manifestPath)) return loadMappedManifest(manifestPath, key, () => readCheckedManifest(manifestPath, key).inodes)
-  const builder = new TablesBuilder()
-  const { header, whole } = streamOrReadManifest(manifestPath, builder, key)
-  if (whole) return whole
-  return streamedManifest(header, builder.build(), () => readCheckedManifest(manifestPath, key).inodes)
+  return loadV1Manifest(manifestPath, key)
 }
 
 export function loadImage(manifestPath: string, opts: LoadOptions): LoadedImage {
@@ -59,7 +52,7 @@ export function loadImage(manifestPath: string, opts: LoadOptions): LoadedImage 
     if (!record) throw new StaleError(`frozen image not current: ${verdict.reason}`)
     current = devicesOfChain(manifest, config.file, record, opts.key)
   }
-  const deviceEnds = stagedTablesOf(manifest)?.deviceEnds ?? mappedTablesOf(manifest)?.deviceEnds
+  const deviceEnds = mappedTablesOf(manifest)?.deviceEnds
   const devices = resolveDevices(manifest, current, opts.deviceOverrides, deviceEnds)
   return { manifest, devices, config }
 }
@@ -71,8 +64,8 @@ export function loadImage(manifestPath: string, opts: LoadOptions): LoadedImage 
  * again to apply it.
  */
 function devicesOfChain(manifest: Manifest, recordFile: string, record: ConfigRecord, key?: Buffer): CurrentDevices {
-  const staged = stagedTablesOf(manifest) // none when the manifest could not stream: it was read whole
-  const fileSizes = staged ? fileSizesOf(staged) : mappedTablesOf(manifest)?.fileSizes() ?? fileSizesOfManifest(manifest)
+  // Only the native engine follows a chain, and its manifests are always in mapped tables.
+  const fileSizes = mappedTablesOf(manifest)?.fileSizes() ?? fileSizesOfManifest(manifest)
   const start = { image: manifest.configId, seq: 1, from: manifest.configId, devices: manifest.devices, fileSizes, retired: new Set<number>(),
     dataChecksums: manifest.dataChecksums }
   const { ctx } = readDeltaChain(recordFile, record.deltas ?? [], start, key)
@@ -80,7 +73,7 @@ function devicesOfChain(manifest: Manifest, recordFile: string, record: ConfigRe
   return ctx
 }
 
-/** ino → size of every regular file of a manifest read whole (one that could not stream). */
+/** ino → size of every regular file of a manifest held as objects. */
 function fileSizesOfManifest(manifest: Manifest): Map<number, number> {
   return new Map(manifest.inodes.filter((i) => i.kind === 'file').map((i) => [i.ino, i.size]))
 }

@@ -90,7 +90,7 @@ export interface ViewAddon {
    */
   largeAcls(tables: Buffer | TablesHandle, limit?: number): LargeAcls
 
-  // Tables in a file (version 2 manifests: native/view/load2.c, tables_file.c).
+  // Tables in a file (a version 2 body, a version 1 manifest's re-encoded: native/view/load2*.c, tables_file.c).
   /** An unlinked file in `dir` (O_TMPFILE), open read-write: where loadV2 writes the tables. */
   openTablesFile(dir: string): number
   /**

@@ -1,6 +1,6 @@
-// An append-only byte blob for the view tables' names and carried data, in chunks so that growing
-// never copies; `add` with a key seen before returns the earlier offset, so identical symlink targets,
-// inline contents and xattr names and values are stored once (entry names are added without a key).
+// An append-only byte blob for a delta's data (its extents' checksums and encodings: delta-tables.ts),
+// in chunks so that growing never copies; `add` with a key seen before returns the earlier offset, so
+// identical values are stored once.
 
 /**
  * 32 MiB: at glibc's largest mmap threshold, so every chunk is its own mapping and returns to the
@@ -10,8 +10,8 @@
 export let CHUNK_BYTES = 32 << 20
 
 /**
- * Tests and fuzzing: chunks of `bytes` for blobs and table records made from now on, so that small
- * manifests cross chunk boundaries (and a table build per input does not allocate 200 MiB).
+ * Tests and fuzzing: chunks of `bytes` for blobs made from now on, so that small deltas cross chunk
+ * boundaries (and a delta packed per input does not allocate 200 MiB).
  */
 export function setChunkBytes(bytes: number): void {
   CHUNK_BYTES = bytes

@@ -21,7 +21,7 @@ export const DELTA_MAGIC = 0x44565845 // "EXVD" as a little-endian u32
 export const DELTA_VERSION = 3
 
 export interface DeltaEntry {
-  /** Inode index in the mounted tables (PathTable.index(ino)). */
+  /** Inode index in the mounted tables (MappedTables.index(ino)). */
   index: number
   /** The file's complete new extent list (none: all hole). */
   extents: readonly Extent[]

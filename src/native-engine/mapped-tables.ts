@@ -1,7 +1,9 @@
-// Tables the C loader wrote into a file from a version 2 manifest (native/view/load2.c), mapped by
-// the addon (native/view/tables_file.c): JS never holds a copy. The manifest's header is read and
-// validated here (src/manifest/v2/read.ts readLayout, the reference reader's), its HMAC verified
-// streaming, then C decodes, checks and packs the body; a bad body is one ManifestError line.
+// Tables the C loader wrote into a file from a version 2 body (native/view/load2*.c: the one packer
+// of the view's tables), mapped by the addon (native/view/tables_file.c): JS never holds a copy. For a
+// version 2 manifest the header is read and validated here (src/manifest/v2/read.ts readLayout, the
+// reference reader's), its HMAC verified streaming, then C decodes, checks and packs the body; a
+// version 1 manifest arrives as a body re-encoded from its checked inodes (v1-manifest.ts). A bad
+// body is one ManifestError line.
 //
 // The tables file is unlinked from the start (O_TMPFILE): nothing is left behind, whatever way the
 // process ends. It lives in EXTFS_TABLES_DIR, else /var/tmp, else the temporary directory: a disk
@@ -13,12 +15,12 @@ import { ManifestError } from '../errors'
 import { openManifest } from '../manifest/file'
 import { decodeName } from '../manifest/names'
 import type { DataChecksums, Manifest, ManifestHeader } from '../manifest/types'
-import { readLayout, verifyMac, type V2Layout } from '../manifest/v2/read'
+import { readLayout, verifyMac } from '../manifest/v2/read'
 import type { FileSizes } from '../delta/validate'
 import { viewAddon, type LoadedV2, type LoadV2Facts, type TablesHandle } from './addon'
 import { csumHeader, type StatFsFigures } from './tables'
 
-/** What a log line needs of the tables: index → ino and path, ino → index. PathTable (tables.ts) too. */
+/** What a log line needs of the tables: index → ino and path, ino → index. */
 export interface IndexPaths {
   ino(index: number): number
   index(ino: number): number
@@ -72,8 +74,11 @@ export function mappedTablesOf(m: Manifest): MappedTables | undefined {
   return mapped.get(m)
 }
 
-/** Where the tables file goes: see the top of this file. */
-function openTablesFile(): number {
+/**
+ * An unlinked file (O_TMPFILE) where the tables file goes (see the top of this file): the tables
+ * themselves, and the body a version 1 manifest is re-encoded into (v1-manifest.ts).
+ */
+export function openTablesFile(): number {
   const dirs = [process.env.EXTFS_TABLES_DIR, '/var/tmp', os.tmpdir()].filter((d): d is string => !!d)
   let last: Error | undefined
   for (const dir of dirs) {
@@ -86,25 +91,60 @@ function openTablesFile(): number {
   throw new Error(`cannot make the view's tables file in ${dirs.join(', ')}: ${last?.message}`)
 }
 
+/** Where a body to load lies, and what the C loader needs to check it (the header's facts, the counts). */
+export interface BodyToLoad {
+  fd: number
+  start: number
+  end: number
+  counts: { inodes: number; dirs: number; entries: number }
+  facts: LoadV2Facts
+}
+
 /**
- * The body of the version 2 manifest open at `fd` (its layout read, its MAC verified) decoded, checked
- * and packed by C into the file open at `tablesFd`. Throws a one-line ManifestError for a bad body.
+ * A body decoded, checked and packed by C into a new tables file, mapped. Throws a one-line
+ * ManifestError naming `path` for a bad body.
  */
-export function loadV2Tables(fd: number, path: string, layout: V2Layout, tablesFd: number): LoadedV2 {
-  const { trailer } = layout
-  const result = viewAddon().loadV2(fd, { start: layout.bodyStart, end: layout.bodyEnd }, { inodes: trailer.inodes, dirs: trailer.dirs, entries: trailer.entries },
-    loadFacts(layout), tablesFd)
+export function loadTables(path: string, body: BodyToLoad, blockSize: number): MappedTables {
+  const tablesFd = openTablesFile()
+  try {
+    const result = packTablesFile(path, body, tablesFd)
+    const handle = viewAddon().mapTables(tablesFd) // keeps its own descriptor of the file
+    const counts = viewAddon().tablesCounts(handle)
+    const statfs: StatFsFigures = {
+      bsize: blockSize, frsize: blockSize, blocks: counts.sfBlocks, bfree: 0, bavail: 0, files: result.inodes, ffree: 0, favail: 0, namemax: 255,
+    }
+    return new MappedTables(handle, result, statfs)
+  } finally {
+    fs.closeSync(tablesFd)
+  }
+}
+
+/** The C loader's run: `body` decoded, checked and written as tables into `tablesFd`. */
+export function packTablesFile(path: string, body: BodyToLoad, tablesFd: number): LoadedV2 {
+  const result = viewAddon().loadV2(body.fd, { start: body.start, end: body.end }, body.counts, body.facts, tablesFd)
   if ('error' in result) throw new ManifestError(`manifest ${path}: ${result.error}`)
   return result
 }
 
-/** What the C loader needs from the validated header. */
-export function loadFacts(layout: V2Layout): LoadV2Facts {
-  const { header, facts } = layout
+/** What the C loader needs from a validated header (either version's: the same fields). */
+export function loadFacts(header: Record<string, unknown>, deviceSizes: number[]): LoadV2Facts {
   const csums = csumHeader(header.dataChecksums as DataChecksums | undefined)
   const features = (header.features as string[]).reduce((bits, f) => bits | (FEATURE_BITS[f as keyof typeof FEATURE_BITS] ?? 0), 0)
-  return { deviceSizes: facts.deviceSizes, features, root: header.root as number, blockSize: header.blockSize as number,
+  return { deviceSizes, features, root: header.root as number, blockSize: header.blockSize as number,
     csumAlg: csums.csum_alg, csumSize: csums.csum_size, sectorSize: csums.sector_size }
+}
+
+/**
+ * The manifest for the mover: `header` with `inodes` read again with `readWhole` only when asked for
+ * (tests and debugging), its body loaded by C into mapped tables (mappedTablesOf).
+ */
+export function mappedManifest(path: string, header: ManifestHeader, body: BodyToLoad, readWhole: () => Manifest['inodes']): Manifest {
+  const tables = loadTables(path, body, header.blockSize)
+  let inodes: Manifest['inodes'] | undefined
+  const m = { ...header }
+  Object.defineProperty(m, 'inodes', { enumerable: true, get: () => (inodes ??= readWhole()) })
+  mapped.set(m, tables)
+  return m as Manifest
 }
 
 /**
@@ -114,27 +154,16 @@ export function loadFacts(layout: V2Layout): LoadV2Facts {
  */
 export function loadMappedManifest(path: string, key: Buffer | undefined, readWhole: () => Manifest['inodes']): Manifest {
   const fd = openManifest(path)
-  let tablesFd = -1
   try {
     const layout = readLayout(fd, path, Number.MAX_SAFE_INTEGER)
     if (key) verifyMac(fd, path, layout, key)
     const { header, trailer } = layout
-    tablesFd = openTablesFile()
-    const result = loadV2Tables(fd, path, layout, tablesFd)
-    const handle = viewAddon().mapTables(tablesFd) // keeps its own descriptor of the file
-    const counts = viewAddon().tablesCounts(handle)
-    const bsize = header.blockSize as number
-    const statfs: StatFsFigures = {
-      bsize, frsize: bsize, blocks: counts.sfBlocks, bfree: 0, bavail: 0, files: result.inodes, ffree: 0, favail: 0, namemax: 255,
-    }
     const { signed, mac } = trailer
     const m = { ...header, ...(signed ? { signature: { alg: 'hmac-sha256', value: mac.toString('hex') } } : {}) } as unknown as ManifestHeader
-    let inodes: Manifest['inodes'] | undefined
-    Object.defineProperty(m, 'inodes', { enumerable: true, get: () => (inodes ??= readWhole()) })
-    mapped.set(m, new MappedTables(handle, result, statfs))
-    return m as Manifest
+    const body = { fd, start: layout.bodyStart, end: layout.bodyEnd, counts: { inodes: trailer.inodes, dirs: trailer.dirs, entries: trailer.entries },
+      facts: loadFacts(header, layout.facts.deviceSizes) }
+    return mappedManifest(path, m, body, readWhole)
   } finally {
-    if (tablesFd >= 0) fs.closeSync(tablesFd)
     fs.closeSync(fd)
   }
 }

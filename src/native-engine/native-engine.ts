@@ -1,7 +1,7 @@
-// The native engine: the view served in C on libfuse3's low-level API (native/view/). JS packs the
-// manifest into tables once, mounts, and then only answers two rare calls from C: "judge the
-// config-ID record, it changed (or the lease expired)" and "log this refused open / failed read".
-// Requests never reach JS.
+// The native engine: the view served in C on libfuse3's low-level API (native/view/). C packs the
+// manifest into tables in a file once (mapped-tables.ts), JS mounts them, and then only answers two
+// rare calls from C: "judge the config-ID record, it changed (or the lease expired)" and "log this
+// refused open / failed read". Requests never reach JS.
 import { promises as fsp, writeFileSync } from 'node:fs'
 import type { Logger } from 'pino'
 import type { Extent, Manifest } from '../manifest/types'
@@ -9,10 +9,8 @@ import type { RawDevice } from '../device/reader'
 import type { ConfigCheck } from '../configid/record'
 import type { MountOptions, ViewEngine } from '../view/engine'
 import { splitDev } from '../mapping/blockdev'
-import { packTables, stagedTablesOf, type PackedTables } from './tables'
 import { mappedTablesOf, type IndexPaths, type MappedTables } from './mapped-tables'
-import { withDeviceFds } from './stream-tables'
-import { collectGarbage } from './memory'
+import { tablesOfManifest } from './v1-manifest'
 import { packDelta, type DeltaEntry } from './delta-tables'
 import { viewAddon, type Answer, type EngineEvent, type SessionHandle, type TablesHandle } from './addon'
 import { Refusals, type RefusalSummary } from '../view/refusals'
@@ -32,9 +30,8 @@ const READAHEAD_KB = 16384
  */
 export class NativeEngine implements ViewEngine {
   readonly rootIno: number
-  private packed?: PackedTables
-  /** Version 2: the tables the C loader wrote into a file, mapped (C maps them again at mount, shared). */
-  private readonly mapped?: MappedTables
+  /** The tables the C loader wrote into a file, mapped (the engine shares the mapping at mount). */
+  private readonly mapped: MappedTables
   private readonly paths: IndexPaths
   private readonly deviceIds: string[]
   private session?: SessionHandle
@@ -54,13 +51,11 @@ export class NativeEngine implements ViewEngine {
     private readonly config: ConfigCheck,
     private readonly log: Logger,
   ) {
-    // A version 2 manifest arrives in mapped tables, a streamed one packed already (src/mover/load.ts);
-    // one read whole is packed here.
-    this.mapped = mappedTablesOf(manifest)
-    const staged = stagedTablesOf(manifest)
-    if (this.mapped) viewAddon().setTablesDevices(this.mapped.handle, devices.map((d) => d.fd))
-    else this.packed = staged ? withDeviceFds(staged, devices.map((d) => d.fd)) : packTables(manifest, devices.map((d) => d.fd))
-    this.paths = this.mapped ?? this.packed!.paths
+    // A manifest loaded by the mover arrives in mapped tables (src/mover/load.ts); one made of
+    // objects (tests) goes through the same C loader here.
+    this.mapped = mappedTablesOf(manifest) ?? tablesOfManifest(manifest)
+    viewAddon().setTablesDevices(this.mapped.handle, devices.map((d) => d.fd))
+    this.paths = this.mapped
     this.deviceIds = devices.map((d) => d.id)
     this.rootIno = manifest.root
   }
@@ -68,22 +63,12 @@ export class NativeEngine implements ViewEngine {
   async mount(mountpoint: string, opts: MountOptions): Promise<void> {
     if (this.session) throw new Error(`view already mounted`)
     const addon = viewAddon()
-    const packed = this.mapped ? undefined : this.packed ?? packTables(this.manifest, this.devices.map((d) => d.fd))
-    const tables = this.mapped?.handle ?? packed!.image
-    // The addon copies a packed image: collect what loading left behind first, so the peak is the two
-    // copies and little else (src/native-engine/memory.ts). Mapped tables are shared, not copied.
-    if (packed) collectGarbage()
-    // Mapped tables are checked whole by mount() only: their ACLs are looked at once it has.
-    const packedAcls = packed ? this.filesWithLargeAcls(packed.image) : undefined
+    const tables = this.mapped.handle
     const options = ['ro', 'default_permissions', `fsname=${escapeOption(opts.fsname)}`, 'subtype=extfs']
     if (opts.allowOther) options.push('allow_other')
     this.session = addon.mount(tables, this.config.file, mountpoint, options.join(','),
       (answer) => this.judge(answer), (ev) => this.report(ev), Math.floor(opts.leaseMs ?? -1))
-    // C keeps its own copy; a later mount packs again (a streamed manifest then reads its file whole).
-    this.packed = undefined
-    const staged = stagedTablesOf(this.manifest)
-    if (staged) staged.image = Buffer.alloc(0)
-    this.log.debug({ mountpoint, tables: packed?.counts ?? this.mapped?.loaded, bytes: packed?.image.length ?? this.mapped?.loaded.tablesBytes }, 'native engine mounted')
+    this.log.debug({ mountpoint, tables: this.mapped.loaded, bytes: this.mapped.loaded.tablesBytes }, 'native engine mounted')
     try {
       // Answered once the kernel finished FUSE_INIT with the session thread: the view serves.
       const st = await fsp.stat(mountpoint)
@@ -93,7 +78,8 @@ export class NativeEngine implements ViewEngine {
       await this.unmount().catch(() => undefined)
       throw err
     }
-    const largeAcls = packedAcls ?? this.filesWithLargeAcls(tables)
+    // Mapped tables are checked whole by mount() only: their ACLs are looked at once it has.
+    const largeAcls = this.filesWithLargeAcls(tables)
     if (largeAcls.files.length > 0) {
       const { files, limit } = largeAcls
       this.log.warn({ mountpoint, count: files.length, files: files.slice(0, NAMED_AT_MOUNT), limit },
@@ -102,7 +88,7 @@ export class NativeEngine implements ViewEngine {
   }
 
   /** Paths of the files holding a POSIX ACL no reader of the view can have, and the kernel's limit. */
-  private filesWithLargeAcls(tables: Buffer | TablesHandle): { files: string[]; limit: number } {
+  private filesWithLargeAcls(tables: TablesHandle): { files: string[]; limit: number } {
     const { limit, acls } = viewAddon().largeAcls(tables)
     const indexes = [...new Set(acls.map((a) => a.index))]
     return { files: indexes.map((index) => this.paths.path(index)), limit }

@@ -1,5 +1,7 @@
-// The native engine's tables: a validated manifest packed into one little-endian image that the C
-// engine serves from without calling back into JS. Pure: no I/O.
+// The native engine's tables: one little-endian image that the C engine serves from without calling
+// back into JS, packed by C from a manifest body of either version (native/view/load2*.c,
+// mapped-tables.ts). Here: the layout contract, what deltas share with the packer, and a reader for
+// tests. Pure: no I/O.
 //
 // This module and native/view/tables.h are the two halves of one layout; the addon exports its
 // struct sizes, field offsets and signedness, and `checkLayout` refuses to run when they differ
@@ -7,9 +9,9 @@
 //
 //   header | inodes | dirents | extents | xattrs | copies | devices | names blob | data blob   (8-aligned)
 //
-// - inodes by dense index in breadth-first order from the root (index 0; FUSE nodeid = index + 1,
-//   so the root is FUSE_ROOT_ID). Hard links are one index named by several dirents. st_ino is the
-//   manifest `ino`. A directory's children get neighbouring indexes, so a listing stays in cache.
+// - inodes by dense index: the rank of the inode number, the root swapped to index 0 (FUSE nodeid =
+//   index + 1, so the root is FUSE_ROOT_ID; load2.h m2_index_of). Hard links are one index named by
+//   several dirents. st_ino is the manifest `ino`.
 // - dirents of one directory are contiguous and sorted by the UTF-8 bytes of their names
 //   (Buffer.compare = memcmp, then shorter first): lookup is a binary search; readdir walks them in
 //   order with the position as the offset.
@@ -27,8 +29,7 @@
 // per xattr (+ its name and value unless shared). A 4 KiB file named "f000123" with one extent:
 // 112 + 12 + 8 + 40 = 172 bytes.
 import { CSUM_ALG } from '../linux'
-import { COMPRESSIONS, CSUM_ALGORITHMS, type DataChecksums, type Extent, type ExtentCopy, type Inode, type Manifest } from '../manifest/types'
-import type { StagedTables } from './stream-tables'
+import { COMPRESSIONS, CSUM_ALGORITHMS, type DataChecksums, type Extent, type ExtentCopy } from '../manifest/types'
 import { Blob } from './blob'
 import { decodeName, encodeName } from '../manifest/names'
 
@@ -133,42 +134,14 @@ function signedness(signed: boolean | undefined): string {
 
 // ------------------------------------------------------------------------------------- packing
 
-const TYPE_BITS: Record<Inode['kind'], number> = {
-  file: 0o100000, dir: 0o040000, symlink: 0o120000, fifo: 0o010000, char: 0o020000, block: 0o060000, socket: 0o140000,
-}
 const U32_MAX = 0xffff_ffff
 const TWO32 = 2 ** 32
-
-/** Manifests streamed into tables (stream-tables.ts streamedManifest): their inodes exist only there. */
-const streamed = new WeakMap<object, StagedTables>()
-
-export function attachStaged(m: Manifest, tables: StagedTables): void {
-  streamed.set(m, tables)
-}
-
-/** The tables a streamed manifest was packed into, or undefined for a manifest read whole. */
-export function stagedTablesOf(m: Manifest): StagedTables | undefined {
-  return streamed.get(m)
-}
 
 /** The statfs figures of FrozenView.statfs(): sizes of the image as exported, nothing free. */
 export interface StatFsFigures {
   bsize: number; frsize: number; blocks: number; bfree: number; bavail: number
   files: number; ffree: number; favail: number; namemax: number
 }
-
-export function imageStatFs(manifest: Manifest): StatFsFigures {
-  const fromStream = streamed.get(manifest)
-  if (fromStream) return fromStream.statfs
-  const bsize = manifest.blockSize
-  let blocks512 = 0 // st_blocks counts 512-byte units
-  for (const i of manifest.inodes) blocks512 += i.blocks
-  const files = manifest.inodes.length
-  return { bsize, frsize: bsize, blocks: Math.ceil((blocks512 * 512) / bsize), bfree: 0, bavail: 0, files, ffree: 0, favail: 0, namemax: 255 }
-}
-
-
-const NUL = Buffer.alloc(1)
 
 /**
  * Merge extents that continue each other on file and device (same device); never those with checksums
@@ -228,171 +201,6 @@ export function writeCopies(image: Buffer, at: number, copies: readonly ExtentCo
   copies.forEach((c, k) => w.struct('copy', at + k * LAYOUT.copy.size, { device_offset: c.deviceOffset, device: c.device }))
 }
 
-export interface PackedTables {
-  image: Buffer
-  paths: PathTable
-  counts: { inodes: number; dirents: number; extents: number; xattrs: number; names: number; data: number }
-}
-
-/**
- * Pack a validated manifest (the validator guarantees a tree: every inode reachable, one parent per
- * directory, sorted non-overlapping extents). `deviceFds` is indexed like manifest.devices.
- */
-export function packTables(manifest: Manifest, deviceFds: readonly number[]): PackedTables {
-  if (deviceFds.length !== manifest.devices.length) throw new RangeError(`view tables: ${deviceFds.length} device fds for ${manifest.devices.length} devices`)
-  const byIno = new Map<number, Inode>()
-  for (const i of manifest.inodes) byIno.set(i.ino, i)
-  const root = byIno.get(manifest.root)
-  if (!root || root.kind !== 'dir') throw new RangeError('view tables: the root is not a directory')
-
-  // Breadth-first numbering; dirents in directory (= index) order, each directory's sorted by bytes.
-  const order: Inode[] = [root]
-  const indexOf = new Map<number, number>([[root.ino, 0]])
-  const parent: number[] = [0]
-  const nameDirent: number[] = [-1]
-  const dirFirst = new Map<number, number>()
-  const names = new Blob()
-  const dNameOff: number[] = []
-  const dNameLen: number[] = []
-  const dChild: number[] = []
-  for (let i = 0; i < order.length; i++) {
-    const dir = order[i]!
-    if (dir.kind !== 'dir') continue
-    dirFirst.set(i, dChild.length)
-    const entries = (dir.entries ?? []).map((e) => ({ name: encodeName(e.name), ino: e.ino }))
-    entries.sort((a, b) => Buffer.compare(a.name, b.name))
-    for (const e of entries) {
-      let child = indexOf.get(e.ino)
-      if (child === undefined) {
-        const node = byIno.get(e.ino)
-        if (!node) throw new RangeError(`view tables: entry ${e.name.toString()} names missing inode ${e.ino}`)
-        child = order.length
-        indexOf.set(e.ino, child)
-        order.push(node)
-        parent.push(i)
-        nameDirent.push(dChild.length)
-      }
-      dNameOff.push(names.add(e.name))
-      names.add(NUL)
-      dNameLen.push(e.name.length)
-      dChild.push(child)
-    }
-  }
-  if (order.length !== manifest.inodes.length) throw new RangeError(`view tables: ${manifest.inodes.length - order.length} inodes unreachable from the root`)
-  if (dChild.length > U32_MAX) throw new RangeError('view tables: too many directory entries')
-
-  // Per inode: what first/count point at, extents, xattrs, and the data blob.
-  const data = new Blob()
-  const first = new Array<number>(order.length).fill(0)
-  const count = new Array<number>(order.length).fill(0)
-  const flags = new Array<number>(order.length).fill(0)
-  const xFirst = new Array<number>(order.length).fill(0)
-  const xCount = new Array<number>(order.length).fill(0)
-  const extents: Extent[] = []
-  const extras: ReturnType<typeof packExtentExtras>[] = []
-  const copies: ExtentCopy[] = []
-  const xattrs: { nameOff: number; nameLen: number; valueOff: number; valueLen: number }[] = []
-  for (let i = 0; i < order.length; i++) {
-    const n = order[i]!
-    if (n.kind === 'dir') {
-      first[i] = dirFirst.get(i)!
-      count[i] = n.entries?.length ?? 0
-    } else if (n.kind === 'symlink') {
-      const target = encodeName(n.target ?? '')
-      first[i] = data.add(Buffer.concat([target, NUL]), `L${n.target}`)
-      count[i] = target.length
-    } else if (n.kind === 'file' && n.inline !== undefined) {
-      const content = Buffer.from(n.inline, 'base64')
-      first[i] = data.add(content, `I${n.inline}`)
-      count[i] = content.length
-      flags[i] = FLAG_INLINE
-    } else if (n.kind === 'file') {
-      const merged = mergeExtents(n.extents ?? [])
-      first[i] = extents.length
-      count[i] = merged.length
-      for (const e of merged) {
-        extents.push(e)
-        extras.push(packExtentExtras(e, copies, data))
-      }
-    }
-    const attrNames = Object.keys(n.xattrs ?? {})
-    if (attrNames.length > 0) {
-      const encoded = attrNames.map((a) => encodeName(a))
-      let at = data.add(Buffer.concat(encoded.flatMap((b) => [b, NUL])), `N${attrNames.join('\0')}`)
-      xFirst[i] = xattrs.length
-      xCount[i] = attrNames.length
-      for (const [k, name] of attrNames.entries()) {
-        const b64 = n.xattrs![name]!
-        const value = Buffer.from(b64, 'base64')
-        xattrs.push({ nameOff: at, nameLen: encoded[k]!.length, valueOff: data.add(value, `V${b64}`), valueLen: value.length })
-        at += encoded[k]!.length + 1
-      }
-    }
-  }
-  if (extents.length > U32_MAX || xattrs.length > U32_MAX) throw new RangeError('view tables: too many extents or xattrs')
-
-  // Sections, 8-aligned, in the order of tables.h.
-  const L = LAYOUT
-  const align8 = (x: number) => Math.ceil(x / 8) * 8
-  const inodesOff = align8(L.header.size)
-  const direntsOff = align8(inodesOff + order.length * L.inode.size)
-  const extentsOff = align8(direntsOff + dChild.length * L.dirent.size)
-  const xattrsOff = align8(extentsOff + extents.length * L.extent.size)
-  const copiesOff = align8(xattrsOff + xattrs.length * L.xattr.size)
-  const devicesOff = align8(copiesOff + copies.length * L.copy.size)
-  const namesOff = align8(devicesOff + deviceFds.length * L.device.size)
-  const dataOff = align8(namesOff + names.size)
-  const total = align8(dataOff + data.size)
-  const image = Buffer.alloc(total)
-  const w = new Writer(image)
-
-  const sf = imageStatFs(manifest)
-  w.struct('header', 0, {
-    magic: TABLES_MAGIC, version: TABLES_VERSION, total_size: total, n_inodes: order.length, n_dirents: dChild.length,
-    n_extents: extents.length, n_xattrs: xattrs.length, n_devices: deviceFds.length, block_size: manifest.blockSize,
-    inodes_off: inodesOff, dirents_off: direntsOff, extents_off: extentsOff, xattrs_off: xattrsOff, devices_off: devicesOff,
-    names_off: namesOff, names_size: names.size, data_off: dataOff, data_size: data.size,
-    sf_bsize: sf.bsize, sf_frsize: sf.frsize, sf_blocks: sf.blocks, sf_bfree: sf.bfree, sf_bavail: sf.bavail,
-    sf_files: sf.files, sf_ffree: sf.ffree, sf_favail: sf.favail, sf_namemax: sf.namemax,
-    n_copies: copies.length, copies_off: copiesOff, ...csumHeader(manifest.dataChecksums),
-  })
-  for (let i = 0; i < order.length; i++) {
-    const n = order[i]!
-    w.struct('inode', inodesOff + i * L.inode.size, {
-      ino: n.ino, size: n.size, blocks: n.blocks, rdev: n.rdev ?? 0,
-      atime_sec: n.atime[0], mtime_sec: n.mtime[0], ctime_sec: n.ctime[0],
-      atime_nsec: n.atime[1], mtime_nsec: n.mtime[1], ctime_nsec: n.ctime[1],
-      uid: n.uid, gid: n.gid, nlink: n.nlink, first: first[i]!, count: count[i]!,
-      xattr_first: xFirst[i]!, xattr_count: xCount[i]!, parent: parent[i]!, mode: TYPE_BITS[n.kind] | n.perm, flags: flags[i]!,
-      attrs: n.attrs ?? 0,
-    })
-  }
-  for (let d = 0; d < dChild.length; d++) {
-    w.struct('dirent', direntsOff + d * L.dirent.size, { name_off: dNameOff[d]!, child: dChild[d]!, name_len: dNameLen[d]! })
-  }
-  extents.forEach((e, k) => w.struct('extent', extentsOff + k * L.extent.size, {
-    file_offset: e.fileOffset, device_offset: e.deviceOffset, length: e.length, device: e.device, ...extras[k]!,
-  }))
-  writeCopies(image, copiesOff, copies)
-  xattrs.forEach((x, k) => w.struct('xattr', xattrsOff + k * L.xattr.size, {
-    name_off: x.nameOff, value_off: x.valueOff, value_len: x.valueLen, name_len: x.nameLen,
-  }))
-  deviceFds.forEach((fd, k) => w.struct('device', devicesOff + k * L.device.size, { fd, size: manifest.devices[k]!.size }))
-  names.drainTo(image, namesOff)
-  data.drainTo(image, dataOff)
-
-  // For log lines: index → ino and path, without keeping the image (C has its own copy).
-  const nameOffs = Uint32Array.from(nameDirent, (d) => (d < 0 ? 0 : dNameOff[d]!))
-  const nameLens = Uint16Array.from(nameDirent, (d) => (d < 0 ? 0 : dNameLen[d]!))
-  const paths = new PathTable(Float64Array.from(order, (n) => n.ino), Int32Array.from(parent), nameOffs, nameLens,
-    Buffer.from(image.subarray(namesOff, namesOff + names.size)))
-  return {
-    image, paths,
-    counts: { inodes: order.length, dirents: dChild.length, extents: extents.length, xattrs: xattrs.length, names: names.size, data: data.size },
-  }
-}
-
-
 /** Writes struct fields by name at their LAYOUT offsets; u64/i64 from safe integers (< 2^53). */
 export class Writer {
   private readonly view: DataView
@@ -423,49 +231,6 @@ export class Writer {
 }
 
 // ------------------------------------------------------------------------------------- reading
-
-/** Inode index → manifest ino and a path in the view ("/a/b"), for log lines. */
-export class PathTable {
-  constructor(
-    private readonly inos: Float64Array,
-    private readonly parents: Int32Array,
-    private readonly nameOffs: Uint32Array,
-    private readonly nameLens: Uint16Array,
-    private readonly names: Buffer,
-  ) {}
-
-  private byIno?: Uint32Array
-
-  ino(index: number): number {
-    return this.inos[index] ?? -1
-  }
-
-  /** The index of the inode numbered `ino`, or -1. The first call sorts an index (4 bytes per inode). */
-  index(ino: number): number {
-    const inos = this.inos
-    const order = (this.byIno ??= Uint32Array.from(inos.keys()).sort((a, b) => inos[a]! - inos[b]!))
-    let lo = 0
-    let hi = order.length
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1
-      const v = inos[order[mid]!]!
-      if (v === ino) return order[mid]!
-      if (v < ino) lo = mid + 1
-      else hi = mid
-    }
-    return -1
-  }
-
-  /** The path of the first name of the inode (a hard link has others). */
-  path(index: number): string {
-    if (index < 0 || index >= this.inos.length) return `(inode index ${index})`
-    const parts: string[] = []
-    for (let i = index; i !== 0; i = this.parents[i]!) {
-      parts.push(decodeName(this.names.subarray(this.nameOffs[i]!, this.nameOffs[i]! + this.nameLens[i]!)))
-    }
-    return '/' + parts.reverse().join('/')
-  }
-}
 
 /** A struct read back: field name → value. */
 type Fields = Record<string, number>

@@ -20,7 +20,6 @@ import { run, runOk } from '../helpers/exec'
 import { extfs, release, scratchDir } from '../helpers/extfs'
 import { loadImage, type LoadedImage } from '../../src/mover/load'
 import { NativeEngine } from '../../src/native-engine/native-engine'
-import { imageStatFs } from '../../src/native-engine/tables'
 import type { Manifest } from '../../src/manifest/types'
 
 const NS = 1 // the native engine serves times with nanoseconds
@@ -149,7 +148,10 @@ t.test('native engine on ext4: backups to the nanosecond, and the edges', async 
         const findSrc = await runOk('find', [data])
         t.equal(findView.stdout.split('\n').length, findSrc.stdout.split('\n').length, 'find sees as many entries')
         const sf = await fsp.statfs(v)
-        const want = imageStatFs(image.manifest)
+        // The model: the image's sizes as exported, nothing free; st_blocks counts 512-byte units.
+        const inodes = image.manifest.inodes
+        const blocks512 = inodes.reduce((sum, i) => sum + i.blocks, 0)
+        const want = { bsize: image.manifest.blockSize, blocks: Math.ceil((blocks512 * 512) / image.manifest.blockSize), files: inodes.length }
         t.match(sf, { bsize: want.bsize, blocks: want.blocks, bfree: 0, bavail: 0, files: want.files, ffree: 0 }, 'statfs figures')
       })
 
@@ -198,6 +200,9 @@ t.test('native engine on ext4: backups to the nanosecond, and the edges', async 
         for (const e of shifted.extents!) e.deviceOffset += 1000
         const pastEnd = byPath('regular/f4096')
         pastEnd.extents = [{ fileOffset: 0, device: 0, deviceOffset: image.devices[0]!.size, length: 4096 }]
+        // The manifest says the device is a block longer than it is (the packer refuses extents past a
+        // device's end): the device then reads short there.
+        m.devices[0]!.size += 4096
         const inline = byPath('regular/f4095')
         const inlineContent = seededBytes(77, 3000)
         delete inline.extents

@@ -4,10 +4,11 @@
 // mounted view in test/e2e/engine-delta.test.ts.
 import t from 'tap'
 import { checkDeltaLayout, DELTA_MAGIC, DELTA_VERSION, packDelta, unpackDelta } from '../../src/native-engine/delta-tables'
-import { checkLayout, LAYOUT, PathTable, TableReader, packTables, type NativeLayout } from '../../src/native-engine/tables'
+import { checkLayout, LAYOUT, TableReader, type NativeLayout } from '../../src/native-engine/tables'
 import { validateManifest } from '../../src/manifest/validate'
 import { viewAddon } from '../../src/native-engine/addon'
 import { extent, makeInode, makeManifest } from '../helpers/manifest-factory'
+import { packedTables } from '../helpers/packed-tables'
 
 const u32 = (b: Buffer, name: 'delta_header' | 'delta_file', field: string, at = 0) =>
   b.readUInt32LE(at + (LAYOUT[name].fields as Record<string, { offset: number }>)[field]!.offset)
@@ -82,14 +83,14 @@ t.test('refusals in JS', async (t) => {
   t.throws(() => packDelta([], [2 ** 53]), /device size/)
 })
 
-t.test('PathTable.index: ino → the index the tables gave it', async (t) => {
+t.test('paths.index: ino → the index the tables gave it', async (t) => {
   const m = makeManifest()
   m.inodes.push(makeInode(90, 'file', { size: 1, blocks: 8, extents: [extent(0, 0, 0, 4096)] }), makeInode(5, 'file'))
   m.inodes[0]!.entries!.push({ name: 'z90', ino: 90 }, { name: 'b5', ino: 5 })
   m.inodes[0]!.nlink = 3
-  const packed = packTables(validateManifest(m), [3])
+  const packed = packedTables(validateManifest(m), [3])
   const r = new TableReader(packed.image)
-  const paths: PathTable = packed.paths
+  const paths = packed.paths
   for (const [p, ino] of [['/a', 2], ['/sub', 3], ['/ln', 4], ['/z90', 90], ['/b5', 5], ['/', 1]] as const) {
     t.equal(paths.index(ino), r.resolve(p), `${p} (ino ${ino})`)
   }

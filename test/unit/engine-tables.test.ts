@@ -6,16 +6,20 @@ import fs from 'node:fs'
 import path from 'node:path'
 import type { Manifest } from '../../src/manifest/types'
 import { validateManifest } from '../../src/manifest/validate'
-import { checkLayout, FLAG_INLINE, imageStatFs, LAYOUT, mergeExtents, packTables, TableReader, type NativeLayout } from '../../src/native-engine/tables'
+import { checkLayout, FLAG_INLINE, LAYOUT, mergeExtents, TableReader, type NativeLayout } from '../../src/native-engine/tables'
 import { viewAddon } from '../../src/native-engine/addon'
 import { extent, inodeOf, makeDevice, makeInode, makeManifest } from '../helpers/manifest-factory'
+import { packedTables } from '../helpers/packed-tables'
 
 const fixture = (name: string): Manifest =>
   validateManifest(JSON.parse(fs.readFileSync(path.join(__dirname, '..', 'fixtures', name), 'utf8')))
 
 const pack = (m: Manifest) => {
-  const packed = packTables(validateManifest(m), m.devices.map((_, i) => 100 + i))
-  return { ...packed, r: new TableReader(packed.image) }
+  const packed = packedTables(validateManifest(m), m.devices.map((_, i) => 100 + i))
+  const r = new TableReader(packed.image)
+  const h = r.header
+  const counts = { inodes: h.n_inodes, dirents: h.n_dirents, extents: h.n_extents, xattrs: h.n_xattrs, names: h.names_size, data: h.data_size }
+  return { ...packed, r, counts }
 }
 
 /** A manifest whose root holds the given names, each a small file with a fresh inode. */
@@ -74,8 +78,9 @@ t.test('the factory manifest', async (t) => {
   t.equal(paths.path(0), '/')
   t.equal(paths.ino(a), 2)
 
-  const sf = imageStatFs(m)
-  t.match(r.header, { sf_bsize: sf.bsize, sf_frsize: sf.frsize, sf_blocks: sf.blocks, sf_files: 4, sf_bfree: 0, sf_namemax: 255 })
+  // The image's sizes as exported, nothing free; st_blocks counts 512-byte units.
+  const blocks = Math.ceil((m.inodes.reduce((sum, i) => sum + i.blocks, 0) * 512) / m.blockSize)
+  t.match(r.header, { sf_bsize: m.blockSize, sf_frsize: m.blockSize, sf_blocks: blocks, sf_files: 4, sf_bfree: 0, sf_namemax: 255 })
 })
 
 t.test('the every-kind fixture', async (t) => {
@@ -183,8 +188,8 @@ t.test('xattrs: shared values and name lists are stored once', async (t) => {
 
 t.test('refusals', async (t) => {
   const m = makeManifest()
-  t.throws(() => packTables(m, []), /0 device fds for 1 devices/)
+  t.throws(() => packedTables(m, []), /0 device fds for 1 devices/)
   const orphan = makeManifest()
   orphan.inodes.push(makeInode(99, 'file'))
-  t.throws(() => packTables(orphan, [3]), /1 inodes unreachable/)
+  t.throws(() => packedTables(orphan, [3]), /inode 99: is not reachable from the root \(an orphan\)/)
 })

@@ -13,12 +13,13 @@ import { readLayout, verifyMac } from '../../src/manifest/v2/read'
 import { writeManifestV2 } from '../../src/manifest/v2/write'
 import { encodeTrailer, PREAMBLE } from '../../src/manifest/v2/format'
 import { putVarint, zigzag } from '../../src/manifest/v2/varint'
-import { loadMappedManifest, loadV2Tables, mappedTablesOf } from '../../src/native-engine/mapped-tables'
-import { packTables, TableReader } from '../../src/native-engine/tables'
+import { loadMappedManifest, mappedTablesOf } from '../../src/native-engine/mapped-tables'
+import { TableReader } from '../../src/native-engine/tables'
 import { viewAddon } from '../../src/native-engine/addon'
 import { encodeName } from '../../src/manifest/names'
 import { extent, inodeOf, makeInode, makeManifest, refused } from '../helpers/manifest-factory'
 import { servedTree } from '../helpers/served-tree'
+import { packedTables, packedV2File } from '../helpers/packed-tables'
 
 const FIXTURES = path.join(__dirname, '..', 'fixtures')
 const KEY = Buffer.from('0123456789abcdef0123456789abcdef')
@@ -30,23 +31,10 @@ const headerOf = (m: Manifest) => {
 
 /** The tables C packs from the v2 file (the image read back whole, for comparison), or a ManifestError. */
 function loadC(file: string, key?: Buffer): Buffer {
-  const fd = openManifest(file)
-  const tablesFd = viewAddon().openTablesFile(os.tmpdir())
-  try {
-    const layout = readLayout(fd, file, Number.MAX_SAFE_INTEGER)
-    if (key) verifyMac(fd, file, layout, key)
-    const loaded = loadV2Tables(fd, file, layout, tablesFd)
-    const image = Buffer.alloc(fs.fstatSync(tablesFd).size)
-    if (image.length !== loaded.tablesBytes) throw new Error(`the tables file is ${image.length} bytes, the image ${loaded.tablesBytes}`)
-    fs.readSync(tablesFd, image, 0, image.length, 0)
-    return image
-  } finally {
-    fs.closeSync(tablesFd)
-    fs.closeSync(fd)
-  }
+  return packedV2File(file, key, () => []).image
 }
 
-const jsTree = (m: Manifest) => servedTree(packTables(m, m.devices.map(() => -1)).image)
+const jsTree = (m: Manifest) => servedTree(packedTables(m, m.devices.map(() => -1)).image)
 
 t.test('golden v2 files: C packs the tree the reference reader and the JS packer serve', async (t) => {
   const golden = fs.readdirSync(FIXTURES).filter((f) => /^manifest-v2-.*\.extfs$/.test(f))
@@ -182,7 +170,7 @@ t.test('mapped: paths, inode numbers and sizes come from the file; signatures as
   const loaded = loadMappedManifest(file, KEY, () => [])
   const tables = mappedTablesOf(loaded)!
   t.equal(tables.index(m.root), 0, 'the root is index 0')
-  const js = packTables(m, [-1])
+  const js = packedTables(m, [-1])
   for (let i = 0; i < m.inodes.length; i++) {
     const ino = js.paths.ino(i)
     const index = tables.index(ino)

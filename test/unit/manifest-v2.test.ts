@@ -12,10 +12,9 @@ import { writeManifestV2 } from '../../src/manifest/v2/write'
 import { openManifestV2, sameBodyV2 } from '../../src/manifest/v2/read'
 import { PREAMBLE, TRAILER_BYTES } from '../../src/manifest/v2/format'
 import { getVarint, putVarint, unzigzag, zigzag } from '../../src/manifest/v2/varint'
-import { TablesBuilder, withDeviceFds } from '../../src/native-engine/stream-tables'
-import { packTables } from '../../src/native-engine/tables'
 import { extent, inodeOf, makeInode, makeManifest, refused } from '../helpers/manifest-factory'
 import { servedTree } from '../helpers/served-tree'
+import { packedTables, packedV2File } from '../helpers/packed-tables'
 
 const KEY = Buffer.from('0123456789abcdef0123456789abcdef')
 const FIXTURES = path.join(__dirname, '..', 'fixtures')
@@ -59,9 +58,7 @@ const headerOf = (m: Manifest) => {
 }
 
 function servedFromV2(file: string, key?: Buffer): Record<string, unknown> {
-  const b = new TablesBuilder()
-  const { header } = streamOrReadManifest(file, b, key)
-  return servedTree(withDeviceFds(b.build(), header.devices.map((_, i) => 100 + i)).image)
+  return servedTree(packedV2File(file, key, (n) => Array.from({ length: n }, (_, i) => 100 + i)).image)
 }
 
 t.test('every v1 manifest comes back whole, and serves the same tree', async (t) => {
@@ -73,7 +70,7 @@ t.test('every v1 manifest comes back whole, and serves the same tree', async (t)
     t.equal(back.version, 2, `${name}: version 2`)
     t.same(byIno(back.inodes), byIno(m.inodes), `${name}: the same inodes`)
     t.same({ ...back, inodes: [], version: 1 }, { ...headerOf(m), inodes: [] }, `${name}: the same header`)
-    t.same(servedFromV2(file), servedTree(packTables(m, m.devices.map((_, i) => 100 + i)).image), `${name}: the same served tree`)
+    t.same(servedFromV2(file), servedTree(packedTables(m, m.devices.map((_, i) => 100 + i)).image), `${name}: the same served tree`)
   }
 })
 

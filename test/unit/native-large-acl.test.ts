@@ -4,9 +4,9 @@
 import t from 'tap'
 import { execFileSync } from 'node:child_process'
 import { validateManifest } from '../../src/manifest/validate'
-import { packTables } from '../../src/native-engine/tables'
 import { viewAddon } from '../../src/native-engine/addon'
 import { inodeOf, makeManifest } from '../helpers/manifest-factory'
+import { packedTables } from '../helpers/packed-tables'
 
 /** An ACL xattr value (version 2, then 8 bytes per entry) of exactly `bytes` bytes. */
 function aclOf(bytes: number): string {
@@ -20,7 +20,7 @@ const m = makeManifest()
 inodeOf(m, 1).xattrs = { 'system.posix_acl_default': aclOf(4 + 8 * 600) }
 inodeOf(m, 2).xattrs = { 'user.big': Buffer.alloc(65536, 7).toString('base64'), 'system.posix_acl_access': aclOf(4 + 8 * 511) }
 inodeOf(m, 3).xattrs = { 'system.posix_acl_access': aclOf(4 + 8 * 512), 'system.posix_acl_default': aclOf(4 + 8 * 2000) }
-const { image, paths } = packTables(validateManifest(m), [3])
+const { image, paths } = packedTables(validateManifest(m), [3])
 const named = (acls: { index: number; name: string; size: number }[]) => acls.map((a) => ({ ...a, index: paths.ino(a.index) }))
 
 t.test('without a limit: those over the page size, the buffer the kernel reads ACLs into', async (t) => {

@@ -10,11 +10,11 @@ import t from 'tap'
 import { closeSync, openSync, promises as fsp, readFileSync, writeFileSync } from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
-import { packTables } from '../../src/native-engine/tables'
 import { viewAddon } from '../../src/native-engine/addon'
 import { validateManifest } from '../../src/manifest/validate'
 import { seededBytes } from '../helpers/populate'
 import { extent, makeDevice, makeInode, makeManifest } from '../helpers/manifest-factory'
+import { packedTables } from '../helpers/packed-tables'
 
 const KiB = 1024
 const EIO = 5
@@ -61,7 +61,7 @@ t.test('read errors of the C read path, without a mount', async (t) => {
     // off 4096-alignment on the device (the bounce buffer's path): 1000 bytes into each device
     makeInode(5, 'file', { size: 20 * KiB, extents: [extent(0, 0, 1000, 8 * KiB), extent(8 * KiB, 1, MEM_AT + 1000, 12 * KiB)] }),
   ]
-  const { image, paths } = packTables(validateManifest(m), deviceFds)
+  const { image, paths } = packedTables(validateManifest(m), deviceFds)
   t.equal(addon.checkTables(image), null, 'the tables are accepted')
   const idx = (ino: number) => paths.index(ino)
   const read = (ino: number, offset: number, size: number) => addon.readFile(image, idx(ino), offset, size)

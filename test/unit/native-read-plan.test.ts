@@ -10,10 +10,11 @@ import { isDeepStrictEqual } from 'node:util'
 import type { Extent, Inode, Manifest } from '../../src/manifest/types'
 import { validateManifest } from '../../src/manifest/validate'
 import { planRead } from '../../src/extents/plan'
-import { LAYOUT, mergeExtents, packTables, TableReader, type StructName } from '../../src/native-engine/tables'
+import { LAYOUT, mergeExtents, TableReader, type StructName } from '../../src/native-engine/tables'
 import { packDelta } from '../../src/native-engine/delta-tables'
 import { viewAddon, type PlannedPiece } from '../../src/native-engine/addon'
 import { extent, makeDevice, makeInode, makeManifest } from '../helpers/manifest-factory'
+import { packedTables } from '../helpers/packed-tables'
 
 const SEED = Number(process.env.EXTFS_TEST_SEED ?? 20261206)
 const KiB = 1024
@@ -158,7 +159,7 @@ t.test('C plans every random read as src/extents/plan.ts does', async (t) => {
   let failure: object | undefined
   for (let k = 0; k < MANIFESTS && failure === undefined; k++) {
     const { manifest, files } = randomManifest(rand)
-    const { image, paths } = packTables(manifest, manifest.devices.map((_, i) => 100 + i))
+    const { image, paths } = packedTables(manifest, manifest.devices.map((_, i) => 100 + i))
     const refused = addon.checkTables(image)
     if (refused !== null) {
       failure = { seed: SEED, manifest: k, refused }
@@ -184,7 +185,7 @@ t.test('the worked example of planRead, through C', async (t) => {
   const m = makeManifest()
   m.devices.push(makeDevice('d1', MiB))
   m.inodes[1]!.extents = [extent(0, 0, 1000 * KiB, 4096), extent(8192, 1, 50_000, 4096)]
-  const { image, paths } = packTables(validateManifest(m), [100, 101])
+  const { image, paths } = packedTables(validateManifest(m), [100, 101])
   const a = paths.index(2)
   t.same(addon.planRead(image, a, 4000, 8000), [
     { kind: 'data', device: 0, deviceOffset: 1000 * KiB + 4000, length: 96 },
@@ -217,7 +218,7 @@ function baseManifest(): Manifest {
   return validateManifest(m)
 }
 
-const base = packTables(baseManifest(), [100, 101])
+const base = packedTables(baseManifest(), [100, 101])
 const reader = new TableReader(base.image)
 const H = reader.header
 const idx = { root: 0, a: base.paths.index(2), ln: base.paths.index(4), small: base.paths.index(5) }
@@ -329,7 +330,7 @@ t.test('random corruptions: what xt_check accepts still plans as the model reads
   const rand = prng(SEED ^ 0x5eed)
   const images = Array.from({ length: 8 }, () => {
     const { manifest } = randomManifest(rand)
-    return packTables(manifest, manifest.devices.map((_, i) => 100 + i)).image
+    return packedTables(manifest, manifest.devices.map((_, i) => 100 + i)).image
   }).concat([base.image])
   const MUTATIONS = 3000
   let accepted = 0
@@ -440,7 +441,7 @@ t.test('copies and checksums of delta extents: accepted as the tables\' are, ref
   for (const [what, delta, fds, message] of cases) t.match(addon.checkDelta(image, delta, fds), message, what)
   // Tables without checksums have no algorithm to measure a delta's by.
   const plain = makeManifest()
-  const tables = packTables(validateManifest(plain), [3])
+  const tables = packedTables(validateManifest(plain), [3])
   t.match(addon.checkDelta(tables.image, packDelta([{ index: tables.paths.index(2), extents: [mirrored(0, 0, 0, 4096, [])] }], []), 0),
     /^file 0: extent 0: extent has checksums but the tables name no algorithm$/, 'checksums on an image without them')
 })
@@ -462,7 +463,7 @@ function compressedManifest(): Manifest {
 }
 
 t.test('compressed extents: C plans the decoded pieces of plan.ts, and refuses hostile encodings', async (t) => {
-  const { image, paths } = packTables(compressedManifest(), [100])
+  const { image, paths } = packedTables(compressedManifest(), [100])
   const a = paths.index(2)
   const zstd = { kind: 'decoded', device: 0, deviceOffset: 8192, diskLength: 12288, compression: 'zstd' }
   t.same(addon.planRead(image, a, 1000, 100), [{ ...zstd, decodedOffset: 5096, length: 100 }], 'the worked example of planRead')

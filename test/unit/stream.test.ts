@@ -1,5 +1,6 @@
-// The streaming loader (src/manifest/stream.ts + src/native-engine/stream-tables.ts) against the whole-file
-// path: the same verdict and message for every layout, the same served tree, exact signatures.
+// The streaming loader (src/manifest/stream.ts, the tree check of src/manifest/tree.ts, and the mount's
+// packer: src/native-engine/v1-manifest.ts) against the whole-file path and the model: the same verdict
+// and message for every layout, the tree the manifest says, exact signatures.
 import t from 'tap'
 import fs from 'node:fs'
 import path from 'node:path'
@@ -7,10 +8,10 @@ import type { Manifest } from '../../src/manifest/types'
 import { readManifestFile, writeManifestFile } from '../../src/manifest/io'
 import { signManifest, verifyManifestSignature } from '../../src/manifest/sign'
 import { CannotStream, streamManifestFile } from '../../src/manifest/stream'
-import { TablesBuilder, withDeviceFds } from '../../src/native-engine/stream-tables'
-import { packTables } from '../../src/native-engine/tables'
 import { extent, inodeOf, makeInode, makeManifest } from '../helpers/manifest-factory'
-import { servedTree } from '../helpers/served-tree'
+import { manifestTree, servedTree } from '../helpers/served-tree'
+import { packedTables, packedV1File } from '../helpers/packed-tables'
+import { TreeSink } from '../../src/manifest/tree'
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 type Loose = any
@@ -38,13 +39,14 @@ function write(dir: string, name: string, layout: string, m: Manifest): string {
   return file
 }
 
-/** Streams `file`: the packed image, or the error message; 'fallback' when it cannot stream. */
+/**
+ * Streams `file`: the packed image (as a mount packs it: re-encoded and loaded by C), or the error
+ * message; 'fallback' when it cannot stream.
+ */
 function streamed(file: string, key?: Buffer): { image?: Buffer; error?: string } {
-  const b = new TablesBuilder()
   try {
-    const header = streamManifestFile(file, b, { maxBytes: 2 ** 30, key })
-    const staged = b.build()
-    return { image: withDeviceFds(staged, header.devices.map((_, i) => 100 + i)).image }
+    streamManifestFile(file, new TreeSink(), { maxBytes: 2 ** 30, key })
+    return { image: packedV1File(file, key, (n) => Array.from({ length: n }, (_, i) => 100 + i)).image }
   } catch (err) {
     if (err instanceof CannotStream) return { error: 'fallback' }
     return { error: (err as Error).message }
@@ -55,7 +57,7 @@ function whole(file: string, key?: Buffer): { image?: Buffer; error?: string } {
   try {
     const m = readManifestFile(file)
     if (key) verifyManifestSignature(m, key)
-    return { image: packTables(m, m.devices.map((_, i) => 100 + i)).image }
+    return { image: packedTables(m, m.devices.map((_, i) => 100 + i)).image }
   } catch (err) {
     return { error: (err as Error).message }
   }
@@ -79,7 +81,45 @@ t.test('valid manifests: the same tree in every layout', async (t) => {
       const s = streamed(file)
       t.equal(s.error, undefined, `${name}, ${layout}: streams`)
       t.same(servedTree(s.image!), servedTree(whole(file).image!), `${name}, ${layout}: same tree as the whole-file path`)
+      // The model of the manifest as the file has it (a layout may reorder an inode's keys, and so its xattrs).
+      t.same(servedTree(s.image!), manifestTree(JSON.parse(fs.readFileSync(file, 'utf8')) as Manifest), `${name}, ${layout}: the tree the manifest says`)
     }
+  }
+})
+
+t.test('the mount\'s packer: inodes in any order, a layout that cannot stream, refusals with their messages', async (t) => {
+  const dir = t.testdir({})
+  const fds = (n: number) => Array.from({ length: n }, (_, i) => 100 + i)
+  const every = JSON.parse(fs.readFileSync(path.join(FIXTURES, 'manifest-v1-every-kind.json'), 'utf8')) as Manifest
+  const { signature: _s, ...unsigned } = every
+  const cases: Record<string, Manifest> = {
+    'writer order': unsigned,
+    'inodes reversed (spooled, sorted)': { ...unsigned, inodes: [...unsigned.inodes].reverse() },
+    'one inode out of place at the end': { ...unsigned, inodes: [...unsigned.inodes.slice(1), unsigned.inodes[0]!] },
+  }
+  for (const [name, m] of Object.entries(cases)) {
+    const file = write(dir, 'm.json', 'one inode per line', m)
+    t.same(servedTree(packedV1File(file, undefined, fds).image), manifestTree(m), `${name}: the tree the manifest says`)
+  }
+  const reversedKeys = path.join(dir, 'keys.json')
+  fs.writeFileSync(reversedKeys, JSON.stringify(reverseKeys(unsigned), null, 2))
+  t.equal(streamed(reversedKeys).error, 'fallback', 'top-level keys reversed: cannot stream')
+  t.same(servedTree(packedV1File(reversedKeys, undefined, fds).image), manifestTree(JSON.parse(fs.readFileSync(reversedKeys, 'utf8')) as Manifest),
+    '... read whole and packed as it says')
+  const refusals: Array<[string, (m: Loose) => void, RegExp]> = [
+    ['an ino twice, out of order (the sorting pass)', (m) => { m.inodes.push(makeInode(2, 'fifo')) }, /^inode 2: is listed twice/],
+    ['an ino twice, side by side', (m) => { m.inodes.push(makeInode(4, 'fifo')) }, /^inode 4: is listed twice/],
+    ['a cycle', (m) => { looseInode(m, 3).entries.push({ name: 'me', ino: 3 }) }, /^inode 3: entry "me" points at directory 3, its own ancestor \(a cycle\)/],
+    ['an orphan, out of order', (m) => { m.inodes.unshift(makeInode(9, 'file')) }, /^inode 9: is not reachable from the root \(an orphan\)/],
+    // v1 takes times up to 2^53 - 1; v2, the tables' input, differences below 2^52: refused, never wrapped.
+    ['times 2^52 apart', (m) => { looseInode(m, 3).mtime = [2 ** 53 - 1, 0] }, /^inode 3: cannot be loaded: the view's tables take differences below 2\^52/],
+  ]
+  for (const [name, mutate, want] of refusals) {
+    const m: Loose = makeManifest()
+    mutate(m)
+    const file = path.join(dir, 'bad.json')
+    fs.writeFileSync(file, JSON.stringify(m))
+    t.throws(() => packedV1File(file, undefined, fds), want, name)
   }
 })
 

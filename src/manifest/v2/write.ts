@@ -177,6 +177,38 @@ class BodyEncoder {
 }
 
 /**
+ * A bare body written to `fd` from its current position: records only, no preamble, header or trailer,
+ * and no MAC (for a loader told the counts and header itself: a version 1 manifest re-encoded at
+ * mount, src/manifest/v2/from-v1.ts). Call flush() when done.
+ */
+export class BodyStream {
+  private readonly file: V2File
+  private readonly encoder: BodyEncoder
+
+  constructor(fd: number) {
+    this.file = new V2File(fd, undefined)
+    this.encoder = new BodyEncoder(this.file)
+  }
+
+  get counts(): TrailerCounts {
+    return this.encoder.counts
+  }
+
+  dir(ino: number, entries: DirEntry[]): void {
+    this.encoder.dir(ino, entries)
+  }
+
+  /** Inodes in strictly ascending ino order (RangeError otherwise). */
+  inode(n: Inode): void {
+    this.encoder.inode(n)
+  }
+
+  flush(): void {
+    this.file.flush()
+  }
+}
+
+/**
  * Write `header` and `inodes` (a validated manifest's) as a version 2 manifest at `path`, atomically,
  * signed with `key` when given. Directories' entries first, then the inodes by ascending ino.
  */
