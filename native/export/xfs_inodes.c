@@ -42,6 +42,8 @@ static bool fields_of(struct xfs_mapper *m, const struct xfs_bulkstat *bs, struc
   r->uid = bs->bs_uid, r->gid = bs->bs_gid;
   // A file's nlink is its names in the tree (as the walker counts them), a directory's the kernel's.
   r->nlink = type == S_IFDIR ? bs->bs_nlink : m->names[bs->bs_ino];
+  // XFS files reach 8 EiB; format 2 (as format 1) carries sizes up to 2^53 - 1 (ext4.c, btrfs_bulk.c too).
+  if (bs->bs_size > M2_VALUE_MAX) return xm_refuse(m, "inode %llu: size over 2^53", (unsigned long long)bs->bs_ino);
   r->size = bs->bs_size;
   // xfs_vn_getattr: st_blocks = XFS_FSB_TO_BB(i_nblocks + i_delayed_blks); bs_blocks is that sum in filesystem blocks.
   r->blocks = bs->bs_blocks * (m->block_size / 512);

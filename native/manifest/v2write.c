@@ -51,14 +51,23 @@ size_t m2_zigzag_encode(uint8_t *out, int64_t v) {
   return m2_varint_encode(out, ((uint64_t)v << 1) ^ (uint64_t)(v >> 63));
 }
 
+// A value over the format's limit (every reader refuses it) fails the body with ERANGE: the mappers
+// refuse such inodes by name first; this is the backstop that keeps a missed check from exporting a
+// manifest no mover can load.
+static bool in_range(struct m2w *w, uint64_t encoded) {
+  if (encoded <= M2_VALUE_MAX) return true;
+  if (w->error == 0) w->error = ERANGE;
+  return false;
+}
+
 void m2w_varint(struct m2w *w, uint64_t v) {
   uint8_t tmp[M2_VARINT_MAX_BYTES];
-  m2w_raw(w, tmp, m2_varint_encode(tmp, v));
+  if (in_range(w, v)) m2w_raw(w, tmp, m2_varint_encode(tmp, v));
 }
 
 void m2w_zigzag(struct m2w *w, int64_t v) {
   uint8_t tmp[M2_VARINT_MAX_BYTES];
-  m2w_raw(w, tmp, m2_zigzag_encode(tmp, v));
+  if (in_range(w, ((uint64_t)v << 1) ^ (uint64_t)(v >> 63))) m2w_raw(w, tmp, m2_zigzag_encode(tmp, v));
 }
 
 void m2w_bytes(struct m2w *w, const void *data, size_t n) {

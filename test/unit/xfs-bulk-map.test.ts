@@ -1,7 +1,8 @@
 // The XFS bulk mapper's C (native/export/xfs_bulk.c) called through the addon: what it refuses before
 // reading anything (a directory not on XFS, a device map that is empty, one that overlaps), and on a
 // small XFS with the reverse map, what it writes: entries of a skipped directory left out, every inode
-// reached described once, one GETFSMAP sweep, directories the only inodes opened by handle.
+// reached described once, one GETFSMAP sweep, directories the only inodes opened by handle; a file over
+// 2^53 bytes refused by inode number.
 import t from 'tap'
 import fs, { promises as fsp } from 'node:fs'
 import * as path from 'node:path'
@@ -46,6 +47,24 @@ t.test('a frozen XFS with the reverse map', async (t) => {
       t.match(r, { inodes: 51, dirs: 1, entries: 51, windows: 1, handleOpens: 1, byteNames: false }, 'the root and its 50 files (one of two names); skipped left out')
       t.equal(r.bodyBytes, fs.statSync(body).size, 'the body written')
       t.equal(r.samples.length, 50, 'every file\'s extent offered to the fingerprint sampler')
+    } finally {
+      await runOk('fsfreeze', ['-u', lfs.mountpoint])
+    }
+  })
+})
+
+t.test('a file over 2^53 bytes (format 2 cannot carry its size) is refused by inode number', async (t) => {
+  await withLoopFs({ fs: 'xfs' }, async (lfs) => {
+    const tree = path.join(lfs.mountpoint, 'tree')
+    await fsp.mkdir(tree)
+    await runOk('truncate', ['-s', String(2 ** 53 + 2), path.join(tree, 'huge')])
+    const ino = fs.statSync(path.join(tree, 'huge')).ino
+    const body = path.join(await scratchDir(t, 'extfs-xfs-unit-'), 'body')
+    const size = Number((await runOk('blockdev', ['--getsize64', lfs.fsDevice])).stdout.toString().trim())
+    await runOk('fsfreeze', ['-f', lfs.mountpoint])
+    try {
+      t.throws(() => mapOf(tree, body, lfs.fsDevice, [{ fsOffset: 0, length: size, disk: 0, diskOffset: 0 }]),
+        { code: 'ERR_BULK_REFUSED', message: new RegExp(`inode ${ino}: size over 2\\^53`) })
     } finally {
       await runOk('fsfreeze', ['-u', lfs.mountpoint])
     }
