@@ -77,6 +77,9 @@ static bool list_xattrs(struct xfs_mapper *m, uint64_t ino, int fd, struct xattr
   snprintf(at, sizeof at, "/proc/self/fd/%d", fd);
   b->len = listxattr(at, b->list, sizeof b->list);
   if (b->len < 0 && errno == ENOTSUP) b->len = 0; // as the walker: no xattrs where none are supported
+  // XFS keeps more names than one listxattr can list (E2BIG past 64 KiB): no tool can copy them all.
+  // Refused, so that auto's walker fails the export naming the file, not an inode number.
+  if (b->len < 0 && (errno == E2BIG || errno == ERANGE)) return xm_refuse(m, "inode %llu: more xattr names than listxattr can list", (unsigned long long)ino);
   if (b->len < 0) return xm_fail(m, "inode %llu: listxattr: %s", (unsigned long long)ino, strerror(errno));
   return b->len > 0;
 }
