@@ -58,10 +58,11 @@ export async function createLoopFs(opts: LoopFsOptions): Promise<LoopFs> {
       const label = opts.partition === 'gpt' ? 'gpt' : 'dos'
       const type = opts.partition === 'gpt' ? 'linux' : '83'
       // sfdisk complains it cannot re-read the table (no partition scan on these loop devices); that
-      // is expected, partx below tells the kernel instead.
+      // is expected, partx below tells the kernel instead: -u, which adds what the kernel lacks and is
+      // content when it has it already (-a failed a CI run with "error adding partition 1").
       await runOk('sfdisk', ['-q', st.loopDevice], { input: `label: ${label}\nstart=${PARTITION_START_SECTOR}, type=${type}\n` })
       st.partitioned = true
-      await runOk('partx', ['-a', st.loopDevice])
+      await runOk('partx', ['-u', st.loopDevice])
       fsDevice = `${st.loopDevice}p1`
       // Trust the kernel's view of the start, not our intent: the mapping code must add exactly this.
       const sysStart = path.join('/sys/class/block', path.basename(fsDevice), 'start')

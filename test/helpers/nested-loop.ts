@@ -62,7 +62,9 @@ async function setUp(image: string, o: { partition: boolean; fresh: boolean; rea
         await runOk('sfdisk', ['-q', st.loopDevice], { input: 'label: gpt\nstart=2048, type=linux\n' })
       }
       st.partitioned = true
-      await runOk('partx', ['-a', st.loopDevice])
+      // -u adds what the kernel lacks and is content when it has it already (-a failed a CI run with
+      // "error adding partition 1").
+      await runOk('partx', ['-u', st.loopDevice])
       fsDevice = `${st.loopDevice}p1`
       await waitForPath(fsDevice)
     }
