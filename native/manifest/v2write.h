@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "v2.h"
+#include "utf8.h"
 
 #define M2W_BUFFER (256u * 1024u) // bytes buffered before one write(2)
 
@@ -92,8 +93,5 @@ struct m2_extent_extras {
 void m2w_extent_extras(struct m2w *w, uint64_t gap, uint64_t length, uint32_t device, uint64_t device_offset,
                        const struct m2_extent_extras *x);
 
-// Strict UTF-8 as Node decodes it (no overlongs, no surrogates, nothing above U+10FFFF): a name, symlink
-// target or xattr name that is not needs feature byte-names.
-bool m2_valid_utf8(const uint8_t *s, size_t n);
 
 #endif

@@ -57,31 +57,6 @@ void m2l_fill(struct loader *L, uint64_t want) {
   }
 }
 
-// Strict UTF-8: no overlong forms, no surrogates, nothing past U+10FFFF.
-int m2l_utf8_ok(const uint8_t *s, uint64_t len) {
-  for (uint64_t i = 0; i < len;) {
-    uint8_t c = s[i];
-    if (c < 0x80) {
-      i++;
-      continue;
-    }
-    unsigned n;
-    uint32_t cp, min;
-    if ((c & 0xe0) == 0xc0) n = 1, cp = c & 0x1f, min = 0x80;
-    else if ((c & 0xf0) == 0xe0) n = 2, cp = c & 0x0f, min = 0x800;
-    else if ((c & 0xf8) == 0xf0) n = 3, cp = c & 0x07, min = 0x10000;
-    else return 0;
-    if (len - i <= n) return 0;
-    for (unsigned k = 1; k <= n; k++) {
-      if ((s[i + k] & 0xc0) != 0x80) return 0;
-      cp = cp << 6 | (s[i + k] & 0x3f);
-    }
-    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return 0;
-    i += n + 1;
-  }
-  return 1;
-}
-
 int m2l_byte_names(struct loader *L) {
   return (L->in->features & M2L_BYTE_NAMES) != 0;
 }
@@ -94,14 +69,14 @@ const char *m2l_entry_name_problem(struct loader *L, const uint8_t *p, uint64_t 
   if ((len == 1 && p[0] == '.') || (len == 2 && p[0] == '.' && p[1] == '.')) return "is reserved";
   if (memchr(p, '/', len) != NULL) return "contains \"/\"";
   if (memchr(p, 0, len) != NULL) return "contains NUL";
-  if (!m2l_byte_names(L) && !m2l_utf8_ok(p, len)) return m2l_NOT_UTF8;
+  if (!m2l_byte_names(L) && !m2_valid_utf8(p, len)) return m2l_NOT_UTF8;
   return NULL;
 }
 
 // What validate.ts xattrNameProblem refuses.
 const char *m2l_xattr_name_problem(struct loader *L, const uint8_t *p, uint64_t len) {
   static const char *const prefixes[] = {"user.", "trusted.", "security.", "system.", "btrfs."};
-  if (!m2l_byte_names(L) && !m2l_utf8_ok(p, len)) return m2l_NOT_UTF8;
+  if (!m2l_byte_names(L) && !m2_valid_utf8(p, len)) return m2l_NOT_UTF8;
   if (len == 0) return "is empty";
   if (memchr(p, 0, len) != NULL) return "contains NUL";
   for (size_t i = 0; i < sizeof prefixes / sizeof *prefixes; i++) {

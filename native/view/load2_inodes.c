@@ -230,7 +230,7 @@ static uint32_t symlink_target(struct loader *L, uint32_t *count) {
   *count = (uint32_t)len;
   if (L->writing) return m2l_data_add(L, p, len, 1); // NUL-terminated: readlink replies with a C string
   if (memchr(p, 0, len) != NULL) m2l_fail(L, "symlink target %s contains NUL", m2l_quoted(p, len, q, sizeof q));
-  if (!m2l_byte_names(L) && !m2l_utf8_ok(p, len)) m2l_fail(L, "symlink target %s %s", m2l_quoted(p, len, q, sizeof q), m2l_NOT_UTF8);
+  if (!m2l_byte_names(L) && !m2_valid_utf8(p, len)) m2l_fail(L, "symlink target %s %s", m2l_quoted(p, len, q, sizeof q), m2l_NOT_UTF8);
   L->data_max += len + 1;
   return 0;
 }

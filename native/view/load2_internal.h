@@ -15,6 +15,7 @@
 #include "tables.h"
 #include "../csum.h"
 #include "../manifest/v2.h"
+#include "../manifest/utf8.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -135,7 +136,6 @@ __attribute__((format(printf, 2, 3), noreturn)) void m2l_fail(struct loader *L, 
 __attribute__((noreturn)) void m2l_changed(struct loader *L);
 const char *m2l_quoted(const uint8_t *p, uint64_t len, char *out, size_t out_len);
 void m2l_fill(struct loader *L, uint64_t want);
-int m2l_utf8_ok(const uint8_t *s, uint64_t len);
 int m2l_byte_names(struct loader *L);
 extern const char *const m2l_NOT_UTF8;
 const char *m2l_entry_name_problem(struct loader *L, const uint8_t *p, uint64_t len);
