@@ -2,60 +2,28 @@
 // loop filesystem, mount it with NativeEngine in this process, and back it up with tar, rsync and dd,
 // compared with the source to the nanosecond. Then the edges: xattr ERANGE, EROFS, a busy unmount,
 // EIO from a device read that comes up short, misaligned device offsets, an unmount from outside,
-// the process exiting by itself after unmount, and ESTALE (logged) once the image is released.
+// the process exiting by itself after unmount, and ESTALE (logged) once the image is released. The XFS
+// scenario and push-ahead have their own files (native-engine-xfs, push-ahead).
 //
 // The view is served by threads of this very process, so the test never makes synchronous calls
 // that open files in the view: an open may need the JS thread to judge the config-ID record.
-import t, { type Test } from 'tap'
+import t from 'tap'
 import { createHash } from 'node:crypto'
 import { promises as fsp, readFileSync } from 'node:fs'
 import * as path from 'node:path'
-import pino from 'pino'
-import { settledCachedBytes } from '../helpers/page-cache'
-import { withLoopFs, isMounted, type LoopFsOptions } from '../helpers/loopfs'
-import { populateEveryKind, seededBytes } from '../helpers/populate'
-import { snapshotTree, diffTrees, type Tree } from '../helpers/tree'
+import { isMounted } from '../helpers/loopfs'
+import { seededBytes } from '../helpers/populate'
+import { snapshotTree, diffTrees } from '../helpers/tree'
 import { tarRoundTrip, rsyncCopy, ddCompare, ddSha256 } from '../helpers/backup-tools'
 import { run, runOk } from '../helpers/exec'
-import { extfs, release, scratchDir } from '../helpers/extfs'
-import { loadImage, type LoadedImage } from '../../src/mover/load'
-import { NativeEngine } from '../../src/native-engine/native-engine'
+import { extfs, release } from '../helpers/extfs'
+import { loadImage } from '../../src/mover/load'
 import type { Manifest } from '../../src/manifest/types'
+import { NS, isSocket, mountNative, exportPopulated, type Mounted } from '../helpers/native-mount'
 
-const NS = 1 // the native engine serves times with nanoseconds
 const ESTALE = -116 // Node has no name for it
 const EIO = -5
 const DIST = path.resolve(__dirname, '..', '..', 'dist')
-
-const isSocket = (tree: Tree) => (rel: string) => tree.get(rel)?.kind === 'socket'
-
-interface Mounted {
-  engine: NativeEngine
-  mnt: string
-  /** Unmount (retrying while busy), falling back to a lazy umount so nothing is left behind. */
-  close(): Promise<void>
-}
-
-/** Mount `manifest` (or an edited copy of its content) with the native engine on a fresh directory. */
-async function mountNative(root: string, name: string, image: LoadedImage, logFile: string, manifest: Manifest = image.manifest): Promise<Mounted> {
-  const mnt = path.join(root, name)
-  await fsp.mkdir(mnt, { recursive: true })
-  const log = pino({ level: 'debug' }, pino.destination({ dest: logFile, sync: true, append: true }))
-  const engine = new NativeEngine(manifest, image.devices, image.config, log)
-  await engine.mount(mnt, { fsname: `extfs:${manifest.configId}`, allowOther: false })
-  const close = async () => {
-    for (let i = 0; i < 10; i++) {
-      try {
-        return await engine.unmount()
-      } catch {
-        await new Promise((r) => setTimeout(r, 300))
-      }
-    }
-    await run('umount', ['-l', mnt]) // last resort; the engine then finds it unmounted and ends
-    await engine.unmount()
-  }
-  return { engine, mnt, close }
-}
 
 /** errno of a failing promise (0 when it resolves). */
 const errnoOf = (p: Promise<unknown>): Promise<number> => p.then(() => 0, (e: NodeJS.ErrnoException) => e.errno ?? -1)
@@ -74,25 +42,6 @@ print(r, ctypes.get_errno() if r < 0 else 0)`
   const r = await runOk('python3', ['-c', py, file, name ?? '', String(size)])
   const [ret, errno] = r.stdout.trim().split(' ').map(Number)
   return [ret!, errno!]
-}
-
-async function exportPopulated(t: Test, opts: LoopFsOptions, body: (data: string, manifest: string, state: string) => Promise<void>): Promise<void> {
-  const state = await scratchDir(t, 'extfs-native-')
-  await withLoopFs(opts, async (fs) => {
-    const data = path.join(fs.mountpoint, 'data')
-    await fsp.mkdir(path.join(data, 'many'), { recursive: true })
-    // Enough entries that a listing takes many readdir requests, with long and non-ASCII names.
-    for (let i = 0; i < 3000; i++) await fsp.writeFile(path.join(data, 'many', `${'ü'.repeat(i % 7)}entry-${i}-${'n'.repeat(i % 90)}`), `${i}\n`)
-    await populateEveryKind(data, { big: true })
-    const manifest = path.join(state, 'm.json')
-    try {
-      const exp = await extfs(['export', data, '--output', manifest, '--frozen-image', 'freeze'])
-      t.equal(exp.code, 0, `export: ${exp.stderr}`)
-      await body(data, manifest, state)
-    } finally {
-      await release(manifest)
-    }
-  })
 }
 
 t.test('native engine on ext4: backups to the nanosecond, and the edges', async (t) => {
@@ -308,86 +257,5 @@ t.test('native engine on ext4: backups to the nanosecond, and the edges', async 
       for (const d of image.devices) d.close()
     }
     t.notOk(view && isMounted(view.mnt), 'unmounted at the end')
-  })
-})
-
-t.test('native engine on XFS in an MBR partition: the view equals the source', async (t) => {
-  await exportPopulated(t, { fs: 'xfs', partition: 'mbr' }, async (data, manifest, state) => {
-    const source = await snapshotTree(data, { timePrecisionNs: NS })
-    const image = loadImage(manifest, { deviceOverrides: new Map() })
-    let view: Mounted | undefined
-    try {
-      view = await mountNative(state, 'view', image, path.join(state, 'view.log'))
-      t.same(diffTrees(source, await snapshotTree(view.mnt, { timePrecisionNs: NS })), [], 'the view')
-      const tarOut = path.join(state, 'tar')
-      await tarRoundTrip(view.mnt, tarOut)
-      t.same(diffTrees(source, await snapshotTree(tarOut, { timePrecisionNs: NS }), { ignorePaths: isSocket(source) }), [], 'tar of the view')
-    } finally {
-      await view?.close()
-      for (const d of image.devices) d.close()
-    }
-  })
-})
-
-t.test('push-ahead: a sequential reader finds the file cached, never more than the window ahead', async (t) => {
-  // native/view/push.c. fincore counts the view's cached pages: a read of the first 64 KiB alone
-  // makes readahead cache well under 1 MiB, so anything past that was pushed.
-  const MiB = 1024 * 1024
-  const WINDOW = 256 * MiB // PUSH_AHEAD
-  const state = await scratchDir(t, 'extfs-push-')
-  await withLoopFs({ fs: 'ext4' }, async (fs) => {
-    const data = path.join(fs.mountpoint, 'data')
-    await fsp.mkdir(data)
-    const whole = seededBytes(31, 24 * MiB + 999)
-    await fsp.writeFile(path.join(data, 'whole'), whole)
-    // 700 MiB, mostly holes (zeros), with 1 MiB of data every 64 MiB: longer than the window.
-    const fh = await fsp.open(path.join(data, 'window'), 'w')
-    for (let off = 0; off < 700 * MiB; off += 64 * MiB) await fh.write(seededBytes(off / MiB, MiB), 0, MiB, off)
-    await fh.truncate(700 * MiB)
-    await fh.close()
-    const manifest = path.join(state, 'm.json')
-    const exp = await extfs(['export', data, '--output', manifest, '--frozen-image', 'freeze'])
-    t.equal(exp.code, 0, `export: ${exp.stderr}`)
-    const image = loadImage(manifest, { deviceOverrides: new Map() })
-    let view: Mounted | undefined
-    try {
-      view = await mountNative(state, 'view', image, path.join(state, 'view.log'))
-      const v = view.mnt
-
-      const h = await fsp.open(path.join(v, 'whole'), 'r')
-      try {
-        await h.read(Buffer.alloc(64 * 1024), 0, 64 * 1024, 0)
-        const got = await settledCachedBytes(path.join(v, 'whole'), whole.length - 4096)
-        t.ok(got >= whole.length - 4096, `after 64 KiB read, the whole 24 MiB file is cached (${got} bytes)`)
-      } finally {
-        await h.close()
-      }
-      t.equal((await ddSha256(path.join(v, 'whole'), { bs: 10240 })).sha256, createHash('sha256').update(whole).digest('hex'), 'and reads byte-exact')
-
-      const w = await fsp.open(path.join(v, 'window'), 'r')
-      try {
-        await w.read(Buffer.alloc(64 * 1024), 0, 64 * 1024, 0)
-        const got = await settledCachedBytes(path.join(v, 'window'))
-        t.ok(got >= WINDOW - 8 * MiB, `a 700 MiB file is pushed up to the window (${got} bytes cached)`)
-        t.ok(got <= WINDOW + 24 * MiB, 'and not further while the reader stays put (window + readahead)')
-        // Read on through the trip pages and past the window, with an open handle still holding the job.
-        const r = await ddCompare(path.join(data, 'window'), path.join(v, 'window'), { bs: 10240 })
-        t.ok(r.equal, `the whole file reads byte-exact past the window (${r.bytesB} bytes)`)
-      } finally {
-        await w.close()
-      }
-
-      // A job still pushing when the view unmounts: unmount ends it and returns.
-      await runOk('dd', [`if=${path.join(v, 'window')}`, 'iflag=nocache', 'count=0', 'status=none'])
-      const again = await fsp.open(path.join(v, 'window'), 'r')
-      await again.read(Buffer.alloc(4096), 0, 4096, 0)
-      await again.close()
-      await view.close()
-      t.notOk(isMounted(v), 'unmounted with a push under way')
-    } finally {
-      await view?.close()
-      for (const d of image.devices) d.close()
-      await release(manifest)
-    }
   })
 })
