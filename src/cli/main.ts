@@ -4,46 +4,21 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { Command, CommanderError, Option } from 'commander'
 import { ExitCode, ExtfsError, StaleError } from '../errors'
-import { createLogger } from '../log'
-import { readKeyFile } from '../manifest/sign'
-import { DEFAULT_CARRY_MAX, exportImage } from '../export/export'
-import { releaseFromJournal, releaseImage, ReleaseResult } from '../frozen/release'
 import type { FrozenImage, ManifestHeader } from '../manifest/types'
-import { LIMITS } from '../manifest/validate'
-import { loadImage } from '../mover/load'
-import { readManifestHeader } from '../manifest/stream'
+import type { ReleaseResult } from '../frozen/release'
+import { printable } from '../manifest/names'
+import { readKeyFile } from '../manifest/sign'
+import { createLogger } from '../log'
 import { requireRoot } from '../mover/checks'
+import { DEFAULT_CARRY_MAX, exportImage } from '../export/export'
 import { DEFAULT_LOG_FILE } from '../mover/daemon'
-import { unmountView } from '../mover/umount'
-import { backupCommand, mountCommand } from './mount'
-import { formatSummary, printInodes, summarizeFile } from './inspect'
-import { remapImage } from '../remap/remap'
-import { parseMiB, parseSeconds, runServe } from '../service/run'
 import { DEFAULT_REMAP_CACHE_BYTES } from '../service/remap-worker'
 import { DEFAULT_STATE_PATH } from '../service/state'
-import { printable } from '../manifest/names'
+import { caOption, deviceOption, keyOption, leaseOption, logLevelOption, parseCarryMax, parseMiB, parseSeconds } from './options'
 
-function collectDevice(value: string, acc: Map<string, string>): Map<string, string> {
-  const eq = value.indexOf('=')
-  if (eq <= 0 || eq === value.length - 1) throw new ExtfsError(ExitCode.Usage, `--device takes <id>=<path>, got ${value}`)
-  acc.set(value.slice(0, eq), value.slice(eq + 1))
-  return acc
-}
-
-const keyOption = () => new Option('--key <file>', 'shared HMAC key file: sign at export, require a valid signature elsewhere')
-const deviceOption = () => new Option('--device <id=path>', 'use this block device for a manifest device (repeatable)').argParser(collectDevice).default(new Map())
-const caOption = () => new Option('--ca <pem>', 'with https://: CA certificate to trust for the initiator (a self-signed one\'s own certificate)')
-const leaseOption = () => new Option('--lease <seconds>', 'with http(s)://: serve opens and reads at most this long after the initiator last answered (default: its --lease)')
-  .argParser(parseSeconds('--lease', 0.001))
-const logLevelOption = () => new Option('--log-level <level>', 'pino log level').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info')
-
-/** --carry-max: bytes, at most what a mover accepts inline (LIMITS.inlineBytes). */
-function parseCarryMax(value: string): number {
-  const n = Number(value)
-  if (!/^[0-9]+$/.test(value) || !Number.isSafeInteger(n)) throw new ExtfsError(ExitCode.Usage, `--carry-max takes a number of bytes, got ${value}`)
-  if (n > LIMITS.inlineBytes) throw new ExtfsError(ExitCode.Usage, `--carry-max ${n} is over ${LIMITS.inlineBytes}, the most a mover accepts per file`)
-  return n
-}
+// The other commands' modules are loaded when they run (`await import`), not all at start: an export
+// would otherwise load serve's, the view's and remap's code too, CPU the owner pays every night
+// (docs/file-server-scale.md).
 
 /** What export says about the image it holds and how to end it. */
 function heldImage(m: { frozenImage: FrozenImage }, output: string): string {
@@ -110,12 +85,12 @@ export function buildProgram(): Command {
     .option('--log-file <file>', `log here (background default: ${DEFAULT_LOG_FILE})`)
     .addOption(logLevelOption())
     .addOption(new Option('--report', 'leave a report of files read under a superseded map (for extfs backup)').hideHelp())
-    .action(mountCommand)
+    .action(async (manifest: string, mountpoint: string, o) => (await import('./mount')).mountCommand(manifest, mountpoint, o))
 
   program.command('umount')
     .description('unmount a view, also one whose process died')
     .argument('<mountpoint>')
-    .action(unmountView)
+    .action(async (mountpoint: string) => (await import('../mover/umount')).unmountView(mountpoint))
 
   program.command('inspect')
     .description('files, bytes, extents, devices, frozen image and config ID of a manifest')
@@ -123,7 +98,8 @@ export function buildProgram(): Command {
     .option('--json', 'machine-readable output')
     .option('--inodes', 'every inode as a line of JSON (the version 1 form), after a line with the header; either version, streamed')
     .addOption(keyOption())
-    .action((manifest: string, o) => {
+    .action(async (manifest: string, o) => {
+      const { formatSummary, printInodes, summarizeFile } = await import('./inspect')
       if (o.inodes) return printInodes(manifest, key(o), (line) => process.stdout.write(line + '\n'))
       const s = summarizeFile(manifest, key(o))
       process.stdout.write((o.json ? JSON.stringify(s, null, 2) : formatSummary(s)) + '\n')
@@ -134,8 +110,9 @@ export function buildProgram(): Command {
     .argument('<manifest>')
     .addOption(deviceOption())
     .addOption(keyOption())
-    .action((manifest: string, o) => {
+    .action(async (manifest: string, o) => {
       requireRoot('verify')
+      const { loadImage } = await import('../mover/load')
       const image = loadImage(manifest, { key: key(o), deviceOverrides: o.device })
       for (const d of image.devices) d.close()
       process.stdout.write(`ok: config ID ${image.manifest.configId} is current; devices ${image.devices.map((d) => `${d.id}=${d.path}`).join(' ')} match\n`)
@@ -146,8 +123,10 @@ export function buildProgram(): Command {
     .argument('<manifest>')
     .addOption(keyOption())
     .option('--grace <seconds>', 'wait this long between publishing "released" and ending the image (give extfs serve\'s --lease)', parseSeconds('--grace', 0), 0)
-    .action((manifest: string, o) => {
+    .action(async (manifest: string, o) => {
       requireRoot('release')
+      const { releaseFromJournal, releaseImage } = await import('../frozen/release')
+      const { readManifestHeader } = await import('../manifest/stream')
       const file = path.resolve(manifest)
       if (!fs.existsSync(file)) {
         // Export died before writing the manifest: its journal lists what it had begun to create.
@@ -165,9 +144,10 @@ export function buildProgram(): Command {
     .argument('<manifest>')
     .addOption(keyOption())
     .addOption(logLevelOption())
-    .action((manifest: string, o) => {
+    .action(async (manifest: string, o) => {
       requireRoot('remap')
       const log = createLogger({ level: o.logLevel })
+      const { remapImage } = await import('../remap/remap')
       const r = remapImage(manifest, { key: key(o), warn: (msg) => log.warn(msg) })
       if (r.state === 'released') throw new StaleError(`frozen image ${r.configId} was released: nothing to remap`)
       log.info({ mapper: r.mapper, compared: r.compared, state: r.state }, 'remap: image mapped again')
@@ -192,7 +172,7 @@ export function buildProgram(): Command {
     .option('--cert <file>', 'TLS certificate (PEM); with --tls-key, serve HTTPS')
     .option('--tls-key <file>', 'TLS private key (PEM)')
     .addOption(logLevelOption())
-    .action(runServe)
+    .action(async (manifests: string[], o) => (await import('../service/run')).runServe(manifests, o))
 
   program.command('backup')
     .description('mount on a private mountpoint (or --mountpoint), run the command there, unmount, exit with its status')
@@ -205,7 +185,7 @@ export function buildProgram(): Command {
     .option('--log-file <file>', `view log (default: ${DEFAULT_LOG_FILE})`)
     .addOption(logLevelOption())
     .action(async (manifest: string, command: string[], o) => {
-      process.exitCode = await backupCommand(manifest, command, o)
+      process.exitCode = await (await import('./mount')).backupCommand(manifest, command, o)
     })
 
   return program

@@ -30,24 +30,6 @@ export function parseListen(value: string): { host: string; port: number } {
   return { host: (m[1] ?? m[2])!, port }
 }
 
-/** A number of seconds (fractions allowed) for option `name`, at least `min`. */
-export function parseSeconds(name: string, min: number): (value: string) => number {
-  return (value) => {
-    const n = Number(value)
-    if (!/^[0-9]+(\.[0-9]+)?$/.test(value) || !Number.isFinite(n) || n < min) throw new ExtfsError(ExitCode.Usage, `${name} takes seconds (at least ${min}), got ${value}`)
-    return n
-  }
-}
-
-/** A whole number of MiB for option `name`, at least 1. */
-export function parseMiB(name: string): (value: string) => number {
-  return (value) => {
-    const n = Number(value)
-    if (!/^[0-9]{1,7}$/.test(value) || n < 1) throw new ExtfsError(ExitCode.Usage, `${name} takes MiB (a whole number, at least 1), got ${value}`)
-    return n
-  }
-}
-
 export async function runServe(manifests: string[], o: ServeCliOptions): Promise<void> {
   const key = readKeyFile(o.key)
   const { host, port } = parseListen(o.listen)

@@ -1,0 +1,45 @@
+// The options several commands share, and the parsers of option values: each turns a bad value into
+// one line and the usage exit code.
+import { Option } from 'commander'
+import { ExitCode, ExtfsError } from '../errors'
+import { LIMITS } from '../manifest/validate'
+
+function collectDevice(value: string, acc: Map<string, string>): Map<string, string> {
+  const eq = value.indexOf('=')
+  if (eq <= 0 || eq === value.length - 1) throw new ExtfsError(ExitCode.Usage, `--device takes <id>=<path>, got ${value}`)
+  acc.set(value.slice(0, eq), value.slice(eq + 1))
+  return acc
+}
+
+export const keyOption = () => new Option('--key <file>', 'shared HMAC key file: sign at export, require a valid signature elsewhere')
+export const deviceOption = () => new Option('--device <id=path>', 'use this block device for a manifest device (repeatable)').argParser(collectDevice).default(new Map())
+export const caOption = () => new Option('--ca <pem>', 'with https://: CA certificate to trust for the initiator (a self-signed one\'s own certificate)')
+export const leaseOption = () => new Option('--lease <seconds>', 'with http(s)://: serve opens and reads at most this long after the initiator last answered (default: its --lease)')
+  .argParser(parseSeconds('--lease', 0.001))
+export const logLevelOption = () => new Option('--log-level <level>', 'pino log level').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info')
+
+/** --carry-max: bytes, at most what a mover accepts inline (LIMITS.inlineBytes). */
+export function parseCarryMax(value: string): number {
+  const n = Number(value)
+  if (!/^[0-9]+$/.test(value) || !Number.isSafeInteger(n)) throw new ExtfsError(ExitCode.Usage, `--carry-max takes a number of bytes, got ${value}`)
+  if (n > LIMITS.inlineBytes) throw new ExtfsError(ExitCode.Usage, `--carry-max ${n} is over ${LIMITS.inlineBytes}, the most a mover accepts per file`)
+  return n
+}
+
+/** A number of seconds (fractions allowed) for option `name`, at least `min`. */
+export function parseSeconds(name: string, min: number): (value: string) => number {
+  return (value) => {
+    const n = Number(value)
+    if (!/^[0-9]+(\.[0-9]+)?$/.test(value) || !Number.isFinite(n) || n < min) throw new ExtfsError(ExitCode.Usage, `${name} takes seconds (at least ${min}), got ${value}`)
+    return n
+  }
+}
+
+/** A whole number of MiB for option `name`, at least 1. */
+export function parseMiB(name: string): (value: string) => number {
+  return (value) => {
+    const n = Number(value)
+    if (!/^[0-9]{1,7}$/.test(value) || n < 1) throw new ExtfsError(ExitCode.Usage, `${name} takes MiB (a whole number, at least 1), got ${value}`)
+    return n
+  }
+}
