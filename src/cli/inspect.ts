@@ -4,6 +4,7 @@ import { printable } from '../manifest/names'
 import { streamOrReadManifest, type InodeSink } from '../manifest/stream'
 import { ManifestError } from '../errors'
 import { TreeSink } from '../manifest/tree'
+import { checkBodyV2 } from '../native-engine/mapped-tables'
 
 export interface Summary {
   configId: string
@@ -86,20 +87,23 @@ function pathsOf(wanted: Set<number>, dirs: Set<number>, root: number, pass: (si
 
 /**
  * The summary of the manifest in `file` (either version), checked and its signature verified with
- * `key`, streamed: the summary itself holds what is proportional to its directories, the tree check
- * its compact arrays (src/manifest/tree.ts, about 50 bytes per small file, as a mount of version 1).
+ * `key`, streamed: the summary itself holds what is proportional to its directories. The tree is
+ * checked as a mount checks it, so that inspect refuses what mount refuses: version 2 by the C loader
+ * (a few bytes per inode, as the mover), version 1 by the walk its mount uses (src/manifest/tree.ts,
+ * about 50 bytes per small file).
  */
 export function summarizeFile(file: string, key?: Buffer): Summary {
   let tally = new Tally()
-  // The tree rules (one parent per directory, no cycles, no orphans) are checked by the walk a mount
-  // of version 1 checks them with, so that inspect refuses what mount refuses.
-  const check = new TreeSink()
+  let check: TreeSink | undefined
   const both: InodeSink = {
-    begin: () => tally.begin(),
-    inode: (n, i) => { check.inode(n); tally.inode(n) },
-    finish: (root) => check.finish(root),
+    begin: (header) => {
+      if (header.version !== 2) check = new TreeSink()
+    },
+    inode: (n) => { check?.inode(n); tally.inode(n) },
+    finish: (root) => check?.finish(root),
   }
   const { header, whole } = streamOrReadManifest(file, both, key)
+  if (header.version === 2) checkBodyV2(file) // after the stream, which verified the signature first
   const pass = whole
     ? (sink: InodeSink) => whole.inodes.forEach((n, i) => sink.inode(n, i))
     : (sink: InodeSink) => streamOrReadManifest(file, sink, key)

@@ -160,9 +160,34 @@ export function loadMappedManifest(path: string, key: Buffer | undefined, readWh
     const { header, trailer } = layout
     const { signed, mac } = trailer
     const m = { ...header, ...(signed ? { signature: { alg: 'hmac-sha256', value: mac.toString('hex') } } : {}) } as unknown as ManifestHeader
-    const body = { fd, start: layout.bodyStart, end: layout.bodyEnd, counts: { inodes: trailer.inodes, dirs: trailer.dirs, entries: trailer.entries },
-      facts: loadFacts(header, layout.facts.deviceSizes) }
-    return mappedManifest(path, m, body, readWhole)
+    return mappedManifest(path, m, bodyOf(fd, layout), readWhole)
+  } finally {
+    fs.closeSync(fd)
+  }
+}
+
+function bodyOf(fd: number, layout: ReturnType<typeof readLayout>): BodyToLoad {
+  const { header, trailer } = layout
+  return { fd, start: layout.bodyStart, end: layout.bodyEnd, counts: { inodes: trailer.inodes, dirs: trailer.dirs, entries: trailer.entries },
+    facts: loadFacts(header, layout.facts.deviceSizes) }
+}
+
+/**
+ * The body of the version 2 manifest in `path` checked by the C loader as a mount checks it (every
+ * record, name and extent; the tree: one parent per directory, no cycle, no orphan), the tables it
+ * writes thrown away: for `inspect`, which refuses what a mount refuses, in the mover's memory (a few
+ * bytes of heap per inode) rather than a tree in JS. The signature is the caller's to verify.
+ */
+export function checkBodyV2(path: string): void {
+  const fd = openManifest(path)
+  try {
+    const layout = readLayout(fd, path, Number.MAX_SAFE_INTEGER)
+    const tablesFd = openTablesFile()
+    try {
+      packTablesFile(path, bodyOf(fd, layout), tablesFd)
+    } finally {
+      fs.closeSync(tablesFd)
+    }
   } finally {
     fs.closeSync(fd)
   }
