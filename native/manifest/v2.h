@@ -32,7 +32,7 @@
 #define M2_VARINT_MAX_BYTES 10u
 
 // Limits, as version 1's (src/manifest/validate.ts LIMITS)
-#define M2_MAX_INODES 10000000u
+#define M2_MAX_INODES 16777216u // 2^24: see LIMITS.inodes
 #define M2_MAX_ENTRIES_PER_DIR 10000000u
 #define M2_MAX_NAME 255u
 #define M2_MAX_SYMLINK 4095u

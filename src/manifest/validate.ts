@@ -30,7 +30,11 @@ const MiB = 1024 * KiB
 
 /** Bounds on everything a manifest may hold. Sizes in bytes unless named otherwise. */
 export const LIMITS = {
-  inodes: 10_000_000,
+  /**
+   * 2^24: a file server of 10,000,000 files with its directories fits (10,010,001 inodes in the scale
+   * tree), and a mover's loader heap stays near 13 bytes per inode (docs/file-server-scale.md).
+   */
+  inodes: 16_777_216,
   /** Extents over all inodes together. */
   extents: 100_000_000,
   entriesPerDir: 10_000_000,
