@@ -9,6 +9,7 @@ import { parseManifest, validateManifest } from './validate'
 import { verifyManifestSignature } from './sign'
 import { openManifest, writeAll, writeAtomicWith } from './file'
 import { isV2File } from './v2/read'
+import { V2_MAX_BYTES } from './v2/format'
 import { readWholeV2 } from './v2/whole'
 
 export { openManifest }
@@ -46,8 +47,8 @@ export function readCheckedManifest(path: string, key?: Buffer): Manifest {
 }
 
 /**
- * The file at `path` is a version 2 manifest (its preamble). A missing file, and one over the size
- * limit, are left to the JSON reader's own message: the latter is refused before any byte is read.
+ * The file at `path` is a version 2 manifest (its preamble). A missing file, and one over version 2's
+ * size limit, are left to the JSON reader's own message: the latter is refused before any byte is read.
  */
 export function isV2Path(path: string): boolean {
   let fd: number
@@ -58,7 +59,7 @@ export function isV2Path(path: string): boolean {
   }
   try {
     const st = fs.fstatSync(fd)
-    return st.isFile() && st.size <= DEFAULT_MAX_MANIFEST_BYTES && isV2File(fd)
+    return st.isFile() && st.size <= V2_MAX_BYTES && isV2File(fd)
   } finally {
     fs.closeSync(fd)
   }

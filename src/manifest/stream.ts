@@ -19,6 +19,7 @@ import fs from 'node:fs'
 import { ManifestError, oneLine } from '../errors'
 import { DEFAULT_MAX_MANIFEST_BYTES, isV2Path, openManifest, readCheckedManifest } from './io'
 import { streamManifestV2 } from './v2/read'
+import { V2_MAX_BYTES } from './v2/format'
 import { CanonicalHmac, checkSignature } from './sign'
 import type { Inode, Manifest, ManifestHeader } from './types'
 import {
@@ -60,7 +61,7 @@ const EARLY_FIELDS = ['format', 'version', 'features', 'configId', 'createdAt', 
  * place that chooses between the two readers.
  */
 export function streamOrReadManifest(path: string, sink: InodeSink, key?: Buffer): { header: ManifestHeader; whole?: Manifest } {
-  if (isV2Path(path)) return { header: streamManifestV2(path, sink, key, DEFAULT_MAX_MANIFEST_BYTES) }
+  if (isV2Path(path)) return { header: streamManifestV2(path, sink, key, V2_MAX_BYTES) }
   try {
     return { header: streamManifestFile(path, sink, { maxBytes: DEFAULT_MAX_MANIFEST_BYTES, key }) }
   } catch (err) {

@@ -5,6 +5,13 @@ import { ManifestError } from '../../errors'
 export const V2_VERSION = 2
 export const PREAMBLE = Buffer.from('EXTFSv2\n', 'latin1')
 export const HEADER_MAX = 16 * 1024 * 1024
+/**
+ * The largest version 2 manifest a reader takes. A version 2 manifest is streamed and mapped, never
+ * held whole, so this bounds the work a mover takes on, not its memory: 16 GiB, 2^24 inodes
+ * (LIMITS.inodes) of 1 KiB each. 10,000,000 files of 100 B carried inline make 1.4 GB. (Version 1,
+ * parsed whole, stays at 1 GiB: DEFAULT_MAX_MANIFEST_BYTES.)
+ */
+export const V2_MAX_BYTES = 16 * 2 ** 30
 export const TRAILER_MAGIC = Buffer.from('EXTFSEND', 'latin1')
 export const TRAILER_BYTES = 64
 export const MAC_BYTES = 32

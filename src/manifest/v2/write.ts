@@ -12,7 +12,7 @@ import type { DirEntry, Extent, Inode, ManifestHeader } from '../types'
 import { putVarint, zigzag, VARINT_MAX_BYTES } from './varint'
 import {
   COMPRESSION_CODES, encodeTrailer, EXT_COMPRESSED, EXT_CSUMS, HAS_ATTRS, HAS_INLINE, HAS_RDEV, HAS_XATTRS, HEADER_MAX,
-  MAC_BYTES, MODE_OF_KIND, PREAMBLE, TAG_DIR, TAG_INODE, TRAILER_BYTES, V2_VERSION, type TrailerCounts,
+  MAC_BYTES, MODE_OF_KIND, PREAMBLE, TAG_DIR, TAG_INODE, TRAILER_BYTES, V2_MAX_BYTES, V2_VERSION, type TrailerCounts,
 } from './format'
 
 const FLUSH_AT = 1024 * 1024
@@ -23,6 +23,7 @@ const FIELD_MAX = 64 * 1024 + VARINT_MAX_BYTES
 class V2File {
   private readonly buf = Buffer.alloc(FLUSH_AT + FIELD_MAX)
   private at = 0
+  private written = 0
   private readonly hmac?: crypto.Hmac
 
   constructor(private readonly fd: number, key: Buffer | undefined) {
@@ -69,6 +70,10 @@ class V2File {
   }
 
   private out(b: Buffer): void {
+    // Never a manifest no reader takes (V2_MAX_BYTES): the export fails here instead.
+    if ((this.written += b.length) > V2_MAX_BYTES) {
+      throw new ExportError(`the manifest would be over ${V2_MAX_BYTES} bytes, the most a mover reads (docs/manifest-v2.md); a lower --carry-max carries less file data in it`)
+    }
     this.hmac?.update(b)
     writeAll(this.fd, b)
   }
