@@ -72,7 +72,7 @@ class V2File {
   private out(b: Buffer): void {
     // Never a manifest no reader takes (V2_MAX_BYTES): the export fails here instead.
     if ((this.written += b.length) > V2_MAX_BYTES) {
-      throw new ExportError(`the manifest would be over ${V2_MAX_BYTES} bytes, the most a mover reads (docs/manifest-v2.md); a lower --carry-max carries less file data in it`)
+      throw new ExportError(`the manifest would be over ${V2_MAX_BYTES} bytes, the most a mover reads (docs/manifest-v2.md)`)
     }
     this.hmac?.update(b)
     writeAll(this.fd, b)
