@@ -145,6 +145,18 @@ t.test('broken bodies are refused with one line', async (t) => {
   }
 })
 
+// A fuzz finding (fuzz/corpus/manifest/regress-empty-xattrs.json): version 1 allows `"xattrs": {}`,
+// and the encoder set the xattrs bit with no xattrs, which the C loader refuses: the manifest did not mount.
+t.test('an empty xattr list in version 1 is no list in version 2: it packs, and reads back without one', async (t) => {
+  const dir = t.testdir({})
+  const m = makeManifest()
+  inodeOf(m, 1).xattrs = {}
+  t.doesNotThrow(() => packedTables(m, m.devices.map((_, i) => 100 + i)), 'packed as a mount packs it')
+  const f = path.join(dir, 'empty-xattrs.extfs')
+  writeManifestV2(f, headerOf(m), m.inodes)
+  t.equal(inodeOf(readCheckedManifest(f), 1).xattrs, undefined, 'read back without xattrs')
+})
+
 t.test('the tree rules of version 1 hold', async (t) => {
   const dir = t.testdir({})
   const write = (name: string, m: Manifest) => {

@@ -118,8 +118,10 @@ class BodyEncoder {
   inode(n: Inode): void {
     this.inodesBegun = true
     if (n.ino <= this.lastIno) throw new RangeError(`inode ${n.ino} after ${this.lastIno}: INODE records go in ascending order`)
+    // An empty xattr list is no list (the format wants the bit clear): version 1 allows `"xattrs": {}`.
+    const xattrs = n.xattrs !== undefined && Object.keys(n.xattrs).length > 0 ? n.xattrs : undefined
     const has = (n.rdev !== undefined ? HAS_RDEV : 0) | (n.attrs !== undefined ? HAS_ATTRS : 0) |
-      (n.xattrs !== undefined ? HAS_XATTRS : 0) | (n.inline !== undefined ? HAS_INLINE : 0)
+      (xattrs !== undefined ? HAS_XATTRS : 0) | (n.inline !== undefined ? HAS_INLINE : 0)
     this.varints([TAG_INODE, n.ino - this.lastIno, MODE_OF_KIND[n.kind] | n.perm, n.uid, n.gid, n.nlink, n.size, n.blocks])
     this.lastIno = n.ino
     for (const [i, t] of [n.atime, n.mtime, n.ctime].entries()) {
@@ -132,7 +134,7 @@ class BodyEncoder {
     this.varints([has])
     if (n.rdev !== undefined) this.varints([n.rdev])
     if (n.attrs !== undefined) this.varints([n.attrs])
-    if (n.xattrs !== undefined) this.xattrs(n.xattrs)
+    if (xattrs !== undefined) this.xattrs(xattrs)
     if (n.inline !== undefined) this.sized(Buffer.from(n.inline, 'base64'))
     else if (n.kind === 'file') this.extents(n.extents ?? [])
     else if (n.kind === 'symlink') this.sized(encodeName(n.target!))
