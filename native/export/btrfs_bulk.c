@@ -34,6 +34,7 @@
 #include <unistd.h>
 
 #include "../btrfs.h"
+#include "../manifest/utf8.h"
 #include "../manifest/v2write.h"
 #include "../view/decode.h"
 

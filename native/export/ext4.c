@@ -23,6 +23,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "../manifest/utf8.h"
 #include "../manifest/v2write.h"
 
 // The flags FS_IOC_GETFLAGS returns on ext4: the kernel's EXT4_FL_USER_VISIBLE (fs/ext4/ext4.h),

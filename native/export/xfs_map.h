@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <xfs/xfs.h>
 
+#include "../manifest/utf8.h"
 #include "../manifest/v2write.h"
 #include "xfs_bulk.h"
 

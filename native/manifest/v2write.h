@@ -10,7 +10,6 @@
 #include <stdint.h>
 
 #include "v2.h"
-#include "utf8.h"
 
 #define M2W_BUFFER (256u * 1024u) // bytes buffered before one write(2)
 
@@ -92,6 +91,5 @@ struct m2_extent_extras {
 // One extent with extras; the device cursor advances by `length` (the file bytes), as for plain ones.
 void m2w_extent_extras(struct m2w *w, uint64_t gap, uint64_t length, uint32_t device, uint64_t device_offset,
                        const struct m2_extent_extras *x);
-
 
 #endif
