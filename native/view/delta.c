@@ -69,6 +69,16 @@ void xt_note_served(struct engine *e, uint32_t index, struct xt_map *m, uint64_t
   }
 }
 
+int xt_delta_has(const struct xt_delta_file *files, uint32_t n, uint32_t index) {
+  uint32_t lo = 0, hi = n; // a delta's files are sorted by index (xt_check_delta saw to it)
+  while (lo < hi) {
+    uint32_t mid = lo + (hi - lo) / 2;
+    if (files[mid].index < index) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo < n && files[lo].index == index;
+}
+
 // ------------------------------------------------------------------------------------ applying
 
 static napi_value throw_msg(napi_env env, const char *prefix, const char *msg) {
@@ -192,6 +202,7 @@ napi_value xt_js_apply_delta(napi_env env, napi_callback_info info) {
   }
   atomic_store(&e->generation, gen);
   xt_push_settle(e, files, h->n_files); // no push of the old map's bytes still on its way (push.c)
+  xt_prefetch_settle(e, files, h->n_files); // nor a prefetch (prefetch.c)
   // Pages the kernel cached hold the old map's bytes (open sets keep_cache): drop them, so that
   // reads from now on reach the new map. An in-flight read holds its pages locked; the kernel waits
   // for it and drops those too. ENOENT: the kernel holds no such inode, nothing is cached.

@@ -1,6 +1,6 @@
 // N-API glue of the native view engine (src/native-engine/native-engine.ts is its only caller):
 //   layout()                                   struct sizes and field offsets of tables.h
-//   mount(tables, record, mountpoint, options, judge, onEvent, leaseMs) → handle
+//   mount(tables, record, mountpoint, options, judge, onEvent, leaseMs, prefetchWindow) → handle
 //   unmount(handle) → Promise                  umount(2), end the loop, free everything
 //   applyDelta(handle, delta, deviceFds), tainted(handle), generation(handle), fileSize(handle, index)   see delta.c
 //   setLease(handle, ms)                       how long opens and reads are served unasked (config.c)
@@ -165,8 +165,10 @@ static void *loop_main(void *arg) {
   fuse_loop_cfg_set_max_threads(cfg, 16);     // readahead keeps several 1 MiB reads in flight
   fuse_loop_cfg_set_idle_threads(cfg, 16);    // keep them: creating threads per burst costs more
   xt_push_start(e); // its threads inherit this thread's signal mask, like the workers
+  xt_prefetch_start(e);
   fuse_session_loop_mt(e->se, cfg);
   xt_push_stop(e); // the connection has ended: a store in progress fails, and every pusher returns
+  xt_prefetch_stop(e);
   fuse_loop_cfg_destroy(cfg);
   return NULL;
 }
@@ -175,6 +177,7 @@ static void *loop_main(void *arg) {
 static void engine_teardown(struct engine *e) {
   if (e->se != NULL) fuse_session_destroy(e->se);
   xt_push_free(e);
+  xt_prefetch_free(e);
   xt_config_destroy(e);
   xt_delta_destroy(e);
   pthread_rwlock_destroy(&e->js_lock);
@@ -229,17 +232,18 @@ static napi_value fail(napi_env env, struct engine *e, const char *msg) {
 }
 
 static napi_value js_mount(napi_env env, napi_callback_info info) {
-  size_t argc = 7;
-  napi_value argv[7], name;
-  int64_t lease_ms = -1;
+  size_t argc = 8;
+  napi_value argv[8], name;
+  int64_t lease_ms = -1, prefetch_window = -1;
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   void *buf = NULL;
   size_t len = 0;
   bool is_buffer = false;
   struct xt_mapped *mapped = argc >= 1 ? xt_mapped_arg(env, argv[0]) : NULL;
-  if (argc < 7 || (mapped == NULL && (napi_is_buffer(env, argv[0], &is_buffer) != napi_ok || !is_buffer)) ||
-      napi_get_value_int64(env, argv[6], &lease_ms) != napi_ok) {
-    return fail(env, NULL, "mount(tables Buffer or mapTables handle, record, mountpoint, options, judge, onEvent, leaseMs)");
+  if (argc < 8 || (mapped == NULL && (napi_is_buffer(env, argv[0], &is_buffer) != napi_ok || !is_buffer)) ||
+      napi_get_value_int64(env, argv[6], &lease_ms) != napi_ok || napi_get_value_int64(env, argv[7], &prefetch_window) != napi_ok ||
+      prefetch_window < -1 || prefetch_window > (int64_t)XT_PREFETCH_WINDOW_MAX) {
+    return fail(env, NULL, "mount(tables Buffer or mapTables handle, record, mountpoint, options, judge, onEvent, leaseMs, prefetchWindow)");
   }
   if (mapped == NULL) CHECK(napi_get_buffer_info(env, argv[0], &buf, &len));
 
@@ -275,6 +279,7 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
   }
 
   xt_lease_set(e, lease_ms); // before the first request can arrive
+  e->prefetch_window = prefetch_window; // read when the session thread starts prefetch
   xt_config_prime(env, e, argv[4]);
 
   char *args_v[] = {"extfs", "-o", options, NULL};
@@ -658,6 +663,22 @@ static napi_value js_large_acls(napi_env env, napi_callback_info info) {
   return out;
 }
 
+// prefetchStats(handle): {window, pending, storedFiles, storedBytes, failedReads} (prefetch.c).
+static napi_value js_prefetch_stats(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], out;
+  struct engine *e;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 1 || napi_get_value_external(env, argv[0], (void **)&e) != napi_ok) return fail(env, NULL, "prefetchStats(handle)");
+  struct xt_prefetch_stats st = {0};
+  if (!e->done) xt_prefetch_stats(e, &st);
+  if (napi_create_object(env, &out) != napi_ok || !set_num(env, out, "window", (double)st.window) || !set_num(env, out, "pending", (double)st.pending) ||
+      !set_num(env, out, "storedFiles", (double)st.stored_files) || !set_num(env, out, "storedBytes", (double)st.stored_bytes) ||
+      !set_num(env, out, "failedReads", (double)st.failed_reads))
+    return NULL;
+  return out;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   const napi_property_descriptor props[] = {
     {"layout", NULL, js_layout, NULL, NULL, NULL, napi_enumerable, NULL},
@@ -669,6 +690,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"eventsLost", NULL, js_events_lost, NULL, NULL, NULL, napi_enumerable, NULL},
     {"fileSize", NULL, xt_js_file_size, NULL, NULL, NULL, napi_enumerable, NULL},
     {"setLease", NULL, js_set_lease, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"prefetchStats", NULL, js_prefetch_stats, NULL, NULL, NULL, napi_enumerable, NULL},
     {"checkTables", NULL, js_check_tables, NULL, NULL, NULL, napi_enumerable, NULL},
     {"planRead", NULL, js_plan_read, NULL, NULL, NULL, napi_enumerable, NULL},
     {"checkDelta", NULL, xt_js_check_delta, NULL, NULL, NULL, napi_enumerable, NULL},

@@ -1,7 +1,7 @@
 // The native view engine: what its C files share. engine.c owns the N-API glue and the session
 // thread, check.c the table and delta checks, ops.c the FUSE operations, plan.c the plan of a read and
 // read.c its I/O, config.c the per-open config-ID check and the lease, delta.c applying deltas, push.c
-// the push-ahead of sequential readers. check.c and plan.c call neither libfuse nor N-API (fuzz/c/).
+// the push-ahead of sequential readers, prefetch.c the prefetch of small files. check.c and plan.c call neither libfuse nor N-API (fuzz/c/).
 #ifndef EXTFS_VIEW_ENGINE_H
 #define EXTFS_VIEW_ENGINE_H
 
@@ -117,6 +117,8 @@ struct engine {
   int unmounting;
   int done;     // torn down: unmounted, everything but this struct freed
   struct xt_push *push; // push-ahead (push.c): started and stopped by the session thread
+  struct xt_prefetch *prefetch; // prefetch of small files (prefetch.c): the same
+  int64_t prefetch_window;      // its window in bytes as mount() was given it; -1: the default
   int orphaned; // JS dropped the handle: free the struct once done
   // No mount (the addon's readFile, for tests): events go here instead of to JS, the first one kept.
   struct xt_event *test_event;
@@ -188,6 +190,9 @@ int xt_plan_next(struct xt_plan *p, struct xt_piece *piece);
 // read.c: the I/O
 void xt_read(fuse_req_t req, fuse_ino_t nodeid, size_t size, off_t off, struct fuse_file_info *fi);
 int xt_read_into(struct engine *e, uint32_t index, struct xt_map *m, uint64_t start, uint64_t end, const uint8_t **data, int report);
+// `len` bytes of device `d` at `doff` into `dst` (offset, length and dst aligned to 4096), of which at
+// least `need` must exist (the rest may run past the device's end): 0, or EIO. Reports nothing.
+int xt_read_aligned(const struct xt_device *d, uint8_t *dst, uint64_t doff, size_t len, size_t need);
 
 // push.c: push-ahead of sequential readers. start/stop on the session thread, around the loop;
 // free at teardown (a delta on the JS thread may still look at it after the loop ended).
@@ -202,6 +207,25 @@ void xt_push_release(struct engine *e, uint64_t fh, uint32_t index);
 // chunks in flight, so that no store of the old map's bytes lands after the delta drops the pages.
 void xt_push_settle(struct engine *e, const struct xt_delta_file *files, uint32_t n);
 
+// prefetch.c: prefetch of the small files a reader will open next. start/stop/free as push-ahead's;
+// start reads the window from e->prefetch_window.
+void xt_prefetch_start(struct engine *e);
+void xt_prefetch_stop(struct engine *e);
+void xt_prefetch_free(struct engine *e);
+#define XT_PREFETCH_WINDOW_MAX ((uint64_t)256 << 20) // the largest window mount() accepts (bytes)
+// Directory `dir`'s listing (readdirplus) gave the kernel positions [from, to) (0 and 1: "." and "..").
+void xt_prefetch_listed(struct engine *e, uint32_t dir, uint64_t from, uint64_t to);
+// Regular file `index` was opened (its config-ID check passed).
+void xt_prefetch_open(struct engine *e, uint32_t index);
+// What prefetch did since mount: the window (0: off), bytes taken and not yet retired, files and
+// bytes stored in the page cache, device reads that failed (their files were not stored).
+struct xt_prefetch_stats {
+  uint64_t window, pending, stored_files, stored_bytes, failed_reads;
+};
+void xt_prefetch_stats(struct engine *e, struct xt_prefetch_stats *out);
+// As xt_push_settle, for prefetch's device reads in flight.
+void xt_prefetch_settle(struct engine *e, const struct xt_delta_file *files, uint32_t n);
+
 // delta.c
 int xt_delta_init(struct engine *e); // at mount: served[] and the first device set; 0 or ENOMEM
 void xt_delta_destroy(struct engine *e);
@@ -213,6 +237,8 @@ static inline struct xt_map *xt_map_of(struct engine *e, uint32_t index) {
 // After a read served `len` bytes of inode `index` through `m` (NULL: the tables' extents), before
 // replying: remembers the read, and taints the file if a delta replaced `m` meanwhile.
 void xt_note_served(struct engine *e, uint32_t index, struct xt_map *m, uint64_t len);
+// Whether a checked delta's files (sorted by index) include inode `index`.
+int xt_delta_has(const struct xt_delta_file *files, uint32_t n, uint32_t index);
 napi_value xt_js_apply_delta(napi_env env, napi_callback_info info);
 napi_value xt_js_tainted(napi_env env, napi_callback_info info);
 napi_value xt_js_generation(napi_env env, napi_callback_info info);

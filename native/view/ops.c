@@ -135,8 +135,8 @@ static void do_readdir(fuse_req_t req, fuse_ino_t nodeid, size_t size, off_t off
   char *buf = malloc(size > 0 ? size : 1);
   if (buf == NULL) return (void)fuse_reply_err(req, ENOMEM);
   size_t used = 0;
-  uint64_t end = (uint64_t)dir->count + 2;
-  for (uint64_t p = off < 0 ? 0 : (uint64_t)off; p < end; p++) {
+  uint64_t end = (uint64_t)dir->count + 2, from = off < 0 ? 0 : (uint64_t)off, p;
+  for (p = from; p < end; p++) {
     const char *name;
     uint32_t child;
     if (p < 2) {
@@ -162,6 +162,9 @@ static void do_readdir(fuse_req_t req, fuse_ino_t nodeid, size_t size, off_t off
   }
   fuse_reply_buf(req, buf, used);
   free(buf);
+  // The kernel now holds inodes for these entries, so their data can be stored ahead (prefetch.c).
+  // A plain listing creates none: nothing to store into.
+  if (plus) xt_prefetch_listed(e, (uint32_t)(dir - e->t.inodes), from, p);
 }
 
 static void op_readdir(fuse_req_t req, fuse_ino_t nodeid, size_t size, off_t off, struct fuse_file_info *fi) {
@@ -188,7 +191,9 @@ static void op_open(fuse_req_t req, fuse_ino_t nodeid, struct fuse_file_info *fi
   fi->noflush = 1;    // nothing to flush on close: saves a round trip per file
   static _Atomic uint64_t opens;
   fi->fh = atomic_fetch_add(&opens, 1) + 1; // names this open to push-ahead (push.c)
+  struct engine *e = eng(req); // the request is gone once answered
   fuse_reply_open(req, fi);
+  xt_prefetch_open(e, (uint32_t)(nodeid - 1)); // after the reply: the opener waits for nothing here
 }
 
 // A file closed: its push-ahead job, if any, ends (push.c). Nothing else to close.

@@ -219,16 +219,6 @@ void xt_push_release(struct engine *e, uint64_t fh, uint32_t index) {
   pthread_mutex_unlock(&p->mu);
 }
 
-static int replaced(const struct xt_delta_file *files, uint32_t n, uint32_t index) {
-  uint32_t lo = 0, hi = n; // a delta's files are sorted by index (checked by delta.c)
-  while (lo < hi) {
-    uint32_t mid = lo + (hi - lo) / 2;
-    if (files[mid].index < index) lo = mid + 1;
-    else hi = mid;
-  }
-  return lo < n && files[lo].index == index;
-}
-
 void xt_push_settle(struct engine *e, const struct xt_delta_file *files, uint32_t n) {
   struct xt_push *p = e->push;
   if (p == NULL) return;
@@ -240,7 +230,7 @@ void xt_push_settle(struct engine *e, const struct xt_delta_file *files, uint32_
     int busy = 0;
     for (unsigned k = 0; k < PUSH_JOBS; k++) {
       struct push_job *j = &p->jobs[k];
-      if (!j->live || !replaced(files, n, j->index)) continue;
+      if (!j->live || !xt_delta_has(files, n, j->index)) continue;
       end_job(j);
       busy |= j->live;
     }

@@ -134,6 +134,12 @@ static int read_range(struct tbuf *b, const struct xt_device *d, uint8_t *dst, u
   return 0;
 }
 
+int xt_read_aligned(const struct xt_device *d, uint8_t *dst, uint64_t doff, size_t len, size_t need) {
+  char why[256]; // prefetch's reads fail silently: the reader's own read then fails, and says why
+  if (d->fd < 0) return EIO; // a retired device (read_range)
+  return pread_full(d->fd, dst, len, doff, need, why, sizeof why);
+}
+
 // -------------------------------------------------------------------------------------- the I/O
 
 // Sector `o` (its offset in extent x) of a copy verifies against x's checksum of it (in plan p's checksums).

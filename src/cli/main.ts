@@ -14,7 +14,7 @@ import { DEFAULT_CARRY_MAX, exportImage } from '../export/export'
 import { DEFAULT_LOG_FILE } from '../mover/daemon'
 import { DEFAULT_REMAP_CACHE_BYTES } from '../service/remap-worker'
 import { DEFAULT_STATE_PATH } from '../service/state'
-import { caOption, deviceOption, keyOption, leaseOption, logLevelOption, parseCarryMax, parseMiB, parseSeconds } from './options'
+import { caOption, deviceOption, keyOption, leaseOption, logLevelOption, parseCarryMax, prefetchWindowOption, parseMiB, parseSeconds } from './options'
 
 // The other commands' modules are loaded when they run (`await import`), not all at start: an export
 // would otherwise load serve's, the view's and remap's code too, CPU the owner pays every night
@@ -80,6 +80,7 @@ export function buildProgram(): Command {
     .addOption(keyOption())
     .addOption(caOption())
     .addOption(leaseOption())
+    .addOption(prefetchWindowOption())
     .option('--foreground', 'stay attached; unmount on SIGINT/SIGTERM')
     .option('--allow-other', 'let users other than root read the view (permissions still apply)')
     .option('--log-file <file>', `log here (background default: ${DEFAULT_LOG_FILE})`)
@@ -181,6 +182,7 @@ export function buildProgram(): Command {
     .addOption(keyOption())
     .addOption(caOption())
     .addOption(leaseOption())
+    .addOption(prefetchWindowOption())
     .option('--mountpoint <dir>', 'mount on this empty directory (kept) instead of a new private one: the same path every night, as restic and borg need')
     .option('--log-file <file>', `view log (default: ${DEFAULT_LOG_FILE})`)
     .addOption(logLevelOption())

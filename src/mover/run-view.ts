@@ -26,6 +26,8 @@ export interface ViewRunOptions extends LoadOptions {
   remote?: RemoteSource
   mountpoint: string
   allowOther: boolean
+  /** The prefetch window of small files in bytes (0: off); absent: the engine's default. */
+  prefetchWindowBytes?: number
   /** Leave a report of tainted files in /run/extfs when stopping, for the `extfs backup` that started us. */
   report: boolean
   log: Logger
@@ -155,7 +157,8 @@ export async function runView(opts: ViewRunOptions): Promise<void> {
     served = await createEngine(image, opts, remote)
     engine = served.engine
     try {
-      await engine.mount(mountpoint, { fsname: `extfs:${image.manifest.configId}`, allowOther: opts.allowOther, leaseMs: remote?.leaseLeft() })
+      await engine.mount(mountpoint, { fsname: `extfs:${image.manifest.configId}`, allowOther: opts.allowOther, leaseMs: remote?.leaseLeft(),
+        prefetchWindowBytes: opts.prefetchWindowBytes })
     } catch (err) {
       throw new ExtfsError(ExitCode.NoFuse, `FUSE mount on ${mountpoint} failed: ${(err as Error).message}`)
     }

@@ -28,6 +28,9 @@ export interface EngineEvent {
   reason: string
 }
 
+/** prefetchStats: the window (0: off), bytes taken and not yet retired, files and bytes stored, device reads that failed. */
+export interface PrefetchStats { window: number; pending: number; storedFiles: number; storedBytes: number; failedReads: number }
+
 /** POSIX ACLs longer than `limit` bytes as xattrs (largeAcls). */
 export interface LargeAcls {
   limit: number
@@ -61,9 +64,11 @@ export interface ViewAddon {
    * thread. `judge` is called on the JS thread when the config-ID record changed since the last "ok",
    * and for every open and read once the lease expired; it answers through `answer`, at once or later
    * (the FUSE request waits at most 5 s, then is refused; later answers are ignored). `onEvent`
-   * receives log events. `leaseMs` is the lease at mount (as setLease). Throws if not mounted.
+   * receives log events. `leaseMs` is the lease at mount (as setLease). `prefetchWindow`: bytes of small
+   * files read ahead of readers at most (native/view/prefetch.c), 0 none, -1 the default, at most
+   * 256 MiB. Throws if not mounted.
    */
-  mount(tables: Buffer | TablesHandle, recordPath: string, mountpoint: string, options: string, judge: (answer: Answer) => void, onEvent: (ev: EngineEvent) => void, leaseMs: number): SessionHandle
+  mount(tables: Buffer | TablesHandle, recordPath: string, mountpoint: string, options: string, judge: (answer: Answer) => void, onEvent: (ev: EngineEvent) => void, leaseMs: number, prefetchWindow: number): SessionHandle
   /** umount(2) (not lazy), end the session, free everything. Rejects "...busy" and keeps serving. */
   unmount(handle: SessionHandle): Promise<void>
   /**
@@ -83,6 +88,8 @@ export interface ViewAddon {
   fileSize(handle: SessionHandle, index: number): number
   /** Serve opens and reads without asking judge() for `ms` more milliseconds; ms < 0: no lease (the default). */
   setLease(handle: SessionHandle, ms: number): void
+  /** What the prefetch of small files did since mount (native/view/prefetch.c); zeros once unmounted. */
+  prefetchStats(handle: SessionHandle): PrefetchStats
   /**
    * The POSIX ACLs in `tables` longer than `limit` bytes as xattrs; without `limit`, the page size,
    * the buffer the kernel reads a FUSE filesystem's ACLs into: those no reader of the view can have.

@@ -12,7 +12,7 @@ import { splitDev } from '../mapping/blockdev'
 import { mappedTablesOf, type IndexPaths, type MappedTables } from './mapped-tables'
 import { tablesOfManifest } from './v1-manifest'
 import { packDelta, type DeltaEntry } from './delta-tables'
-import { viewAddon, type Answer, type EngineEvent, type SessionHandle, type TablesHandle } from './addon'
+import { viewAddon, type Answer, type EngineEvent, type PrefetchStats, type SessionHandle, type TablesHandle } from './addon'
 import { Refusals, type RefusalSummary } from '../view/refusals'
 
 /**
@@ -67,7 +67,7 @@ export class NativeEngine implements ViewEngine {
     const options = ['ro', 'default_permissions', `fsname=${escapeOption(opts.fsname)}`, 'subtype=extfs']
     if (opts.allowOther) options.push('allow_other')
     this.session = addon.mount(tables, this.config.file, mountpoint, options.join(','),
-      (answer) => this.judge(answer), (ev) => this.report(ev), Math.floor(opts.leaseMs ?? -1))
+      (answer) => this.judge(answer), (ev) => this.report(ev), Math.floor(opts.leaseMs ?? -1), opts.prefetchWindowBytes ?? -1)
     this.log.debug({ mountpoint, tables: this.mapped.loaded, bytes: this.mapped.loaded.tablesBytes }, 'native engine mounted')
     try {
       // Answered once the kernel finished FUSE_INIT with the session thread: the view serves.
@@ -152,6 +152,12 @@ export class NativeEngine implements ViewEngine {
   taintedFiles(): string[] {
     if (!this.session) return [...this.lastTainted]
     return viewAddon().tainted(this.session).map((index) => this.paths.path(index))
+  }
+
+  /** What the prefetch of small files did since mount (native/view/prefetch.c). */
+  prefetchStats(): PrefetchStats {
+    if (!this.session) throw new Error('prefetchStats: the view is not mounted')
+    return viewAddon().prefetchStats(this.session)
   }
 
   /** Map generation: 0 at mount, +1 per applied delta. */

@@ -12,6 +12,11 @@ export interface MountOptions {
    * `extfs serve`, renewed with setLease); absent: no lease. Native engine only.
    */
   leaseMs?: number
+  /**
+   * Small files read ahead of the reader at most, bytes (native/view/prefetch.c); 0: none; absent: the
+   * engine's default (32 MiB, less on a small host). Native engine only.
+   */
+  prefetchWindowBytes?: number
 }
 
 export interface ViewEngine {

@@ -13,6 +13,7 @@ import { extfs, release, scratchDir } from './extfs'
 import type { LoadedImage } from '../../src/mover/load'
 import { NativeEngine } from '../../src/native-engine/native-engine'
 import type { Manifest } from '../../src/manifest/types'
+import type { MountOptions } from '../../src/view/engine'
 
 export const NS = 1 // the native engine serves times with nanoseconds
 
@@ -25,13 +26,17 @@ export interface Mounted {
   close(): Promise<void>
 }
 
-/** Mount `manifest` (or an edited copy of its content) with the native engine on a fresh directory. */
-export async function mountNative(root: string, name: string, image: LoadedImage, logFile: string, manifest: Manifest = image.manifest): Promise<Mounted> {
+/**
+ * Mount `manifest` (or an edited copy of its content) with the native engine on a fresh directory;
+ * `opts` as the engine's mount options (the prefetch window, say).
+ */
+export async function mountNative(root: string, name: string, image: LoadedImage, logFile: string, manifest: Manifest = image.manifest,
+  opts: Partial<MountOptions> = {}): Promise<Mounted> {
   const mnt = path.join(root, name)
   await fsp.mkdir(mnt, { recursive: true })
   const log = pino({ level: 'debug' }, pino.destination({ dest: logFile, sync: true, append: true }))
   const engine = new NativeEngine(manifest, image.devices, image.config, log)
-  await engine.mount(mnt, { fsname: `extfs:${manifest.configId}`, allowOther: false })
+  await engine.mount(mnt, { fsname: `extfs:${manifest.configId}`, allowOther: false, ...opts })
   const close = async () => {
     for (let i = 0; i < 10; i++) {
       try {
