@@ -9,7 +9,7 @@
 //   keeps the error: not the view, not the kernel's page cache);
 // - push-ahead never turns an error into zeros: a 24 MiB file whose push window crosses a faulty
 //   range has no page of that range cached; those pages read EIO while the fault lasts, the rest exact,
-//   and the whole file exact after;
+//   and the whole file exact after; nor does prefetch: a small file whose prefetch failed reads EIO;
 // - `extfs backup` exits 7 naming the file when its command ignored the error (a shell that throws
 //   cat's status away, tar --ignore-failed-read), and 0 once the device reads again.
 import t from 'tap'
@@ -217,6 +217,30 @@ t.test('media errors: a device that fails reads on one range', async (t) => {
       }
       await fs.disarm()
       t.ok((await fsp.readFile(v('big'))).equals(want), 'disarmed: the whole file is exact (the page cache holds nothing wrong)')
+    })
+
+    await t.test('prefetch never turns an error into zeros', SUBTEST, async (t) => {
+      // dir/c (5000 bytes) is dir's only file: listing dir prefetches it (native/view/prefetch.c), and
+      // the device fails that read. A fresh mount: nothing cached.
+      await ensureUnmounted(viewMnt)
+      const prefetchLog = path.join(fs.tmpdir, 'prefetch.log')
+      const again = await extfs(['mount', manifestFile, viewMnt, '--log-file', prefetchLog])
+      t.equal(again.code, 0, `mount: ${again.stderr}`)
+      const c = deviceRange(m, { file: 'dir/c', offset: 0, length: PAGE })
+      await fs.arm(c.start, c.length)
+      const eioBefore = (await fs.status()).eio
+      await runOk('ls', ['-f', v('dir')])
+      let met = false
+      for (let i = 0; i < 100 && !met; i++) {
+        met = (await fs.status()).eio > eioBefore
+        if (!met) await new Promise((r) => setTimeout(r, 100))
+      }
+      t.ok(met, 'the prefetch met the faulty range (the device failed its read)')
+      t.same(await failedReads(prefetchLog, 'dir/c').then((l) => l.length), 0, 'a prefetch that failed is not logged: only a reader\'s read is')
+      t.equal(await errnoOf(fsp.readFile(v('dir/c'))), EIO, 'the reader\'s read fails with EIO: nothing was stored for it')
+      t.ok((await failedReads(prefetchLog, 'dir/c')).length > 0, 'and is logged')
+      await fs.disarm()
+      t.ok((await fsp.readFile(v('dir/c'))).equals(FILES['dir/c']!), 'disarmed: the file reads exact')
     })
 
     await ensureUnmounted(viewMnt)
