@@ -217,6 +217,8 @@ void xt_prefetch_free(struct engine *e);
 void xt_prefetch_listed(struct engine *e, uint32_t dir, uint64_t from, uint64_t to);
 // Regular file `index` was opened (its config-ID check passed).
 void xt_prefetch_open(struct engine *e, uint32_t index);
+// A read request at offset 0 of regular file `index` reached the view: its first page was not cached.
+void xt_prefetch_read(struct engine *e, uint32_t index);
 // What prefetch did since mount: the window (0: off), bytes taken and not yet retired, files and
 // bytes stored in the page cache, device reads that failed (their files were not stored).
 struct xt_prefetch_stats {

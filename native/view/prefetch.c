@@ -16,7 +16,8 @@
 //
 // Which files: regular files of at most PF_FILE_MAX bytes (push-ahead and readahead serve larger
 // ones) that are not tainted. A directory's listing that the kernel answers from its own cache
-// reaches no one here: an open of a file not taken, in a directory with no job, starts one after the
+// reaches no one here: a read request at the start of a file not taken (its pages were not cached;
+// an open alone says nothing: its pages may be), in a directory with no job, starts one after the
 // file; in a directory whose job lags behind the reader, the job skips to after it.
 //
 // Safety: a prefetch is a read the reader did not ask for yet, with the guarantees push-ahead gives
@@ -93,6 +94,7 @@ struct xt_prefetch {
   uint64_t pending; // bytes taken and not retired (in flight included)
   uint32_t *ring_index, *ring_pages, ring_cap, head, count;
   unsigned misses, rr;
+  unsigned sleeping, settling; // threads waiting for work; deltas waiting for reads in flight
   struct pf_job jobs[PF_JOBS];
   unsigned n_workers;
   struct pf_worker workers[PF_THREADS];
@@ -279,6 +281,13 @@ static void run_unit(struct engine *e, struct pf_worker *w) {
   }
 }
 
+// One sleeping thread, if any, looks for work. Threads wake each other one at a time (a thread that
+// took a unit wakes the next while there is room), never all at once: on every open that would cost
+// more than the prefetch saves. Under mu.
+static void wake(struct xt_prefetch *p) {
+  if (p->sleeping > 0) pthread_cond_signal(&p->work);
+}
+
 static void *prefetch_main(void *arg) {
   struct pf_worker *w = arg;
   struct engine *e = w->e;
@@ -286,15 +295,18 @@ static void *prefetch_main(void *arg) {
   pthread_mutex_lock(&p->mu);
   while (!p->stopping) {
     if (!pick(e, p, &w->unit)) {
+      p->sleeping++;
       pthread_cond_wait(&p->work, &p->mu);
+      p->sleeping--;
       continue;
     }
+    if (p->pending + PAGE <= p->window) wake(p); // room for more: the next unit goes to another thread
     w->busy = 1;
     pthread_mutex_unlock(&p->mu);
     run_unit(e, w);
     pthread_mutex_lock(&p->mu);
     w->busy = 0;
-    pthread_cond_broadcast(&p->idle);
+    if (p->settling > 0) pthread_cond_broadcast(&p->idle);
   }
   pthread_mutex_unlock(&p->mu);
   return NULL;
@@ -368,7 +380,7 @@ void xt_prefetch_listed(struct engine *e, uint32_t dir, uint64_t from, uint64_t 
   struct pf_job *j = job_of(p, dir);
   if (from == 0 && !p->stopping && (j == NULL || j->done)) j = new_job(p, dir, 0, listed); // listed again: a new pass
   if (j != NULL && listed > j->listed) j->listed = listed;
-  if (j != NULL) pthread_cond_broadcast(&p->work);
+  if (j != NULL) wake(p);
   pthread_mutex_unlock(&p->mu);
 }
 
@@ -380,9 +392,10 @@ static uint32_t position_in(const struct engine *e, uint32_t dir, uint32_t index
   return d->count;
 }
 
-// The reader opened `index`, a file prefetch wanted and had not taken. If its directory's job is
-// behind, it skips to after the file; if the directory has none (its listing came from the kernel's
-// cache) or it was done (a new pass), one starts after the file. Under mu.
+// The reader asked to read `index`, a file prefetch wanted and had not taken: its pages were not
+// cached. If its directory's job is behind, it skips to after the file; if the directory has none
+// (its listing came from the kernel's cache) or it was done (a new pass), one starts after the file.
+// Under mu.
 static void follow(struct engine *e, struct xt_prefetch *p, uint32_t index) {
   uint32_t dir = e->t.inodes[index].parent;
   const struct xt_inode *d = &e->t.inodes[dir];
@@ -394,7 +407,7 @@ static void follow(struct engine *e, struct xt_prefetch *p, uint32_t index) {
   }
   if (!S_ISDIR(d->mode) || d->count > PF_SCAN_MAX) return;
   uint32_t pos = position_in(e, dir, index);
-  if (pos < d->count) new_job(p, dir, pos + 1, d->count), pthread_cond_broadcast(&p->work);
+  if (pos < d->count) new_job(p, dir, pos + 1, d->count), wake(p);
 }
 
 void xt_prefetch_open(struct engine *e, uint32_t index) {
@@ -402,16 +415,25 @@ void xt_prefetch_open(struct engine *e, uint32_t index) {
   if (p == NULL) return;
   pthread_mutex_lock(&p->mu);
   int64_t at = ring_find(p, index);
+  uint64_t room = p->window - p->pending;
   if (at >= 0) {
     retire(p, (uint32_t)at + 1); // this one, and those the reader passed
     p->misses = 0;
-    pthread_cond_broadcast(&p->work);
   } else if (++p->misses >= PF_MISS_FLUSH) {
     retire(p, p->count); // the reader went elsewhere: what was taken for it counts no more
     p->misses = 0;
-    pthread_cond_broadcast(&p->work);
   }
-  if (at < 0 && !p->stopping && wanted(e, index)) follow(e, p, index);
+  // Wake a thread when the room crosses a unit's worth (or a quarter window), not on every open.
+  uint64_t low = p->window / 4 < PF_READ_MAX ? p->window / 4 : PF_READ_MAX;
+  if (room < low && p->window - p->pending >= low) wake(p);
+  pthread_mutex_unlock(&p->mu);
+}
+
+void xt_prefetch_read(struct engine *e, uint32_t index) {
+  struct xt_prefetch *p = e->prefetch;
+  if (p == NULL || !wanted(e, index)) return;
+  pthread_mutex_lock(&p->mu);
+  if (!p->stopping && ring_find(p, index) < 0) follow(e, p, index);
   pthread_mutex_unlock(&p->mu);
 }
 
@@ -446,6 +468,8 @@ void xt_prefetch_settle(struct engine *e, const struct xt_delta_file *files, uin
   until.tv_sec += PF_SETTLE_S;
   pthread_mutex_lock(&p->mu);
   // Files not taken yet are planned through the new map when they are; those in flight are waited for.
+  p->settling++;
   while (busy_with(p, files, n) && pthread_cond_timedwait(&p->idle, &p->mu, &until) == 0) continue;
+  p->settling--;
   pthread_mutex_unlock(&p->mu);
 }

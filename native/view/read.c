@@ -302,4 +302,5 @@ void xt_read(fuse_req_t req, fuse_ino_t nodeid, size_t size, off_t off, struct f
   xt_note_served(e, index, m, len);
   fuse_reply_buf(req, (const char *)data, len);
   xt_push_read(e, fi->fh, index, p.start, p.end); // after the reply: the reader waits for nothing here
+  if (p.start == 0) xt_prefetch_read(e, index);
 }
