@@ -523,6 +523,62 @@ static napi_value js_plan_read(napi_env env, napi_callback_info info) {
   return out;
 }
 
+struct plan_list {
+  napi_env env;
+  napi_value arr;
+  uint32_t n;
+  int failed;
+};
+
+static void prefetch_unit_js(void *ctx, const struct xt_pf_unit *u) {
+  static const char *const kinds[] = {[XT_PF_SPAN] = "span", [XT_PF_INLINE] = "inline", [XT_PF_SLOW] = "slow"};
+  struct plan_list *l = ctx;
+  napi_env env = l->env;
+  napi_value o, files, f, kind;
+  if (l->failed) return;
+  l->failed = napi_create_object(env, &o) != napi_ok || !set_num(env, o, "device", u->device) || !set_num(env, o, "start", (double)u->start) ||
+              !set_num(env, o, "end", (double)u->end) || napi_create_array(env, &files) != napi_ok;
+  for (uint32_t k = 0; !l->failed && k < u->n; k++) {
+    const struct xt_pf_file *x = &u->files[k];
+    l->failed = napi_create_object(env, &f) != napi_ok || !set_num(env, f, "index", x->index) || !set_num(env, f, "at", (double)x->at) ||
+                napi_create_string_utf8(env, kinds[x->kind], NAPI_AUTO_LENGTH, &kind) != napi_ok || napi_set_named_property(env, f, "kind", kind) != napi_ok ||
+                napi_set_element(env, files, k, f) != napi_ok;
+  }
+  if (!l->failed) l->failed = napi_set_named_property(env, o, "files", files) != napi_ok || napi_set_element(env, l->arr, l->n++, o) != napi_ok;
+}
+
+// prefetchPlan(tables, dirIndex, window): the units prefetch (prefetch.c) takes from that directory with
+// a window of `window` bytes no reader retires: [{device, start, end, files: [{index, kind, at}]}],
+// `kind` "span" (bytes at `at` in the device read [start, end)), "inline" or "slow" (read alone).
+static napi_value js_prefetch_plan(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  uint32_t dir;
+  int64_t window;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 3 || napi_get_value_uint32(env, argv[1], &dir) != napi_ok || napi_get_value_int64(env, argv[2], &window) != napi_ok || window < 0 ||
+      (uint64_t)window > XT_PREFETCH_WINDOW_MAX)
+    return fail(env, NULL, "prefetchPlan(tables, dirIndex, 0 <= window <= 256 MiB)");
+  struct xt_tables t;
+  const char *bad;
+  char msg[512];
+  void *image = xt_tables_arg(env, argv[0], &t, &bad);
+  if (image == NULL) return NULL;
+  if (bad == NULL && dir >= t.h->n_inodes) bad = "inode index out of range";
+  if (bad == NULL && !S_ISDIR(t.inodes[dir].mode)) bad = "not a directory";
+  if (bad != NULL) {
+    snprintf(msg, sizeof msg, "prefetchPlan: %s", bad);
+    free(image);
+    return fail(env, NULL, msg);
+  }
+  struct plan_list l = {.env = env};
+  l.failed = napi_create_array(env, &l.arr) != napi_ok;
+  int err = l.failed ? 0 : xt_prefetch_plan(&t, dir, (uint64_t)window, prefetch_unit_js, &l);
+  free(image);
+  if (err != 0) return fail(env, NULL, "prefetchPlan: out of memory");
+  return l.failed ? NULL : l.arr;
+}
+
 // decode(algorithm, stream, decodedLength, sectorSize): what read.c makes of a compressed extent's
 // encoded stream (XT_ZLIB, XT_LZO, XT_ZSTD): a Buffer of the decoded bytes, at most decodedLength
 // (1 to 128 KiB) of them, or a thrown "decode: <why>". On its own decoder state, freed before it returns.
@@ -693,6 +749,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"prefetchStats", NULL, js_prefetch_stats, NULL, NULL, NULL, napi_enumerable, NULL},
     {"checkTables", NULL, js_check_tables, NULL, NULL, NULL, napi_enumerable, NULL},
     {"planRead", NULL, js_plan_read, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"prefetchPlan", NULL, js_prefetch_plan, NULL, NULL, NULL, napi_enumerable, NULL},
     {"checkDelta", NULL, xt_js_check_delta, NULL, NULL, NULL, napi_enumerable, NULL},
     {"readFile", NULL, js_read_file, NULL, NULL, NULL, napi_enumerable, NULL},
     {"largeAcls", NULL, js_large_acls, NULL, NULL, NULL, napi_enumerable, NULL},

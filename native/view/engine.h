@@ -225,6 +225,27 @@ struct xt_prefetch_stats {
   uint64_t window, pending, stored_files, stored_bytes, failed_reads;
 };
 void xt_prefetch_stats(struct engine *e, struct xt_prefetch_stats *out);
+// One unit of prefetch's work: a device read [start, end) of `device` (none when start == end) and
+// the files whose bytes it holds, or one file read through the read path (XT_PF_SLOW).
+enum xt_pf_kind { XT_PF_SPAN, XT_PF_INLINE, XT_PF_SLOW };
+#define XT_PF_UNIT_FILES 256 // files per device read, at most
+struct xt_pf_file {
+  uint32_t index;
+  enum xt_pf_kind kind;
+  uint64_t size;
+  uint64_t at;        // XT_PF_SPAN: its bytes' offset in the unit's device read
+  struct xt_map *map; // what it was planned through (NULL: the tables' extents)
+};
+struct xt_pf_unit {
+  uint32_t device;
+  uint64_t start, end, need; // need: bytes of the read that files use (the rest is alignment)
+  uint32_t n;
+  struct xt_pf_file files[XT_PF_UNIT_FILES];
+};
+// For tests (the addon's prefetchPlan): the units prefetch takes, in order, from directory `dir` of
+// checked tables `t` with a window of `window` bytes that no reader retires; nothing read or stored.
+// 0, or ENOMEM.
+int xt_prefetch_plan(const struct xt_tables *t, uint32_t dir, uint64_t window, void (*each)(void *ctx, const struct xt_pf_unit *u), void *ctx);
 // As xt_push_settle, for prefetch's device reads in flight.
 void xt_prefetch_settle(struct engine *e, const struct xt_delta_file *files, uint32_t n);
 

@@ -28,6 +28,7 @@
 // their pages, and a store that lands after a delta changed the map is dropped by its own thread.
 #include "engine.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -37,7 +38,6 @@
 #define PF_READ_MAX ((uint64_t)1 << 20)       // bytes per device read (the session's request size)
 #define PF_GAP ((uint64_t)64 << 10)           // a gap this small between two files is read through
 #define PF_FILE_MAX ((uint64_t)1 << 20)       // larger files: readahead, push-ahead
-#define PF_UNIT_FILES 256                     // files per device read, at most
 #define PF_JOBS 8                             // directories prefetched at once (listed or opened in last)
 #define PF_MISS_FLUSH 32                      // opens in a row of files not prefetched: the reader went elsewhere
 #define PF_WINDOW ((uint64_t)32 << 20)        // the default window, or 1/64 of memory if less
@@ -57,31 +57,13 @@ struct pf_job {
   uint32_t listed; // dirents the kernel has been given so far
 };
 
-// A file of a unit: where its bytes come from.
-enum pf_kind { PF_SPAN, PF_INLINE, PF_SLOW };
-struct pf_file {
-  uint32_t index;
-  enum pf_kind kind;
-  uint64_t size;
-  uint64_t at;        // PF_SPAN: its bytes' offset in the unit's device read
-  struct xt_map *map; // what it was planned through (NULL: the tables' extents)
-};
-
-// One prefetch thread's work: a device read [start, end) of `device` (none when start == end) and
-// the files whose bytes it holds, or one file read through the read path (PF_SLOW).
-struct pf_unit {
-  uint32_t device;
-  uint64_t start, end, need; // need: bytes of the read that files use (the rest is alignment)
-  uint32_t n;
-  struct pf_file files[PF_UNIT_FILES];
-};
 
 struct pf_worker {
   pthread_t thread;
   struct engine *e;
   uint8_t *buf; // PF_READ_MAX + PAGE, aligned for O_DIRECT
   int busy;     // a unit is being read or stored (under mu)
-  struct pf_unit unit;
+  struct xt_pf_unit unit;
 };
 
 // Files prefetched and not yet retired, in the order they were taken: a ring of inode indexes and
@@ -167,25 +149,25 @@ static int wanted(struct engine *e, uint32_t index) {
   return S_ISREG(n->mode) && n->size > 0 && n->size <= PF_FILE_MAX && !tainted(e, index);
 }
 
-// How file `index` would be prefetched, planned through map `m`: PF_SPAN with its device and
-// device offset when its bytes are one plain device range, PF_INLINE, or PF_SLOW (holes, several
+// How file `index` would be prefetched, planned through map `m`: XT_PF_SPAN with its device and
+// device offset when its bytes are one plain device range, XT_PF_INLINE, or XT_PF_SLOW (holes, several
 // extents, checksums, compression: the read path's own code).
-static enum pf_kind kind_of(struct engine *e, uint32_t index, struct xt_map *m, uint32_t *device, uint64_t *offset) {
+static enum xt_pf_kind kind_of(struct engine *e, uint32_t index, struct xt_map *m, uint32_t *device, uint64_t *offset) {
   const struct xt_inode *n = &e->t.inodes[index];
-  if (n->flags & XT_INLINE) return PF_INLINE;
+  if (n->flags & XT_INLINE) return XT_PF_INLINE;
   struct xt_plan plan;
   struct xt_piece piece, more;
   xt_plan_through(&plan, &e->t, n, m, 0, n->size);
-  if (!xt_plan_next(&plan, &piece) || xt_plan_next(&plan, &more)) return PF_SLOW;
-  if (piece.zero || (piece.x->flags & (XT_EXT_CSUM | XT_EXT_COMPRESSED)) != 0) return PF_SLOW;
+  if (!xt_plan_next(&plan, &piece) || xt_plan_next(&plan, &more)) return XT_PF_SLOW;
+  if (piece.zero || (piece.x->flags & (XT_EXT_CSUM | XT_EXT_COMPRESSED)) != 0) return XT_PF_SLOW;
   *device = piece.device;
   *offset = piece.device_offset;
-  return PF_SPAN;
+  return XT_PF_SPAN;
 }
 
 // Whether a file at device range [from, to) joins unit u: same device, and the read stays within
 // PF_READ_MAX with no gap over PF_GAP.
-static int joins(const struct pf_unit *u, uint32_t device, uint64_t from, uint64_t to) {
+static int joins(const struct xt_pf_unit *u, uint32_t device, uint64_t from, uint64_t to) {
   if (u->start == u->end) return 1;
   if (device != u->device || from > u->end + PF_GAP || to + PF_GAP < u->start) return 0;
   uint64_t start = from < u->start ? from : u->start, end = to > u->end ? to : u->end;
@@ -193,11 +175,11 @@ static int joins(const struct pf_unit *u, uint32_t device, uint64_t from, uint64
 }
 
 // Fill `u` from job j's next files; 1 when it holds any. Under mu.
-static int fill_unit(struct engine *e, struct xt_prefetch *p, struct pf_job *j, struct pf_unit *u) {
+static int fill_unit(struct engine *e, struct xt_prefetch *p, struct pf_job *j, struct xt_pf_unit *u) {
   const struct xt_inode *dir = &e->t.inodes[j->dir];
-  u->n = 0;
+  u->n = u->device = 0;
   u->start = u->end = u->need = 0;
-  while (j->next < j->listed && u->n < PF_UNIT_FILES) {
+  while (j->next < j->listed && u->n < XT_PF_UNIT_FILES) {
     uint32_t index = e->t.dirents[dir->first + j->next].child;
     const struct xt_inode *n = &e->t.inodes[index];
     if (!wanted(e, index)) {
@@ -207,16 +189,16 @@ static int fill_unit(struct engine *e, struct xt_prefetch *p, struct pf_job *j, 
     struct xt_map *m = xt_map_of(e, index);
     uint32_t device = 0;
     uint64_t offset = 0;
-    enum pf_kind kind = kind_of(e, index, m, &device, &offset);
-    if (kind == PF_SLOW && u->n > 0) break; // a unit of its own
+    enum xt_pf_kind kind = kind_of(e, index, m, &device, &offset);
+    if (kind == XT_PF_SLOW && u->n > 0) break; // a unit of its own
     uint64_t from = offset & ~(PAGE - 1), to = (offset + n->size + PAGE - 1) & ~(PAGE - 1);
-    if (kind == PF_SPAN && !joins(u, device, from, to)) break;
+    if (kind == XT_PF_SPAN && !joins(u, device, from, to)) break;
     if (!take(p, index, n->size)) break; // the window is full: the reader must open some first
     j->next++;
-    struct pf_file *f = &u->files[u->n++];
-    *f = (struct pf_file){.index = index, .kind = kind, .size = n->size, .at = offset, .map = m};
-    if (kind == PF_SLOW) break;
-    if (kind != PF_SPAN) continue;
+    struct xt_pf_file *f = &u->files[u->n++];
+    *f = (struct xt_pf_file){.index = index, .kind = kind, .size = n->size, .at = offset, .map = m};
+    if (kind == XT_PF_SLOW) break;
+    if (kind != XT_PF_SPAN) continue;
     if (u->start == u->end) u->device = device, u->start = from, u->end = to;
     if (from < u->start) u->start = from;
     if (to > u->end) u->end = to;
@@ -225,14 +207,14 @@ static int fill_unit(struct engine *e, struct xt_prefetch *p, struct pf_job *j, 
   if (u->start != u->end) {
     u->need -= u->start;
     for (uint32_t k = 0; k < u->n; k++)
-      if (u->files[k].kind == PF_SPAN) u->files[k].at -= u->start;
+      if (u->files[k].kind == XT_PF_SPAN) u->files[k].at -= u->start;
   }
   if (j->next >= e->t.inodes[j->dir].count) j->done = 1; // every file taken
   return u->n > 0;
 }
 
 // A job with files to take, round robin, filled into `u`; 0 when none. Under mu.
-static int pick(struct engine *e, struct xt_prefetch *p, struct pf_unit *u) {
+static int pick(struct engine *e, struct xt_prefetch *p, struct xt_pf_unit *u) {
   for (unsigned k = 0; k < PF_JOBS; k++) {
     struct pf_job *j = &p->jobs[(p->rr + k) % PF_JOBS];
     if (!j->live || j->done || j->next >= j->listed) continue;
@@ -247,7 +229,7 @@ static int pick(struct engine *e, struct xt_prefetch *p, struct pf_unit *u) {
 
 // ------------------------------------------------------------------------------------- the I/O
 
-static void store(struct engine *e, const struct pf_file *f, const uint8_t *data) {
+static void store(struct engine *e, const struct xt_pf_file *f, const uint8_t *data) {
   xt_note_served(e, f->index, f->map, 0); // served, with no bytes counted as re-read (push.c's rule)
   struct fuse_bufvec bv = FUSE_BUFVEC_INIT((size_t)f->size);
   bv.buf[0].mem = (void *)data;
@@ -262,7 +244,7 @@ static void store(struct engine *e, const struct pf_file *f, const uint8_t *data
 }
 
 static void run_unit(struct engine *e, struct pf_worker *w) {
-  struct pf_unit *u = &w->unit;
+  struct xt_pf_unit *u = &w->unit;
   if (!xt_lease_fresh(e)) return;
   int span_ok = 0;
   if (u->start != u->end) {
@@ -271,11 +253,11 @@ static void run_unit(struct engine *e, struct pf_worker *w) {
     if (!span_ok) atomic_fetch_add_explicit(&e->prefetch->failed_reads, 1, memory_order_relaxed);
   }
   for (uint32_t k = 0; k < u->n; k++) {
-    const struct pf_file *f = &u->files[k];
+    const struct xt_pf_file *f = &u->files[k];
     const uint8_t *data = NULL;
-    if (f->kind == PF_INLINE) data = (const uint8_t *)e->t.data + e->t.inodes[f->index].first;
-    else if (f->kind == PF_SPAN && span_ok) data = w->buf + f->at;
-    else if (f->kind == PF_SLOW && xt_read_into(e, f->index, f->map, 0, f->size, &data, 0) != 0)
+    if (f->kind == XT_PF_INLINE) data = (const uint8_t *)e->t.data + e->t.inodes[f->index].first;
+    else if (f->kind == XT_PF_SPAN && span_ok) data = w->buf + f->at;
+    else if (f->kind == XT_PF_SLOW && xt_read_into(e, f->index, f->map, 0, f->size, &data, 0) != 0)
       data = NULL, atomic_fetch_add_explicit(&e->prefetch->failed_reads, 1, memory_order_relaxed);
     if (data != NULL) store(e, f, data);
   }
@@ -472,4 +454,20 @@ void xt_prefetch_settle(struct engine *e, const struct xt_delta_file *files, uin
   while (busy_with(p, files, n) && pthread_cond_timedwait(&p->idle, &p->mu, &until) == 0) continue;
   p->settling--;
   pthread_mutex_unlock(&p->mu);
+}
+
+int xt_prefetch_plan(const struct xt_tables *t, uint32_t dir, uint64_t window, void (*each)(void *ctx, const struct xt_pf_unit *u), void *ctx) {
+  struct engine e = {.t = *t}; // no delta: every file through the tables' extents
+  struct xt_prefetch p = {.window = window & ~(PAGE - 1)};
+  p.ring_cap = (uint32_t)(p.window / PAGE);
+  struct pf_job j = {.live = 1, .dir = dir, .listed = t->inodes[dir].count};
+  struct xt_pf_unit *u = malloc(sizeof *u);
+  p.ring_index = malloc((p.ring_cap + 1) * sizeof *p.ring_index);
+  p.ring_pages = malloc((p.ring_cap + 1) * sizeof *p.ring_pages);
+  int err = u == NULL || p.ring_index == NULL || p.ring_pages == NULL ? ENOMEM : 0;
+  while (err == 0 && !j.done && fill_unit(&e, &p, &j, u)) each(ctx, u);
+  free(u);
+  free(p.ring_index);
+  free(p.ring_pages);
+  return err;
 }

@@ -31,6 +31,15 @@ export interface EngineEvent {
 /** prefetchStats: the window (0: off), bytes taken and not yet retired, files and bytes stored, device reads that failed. */
 export interface PrefetchStats { window: number; pending: number; storedFiles: number; storedBytes: number; failedReads: number }
 
+/** prefetchPlan: one device read [start, end) of `device` and the files it holds, or one file read alone. */
+export interface PrefetchUnit {
+  device: number
+  start: number
+  end: number
+  /** span: the file's bytes at `at` in the device read; inline: from the tables; slow: read alone through the read path. */
+  files: { index: number; kind: 'span' | 'inline' | 'slow'; at: number }[]
+}
+
 /** POSIX ACLs longer than `limit` bytes as xattrs (largeAcls). */
 export interface LargeAcls {
   limit: number
@@ -135,6 +144,12 @@ export interface ViewAddon {
    * tables are refused or the index is no regular file.
    */
   planRead(tables: Buffer, index: number, offset: number, size: number): PlannedPiece[]
+  /**
+   * The units prefetch (native/view/prefetch.c) takes, in order, from the directory at inode index
+   * `dirIndex` with a window of `window` bytes that no reader retires: nothing is read. Throws when the
+   * tables are refused or the index is no directory.
+   */
+  prefetchPlan(tables: Buffer, dirIndex: number, window: number): PrefetchUnit[]
   /**
    * What applyDelta would refuse in `delta` (native/view/delta.c), given `deviceFdCount` device fds,
    * on a view of `tables` that no delta has changed yet; null when it would apply it.
