@@ -11,8 +11,9 @@
 // Bounded: what was prefetched and not yet opened is at most the window (bytes, each file rounded up
 // to whole pages). An open of a prefetched file retires it and every file prefetched before it (the
 // reader passed them); PF_MISS_FLUSH opens in a row of files not prefetched retire everything (the
-// reader went elsewhere). So a reader that lists directories and opens nothing (an indexer) costs at
-// most one window of I/O, and the threads' buffers are fixed (PF_THREADS x PF_READ_MAX).
+// reader went elsewhere). A listing takes nothing while no file was opened for a second: a reader
+// that lists directories and opens nothing (an indexer) costs no I/O, one that opens a file now and
+// then at most one window. The threads' buffers are fixed (PF_THREADS x PF_READ_MAX).
 //
 // Which files: regular files of at most PF_FILE_MAX bytes (push-ahead and readahead serve larger
 // ones) that are not tainted. A directory's listing that the kernel answers from its own cache
@@ -43,6 +44,7 @@
 #define PF_WINDOW ((uint64_t)32 << 20)        // the default window, or 1/64 of memory if less
 #define PF_SCAN_MAX 65536                     // an open finds its place only in directories this small
 #define PF_BEHIND 64                          // how far a job may lag the reader and still catch up
+#define PF_IDLE_NS 1000000000LL               // no open for this long: listings are an indexer's, take nothing
 #define PAGE ((uint64_t)4096)
 #define PF_SETTLE_S 1 // how long a delta waits for a device read in flight
 
@@ -77,6 +79,7 @@ struct xt_prefetch {
   uint32_t *ring_index, *ring_pages, ring_cap, head, count;
   unsigned misses, rr;
   unsigned sleeping, settling; // threads waiting for work; deltas waiting for reads in flight
+  int64_t opened_at;           // CLOCK_MONOTONIC ns of the last open of a file
   struct pf_job jobs[PF_JOBS];
   unsigned n_workers;
   struct pf_worker workers[PF_THREADS];
@@ -213,8 +216,16 @@ static int fill_unit(struct engine *e, struct xt_prefetch *p, struct pf_job *j, 
   return u->n > 0;
 }
 
-// A job with files to take, round robin, filled into `u`; 0 when none. Under mu.
+static int64_t now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+// A job with files to take, round robin, filled into `u`; 0 when none, or when no file was opened
+// for PF_IDLE_NS: a reader that only lists (find, du, an indexer) costs no I/O. Under mu.
 static int pick(struct engine *e, struct xt_prefetch *p, struct xt_pf_unit *u) {
+  if (now_ns() - p->opened_at > PF_IDLE_NS) return 0;
   for (unsigned k = 0; k < PF_JOBS; k++) {
     struct pf_job *j = &p->jobs[(p->rr + k) % PF_JOBS];
     if (!j->live || j->done || j->next >= j->listed) continue;
@@ -396,7 +407,9 @@ void xt_prefetch_open(struct engine *e, uint32_t index) {
   struct xt_prefetch *p = e->prefetch;
   if (p == NULL) return;
   pthread_mutex_lock(&p->mu);
-  int64_t at = ring_find(p, index);
+  int64_t now = now_ns(), at = ring_find(p, index);
+  int dormant = now - p->opened_at > PF_IDLE_NS;
+  p->opened_at = now;
   uint64_t room = p->window - p->pending;
   if (at >= 0) {
     retire(p, (uint32_t)at + 1); // this one, and those the reader passed
@@ -407,7 +420,7 @@ void xt_prefetch_open(struct engine *e, uint32_t index) {
   }
   // Wake a thread when the room crosses a unit's worth (or a quarter window), not on every open.
   uint64_t low = p->window / 4 < PF_READ_MAX ? p->window / 4 : PF_READ_MAX;
-  if (room < low && p->window - p->pending >= low) wake(p);
+  if (dormant || (room < low && p->window - p->pending >= low)) wake(p);
   pthread_mutex_unlock(&p->mu);
 }
 

@@ -1,8 +1,9 @@
 // Prefetch of small files (native/view/prefetch.c) through the kernel: views mounted in this process,
 // what they prefetched counted by the engine (prefetchStats) and the kernel's cached pages by fincore.
 // - a listing caches the files it lists, and tar of the whole view is byte-exact;
-// - bounded: a reader that lists every directory and opens nothing costs one window, no more; once it
-//   opens files the window moves on, never holding more than it;
+// - bounded: a reader that lists every directory and opens nothing costs nothing; one open wakes
+//   prefetch, which stops at one window; once the reader opens more files the window moves on, never
+//   holding more than it;
 // - a delta landing mid-prefetch: every read after applyDelta returned has the new map's bytes;
 // - a release: no file is prefetched after it, no open succeeds, and an open file never shows bytes
 //   the owner wrote after it.
@@ -27,21 +28,26 @@ const MiB = 1024 * KiB
 const DIRS = 6
 const PER_DIR = 150
 const SIZES = [100, 4096, 5000, 70 * KiB, 1, 12288] // cycled: a page, less, more, several
+const MOVED_DIRS = 6 // m0..m5: one directory a round of the delta test
 const ESTALE = -116
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex')
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
-const rel = (d: number, i: number) => `d${d}/f${String(i).padStart(3, '0')}`
+const fileName = (i: number) => `f${String(i).padStart(3, '0')}`
+const rel = (d: number, i: number) => `d${d}/${fileName(i)}`
 const contentOf = (d: number, i: number) => seededBytes(d * 1000 + i + 1, SIZES[(i + d) % SIZES.length]!)
 
 /**
  * DIRS directories of PER_DIR files, written interleaved (file i of every directory, then file i + 1),
- * so a directory's files are not neighbours on disk; and in d0 the odd ones: empty, sparse, over the
- * size prefetch takes, a hard link.
+ * so a directory's files are not neighbours on disk (each is a device read of its own); MOVED_DIRS more,
+ * written the same way, for the delta test; and in d0 the
+ * odd ones: empty, sparse, over the size prefetch takes, a hard link.
  */
 async function populate(data: string): Promise<void> {
   for (let d = 0; d < DIRS; d++) await fsp.mkdir(path.join(data, `d${d}`), { recursive: true })
   for (let i = 0; i < PER_DIR; i++) for (let d = 0; d < DIRS; d++) await fsp.writeFile(path.join(data, rel(d, i)), contentOf(d, i))
+  for (let r = 0; r < MOVED_DIRS; r++) await fsp.mkdir(path.join(data, `m${r}`))
+  for (let i = 0; i < PER_DIR; i++) for (let r = 0; r < MOVED_DIRS; r++) await fsp.writeFile(path.join(data, `m${r}`, fileName(i)), contentOf(10 + r, i))
   await fsp.writeFile(path.join(data, 'd0/empty'), '')
   const sparse = await fsp.open(path.join(data, 'd0/sparse'), 'w')
   await sparse.write(seededBytes(7, 4096), 0, 4096, 64 * KiB)
@@ -68,6 +74,14 @@ async function shasUnder(dir: string): Promise<Map<string, string>> {
   const out = new Map<string, string>()
   for (const line of r.stdout.split('\n').filter(Boolean)) out.set(line.slice(66).replace(/^\.\//, ''), line.slice(0, 64))
   return out
+}
+
+/**
+ * List `dir` of the view as a backup does: after opening a file (prefetch takes files only while a
+ * reader opens some), one child process. The open may be refused (after a release): the listing goes on.
+ */
+async function listAsReader(mnt: string, dir: string): Promise<void> {
+  await runOk('bash', ['-c', 'cat "$1/d0/empty" 2>/dev/null; ls -f "$1/$2" > /dev/null', 'sh', mnt, dir])
 }
 
 /** Cached bytes of each file (fincore, which opens them: an open the view sees). */
@@ -98,7 +112,7 @@ t.test('prefetch of small files', async (t) => {
       await t.test('a listing caches the files it lists; tar of the view is byte-exact', async (t) => {
         const view = await mount('whole')
         t.equal(view.engine.prefetchStats().window, 32 * MiB, 'the default window')
-        await runOk('ls', ['-f', path.join(view.mnt, 'd2')])
+        await listAsReader(view.mnt, 'd2')
         const st = await settled(view)
         t.ok(st.storedFiles >= PER_DIR, `the listing prefetched the directory's files (${st.storedFiles} files, ${st.storedBytes} bytes)`)
         const first = Array.from({ length: 24 }, (_, i) => path.join(view.mnt, rel(2, i)))
@@ -115,12 +129,14 @@ t.test('prefetch of small files', async (t) => {
         t.ok(large[0]! >= 2 * MiB, 'the large file too, read by tar (not prefetched: over the size prefetch takes)')
       })
 
-      await t.test('bounded: listing every directory costs one window; reading moves it on', async (t) => {
+      await t.test('bounded: listing costs nothing, one open at most a window; reading moves it on', async (t) => {
         const WINDOW = 1 * MiB
         const view = await mount('bounded', WINDOW)
         await runOk('find', [view.mnt, '-printf', '%s\n'])
+        t.same(await settled(view).then((s) => [s.storedFiles, s.pending]), [0, 0], 'an indexer (find) that opens nothing: nothing prefetched')
+        await runOk('cat', [path.join(view.mnt, 'd0/empty')]) // a reader: prefetch wakes for what was listed
         const idle = await settled(view)
-        t.ok(idle.storedBytes <= WINDOW, `an indexer (find) that opens nothing: ${idle.storedBytes} bytes stored, at most the window ${WINDOW}`)
+        t.ok(idle.storedBytes <= WINDOW, `one open: ${idle.storedBytes} bytes stored, at most the window ${WINDOW}`)
         // pending counts whole pages per file, stored bytes the files' sizes.
         t.ok(idle.pending <= WINDOW && idle.pending > WINDOW - 70 * KiB, `the window is full (${idle.pending} bytes taken): it, not a lack of files, stopped prefetch`)
         // Read two directories: their opens retire what was taken, and prefetch goes on within the window.
@@ -142,19 +158,22 @@ t.test('prefetch of small files', async (t) => {
       })
 
       await t.test('a delta landing mid-prefetch: what follows reads the new map, never the old bytes', async (t) => {
-        // d5's files get a second location, on another device, holding other bytes: a read says which
-        // map served it. Each round lists d5 (prefetch starts) and moves every file at once.
-        const d = 5
+        // Each round lists one of the m directories (prefetch starts) and, as soon as prefetch stored a
+        // first file, moves all of that directory's files to another device holding other bytes: a read
+        // says which map served it. A file once moved is tainted and never prefetched again, hence one
+        // directory a round.
+        const ROUNDS = MOVED_DIRS
         const files = Array.from({ length: PER_DIR }, (_, i) => i)
-        const other = files.map((i) => seededBytes(90000 + i, contentOf(d, i).length))
+        const other = (r: number, i: number) => seededBytes(90000 + r * 1000 + i, contentOf(10 + r, i).length)
+        const pages = (n: number) => Math.ceil(n / 4096) * 4096
         const bImage = path.join(state, 'b.img')
-        const at: number[] = []
+        const at = new Map<string, number>()
         let off = 0
-        for (const b of other) at.push(off), (off += Math.ceil(b.length / 4096) * 4096)
+        for (let r = 0; r < ROUNDS; r++) for (const i of files) at.set(`${r}/${i}`, off), (off += pages(other(r, i).length))
         await fsp.writeFile(bImage, Buffer.alloc(0))
         await fsp.truncate(bImage, off + MiB)
         const bFile = await fsp.open(bImage, 'r+')
-        for (let k = 0; k < other.length; k++) await bFile.write(other[k]!, 0, other[k]!.length, at[k])
+        for (let r = 0; r < ROUNDS; r++) for (const i of files) await bFile.write(other(r, i), 0, undefined, at.get(`${r}/${i}`)!)
         await bFile.close()
         const bLoop = (await runOk('losetup', ['-f', '--show', bImage])).stdout.trim()
         t.teardown(() => run('losetup', ['-d', bLoop]))
@@ -162,32 +181,32 @@ t.test('prefetch of small files', async (t) => {
         t.teardown(() => devB.close())
 
         const view = await mount('delta')
-        const m = image!.manifest
-        const inoOf = async (i: number) => (await fsp.stat(path.join(data, rel(d, i)))).ino
-        const inos = await Promise.all(files.map(inoOf))
-        const original = inos.map((ino) => m.inodes.find((n) => n.ino === ino)!.extents!)
-        const onB = files.map((i): Extent[] => [{ fileOffset: 0, device: m.devices.length, deviceOffset: at[i]!, length: Math.ceil(other[i]!.length / 4096) * 4096 }])
-        const want = [files.map((i) => sha(contentOf(d, i))), files.map((i) => sha(other[i]!))]
-        const before = view.engine.prefetchStats().storedFiles
-        let wrong = 0
-        for (let round = 0; round < 6; round++) {
-          await runOk('bash', ['-c', 'echo 1 > /proc/sys/vm/drop_caches']) // the pages, and the kernel's copy of the listing
-          await runOk('ls', ['-f', path.join(view.mnt, `d${d}`)])
-          const to = round % 2 === 0 ? onB : original
-          view.engine.applyDelta(inos.map((ino, k) => ({ ino, extents: to[k]! })), round === 0 ? [devB] : [])
-          const got = await shasUnder(path.join(view.mnt, `d${d}`))
-          const expect = want[round % 2 === 0 ? 1 : 0]!
-          const bad = files.filter((i) => got.get(path.basename(rel(d, i))) !== expect[i])
-          t.same(bad, [], `round ${round}: every file reads the ${round % 2 === 0 ? 'new' : 'original'} location's bytes`)
-          wrong += bad.length
+        const nDev = image!.manifest.devices.length
+        let midway = 0
+        for (let r = 0; r < ROUNDS; r++) {
+          const dir = `m${r}`
+          const inos = await Promise.all(files.map(async (i) => (await fsp.stat(path.join(data, dir, fileName(i)))).ino))
+          const start = view.engine.prefetchStats().storedFiles
+          const listing = listAsReader(view.mnt, dir)
+          let stored = 0
+          for (const until = Date.now() + 10_000; stored === 0 && Date.now() < until; ) {
+            stored = view.engine.prefetchStats().storedFiles - start
+            if (stored === 0) await new Promise((resolve) => setImmediate(resolve))
+          }
+          view.engine.applyDelta(inos.map((ino, k) => ({ ino, extents: [{ fileOffset: 0, device: nDev, deviceOffset: at.get(`${r}/${k}`)!, length: pages(other(r, k).length) }] })),
+            r === 0 ? [devB] : [])
+          if (stored > 0 && stored < PER_DIR) midway++
+          await listing
+          const got = await shasUnder(path.join(view.mnt, dir))
+          const bad = files.filter((i) => got.get(fileName(i)) !== sha(other(r, i)))
+          t.same(bad, [], `round ${r}: every file reads the new location's bytes (the delta came after ${stored} stored)`)
         }
-        t.equal(wrong, 0)
-        t.ok(view.engine.prefetchStats().storedFiles > before, 'prefetch ran during the rounds')
+        t.ok(midway >= ROUNDS / 2, `in ${midway} of ${ROUNDS} rounds the delta landed mid-prefetch`)
       })
 
       await t.test('a release: nothing prefetched after it, no open, no byte the owner wrote after it', async (t) => {
         const view = await mount('release')
-        await runOk('ls', ['-f', path.join(view.mnt, 'd1')])
+        await listAsReader(view.mnt, 'd1')
         await settled(view)
         const opened = await fsp.open(path.join(view.mnt, rel(1, 3)), 'r') // prefetched, opened before the release
         try {
@@ -203,7 +222,7 @@ t.test('prefetch of small files', async (t) => {
             await h.close()
           }
           await runOk('bash', ['-c', 'echo 1 > /proc/sys/vm/drop_caches'])
-          await runOk('ls', ['-f', path.join(view.mnt, 'd1')])
+          await listAsReader(view.mnt, 'd1') // its open is refused now: prefetch hears of no reader
           await runOk('ls', ['-f', path.join(view.mnt, 'd3')])
           await sleep(1000)
           t.equal(view.engine.prefetchStats().storedFiles, stored, 'listings after the release prefetch nothing')
