@@ -39,7 +39,7 @@
 #define PF_READ_MAX ((uint64_t)1 << 20)       // bytes per device read (the session's request size)
 #define PF_GAP ((uint64_t)64 << 10)           // a gap this small between two files is read through
 #define PF_FILE_MAX ((uint64_t)1 << 20)       // larger files: readahead, push-ahead
-#define PF_JOBS 8                             // directories prefetched at once (listed or opened in last)
+#define PF_JOBS 8                             // directories prefetched at once (the last listed or read in)
 #define PF_MISS_FLUSH 32                      // opens in a row of files not prefetched: the reader went elsewhere
 #define PF_WINDOW ((uint64_t)32 << 20)        // the default window, or 1/64 of memory if less
 #define PF_SCAN_MAX 65536                     // an open finds its place only in directories this small
@@ -58,7 +58,6 @@ struct pf_job {
   uint32_t next;   // next dirent (of the directory's) to consider
   uint32_t listed; // dirents the kernel has been given so far
 };
-
 
 struct pf_worker {
   pthread_t thread;
