@@ -5,8 +5,10 @@
 //
 // Writing "arm START LENGTH" to ctl makes every read request of `disk` that overlaps bytes
 // [START, START+LENGTH) fail with EIO, whole; "disarm" serves them again (the range is kept, to count
-// reads of it). Reading ctl answers "armed A start S length L eio E hits H reads R": the requests
-// failed, the requests that overlapped the range (armed or not) and all read requests of `disk`.
+// reads of it). "hold START LENGTH" makes such requests wait instead (at most 30 s) until "let go":
+// a read in flight for as long as a test needs. Reading ctl answers "armed A start S length L eio E
+// hits H reads R held D": the requests failed, the requests that overlapped the range (armed or
+// not), all read requests of `disk`, and the requests that waited on a hold.
 // Both files are opened with direct_io: the kernel caches nothing of them, so every read of the loop
 // device attached to `disk` (losetup --direct-io=off) that misses the loop's own page cache reaches
 // this process. Writes go to the image (mkfs, the filesystem on the loop device).
@@ -24,14 +26,16 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 static int image_fd = -1;
 static off_t image_size;
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
-static int armed;
-static uint64_t fault_start, fault_length, n_eio, n_hits, n_reads;
+static pthread_cond_t let_go = PTHREAD_COND_INITIALIZER;
+static int armed, holding;
+static uint64_t fault_start, fault_length, n_eio, n_hits, n_reads, n_held;
 
 enum node { NONE, ROOT, DISK, CTL };
 
@@ -96,8 +100,8 @@ static int fd_read(const char *path, char *buf, size_t size, off_t off, struct f
   if (node_of(path) == CTL) {
     char text[256];
     pthread_mutex_lock(&mu);
-    int len = snprintf(text, sizeof text, "armed %d start %" PRIu64 " length %" PRIu64 " eio %" PRIu64 " hits %" PRIu64 " reads %" PRIu64 "\n",
-                       armed, fault_start, fault_length, n_eio, n_hits, n_reads);
+    int len = snprintf(text, sizeof text, "armed %d start %" PRIu64 " length %" PRIu64 " eio %" PRIu64 " hits %" PRIu64 " reads %" PRIu64 " held %" PRIu64 "\n",
+                       armed, fault_start, fault_length, n_eio, n_hits, n_reads, n_held);
     pthread_mutex_unlock(&mu);
     if (off >= len) return 0;
     size_t n = (size_t)(len - off) < size ? (size_t)(len - off) : size;
@@ -111,6 +115,13 @@ static int fd_read(const char *path, char *buf, size_t size, off_t off, struct f
   int fail = overlaps && armed;
   n_hits += overlaps;
   n_eio += fail;
+  if (overlaps && holding) {
+    n_held++;
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 30;
+    while (holding && pthread_cond_timedwait(&let_go, &mu, &until) == 0) continue;
+  }
   pthread_mutex_unlock(&mu);
   if (fail) return -EIO;
   size_t got = 0;
@@ -139,6 +150,15 @@ static int fd_write(const char *path, const char *buf, size_t size, off_t off, s
     } else if (strncmp(cmd, "disarm", 6) == 0) {
       pthread_mutex_lock(&mu);
       armed = 0;
+      pthread_mutex_unlock(&mu);
+    } else if (sscanf(cmd, "hold %" SCNu64 " %" SCNu64, &s, &l) == 2 && l > 0) {
+      pthread_mutex_lock(&mu);
+      armed = 0, holding = 1, fault_start = s, fault_length = l;
+      pthread_mutex_unlock(&mu);
+    } else if (strncmp(cmd, "let go", 6) == 0) {
+      pthread_mutex_lock(&mu);
+      holding = 0;
+      pthread_cond_broadcast(&let_go);
       pthread_mutex_unlock(&mu);
     } else {
       return -EINVAL;

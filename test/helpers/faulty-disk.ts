@@ -30,6 +30,8 @@ export interface FaultStatus {
   hits: number
   /** All read requests of the disk. */
   reads: number
+  /** Read requests that waited on a hold. */
+  held: number
 }
 
 export interface FaultyFs {
@@ -43,6 +45,11 @@ export interface FaultyFs {
   /** Fail every read request of device bytes overlapping [start, start + length) with EIO. */
   arm(start: number, length: number): Promise<void>
   disarm(): Promise<void>
+  /** Reads overlapping the range wait (at most 30 s) until letGo(), instead of failing. */
+  hold(start: number, length: number): Promise<void>
+  letGo(): Promise<void>
+  /** The ctl file: `echo "let go" > ctl` from another process lets held reads go. */
+  ctl: string
   status(): Promise<FaultStatus>
   /** Unmount the filesystem (the loop device and the fixture stay). */
   unmountFs(): Promise<void>
@@ -138,12 +145,15 @@ async function setUp(st: State, sizeMiB: number): Promise<FaultyFs> {
     mountpoint: st.mountpoint,
     arm: (start, length) => control(`arm ${start} ${length}`),
     disarm: () => control('disarm'),
+    hold: (start, length) => control(`hold ${start} ${length}`),
+    letGo: () => control('let go'),
+    ctl,
     status: async () => {
       const text = await fsp.readFile(ctl, 'utf8')
-      const m = /^armed (\d) start (\d+) length (\d+) eio (\d+) hits (\d+) reads (\d+)\n$/.exec(text)
+      const m = /^armed (\d) start (\d+) length (\d+) eio (\d+) hits (\d+) reads (\d+) held (\d+)\n$/.exec(text)
       if (!m) throw new Error(`faulty-disk ctl: ${JSON.stringify(text)}`)
-      const [armed, start, length, eio, hits, reads] = m.slice(1).map(Number) as [number, number, number, number, number, number]
-      return { armed: armed === 1, start, length, eio, hits, reads }
+      const [armed, start, length, eio, hits, reads, held] = m.slice(1).map(Number) as [number, number, number, number, number, number, number]
+      return { armed: armed === 1, start, length, eio, hits, reads, held }
     },
     unmountFs: async () => {
       await runOk('umount', [st.mountpoint!])
