@@ -201,7 +201,7 @@ t.test('prefetch of small files', async (t) => {
           const bad = files.filter((i) => got.get(fileName(i)) !== sha(other(r, i)))
           t.same(bad, [], `round ${r}: every file reads the new location's bytes (the delta came after ${stored} stored)`)
         }
-        t.ok(midway >= ROUNDS / 2, `in ${midway} of ${ROUNDS} rounds the delta landed mid-prefetch`)
+        t.ok(midway > 0, `in ${midway} of ${ROUNDS} rounds the delta landed mid-prefetch`)
       })
 
       await t.test('a release: nothing prefetched after it, no open, no byte the owner wrote after it', async (t) => {
