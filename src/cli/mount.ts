@@ -27,8 +27,8 @@ export interface MountCliOptions {
   ca?: string
   /** The mover's cap on the initiator's lease, seconds. */
   lease?: number
-  /** The prefetch window of small files, MiB (0: off). */
-  prefetchWindow: number
+  /** The prefetch window of small files, MiB (0: off); absent: the engine's default. */
+  prefetchWindow?: number
   /** Leave a report of tainted files when the view stops (set by `extfs backup` for its own view). */
   report?: boolean
   /** `extfs backup`: mount on this empty directory, kept afterwards, instead of a new private one. */
@@ -51,7 +51,7 @@ function childArgs(source: string, mountpoint: string, o: MountCliOptions): stri
   if (o.key) args.push('--key', path.resolve(o.key))
   if (o.ca) args.push('--ca', path.resolve(o.ca))
   if (o.lease !== undefined) args.push('--lease', String(o.lease))
-  args.push('--prefetch-window', String(o.prefetchWindow))
+  if (o.prefetchWindow !== undefined) args.push('--prefetch-window', String(o.prefetchWindow))
   if (o.allowOther) args.push('--allow-other')
   for (const [id, p] of o.device) args.push('--device', `${id}=${p}`)
   return args
@@ -101,7 +101,7 @@ export async function mountCommand(source: string, mountpoint: string, o: MountC
   let failure: Error | undefined
   await runView({
     manifestPath: absoluteSource(source), remote: remoteSource(source, o), mountpoint, allowOther: !!o.allowOther, key: readKey(o),
-    deviceOverrides: o.device, log, report: !!o.report, prefetchWindowBytes: o.prefetchWindow * 2 ** 20,
+    deviceOverrides: o.device, log, report: !!o.report, prefetchWindowBytes: o.prefetchWindow === undefined ? undefined : o.prefetchWindow * 2 ** 20,
     onReady: (err) => {
       failure = err
       if (process.env[READY_FD_ENV]) reportReady(err)

@@ -16,15 +16,18 @@ export const deviceOption = () => new Option('--device <id=path>', 'use this blo
 export const caOption = () => new Option('--ca <pem>', 'with https://: CA certificate to trust for the initiator (a self-signed one\'s own certificate)')
 export const leaseOption = () => new Option('--lease <seconds>', 'with http(s)://: serve opens and reads at most this long after the initiator last answered (default: its --lease)')
   .argParser(parseSeconds('--lease', 0.001))
-/** The view's prefetch of small files (native/view/prefetch.c): its window in MiB, 0 turns it off. */
-export const DEFAULT_PREFETCH_WINDOW_MIB = 32
-export const PREFETCH_WINDOW_MAX_MIB = 256
-export const prefetchWindowOption = () => new Option('--prefetch-window <MiB>', `small files read ahead of the reader, at most (0: none; at most ${PREFETCH_WINDOW_MAX_MIB})`)
+/**
+ * The view's prefetch of small files (native/view/prefetch.c): its window in MiB, 0 turns it off.
+ * Absent, the engine picks its default (32 MiB, less on a small host); the most it accepts is
+ * XT_PREFETCH_WINDOW_MAX (native/view/engine.h), checked here first for a one-line usage error.
+ */
+const PREFETCH_WINDOW_MAX_MIB = 256
+export const prefetchWindowOption = () => new Option('--prefetch-window <MiB>', `small files read ahead of the reader, at most (0: none; at most ${PREFETCH_WINDOW_MAX_MIB}; default 32, or 1/64 of memory if less)`)
   .argParser((value: string) => {
     const n = Number(value)
     if (!/^[0-9]{1,3}$/.test(value) || n > PREFETCH_WINDOW_MAX_MIB) throw new ExtfsError(ExitCode.Usage, `--prefetch-window takes MiB (a whole number from 0 to ${PREFETCH_WINDOW_MAX_MIB}), got ${value}`)
     return n
-  }).default(DEFAULT_PREFETCH_WINDOW_MIB)
+  })
 export const logLevelOption = () => new Option('--log-level <level>', 'pino log level').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info')
 
 /** --carry-max: bytes, at most what a mover accepts inline (LIMITS.inlineBytes). */
