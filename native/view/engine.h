@@ -1,7 +1,8 @@
 // The native view engine: what its C files share. engine.c owns the N-API glue and the session
 // thread, check.c the table and delta checks, ops.c the FUSE operations, plan.c the plan of a read and
 // read.c its I/O, config.c the per-open config-ID check and the lease, delta.c applying deltas, push.c
-// the push-ahead of sequential readers, prefetch.c the prefetch of small files. check.c and plan.c call neither libfuse nor N-API (fuzz/c/).
+// the push-ahead of sequential readers, prefetch.c the prefetch of small files. check.c and plan.c
+// call neither libfuse nor N-API (fuzz/c/).
 #ifndef EXTFS_VIEW_ENGINE_H
 #define EXTFS_VIEW_ENGINE_H
 
