@@ -32,6 +32,11 @@ export enum ExitCode {
    * (POSIX ACLs larger than one page): the backup lacks it, and running it again will not help.
    */
   UnservedMetadata = 11,
+  /**
+   * `extfs status`: a view on this host does not answer: its process is gone (every access to the
+   * mountpoint fails with ENOTCONN until `extfs umount`) or it did not answer within the timeout.
+   */
+  ViewDown = 12,
 }
 
 /** An error meant for the user: one line, no stack trace, a documented exit code. */

@@ -4,6 +4,7 @@
 //   unmount(handle) → Promise                  umount(2), end the loop, free everything
 //   applyDelta(handle, delta, deviceFds), tainted(handle), generation(handle), fileSize(handle, index)   see delta.c
 //   setLease(handle, ms)                       how long opens and reads are served unasked (config.c)
+//   viewStats(handle), prefetchStats(handle)   what the view served since mount (stats.c, prefetch.c)
 // For tests, with no mount (src/native-engine/addon.ts):
 //   checkTables(tables) → message | null       xt_check
 //   planRead(tables, index, offset, size)      the pieces of a read, as read.c plans it
@@ -180,6 +181,7 @@ static void engine_teardown(struct engine *e) {
   xt_prefetch_free(e);
   xt_config_destroy(e);
   xt_delta_destroy(e);
+  xt_stats_destroy(e);
   pthread_rwlock_destroy(&e->js_lock);
   if (e->mapped != NULL) xt_mapped_unref(e->mapped);
   else free(e->t.image);
@@ -271,7 +273,7 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
       bad = xt_check(e->t.image, len, &e->t);
     }
   }
-  if (bad == NULL && xt_delta_init(e) != 0) bad = "out of memory";
+  if (bad == NULL && (xt_delta_init(e) != 0 || xt_stats_init(e) != 0)) bad = "out of memory";
   if (bad != NULL) {
     free(options);
     snprintf(msg, sizeof msg, "mount: bad tables: %s", bad);
@@ -719,6 +721,22 @@ static napi_value js_large_acls(napi_env env, napi_callback_info info) {
   return out;
 }
 
+// viewStats(handle): what the view served since mount and the image's totals (stats.c).
+static napi_value js_view_stats(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], out;
+  struct engine *e;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 1 || napi_get_value_external(env, argv[0], (void **)&e) != napi_ok) return fail(env, NULL, "viewStats(handle)");
+  const struct xt_stats *s = &e->stats;
+  if (napi_create_object(env, &out) != napi_ok || !set_num(env, out, "opens", (double)atomic_load(&s->opens)) ||
+      !set_num(env, out, "filesOpened", (double)atomic_load(&s->files_opened)) || !set_num(env, out, "reads", (double)atomic_load(&s->reads)) ||
+      !set_num(env, out, "readBytes", (double)atomic_load(&s->read_bytes)) || !set_num(env, out, "pushedBytes", (double)atomic_load(&s->pushed_bytes)) ||
+      !set_num(env, out, "filesTotal", (double)s->files_total) || !set_num(env, out, "bytesTotal", (double)s->bytes_total))
+    return NULL;
+  return out;
+}
+
 // prefetchStats(handle): {window, pending, storedFiles, storedBytes, failedReads} (prefetch.c).
 static napi_value js_prefetch_stats(napi_env env, napi_callback_info info) {
   size_t argc = 1;
@@ -746,6 +764,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"eventsLost", NULL, js_events_lost, NULL, NULL, NULL, napi_enumerable, NULL},
     {"fileSize", NULL, xt_js_file_size, NULL, NULL, NULL, napi_enumerable, NULL},
     {"setLease", NULL, js_set_lease, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"viewStats", NULL, js_view_stats, NULL, NULL, NULL, napi_enumerable, NULL},
     {"prefetchStats", NULL, js_prefetch_stats, NULL, NULL, NULL, napi_enumerable, NULL},
     {"checkTables", NULL, js_check_tables, NULL, NULL, NULL, napi_enumerable, NULL},
     {"planRead", NULL, js_plan_read, NULL, NULL, NULL, napi_enumerable, NULL},

@@ -73,6 +73,17 @@ struct xt_mapped *xt_mapped_arg(napi_env env, napi_value v);
 void xt_mapped_unref(struct xt_mapped *m);
 napi_status xt_tables_file_init(napi_env env, napi_value exports);
 
+// What the view served since mount (stats.c).
+struct xt_stats {
+  _Atomic uint64_t opens;        // opens served (refused ones are JS's Refusals)
+  _Atomic uint64_t files_opened; // distinct regular files opened
+  _Atomic uint64_t reads;        // read requests answered with data (or EOF)
+  _Atomic uint64_t read_bytes;   // bytes in those answers
+  _Atomic uint64_t pushed_bytes; // bytes push-ahead stored ahead of the reader (push.c)
+  _Atomic uint8_t *opened;       // one byte per inode: opened at least once
+  uint64_t files_total, bytes_total; // regular files of the image and their sizes, summed at mount
+};
+
 struct engine {
   struct xt_tables t;
   struct xt_mapped *mapped; // the tables' mapping when mounted from a file; else t.image is malloc'd
@@ -120,6 +131,7 @@ struct engine {
   struct xt_push *push; // push-ahead (push.c): started and stopped by the session thread
   struct xt_prefetch *prefetch; // prefetch of small files (prefetch.c): the same
   int64_t prefetch_window;      // its window in bytes as mount() was given it; -1: the default
+  struct xt_stats stats;
   int orphaned; // JS dropped the handle: free the struct once done
   // No mount (the addon's readFile, for tests): events go here instead of to JS, the first one kept.
   struct xt_event *test_event;
@@ -251,6 +263,12 @@ int xt_prefetch_plan(const struct xt_tables *t, uint32_t dir, uint64_t window, v
 void xt_prefetch_settle(struct engine *e, const struct xt_delta_file *files, uint32_t n);
 
 // delta.c
+// What the view served (stats.c).
+int xt_stats_init(struct engine *e); // at mount: 0 or ENOMEM
+void xt_stats_destroy(struct engine *e);
+void xt_stats_open(struct engine *e, uint32_t index);
+void xt_stats_read(struct engine *e, uint64_t len);
+void xt_stats_pushed(struct engine *e, uint64_t len);
 int xt_delta_init(struct engine *e); // at mount: served[] and the first device set; 0 or ENOMEM
 void xt_delta_destroy(struct engine *e);
 // The map a read resolves through: NULL for the tables' extents. One load per level, no lock.

@@ -192,6 +192,7 @@ static void op_open(fuse_req_t req, fuse_ino_t nodeid, struct fuse_file_info *fi
   static _Atomic uint64_t opens;
   fi->fh = atomic_fetch_add(&opens, 1) + 1; // names this open to push-ahead (push.c)
   struct engine *e = eng(req); // the request is gone once answered
+  xt_stats_open(e, (uint32_t)(nodeid - 1));
   fuse_reply_open(req, fi);
   xt_prefetch_open(e, (uint32_t)(nodeid - 1)); // after the reply: the opener waits for nothing here
 }

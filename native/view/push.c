@@ -108,6 +108,7 @@ static int push_range(struct engine *e, uint32_t index, uint64_t from, uint64_t 
     fuse_lowlevel_notify_inval_inode(e->se, (fuse_ino_t)index + 1, (off_t)from, (off_t)(to - from));
     return 0;
   }
+  if (err == 0) xt_stats_pushed(e, to - from);
   return err == 0;
 }
 

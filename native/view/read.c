@@ -294,6 +294,7 @@ void xt_read(fuse_req_t req, fuse_ino_t nodeid, size_t size, off_t off, struct f
   struct xt_plan p;
   xt_plan_read(&p, &e->t, index, m, off < 0 ? 0 : (uint64_t)off, size);
   size_t len = (size_t)(p.end - p.start);
+  xt_stats_read(e, len);
   if (len == 0) return (void)fuse_reply_buf(req, NULL, 0); // at or past EOF, or a read of nothing
   if (p.inline_bytes != NULL) return (void)fuse_reply_buf(req, p.inline_bytes, len);
   const uint8_t *data;

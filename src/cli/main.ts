@@ -93,6 +93,20 @@ export function buildProgram(): Command {
     .argument('<mountpoint>')
     .action(async (mountpoint: string) => (await import('../mover/umount')).unmountView(mountpoint))
 
+  program.command('status')
+    .description('every view on this host (or the one at <mountpoint>) as it reports itself: source, config ID, lease, what it served; exit 0 when all serve, 7 when one serves nothing (released, not current, lease run out), 12 when one does not answer')
+    .argument('[mountpoint]')
+    .option('--json', 'one JSON object (docs/json.md)')
+    .option('--prometheus', 'Prometheus text format, for node_exporter\'s textfile collector')
+    .action(async (mountpoint: string | undefined, o) => {
+      const { formatStatus, gatherStatus, statusExitCode } = await import('./status')
+      if (o.json && o.prometheus) throw new ExtfsError(ExitCode.Usage, '--json and --prometheus: choose one')
+      const r = await gatherStatus(mountpoint)
+      const text = o.prometheus ? await (await import('./status-metrics')).statusMetrics(r) : o.json ? JSON.stringify(r) + '\n' : formatStatus(r) + '\n'
+      process.stdout.write(text)
+      process.exitCode = statusExitCode(r)
+    })
+
   program.command('inspect')
     .description('files, bytes, extents, devices, frozen image and config ID of a manifest')
     .argument('<manifest>')

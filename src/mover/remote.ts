@@ -94,6 +94,17 @@ export class RemoteImage {
     }
   }
 
+  /** For `extfs status`: released, the lease left, and since when the initiator has been unreachable (ms). */
+  leaseStatus(): { released: boolean; leftMs: number; lastAnswerMsAgo?: number; unreachableMs?: number } {
+    const now = performance.now()
+    return {
+      released: this.released,
+      leftMs: Math.round(this.leaseLeft()),
+      lastAnswerMsAgo: this.state ? Math.round(now - this.state.answeredAt) : undefined,
+      unreachableMs: this.unreachableSince === undefined ? undefined : Math.round(now - this.unreachableSince),
+    }
+  }
+
   /** The lease at this moment, ms (0 once run out). */
   leaseLeft(): number {
     return Math.max(0, this.leaseUntil - performance.now())

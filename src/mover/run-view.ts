@@ -10,6 +10,8 @@ import { isMountpoint } from '../mapping/mountinfo'
 import { clearState, REPORT_FILES, saveReport, saveState, type ViewState } from './state'
 import { ChainFollower } from './follow'
 import { RemoteImage } from './remote'
+import { serveStatus } from './control'
+import { describeView } from './view-status'
 import { ExtfsError, MountpointError, ExitCode } from '../errors'
 
 /** A mover following `extfs serve` instead of files on shared storage (src/mover/remote.ts). */
@@ -39,6 +41,12 @@ export interface ViewRunOptions extends LoadOptions {
  * The native engine (C on libfuse3, src/native-engine/) serves by default; EXTFS_ENGINE=fuse-native selects
  * the first engine (every request in JS), kept as a reference and a fallback.
  */
+/** How the view follows its image: how to stop, and what the last look at the record said. */
+interface Following {
+  stop: () => void
+  health: { released?: boolean; refused?: string }
+}
+
 interface Served {
   engine: ViewEngine
   /** The native engine's chain follower: also polled, so deltas and releases act between opens. */
@@ -82,9 +90,10 @@ async function fuseNativeEngine(image: LoadedImage, log: Logger): Promise<ViewEn
  * and a release stops reads of open files without waiting for the next open. From serve: the mirror
  * is looked at whenever an answer changed it, and the lease follows the initiator's answers.
  */
-function startFollowing(served: Served, opts: ViewRunOptions, state: ViewState, remote?: RemoteImage): () => void {
+function startFollowing(served: Served, opts: ViewRunOptions, state: ViewState, remote?: RemoteImage): Following {
   const { engine, follower } = served
-  if (!(engine instanceof NativeEngine) || !follower) return () => undefined
+  const following: Following = { stop: () => undefined, health: {} }
+  if (!(engine instanceof NativeEngine) || !follower) return following
   const recordPosition = positionRecorder(follower, state, opts.log)
   let released = false
   const look = () => {
@@ -92,6 +101,7 @@ function startFollowing(served: Served, opts: ViewRunOptions, state: ViewState, 
     if (r.refused) opts.log.warn({ mountpoint: opts.mountpoint, reason: r.refused }, 'frozen image not current: opens are refused')
     if (!remote && r.released !== released) engine.setLease(r.released ? 0 : -1) // 0: every read asks, and is refused
     released = r.released
+    following.health = r
     // Deltas an open followed since are recorded here too: every record change brings a look (the
     // mirror calls it after writing the record; on shared storage the next poll comes within 250 ms).
     recordPosition()
@@ -99,11 +109,13 @@ function startFollowing(served: Served, opts: ViewRunOptions, state: ViewState, 
   if (remote) {
     remote.attach(engine, look)
     look() // a chain mirrored at mount is followed now, as the first poll does on shared storage
-    return () => remote.close()
+    following.stop = () => remote.close()
+    return following
   }
   recordPosition()
   const timer = setInterval(look, MOUNT_POLL_MS)
-  return () => clearInterval(timer)
+  following.stop = () => clearInterval(timer)
+  return following
 }
 
 /**
@@ -129,6 +141,7 @@ const MOUNT_POLL_MS = 250
 /** Resolves when the view has been unmounted (by signal, `extfs umount` or plain umount). */
 export async function runView(opts: ViewRunOptions): Promise<void> {
   const { log } = opts
+  const startedAt = new Date()
   let engine: ViewEngine | undefined
   let served: Served | undefined
   let remote: RemoteImage | undefined
@@ -177,7 +190,9 @@ export async function runView(opts: ViewRunOptions): Promise<void> {
 
   const state: ViewState = { pid: process.pid, mountpoint, manifest: opts.manifestPath }
   saveState(state)
-  const stopFollowing = startFollowing(served!, opts, state, remote)
+  const following = startFollowing(served!, opts, state, remote)
+  const stopStatus = serveStatus(mountpoint, () => describeView({ engine: engine!, follower: served!.follower, remote, health: following.health,
+    manifest: image.manifest, source: opts.manifestPath, mountpoint, startedAt }), (err) => log.warn({ mountpoint, err: err.message }, 'view status socket failed; extfs status will call this view dead'))
   log.info({
     mountpoint, manifest: opts.manifestPath, configId: image.manifest.configId, devices: image.devices.map((d) => `${d.id}=${d.path}`),
     ...(remote ? { leaseMs: Math.round(remote.leaseLeft()) } : {}),
@@ -197,7 +212,8 @@ export async function runView(opts: ViewRunOptions): Promise<void> {
         return
       }
       clearInterval(poll)
-      stopFollowing()
+      following.stop()
+      stopStatus()
       const tainted = engine!.taintedFiles()
       const refused = engine!.refusedRequests()
       const unserved = engine!.unservedMetadata?.() ?? []

@@ -1,6 +1,6 @@
 // Which process serves which mountpoint: a small file per view under /run/extfs, so that
 // `extfs umount` can ask the serving process to unmount and exit, and `extfs backup` can see where in
-// the config-ID chain its view is.
+// the config-ID chain its view is. Beside it, the view's status socket (control.ts).
 import fs from 'node:fs'
 import path from 'node:path'
 import { createHash } from 'node:crypto'
@@ -32,6 +32,11 @@ export function reached(at: ChainPosition, target: ChainPosition): boolean {
 
 function stateFile(mountpoint: string): string {
   return path.join(STATE_DIR, createHash('sha256').update(mountpoint).digest('hex').slice(0, 24) + '.json')
+}
+
+/** Where the view at `mountpoint` answers for its status (src/mover/control.ts). */
+export function controlSocket(mountpoint: string): string {
+  return stateFile(mountpoint).replace(/\.json$/, '.sock')
 }
 
 /** Atomically: `extfs backup` reads it while the view rewrites it. */

@@ -28,6 +28,11 @@ export interface EngineEvent {
   reason: string
 }
 
+/**
+ * viewStats: opens served (and distinct regular files opened), read requests and the bytes in their
+ * answers, bytes push-ahead stored ahead of readers; the image's regular files and their bytes.
+ */
+export interface ViewStats { opens: number; filesOpened: number; reads: number; readBytes: number; pushedBytes: number; filesTotal: number; bytesTotal: number }
 /** prefetchStats: the window (0: off), bytes taken and not yet retired, files and bytes stored, device reads that failed. */
 export interface PrefetchStats { window: number; pending: number; storedFiles: number; storedBytes: number; failedReads: number }
 
@@ -98,6 +103,7 @@ export interface ViewAddon {
   /** Serve opens and reads without asking judge() for `ms` more milliseconds; ms < 0: no lease (the default). */
   setLease(handle: SessionHandle, ms: number): void
   /** What the prefetch of small files did since mount (native/view/prefetch.c); zeros once unmounted. */
+  viewStats(handle: SessionHandle): ViewStats
   prefetchStats(handle: SessionHandle): PrefetchStats
   /**
    * The POSIX ACLs in `tables` longer than `limit` bytes as xattrs; without `limit`, the page size,

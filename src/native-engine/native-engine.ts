@@ -12,7 +12,7 @@ import { splitDev } from '../mapping/blockdev'
 import { mappedTablesOf, type IndexPaths, type MappedTables } from './mapped-tables'
 import { tablesOfManifest } from './v1-manifest'
 import { packDelta, type DeltaEntry } from './delta-tables'
-import { viewAddon, type Answer, type EngineEvent, type PrefetchStats, type SessionHandle, type TablesHandle } from './addon'
+import { viewAddon, type Answer, type EngineEvent, type PrefetchStats, type SessionHandle, type ViewStats, type TablesHandle } from './addon'
 import { Refusals, type RefusalSummary } from '../view/refusals'
 
 /**
@@ -152,6 +152,12 @@ export class NativeEngine implements ViewEngine {
   taintedFiles(): string[] {
     if (!this.session) return [...this.lastTainted]
     return viewAddon().tainted(this.session).map((index) => this.paths.path(index))
+  }
+
+  /** What the view served since mount, and the image's totals (native/view/stats.c). */
+  viewStats(): ViewStats {
+    if (!this.session) throw new Error('viewStats: the view is not mounted')
+    return viewAddon().viewStats(this.session)
   }
 
   /** What the prefetch of small files did since mount (native/view/prefetch.c). */

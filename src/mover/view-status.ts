@@ -1,0 +1,68 @@
+// What a serving view says about itself (`extfs status`, src/mover/control.ts): gathered from the
+// engine's counters, the chain follower and, from serve, the lease, at the moment it is asked.
+import type { Manifest } from '../manifest/types'
+import type { ViewEngine } from '../view/engine'
+import { NativeEngine } from '../native-engine/native-engine'
+import type { ChainFollower } from './follow'
+import type { RemoteImage } from './remote'
+import { VIEW_STATUS_SCHEMA, type ViewState, type ViewStatus } from './control'
+
+export interface ViewParts {
+  engine: ViewEngine
+  follower?: ChainFollower
+  remote?: RemoteImage
+  /** The last look at the record (shared storage) or the mirror (serve). */
+  health: { released?: boolean; refused?: string }
+  manifest: Manifest
+  source: string
+  mountpoint: string
+  startedAt: Date
+}
+
+export function describeView(v: ViewParts): ViewStatus {
+  const refusals = v.engine.refusedRequests()
+  const lease = v.remote?.leaseStatus()
+  const { state, reason } = judge(v, lease)
+  const status: ViewStatus = {
+    schema: VIEW_STATUS_SCHEMA,
+    pid: process.pid,
+    mountpoint: v.mountpoint,
+    source: v.source,
+    engine: v.engine instanceof NativeEngine ? 'native' : 'fuse-native',
+    startedAt: v.startedAt.toISOString(),
+    configId: v.manifest.configId,
+    position: { configId: v.follower?.current ?? v.manifest.configId, seq: v.follower?.applied ?? 0 },
+    state,
+    ...(reason ? { reason } : {}),
+    ...(lease ? { lease: { leftMs: lease.leftMs, lastAnswerMsAgo: lease.lastAnswerMsAgo, unreachableMs: lease.unreachableMs } } : {}),
+    refused: refusals.count,
+    failedReads: { requests: refusals.failedReads.requests, files: refusals.failedReads.files },
+    tainted: v.engine.taintedFiles().length,
+  }
+  if (v.engine instanceof NativeEngine) Object.assign(status, counters(v.engine))
+  return status
+}
+
+function counters(engine: NativeEngine): Pick<ViewStatus, 'image' | 'served' | 'prefetch'> {
+  const s = engine.viewStats()
+  const p = engine.prefetchStats()
+  return {
+    image: { files: s.filesTotal, bytes: s.bytesTotal },
+    served: {
+      opens: s.opens, filesOpened: s.filesOpened, reads: s.reads, readBytes: s.readBytes,
+      pushedBytes: s.pushedBytes, prefetchedFiles: p.storedFiles, prefetchedBytes: p.storedBytes,
+    },
+    prefetch: { window: p.window, pending: p.pending },
+  }
+}
+
+/** Released is final and said first; then a record the view cannot follow; then, from serve, a lapsed lease. */
+function judge(v: ViewParts, lease?: ReturnType<RemoteImage['leaseStatus']>): { state: ViewState; reason?: string } {
+  if (v.health.released || lease?.released) return { state: 'released', reason: 'the initiator released the frozen image' }
+  if (v.health.refused) return { state: 'not-current', reason: v.health.refused }
+  if (lease && lease.leftMs === 0) {
+    const since = lease.unreachableMs === undefined ? '' : ` (unreachable for ${Math.round(lease.unreachableMs / 1000)} s)`
+    return { state: 'lease-expired', reason: `the initiator has not answered within the lease${since}: opens and reads are refused until it does` }
+  }
+  return { state: 'serving' }
+}
