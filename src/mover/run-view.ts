@@ -11,7 +11,7 @@ import { clearState, REPORT_FILES, saveReport, saveState, type ViewState } from 
 import { ChainFollower } from './follow'
 import { RemoteImage } from './remote'
 import { serveStatus } from './control'
-import { describeView } from './view-status'
+import { describeView, recordHealth } from './view-status'
 import { ExtfsError, MountpointError, ExitCode } from '../errors'
 
 /** A mover following `extfs serve` instead of files on shared storage (src/mover/remote.ts). */
@@ -191,7 +191,8 @@ export async function runView(opts: ViewRunOptions): Promise<void> {
   const state: ViewState = { pid: process.pid, mountpoint, manifest: opts.manifestPath }
   saveState(state)
   const following = startFollowing(served!, opts, state, remote)
-  const stopStatus = serveStatus(mountpoint, () => describeView({ engine: engine!, follower: served!.follower, remote, health: following.health,
+  const stopStatus = serveStatus(mountpoint, () => describeView({ engine: engine!, follower: served!.follower, remote,
+    health: served!.follower ? following.health : recordHealth(image.config),
     manifest: image.manifest, source: opts.manifestPath, mountpoint, startedAt }), (err) => log.warn({ mountpoint, err: err.message }, 'view status socket failed; extfs status will call this view dead'))
   log.info({
     mountpoint, manifest: opts.manifestPath, configId: image.manifest.configId, devices: image.devices.map((d) => `${d.id}=${d.path}`),

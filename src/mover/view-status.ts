@@ -6,6 +6,7 @@ import { NativeEngine } from '../native-engine/native-engine'
 import type { ChainFollower } from './follow'
 import type { RemoteImage } from './remote'
 import { VIEW_STATUS_SCHEMA, type ViewState, type ViewStatus } from './control'
+import { readRecord, type ConfigCheck } from '../configid/record'
 
 export interface ViewParts {
   engine: ViewEngine
@@ -54,6 +55,21 @@ function counters(engine: NativeEngine): Pick<ViewStatus, 'image' | 'served' | '
     },
     prefetch: { window: p.window, pending: p.pending },
   }
+}
+
+/**
+ * A view without a chain follower (the fuse-native engine) is judged by its config check on the
+ * record, as its next open would be.
+ */
+export function recordHealth(config: ConfigCheck): ViewParts['health'] {
+  const verdict = config.check()
+  if (verdict instanceof Promise || verdict.ok) return {}
+  try {
+    if (readRecord(config.file).state === 'released') return { released: true }
+  } catch {
+    // unreadable: not current, for the reason the check gave
+  }
+  return { refused: verdict.reason }
 }
 
 /** Released is final and said first; then a record the view cannot follow; then, from serve, a lapsed lease. */

@@ -52,12 +52,12 @@ t.test('extfs status', async (t) => {
     const configId = JSON.parse(readFileSync(manifest, 'utf8')).configId as string
 
     const mounted: string[] = []
-    const mount = async (source: string, ...extra: string[]) => {
+    const mount = async (source: string, env?: NodeJS.ProcessEnv) => {
       const mnt = path.join(dir, `mnt-${mounted.length}`)
       await fsp.mkdir(mnt)
       mounted.push(mnt)
       t.teardown(() => ensureUnmounted(mnt))
-      const r = await extfs(['mount', source, mnt, '--key', keyFile, '--log-file', path.join(dir, `view-${mounted.length}.log`), ...extra])
+      const r = await extfs(['mount', source, mnt, '--key', keyFile, '--log-file', path.join(dir, `view-${mounted.length}.log`)], { env })
       t.equal(r.code, 0, `mount ${source}: ${r.stderr}`)
       return mnt
     }
@@ -65,6 +65,7 @@ t.test('extfs status', async (t) => {
     const doomed = await mount(manifest)
     const served = await startServe(t, ['--key', keyFile, '--state', path.join(dir, 'serve.db'), '--interval', '0', '--lease', '1', manifest])
     const remote = await mount(`${served.url}/nightly`)
+    const reference = await mount(manifest, { ...process.env, EXTFS_ENGINE: 'fuse-native' })
 
     await t.test('a live view, before and after a reader', async (t) => {
       const before = await viewOf(live)
@@ -116,7 +117,7 @@ t.test('extfs status', async (t) => {
       const all = await status([])
       t.equal(all.code, 12, 'the whole host: 12 while one view is dead')
       const ours = all.report.views.filter((v) => mounted.includes(v.mountpoint))
-      t.same(ours.map((v) => [v.mountpoint, v.state]).sort(), [[live, 'serving'], [doomed, 'dead'], [remote, 'serving']].sort(), 'every view listed, each in its state')
+      t.same(ours.map((v) => [v.mountpoint, v.state]).sort(), [[live, 'serving'], [doomed, 'dead'], [remote, 'serving'], [reference, 'serving']].sort(), 'every view listed, each in its state')
       t.equal(all.report.healthy, false)
 
       const prom = await extfs(['status', '--prometheus'])
@@ -135,8 +136,11 @@ t.test('extfs status', async (t) => {
     })
 
     await t.test('after the release', async (t) => {
+      const fuseNative = await viewOf(reference)
+      t.match(fuseNative, { code: 0, view: { state: 'serving', engine: 'fuse-native' } }, 'the fuse-native engine answers too')
+      t.notOk('served' in fuseNative.view, 'without counters it does not keep')
       await release(manifest)
-      for (const mnt of [live, remote]) {
+      for (const mnt of [live, remote, reference]) {
         const r = await untilState(mnt, 'released')
         t.equal(r.code, 7, `${mnt}: exit 7 once released`)
         t.match(r.view, { state: 'released' })
