@@ -37,16 +37,16 @@ export interface ViewRunOptions extends LoadOptions {
   onReady: (err?: Error) => void
 }
 
-/**
- * The native engine (C on libfuse3, src/native-engine/) serves by default; EXTFS_ENGINE=fuse-native selects
- * the first engine (every request in JS), kept as a reference and a fallback.
- */
 /** How the view follows its image: how to stop, and what the last look at the record said. */
 interface Following {
   stop: () => void
   health: { released?: boolean; refused?: string }
 }
 
+/**
+ * The native engine (C on libfuse3, src/native-engine/) serves by default; EXTFS_ENGINE=fuse-native selects
+ * the first engine (every request in JS), kept as a reference and a fallback.
+ */
 interface Served {
   engine: ViewEngine
   /** The native engine's chain follower: also polled, so deltas and releases act between opens. */
