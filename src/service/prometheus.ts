@@ -26,7 +26,7 @@ export class PromMetrics implements ServeMetrics {
   /** Per image: each address answered a lease, and until when (performance.now() ms) that lease runs. */
   private readonly leases = new Map<string, Map<string, number>>()
 
-  private readonly configIdChanges = this.counter('extfs_serve_config_id_changes_total', 'Times the config ID serve answers for the image changed (a delta published, a new export, a release).', ['image'])
+  private readonly configIdChanges = this.counter('extfs_serve_config_id_changes_total', 'Times the config ID serve answers for the image changed (a delta published, the manifest exported again).', ['image'])
   private readonly deltasPublished = this.counter('extfs_serve_deltas_published_total', 'Deltas of the image serve published.', ['image'])
   private readonly chainDeltas = this.gauge('extfs_serve_chain_deltas', 'Deltas in the image\'s current chain (the manifest\'s config ID is 0).', ['image'])
   private readonly released = this.gauge('extfs_serve_image_released', '1 when the image is released (movers refuse opens), else 0.', ['image'])

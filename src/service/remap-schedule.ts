@@ -3,7 +3,7 @@
 import fs from 'node:fs'
 import type { Logger } from 'pino'
 import type { RemapResult } from '../remap/remap'
-import type { RemapTrigger, ServeMetrics } from './metrics'
+import type { RemapOutcome, RemapTrigger, ServeMetrics } from './metrics'
 import type { Remapper } from './remap-worker'
 import type { Image, ImageRegistry } from './registry'
 
@@ -86,7 +86,7 @@ export class RemapScheduler {
   private async remapOne(img: Image, trigger: RemapTrigger): Promise<RemapResult> {
     if (this.closing) throw new Error('serve is stopping')
     const started = performance.now()
-    const timing = (outcome: RemapResult['state'] | 'failed') => {
+    const ended = (outcome: RemapOutcome) => {
       const ms = performance.now() - started
       this.metrics.remapped(img.name, trigger, outcome, ms / 1000)
       return { ms: Math.round(ms), nextDue: this.reschedule(img, started, ms) }
@@ -95,10 +95,10 @@ export class RemapScheduler {
     try {
       r = await this.remapNow(img)
     } catch (err) {
-      this.log.error({ image: img.name, err: (err as Error).message, ...timing('failed') }, 'remap failed')
+      this.log.error({ image: img.name, err: (err as Error).message, ...ended('failed') }, 'remap failed')
       throw err
     }
-    const t = timing(r.state)
+    const t = ended(r.state)
     if (r.state !== 'released') {
       const keptBytes = this.remapper.keptBytes?.()
       this.log.info({ image: img.name, state: r.state, configId: r.configId, deltaBytes: r.deltaBytes, manifestBytes: r.manifestBytes, keptBytes, ...t }, 'remap')
