@@ -186,6 +186,7 @@ export function buildProgram(): Command {
     .option('--remap-cache <MiB>', 'memory kept between remaps for all images together (what a remap read: manifests\' maps, path tables)', parseMiB('--remap-cache'), DEFAULT_REMAP_CACHE_BYTES / 2 ** 20)
     .option('--cert <file>', 'TLS certificate (PEM); with --tls-key, serve HTTPS')
     .option('--tls-key <file>', 'TLS private key (PEM)')
+    .option('--metrics-listen <host:port>', 'serve Prometheus metrics at http://<host:port>/metrics, plain HTTP without a key: give loopback or a management network (default: none)')
     .addOption(logLevelOption())
     .action(async (manifests: string[], o) => (await import('../service/run')).runServe(manifests, o))
 

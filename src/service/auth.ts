@@ -4,6 +4,7 @@
 // its status, the request's nonce and its body's SHA-256, so an answer cannot be forged or replayed
 // into another request. Pure functions plus one verifier: the nonce store is injected (SQLite in serve).
 import crypto from 'node:crypto'
+import type { RefusalReason } from './metrics'
 
 export const TIME_HEADER = 'x-extfs-time'
 export const NONCE_HEADER = 'x-extfs-nonce'
@@ -64,10 +65,13 @@ export class MemoryNonceStore implements NonceStore {
   }
 }
 
+/** Why the verifier refused a request (serve counts refusals by it). */
+export type AuthRefusal = Extract<RefusalReason, 'unauthenticated' | 'malformed_auth' | 'skew' | 'bad_signature' | 'replay'>
+
 export type RequestVerdict =
   | { ok: true; nonce: string }
   /** `nonce`: the request's nonce when it was well-formed, so even a refusal can be answered with a MAC. */
-  | { ok: false; error: string; nonce?: string }
+  | { ok: false; reason: AuthRefusal; error: string; nonce?: string }
 
 type HeaderBag = Record<string, string | string[] | undefined>
 
@@ -84,22 +88,22 @@ export class RequestVerifier {
     const nonceRaw = single(headers[NONCE_HEADER])
     const mac = single(headers[AUTH_HEADER])
     if (time === undefined || nonceRaw === undefined || mac === undefined) {
-      return { ok: false, error: 'missing X-Extfs-Time, X-Extfs-Nonce or X-Extfs-Auth header' }
+      return { ok: false, reason: 'unauthenticated', error: 'missing X-Extfs-Time, X-Extfs-Nonce or X-Extfs-Auth header' }
     }
-    if (!NONCE_RE.test(nonceRaw)) return { ok: false, error: 'X-Extfs-Nonce must be 16 bytes in lower-case hex' }
+    if (!NONCE_RE.test(nonceRaw)) return { ok: false, reason: 'malformed_auth', error: 'X-Extfs-Nonce must be 16 bytes in lower-case hex' }
     const nonce = nonceRaw
-    if (!TIME_RE.test(time)) return { ok: false, error: 'X-Extfs-Time must be unix milliseconds', nonce }
-    if (!MAC_RE.test(mac)) return { ok: false, error: 'X-Extfs-Auth must be an HMAC-SHA256 in lower-case hex', nonce }
+    if (!TIME_RE.test(time)) return { ok: false, reason: 'malformed_auth', error: 'X-Extfs-Time must be unix milliseconds', nonce }
+    if (!MAC_RE.test(mac)) return { ok: false, reason: 'malformed_auth', error: 'X-Extfs-Auth must be an HMAC-SHA256 in lower-case hex', nonce }
     const skew = Number(time) - now
     if (Math.abs(skew) > this.skewMs) {
-      return { ok: false, error: `request time is ${Math.round(skew / 1000)} s off this host's clock (allowed ±${this.skewMs / 1000} s)`, nonce }
+      return { ok: false, reason: 'skew', error: `request time is ${Math.round(skew / 1000)} s off this host's clock (allowed ±${this.skewMs / 1000} s)`, nonce }
     }
     const expected = Buffer.from(requestMac(this.key, method, path, time, nonce, sha256Hex(body)), 'hex')
     if (!crypto.timingSafeEqual(expected, Buffer.from(mac, 'hex'))) {
-      return { ok: false, error: 'request signature does not match: altered, or signed with another key', nonce }
+      return { ok: false, reason: 'bad_signature', error: 'request signature does not match: altered, or signed with another key', nonce }
     }
     // A request older than now - skew is refused above, so the nonce need not be kept past time + skew.
-    if (!this.nonces.claim(nonce, Number(time) + this.skewMs, now)) return { ok: false, error: 'nonce already used: replayed request', nonce }
+    if (!this.nonces.claim(nonce, Number(time) + this.skewMs, now)) return { ok: false, reason: 'replay', error: 'nonce already used: replayed request', nonce }
     return { ok: true, nonce }
   }
 }

@@ -10,6 +10,7 @@ import type { ManifestHeader } from '../manifest/types'
 import { CONFIG_ID } from '../manifest/validate'
 import { DEFAULT_MAX_DELTA_BYTES } from '../delta/io'
 import { ExitCode, ExtfsError, ManifestError } from '../errors'
+import type { ServeMetrics } from './metrics'
 import { imageNameOf, type ConfigAnswer } from './protocol'
 import type { DeltaRow, ServeState } from './state'
 
@@ -35,7 +36,7 @@ export class ImageRegistry {
   private pollTimer?: NodeJS.Timeout
   private closing = false
 
-  constructor(manifests: string[], private readonly key: Buffer, private readonly state: ServeState, private readonly log: Logger) {
+  constructor(manifests: string[], private readonly key: Buffer, private readonly state: ServeState, private readonly log: Logger, private readonly metrics: ServeMetrics) {
     for (const m of manifests) this.add(path.resolve(m))
   }
 
@@ -98,6 +99,14 @@ export class ImageRegistry {
    * is, so movers find the chain broken and refuse opens rather than serve the old map.
    */
   sync(img: Image): void {
+    const before = this.state.image(img.name)!.configId
+    const added = this.syncNow(img)
+    const after = this.state.image(img.name)!
+    this.metrics.published(img.name, { configIdChanged: after.configId !== before, deltas: this.state.deltas(img.name).length, added, released: after.state === 'released' })
+  }
+
+  /** sync without the metrics; returns how many deltas it published. */
+  private syncNow(img: Image): number {
     this.syncManifest(img)
     img.recordStamp = fileStamp(img.recordFile)
     let record
@@ -105,7 +114,7 @@ export class ImageRegistry {
       record = readRecord(img.recordFile)
     } catch (err) {
       this.log.warn({ image: img.name, err: (err as Error).message }, 'record unreadable: config unchanged')
-      return
+      return 0
     }
     const row = this.state.image(img.name)!
     const known = this.state.deltas(img.name)
@@ -114,13 +123,14 @@ export class ImageRegistry {
     while (keep < known.length && keep < names.length && known[keep]!.path === deltaPathOf(img.recordFile, names[keep]!)) keep++
     const { added, end } = this.readNewDeltas(img, names, keep, keep === 0 ? img.c0 : known[keep - 1]!.to)
     const dropped = known.length - keep
-    if (dropped === 0 && added.length === 0 && record.configId === row.configId && record.state === row.state) return
+    if (dropped === 0 && added.length === 0 && record.configId === row.configId && record.state === row.state) return 0
     if (record.state === 'current' && end !== record.configId) {
       this.log.error({ image: img.name, chainEnd: end, configId: record.configId }, 'delta chain does not reach the record\'s config ID: movers will refuse opens until it does')
     }
     this.state.publish(img.name, record.configId, record.state, added, dropped > 0 ? keep + 1 : undefined)
     this.log.info({ image: img.name, from: row.configId, configId: record.configId, state: record.state, deltas: keep + added.length }, 'config changed')
     this.wake(img)
+    return added.length
   }
 
   private add(manifestPath: string): void {
@@ -134,6 +144,7 @@ export class ImageRegistry {
     }
     this.state.registerImage(name, manifestPath, img.c0)
     this.images.set(name, img)
+    this.metrics.image(name)
     this.sync(img)
     const row = this.state.image(name)!
     this.log.info({ image: name, manifest: manifestPath, c0: img.c0, configId: row.configId, state: row.state, deltas: this.state.deltas(name).length }, 'image')

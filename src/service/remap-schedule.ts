@@ -3,6 +3,7 @@
 import fs from 'node:fs'
 import type { Logger } from 'pino'
 import type { RemapResult } from '../remap/remap'
+import type { RemapOutcome, RemapTrigger, ServeMetrics } from './metrics'
 import type { Remapper } from './remap-worker'
 import type { Image, ImageRegistry } from './registry'
 
@@ -34,6 +35,7 @@ export class RemapScheduler {
     private readonly key: Buffer,
     private readonly log: Logger,
     private readonly intervalMs: number,
+    private readonly metrics: ServeMetrics,
   ) {}
 
   start(): void {
@@ -50,8 +52,8 @@ export class RemapScheduler {
   }
 
   /** Re-maps `img` once every remap already asked for has ended. */
-  remap(img: Image): Promise<RemapResult> {
-    const run = this.queue.then(() => this.remapOne(img))
+  remap(img: Image, trigger: RemapTrigger): Promise<RemapResult> {
+    const run = this.queue.then(() => this.remapOne(img, trigger))
     this.queue = run.catch(() => undefined)
     return run
   }
@@ -69,7 +71,7 @@ export class RemapScheduler {
     for (const img of this.registry.all()) {
       if (this.closing || (this.nextRemapAt.get(img.name) ?? Infinity) > performance.now()) continue
       try {
-        await this.remap(img)
+        await this.remap(img, 'schedule')
       } catch {
         // logged by remapOne; the image stays on the schedule
       }
@@ -78,24 +80,25 @@ export class RemapScheduler {
   }
 
   /**
-   * Re-maps one image, logged with how long it took and when the schedule remaps it next (also when it
-   * failed or found the image released).
+   * Re-maps one image, logged and counted with how long it took, and when the schedule remaps it next
+   * (also when it failed or found the image released).
    */
-  private async remapOne(img: Image): Promise<RemapResult> {
+  private async remapOne(img: Image, trigger: RemapTrigger): Promise<RemapResult> {
     if (this.closing) throw new Error('serve is stopping')
     const started = performance.now()
-    const timing = () => {
+    const ended = (outcome: RemapOutcome) => {
       const ms = performance.now() - started
+      this.metrics.remapped(img.name, trigger, outcome, ms / 1000)
       return { ms: Math.round(ms), nextDue: this.reschedule(img, started, ms) }
     }
     let r: RemapResult
     try {
       r = await this.remapNow(img)
     } catch (err) {
-      this.log.error({ image: img.name, err: (err as Error).message, ...timing() }, 'remap failed')
+      this.log.error({ image: img.name, err: (err as Error).message, ...ended('failed') }, 'remap failed')
       throw err
     }
-    const t = timing()
+    const t = ended(r.state)
     if (r.state !== 'released') {
       const keptBytes = this.remapper.keptBytes?.()
       this.log.info({ image: img.name, state: r.state, configId: r.configId, deltaBytes: r.deltaBytes, manifestBytes: r.manifestBytes, keptBytes, ...t }, 'remap')

@@ -10,6 +10,7 @@ import { LRUCache } from 'lru-cache'
 import { DEFAULT_MAX_MANIFEST_BYTES } from '../manifest/io'
 import { DEFAULT_MAX_DELTA_BYTES } from '../delta/io'
 import { RequestVerifier, responseMac, sha256Hex } from './auth'
+import type { RefusalReason, ServeMetrics } from './metrics'
 import { IMAGE_NAME, parseConfigQuery, type ConfigQuery, type RemapAnswer } from './protocol'
 import type { Image, ImageRegistry } from './registry'
 import type { RemapScheduler } from './remap-schedule'
@@ -31,6 +32,7 @@ export class Routes {
     private readonly key: Buffer,
     private readonly leaseMs: number,
     private readonly log: Logger,
+    private readonly metrics: ServeMetrics,
   ) {}
 
   /** Long polls from now on answer at once. */
@@ -44,14 +46,15 @@ export class Routes {
     const target = req.url ?? ''
     const body = await readBody(req)
     if (body === undefined) {
+      this.metrics.refused('too_large')
       res.writeHead(413, { 'content-type': 'application/json', connection: 'close' }).end(JSON.stringify({ error: `request body over ${MAX_BODY_BYTES} bytes` }) + '\n')
       return
     }
     const v = this.verifier.verify(method, target, req.headers, body)
-    const reply = new Reply(res, this.key, v.nonce)
+    const reply = new Reply(res, this.key, v.nonce, this.metrics)
     if (!v.ok) {
       this.log.warn({ remote: req.socket.remoteAddress, method, url: target, err: v.error }, 'refused')
-      return reply.json(401, { error: v.error })
+      return reply.refuse(401, v.reason, v.error)
     }
     this.log.debug({ remote: req.socket.remoteAddress, method, url: target }, 'request')
     return this.route(method, target, req, reply, started)
@@ -62,29 +65,31 @@ export class Routes {
     const pathname = q < 0 ? target : target.slice(0, q)
     const parts = pathname.split('/')
     // ['', 'images', name, what, seq?]
-    if (parts[1] !== 'images' || parts.length < 2 || parts.length > 5) return reply.json(404, { error: `no such resource ${pathname}` })
+    if (parts[1] !== 'images' || parts.length < 2 || parts.length > 5) return reply.refuse(404, 'bad_path', `no such resource ${pathname}`)
     if (parts.length === 2) {
-      if (method !== 'GET') return reply.json(405, { error: `${method} ${pathname}: only GET` })
+      if (method !== 'GET') return reply.refuse(405, 'bad_method', `${method} ${pathname}: only GET`)
       return reply.json(200, { images: this.registry.names() })
     }
     const name = parts[2]!
-    if (!IMAGE_NAME.test(name)) return reply.json(400, { error: `invalid image name ${JSON.stringify(name)}` })
+    if (!IMAGE_NAME.test(name)) return reply.refuse(400, 'bad_path', `invalid image name ${JSON.stringify(name)}`)
     const img = this.registry.get(name)
-    if (!img) return reply.json(404, { error: `no image ${name}` })
+    if (!img) return reply.refuse(404, 'unknown_image', `no image ${name}`)
     switch (`${method} ${parts.slice(3, 4).join('')}${parts.length === 5 ? '/:seq' : ''}`) {
       case 'GET manifest':
         return reply.file(img.manifestPath, DEFAULT_MAX_MANIFEST_BYTES, this.hashes)
       case 'GET config': {
         const query = parseConfigQuery(new URLSearchParams(q < 0 ? '' : target.slice(q + 1)))
-        if ('error' in query) return reply.json(400, { error: query.error })
+        if ('error' in query) return reply.refuse(400, 'bad_query', query.error)
         return this.config(img, query, req, reply, started)
       }
       case 'GET deltas/:seq':
         return this.delta(img, parts[4]!, reply)
       case 'POST remap':
         return this.remap(img, reply)
-      default:
-        return reply.json(parts.length === 4 && ['manifest', 'config', 'remap'].includes(parts[3]!) ? 405 : 404, { error: `no such resource ${method} ${pathname}` })
+      default: {
+        const known = parts.length === 4 && ['manifest', 'config', 'remap'].includes(parts[3]!)
+        return reply.refuse(known ? 405 : 404, known ? 'bad_method' : 'bad_path', `no such resource ${method} ${pathname}`)
+      }
     }
   }
 
@@ -108,37 +113,45 @@ export class Routes {
       })
       if (req.socket.destroyed) return
     }
-    reply.json(200, this.registry.answer(img, this.leaseMs, started))
+    const answer = this.registry.answer(img, this.leaseMs, started)
+    reply.json(200, answer)
+    this.metrics.configAnswered(img.name, req.socket.remoteAddress, answer.state === 'current' ? this.leaseMs : undefined)
   }
 
   private async delta(img: Image, seqText: string, reply: Reply): Promise<void> {
     const seq = /^[1-9][0-9]{0,8}$/.test(seqText) ? Number(seqText) : NaN
-    if (!Number.isSafeInteger(seq)) return reply.json(400, { error: `delta seq ${JSON.stringify(seqText)} is not a number from 1` })
+    if (!Number.isSafeInteger(seq)) return reply.refuse(400, 'bad_query', `delta seq ${JSON.stringify(seqText)} is not a number from 1`)
     const d = this.registry.delta(img, seq)
-    if (!d) return reply.json(404, { error: `image ${img.name} has no delta ${seq}` })
+    if (!d) return reply.refuse(404, 'no_delta', `image ${img.name} has no delta ${seq}`)
     if (d.blob) return reply.bytes(200, d.blob, 'application/json')
     return reply.file(d.path!, DEFAULT_MAX_DELTA_BYTES, this.hashes)
   }
 
   private async remap(img: Image, reply: Reply): Promise<void> {
     try {
-      const r = await this.scheduler.remap(img)
+      const r = await this.scheduler.remap(img, 'request')
       // seq lets a mover tell when its view has reached this config ID (src/mover/final-remap.ts).
       const seq = r.state === 'released' ? undefined : this.registry.seqOf(img, r.configId)
       const answer: RemapAnswer = { state: r.state, configId: r.configId, seq, deltaBytes: r.deltaBytes, manifestBytes: r.manifestBytes }
       return reply.json(200, answer)
     } catch (err) {
-      return reply.json(500, { error: `remap failed: ${(err as Error).message}` })
+      return reply.refuse(500, 'remap_failed', `remap failed: ${(err as Error).message}`)
     }
   }
 }
 
 /** One response: JSON or file bytes, always with the response MAC when the request had a usable nonce. */
 class Reply {
-  constructor(private readonly res: http.ServerResponse, private readonly key: Buffer, private readonly nonce: string | undefined) {}
+  constructor(private readonly res: http.ServerResponse, private readonly key: Buffer, private readonly nonce: string | undefined, private readonly metrics: ServeMetrics) {}
 
   json(status: number, value: unknown): void {
     this.bytes(status, Buffer.from(JSON.stringify(value) + '\n'), 'application/json')
+  }
+
+  /** An error answer `{"error": ...}`, counted by `reason`. */
+  refuse(status: number, reason: RefusalReason, error: string): void {
+    this.metrics.refused(reason)
+    this.json(status, { error })
   }
 
   bytes(status: number, body: Buffer, type: string): void {
@@ -156,12 +169,12 @@ class Reply {
     try {
       fd = await fs.promises.open(file, 'r')
     } catch (err) {
-      return this.json(404, { error: `${path.basename(file)}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}` })
+      return this.refuse(404, 'unreadable', `${path.basename(file)}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)
     }
     try {
       const st = await fd.stat({ bigint: true })
-      if (!st.isFile()) return this.json(500, { error: `${path.basename(file)} is not a regular file` })
-      if (st.size > BigInt(maxBytes)) return this.json(500, { error: `${path.basename(file)} is ${st.size} bytes, over ${maxBytes}` })
+      if (!st.isFile()) return this.refuse(500, 'unreadable', `${path.basename(file)} is not a regular file`)
+      if (st.size > BigInt(maxBytes)) return this.refuse(500, 'unreadable', `${path.basename(file)} is ${st.size} bytes, over ${maxBytes}`)
       const size = Number(st.size)
       const id = `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`
       let hash = hashes.get(id)

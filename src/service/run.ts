@@ -1,9 +1,11 @@
 // `extfs serve` in the foreground: open the state, load the images, listen, and stop cleanly on
 // SIGTERM/SIGINT (long polls answered, connections closed, database closed).
 import fs from 'node:fs'
+import type { AddressInfo } from 'node:net'
 import { ExtfsError, ExitCode } from '../errors'
 import { createLogger } from '../log'
 import { readKeyFile } from '../manifest/sign'
+import type { MetricsEndpoint, PromMetrics } from './prometheus'
 import { ConfigServer } from './server'
 import { ServeState } from './state'
 
@@ -19,34 +21,50 @@ export interface ServeCliOptions {
   remapCache: number
   cert?: string
   tlsKey?: string
+  /** host:port of the Prometheus endpoint; absent: no metrics. */
+  metricsListen?: string
   logLevel: string
 }
 
 /** `host:port`, `[v6]:port`; port 0 picks a free one (the `serving` log line names it). */
-export function parseListen(value: string): { host: string; port: number } {
+export function parseListen(value: string, option = '--listen'): { host: string; port: number } {
   const m = /^(?:\[([0-9A-Fa-f:.]+)\]|([^:[\]]+)):([0-9]{1,5})$/.exec(value)
   const port = m ? Number(m[3]) : NaN
-  if (!m || port > 65535) throw new ExtfsError(ExitCode.Usage, `--listen takes <host>:<port>, got ${value}`)
+  if (!m || port > 65535) throw new ExtfsError(ExitCode.Usage, `${option} takes <host>:<port>, got ${value}`)
   return { host: (m[1] ?? m[2])!, port }
 }
 
 export async function runServe(manifests: string[], o: ServeCliOptions): Promise<void> {
   const key = readKeyFile(o.key)
   const { host, port } = parseListen(o.listen)
+  const metricsAt = o.metricsListen === undefined ? undefined : parseListen(o.metricsListen, '--metrics-listen')
   if (!!o.cert !== !!o.tlsKey) throw new ExtfsError(ExitCode.Usage, '--cert and --tls-key go together')
   const tls = o.cert && o.tlsKey ? { cert: readFile(o.cert, '--cert'), key: readFile(o.tlsKey, '--tls-key') } : undefined
   const log = createLogger({ level: o.logLevel })
   const state = new ServeState(o.state)
   let server: ConfigServer
+  let endpoint: MetricsEndpoint | undefined
   try {
+    // prom-client is loaded only when metrics are asked for.
+    let metrics: PromMetrics | undefined
+    if (metricsAt) {
+      const prom = await import('./prometheus')
+      metrics = new prom.PromMetrics()
+      endpoint = new prom.MetricsEndpoint(metrics)
+    }
     server = new ConfigServer({
-      manifests, key, state, log, tls,
+      manifests, key, state, log, tls, metrics,
       intervalMs: Math.round(o.interval * 1000), remapCacheBytes: Math.round(o.remapCache * 2 ** 20), leaseMs: Math.round(o.lease * 1000), skewMs: Math.round(o.skew * 1000),
     })
+    // The metrics address first: it is the one to give up if the other cannot be had.
+    const metricsAddr = metricsAt && endpoint ? await endpoint.listen(metricsAt.host, metricsAt.port) : undefined
     const addr = await server.listen(host, port)
-    const shown = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address
-    log.info({ url: `${tls ? 'https' : 'http'}://${shown}:${addr.port}`, images: manifests.length, state: o.state, intervalS: o.interval, leaseS: o.lease }, 'serving')
+    log.info({
+      url: `${tls ? 'https' : 'http'}://${shown(addr)}`, metrics: metricsAddr && `http://${shown(metricsAddr)}/metrics`,
+      images: manifests.length, state: o.state, intervalS: o.interval, leaseS: o.lease,
+    }, 'serving')
   } catch (err) {
+    await endpoint?.close()
     state.close()
     throw err
   }
@@ -56,8 +74,13 @@ export async function runServe(manifests: string[], o: ServeCliOptions): Promise
   })
   log.info({ signal }, 'stopping')
   await server.close()
+  await endpoint?.close()
   state.close()
   log.info('stopped')
+}
+
+function shown(addr: AddressInfo): string {
+  return `${addr.family === 'IPv6' ? `[${addr.address}]` : addr.address}:${addr.port}`
 }
 
 function readFile(file: string, option: string): Buffer {

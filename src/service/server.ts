@@ -7,10 +7,11 @@
 //   routes.ts          authentication and the requests (protocol.ts: what crosses the wire)
 import http from 'node:http'
 import https from 'node:https'
-import type { AddressInfo } from 'node:net'
+import type { AddressInfo, Server as NetServer } from 'node:net'
 import type { Logger } from 'pino'
 import { ExitCode, ExtfsError } from '../errors'
 import { DEFAULT_SKEW_MS, RequestVerifier } from './auth'
+import { NO_METRICS, type ServeMetrics } from './metrics'
 import { ImageRegistry } from './registry'
 import { DEFAULT_INTERVAL_MS, RemapScheduler } from './remap-schedule'
 import { WorkerRemapper, type Remapper } from './remap-worker'
@@ -35,6 +36,8 @@ export interface ServiceOptions {
   leaseMs?: number
   skewMs?: number
   tls?: { cert: Buffer; key: Buffer }
+  /** Where serve reports what it does (--metrics-listen: prometheus.ts); default: nowhere. */
+  metrics?: ServeMetrics
 }
 
 export class ConfigServer {
@@ -44,11 +47,12 @@ export class ConfigServer {
   private readonly server: http.Server
 
   constructor(opts: ServiceOptions) {
-    this.registry = new ImageRegistry(opts.manifests, opts.key, opts.state, opts.log)
+    const metrics = opts.metrics ?? NO_METRICS
+    this.registry = new ImageRegistry(opts.manifests, opts.key, opts.state, opts.log, metrics)
     const remapper = opts.remapper ?? new WorkerRemapper(opts.remapCacheBytes)
-    this.scheduler = new RemapScheduler(this.registry, remapper, opts.key, opts.log, opts.intervalMs ?? DEFAULT_INTERVAL_MS)
+    this.scheduler = new RemapScheduler(this.registry, remapper, opts.key, opts.log, opts.intervalMs ?? DEFAULT_INTERVAL_MS, metrics)
     const verifier = new RequestVerifier(opts.key, opts.state, opts.skewMs ?? DEFAULT_SKEW_MS)
-    this.routes = new Routes(this.registry, this.scheduler, verifier, opts.key, opts.leaseMs ?? DEFAULT_LEASE_MS, opts.log)
+    this.routes = new Routes(this.registry, this.scheduler, verifier, opts.key, opts.leaseMs ?? DEFAULT_LEASE_MS, opts.log, metrics)
     const handler = (req: http.IncomingMessage, res: http.ServerResponse) => {
       this.routes.handle(req, res).catch((err) => {
         opts.log.error({ url: req.url, err: (err as Error).message }, 'request failed')
@@ -61,17 +65,10 @@ export class ConfigServer {
 
   /** Binds, starts watching and the remap schedule; resolves with the bound address. */
   async listen(host: string, port: number): Promise<AddressInfo> {
-    await new Promise<void>((resolve, reject) => {
-      const onError = (err: NodeJS.ErrnoException) => reject(new ExtfsError(ExitCode.Usage, `cannot listen on ${host}:${port}: ${err.code ?? err.message}`))
-      this.server.once('error', onError)
-      this.server.listen(port, host, () => {
-        this.server.off('error', onError)
-        resolve()
-      })
-    })
+    const addr = await listenOn(this.server, host, port, '--listen')
     this.registry.start()
     this.scheduler.start()
-    return this.server.address() as AddressInfo
+    return addr
   }
 
   /** Answers every long poll with the state as it is, stops watching and remapping, closes connections. */
@@ -87,4 +84,16 @@ export class ConfigServer {
     await this.scheduler.close()
     await closed
   }
+}
+
+/** Binds `server`; an address that cannot be had (in use, not ours) is one line naming `option`, the usage exit code. */
+export function listenOn(server: NetServer, host: string, port: number, option: string): Promise<AddressInfo> {
+  return new Promise((resolve, reject) => {
+    const onError = (err: NodeJS.ErrnoException) => reject(new ExtfsError(ExitCode.Usage, `cannot listen on ${host}:${port} (${option}): ${err.code ?? err.message}`))
+    server.once('error', onError)
+    server.listen(port, host, () => {
+      server.off('error', onError)
+      resolve(server.address() as AddressInfo)
+    })
+  })
 }

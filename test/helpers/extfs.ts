@@ -62,6 +62,8 @@ export async function release(manifest: string): Promise<void> {
 export interface Served {
   child: ChildProcess
   url: string
+  /** http://host:port/metrics of --metrics-listen, when given. */
+  metricsUrl?: string
   stderr: () => string
   /** Resolves when it exited, however. */
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>
@@ -80,14 +82,14 @@ export async function startServe(t: { teardown(fn: () => unknown): void }, args:
       await exited
     }
   })
-  const url = await new Promise<string>((resolve, reject) => {
+  const serving = await new Promise<{ url: string; metrics?: string }>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`serve did not start: ${err}`)), 30_000)
     child.stderr!.on('data', (c: Buffer) => {
       err += c.toString()
       const line = err.split('\n').find((l) => l.includes('"msg":"serving"'))
       if (line) {
         clearTimeout(timer)
-        resolve(JSON.parse(line).url)
+        resolve(JSON.parse(line))
       }
     })
     child.once('exit', (code) => {
@@ -96,7 +98,7 @@ export async function startServe(t: { teardown(fn: () => unknown): void }, args:
     })
   })
   return {
-    child, url, stderr: () => err, exited,
+    child, url: serving.url, metricsUrl: serving.metrics, stderr: () => err, exited,
     stop: async () => {
       child.kill('SIGTERM')
       return exited

@@ -9,6 +9,7 @@ import { readRecord, writeRecord } from '../../src/configid/record'
 import { signManifest } from '../../src/manifest/sign'
 import { ConfigServer } from '../../src/service/server'
 import type { Remapper } from '../../src/service/remap-worker'
+import type { ServeMetrics } from '../../src/service/metrics'
 import { ServeState } from '../../src/service/state'
 import { ConfigClient } from '../../src/service/client'
 import type { RemapResult } from '../../src/remap/remap'
@@ -30,9 +31,9 @@ export function signedImage(prefix: string): { dir: string; manifest: string; co
 /**
  * A ConfigServer in this process on 127.0.0.1 serving a fresh signedImage (`nightly`), or two images
  * (`weekly` too, a copy sharing its record), with `remapper`; a client for `nightly`. Its log lines are
- * kept in `lines`. Everything goes at `t`'s teardown.
+ * kept in `lines`; its metrics go to `opts.metrics` when given. Everything goes at `t`'s teardown.
  */
-export async function serveFakeImage(t: { teardown(fn: () => unknown): void }, remapper: Remapper, intervalMs = 0, opts: { twoImages?: boolean } = {}) {
+export async function serveFakeImage(t: { teardown(fn: () => unknown): void }, remapper: Remapper, intervalMs = 0, opts: { twoImages?: boolean; metrics?: ServeMetrics } = {}) {
   const { dir, manifest } = signedImage('extfs-serve-unit-')
   const manifests = [manifest]
   if (opts.twoImages) {
@@ -42,7 +43,7 @@ export async function serveFakeImage(t: { teardown(fn: () => unknown): void }, r
   const state = new ServeState(path.join(dir, 'serve.db'))
   const lines: string[] = []
   const log = pino({ level: 'debug' }, { write: (l: string) => lines.push(l) })
-  const server = new ConfigServer({ manifests, key: KEY, state, log, remapper, intervalMs, leaseMs: 5000 })
+  const server = new ConfigServer({ manifests, key: KEY, state, log, remapper, intervalMs, leaseMs: 5000, metrics: opts.metrics })
   const addr = await server.listen('127.0.0.1', 0)
   const url = `http://127.0.0.1:${addr.port}/nightly`
   const client = new ConfigClient(url, KEY)
