@@ -89,10 +89,11 @@ export function exportSentence(r: ExportJson): string {
   return `exported ${r.inodes} inodes to ${r.manifest}, config ID ${r.configId}${held}`
 }
 
-/** `r` must not be `released`: the CLI turns that into exit 7 before. */
+/** A released image is no result: the CLI exits 7 before (StaleError). */
 export function remapResult(manifest: string, r: RemapResult, durationMs: number): RemapJson {
+  if (r.state === 'released' || !r.mapper) throw new Error(`remap of ${manifest}: no result to print for state ${r.state}`)
   const out: RemapJson = {
-    schema: 'extfs.remap/1', manifest, state: r.state as RemapJson['state'], configId: r.configId, mapper: r.mapper!,
+    schema: 'extfs.remap/1', manifest, state: r.state, configId: r.configId, mapper: r.mapper,
     ...(r.compared ? { compared: r.compared } : {}), manifestBytes: r.manifestBytes, durationMs,
   }
   const d = r.delta
