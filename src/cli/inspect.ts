@@ -9,7 +9,7 @@ import { checkBodyV2 } from '../native-engine/mapped-tables'
 export interface Summary {
   configId: string
   /** Manifest format version: 1 JSON, 2 binary. */
-  version: number
+  format: number
   frozenImage: Manifest['frozenImage']
   createdAt: string
   host: string
@@ -113,7 +113,7 @@ export function summarizeFile(file: string, key?: Buffer): Summary {
   }
   const largeAcls = tally.largeAcl.size === 0 ? [] : pathsOf(tally.largeAcl, tally.dirs, header.root, pass)
   return {
-    configId: header.configId, version: header.version, frozenImage: header.frozenImage, createdAt: header.createdAt, host: header.source.host,
+    configId: header.configId, format: header.version, frozenImage: header.frozenImage, createdAt: header.createdAt, host: header.source.host,
     signed: !!header.signature, inodes: tally.inodes, bytes: tally.bytes, extents: tally.extents, extentBytes: tally.extentBytes,
     inlineFiles: tally.inlineFiles,
     devices: header.devices.map((d) => ({ id: d.id, size: d.size, hint: d.hint, identity: d.identity, fingerprints: d.fingerprints.length })),
@@ -159,7 +159,7 @@ export function formatSummary(s: Summary): string {
   const kinds = Object.entries(s.inodes).map(([k, n]) => `${n} ${k}`).join(', ')
   const lines = [
     `config ID     ${s.configId}`,
-    `format        version ${s.version} (${s.version === 1 ? 'JSON' : 'binary'})`,
+    `format        version ${s.format} (${s.format === 1 ? 'JSON' : 'binary'})`,
     `frozen image  ${s.frozenImage.kind}${s.frozenImage.mechanism ? ` (${s.frozenImage.mechanism} at ${s.frozenImage.imagePath})` : ''} of ${s.frozenImage.mountpoint} (${s.frozenImage.fsType}) on ${s.host} at ${s.createdAt}`,
     `signed        ${s.signed ? 'yes (hmac-sha256)' : 'no'}`,
     `inodes        ${kinds}`,

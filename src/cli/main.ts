@@ -4,8 +4,6 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { Command, CommanderError, Option } from 'commander'
 import { ExitCode, ExtfsError, StaleError } from '../errors'
-import type { FrozenImage, ManifestHeader } from '../manifest/types'
-import type { ReleaseResult } from '../frozen/release'
 import { printable } from '../manifest/names'
 import { readKeyFile } from '../manifest/sign'
 import { createLogger } from '../log'
@@ -14,26 +12,12 @@ import { DEFAULT_CARRY_MAX, exportImage } from '../export/export'
 import { DEFAULT_LOG_FILE } from '../mover/daemon'
 import { DEFAULT_REMAP_CACHE_BYTES } from '../service/remap-worker'
 import { DEFAULT_STATE_PATH } from '../service/state'
-import { caOption, deviceOption, keyOption, leaseOption, logLevelOption, parseCarryMax, prefetchWindowOption, parseMiB, parseSeconds } from './options'
+import { caOption, deviceOption, jsonOption, keyOption, leaseOption, logLevelOption, parseCarryMax, prefetchWindowOption, parseMiB, parseSeconds } from './options'
+import { exportResult, exportSentence, inspectResult, printResult, releaseResult, releaseSentence, remapResult, remapSentence, verifyResult, verifySentence } from './results'
 
 // The other commands' modules are loaded when they run (`await import`), not all at start: an export
 // would otherwise load serve's, the view's and remap's code too, CPU the owner pays every night
 // (docs/file-server-scale.md).
-
-/** What export says about the image it holds and how to end it. */
-function heldImage(m: { frozenImage: FrozenImage }, output: string): string {
-  const f = m.frozenImage
-  if (f.kind === 'freeze') return `; ${f.mountpoint} stays frozen until: extfs release ${output}`
-  if (f.kind === 'snapshot') return `; image: ${f.mechanism} at ${f.imagePath}, kept until: extfs release ${output}`
-  return ''
-}
-
-function describeRelease(r: ReleaseResult, m: ManifestHeader | undefined): string {
-  const parts = [r.configId ? `released ${r.configId}` : 'released the image of an export that did not finish']
-  if (r.thawed !== undefined) parts.push(r.thawed ? `${m?.frozenImage.mountpoint ?? 'the filesystem'} thawed` : `${m?.frozenImage.mountpoint ?? 'the filesystem'} was not frozen`)
-  if (r.removed) parts.push(`removed ${r.removed}`)
-  return parts.join('; ')
-}
 
 function key(opts: { key?: string }): Buffer | undefined {
   return opts.key ? readKeyFile(opts.key) : undefined
@@ -60,17 +44,19 @@ export function buildProgram(): Command {
     .addOption(new Option('--format <version>', 'manifest format version (default: 1 from the VFS walker, 2 from the bulk mapper)').choices(['1', '2']))
     .option('--record <file>', 'where to publish the config-ID record (default: <manifest>.config-id)')
     .addOption(keyOption())
+    .addOption(jsonOption())
     .addOption(logLevelOption())
     .action((paths: string[], o) => {
       requireRoot('export')
       const log = createLogger({ level: o.logLevel })
+      const started = Date.now()
       const m = exportImage({
         paths, output: o.output, frozenImage: o.frozenImage, assumeStable: !!o.assumeStable, record: o.record, key: key(o),
         preFreeze: o.preFreeze, postThaw: o.postThaw, carryMax: o.carryMax, throughLoop: !!o.throughLoop, warn: (msg) => log.warn(msg),
         mapper: o.mapper, format: o.format === undefined ? undefined : (Number(o.format) as 1 | 2),
       })
-      log.debug({ output: path.resolve(o.output), configId: m.configId, inodes: m.inodes, mapper: m.mapper, format: m.format, ...m.bulk }, 'exported')
-      process.stdout.write(`exported ${m.inodes} inodes to ${o.output}, config ID ${m.configId}${heldImage(m, o.output)}\n`)
+      log.debug({ output: m.manifest, configId: m.configId, inodes: m.inodes, mapper: m.mapper, format: m.format, ...m.bulk }, 'exported')
+      printResult(o.json, exportResult(m, Date.now() - started), exportSentence)
     })
 
   program.command('mount')
@@ -96,11 +82,10 @@ export function buildProgram(): Command {
   program.command('status')
     .description('every view on this host (or the one at <mountpoint>) as it reports itself: source, config ID, lease, what it served; exit 0 when all serve, 7 when one serves nothing (released, not current, lease run out), 12 when one does not answer')
     .argument('[mountpoint]')
-    .option('--json', 'one JSON object (docs/json.md)')
+    .addOption(jsonOption().conflicts('prometheus'))
     .option('--prometheus', 'Prometheus text format, for node_exporter\'s textfile collector')
     .action(async (mountpoint: string | undefined, o) => {
       const { formatStatus, gatherStatus, statusExitCode } = await import('./status')
-      if (o.json && o.prometheus) throw new ExtfsError(ExitCode.Usage, '--json and --prometheus: choose one')
       const r = await gatherStatus(mountpoint)
       const text = o.prometheus ? await (await import('./status-metrics')).statusMetrics(r) : o.json ? JSON.stringify(r) + '\n' : formatStatus(r) + '\n'
       process.stdout.write(text)
@@ -110,14 +95,13 @@ export function buildProgram(): Command {
   program.command('inspect')
     .description('files, bytes, extents, devices, frozen image and config ID of a manifest')
     .argument('<manifest>')
-    .option('--json', 'machine-readable output')
+    .addOption(jsonOption().conflicts('inodes'))
     .option('--inodes', 'every inode as a line of JSON (the version 1 form), after a line with the header; either version, streamed')
     .addOption(keyOption())
     .action(async (manifest: string, o) => {
       const { formatSummary, printInodes, summarizeFile } = await import('./inspect')
       if (o.inodes) return printInodes(manifest, key(o), (line) => process.stdout.write(line + '\n'))
-      const s = summarizeFile(manifest, key(o))
-      process.stdout.write((o.json ? JSON.stringify(s, null, 2) : formatSummary(s)) + '\n')
+      printResult(o.json, inspectResult(path.resolve(manifest), summarizeFile(manifest, key(o))), formatSummary)
     })
 
   program.command('verify')
@@ -125,12 +109,13 @@ export function buildProgram(): Command {
     .argument('<manifest>')
     .addOption(deviceOption())
     .addOption(keyOption())
+    .addOption(jsonOption())
     .action(async (manifest: string, o) => {
       requireRoot('verify')
       const { loadImage } = await import('../mover/load')
       const image = loadImage(manifest, { key: key(o), deviceOverrides: o.device })
       for (const d of image.devices) d.close()
-      process.stdout.write(`ok: config ID ${image.manifest.configId} is current; devices ${image.devices.map((d) => `${d.id}=${d.path}`).join(' ')} match\n`)
+      printResult(o.json, verifyResult(path.resolve(manifest), image), verifySentence)
     })
 
   program.command('release')
@@ -138,6 +123,7 @@ export function buildProgram(): Command {
     .argument('<manifest>')
     .addOption(keyOption())
     .option('--grace <seconds>', 'wait this long between publishing "released" and ending the image (give extfs serve\'s --lease)', parseSeconds('--grace', 0), 0)
+    .addOption(jsonOption())
     .action(async (manifest: string, o) => {
       requireRoot('release')
       const { releaseFromJournal, releaseImage } = await import('../frozen/release')
@@ -147,31 +133,28 @@ export function buildProgram(): Command {
         // Export died before writing the manifest: its journal lists what it had begun to create.
         const r = releaseFromJournal(file)
         if (!r) throw new ExtfsError(ExitCode.BadManifest, `${manifest}: no manifest, and no journal of an unfinished export (${manifest}.frozen-image): nothing to release`)
-        process.stdout.write(describeRelease(r, undefined) + '\n')
+        printResult(o.json, releaseResult(file, r), releaseSentence)
         return
       }
       const m = readManifestHeader(manifest, key(o))
-      process.stdout.write(describeRelease(releaseImage(file, m, Math.round(o.grace * 1000)), m) + '\n')
+      printResult(o.json, releaseResult(file, releaseImage(file, m, Math.round(o.grace * 1000))), releaseSentence)
     })
 
   program.command('remap')
     .description('map the frozen image again; publish a delta of the files whose extents moved and a new config ID')
     .argument('<manifest>')
     .addOption(keyOption())
+    .addOption(jsonOption())
     .addOption(logLevelOption())
     .action(async (manifest: string, o) => {
       requireRoot('remap')
       const log = createLogger({ level: o.logLevel })
       const { remapImage } = await import('../remap/remap')
+      const started = Date.now()
       const r = remapImage(manifest, { key: key(o), warn: (msg) => log.warn(msg) })
       if (r.state === 'released') throw new StaleError(`frozen image ${r.configId} was released: nothing to remap`)
       log.info({ mapper: r.mapper, compared: r.compared, state: r.state }, 'remap: image mapped again')
-      if (r.state === 'unchanged') {
-        process.stdout.write(`unchanged ${r.configId}\n`)
-        return
-      }
-      const d = r.delta!
-      process.stdout.write(`remapped ${d.from} -> ${d.to}: ${d.files.length} files, ${d.devices.length} new devices, delta ${r.deltaBytes} bytes (manifest ${r.manifestBytes} bytes)\n`)
+      printResult(o.json, remapResult(path.resolve(manifest), r, Date.now() - started), remapSentence)
     })
 
   program.command('serve')

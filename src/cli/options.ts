@@ -28,6 +28,8 @@ export const prefetchWindowOption = () => new Option('--prefetch-window <MiB>', 
     if (!/^[0-9]{1,3}$/.test(value) || n > PREFETCH_WINDOW_MAX_MIB) throw new ExtfsError(ExitCode.Usage, `--prefetch-window takes MiB (a whole number from 0 to ${PREFETCH_WINDOW_MAX_MIB}), got ${value}`)
     return n
   })
+/** The command's result as one JSON object on one line of stdout (docs/json.md), instead of its sentence. */
+export const jsonOption = () => new Option('--json', 'print the result as one line of JSON (schemas: docs/json.md)')
 export const logLevelOption = () => new Option('--log-level <level>', 'pino log level').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info')
 
 /** --carry-max: bytes, at most what a mover accepts inline (LIMITS.inlineBytes). */

@@ -61,6 +61,9 @@ export interface ExportOptions {
 
 /** What export wrote. */
 export interface ExportSummary {
+  /** The manifest and the config-ID record written (absolute paths). */
+  manifest: string
+  record: string
   configId: string
   frozenImage: FrozenImage
   inodes: number
@@ -300,7 +303,7 @@ export function exportImage(opts: ExportOptions): ExportSummary {
       postThaw('taken')
       const h = header(bulk.root, bulk.features, describeDevices(bulk.disks, bulk.samples, bulk.dataChecksums), bulk.dataChecksums)
       assembleV2(output, h, body, bulk.counts, opts.key)
-      summary = { configId, frozenImage, inodes: bulk.counts.inodes, format: 2, mapper: 'bulk', bulk: bulk.figures }
+      summary = { manifest: output, record, configId, frozenImage, inodes: bulk.counts.inodes, format: 2, mapper: 'bulk', bulk: bulk.figures }
     } else {
       const walker = new Walker({ dev: hold.dev, mapper, warn: (m) => opts.warn(toSource(m)), openFile: hold.openFile, carryMax: opts.carryMax, skip: new Set([...hold.skip, journal]), live: hold.live })
       const { root, synthetic } = buildTree(walker, hold.walkPaths, realPaths.map((p) => path.basename(p)))
@@ -317,7 +320,7 @@ export function exportImage(opts: ExportOptions): ExportSummary {
         // record a manifest serves nothing, so a failure here leaves nothing usable behind.
         writeOwnManifest(output, manifest, (inView) => sourcePathOf(inView, synthetic, realPaths))
       }
-      summary = { configId, frozenImage, inodes: inodes.length, format: opts.format ?? 1, mapper: 'vfs' }
+      summary = { manifest: output, record, configId, frozenImage, inodes: inodes.length, format: opts.format ?? 1, mapper: 'vfs' }
     }
     try {
       // The mapping options go into the record so that `extfs remap` maps the image the same way.

@@ -16,7 +16,12 @@ import { probeIdentity } from '../device/identity'
 import { ExtfsError, ExitCode } from '../errors'
 
 export interface ReleaseResult {
+  /** The config ID marked released: the record's (remaps may have moved it past the manifest's); none when no record was found. */
   configId?: string
+  /** The manifest's config ID; none when released from the journal of an export that did not finish. */
+  manifestConfigId?: string
+  /** What held the image, from the manifest or the journal. */
+  frozenImage: Pick<FrozenImage, 'kind' | 'mountpoint'>
   /** freeze: false when the filesystem was not frozen any more (released before, or thawed by hand). */
   thawed?: boolean
   /** snapshot: the image directory removed now, if it was still there. */
@@ -28,15 +33,18 @@ export interface ReleaseResult {
 /**
  * Mark the record released, keeping the config ID and delta chain it has reached (remap moved it past
  * the manifest's); a record that cannot be read is replaced by one naming the manifest's config ID.
+ * Returns the config ID marked.
  */
-function markReleased(file: string, manifestConfigId: string): void {
+function markReleased(file: string, manifestConfigId: string): string {
   let record
   try {
     record = readRecord(file)
   } catch {
     record = undefined
   }
-  writeRecord(file, record?.configId ?? manifestConfigId, 'released', { deltas: record?.deltas, mapping: record?.mapping })
+  const configId = record?.configId ?? manifestConfigId
+  writeRecord(file, configId, 'released', { deltas: record?.deltas, mapping: record?.mapping })
+  return configId
 }
 
 /** The image must still be mounted where export found it, and be the same filesystem. */
@@ -75,9 +83,9 @@ function journalMatches(j: FrozenImageJournal, image: FrozenImage): boolean {
 export function releaseImage(manifestPath: string, manifest: ManifestHeader, graceMs = 0): ReleaseResult {
   const image = manifest.frozenImage
   if (image.kind !== 'none') checkStillMounted(image)
-  markReleased(recordPath(manifestPath, manifest.configRecord), manifest.configId)
+  const configId = markReleased(recordPath(manifestPath, manifest.configRecord), manifest.configId)
   if (graceMs > 0) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, graceMs) // a plain synchronous sleep
-  const result: ReleaseResult = { configId: manifest.configId, fromJournal: false, ...endImage(image, image.imageId) }
+  const result: ReleaseResult = { configId, manifestConfigId: manifest.configId, frozenImage: { kind: image.kind, mountpoint: image.mountpoint }, fromJournal: false, ...endImage(image, image.imageId) }
   const journalPath = journalPathOf(manifestPath)
   const journal = readJournal(journalPath)
   if (journal && journalMatches(journal, image)) removeJournal(journalPath)
@@ -99,7 +107,7 @@ export function releaseFromJournal(manifestPath: string): ReleaseResult | undefi
     // No record (the usual case), or one we cannot read: nothing to mark.
   }
   if (configId) writeRecord(journal.record, configId, 'released')
-  const result: ReleaseResult = { configId, fromJournal: true, ...endImage(journal, journal.imageId) }
+  const result: ReleaseResult = { configId, frozenImage: { kind: journal.kind, mountpoint: journal.mountpoint }, fromJournal: true, ...endImage(journal, journal.imageId) }
   removeJournal(journalPath)
   return result
 }

@@ -26,6 +26,8 @@ export interface LoadedImage {
   manifest: Manifest
   devices: RawDevice[]
   config: ConfigWatch
+  /** The config ID current when loaded: the manifest's, or the later one its record reached through deltas. */
+  configId: string
 }
 
 /**
@@ -44,6 +46,7 @@ export function loadImage(manifestPath: string, opts: LoadOptions): LoadedImage 
   const manifest = native ? readPackedManifest(manifestPath, opts.key) : readCheckedManifest(manifestPath, opts.key)
   const config = new ConfigWatch(opts.recordFile ?? recordPath(manifestPath, manifest.configRecord), manifest.configId)
   let current: CurrentDevices = { devices: manifest.devices, retired: new Set() }
+  let configId = manifest.configId
   const verdict = config.check()
   if (!verdict.ok) {
     // The native engine follows a record that moved on through deltas (src/mover/follow.ts), from its
@@ -51,10 +54,11 @@ export function loadImage(manifestPath: string, opts: LoadOptions): LoadedImage 
     const record = native ? followable(config.file) : undefined
     if (!record) throw new StaleError(`frozen image not current: ${verdict.reason}`)
     current = devicesOfChain(manifest, config.file, record, opts.key)
+    configId = record.configId
   }
   const deviceEnds = mappedTablesOf(manifest)?.deviceEnds
   const devices = resolveDevices(manifest, current, opts.deviceOverrides, deviceEnds)
-  return { manifest, devices, config }
+  return { manifest, devices, config, configId }
 }
 
 /**

@@ -7,6 +7,7 @@ import * as path from 'node:path'
 import { withLoopFs } from '../helpers/loopfs'
 import { snapshotTree, diffTrees } from '../helpers/tree'
 import { EXTFS, extfs, release, scratchDir } from '../helpers/extfs'
+import { jsonResult } from '../helpers/json-results'
 
 const FILES = 4000
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
@@ -46,16 +47,18 @@ t.test('an export killed half-way is cleaned up by release', async (t) => {
       t.match(bad.stderr, /is not where extfs keeps image .*left untouched/)
       writeFileSync(journalPath, JSON.stringify(journal))
 
-      const r = await extfs(['release', manifest])
-      t.equal(r.code, 0, `release: ${r.stderr}`)
-      t.match(r.stdout, /released the image of an export that did not finish; removed /)
+      // (Its sentence without --json, from the same object: test/unit/json-results.test.ts.)
+      const r = jsonResult(t, await extfs(['release', manifest, '--json']), 'extfs.release/1', 'release')
+      t.same(r, { schema: 'extfs.release/1', manifest, fromJournal: true, frozenImage: { kind: 'snapshot', mountpoint: fs.mountpoint }, removed: journal.imagePath },
+        'release --json: from the journal, no config ID (export published no record), the clone directory removed')
       t.same(existsSync(images) ? readdirSync(images) : [], [], 'no image left in .extfs-images')
       t.notOk(existsSync(journalPath), 'journal removed')
       t.same(diffTrees(before, await snapshotTree(data, { timePrecisionNs: 1, xattrs: false, acls: false })), [], "the owner's files are untouched")
 
-      const twice = await extfs(['release', manifest])
+      const twice = await extfs(['release', manifest, '--json'])
       t.equal(twice.code, 3, 'a second release finds nothing to do')
-      t.match(twice.stderr, /nothing to release/)
+      t.match(twice.stderr, /^extfs: .*nothing to release\n$/)
+      t.equal(twice.stdout, '', 'and prints nothing on stdout, also with --json')
 
       const again = await extfs(['export', data, '--output', manifest, '--frozen-image', 'snapshot'])
       t.equal(again.code, 0, `a new export to the same manifest works after release: ${again.stderr}`)

@@ -15,6 +15,7 @@ import { readChain } from '../../src/delta/io'
 import type { ImageMap } from '../../src/delta/chain'
 import { readRecord, recordPath } from '../../src/configid/record'
 import { readManifestFile } from '../../src/manifest/io'
+import { jsonResult } from '../helpers/json-results'
 
 const KiB = 1024
 const MiB = 1024 * KiB
@@ -81,18 +82,19 @@ t.test('XFS clone set: unchanged, xfs_fsr of three clones, released', async (t) 
     const expected = await contentsByIno(data)
     const manifest = path.join(state, 'xfs.json')
     try {
-      const exp = await extfs(['export', data, '--output', manifest, '--frozen-image', 'snapshot'])
-      t.equal(exp.code, 0, `export: ${exp.stderr}`)
+      const exported = jsonResult(t, await extfs(['export', data, '--output', manifest, '--frozen-image', 'snapshot', '--json']), 'extfs.export/1', 'export')
       const m = readJson(manifest)
       t.equal(m.frozenImage.mechanism, 'clone-set')
+      t.same(exported.frozenImage, { kind: 'snapshot', mountpoint: fs.mountpoint, fsType: 'xfs', mechanism: 'clone-set', imagePath: m.frozenImage.imagePath }, 'export --json names the clone set')
+      t.equal(exported.configId, m.configId)
       const record = `${manifest}.config-id`
       t.match(readJson(record), { mapping: { throughLoop: false, carryMax: 65536 } }, 'export keeps its mapping options in the record')
 
       // a. Nothing moved: nothing written.
       const recordBefore = readFileSync(record, 'utf8')
-      const same = await extfs(['remap', manifest])
-      t.equal(same.code, 0, `remap: ${same.stderr}`)
-      t.equal(same.stdout, `unchanged ${m.configId}\n`)
+      const same = jsonResult(t, await extfs(['remap', manifest, '--json']), 'extfs.remap/1', 'remap')
+      t.match(same, { state: 'unchanged', configId: m.configId, mapper: 'vfs', manifestBytes: statSync(manifest).size })
+      t.notOk('from' in same || 'delta' in same, 'no delta fields when unchanged')
       t.notOk(existsSync(`${manifest}.delta-1`), 'no delta file')
       t.equal(readFileSync(record, 'utf8'), recordBefore, 'record untouched')
 
@@ -102,11 +104,11 @@ t.test('XFS clone set: unchanged, xfs_fsr of three clones, released', async (t) 
         const clone = path.join(m.frozenImage.imagePath, String(ino))
         await runOk('xfs_fsr', ['-v', clone])
       }
-      const moved = await extfs(['remap', manifest])
-      t.equal(moved.code, 0, `remap: ${moved.stderr}`)
-      const match = REMAPPED.exec(moved.stdout)
-      t.ok(match, `remapped line: ${moved.stdout}`)
+      const moved = jsonResult(t, await extfs(['remap', manifest, '--json']), 'extfs.remap/1', 'remap')
       const delta = readJson(`${manifest}.delta-1`)
+      t.match(moved, {
+        state: 'remapped', configId: delta.to, from: m.configId, to: delta.to, delta: `${manifest}.delta-1`, seq: 1, files: delta.files.length, newDevices: 0, retiredDevices: 0,
+      }, 'remap --json names the delta it wrote')
       t.same(delta.files.map((f: { ino: number }) => f.ino), bigInos, 'the delta holds exactly the three defragmented files')
       t.match(delta, { format: 'extfs-delta', version: 1, image: m.configId, seq: 1, from: m.configId, devices: [] })
       t.equal(delta.files.every((f: { extents: unknown[] }) => f.extents.length === 1), true, 'each now one extent')
@@ -115,21 +117,27 @@ t.test('XFS clone set: unchanged, xfs_fsr of three clones, released', async (t) 
       t.match(readJson(record), { configId: delta.to, state: 'current', deltas: [path.basename(manifest) + '.delta-1'], mapping: { throughLoop: false } })
       const deltaBytes = statSync(`${manifest}.delta-1`).size
       const manifestBytes = statSync(manifest).size
-      t.equal(Number(match?.[5]), deltaBytes)
-      t.equal(Number(match?.[6]), manifestBytes)
+      t.equal(moved.deltaBytes, deltaBytes)
+      t.equal(moved.manifestBytes, manifestBytes)
       t.comment(`xfs_fsr of 3 of 203 files: delta ${deltaBytes} bytes vs manifest ${manifestBytes} bytes (${(100 * deltaBytes / manifestBytes).toFixed(1)}%)`)
       checkRaw(t, currentMap(manifest), expected, 'after xfs_fsr')
 
       const again = await extfs(['remap', manifest])
       t.equal(again.stdout, `unchanged ${delta.to}\n`, 'the chain is read back: nothing moved since')
+      const verified = jsonResult(t, await extfs(['verify', manifest, '--json']), 'extfs.verify/1', 'verify')
+      t.match(verified, { configId: delta.to, manifestConfigId: m.configId, devices: [{ id: 'd0', path: fs.fsDevice }] }, 'verify --json: current under the delta\'s config ID')
 
       // e. Released: exit 7, nothing written.
-      t.equal((await extfs(['release', manifest])).code, 0)
+      const rel = jsonResult(t, await extfs(['release', manifest, '--json']), 'extfs.release/1', 'release')
+      t.same(rel, {
+        schema: 'extfs.release/1', manifest, configId: delta.to, manifestConfigId: m.configId, fromJournal: false,
+        frozenImage: { kind: 'snapshot', mountpoint: fs.mountpoint }, removed: m.frozenImage.imagePath,
+      }, 'release --json: the config ID the record reached is released, the clone set removed')
       const released = readFileSync(record, 'utf8')
-      const r = await extfs(['remap', manifest])
+      const r = await extfs(['remap', manifest, '--json'])
       t.equal(r.code, 7, 'Stale')
       t.match(r.stderr, /^extfs: frozen image \S+ was released: nothing to remap\n$/)
-      t.equal(r.stdout, '')
+      t.equal(r.stdout, '', 'nothing on stdout, also with --json')
       t.notOk(existsSync(`${manifest}.delta-2`), 'no delta written')
       t.equal(readFileSync(record, 'utf8'), released, 'record untouched')
     } finally {

@@ -9,6 +9,7 @@ import { extfs, ensureUnmounted, release, scratchDir, startServe } from '../help
 import { remountReadOnly, withLoopFs } from '../helpers/loopfs'
 import { seededBytes } from '../helpers/populate'
 import { viewState } from '../helpers/tamper'
+import { resultFaults } from '../helpers/json-results'
 import type { StatusReport, ViewEntry } from '../../src/cli/status'
 import type { ViewStatus } from '../../src/mover/control'
 
@@ -19,9 +20,13 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 const SIZES: Record<string, number> = { 'a': 100, 'b': 5000, 'sub/c': 70 * KiB, 'sub/d': 0, 'large': 6 * 1024 * KiB + 3 }
 const TOTAL_BYTES = Object.values(SIZES).reduce((a, b) => a + b, 0)
 
+/** `extfs status --json`: its exit code and its object, which must fit docs/json.md's schema. */
 async function status(args: string[]): Promise<{ code: number; report: StatusReport; stderr: string }> {
   const r = await extfs(['status', ...args, '--json'])
-  return { code: r.code ?? -1, report: JSON.parse(r.stdout) as StatusReport, stderr: r.stderr }
+  const report = JSON.parse(r.stdout) as StatusReport
+  const faults = resultFaults(report)
+  if (faults.length > 0) throw new Error(`extfs status --json does not fit its schema: ${faults.join('; ')}`)
+  return { code: r.code ?? -1, report, stderr: r.stderr }
 }
 
 async function viewOf(mnt: string): Promise<{ code: number; view: ViewEntry }> {

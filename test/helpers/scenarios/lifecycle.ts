@@ -13,6 +13,7 @@ import { withLoopFs } from '../loopfs'
 import { seededBytes } from '../populate'
 import { assertRefused, cli, extfsMounts, Loose, mountsAt, readJson, recordOf, replaceAtomically, viewState, WITHOUT_TEST_HOOKS } from '../tamper'
 import { useEngine, type Engine } from '../engines'
+import { jsonResult } from '../json-results'
 
 const KiB = 1024
 const MiB = 1024 * KiB
@@ -91,16 +92,20 @@ async function lifecycle(t: Test, engine: Engine): Promise<void> {
     }
     const manifest = path.join(state, 'm.json')
     try {
-      const exp = await cli(['export', data, '--output', manifest, '--frozen-image', 'freeze', '--mapper', 'vfs']) // reads the v1 JSON
-      t.equal(exp.code, 0, `export: ${exp.stderr}`)
+      const exp = await cli(['export', data, '--output', manifest, '--frozen-image', 'freeze', '--mapper', 'vfs', '--json']) // reads the v1 JSON
+      const exported = jsonResult(t, exp, 'extfs.export/1', 'export')
       const m = await readJson(manifest)
       const record = recordOf(manifest, m)
+      t.match(exported, { manifest, record, configId: m.configId, format: 1, mapper: 'vfs', inodes: m.inodes.length }, 'export --json names what it wrote')
+      t.same(exported.frozenImage, { kind: 'freeze', mountpoint: fs.mountpoint, fsType: 'ext4' }, 'and what holds the image')
 
       await t.test('verify: exit 0 and one line on a good image', async (t) => {
         const r = await cli(['verify', manifest])
         t.equal(r.code, 0, `verify: ${r.stderr}`)
         t.equal(r.stderr, '')
         t.match(r.stdout, new RegExp(`^ok: config ID ${m.configId} is current; devices d0=/dev/\\S+ match\\n$`), 'one line naming config ID and device')
+        const j = jsonResult(t, await cli(['verify', manifest, '--json']), 'extfs.verify/1', 'verify')
+        t.same(j, { schema: 'extfs.verify/1', manifest, configId: m.configId, manifestConfigId: m.configId, state: 'current', devices: [{ id: 'd0', path: fs.fsDevice }] })
       })
 
       await t.test('inspect and inspect --json agree with the manifest', async (t) => {
@@ -117,10 +122,10 @@ async function lifecycle(t: Test, engine: Engine): Promise<void> {
         t.same(kinds, { dir: 3, file: 5 }, 'the manifest itself holds 3 dirs and 5 files')
         t.equal(bytes, Object.values(FILES).reduce((s, b) => s + b.length, 0), 'and the bytes written')
 
-        const j = await cli(['inspect', manifest, '--json'])
-        t.equal(j.code, 0, `inspect --json: ${j.stderr}`)
-        const s = JSON.parse(j.stdout)
+        const s = jsonResult(t, await cli(['inspect', manifest, '--json']), 'extfs.inspect/1', 'inspect')
+        t.equal(s.manifest, manifest)
         t.equal(s.configId, m.configId)
+        t.equal(s.format, 1)
         t.same(s.inodes, kinds, 'inode counts by kind')
         t.equal(s.bytes, bytes, 'file bytes')
         t.equal(s.extents, extents, 'extent count')
@@ -333,9 +338,8 @@ async function lifecycle(t: Test, engine: Engine): Promise<void> {
         const open = await fsp.open(path.join(mnt, 'big.bin'), 'r') // opened before, read only after the release
         t.teardown(() => open.close())
 
-        const rel = await cli(['release', manifest])
-        t.equal(rel.code, 0, `release: ${rel.stderr}`)
-        t.match(rel.stdout, new RegExp(`^released ${m.configId}; .* thawed\\n$`))
+        const rel = jsonResult(t, await cli(['release', manifest, '--json']), 'extfs.release/1', 'release')
+        t.same(rel, { schema: 'extfs.release/1', manifest, configId: m.configId, manifestConfigId: m.configId, fromJournal: false, frozenImage: { kind: 'freeze', mountpoint: fs.mountpoint }, thawed: true })
         t.equal(JSON.parse(await fsp.readFile(record, 'utf8')).state, 'released', 'the record says released')
 
         const cat = await run('cat', [path.join(mnt, 'hello.txt')])
@@ -352,14 +356,16 @@ async function lifecycle(t: Test, engine: Engine): Promise<void> {
           'and the refused read')
         t.ok(lines.every((l) => !l.unparsed), 'the log is JSON lines only')
 
-        const v = await cli(['verify', manifest])
-        assertRefused(t, v, 7, /frozen image not current: frozen image \S+ was released/, 'verify')
+        const v = await cli(['verify', manifest, '--json'])
+        assertRefused(t, v, 7, /frozen image not current: frozen image \S+ was released/, 'verify --json')
+        t.equal(v.stdout, '', 'a failure prints nothing on stdout, also with --json')
         const other = await freshMountpoint(state)
         const mo = await cli(['mount', manifest, other.mnt, '--log-file', other.log])
         assertRefused(t, mo, 7, /frozen image not current/, 'a new mount')
         t.same(mountsAt(other.mnt), [], 'nothing mounted')
         const again = await cli(['release', manifest])
         t.equal(again.code, 0, `releasing twice is harmless: ${again.stderr}`)
+        t.equal(again.stdout, `released ${m.configId}; ${fs.mountpoint} was not frozen\n`, 'and says so')
       })
     } finally {
       await release(manifest)
