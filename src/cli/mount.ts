@@ -10,7 +10,9 @@ import { createLogger } from '../log'
 import { readKeyFile } from '../manifest/sign'
 import { checkMountpoint, requireFuse, requireRoot } from '../mover/checks'
 import { runView, type RemoteSource } from '../mover/run-view'
-import { DEFAULT_LOG_FILE, READY_FD_ENV, reportReady, startBackground } from '../mover/daemon'
+import { DEFAULT_LOG_FILE, READY_FD_ENV, readyPipeProgress, reportReady, startBackground } from '../mover/daemon'
+import { progressMode, startProgress, type Progress } from './progress'
+import type { Counts, ProgressSink } from '../progress'
 import { unmountView } from '../mover/umount'
 import { loadState, takeReport, type ViewReport } from '../mover/state'
 import { finalRemap } from '../mover/final-remap'
@@ -33,6 +35,9 @@ export interface MountCliOptions {
   report?: boolean
   /** `extfs backup`: mount on this empty directory, kept afterwards, instead of a new private one. */
   mountpoint?: string
+  /** Progress on stderr: none; JSON lines (else a status line on a terminal). */
+  quiet?: boolean
+  json?: boolean
 }
 
 /** An image `extfs serve` answers for, rather than a manifest file. */
@@ -91,19 +96,46 @@ function backgroundPreflight(source: string, o: MountCliOptions, mountpoint?: st
   if (mountpoint) checkMountpoint(mountpoint)
 }
 
+/**
+ * The manifest's load as progress: shown by this process (a status line or JSON lines on stderr), or,
+ * in the child of a background mount, sent to the parent over the ready pipe (src/mover/daemon.ts).
+ */
+function loadProgress(o: MountCliOptions): { sink?: ProgressSink; finish(): void } {
+  const pipe = readyPipeProgress()
+  if (pipe) return { sink: pipe, finish() {} }
+  return remembering(startProgress({ command: 'mount', mode: progressMode(o) }))
+}
+
+/** A reporter that remembers the counts last reported, for its final line. */
+function remembering(progress: Progress): { sink: ProgressSink; finish(): void } {
+  let last: Counts = { files: 0, bytes: 0 }
+  return {
+    sink: {
+      setPhase: (phase, total) => ((last = { files: 0, bytes: 0 }), progress.setPhase(phase, total)),
+      update: (done, total) => ((last = { ...done }), progress.update(done, total)),
+    },
+    finish: () => progress.finish(last),
+  }
+}
+
 export async function mountCommand(source: string, mountpoint: string, o: MountCliOptions): Promise<void> {
   if (!o.foreground) {
     backgroundPreflight(source, o, mountpoint)
-    await startBackground(childArgs(source, path.resolve(mountpoint), o), o.logFile ?? DEFAULT_LOG_FILE)
+    const progress = remembering(startProgress({ command: 'mount', mode: progressMode(o) }))
+    await startBackground(childArgs(source, path.resolve(mountpoint), o), o.logFile ?? DEFAULT_LOG_FILE, progress.sink)
+    progress.finish()
     return
   }
   const log = createLogger({ level: o.logLevel, file: o.logFile })
+  const progress = loadProgress(o)
   let failure: Error | undefined
   await runView({
     manifestPath: absoluteSource(source), remote: remoteSource(source, o), mountpoint, allowOther: !!o.allowOther, key: readKey(o),
     deviceOverrides: o.device, log, report: !!o.report, prefetchWindowBytes: o.prefetchWindow === undefined ? undefined : o.prefetchWindow * 2 ** 20,
+    progress: progress.sink,
     onReady: (err) => {
       failure = err
+      if (!err) progress.finish()
       if (process.env[READY_FD_ENV]) reportReady(err)
     },
   })

@@ -24,12 +24,12 @@ export interface ProgressCounts {
 
 export interface Progress {
   /** Counts done so far (absolute, not increments); cheap to call very often: output is throttled. */
-  update(done: ProgressCounts, total?: ProgressCounts): void
+  update(done: ProgressCounts, total?: Partial<ProgressCounts>): void
   /**
    * A new phase of the work (named in JSON's `phase` and the line): its counts start again, as may its
    * total (undefined: none known), and the rate's window starts afresh. Written at once.
    */
-  setPhase(phase: string, total?: ProgressCounts): void
+  setPhase(phase: string, total?: Partial<ProgressCounts>): void
   /** Final line/object (always written in line/json mode, even if no update came), then stops. */
   finish(done: ProgressCounts): void
 }
@@ -38,7 +38,8 @@ export interface ProgressOptions {
   command: 'export' | 'mount' | 'backup'
   phase?: string
   mode: ProgressMode
-  total?: ProgressCounts
+  /** A field absent (or the whole) when unknown. */
+  total?: Partial<ProgressCounts>
   stream?: NodeJS.WritableStream
   /** Between outputs, ms: default 100 on a terminal (10 per second), 1000 for JSON lines. */
   intervalMs?: number
@@ -87,7 +88,7 @@ class Reporter implements Progress {
   private readonly intervalMs: number
   private readonly started: number
   private phase: string | undefined
-  private total: ProgressCounts | undefined
+  private total: Partial<ProgressCounts> | undefined
   private files = 0
   private bytes = 0
   private calls = 0
@@ -108,7 +109,7 @@ class Reporter implements Progress {
     this.samples = [{ t: this.started, files: 0, bytes: 0 }]
   }
 
-  update(done: ProgressCounts, total?: ProgressCounts): void {
+  update(done: ProgressCounts, total?: Partial<ProgressCounts>): void {
     this.files = done.files
     this.bytes = done.bytes
     if (total) this.total = total
@@ -123,7 +124,7 @@ class Reporter implements Progress {
     if (t >= this.due) this.emit(t)
   }
 
-  setPhase(phase: string, total?: ProgressCounts): void {
+  setPhase(phase: string, total?: Partial<ProgressCounts>): void {
     if (this.done) return
     const t = this.now()
     this.phase = phase
@@ -193,7 +194,7 @@ export interface Status {
 const MIN_RATE_MS = 200
 
 /** The status at `t`: rate over the window from `window` to now, ETA from it. Pure. */
-export function statusOf(s: { phase?: string; files: number; bytes: number; total?: ProgressCounts; t: number; started: number; pace?: 'files' | 'bytes'; window: Sample }): Status {
+export function statusOf(s: { phase?: string; files: number; bytes: number; total?: Partial<ProgressCounts>; t: number; started: number; pace?: 'files' | 'bytes'; window: Sample }): Status {
   const out: Status = { filesDone: s.files, bytesDone: s.bytes, secondsElapsed: (s.t - s.started) / 1000 }
   if (s.phase !== undefined) out.phase = s.phase
   const span = s.t - s.window.t
@@ -201,12 +202,12 @@ export function statusOf(s: { phase?: string; files: number; bytes: number; tota
     out.filesPerSecond = Math.max(0, (s.files - s.window.files) * 1000 / span)
     out.bytesPerSecond = Math.max(0, (s.bytes - s.window.bytes) * 1000 / span)
   }
-  if (!s.total) return out
-  out.filesTotal = s.total.files
-  out.bytesTotal = s.total.bytes
-  const pace = s.pace ?? (s.total.bytes > 0 ? 'bytes' : 'files')
-  const [done, total, rate] = pace === 'bytes' ? [s.bytes, s.total.bytes, out.bytesPerSecond] : [s.files, s.total.files, out.filesPerSecond]
-  if (total > 0) {
+  const { files, bytes } = s.total ?? {}
+  if (files !== undefined) out.filesTotal = files
+  if (bytes !== undefined) out.bytesTotal = bytes
+  const pace = s.pace ?? (bytes !== undefined && bytes > 0 ? 'bytes' : 'files')
+  const [done, total, rate] = pace === 'bytes' ? [s.bytes, bytes, out.bytesPerSecond] : [s.files, files, out.filesPerSecond]
+  if (total !== undefined && total > 0) {
     out.fraction = Math.min(1, done / total)
     if (rate !== undefined && rate > 0) out.secondsRemaining = Math.max(0, total - done) / rate
   }
@@ -237,6 +238,8 @@ export function summaryMessage(command: string, done: ProgressCounts, secondsEla
 
 /** e.g. `export: map 412,000/1,000,000 files  38.2/95.0 GiB  1.2 GiB/s  ETA 0:47` */
 export function statusLine(command: string, s: Status): string {
+  // A phase without counts yet (taking the image, writing the manifest) is named alone.
+  if (s.filesDone === 0 && s.bytesDone === 0 && s.filesTotal === undefined && s.bytesTotal === undefined) return `${command}:${s.phase ? ' ' + s.phase : ''}`
   const parts = [`${command}:${s.phase ? ' ' + s.phase : ''} ${count(s.filesDone, s.filesTotal)} files`, bytesOf(s.bytesDone, s.bytesTotal)]
   if (s.fraction !== undefined) parts.push(`${(s.fraction * 100).toFixed(1)}%`)
   if (s.bytesPerSecond !== undefined) parts.push(`${bytesOf(s.bytesPerSecond)}/s`)
