@@ -9,6 +9,8 @@
 // the rate of calls. Output happens at most every interval. Work that runs synchronously (export)
 // gets no timer callbacks, so progress is driven by update() calls only, never by a timer.
 
+import type { Counts, ProgressSink } from '../progress'
+
 export type ProgressMode = 'line' | 'json' | 'quiet'
 
 /** quiet if opts.quiet; json if opts.json or stderr is not a terminal; line if stderr is a TTY. */
@@ -17,19 +19,15 @@ export function progressMode(opts: { quiet?: boolean; json?: boolean }, stderr: 
   return opts.json || !stderr.isTTY ? 'json' : 'line'
 }
 
-export interface ProgressCounts {
-  files: number
-  bytes: number
-}
+/** Files and bytes, absolute. */
+export type ProgressCounts = Counts
 
-export interface Progress {
-  /** Counts done so far (absolute, not increments); cheap to call very often: output is throttled. */
-  update(done: ProgressCounts, total?: Partial<ProgressCounts>): void
-  /**
-   * A new phase of the work (named in JSON's `phase` and the line): its counts start again, as may its
-   * total (undefined: none known), and the rate's window starts afresh. Written at once.
-   */
-  setPhase(phase: string, total?: Partial<ProgressCounts>): void
+/**
+ * update(done, total?): counts done so far (absolute, not increments); cheap to call very often:
+ * output is throttled. setPhase(phase, total?): a new phase (named in JSON's `phase` and the line):
+ * its counts start again, as may its total, and the rate's window starts afresh; written at once.
+ */
+export interface Progress extends ProgressSink {
   /** Final line/object (always written in line/json mode, even if no update came), then stops. */
   finish(done: ProgressCounts): void
 }
