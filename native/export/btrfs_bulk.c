@@ -777,6 +777,7 @@ static bool write_inode(struct mapper *m) {
   else if (m->is_reg) write_extents(m);
   else if (m->is_lnk) m2w_bytes(m->inodes_w, m->bytes, m->nbytes);
   m->out->inodes++;
+  bulk_progress_described(m->job->progress, m->out->inodes, r.blocks, 0);
   if (m->is_dir) m->dirs_written_inodes++;
   else m->names_total += m->names;
   return true;
@@ -944,7 +945,10 @@ static bool check_job(struct mapper *m) {
 void bb_map(const struct bb_job *job, struct bb_result *out) {
   memset(out, 0, sizeof *out);
   struct mapper m = {.job = job, .out = out, .whole = job->root == BTRFS_FIRST_FREE_OBJECTID && job->nskip == 0};
-  if (check_job(&m) && (m.whole || (sweep_dirs(&m) && mark_tree(&m))) && sweep_inodes(&m)) append_inodes(&m);
+  // The inodes' total is not known before their sweep: the tree's directories name them, not count them.
+  if (check_job(&m) && (m.whole || (bulk_progress_phase(job->progress, BULK_PHASE_DIRS, 0, 0), sweep_dirs(&m) && mark_tree(&m))) &&
+      (bulk_progress_phase(job->progress, BULK_PHASE_INODES, 0, 0), sweep_inodes(&m)))
+    append_inodes(&m);
   if (out->outcome == BB_OK) {
     // nothing more
   } else if (m.dirs_w && (m.dirs_w->error || (m.inodes_w && m.inodes_w->error))) {

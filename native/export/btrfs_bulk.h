@@ -38,6 +38,7 @@ struct bb_job {
   uint32_t sector_size, node_size, csum_type, csum_size; // BTRFS_IOC_FS_INFO
   int fd;                     // where the body goes
   int inodes_fd;              // an empty scratch file: INODE records wait here while DIR records go to fd
+  struct bulk_progress *progress; // NULL: none; its bytes hold the allocated bytes described
 };
 
 enum bb_outcome { BB_OK, BB_REFUSED, BB_FAILED };

@@ -57,7 +57,7 @@ static bool set_disks(napi_env env, napi_value obj, const struct bb_result *r) {
   return napi_set_named_property(env, obj, "disks", arr) == napi_ok;
 }
 
-static napi_value result_of(napi_env env, const struct bb_result *r) {
+static napi_value result_of(napi_env env, const struct bb_result *r, uint64_t allocated) {
   napi_value obj, samples;
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);
@@ -66,7 +66,7 @@ static napi_value result_of(napi_env env, const struct bb_result *r) {
       !bulk_set_bool(env, obj, "inlineData", r->inline_data) || !bulk_set_bool(env, obj, "dataChecksums", r->data_checksums) ||
       !bulk_set_bool(env, obj, "compressedExtents", r->compressed) || !bulk_set_num(env, obj, "bodyBytes", r->body_bytes) ||
       !bulk_set_num(env, obj, "tableBytes", r->table_bytes) || !bulk_set_num(env, obj, "searches", r->searches) ||
-      !bulk_set_num(env, obj, "peakRssKiB", (uint64_t)ru.ru_maxrss) || (samples = bulk_samples(env, r->samplers, r->ndisks)) == NULL ||
+      !bulk_set_num(env, obj, "peakRssKiB", (uint64_t)ru.ru_maxrss) || !bulk_set_num(env, obj, "allocatedBytes", allocated) || (samples = bulk_samples(env, r->samplers, r->ndisks)) == NULL ||
       napi_set_named_property(env, obj, "samples", samples) != napi_ok || !set_disks(env, obj, r))
     return NULL;
   return obj;
@@ -75,6 +75,7 @@ static napi_value result_of(napi_env env, const struct bb_result *r) {
 napi_value btrfs_bulk_map(napi_env env, napi_callback_info info) {
   ARGS(1);
   struct bb_job job = {0};
+  struct bulk_js_progress progress;
   struct bb_segment *segs = NULL;
   uint64_t *skip = NULL;
   uint64_t tree_fd, root, carry, fd, inodes_fd, sector, node, csum_type, csum_size;
@@ -84,13 +85,15 @@ napi_value btrfs_bulk_map(napi_env env, napi_callback_info info) {
       bulk_prop_uint(env, o, "fd", INT32_MAX, &fd) && bulk_prop_uint(env, o, "inodesFd", INT32_MAX, &inodes_fd) &&
       bulk_prop_uint(env, o, "sectorSize", 65536, &sector) && bulk_prop_uint(env, o, "nodeSize", 65536, &node) &&
       bulk_prop_uint(env, o, "csumType", 255, &csum_type) && bulk_prop_uint(env, o, "csumSize", 64, &csum_size) &&
-      parse_segments(env, o, &segs, &job.nsegments) && bulk_parse_skip(env, o, &skip, &job.nskip)) {
+      parse_segments(env, o, &segs, &job.nsegments) && bulk_parse_skip(env, o, &skip, &job.nskip) &&
+      bulk_parse_progress(env, o, &progress)) {
+    job.progress = &progress.p;
     job.tree_fd = (int)tree_fd, job.root = root, job.carry_max = carry, job.fd = (int)fd, job.inodes_fd = (int)inodes_fd;
     job.sector_size = (uint32_t)sector, job.node_size = (uint32_t)node, job.csum_type = (uint32_t)csum_type, job.csum_size = (uint32_t)csum_size;
     job.segments = segs, job.skip = skip;
     struct bb_result r;
     bb_map(&job, &r);
-    if (r.outcome == BB_OK) out = result_of(env, &r);
+    if (r.outcome == BB_OK) out = result_of(env, &r, progress.p.bytes);
     else bulk_throw_outcome(env, r.outcome == BB_REFUSED, r.why);
     bb_result_free(&r);
   }

@@ -26,4 +26,15 @@ napi_value bulk_samples(napi_env env, const struct bulk_sampler *samplers, uint3
 // ERR_BULK_FAILED (the walker would meet the same problem).
 void bulk_throw_outcome(napi_env env, bool refused, const char *why);
 
+// A bulk mapper's progress reported to options.onProgress(phase, done, bytes, total) (phase "dirs" or
+// "inodes"; bulk.h struct bulk_progress), called synchronously on this thread, inside the N-API call
+// that runs the mapper. Without the option only the bytes are counted.
+struct bulk_js_progress {
+  struct bulk_progress p;
+  napi_env env;
+  napi_value fn; // NULL: none, or it threw
+};
+// Reads options.onProgress (absent or undefined: none; anything else but a function: TypeError).
+bool bulk_parse_progress(napi_env env, napi_value opts, struct bulk_js_progress *jp);
+
 #endif

@@ -242,9 +242,12 @@ static bool read_dir(struct mapper *m, uint32_t dir) {
 }
 
 static bool walk_dirs(struct mapper *m) {
+  bulk_progress_phase(m->job->progress, BULK_PHASE_DIRS, 0, 0);
   if (!enter_dir(m, m->job->root)) return false;
-  while (m->depth > 0)
+  while (m->depth > 0) {
     if (!read_dir(m, m->stack[--m->depth])) return false;
+    bulk_progress_at(m->job->progress, BULK_PHASE_DIRS, m->reached, 0);
+  }
   // Version 1's limit, which the trailer's u32 counts and every reader hold to.
   return m->reached <= M2_MAX_INODES || refuse(m, "%llu inodes in the tree, over %u", (unsigned long long)m->reached, M2_MAX_INODES);
 }
@@ -609,6 +612,7 @@ static bool describe(struct mapper *m, uint32_t ino, struct ext2_inode_large *i)
     else if (type == LINUX_S_IFREG) write_extents(m);
     else if (type == LINUX_S_IFLNK) m2w_bytes(m->w, bytes, nbytes);
     m->out->inodes++;
+    bulk_progress_described(m->job->progress, m->out->inodes, r.blocks, m->reached);
   }
   free(bytes);
   xattrs_done(&h, &xl);
@@ -639,6 +643,7 @@ static bool scan_inodes(struct mapper *m) {
   }
   uint64_t done = 0;
   bool ok = true;
+  bulk_progress_phase(m->job->progress, BULK_PHASE_INODES, 0, m->reached);
   while (ok && done < m->reached) {
     ext2_ino_t ino = 0;
     err = ext2fs_get_next_inode_full(scan, &ino, (struct ext2_inode *)inode, (int)EXT2_INODE_SIZE(m->fs->super));

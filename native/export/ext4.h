@@ -21,6 +21,7 @@ struct e4_job {
   size_t nsegments;
   uint64_t carry_max;        // largest inline file carried in the manifest, bytes
   int fd;                    // where the body goes
+  struct bulk_progress *progress; // NULL: none; its bytes hold the allocated bytes described
 };
 
 enum e4_outcome { E4_OK, E4_REFUSED, E4_FAILED };

@@ -23,7 +23,7 @@ static bool parse_skip(napi_env env, napi_value opts, uint32_t **skip, size_t *n
   return true;
 }
 
-static napi_value result_of(napi_env env, const struct e4_result *r) {
+static napi_value result_of(napi_env env, const struct e4_result *r, uint64_t allocated) {
   napi_value obj, samples;
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);
@@ -31,7 +31,7 @@ static napi_value result_of(napi_env env, const struct e4_result *r) {
       !bulk_set_num(env, obj, "entries", r->entries) || !bulk_set_bool(env, obj, "byteNames", r->byte_names) ||
       !bulk_set_bool(env, obj, "inlineData", r->inline_data) || !bulk_set_bool(env, obj, "directIo", r->direct_io) ||
       !bulk_set_num(env, obj, "bodyBytes", r->body_bytes) || !bulk_set_num(env, obj, "tableBytes", r->table_bytes) ||
-      !bulk_set_num(env, obj, "peakRssKiB", (uint64_t)ru.ru_maxrss) || (samples = bulk_samples(env, r->samplers, r->ndisks)) == NULL ||
+      !bulk_set_num(env, obj, "peakRssKiB", (uint64_t)ru.ru_maxrss) || !bulk_set_num(env, obj, "allocatedBytes", allocated) || (samples = bulk_samples(env, r->samplers, r->ndisks)) == NULL ||
       napi_set_named_property(env, obj, "samples", samples) != napi_ok)
     return NULL;
   return obj;
@@ -40,6 +40,7 @@ static napi_value result_of(napi_env env, const struct e4_result *r) {
 napi_value ext4_bulk_map(napi_env env, napi_callback_info info) {
   ARGS(1);
   struct e4_job job = {0};
+  struct bulk_js_progress progress;
   struct bulk_segment *segs = NULL;
   uint32_t *skip = NULL;
   uint64_t root, carry, fd;
@@ -48,11 +49,12 @@ napi_value ext4_bulk_map(napi_env env, napi_callback_info info) {
   if (device == NULL) return NULL;
   if (bulk_prop_uint(env, argv[0], "root", UINT32_MAX, &root) && bulk_prop_uint(env, argv[0], "carryMax", 1 << 20, &carry) &&
       bulk_prop_uint(env, argv[0], "fd", INT32_MAX, &fd) && bulk_parse_segments(env, argv[0], &segs, &job.nsegments) &&
-      parse_skip(env, argv[0], &skip, &job.nskip)) {
+      parse_skip(env, argv[0], &skip, &job.nskip) && bulk_parse_progress(env, argv[0], &progress)) {
+    job.progress = &progress.p;
     job.device = device, job.root = (uint32_t)root, job.carry_max = carry, job.fd = (int)fd, job.segments = segs, job.skip = skip;
     struct e4_result r;
     e4_map(&job, &r);
-    if (r.outcome == E4_OK) out = result_of(env, &r);
+    if (r.outcome == E4_OK) out = result_of(env, &r, progress.p.bytes);
     else bulk_throw_outcome(env, r.outcome == E4_REFUSED, r.why);
     e4_result_free(&r);
   }

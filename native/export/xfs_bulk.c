@@ -167,7 +167,9 @@ static bool map_all(struct xfs_mapper *m) {
   if (m->cap < 2 || m->cap > XM_FSMAP_RECORDS) return xm_fail(m, "a window of %zu extents", m->cap);
   m->extents = malloc(m->cap * sizeof *m->extents);
   if (m->extents == NULL) return xm_fail(m, "out of memory");
+  bulk_progress_phase(m->job->progress, BULK_PHASE_DIRS, 0, 0);
   if (!xm_peek_open(m) || !xm_walk_dirs(m)) return false;
+  bulk_progress_phase(m->job->progress, BULK_PHASE_INODES, 0, m->reached);
   for (m->lo = 0; m->lo < m->table_len; m->lo = m->hi) {
     if (!m->rmap) m->hi = m->table_len; // one window: extents come per file
     else if (!xm_collect_extents(m)) return false;

@@ -20,6 +20,7 @@ struct xb_job {
   size_t nsegments;
   int fd;                             // where the body goes
   uint32_t window_extents;            // extents held per window (0: XM_FSMAP_RECORDS); tests make it small
+  struct bulk_progress *progress;     // NULL: none; its bytes hold the allocated bytes described
 };
 
 enum xb_outcome { XB_OK, XB_REFUSED, XB_FAILED };

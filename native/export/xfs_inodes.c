@@ -156,6 +156,7 @@ static bool describe(struct xfs_mapper *m, const struct xfs_bulkstat *bs, struct
   struct m2_inode r;
   if (!fields_of(m, bs, &r)) return false;
   if (++m->out->inodes > M2_MAX_INODES) return xm_refuse(m, "over %u inodes", M2_MAX_INODES);
+  bulk_progress_described(m->job->progress, m->out->inodes, r.blocks, m->reached);
   uint32_t type = bs->bs_mode & S_IFMT;
   // Only these need the inode itself: bs_forkoff is 0 when it has no attribute fork (no xattrs), and
   // an attribute fork may be certainly empty on disk.

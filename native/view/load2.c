@@ -201,10 +201,13 @@ int m2_load(const struct m2_load_in *in, struct m2_load_out *out, char *msg, siz
   struct appender *all[] = {&L->inodes, &L->extentv, &L->xattrv, &L->copyv, &L->data};
   for (size_t i = 0; i < sizeof all / sizeof *all; i++) all[i]->buf = alloc(L, APPEND_BYTES, 1);
   map_tables(L);
+  L->read_before = in->body_end - in->body_start; // passes 2 and 3 read the body once more, in order
   m2l_write_dirs(L);
   m2l_check_tree(L);
   m2l_write_inodes(L);
   finish_tables(L);
+  L->w.pos = in->body_end;
+  m2l_progress(L);
   *out = (struct m2_load_out){
     .tables_bytes = L->h->total_size, .n_inodes = L->n, .n_dirents = (uint32_t)L->n_dirents, .n_extents = (uint32_t)L->n_extents,
     .n_xattrs = (uint32_t)L->n_xattrs, .n_copies = (uint32_t)L->n_copies, .names_size = L->n_names, .data_size = L->n_data,

@@ -27,6 +27,11 @@ struct m2_load_in {
   uint32_t block_size;
   uint32_t csum_alg, csum_size, sector_size; // XT_CSUM_* (native/csum.h); all 0 without data-checksums
   int tables_fd; // where the tables are written: emptied first, sized to the image at the end
+  // Progress (NULL: none), called on the loader's thread at each window read (1 MiB) and at the end:
+  // `done` of `total` bytes of reading (the body is read twice: pass 1, then passes 2 and 3 together),
+  // `inodes` written (pass 3) of n_inodes.
+  void (*progress)(void *ctx, uint64_t done, uint64_t total, uint32_t inodes);
+  void *progress_ctx;
 };
 
 struct m2_load_out {

@@ -43,8 +43,15 @@ const char *m2l_quoted(const uint8_t *p, uint64_t len, char *out, size_t out_len
   return out;
 }
 
+void m2l_progress(struct loader *L) {
+  const struct m2_load_in *in = L->in;
+  uint64_t body = in->body_end - in->body_start;
+  if (in->progress) in->progress(in->progress_ctx, L->read_before + (L->w.pos - in->body_start), 2 * body, L->next_rank);
+}
+
 void m2l_fill(struct loader *L, uint64_t want) {
   struct window *w = &L->w;
+  m2l_progress(L);
   uint64_t n = w->end - w->pos < READ_WINDOW ? w->end - w->pos : READ_WINDOW;
   if (n < want) m2l_fail(L, "a record runs past the end of the body (truncated)");
   w->at = w->pos;

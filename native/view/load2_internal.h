@@ -89,6 +89,7 @@ struct loader {
   uint32_t *parent;
   uint32_t n, root_rank;
   uint32_t next_rank; // pass 3: the INODE record's rank
+  uint64_t read_before; // progress: bytes of reading done by the passes before this one
   uint32_t last_rank; // rank_of's hint
 
   // Pass 1's totals, which size the sections; passes 2 and 3 check they write exactly these.
@@ -136,6 +137,8 @@ __attribute__((format(printf, 2, 3), noreturn)) void m2l_fail(struct loader *L, 
 __attribute__((noreturn)) void m2l_changed(struct loader *L);
 const char *m2l_quoted(const uint8_t *p, uint64_t len, char *out, size_t out_len);
 void m2l_fill(struct loader *L, uint64_t want);
+// Tells in->progress how far the passes have read (see load2.h).
+void m2l_progress(struct loader *L);
 int m2l_byte_names(struct loader *L);
 extern const char *const m2l_NOT_UTF8;
 const char *m2l_entry_name_problem(struct loader *L, const uint8_t *p, uint64_t len);

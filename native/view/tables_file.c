@@ -111,11 +111,35 @@ static napi_value load_result(napi_env env, const struct m2_load_out *o, uint32_
   return ok ? out : NULL;
 }
 
-// loadV2(manifestFd, {start, end}, {inodes, dirs, entries}, facts, tablesFd): synchronous (the mover
-// has nothing else to do before it serves). A bad body is an answer ({error: one line}), not a throw.
+// The loader's progress passed to onProgress(done, total, inodes) (load2.h), on this thread, inside
+// the call; a callback that throws is not called again (progress is not worth failing a mount for).
+struct js_progress {
+  napi_env env;
+  napi_value fn;
+};
+
+static void report_load(void *ctx, uint64_t done, uint64_t total, uint32_t inodes) {
+  struct js_progress *p = ctx;
+  napi_handle_scope scope;
+  if (p->fn == NULL || napi_open_handle_scope(p->env, &scope) != napi_ok) return;
+  napi_value argv[3], recv, ignored, err;
+  bool pending = false;
+  if (napi_create_double(p->env, (double)done, &argv[0]) != napi_ok || napi_create_double(p->env, (double)total, &argv[1]) != napi_ok ||
+      napi_create_uint32(p->env, inodes, &argv[2]) != napi_ok || napi_get_undefined(p->env, &recv) != napi_ok ||
+      napi_call_function(p->env, recv, p->fn, 3, argv, &ignored) != napi_ok) {
+    if (napi_is_exception_pending(p->env, &pending) == napi_ok && pending) napi_get_and_clear_last_exception(p->env, &err);
+    p->fn = NULL;
+  }
+  napi_close_handle_scope(p->env, scope);
+}
+
+// loadV2(manifestFd, {start, end}, {inodes, dirs, entries}, facts, tablesFd[, onProgress]): synchronous
+// (the mover has nothing else to do before it serves). A bad body is an answer ({error: one line}), not a throw.
 static napi_value js_load_v2(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
-  napi_value argv[5], out, v;
+  size_t argc = 6;
+  napi_value argv[6], out, v;
+  napi_valuetype type = napi_undefined;
+  struct js_progress progress = {env, NULL};
   int32_t mfd, tfd;
   uint64_t start, end, inodes, dirs, entries;
   struct m2_load_in in = {0};
@@ -126,6 +150,10 @@ static napi_value js_load_v2(napi_env env, napi_callback_info info) {
       inodes > UINT32_MAX || dirs > UINT32_MAX || !read_facts(env, argv[3], &in, &sizes)) {
     free(sizes);
     return throw_fmt(env, "loadV2(manifestFd, {start, end}, {inodes, dirs, entries}, {deviceSizes, features, root, blockSize, csumAlg, csumSize, sectorSize}, tablesFd)%s", "");
+  }
+  if (argc >= 6 && napi_typeof(env, argv[5], &type) == napi_ok && type == napi_function) {
+    progress.fn = argv[5];
+    in.progress = report_load, in.progress_ctx = &progress;
   }
   in.manifest_fd = mfd, in.tables_fd = tfd, in.body_start = start, in.body_end = end;
   in.n_inodes = (uint32_t)inodes, in.n_dirs = (uint32_t)dirs, in.n_entries = entries;

@@ -12,8 +12,9 @@ import { DEFAULT_CARRY_MAX, exportImage } from '../export/export'
 import { DEFAULT_LOG_FILE } from '../mover/daemon'
 import { DEFAULT_REMAP_CACHE_BYTES } from '../service/remap-worker'
 import { DEFAULT_STATE_PATH } from '../service/state'
-import { caOption, deviceOption, jsonOption, keyOption, leaseOption, logLevelOption, parseCarryMax, prefetchWindowOption, parseMiB, parseSeconds } from './options'
+import { caOption, deviceOption, JSON_PROGRESS, jsonOption, keyOption, leaseOption, logLevelOption, parseCarryMax, prefetchWindowOption, parseMiB, parseSeconds, quietOption } from './options'
 import { exportResult, exportSentence, inspectResult, printResult, releaseResult, releaseSentence, remapResult, remapSentence, verifyResult, verifySentence } from './results'
+import { progressMode, startProgress } from './progress'
 
 // The other commands' modules are loaded when they run (`await import`), not all at start: an export
 // would otherwise load serve's, the view's and remap's code too, CPU the owner pays every night
@@ -44,17 +45,21 @@ export function buildProgram(): Command {
     .addOption(new Option('--format <version>', 'manifest format version (default: 1 from the VFS walker, 2 from the bulk mapper)').choices(['1', '2']))
     .option('--record <file>', 'where to publish the config-ID record (default: <manifest>.config-id)')
     .addOption(keyOption())
-    .addOption(jsonOption())
+    .addOption(quietOption())
+    .addOption(jsonOption('the result as one line of JSON on stdout (docs/json.md), progress as JSON lines on stderr'))
     .addOption(logLevelOption())
     .action((paths: string[], o) => {
       requireRoot('export')
       const log = createLogger({ level: o.logLevel })
       const started = Date.now()
+      // Mapping is paced by files (one FIEMAP or inode record for 4 KiB or 4 GiB), so are its percentage and ETA.
+      const progress = startProgress({ command: 'export', mode: progressMode(o), pace: 'files' })
       const m = exportImage({
         paths, output: o.output, frozenImage: o.frozenImage, assumeStable: !!o.assumeStable, record: o.record, key: key(o),
         preFreeze: o.preFreeze, postThaw: o.postThaw, carryMax: o.carryMax, throughLoop: !!o.throughLoop, warn: (msg) => log.warn(msg),
-        mapper: o.mapper, format: o.format === undefined ? undefined : (Number(o.format) as 1 | 2),
+        mapper: o.mapper, format: o.format === undefined ? undefined : (Number(o.format) as 1 | 2), progress,
       })
+      progress.finish(m.mapped)
       log.debug({ output: m.manifest, configId: m.configId, inodes: m.inodes, mapper: m.mapper, format: m.format, ...m.bulk }, 'exported')
       printResult(o.json, exportResult(m, Date.now() - started), exportSentence)
     })
@@ -70,6 +75,8 @@ export function buildProgram(): Command {
     .option('--foreground', 'stay attached; unmount on SIGINT/SIGTERM')
     .option('--allow-other', 'let users other than root read the view (permissions still apply)')
     .option('--log-file <file>', `log here (background default: ${DEFAULT_LOG_FILE})`)
+    .addOption(quietOption())
+    .addOption(jsonOption(JSON_PROGRESS))
     .addOption(logLevelOption())
     .addOption(new Option('--report', 'leave a report of files read under a superseded map (for extfs backup)').hideHelp())
     .action(async (manifest: string, mountpoint: string, o) => (await import('./mount')).mountCommand(manifest, mountpoint, o))
@@ -183,6 +190,8 @@ export function buildProgram(): Command {
     .addOption(prefetchWindowOption())
     .option('--mountpoint <dir>', 'mount on this empty directory (kept) instead of a new private one: the same path every night, as restic and borg need')
     .option('--log-file <file>', `view log (default: ${DEFAULT_LOG_FILE})`)
+    .addOption(quietOption())
+    .addOption(jsonOption(JSON_PROGRESS))
     .addOption(logLevelOption())
     .action(async (manifest: string, command: string[], o) => {
       process.exitCode = await (await import('./mount')).backupCommand(manifest, command, o)
@@ -199,12 +208,14 @@ export async function main(argv: string[]): Promise<void> {
       process.exitCode = err.exitCode === 0 ? ExitCode.Ok : ExitCode.Usage
       return
     }
+    // A status line of progress (src/cli/progress.ts) may stand unfinished on a terminal: cleared first.
+    const clear = process.stderr.isTTY ? '\r\x1b[K' : ''
     if (err instanceof ExtfsError) {
-      process.stderr.write(`extfs: ${printable(err.message)}\n`)
+      process.stderr.write(`${clear}extfs: ${printable(err.message)}\n`)
       process.exitCode = err.exitCode
       return
     }
-    process.stderr.write(`extfs: internal error: ${printable((err as Error)?.message ?? String(err))}\n`)
+    process.stderr.write(`${clear}extfs: internal error: ${printable((err as Error)?.message ?? String(err))}\n`)
     if (process.env.EXTFS_DEBUG) process.stderr.write(`${(err as Error)?.stack}\n`)
     process.exitCode = ExitCode.Internal
   }

@@ -10,10 +10,13 @@ import { createLogger } from '../log'
 import { readKeyFile } from '../manifest/sign'
 import { checkMountpoint, requireFuse, requireRoot } from '../mover/checks'
 import { runView, type RemoteSource } from '../mover/run-view'
-import { DEFAULT_LOG_FILE, READY_FD_ENV, reportReady, startBackground } from '../mover/daemon'
+import { DEFAULT_LOG_FILE, READY_FD_ENV, readyPipeProgress, reportReady, startBackground } from '../mover/daemon'
+import { progressMode, startProgress, type Progress } from './progress'
+import type { Counts, ProgressSink } from '../progress'
 import { unmountView } from '../mover/umount'
 import { loadState, takeReport, type ViewReport } from '../mover/state'
 import { finalRemap } from '../mover/final-remap'
+import { queryView } from '../mover/control'
 import { printable } from '../manifest/names'
 
 export interface MountCliOptions {
@@ -33,6 +36,9 @@ export interface MountCliOptions {
   report?: boolean
   /** `extfs backup`: mount on this empty directory, kept afterwards, instead of a new private one. */
   mountpoint?: string
+  /** Progress on stderr: none; JSON lines (else a status line on a terminal). */
+  quiet?: boolean
+  json?: boolean
 }
 
 /** An image `extfs serve` answers for, rather than a manifest file. */
@@ -91,19 +97,46 @@ function backgroundPreflight(source: string, o: MountCliOptions, mountpoint?: st
   if (mountpoint) checkMountpoint(mountpoint)
 }
 
+/**
+ * The manifest's load as progress: shown by this process (a status line or JSON lines on stderr), or,
+ * in the child of a background mount, sent to the parent over the ready pipe (src/mover/daemon.ts).
+ */
+function loadProgress(o: MountCliOptions): { sink?: ProgressSink; finish(): void } {
+  const pipe = readyPipeProgress()
+  if (pipe) return { sink: pipe, finish() {} }
+  return remembering(startProgress({ command: 'mount', mode: progressMode(o) }))
+}
+
+/** A reporter that remembers the counts last reported, for its final line. */
+function remembering(progress: Progress): { sink: ProgressSink; finish(): void } {
+  let last: Counts = { files: 0, bytes: 0 }
+  return {
+    sink: {
+      setPhase: (phase, total) => ((last = { files: 0, bytes: 0 }), progress.setPhase(phase, total)),
+      update: (done, total) => ((last = { ...done }), progress.update(done, total)),
+    },
+    finish: () => progress.finish(last),
+  }
+}
+
 export async function mountCommand(source: string, mountpoint: string, o: MountCliOptions): Promise<void> {
   if (!o.foreground) {
     backgroundPreflight(source, o, mountpoint)
-    await startBackground(childArgs(source, path.resolve(mountpoint), o), o.logFile ?? DEFAULT_LOG_FILE)
+    const progress = remembering(startProgress({ command: 'mount', mode: progressMode(o) }))
+    await startBackground(childArgs(source, path.resolve(mountpoint), o), o.logFile ?? DEFAULT_LOG_FILE, progress.sink)
+    progress.finish()
     return
   }
   const log = createLogger({ level: o.logLevel, file: o.logFile })
+  const progress = loadProgress(o)
   let failure: Error | undefined
   await runView({
     manifestPath: absoluteSource(source), remote: remoteSource(source, o), mountpoint, allowOther: !!o.allowOther, key: readKey(o),
     deviceOverrides: o.device, log, report: !!o.report, prefetchWindowBytes: o.prefetchWindow === undefined ? undefined : o.prefetchWindow * 2 ** 20,
+    progress: progress.sink,
     onReady: (err) => {
       failure = err
+      if (!err) progress.finish()
       if (process.env[READY_FD_ENV]) reportReady(err)
     },
   })
@@ -118,13 +151,19 @@ export async function backupCommand(source: string, command: string[], o: MountC
   const remote = remoteSource(source, o)
   const logFile = o.logFile ?? DEFAULT_LOG_FILE
   const mountpoint = fixed ?? fs.mkdtempSync(path.join(os.tmpdir(), 'extfs-backup-'))
+  const progress = startProgress({ command: 'backup', mode: progressMode(o) })
   try {
-    await startBackground([...childArgs(source, mountpoint, o), '--report'], logFile)
+    await startBackground([...childArgs(source, mountpoint, o), '--report'], logFile, progress)
     const viewPid = loadState(mountpoint)?.pid
     let status = 0
     let unchecked: string | undefined
     try {
-      status = await runCommand(command, mountpoint)
+      const stopProgress = followCommand(mountpoint, progress)
+      try {
+        status = await runCommand(command, mountpoint)
+      } finally {
+        await stopProgress()
+      }
       // From serve: relocations up to this moment are reported too, not only those serve's schedule
       // found (src/mover/final-remap.ts). Of no use when the command failed: its status stands.
       if (remote && status === 0) {
@@ -139,6 +178,41 @@ export async function backupCommand(source: string, command: string[], o: MountC
     return verdict(status, report, unchecked, logFile)
   } finally {
     if (!fixed) fs.rmdirSync(mountpoint)
+  }
+}
+
+/** How often backup asks its view what the command has read. */
+const BACKUP_PROGRESS_MS = 1000
+
+/**
+ * The progress of backup's command, as its view counts it (src/mover/control.ts): distinct files
+ * opened and bytes the view delivered to the kernel (answers to reads, and stores ahead of the
+ * reader), of the image's regular files and their bytes. Delivered bytes may exceed what the command
+ * read (a store ahead and the reader's own read of the same range both count): shown at most the
+ * total. Returns what ends it: a last look, then the final line.
+ */
+function followCommand(mountpoint: string, progress: Progress): () => Promise<void> {
+  let last: Counts = { files: 0, bytes: 0 }
+  let started = false
+  let asking: Promise<void> | undefined // one question at a time: answers arrive in order
+  const ask = async () => {
+    const v = await queryView(mountpoint).catch(() => undefined)
+    if (!v?.served || !v.image) return // the fuse-native engine counts nothing
+    const total = { files: v.image.files, bytes: v.image.bytes }
+    const s = v.served
+    last = { files: s.filesOpened, bytes: Math.min(total.bytes, s.readBytes + s.pushedBytes + s.prefetchedBytes) }
+    if (!started) progress.setPhase('read', total)
+    started = true
+    progress.update(last, total)
+  }
+  const look = () => (asking ??= ask().finally(() => (asking = undefined)))
+  const timer = setInterval(() => void look(), BACKUP_PROGRESS_MS)
+  void look()
+  return async () => {
+    clearInterval(timer)
+    await asking
+    await look()
+    progress.finish(last)
   }
 }
 

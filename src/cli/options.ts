@@ -28,8 +28,14 @@ export const prefetchWindowOption = () => new Option('--prefetch-window <MiB>', 
     if (!/^[0-9]{1,3}$/.test(value) || n > PREFETCH_WINDOW_MAX_MIB) throw new ExtfsError(ExitCode.Usage, `--prefetch-window takes MiB (a whole number from 0 to ${PREFETCH_WINDOW_MAX_MIB}), got ${value}`)
     return n
   })
-/** The command's result as one JSON object on one line of stdout (docs/json.md), instead of its sentence. */
-export const jsonOption = () => new Option('--json', 'print the result as one line of JSON (schemas: docs/json.md)')
+/** Progress on stderr (src/cli/progress.ts): none with --quiet; JSON lines with --json or when stderr is not a terminal. */
+export const quietOption = () => new Option('-q, --quiet', 'no progress on stderr (errors and warnings still)')
+/**
+ * --json: the command's result as one JSON object on one line of stdout (docs/json.md), and progress as
+ * JSON lines on stderr; on commands without a result on stdout, only the progress lines.
+ */
+export const jsonOption = (description = 'print the result as one line of JSON (schemas: docs/json.md)') => new Option('--json', description)
+export const JSON_PROGRESS = 'progress as JSON lines on stderr (also when stderr is not a terminal)'
 export const logLevelOption = () => new Option('--log-level <level>', 'pino log level').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info')
 
 /** --carry-max: bytes, at most what a mover accepts inline (LIMITS.inlineBytes). */

@@ -5,7 +5,7 @@
 // stack, through the same code the VFS mapper uses), and runs it.
 import fs from 'node:fs'
 import type { DataChecksums, Extent } from '../manifest/types'
-import { linux, type BtrfsBulkResult, type BtrfsSegment } from '../linux'
+import { linux, type BtrfsBulkResult, type BulkProgress, type BtrfsSegment } from '../linux'
 import type { MountEntry } from '../mapping/mountinfo'
 import { BtrfsLayout } from '../mapping/btrfs'
 import { DeviceStack } from '../mapping/stack'
@@ -26,6 +26,7 @@ export interface BtrfsBulkTarget {
   skip: Iterable<string>
   throughLoop: boolean
   carryMax: number
+  onProgress?: BulkProgress
 }
 
 export interface BtrfsBulkBody {
@@ -138,7 +139,7 @@ export function mapBtrfsBulk(t: BtrfsBulkTarget, bodyPath: string): BtrfsBulkBod
   try {
     root = Number(fs.fstatSync(treeFd, { bigint: true }).ino)
     result = linux.btrfsBulkMap({
-      treeFd, root, skip: skippedDirs(t.skip, t.dev), segments, carryMax: t.carryMax, fd, inodesFd, sectorSize, nodeSize, csumType: type, csumSize: size,
+      treeFd, root, skip: skippedDirs(t.skip, t.dev), segments, carryMax: t.carryMax, fd, inodesFd, sectorSize, nodeSize, csumType: type, csumSize: size, onProgress: t.onProgress,
     })
     fs.fsyncSync(fd)
   } catch (err) {

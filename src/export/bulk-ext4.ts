@@ -4,7 +4,7 @@
 // the filesystem's bytes to raw disks, and assembles the manifest around the body.
 import fs from 'node:fs'
 import type { Extent } from '../manifest/types'
-import { linux, type Ext4BulkResult, type Ext4Segment } from '../linux'
+import { linux, type BulkProgress, type Ext4BulkResult, type Ext4Segment } from '../linux'
 import type { MountEntry } from '../mapping/mountinfo'
 import { DeviceStack } from '../mapping/stack'
 import { devKey, type RawDisk } from '../mapping/span'
@@ -23,6 +23,7 @@ export interface BulkTarget {
   skip: Iterable<string>
   throughLoop: boolean
   carryMax: number
+  onProgress?: BulkProgress
 }
 
 export interface BulkBody {
@@ -129,7 +130,7 @@ export function mapBulk(t: BulkTarget, bodyPath: string): BulkBody {
   let result: Ext4BulkResult
   try {
     // Not fsync'd: a scratch file that assembleV2 reads back at once into the manifest, which is.
-    result = linux.ext4BulkMap({ device: t.mount.source, root: st.ino, skip: skippedInodes(t.skip, st.dev), segments, carryMax: t.carryMax, fd })
+    result = linux.ext4BulkMap({ device: t.mount.source, root: st.ino, skip: skippedInodes(t.skip, st.dev), segments, carryMax: t.carryMax, fd, onProgress: t.onProgress })
   } catch (err) {
     throw bulkError(err, (message) => new ExportError(`${t.realPaths[0]}: ${message}`))
   } finally {

@@ -4,7 +4,7 @@
 // it applies, gives it the linear map of the data device onto raw disks (as the ext4 one), and runs it.
 import fs from 'node:fs'
 import type { Extent } from '../manifest/types'
-import { linux, type XfsBulkResult } from '../linux'
+import { linux, type BulkProgress, type XfsBulkResult } from '../linux'
 import type { MountEntry } from '../mapping/mountinfo'
 import type { RawDisk } from '../mapping/span'
 import { ExportError } from '../errors'
@@ -19,6 +19,7 @@ export interface XfsBulkTarget {
   /** Absolute paths never entered (image directories, the journal), as the walker's skip. */
   skip: Iterable<string>
   throughLoop: boolean
+  onProgress?: BulkProgress
 }
 
 export interface XfsBulkBody {
@@ -85,7 +86,7 @@ export function mapXfsBulk(t: XfsBulkTarget, bodyPath: string): XfsBulkBody {
     // Not fsync'd: a scratch file that assembleV2 reads back at once into the manifest, which is.
     // EXTFS_XFS_WINDOW_EXTENTS: a small window of extents, so that tests exercise many GETFSMAP sweeps.
     const window = process.env.EXTFS_XFS_WINDOW_EXTENTS
-    result = linux.xfsBulkMap({ device: t.mount.source, rootFd, root, skip, segments, fd, ...(window ? { windowExtents: Number(window) } : {}) })
+    result = linux.xfsBulkMap({ device: t.mount.source, rootFd, root, skip, segments, fd, onProgress: t.onProgress, ...(window ? { windowExtents: Number(window) } : {}) })
   } catch (err) {
     throw bulkError(err, (message) => new ExportError(`${t.realPaths[0]}: ${message}`))
   } finally {

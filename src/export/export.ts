@@ -7,6 +7,7 @@ import path from 'node:path'
 import { randomBytes } from 'node:crypto'
 import type { DataChecksums, Device, Extent, FrozenImage, FrozenImageKind, Inode, Manifest, ManifestHeader } from '../manifest/types'
 import type { RawDisk } from '../mapping/span'
+import type { BulkProgress } from '../linux'
 import { MANIFEST_FORMAT, MANIFEST_VERSION } from '../manifest/types'
 import { signManifest } from '../manifest/sign'
 import { writeManifestFile } from '../manifest/io'
@@ -30,6 +31,8 @@ import { ext4Features, mapBulk, whyNotBulk } from './bulk-ext4'
 import { bodyPathOf, BulkRefused, type MapperChoice } from './bulk'
 import { mapBtrfsBulk, whyNotBtrfsBulk } from './bulk-btrfs'
 import { mapXfsBulk, whyNotXfsBulk, xfsFeatures } from './bulk-xfs'
+import { bulkProgressOf, wholeFsTotals } from './progress'
+import type { Counts, ProgressSink } from '../progress'
 
 /** Filesystems the mapper resolves to raw disks (btrfs through its chunk tree). */
 const SUPPORTED_FS = new Set(['ext2', 'ext3', 'ext4', 'xfs', 'btrfs'])
@@ -57,6 +60,8 @@ export interface ExportOptions {
   /** Manifest format version; default 1 for the VFS walker, 2 for the bulk mapper (which writes only 2). */
   format?: 1 | 2
   warn: (msg: string) => void
+  /** Told of the phases (image, dirs, map, write) and of every inode described. */
+  progress?: ProgressSink
 }
 
 /** What export wrote. */
@@ -69,6 +74,8 @@ export interface ExportSummary {
   inodes: number
   format: 1 | 2
   mapper: 'bulk' | 'vfs'
+  /** Inodes in the manifest, and the allocated bytes (st_blocks * 512) of those described: progress's final counts. */
+  mapped: Counts
   /** The bulk mapper's own figures: body bytes, whether it read with O_DIRECT, the process's peak RSS then. */
   bulk?: BulkFigures
 }
@@ -86,7 +93,7 @@ interface BulkFigures {
 
 /** What a bulk mapper (ext4, btrfs or XFS) wrote, as export assembles the manifest around it. */
 interface MappedBody {
-  counts: { inodes: number; dirs: number; entries: number }
+  counts: { inodes: number; dirs: number; entries: number; allocatedBytes: number }
   disks: RawDisk[]
   root: number
   features: string[]
@@ -269,6 +276,7 @@ export function exportImage(opts: ExportOptions): ExportSummary {
   }
 
   let hold: Hold
+  opts.progress?.setPhase('image')
   try {
     hold = takeImage(frozenImage, plan, realPaths, dev)
   } catch (err) {
@@ -280,8 +288,11 @@ export function exportImage(opts: ExportOptions): ExportSummary {
   if (!hold.live) postThaw('taken')
   const toSource = inSourceTerms(hold, realPaths)
   const body = bodyPathOf(output)
+  // Counted with the image held: a frozen filesystem's counts stand still.
+  const totals = opts.progress ? wholeFsTotals(mount, realPaths, opts.frozenImage) : undefined
   try {
-    const bulk = tryBulk ? bulkOrDecline(opts, () => mapBody(opts, mount, realPaths, hold, journal, body), body) : undefined
+    const onProgress = bulkProgressOf(opts.progress, totals)
+    const bulk = tryBulk ? bulkOrDecline(opts, () => mapBody(opts, mount, realPaths, hold, journal, body, onProgress), body) : undefined
     const configId = randomBytes(16).toString('hex')
     const header = (root: number, features: string[], devices: Device[], checksums?: DataChecksums): ManifestHeader => ({
       format: MANIFEST_FORMAT,
@@ -301,13 +312,17 @@ export function exportImage(opts: ExportOptions): ExportSummary {
     let summary: ExportSummary
     if (bulk) {
       postThaw('taken')
+      opts.progress?.setPhase('write')
       const h = header(bulk.root, bulk.features, describeDevices(bulk.disks, bulk.samples, bulk.dataChecksums), bulk.dataChecksums)
       assembleV2(output, h, body, bulk.counts, opts.key)
-      summary = { manifest: output, record, configId, frozenImage, inodes: bulk.counts.inodes, format: 2, mapper: 'bulk', bulk: bulk.figures }
+      summary = { manifest: output, record, configId, frozenImage, inodes: bulk.counts.inodes, format: 2, mapper: 'bulk', bulk: bulk.figures,
+        mapped: { files: bulk.counts.inodes, bytes: bulk.counts.allocatedBytes } }
     } else {
-      const walker = new Walker({ dev: hold.dev, mapper, warn: (m) => opts.warn(toSource(m)), openFile: hold.openFile, carryMax: opts.carryMax, skip: new Set([...hold.skip, journal]), live: hold.live })
+      const walker = new Walker({ dev: hold.dev, mapper, warn: (m) => opts.warn(toSource(m)), openFile: hold.openFile, carryMax: opts.carryMax, skip: new Set([...hold.skip, journal]), live: hold.live, progress: opts.progress })
+      opts.progress?.setPhase('map', totals)
       const { root, synthetic } = buildTree(walker, hold.walkPaths, realPaths.map((p) => path.basename(p)))
       postThaw('taken')
+      opts.progress?.setPhase('write')
       const devices = describeDevices(mapper.disks, allExtents(walker.inodes.values()), mapper.dataChecksums)
       const h = header(root, features(walker, mapper), devices, mapper.dataChecksums)
       const inodes = [...walker.inodes.values()].sort((a, b) => a.ino - b.ino)
@@ -320,7 +335,7 @@ export function exportImage(opts: ExportOptions): ExportSummary {
         // record a manifest serves nothing, so a failure here leaves nothing usable behind.
         writeOwnManifest(output, manifest, (inView) => sourcePathOf(inView, synthetic, realPaths))
       }
-      summary = { manifest: output, record, configId, frozenImage, inodes: inodes.length, format: opts.format ?? 1, mapper: 'vfs' }
+      summary = { manifest: output, record, configId, frozenImage, inodes: inodes.length, format: opts.format ?? 1, mapper: 'vfs', mapped: { files: inodes.length, bytes: walker.described.bytes } }
     }
     try {
       // The mapping options go into the record so that `extfs remap` maps the image the same way.
@@ -341,19 +356,19 @@ export function exportImage(opts: ExportOptions): ExportSummary {
 }
 
 /** Run the bulk mapper of the filesystem (btrfs: on the snapshot; ext4: on the frozen device; XFS: on the frozen mount), writing `body`. */
-function mapBody(opts: ExportOptions, mount: MountEntry, realPaths: string[], hold: Hold, journal: string, body: string): MappedBody {
+function mapBody(opts: ExportOptions, mount: MountEntry, realPaths: string[], hold: Hold, journal: string, body: string, onProgress: BulkProgress | undefined): MappedBody {
   const skip = [...hold.skip, journal]
   if (mount.fsType === 'btrfs') {
-    const b = mapBtrfsBulk({ mount, walkPath: hold.walkPaths[0]!, dev: hold.dev, skip, throughLoop: opts.throughLoop, carryMax: opts.carryMax }, body)
+    const b = mapBtrfsBulk({ mount, walkPath: hold.walkPaths[0]!, dev: hold.dev, skip, throughLoop: opts.throughLoop, carryMax: opts.carryMax, onProgress }, body)
     const { bodyBytes, peakRssKiB, tableBytes } = b.result
     return { counts: b.result, disks: b.disks, root: b.root, features: b.features, dataChecksums: b.dataChecksums, samples: b.samples, figures: { bodyBytes, peakRssKiB, tableBytes } }
   }
   if (mount.fsType === 'xfs') {
-    const b = mapXfsBulk({ mount, realPaths, frozenImage: opts.frozenImage, skip, throughLoop: opts.throughLoop }, body)
+    const b = mapXfsBulk({ mount, realPaths, frozenImage: opts.frozenImage, skip, throughLoop: opts.throughLoop, onProgress }, body)
     const { bodyBytes, peakRssKiB, tableBytes, windows, handleOpens } = b.result
     return { counts: b.result, disks: b.disks, root: b.root, features: xfsFeatures(b.result), samples: b.samples, figures: { bodyBytes, peakRssKiB, tableBytes, windows, handleOpens } }
   }
-  const b = mapBulk({ mount, realPaths, frozenImage: opts.frozenImage, skip, throughLoop: opts.throughLoop, carryMax: opts.carryMax }, body)
+  const b = mapBulk({ mount, realPaths, frozenImage: opts.frozenImage, skip, throughLoop: opts.throughLoop, carryMax: opts.carryMax, onProgress }, body)
   const features = ext4Features(b.result)
   const { bodyBytes, directIo, peakRssKiB, tableBytes } = b.result
   return { counts: b.result, disks: b.disks, root: b.root, features, samples: b.samples, figures: { bodyBytes, directIo, peakRssKiB, tableBytes } }

@@ -9,6 +9,7 @@ import type { FileMapper } from '../mapping/mapper'
 import { attrFlagsOf, type FileData, type OpenFile } from '../frozen/clone-set'
 import { ExportError } from '../errors'
 import { decodeName, hasByteEscapes, hostPath } from '../manifest/names'
+import type { Counts, ProgressSink } from '../progress'
 
 export interface WalkTarget {
   /** st_dev of the filesystem being exported: entries on other filesystems are skipped. */
@@ -28,6 +29,8 @@ export interface WalkTarget {
    * skipped with a warning. On a frozen image that cannot happen, so it stays an error there.
    */
   live: boolean
+  /** Told of every inode described. */
+  progress?: ProgressSink
 }
 
 const NS = 1_000_000_000n
@@ -102,6 +105,8 @@ export class Walker {
   private readonly names = new NameDecoder()
   /** Mount points met (another filesystem or btrfs subvolume), waiting for inode numbers of their own. */
   private readonly mountPoints: { entry: DirEntry; inode: Inode }[] = []
+  /** Inodes described and their allocated bytes, for progress. */
+  readonly described: Counts = { files: 0, bytes: 0 }
 
   constructor(private readonly target: WalkTarget) {}
 
@@ -271,6 +276,9 @@ export class Walker {
     const xattrs = readXattrs(file, this.names)
     if (xattrs) inode.xattrs = xattrs
     this.inodes.set(inode.ino, inode)
+    this.described.files++
+    this.described.bytes += inode.blocks * 512
+    this.target.progress?.update(this.described)
     return inode.ino
   }
 

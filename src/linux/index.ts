@@ -96,6 +96,14 @@ export interface BtrfsSegment {
   copies: { disk: number; offset: number }[]
 }
 
+/**
+ * A bulk mapper's progress (native/export/bulk.h): called synchronously from inside the mapper when a
+ * phase starts and every 4096 inodes. `done`: inodes reached ("dirs": while the directories are walked)
+ * or described ("inodes"); `bytes`: the allocated bytes (st_blocks * 512) of those described; `total`:
+ * the inodes to describe, 0 when unknown. A callback that throws is not called again.
+ */
+export type BulkProgress = (phase: 'dirs' | 'inodes', done: number, bytes: number, total: number) => void
+
 /** What btrfsBulkMap wrote: the body's counts (the v2 trailer's), the features it needs, extents to fingerprint. */
 export interface BtrfsBulkResult {
   inodes: number
@@ -116,6 +124,8 @@ export interface BtrfsBulkResult {
   searches: number
   /** ru_maxrss of the process when the mapper finished, KiB. */
   peakRssKiB: number
+  /** The allocated bytes (st_blocks * 512) of the inodes described. */
+  allocatedBytes: number
   /** Up to 1024 ranges per disk, evenly spaced in body order, checksummed ones with their csums: what export fingerprints. */
   samples: { disk: number; deviceOffset: number; length: number; csums?: Buffer }[]
   /** The disks the extents reach, in the body's numbering: each one's index into the segments' disks. */
@@ -138,6 +148,8 @@ export interface XfsBulkResult {
   handleOpens: number
   /** ru_maxrss of the process when the mapper finished, KiB. */
   peakRssKiB: number
+  /** The allocated bytes (st_blocks * 512) of the inodes described. */
+  allocatedBytes: number
   /** Up to 1024 ranges per disk, evenly spaced in body order: what export fingerprints. */
   samples: { disk: number; deviceOffset: number; length: number }[]
 }
@@ -164,6 +176,8 @@ export interface Ext4BulkResult {
   tableBytes: number
   /** ru_maxrss of the process when the mapper finished, KiB. */
   peakRssKiB: number
+  /** The allocated bytes (st_blocks * 512) of the inodes described. */
+  allocatedBytes: number
   /** Up to 1024 extents per disk, evenly spaced in body order: what export fingerprints. */
   samples: { disk: number; deviceOffset: number; length: number }[]
 }
@@ -220,7 +234,7 @@ export interface NativeAddon {
    * Throws code ERR_BULK_REFUSED for what it does not reproduce exactly (the VFS walker may do it
    * instead), ERR_BULK_FAILED for what the walker would fail on too (I/O, the carry limit).
    */
-  ext4BulkMap(opts: { device: string; root: number; skip: number[]; segments: Ext4Segment[]; carryMax: number; fd: number }): Ext4BulkResult
+  ext4BulkMap(opts: { device: string; root: number; skip: number[]; segments: Ext4Segment[]; carryMax: number; fd: number; onProgress?: BulkProgress }): Ext4BulkResult
   /**
    * The btrfs bulk mapper (native/export/btrfs_bulk.c): two sweeps of the fs tree of the subvolume
    * `treeFd` is in (a read-only snapshot) write the manifest v2 body of the tree under directory inode
@@ -239,10 +253,10 @@ export interface NativeAddon {
    * Throws code ERR_BULK_REFUSED for what it does not reproduce exactly (no reverse map, realtime, ...:
    * the VFS walker may do it instead), ERR_BULK_FAILED for what the walker would fail on too.
    */
-  xfsBulkMap(opts: { device: string; rootFd: number; root: number; skip: number[]; segments: Ext4Segment[]; fd: number; windowExtents?: number }): XfsBulkResult
+  xfsBulkMap(opts: { device: string; rootFd: number; root: number; skip: number[]; segments: Ext4Segment[]; fd: number; windowExtents?: number; onProgress?: BulkProgress }): XfsBulkResult
   btrfsBulkMap(opts: {
     treeFd: number; root: number; skip: number[]; segments: BtrfsSegment[]; carryMax: number; fd: number; inodesFd: number
-    sectorSize: number; nodeSize: number; csumType: number; csumSize: number
+    sectorSize: number; nodeSize: number; csumType: number; csumSize: number; onProgress?: BulkProgress
   }): BtrfsBulkResult
 }
 

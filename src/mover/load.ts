@@ -9,12 +9,15 @@ import { ConfigWatch, readRecord, recordPath, type ConfigRecord } from '../confi
 import { readDeltaChain } from '../delta/io'
 import { StaleError } from '../errors'
 import { fuseNativeSelected } from '../view/engine'
+import type { ProgressSink } from '../progress'
 
 export interface LoadOptions {
   key?: Buffer
   deviceOverrides: Map<string, string>
   /** The config-ID record, instead of the one the manifest names (a mover following `extfs serve`). */
   recordFile?: string
+  /** Told of the manifest's load (phases "parse" for version 1, "load"). */
+  progress?: ProgressSink
 }
 
 export interface LoadedImage {
@@ -35,15 +38,15 @@ export interface LoadedImage {
  * (native/view/load2*.c; a few bytes of heap per file). Version 1 is streamed and validated first,
  * and re-encoded as a version 2 body for the same loader (src/native-engine/v1-manifest.ts).
  */
-export function readPackedManifest(manifestPath: string, key?: Buffer): Manifest {
-  if (isV2Path(manifestPath)) return loadMappedManifest(manifestPath, key, () => readCheckedManifest(manifestPath, key).inodes)
-  return loadV1Manifest(manifestPath, key)
+export function readPackedManifest(manifestPath: string, key?: Buffer, progress?: ProgressSink): Manifest {
+  if (isV2Path(manifestPath)) return loadMappedManifest(manifestPath, key, () => readCheckedManifest(manifestPath, key).inodes, progress)
+  return loadV1Manifest(manifestPath, key, progress)
 }
 
 export function loadImage(manifestPath: string, opts: LoadOptions): LoadedImage {
   // The fuse-native engine serves from the object tree (src/fuse-native-engine/frozen-view.ts).
   const native = !fuseNativeSelected()
-  const manifest = native ? readPackedManifest(manifestPath, opts.key) : readCheckedManifest(manifestPath, opts.key)
+  const manifest = native ? readPackedManifest(manifestPath, opts.key, opts.progress) : readCheckedManifest(manifestPath, opts.key)
   const config = new ConfigWatch(opts.recordFile ?? recordPath(manifestPath, manifest.configRecord), manifest.configId)
   let current: CurrentDevices = { devices: manifest.devices, retired: new Set() }
   let configId = manifest.configId

@@ -163,7 +163,7 @@ export async function runView(opts: ViewRunOptions): Promise<void> {
       if (!opts.key) throw new ExtfsError(ExitCode.Usage, `mounting from ${opts.remote.url} needs --key (the key extfs serve was given)`)
       remote = await RemoteImage.open({ url: opts.remote.url, key: opts.key, ca: opts.remote.ca, leaseCapMs: opts.remote.leaseCapMs, log })
       // serve only serves manifests signed with its key; checked here as for a local file with --key.
-      image = loadImage(remote.manifestPath, { key: opts.key, deviceOverrides: opts.deviceOverrides, recordFile: remote.recordFile })
+      image = loadImage(remote.manifestPath, { key: opts.key, deviceOverrides: opts.deviceOverrides, recordFile: remote.recordFile, progress: opts.progress })
     } else {
       image = loadImage(opts.manifestPath, opts)
     }

@@ -119,8 +119,11 @@ export interface ViewAddon {
    * Decode, check and pack the body of the version 2 manifest open at `manifestFd` (bytes
    * [start, end)) into `tablesFd`; the trailer's counts and the validated header's facts given.
    * Synchronous. A body it refuses is `{error}`, one line naming the problem and the inode.
+   * `onProgress(done, total, inodes)`, called inside at each MiB read and at the end: bytes of reading
+   * done of `total` (twice the body: pass 1 reads it, passes 2 and 3 read it again), inodes written.
    */
-  loadV2(manifestFd: number, body: { start: number; end: number }, trailer: { inodes: number; dirs: number; entries: number }, facts: LoadV2Facts, tablesFd: number): LoadV2Result
+  loadV2(manifestFd: number, body: { start: number; end: number }, trailer: { inodes: number; dirs: number; entries: number }, facts: LoadV2Facts, tablesFd: number,
+    onProgress?: (done: number, total: number, inodes: number) => void): LoadV2Result
   /**
    * The tables file mapped read-only, its sections checked (header, every section inside the file;
    * throws "mapTables: bad tables: ..."); the handle keeps its own fd. mount() checks it whole (xt_check);

@@ -19,6 +19,7 @@ import { readLayout, verifyMac } from '../manifest/v2/read'
 import type { FileSizes } from '../delta/validate'
 import { viewAddon, type LoadedV2, type LoadV2Facts, type TablesHandle } from './addon'
 import { csumHeader, type StatFsFigures } from './tables'
+import type { ProgressSink } from '../progress'
 
 /** What a log line needs of the tables: index → ino and path, ino → index. */
 export interface IndexPaths {
@@ -104,10 +105,10 @@ export interface BodyToLoad {
  * A body decoded, checked and packed by C into a new tables file, mapped. Throws a one-line
  * ManifestError naming `path` for a bad body.
  */
-export function loadTables(path: string, body: BodyToLoad, blockSize: number): MappedTables {
+export function loadTables(path: string, body: BodyToLoad, blockSize: number, progress?: ProgressSink): MappedTables {
   const tablesFd = openTablesFile()
   try {
-    const result = packTablesFile(path, body, tablesFd)
+    const result = packTablesFile(path, body, tablesFd, progress)
     const handle = viewAddon().mapTables(tablesFd) // keeps its own descriptor of the file
     const counts = viewAddon().tablesCounts(handle)
     const statfs: StatFsFigures = {
@@ -119,9 +120,21 @@ export function loadTables(path: string, body: BodyToLoad, blockSize: number): M
   }
 }
 
-/** The C loader's run: `body` decoded, checked and written as tables into `tablesFd`. */
-export function packTablesFile(path: string, body: BodyToLoad, tablesFd: number): LoadedV2 {
-  const result = viewAddon().loadV2(body.fd, { start: body.start, end: body.end }, body.counts, body.facts, tablesFd)
+/**
+ * The C loader's run: `body` decoded, checked and written as tables into `tablesFd`. Progress: phase
+ * "load", bytes of the body decoded (half the loader's reading: it reads the body twice) and inodes
+ * written, of the body's size and the trailer's count.
+ */
+export function packTablesFile(path: string, body: BodyToLoad, tablesFd: number, progress?: ProgressSink): LoadedV2 {
+  const total = { files: body.counts.inodes, bytes: body.end - body.start }
+  progress?.setPhase('load', total)
+  const done = { files: 0, bytes: 0 }
+  const onProgress = progress && ((read: number, _reading: number, inodes: number) => {
+    done.files = inodes
+    done.bytes = Math.floor(read / 2)
+    progress.update(done, total)
+  })
+  const result = viewAddon().loadV2(body.fd, { start: body.start, end: body.end }, body.counts, body.facts, tablesFd, onProgress)
   if ('error' in result) throw new ManifestError(`manifest ${path}: ${result.error}`)
   return result
 }
@@ -138,8 +151,8 @@ export function loadFacts(header: Record<string, unknown>, deviceSizes: number[]
  * The manifest for the mover: `header` with `inodes` read again with `readWhole` only when asked for
  * (tests and debugging), its body loaded by C into mapped tables (mappedTablesOf).
  */
-export function mappedManifest(path: string, header: ManifestHeader, body: BodyToLoad, readWhole: () => Manifest['inodes']): Manifest {
-  const tables = loadTables(path, body, header.blockSize)
+export function mappedManifest(path: string, header: ManifestHeader, body: BodyToLoad, readWhole: () => Manifest['inodes'], progress?: ProgressSink): Manifest {
+  const tables = loadTables(path, body, header.blockSize, progress)
   let inodes: Manifest['inodes'] | undefined
   const m = { ...header }
   Object.defineProperty(m, 'inodes', { enumerable: true, get: () => (inodes ??= readWhole()) })
@@ -152,7 +165,7 @@ export function mappedManifest(path: string, header: ManifestHeader, body: BodyT
  * `key` (an unsigned manifest refused), body loaded by C into mapped tables. Reading the returned
  * manifest's `inodes` reads the file again with the reference reader (tests and debugging only).
  */
-export function loadMappedManifest(path: string, key: Buffer | undefined, readWhole: () => Manifest['inodes']): Manifest {
+export function loadMappedManifest(path: string, key: Buffer | undefined, readWhole: () => Manifest['inodes'], progress?: ProgressSink): Manifest {
   const fd = openManifest(path)
   try {
     const layout = readLayout(fd, path, Number.MAX_SAFE_INTEGER)
@@ -160,7 +173,7 @@ export function loadMappedManifest(path: string, key: Buffer | undefined, readWh
     const { header, trailer } = layout
     const { signed, mac } = trailer
     const m = { ...header, ...(signed ? { signature: { alg: 'hmac-sha256', value: mac.toString('hex') } } : {}) } as unknown as ManifestHeader
-    return mappedManifest(path, m, bodyOf(fd, layout), readWhole)
+    return mappedManifest(path, m, bodyOf(fd, layout), readWhole, progress)
   } finally {
     fs.closeSync(fd)
   }

@@ -17,14 +17,16 @@ import { streamOrReadManifest } from '../manifest/stream'
 import { TreeSink } from '../manifest/tree'
 import { bothSinks, encoding, SpooledInodes, Unsorted, V2BodySink } from '../manifest/v2/from-v1'
 import { loadFacts, loadTables, mappedManifest, openTablesFile, type BodyToLoad, type MappedTables } from './mapped-tables'
+import type { ProgressSink } from '../progress'
 
 const COPY_BYTES = 1024 * 1024
 
 /** The version 1 manifest in `path` checked (signature with `key`) and loaded by C into mapped tables. */
-export function loadV1Manifest(path: string, key: Buffer | undefined): Manifest {
+export function loadV1Manifest(path: string, key: Buffer | undefined, progress?: ProgressSink): Manifest {
+  progress?.setPhase('parse') // streamed in JavaScript: no counts (the C loader's "load" that follows has them)
   const body = encodeV1Body(path, key)
   try {
-    return mappedManifest(path, body.header, body, () => readCheckedManifest(path, key).inodes)
+    return mappedManifest(path, body.header, body, () => readCheckedManifest(path, key).inodes, progress)
   } finally {
     fs.closeSync(body.fd)
   }

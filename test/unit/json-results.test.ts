@@ -63,7 +63,7 @@ t.test('the checker refuses what does not fit', async (t) => {
 
 t.test('results made from what the commands compute fit their schemas', async (t) => {
   const frozenImage = { kind: 'freeze' as const, mountpoint: '/srv', fsType: 'ext4', fsUuid: '8dcfc7a7-88eb-4899-8ca6-52aef14ad327' }
-  const exported = exportResult({ manifest: '/s/m.json', record: '/s/m.json.config-id', configId: 'a'.repeat(32), frozenImage, inodes: 3, format: 1, mapper: 'vfs' }, 12)
+  const exported = exportResult({ manifest: '/s/m.json', record: '/s/m.json.config-id', configId: 'a'.repeat(32), frozenImage, inodes: 3, format: 1, mapper: 'vfs', mapped: { files: 3, bytes: 8192 } }, 12)
   t.same(resultFaults(exported), [])
   t.same(exported.frozenImage, { kind: 'freeze', mountpoint: '/srv', fsType: 'ext4' }, 'what holds the image, not the manifest\'s every field')
   t.equal(exportSentence(exported), `exported 3 inodes to /s/m.json, config ID ${'a'.repeat(32)}; /srv stays frozen until: extfs release /s/m.json`)
