@@ -1,4 +1,4 @@
-// Progress of `export` and `mount` as an admin and a script see it: under a pseudo-terminal (util-linux
+// Progress of `export`, `mount` and `backup` as an admin and a script see it: under a pseudo-terminal (util-linux
 // `script`) a status line rewritten in place ending in a final line; with stderr a pipe, JSON lines
 // that parse, counts reaching the totals in the summary; nothing on stdout but the result; nothing at
 // all with --quiet. A small ext4 of a few thousand files, JSON lines every millisecond.
@@ -11,6 +11,11 @@ import { run } from '../helpers/exec'
 
 const env = { ...process.env, EXTFS_PROGRESS_INTERVAL_MS: '1' }
 const EXPORTED = /^exported (\d+) inodes to /
+
+/** What populate() writes: regular files, and their bytes (files of 0 to 4950 bytes, and 8 MiB). */
+const FILES = 20 * 100 + 1
+const EMPTY = 20
+const BYTES = 20 * (50 * 99 * 100) / 2 + (8 << 20)
 
 async function populate(root: string): Promise<void> {
   for (let d = 0; d < 20; d++) {
@@ -98,6 +103,26 @@ t.test('export and mount progress: JSON lines on a pipe, a status line on a term
     t.equal(e3.code, 0, e3.stderr)
     t.equal(e3.stderr, '')
     t.match(e3.stdout, EXPORTED)
+
+    // backup, stderr a pipe: the view's load, then what tar read of the image's files, asked of the view.
+    const tarFile = path.join(dir, 'out.tar')
+    const b1 = await extfs(['backup', m3, '--', 'tar', '-cf', tarFile, '.'], { env: { ...env, EXTFS_PROGRESS_INTERVAL_MS: '50' } })
+    t.equal(b1.code, 0, b1.stderr)
+    t.equal(b1.stdout, '', 'backup prints nothing of its own on stdout')
+    const bl = jsonLines(b1.stderr)
+    t.same(bl.map((l) => l.phase).filter((p, i, a) => p !== a[i - 1]), ['load', 'read', undefined], 'phases: load, read, then the summary')
+    const read = bl.filter((l) => l.phase === 'read')
+    t.match(read[0], { files_total: FILES, bytes_total: BYTES }, 'totals: the image\'s regular files and their bytes')
+    // GNU tar does not open an empty file: it has nothing to read.
+    t.match(bl.at(-1), { message_type: 'summary', command: 'backup', files_done: FILES - EMPTY, bytes_done: BYTES }, 'tar opened every file with data and read every byte')
+    const bq = await extfs(['backup', m3, '--quiet', '--', 'tar', '-cf', tarFile, '.'], { env })
+    t.equal(bq.code, 0, bq.stderr)
+    t.equal(bq.stderr, '', 'backup --quiet: nothing on stderr')
+
+    // backup on a terminal: its status line, ending in the final line.
+    const bt = await onTerminal([EXTFS, 'backup', m3, '--', 'tar', '-cf', tarFile, '.'], path.join(dir, 'stdout5'))
+    t.equal(bt.code, 0, bt.terminal)
+    t.match(bt.terminal, new RegExp(`\\rbackup: ${(FILES - EMPTY).toLocaleString('en-US')} files  12\\.7 MiB .*\\x1b\\[K\\r?\\n$`), 'the final line')
     await release(m3)
   })
 })
