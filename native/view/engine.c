@@ -721,14 +721,22 @@ static napi_value js_large_acls(napi_env env, napi_callback_info info) {
   return out;
 }
 
+// The engine a call's first argument (a mount() handle) names; NULL with an error thrown naming `usage`.
+static struct engine *engine_arg(napi_env env, napi_callback_info info, const char *usage) {
+  size_t argc = 1;
+  napi_value argv[1];
+  struct engine *e;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1 || napi_get_value_external(env, argv[0], (void **)&e) != napi_ok)
+    return fail(env, NULL, usage), NULL;
+  return e;
+}
+
 // viewStats(handle): what the view served since mount and the image's totals (stats.c).
 static napi_value js_view_stats(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1], out;
-  struct engine *e;
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 1 || napi_get_value_external(env, argv[0], (void **)&e) != napi_ok) return fail(env, NULL, "viewStats(handle)");
+  struct engine *e = engine_arg(env, info, "viewStats(handle)");
+  if (e == NULL) return NULL;
   const struct xt_stats *s = &e->stats;
+  napi_value out;
   if (napi_create_object(env, &out) != napi_ok || !set_num(env, out, "opens", (double)atomic_load(&s->opens)) ||
       !set_num(env, out, "filesOpened", (double)atomic_load(&s->files_opened)) || !set_num(env, out, "reads", (double)atomic_load(&s->reads)) ||
       !set_num(env, out, "readBytes", (double)atomic_load(&s->read_bytes)) || !set_num(env, out, "pushedBytes", (double)atomic_load(&s->pushed_bytes)) ||
@@ -739,13 +747,11 @@ static napi_value js_view_stats(napi_env env, napi_callback_info info) {
 
 // prefetchStats(handle): {window, pending, storedFiles, storedBytes, failedReads} (prefetch.c).
 static napi_value js_prefetch_stats(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1], out;
-  struct engine *e;
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 1 || napi_get_value_external(env, argv[0], (void **)&e) != napi_ok) return fail(env, NULL, "prefetchStats(handle)");
+  struct engine *e = engine_arg(env, info, "prefetchStats(handle)");
+  if (e == NULL) return NULL;
   struct xt_prefetch_stats st = {0};
   if (!e->done) xt_prefetch_stats(e, &st);
+  napi_value out;
   if (napi_create_object(env, &out) != napi_ok || !set_num(env, out, "window", (double)st.window) || !set_num(env, out, "pending", (double)st.pending) ||
       !set_num(env, out, "storedFiles", (double)st.stored_files) || !set_num(env, out, "storedBytes", (double)st.stored_bytes) ||
       !set_num(env, out, "failedReads", (double)st.failed_reads))
