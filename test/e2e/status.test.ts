@@ -12,6 +12,7 @@ import { viewState } from '../helpers/tamper'
 import { resultFaults } from '../helpers/json-results'
 import type { StatusReport, ViewEntry } from '../../src/cli/status'
 import type { ViewStatus } from '../../src/mover/control'
+import { controlSocket } from '../../src/mover/state'
 
 const KiB = 1024
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
@@ -79,6 +80,8 @@ t.test('extfs status', async (t) => {
       t.match(v, { schema: 'extfs.view/1', mountpoint: live, source: manifest, state: 'serving', engine: 'native', configId, position: { configId, seq: 0 } })
       t.same(v.image, { files: Object.keys(SIZES).length, bytes: TOTAL_BYTES }, 'the image\'s files and bytes')
       t.equal(v.served!.filesOpened, 0, 'nothing opened yet')
+      const socket = (await fsp.stat(controlSocket(live)))
+      t.ok(socket.isSocket() && (socket.mode & 0o777) === 0o600, 'the status socket is root\'s alone')
       for (const name of Object.keys(SIZES)) {
         const got = await fsp.readFile(path.join(live, name))
         t.ok(got.equals(await fsp.readFile(path.join(data, name))), `${name} reads exact`)
