@@ -66,6 +66,8 @@ export function startProgress(opts: ProgressOptions): Progress {
 /** Read the clock about this often, ms, while calls come. */
 const CHECK_MS = 10
 const MAX_STRIDE = 4096
+/** JSON lines: how many intervals of work pass before the first (see Reporter.quietUntil). */
+const QUIET_INTERVALS = 5
 /**
  * The rate is that of the last WINDOW_MS, from samples kept every SAMPLE_MS: export's rate changes by
  * phase and by directory (a tree of small files, then one of large ones), and a rate since the start
@@ -95,6 +97,13 @@ class Reporter implements Progress {
   private due: number
   private samples: Sample[]
   private done = false
+  /**
+   * JSON lines start only once the work has run QUIET_INTERVALS intervals, and the summary is written
+   * only after status lines: a command that ends (or fails) quickly says on stderr what it says without
+   * progress (nothing, or its one error line), as scripts and cron mail expect; long work is announced.
+   */
+  private readonly quietUntil: number
+  private wrote = false
 
   constructor(private readonly opts: ProgressOptions) {
     this.out = opts.stream ?? process.stderr
@@ -104,6 +113,7 @@ class Reporter implements Progress {
     this.total = opts.total
     this.started = this.lastCheck = this.now()
     this.due = this.started + this.intervalMs
+    this.quietUntil = opts.mode === 'json' ? this.started + QUIET_INTERVALS * this.intervalMs : this.started
     this.samples = [{ t: this.started, files: 0, bytes: 0 }]
   }
 
@@ -138,13 +148,16 @@ class Reporter implements Progress {
     this.files = done.files
     this.bytes = done.bytes
     const elapsed = (this.now() - this.started) / 1000
-    if (this.opts.mode === 'json') this.write(JSON.stringify(summaryMessage(this.opts.command, done, elapsed)) + '\n')
-    else this.write('\r' + fit(finalLine(this.opts.command, done, elapsed), this.columns()) + CLEAR_TO_END + '\n')
+    if (this.opts.mode === 'json') {
+      if (this.wrote) this.write(JSON.stringify(summaryMessage(this.opts.command, done, elapsed)) + '\n')
+    } else this.write('\r' + fit(finalLine(this.opts.command, done, elapsed), this.columns()) + CLEAR_TO_END + '\n')
   }
 
   private emit(t: number): void {
     if (this.done) return
     this.due = t + this.intervalMs
+    if (t < this.quietUntil) return
+    this.wrote = true
     const status = statusOf({ phase: this.phase, files: this.files, bytes: this.bytes, total: this.total, t, started: this.started, pace: this.opts.pace, window: this.window(t) })
     if (this.opts.mode === 'json') this.write(JSON.stringify(statusMessage(this.opts.command, status)) + '\n')
     else this.write('\r' + fit(statusLine(this.opts.command, status), this.columns()) + CLEAR_TO_END)

@@ -15,6 +15,14 @@ export function extfs(args: string[], opts: { timeoutMs?: number; env?: NodeJS.P
   return run(EXTFS, args, { timeoutMs: opts.timeoutMs ?? 120_000, env: opts.env })
 }
 
+/**
+ * `stderr` without extfs's JSON progress lines (docs/cli.md, "Progress"): a command that runs longer
+ * than 5 s on a slow machine writes them before its own lines, which tests count.
+ */
+export function withoutProgress(stderr: string): string {
+  return stderr.split('\n').filter((l) => !l.startsWith('{"message_type":')).join('\n')
+}
+
 /** A private scratch directory (on the root filesystem, never on a filesystem a test freezes). */
 export async function scratchDir(t: { teardown(fn: () => unknown): void }, prefix = 'extfs-test-'): Promise<string> {
   const dir = await fsp.mkdtemp(path.join(os.tmpdir(), prefix))
