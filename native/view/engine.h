@@ -271,6 +271,7 @@ void xt_prefetch_settle(struct engine *e, const struct xt_delta_file *files, uin
 #define XT_SHARD_NONE UINT32_MAX
 struct xt_shard_sum {
   uint64_t files, bytes, inodes; // regular files (empty ones included), their bytes, every inode of the shard
+  uint64_t largest;              // bytes of its largest file
 };
 // The plan of checked tables `t` split n ways: shard_of[n_inodes] and sums[n]. 0, ENOMEM or EINVAL (n).
 int xt_shard_plan(const struct xt_tables *t, uint32_t n, uint32_t *shard_of, struct xt_shard_sum *sums);

@@ -72,6 +72,7 @@ static int place_files(const struct xt_tables *t, uint32_t n, uint32_t *shard_of
   for (uint32_t k = 0; k < n_files; k++) {
     uint32_t s = h.at[0];
     shard_of[files[k].index] = s;
+    if (sums[s].files == 0) sums[s].largest = files[k].size; // the first placed: the largest
     sums[s].files++, sums[s].inodes++, sums[s].bytes += files[k].size;
     sift_down(&h);
   }
@@ -163,7 +164,7 @@ static napi_value typed_array(napi_env env, napi_typedarray_type type, size_t n,
   return arr;
 }
 
-// shardPlan(tables, count): {shards: [{files, bytes, inodes}], shardOf: Uint32Array (per inode index,
+// shardPlan(tables, count): {shards: [{files, bytes, inodes, largest}], shardOf: Uint32Array (per inode index,
 // 0xffffffff for a directory with entries)}.
 napi_value xt_js_shard_plan(napi_env env, napi_callback_info info) {
   size_t argc = 2;
@@ -183,7 +184,7 @@ napi_value xt_js_shard_plan(napi_env env, napi_callback_info info) {
   int failed = err != 0 || napi_create_object(env, &out) != napi_ok || napi_create_array_with_length(env, n, &shards) != napi_ok;
   for (uint32_t s = 0; !failed && s < n; s++)
     failed = napi_create_object(env, &o) != napi_ok || !set_u64(env, o, "files", sums[s].files) || !set_u64(env, o, "bytes", sums[s].bytes) ||
-             !set_u64(env, o, "inodes", sums[s].inodes) || napi_set_element(env, shards, s, o) != napi_ok;
+             !set_u64(env, o, "inodes", sums[s].inodes) || !set_u64(env, o, "largest", sums[s].largest) || napi_set_element(env, shards, s, o) != napi_ok;
   free(sums);
   if (failed || napi_set_named_property(env, out, "shards", shards) != napi_ok || napi_set_named_property(env, out, "shardOf", arr) != napi_ok)
     return napi_throw_error(env, NULL, "shardPlan: out of memory"), NULL;
