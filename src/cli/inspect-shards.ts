@@ -20,6 +20,11 @@ export interface ShardsJson {
   shards: { shard: number; files: number; bytes: number; inodes: number; largestFile: number }[]
 }
 
+/** A shard of `bytes` within 10% of the mean of `total` bytes over `count` shards (in integers: bytes * count <= 1.1 * total). */
+function withinTenPercent(bytes: number, count: number, total: number): boolean {
+  return bytes * count * 10 <= total * 11
+}
+
 export function shardsResult(manifest: string, count: number, key?: Buffer): ShardsJson {
   const m = readPackedManifest(manifest, key)
   const { shards } = viewAddon().shardPlan(mappedTablesOf(m)!.handle, count)
@@ -27,8 +32,8 @@ export function shardsResult(manifest: string, count: number, key?: Buffer): Sha
   let largest = 0
   shards.forEach((s, i) => (largest = s.bytes > shards[largest].bytes ? i : largest))
   const top = shards[largest]
-  // Within 10%: top * count <= 1.1 * bytes, in integers. One file larger than the mean: it is the shard's only bytes.
-  const balanced = top.bytes * count * 10 <= bytes * 11 || (top.largest * count > bytes && top.bytes === top.largest)
+  // Or one file larger than the mean: the shard's only bytes.
+  const balanced = withinTenPercent(top.bytes, count, bytes) || (top.largest * count > bytes && top.bytes === top.largest)
   return {
     schema: 'extfs.shards/1', manifest, configId: m.configId, count, files: shards.reduce((sum, s) => sum + s.files, 0), bytes,
     meanBytes: Math.floor(bytes / count), largest, balanced,
@@ -40,7 +45,10 @@ export function shardsSentence(r: ShardsJson): string {
   const ratio = r.meanBytes === 0 ? '' : ` (${(r.shards[r.largest].bytes / (r.bytes / r.count)).toFixed(3)} x the mean)`
   const lines = [`${r.count} shard(s) of ${r.files} files, ${r.bytes} bytes; config ID ${r.configId}`]
   for (const s of r.shards) lines.push(`shard ${String(s.shard).padEnd(6)} ${s.files} files, ${s.bytes} bytes, ${s.inodes} inodes`)
-  const why = r.balanced ? 'balanced' : 'not within 10% of the mean: its largest files are too large for the shard count (docs/shards.md)'
-  lines.push(`largest       shard ${r.largest}, ${r.shards[r.largest].bytes} bytes${ratio}, mean ${r.meanBytes} bytes: ${why}`)
+  const top = r.shards[r.largest]
+  const why = withinTenPercent(top.bytes, r.count, r.bytes) ? 'within 10% of the mean'
+    : r.balanced ? 'one file larger than the mean, alone'
+      : 'not within 10% of the mean: its files are too large against the mean to split evenly (docs/shards.md)'
+  lines.push(`largest       shard ${r.largest}, ${top.bytes} bytes${ratio}, mean ${r.meanBytes} bytes: ${why}`)
   return lines.join('\n')
 }

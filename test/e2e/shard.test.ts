@@ -117,22 +117,10 @@ t.test('four shards of one image: disjoint, their union the image; a shard view 
       await release(manifest)
     }
 
-    await t.test('refusals: one line, exit 2', async (t) => {
+    await t.test('refusals: one line, exit 2 (every case: test/unit/shard-option.test.ts)', async (t) => {
       const cases: [string, string[], Record<string, string>, RegExp][] = [
         ['no scheduler', ['--shard', 'auto'], {}, /needs SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT .* or JOB_COMPLETION_INDEX with --shards/],
-        ['Slurm without a count', ['--shard', 'auto'], { SLURM_ARRAY_TASK_ID: '0' }, /SLURM_ARRAY_TASK_COUNT is not/],
         ['--shards against Slurm', ['--shard', 'auto', '--shards', '5'], { SLURM_ARRAY_TASK_ID: '0', SLURM_ARRAY_TASK_COUNT: '4' }, /--shards 5 disagrees with SLURM_ARRAY_TASK_COUNT=4/],
-        ['an array from 1', ['--shard', 'auto'], { SLURM_ARRAY_TASK_ID: '1', SLURM_ARRAY_TASK_COUNT: '4', SLURM_ARRAY_TASK_MIN: '1', SLURM_ARRAY_TASK_MAX: '4' }, /must be 0-3 .*not 1-4/],
-        ['an array with steps', ['--shard', 'auto'], { SLURM_ARRAY_TASK_ID: '2', SLURM_ARRAY_TASK_COUNT: '4', SLURM_ARRAY_TASK_MAX: '6' }, /must be 0-3/],
-        ['a task id not a number', ['--shard', 'auto'], { SLURM_ARRAY_TASK_ID: '1e3', SLURM_ARRAY_TASK_COUNT: '4' }, /SLURM_ARRAY_TASK_ID must be a whole number/],
-        ['Kubernetes without --shards', ['--shard', 'auto'], { JOB_COMPLETION_INDEX: '0' }, /needs --shards/],
-        ['an index past the count', ['--shard', 'auto', '--shards', '4'], { JOB_COMPLETION_INDEX: '4' }, /index 4 is not below the count 4/],
-        ['both schedulers', ['--shard', 'auto'], { JOB_COMPLETION_INDEX: '0', SLURM_ARRAY_TASK_ID: '0', SLURM_ARRAY_TASK_COUNT: '1' }, /both/],
-        ['i/n past the count', ['--shard', '4/4'], {}, /index 4 is not below the count 4/],
-        ['no count', ['--shard', '0/0'], {}, /from 1 to 65536/],
-        ['not i/n', ['--shard', '-1/4'], {}, /--shard takes <index>\/<count>/],
-        ['--shards alone', ['--shards', '4'], {}, /--shards goes with --shard auto/],
-        ['--shards against i/n', ['--shard', '1/4', '--shards', '3'], {}, /disagrees/],
         ['the fuse-native engine', ['--shard', '0/2'], { EXTFS_ENGINE: 'fuse-native' }, /needs the native engine/],
       ]
       for (const [what, args, env, message] of cases) {
