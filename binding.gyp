@@ -8,7 +8,7 @@
     },
     {
       "target_name": "extfs_view",
-      "sources": ["native/view/engine.c", "native/view/check.c", "native/view/ops.c", "native/view/plan.c", "native/view/read.c", "native/view/config.c", "native/view/delta.c", "native/view/push.c", "native/view/prefetch.c", "native/view/stats.c", "native/view/decode.c", "native/view/load2.c", "native/view/load2_decode.c", "native/view/load2_index.c", "native/view/load2_data.c", "native/view/load2_dirs.c", "native/view/load2_inodes.c", "native/view/tables_file.c", "native/manifest/utf8.c", "native/csum.c"],
+      "sources": ["native/view/engine.c", "native/view/check.c", "native/view/ops.c", "native/view/plan.c", "native/view/read.c", "native/view/config.c", "native/view/delta.c", "native/view/push.c", "native/view/prefetch.c", "native/view/stats.c", "native/view/shard.c", "native/view/decode.c", "native/view/load2.c", "native/view/load2_decode.c", "native/view/load2_index.c", "native/view/load2_data.c", "native/view/load2_dirs.c", "native/view/load2_inodes.c", "native/view/tables_file.c", "native/manifest/utf8.c", "native/csum.c"],
       "cflags": ["-Wall", "-Wextra", "-O2", "-D_GNU_SOURCE", "<!@(pkg-config --cflags fuse3)"],
       "libraries": ["<!@(pkg-config --libs fuse3)", "-lz", "-lzstd", "-llzo2"]
     }

@@ -1,6 +1,6 @@
 // N-API glue of the native view engine (src/native-engine/native-engine.ts is its only caller):
 //   layout()                                   struct sizes and field offsets of tables.h
-//   mount(tables, record, mountpoint, options, judge, onEvent, leaseMs, prefetchWindow) → handle
+//   mount(tables, record, mountpoint, options, judge, onEvent, leaseMs, prefetchWindow, shardIndex, shardCount) → handle
 //   unmount(handle) → Promise                  umount(2), end the loop, free everything
 //   applyDelta(handle, delta, deviceFds), tainted(handle), generation(handle), fileSize(handle, index)   see delta.c
 //   setLease(handle, ms)                       how long opens and reads are served unasked (config.c)
@@ -13,6 +13,7 @@
 //   readFile(tables, index, offset, size)      a read as the FUSE read serves it, I/O on the tables' fds (read.c)
 // Before mount, and for tests:
 //   largeAcls(tables, limit?)                  the POSIX ACLs the kernel cannot pass through FUSE (ops.c)
+//   shardPlan(tables, count), shardVisible(tables, index, count)   the image split n ways (shard.c)
 // Tables in a file (version 2 manifests): see tables_file.c; mount and largeAcls take its handle too.
 // mount() copies (or, from a file, maps) and checks the tables, mounts with libfuse3 and runs fuse_session_loop_mt on its
 // own pthread: from then on requests are served in C and the Node event loop stays free.
@@ -182,6 +183,8 @@ static void engine_teardown(struct engine *e) {
   xt_config_destroy(e);
   xt_delta_destroy(e);
   xt_stats_destroy(e);
+  free(e->visible);
+  e->visible = NULL;
   pthread_rwlock_destroy(&e->js_lock);
   if (e->mapped != NULL) xt_mapped_unref(e->mapped);
   else free(e->t.image);
@@ -233,19 +236,30 @@ static napi_value fail(napi_env env, struct engine *e, const char *msg) {
   return NULL;
 }
 
+// A shard view: e->visible for shard i of n of the checked tables, before the stats count what it shows.
+static const char *shard_view(struct engine *e, uint32_t i, uint32_t n) {
+  uint32_t n_inodes = e->t.h->n_inodes;
+  e->visible = malloc(n_inodes > 0 ? n_inodes : 1);
+  int err = e->visible == NULL ? ENOMEM : xt_shard_visible(&e->t, i, n, e->visible);
+  if (e->mapped != NULL) xt_mapped_drop_pages(e->mapped);
+  return err != 0 ? "out of memory" : NULL;
+}
+
 static napi_value js_mount(napi_env env, napi_callback_info info) {
-  size_t argc = 8;
-  napi_value argv[8], name;
+  size_t argc = 10;
+  napi_value argv[10], name;
   int64_t lease_ms = -1, prefetch_window = -1;
+  uint32_t shard_index = 0, shard_count = 0; // count 0: the whole image
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   void *buf = NULL;
   size_t len = 0;
   bool is_buffer = false;
   struct xt_mapped *mapped = argc >= 1 ? xt_mapped_arg(env, argv[0]) : NULL;
-  if (argc < 8 || (mapped == NULL && (napi_is_buffer(env, argv[0], &is_buffer) != napi_ok || !is_buffer)) ||
+  if (argc < 10 || (mapped == NULL && (napi_is_buffer(env, argv[0], &is_buffer) != napi_ok || !is_buffer)) ||
       napi_get_value_int64(env, argv[6], &lease_ms) != napi_ok || napi_get_value_int64(env, argv[7], &prefetch_window) != napi_ok ||
-      prefetch_window < -1 || prefetch_window > (int64_t)XT_PREFETCH_WINDOW_MAX) {
-    return fail(env, NULL, "mount(tables Buffer or mapTables handle, record, mountpoint, options, judge, onEvent, leaseMs, prefetchWindow)");
+      prefetch_window < -1 || prefetch_window > (int64_t)XT_PREFETCH_WINDOW_MAX || napi_get_value_uint32(env, argv[8], &shard_index) != napi_ok ||
+      napi_get_value_uint32(env, argv[9], &shard_count) != napi_ok || shard_count > XT_SHARDS_MAX || (shard_count > 0 && shard_index >= shard_count)) {
+    return fail(env, NULL, "mount(tables Buffer or mapTables handle, record, mountpoint, options, judge, onEvent, leaseMs, prefetchWindow, shardIndex, shardCount)");
   }
   if (mapped == NULL) CHECK(napi_get_buffer_info(env, argv[0], &buf, &len));
 
@@ -273,6 +287,7 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
       bad = xt_check(e->t.image, len, &e->t);
     }
   }
+  if (bad == NULL && shard_count > 0) bad = shard_view(e, shard_index, shard_count);
   if (bad == NULL && (xt_delta_init(e) != 0 || xt_stats_init(e) != 0)) bad = "out of memory";
   if (bad != NULL) {
     free(options);
@@ -779,6 +794,8 @@ static napi_value init(napi_env env, napi_value exports) {
     {"readFile", NULL, js_read_file, NULL, NULL, NULL, napi_enumerable, NULL},
     {"largeAcls", NULL, js_large_acls, NULL, NULL, NULL, napi_enumerable, NULL},
     {"decode", NULL, js_decode, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"shardPlan", NULL, xt_js_shard_plan, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"shardVisible", NULL, xt_js_shard_visible, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   CHECK(napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
   CHECK(xt_tables_file_init(env, exports));

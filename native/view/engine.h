@@ -132,6 +132,9 @@ struct engine {
   struct xt_prefetch *prefetch; // prefetch of small files (prefetch.c): the same
   int64_t prefetch_window;      // its window in bytes as mount() was given it; -1: the default
   struct xt_stats stats;
+  // A shard view (shard.c): 1 byte per inode, 1 where the view shows it; NULL: every inode (a whole
+  // view). Set at mount, never changed: xt_node, lookup and readdir hide the rest.
+  uint8_t *visible;
   int orphaned; // JS dropped the handle: free the struct once done
   // No mount (the addon's readFile, for tests): events go here instead of to JS, the first one kept.
   struct xt_event *test_event;
@@ -261,6 +264,26 @@ struct xt_pf_unit {
 int xt_prefetch_plan(const struct xt_tables *t, uint32_t dir, uint64_t window, void (*each)(void *ctx, const struct xt_pf_unit *u), void *ctx);
 // As xt_push_settle, for prefetch's device reads in flight.
 void xt_prefetch_settle(struct engine *e, const struct xt_delta_file *files, uint32_t n);
+
+// shard.c: one image split n ways (docs/shards.md). XT_SHARD_NONE: a directory with entries, in no
+// shard (shown by those it leads to).
+#define XT_SHARDS_MAX 65536u
+#define XT_SHARD_NONE UINT32_MAX
+struct xt_shard_sum {
+  uint64_t files, bytes, inodes; // regular files (empty ones included), their bytes, every inode of the shard
+  uint64_t largest;              // bytes of its largest file
+};
+// The plan of checked tables `t` split n ways: shard_of[n_inodes] and sums[n]. 0, ENOMEM or EINVAL (n).
+int xt_shard_plan(const struct xt_tables *t, uint32_t n, uint32_t *shard_of, struct xt_shard_sum *sums);
+// What shard i of n shows, into visible[n_inodes]: its inodes, the root and every directory on a path
+// to one of them. 0, ENOMEM or EINVAL.
+int xt_shard_visible(const struct xt_tables *t, uint32_t i, uint32_t n, uint8_t *visible);
+// Whether a view shows inode `index` (a whole view shows every one).
+static inline int xt_visible(const struct engine *e, uint32_t index) {
+  return e->visible == NULL || e->visible[index];
+}
+napi_value xt_js_shard_plan(napi_env env, napi_callback_info info);    // for tests and inspect, no mount
+napi_value xt_js_shard_visible(napi_env env, napi_callback_info info); // for tests, no mount
 
 // delta.c
 // What the view served (stats.c).

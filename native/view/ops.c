@@ -15,8 +15,9 @@ static struct engine *eng(fuse_req_t req) {
   return fuse_req_userdata(req);
 }
 
+// NULL for an inode a shard view hides: every op on it is ENOENT, as if the image had no such inode.
 const struct xt_inode *xt_node(const struct engine *e, fuse_ino_t nodeid) {
-  if (nodeid == 0 || nodeid > e->t.h->n_inodes) return NULL;
+  if (nodeid == 0 || nodeid > e->t.h->n_inodes || !xt_visible(e, (uint32_t)(nodeid - 1))) return NULL;
   return &e->t.inodes[nodeid - 1];
 }
 
@@ -83,11 +84,12 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name) {
   while (lo < hi) {
     uint32_t mid = lo + (hi - lo) / 2;
     int c = name_cmp(e->t.names + d[mid].name_off, d[mid].name_len, name, len);
-    if (c == 0) {
+    if (c == 0 && xt_visible(e, d[mid].child)) {
       struct fuse_entry_param ep;
       fill_entry(e, d[mid].child, &ep);
       return (void)fuse_reply_entry(req, &ep);
     }
+    if (c == 0) break; // hidden by a shard view: as missing
     if (c < 0) lo = mid + 1;
     else hi = mid;
   }
@@ -126,7 +128,8 @@ static void op_opendir(fuse_req_t req, fuse_ino_t nodeid, struct fuse_file_info 
 }
 
 // Positions: 0 is ".", 1 is "..", 2 + i is dirents[first + i]. An entry's offset is the position of
-// the next one, so a listing resumes exactly where the kernel's buffer ran full.
+// the next one, so a listing resumes exactly where the kernel's buffer ran full. A shard view skips
+// the entries it hides; the positions stay those of the whole directory.
 static void do_readdir(fuse_req_t req, fuse_ino_t nodeid, size_t size, off_t off, int plus) {
   struct engine *e = eng(req);
   const struct xt_inode *dir = node_or_reply(req, nodeid);
@@ -144,6 +147,7 @@ static void do_readdir(fuse_req_t req, fuse_ino_t nodeid, size_t size, off_t off
       child = p == 0 ? (uint32_t)(dir - e->t.inodes) : dir->parent;
     } else {
       const struct xt_dirent *d = &e->t.dirents[dir->first + (p - 2)];
+      if (!xt_visible(e, d->child)) continue;
       name = e->t.names + d->name_off;
       child = d->child;
     }

@@ -144,11 +144,11 @@ static int tainted(struct engine *e, uint32_t index) {
   return m != NULL && atomic_load(&m->tainted);
 }
 
-// A file prefetch would take: small, regular, not empty, not tainted. Whether its pages are cached
+// A file prefetch would take: shown (a shard view's), small, regular, not empty, not tainted. Whether its pages are cached
 // already is the kernel's to know: a file read before is read again (the cache may have dropped it).
 static int wanted(struct engine *e, uint32_t index) {
   const struct xt_inode *n = &e->t.inodes[index];
-  return S_ISREG(n->mode) && n->size > 0 && n->size <= PF_FILE_MAX && !tainted(e, index);
+  return xt_visible(e, index) && S_ISREG(n->mode) && n->size > 0 && n->size <= PF_FILE_MAX && !tainted(e, index);
 }
 
 // How file `index` would be prefetched, planned through map `m`: XT_PF_SPAN with its device and

@@ -15,6 +15,7 @@ import { DEFAULT_STATE_PATH } from '../service/state'
 import { caOption, deviceOption, JSON_PROGRESS, jsonOption, keyOption, leaseOption, logLevelOption, parseCarryMax, prefetchWindowOption, parseMiB, parseSeconds, quietOption } from './options'
 import { exportResult, exportSentence, inspectResult, printResult, releaseResult, releaseSentence, remapResult, remapSentence, verifyResult, verifySentence } from './results'
 import { progressMode, startProgress } from './progress'
+import { parseShardCount, shardOption, shardsOption } from './shard'
 
 // The other commands' modules are loaded when they run (`await import`), not all at start: an export
 // would otherwise load serve's, the view's and remap's code too, CPU the owner pays every night
@@ -78,6 +79,8 @@ export function buildProgram(): Command {
     .addOption(quietOption())
     .addOption(jsonOption(JSON_PROGRESS))
     .addOption(logLevelOption())
+    .addOption(shardOption())
+    .addOption(shardsOption())
     .addOption(new Option('--report', 'leave a report of files read under a superseded map (for extfs backup)').hideHelp())
     .action(async (manifest: string, mountpoint: string, o) => (await import('./mount')).mountCommand(manifest, mountpoint, o))
 
@@ -104,8 +107,13 @@ export function buildProgram(): Command {
     .argument('<manifest>')
     .addOption(jsonOption().conflicts('inodes'))
     .option('--inodes', 'every inode as a line of JSON (the version 1 form), after a line with the header; either version, streamed')
+    .addOption(new Option('--shards <n>', 'the plan of an n-way split instead (docs/shards.md): files, bytes and inodes per shard').argParser(parseShardCount).conflicts('inodes'))
     .addOption(keyOption())
     .action(async (manifest: string, o) => {
+      if (o.shards !== undefined) {
+        const { shardsResult, shardsSentence } = await import('./inspect-shards')
+        return printResult(o.json, shardsResult(path.resolve(manifest), o.shards, key(o)), shardsSentence)
+      }
       const { formatSummary, printInodes, summarizeFile } = await import('./inspect')
       if (o.inodes) return printInodes(manifest, key(o), (line) => process.stdout.write(line + '\n'))
       printResult(o.json, inspectResult(path.resolve(manifest), summarizeFile(manifest, key(o))), formatSummary)
@@ -189,6 +197,8 @@ export function buildProgram(): Command {
     .addOption(leaseOption())
     .addOption(prefetchWindowOption())
     .option('--mountpoint <dir>', 'mount on this empty directory (kept) instead of a new private one: the same path every night, as restic and borg need')
+    .addOption(shardOption())
+    .addOption(shardsOption())
     .option('--log-file <file>', `view log (default: ${DEFAULT_LOG_FILE})`)
     .addOption(quietOption())
     .addOption(jsonOption(JSON_PROGRESS))

@@ -18,6 +18,8 @@ import { loadState, takeReport, type ViewReport } from '../mover/state'
 import { finalRemap } from '../mover/final-remap'
 import { queryView } from '../mover/control'
 import { printable } from '../manifest/names'
+import type { Shard } from '../view/engine'
+import { resolveShard, shardArgs, type ShardArg } from './shard'
 
 export interface MountCliOptions {
   key?: string
@@ -39,6 +41,17 @@ export interface MountCliOptions {
   /** Progress on stderr: none; JSON lines (else a status line on a terminal). */
   quiet?: boolean
   json?: boolean
+  /** --shard and --shards as given (docs/shards.md); resolved once, by resolved(). */
+  shard?: ShardArg
+  shards?: number
+}
+
+/** The options with the shard resolved (from the environment for `auto`): what the view and a background child get. */
+type Resolved = Omit<MountCliOptions, 'shard' | 'shards'> & { shard?: Shard }
+
+function resolved(o: MountCliOptions): Resolved {
+  const { shard: _s, shards: _n, ...rest } = o
+  return { ...rest, shard: resolveShard(o) }
 }
 
 /** An image `extfs serve` answers for, rather than a manifest file. */
@@ -52,7 +65,7 @@ function absoluteSource(source: string): string {
 }
 
 /** The arguments a background child gets: the parent's, re-stated (the parent's argv may hold `backup`). */
-function childArgs(source: string, mountpoint: string, o: MountCliOptions): string[] {
+function childArgs(source: string, mountpoint: string, o: Resolved): string[] {
   const args = ['mount', absoluteSource(source), mountpoint, '--log-level', o.logLevel]
   if (o.key) args.push('--key', path.resolve(o.key))
   if (o.ca) args.push('--ca', path.resolve(o.ca))
@@ -60,6 +73,7 @@ function childArgs(source: string, mountpoint: string, o: MountCliOptions): stri
   if (o.prefetchWindow !== undefined) args.push('--prefetch-window', String(o.prefetchWindow))
   if (o.allowOther) args.push('--allow-other')
   for (const [id, p] of o.device) args.push('--device', `${id}=${p}`)
+  args.push(...shardArgs(o.shard))
   return args
 }
 
@@ -119,7 +133,8 @@ function remembering(progress: Progress): { sink: ProgressSink; finish(): void }
   }
 }
 
-export async function mountCommand(source: string, mountpoint: string, o: MountCliOptions): Promise<void> {
+export async function mountCommand(source: string, mountpoint: string, given: MountCliOptions): Promise<void> {
+  const o = resolved(given)
   if (!o.foreground) {
     backgroundPreflight(source, o, mountpoint)
     const progress = remembering(startProgress({ command: 'mount', mode: progressMode(o) }))
@@ -133,7 +148,7 @@ export async function mountCommand(source: string, mountpoint: string, o: MountC
   await runView({
     manifestPath: absoluteSource(source), remote: remoteSource(source, o), mountpoint, allowOther: !!o.allowOther, key: readKey(o),
     deviceOverrides: o.device, log, report: !!o.report, prefetchWindowBytes: o.prefetchWindow === undefined ? undefined : o.prefetchWindow * 2 ** 20,
-    progress: progress.sink,
+    shard: o.shard, progress: progress.sink,
     onReady: (err) => {
       failure = err
       if (!err) progress.finish()
@@ -143,7 +158,8 @@ export async function mountCommand(source: string, mountpoint: string, o: MountC
   if (failure) throw failure
 }
 
-export async function backupCommand(source: string, command: string[], o: MountCliOptions): Promise<number> {
+export async function backupCommand(source: string, command: string[], given: MountCliOptions): Promise<number> {
+  const o = resolved(given)
   // restic and borg find last night's state by absolute path: a new directory each night makes them
   // read every file again, hence --mountpoint (docs/clients.md).
   const fixed = o.mountpoint === undefined ? undefined : path.resolve(o.mountpoint)

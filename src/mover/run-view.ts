@@ -3,7 +3,7 @@ import fs from 'node:fs'
 import type { Logger } from 'pino'
 import { loadImage, LoadOptions } from './load'
 import { checkMountpoint, requireFuse, requireRoot } from './checks'
-import { fuseNativeSelected, type ViewEngine } from '../view/engine'
+import { fuseNativeSelected, type Shard, type ViewEngine } from '../view/engine'
 import { NativeEngine } from '../native-engine/native-engine'
 import type { LoadedImage } from './load'
 import { isMountpoint } from '../mapping/mountinfo'
@@ -30,6 +30,8 @@ export interface ViewRunOptions extends LoadOptions {
   allowOther: boolean
   /** The prefetch window of small files in bytes (0: off); absent: the engine's default. */
   prefetchWindowBytes?: number
+  /** Serve this shard of the image alone (docs/shards.md); absent: the whole image. */
+  shard?: Shard
   /** Leave a report of tainted files in /run/extfs when stopping, for the `extfs backup` that started us. */
   report: boolean
   log: Logger
@@ -171,7 +173,7 @@ export async function runView(opts: ViewRunOptions): Promise<void> {
     engine = served.engine
     try {
       await engine.mount(mountpoint, { fsname: `extfs:${image.manifest.configId}`, allowOther: opts.allowOther, leaseMs: remote?.leaseLeft(),
-        prefetchWindowBytes: opts.prefetchWindowBytes })
+        prefetchWindowBytes: opts.prefetchWindowBytes, shard: opts.shard })
     } catch (err) {
       throw new ExtfsError(ExitCode.NoFuse, `FUSE mount on ${mountpoint} failed: ${(err as Error).message}`)
     }
@@ -196,6 +198,7 @@ export async function runView(opts: ViewRunOptions): Promise<void> {
     manifest: image.manifest, source: opts.manifestPath, mountpoint, startedAt }), (err) => log.warn({ mountpoint, err: err.message }, 'view status socket failed; extfs status will call this view dead'))
   log.info({
     mountpoint, manifest: opts.manifestPath, configId: image.manifest.configId, devices: image.devices.map((d) => `${d.id}=${d.path}`),
+    ...(opts.shard ? { shard: `${opts.shard.index}/${opts.shard.count}` } : {}),
     ...(remote ? { leaseMs: Math.round(remote.leaseLeft()) } : {}),
   }, 'serving frozen view')
   opts.onReady()

@@ -80,9 +80,11 @@ export interface ViewAddon {
    * (the FUSE request waits at most 5 s, then is refused; later answers are ignored). `onEvent`
    * receives log events. `leaseMs` is the lease at mount (as setLease). `prefetchWindow`: bytes of small
    * files read ahead of readers at most (native/view/prefetch.c), 0 none, -1 the default, at most
-   * 256 MiB. Throws if not mounted.
+   * 256 MiB. `shardCount` > 0: serve shard `shardIndex` of that many alone (native/view/shard.c),
+   * 0: the whole image. Throws if not mounted.
    */
-  mount(tables: Buffer | TablesHandle, recordPath: string, mountpoint: string, options: string, judge: (answer: Answer) => void, onEvent: (ev: EngineEvent) => void, leaseMs: number, prefetchWindow: number): SessionHandle
+  mount(tables: Buffer | TablesHandle, recordPath: string, mountpoint: string, options: string, judge: (answer: Answer) => void, onEvent: (ev: EngineEvent) => void, leaseMs: number, prefetchWindow: number,
+    shardIndex: number, shardCount: number): SessionHandle
   /** umount(2) (not lazy), end the session, free everything. Rejects "...busy" and keeps serving. */
   unmount(handle: SessionHandle): Promise<void>
   /**
@@ -111,6 +113,14 @@ export interface ViewAddon {
    * Copies and checks the tables (throws when they are refused).
    */
   largeAcls(tables: Buffer | TablesHandle, limit?: number): LargeAcls
+  /**
+   * The image split `count` ways (native/view/shard.c, docs/shards.md): per shard its regular files,
+   * their bytes, its inodes and its largest file; per inode index its shard, SHARD_NONE for a directory with entries
+   * (shown by every shard it leads to). Mapped tables not mounted yet are checked whole first.
+   */
+  shardPlan(tables: Buffer | TablesHandle, count: number): ShardPlan
+  /** Per inode index, 1 where shard `index` of `count` shows it: its inodes, the root, the directories leading to them. */
+  shardVisible(tables: Buffer | TablesHandle, index: number, count: number): Uint8Array
 
   // Tables in a file (a version 2 body, a version 1 manifest's re-encoded: native/view/load2*.c, tables_file.c).
   /** An unlinked file in `dir` (O_TMPFILE), open read-write: where loadV2 writes the tables. */
@@ -187,6 +197,15 @@ export type ReadResult =
 
 /** A piece of a read planned in C: src/extents/plan.ts's Segment, or an inline file's bytes (the whole reply). */
 export type PlannedPiece = Segment | { kind: 'inline'; bytes: Buffer }
+
+/** shardPlan's answer. */
+export interface ShardPlan {
+  /** Regular files (empty ones included), their bytes, every inode of the shard, the bytes of its largest file. */
+  shards: { files: number; bytes: number; inodes: number; largest: number }[]
+  shardOf: Uint32Array
+}
+/** shardOf's value for a directory with entries: in no shard. */
+export const SHARD_NONE = 0xffffffff
 
 /** judge()'s reply: the first call counts. */
 export type Answer = (ok: boolean, reason?: string) => void

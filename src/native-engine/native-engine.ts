@@ -67,8 +67,9 @@ export class NativeEngine implements ViewEngine {
     const options = ['ro', 'default_permissions', `fsname=${escapeOption(opts.fsname)}`, 'subtype=extfs']
     if (opts.allowOther) options.push('allow_other')
     this.session = addon.mount(tables, this.config.file, mountpoint, options.join(','),
-      (answer) => this.judge(answer), (ev) => this.report(ev), Math.floor(opts.leaseMs ?? -1), opts.prefetchWindowBytes ?? -1)
-    this.log.debug({ mountpoint, tables: this.mapped.loaded, bytes: this.mapped.loaded.tablesBytes }, 'native engine mounted')
+      (answer) => this.judge(answer), (ev) => this.report(ev), Math.floor(opts.leaseMs ?? -1), opts.prefetchWindowBytes ?? -1,
+      opts.shard?.index ?? 0, opts.shard?.count ?? 0)
+    this.log.debug({ mountpoint, tables: this.mapped.loaded, bytes: this.mapped.loaded.tablesBytes, shard: opts.shard }, 'native engine mounted')
     try {
       // Answered once the kernel finished FUSE_INIT with the session thread: the view serves.
       const st = await fsp.stat(mountpoint)

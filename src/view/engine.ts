@@ -17,6 +17,14 @@ export interface MountOptions {
    * engine's default (32 MiB, less on a small host). Native engine only.
    */
   prefetchWindowBytes?: number
+  /** Serve this shard of the image alone (docs/shards.md); absent: the whole image. Native engine only. */
+  shard?: Shard
+}
+
+/** Shard `index` of `count` (0 <= index < count): see docs/shards.md. */
+export interface Shard {
+  index: number
+  count: number
 }
 
 export interface ViewEngine {

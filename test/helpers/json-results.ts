@@ -58,6 +58,10 @@ export const SCHEMAS: Record<string, { [key: string]: Shape }> = {
     inlineFiles: 'count', devices: { arrayOf: { id: 'string', size: 'count', 'hint?': 'string', identity: 'strings', fingerprints: 'count' } },
     largeAcls: { arrayOf: 'path' },
   },
+  'extfs.shards/1': {
+    schema: ['extfs.shards/1'], manifest: 'path', configId: 'configId', count: 'count', files: 'count', bytes: 'count', meanBytes: 'count',
+    largest: 'count', balanced: 'boolean', shards: { arrayOf: { shard: 'count', files: 'count', bytes: 'count', inodes: 'count', largestFile: 'count' } },
+  },
   'extfs.status/1': { schema: ['extfs.status/1'], healthy: 'boolean', views: { arrayOf: 'viewEntry' } },
   'extfs.view/1': {
     schema: ['extfs.view/1'], pid: 'count', mountpoint: 'path', source: 'string', engine: ['native', 'fuse-native'], startedAt: 'string',

@@ -10,6 +10,7 @@ import {
   type ReleaseJson, type RemapJson, type VerifyJson,
 } from '../../src/cli/results'
 import { formatSummary } from '../../src/cli/inspect'
+import { shardsSentence, type ShardsJson } from '../../src/cli/inspect-shards'
 import type { Loose } from '../helpers/tamper'
 
 const DOC = fs.readFileSync(path.join(__dirname, '..', '..', 'docs', 'json.md'), 'utf8')
@@ -21,6 +22,7 @@ const SENTENCES: Record<string, (r: Loose) => string> = {
   'extfs.verify/1': (r: VerifyJson) => verifySentence(r),
   'extfs.release/1': (r: ReleaseJson) => releaseSentence(r),
   'extfs.inspect/1': (r: InspectJson) => formatSummary(r),
+  'extfs.shards/1': (r: ShardsJson) => shardsSentence(r),
 }
 
 /** Each `## ... : \`extfs.x/N\`` section of docs/json.md: its table's field names, its JSON example, its text. */
