@@ -21,6 +21,8 @@ import { NativeEngine } from '../../src/native-engine/native-engine'
 import { viewAddon, type SessionHandle } from '../../src/native-engine/addon'
 import { packDelta } from '../../src/native-engine/delta-tables'
 import { LAYOUT } from '../../src/native-engine/tables'
+import { mappedTablesOf } from '../../src/native-engine/mapped-tables'
+import { tablesOfManifest } from '../../src/native-engine/v1-manifest'
 import { RawDevice } from '../../src/device/reader'
 import type { Extent } from '../../src/manifest/types'
 
@@ -122,6 +124,32 @@ t.test('deltas: atomic application, superseded reads, refusals, and a hammered f
           t.equal(await viewSha(v('stay')), sha(FILES.stay!), 'stay unchanged')
           const log = (await fsp.readFile(logFile, 'utf8')).split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>)
           t.match(log.find((l) => l.msg === 'delta applied'), { generation: 1, files: 2, devices: ['b'] }, 'logged')
+        })
+
+        await t.test('a shard view follows a delta as a whole view does', async (t) => {
+          // A second view of the same image, shard of 2 holding `never` (docs/shards.md), mounted
+          // under the manifest's map: `never`'s old location is zeroed, its bytes are on device b.
+          const tables = mappedTablesOf(image.manifest) ?? tablesOfManifest(image.manifest)
+          const shardOf = viewAddon().shardPlan(tables.handle, 2).shardOf
+          const index = shardOf[tables.index(inoOf.never!)]!
+          const other = Object.keys(FILES).find((name) => shardOf[tables.index(inoOf[name]!)] !== index)
+          const shardMnt = path.join(state, 'shard')
+          await fsp.mkdir(shardMnt)
+          const shard = new NativeEngine(image.manifest, image.devices, image.config, pino({ level: 'silent' }))
+          const shardB = RawDevice.open('b', bLoop)
+          await shard.mount(shardMnt, { fsname: `extfs:${image.manifest.configId}`, allowOther: false, shard: { index, count: 2 } })
+          try {
+            const sv = (name: string) => path.join(shardMnt, name)
+            t.equal(await viewSha(sv('never'), true), sha(Buffer.alloc(FILES.never!.length)), 'never, under the manifest\'s map: the zeroed old location')
+            if (other) t.equal((await run('cat', [sv(other)])).code, 1, `${other}, of the other shard: not there`)
+            shard.applyDelta([{ ino: inoOf.never!, extents: toB('never', ON_B.never) }], [shardB])
+            t.same(shard.taintedFiles(), ['/never'], 'read before the delta: tainted')
+            t.equal(await viewSha(sv('never'), true), sha(FILES.never!), 'after it: the bytes from the new device')
+            t.same(shard.taintedFiles(), [], 're-read in full: clear')
+          } finally {
+            await shard.unmount()
+            shardB.close()
+          }
         })
 
         await t.test('a partial re-read does not clear a taint; a second delta taints again', async (t) => {
