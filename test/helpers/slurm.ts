@@ -1,28 +1,34 @@
 // A private single-node Slurm cluster for end-to-end tests (Debian's slurm-wlm 22.05 and munge 0.5.15,
 // installed by scripts/install), everything under one temporary directory and gone at teardown.
 //
-// Facts measured on this machine (2 cores, no systemd, root), which the configuration below relies on:
-// - munged -F with a private key (random bytes, 0400), --socket, --pid-file, --seed-file; it refuses a
-//   socket directory without execute permission for all ("Socket is inaccessible"): hence 0755.
-// - SlurmctldHost and NodeName must be `hostname -s` (slurmd -N names itself); NodeAddr/the controller
-//   address 127.0.0.1. AuthInfo=socket=<private socket> points every daemon and client at our munged.
-// - SlurmdParameters=config_overrides: without it a node declared with more CPUs than the hardware
-//   (CPUs=8 on 2 cores, so that 4 array tasks run at once) is drained as "Low socket*core*thread count".
-// - ProctrackType=proctrack/linuxproc (the default, cgroup, needs a cgroup setup systemd would make),
-//   TaskPlugin=task/none, accounting and job completion none (no slurmdbd; per-task exit codes come
-//   from `scontrol show job` while MinJobAge keeps the records).
-// - SchedulerParameters=sched_interval=1: a submitted array starts within about a second.
-// - Start: munged, slurmctld -D and slurmd -D to an idle node in about 1.2 s; stop by pid (SIGTERM)
-//   takes up to 2 s per daemon, so all are signalled at once.
+// Facts measured on this machine (2 cores, no systemd, root, slurm-wlm 22.05.8, munge 0.5.15); which
+// lines of slurm.conf are needed was found by leaving each out:
+// - munged -F with a private key (128 random bytes, 0400), --socket, --pid-file, --seed-file; it refuses
+//   a socket directory without execute permission for all ("Socket is inaccessible"): hence 0755.
+// - AuthInfo=socket=<private socket> is needed: without it daemons and clients look for
+//   /run/munge/munge.socket.2 ("Protocol authentication error").
+// - SlurmctldHost and NodeName are `hostname -s` (slurmd -N names itself), at 127.0.0.1.
+// - SlurmdParameters=config_overrides is needed to declare CPUs=8 on 2 cores (4 tasks at once):
+//   without it the node stays "inval" ("Low socket*core*thread count, Low CPUs").
+// - ProctrackType=proctrack/linuxproc is needed: the default, cgroup, fails every step ("cgroup
+//   namespace 'freezer' not mounted") and the job still shows COMPLETED without having run.
+// - Not needed but kept explicit: TaskPlugin=task/none (the default here), SelectType, MpiDefault,
+//   accounting and job completion none (there is no slurmdbd: per-task exit codes come from
+//   `scontrol show job` while MinJobAge keeps the records), ReturnToService=2.
+// - SchedulerParameters=sched_interval=1: a requeued task runs 1.1 s after requeue() instead of 2.9 s.
+// - Start to an idle node (munged answering, slurmctld -D, slurmd -D): 0.35 to 1.4 s. Stop, all daemons
+//   signalled (SIGTERM) at once: 0.15 to 0.35 s.
 // - slurmstepd daemonizes (parent 1, its own session) and outlives slurmd with its job, so teardown
 //   cancels the jobs first and then ends what remains of the cluster's processes, found by the
 //   SLURM_CONF=<our slurm.conf> in their environment (never by name).
 // - `scontrol requeue` holds a job for cred_expire+1 s (121 s by default) before it may run again:
-//   slurmd refuses credentials made up to the second it revoked the job's (the task fails, exit 1).
-//   requeue() makes it eligible one second later (`scontrol update StartTime=now+1`).
+//   slurmd refuses credentials made up to the second it revoked the job's ("Job credential revoked",
+//   the task fails with 1). requeue() makes it eligible one second later (`StartTime=now+1`).
 // - `sbatch --wait` polls slowly (seconds); waitJob polls `scontrol show job` every 200 ms instead.
-// - Tasks run as root with /dev/fuse and loop devices usable; Slurm shows a task's status as
-//   ExitCode=<status>:<signal> (7:0 for exit 7, 0:15 for a task ended by scancel's SIGTERM).
+// - Tasks run as root and may use /dev/fuse and loop devices; Slurm shows a task's status as
+//   ExitCode=<status>:<signal> (7:0 for exit 7, 0:15 for a task ended by scancel's SIGTERM). A
+//   cancelled batch shell may run its next line once its child died of the same SIGTERM: a task that
+//   must not go on after a cancel execs its last command.
 import { ChildProcess, spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { closeSync, openSync, promises as fsp, readdirSync, readFileSync, rmSync } from 'node:fs'
@@ -236,14 +242,17 @@ function portFree(port: number): Promise<boolean> {
 }
 
 async function waitIdle(dir: string, env: NodeJS.ProcessEnv, daemons: ChildProcess[]): Promise<void> {
+  let node = ''
   for (let i = 0; i < 150; i++) {
     const dead = daemons.find((d) => d.exitCode !== null || d.signalCode !== null)
     if (dead) throw new Error(`${dead.spawnfile} exited (${dead.exitCode ?? dead.signalCode}): ${await logTails(dir)}`)
-    const r = await run('sinfo', ['-h', '-N', '-o', '%T'], { env, timeoutMs: 10_000 })
-    if (r.code === 0 && r.stdout.trim() === 'idle') return
+    // The node's state and the reason for it, e.g. "inval Low socket*core*thread count, Low CPUs".
+    const r = await run('sinfo', ['-h', '-N', '-o', '%T %E'], { env, timeoutMs: 10_000 })
+    node = r.stdout.trim() || r.stderr.trim()
+    if (r.code === 0 && node === 'idle none') return
     await sleep(100)
   }
-  throw new Error(`the node did not become idle in 15 s: ${await logTails(dir)}`)
+  throw new Error(`the node did not become idle in 15 s (${node}): ${await logTails(dir)}`)
 }
 
 async function logTails(dir: string): Promise<string> {
