@@ -101,7 +101,7 @@ async function extract(archives: string[], dest: string): Promise<void> {
   for (const a of archives) await runOk('tar', [...TAR_META, '-C', dest, '-xpf', a])
 }
 
-/** Mount points of views of the image with config ID `configId` on this machine (mountinfo: field 5, the source after " - "). */
+/** Mount points (mountinfo's 5th field) of the views of the image `configId` on this machine: their source is extfs:<config ID>. */
 function viewMounts(configId: string): string[] {
   return readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => l.includes(` extfs:${configId} `)).map((l) => l.split(' ')[4])
 }

@@ -74,8 +74,8 @@ export interface SlurmCluster {
   tasks(jobId: string): Promise<Map<number, TaskEnd>>
   /** What task `task` of `jobId` wrote to stdout and stderr (its latest run). */
   output(jobId: string, task: number): Promise<string>
-  /** `scancel` a job or task (`<job>_<task>`), with `signal` to only signal it. */
-  cancel(target: string, signal?: string): Promise<void>
+  /** `scancel` a job or task (`<job>_<task>`): SIGTERM to its processes, SIGKILL KillWait (5 s) later. */
+  cancel(target: string): Promise<void>
   /** Put a finished task (waitJob first) back in the queue, eligible a second later. */
   requeue(target: string): Promise<void>
   /** Cancel the jobs, stop the daemons by pid, end what is left of the cluster, remove `dir`. Problems met. */
@@ -124,7 +124,7 @@ export async function startSlurm(t: { teardown(fn: () => unknown): void }, opts:
       const deadline = Date.now() + timeoutMs
       for (;;) {
         const records = await scontrolJobs(jobId)
-        if (records.every((r) => TERMINAL.has(r.end.state) && r.task !== undefined)) return new Map(records.map((r) => [r.task!, r.end]))
+        if (records.length > 0 && records.every((r) => TERMINAL.has(r.end.state) && r.task !== undefined)) return new Map(records.map((r) => [r.task!, r.end]))
         if (Date.now() > deadline) throw new Error(`job ${jobId} not done after ${timeoutMs} ms: ${records.map((r) => `${r.taskSpec}=${r.end.state}`).join(' ')}`)
         await sleep(POLL_MS)
       }
@@ -133,8 +133,8 @@ export async function startSlurm(t: { teardown(fn: () => unknown): void }, opts:
       return new Map((await scontrolJobs(jobId)).filter((r) => r.task !== undefined).map((r) => [r.task!, r.end]))
     },
     output: (jobId, task) => fsp.readFile(path.join(dir, `job-${jobId}_${task}.out`), 'utf8').catch(() => '(no output)'),
-    async cancel(target, signal) {
-      await runOk('scancel', [...(signal ? ['--signal', signal] : []), target], { env })
+    async cancel(target) {
+      await runOk('scancel', [target], { env })
     },
     async requeue(target) {
       await runOk('scontrol', ['requeue', target], { env })
@@ -144,6 +144,10 @@ export async function startSlurm(t: { teardown(fn: () => unknown): void }, opts:
     },
     stop,
   }
+}
+
+function ended(d: ChildProcess): boolean {
+  return d.pid === undefined || d.exitCode !== null || d.signalCode !== null
 }
 
 function shortHostname(): string {
@@ -157,12 +161,12 @@ function clientEnv(conf: string): NodeJS.ProcessEnv {
   return { ...env, SLURM_CONF: conf }
 }
 
-/** A daemon in the foreground as our child, its stdout and stderr in <dir>/log/<name>.log. */
+/** A daemon in the foreground as our child, its stdout and stderr in <dir>/log/<name>.out (its log file is <name>.log). */
 function daemon(name: string, args: string[], dir: string, env: NodeJS.ProcessEnv): ChildProcess {
-  const log = openSync(path.join(dir, 'log', `${name}.log`), 'a')
+  const log = openSync(path.join(dir, 'log', `${name}.out`), 'a')
   try {
     const child = spawn(name, args, { cwd: dir, env, stdio: ['ignore', log, log] })
-    child.on('error', () => {}) // a missing binary shows as the child's exit, reported by waitIdle
+    child.on('error', () => {}) // a missing binary: no pid, which ended() reports
     return child
   } finally {
     closeSync(log)
@@ -182,7 +186,7 @@ async function startMunge(dir: string, env: NodeJS.ProcessEnv, daemons: ChildPro
     `--seed-file=${path.join(dir, 'run', 'munged.seed')}`, `--log-file=${path.join(dir, 'log', 'munged.log')}`], dir, env))
   for (let i = 0; i < 100; i++) {
     if ((await run('munge', ['-n', '-S', socket], { env, timeoutMs: 5_000 })).code === 0) return socket
-    if (daemons[0].exitCode !== null) break
+    if (ended(daemons[0])) break
     await sleep(50)
   }
   throw new Error(`munged did not answer on ${socket}: ${await logTails(dir)}`)
@@ -244,8 +248,8 @@ function portFree(port: number): Promise<boolean> {
 async function waitIdle(dir: string, env: NodeJS.ProcessEnv, daemons: ChildProcess[]): Promise<void> {
   let node = ''
   for (let i = 0; i < 150; i++) {
-    const dead = daemons.find((d) => d.exitCode !== null || d.signalCode !== null)
-    if (dead) throw new Error(`${dead.spawnfile} exited (${dead.exitCode ?? dead.signalCode}): ${await logTails(dir)}`)
+    const dead = daemons.find(ended)
+    if (dead) throw new Error(`${dead.spawnfile} ${dead.pid === undefined ? 'did not start' : `exited (${dead.exitCode ?? dead.signalCode})`}: ${await logTails(dir)}`)
     // The node's state and the reason for it, e.g. "inval Low socket*core*thread count, Low CPUs".
     const r = await run('sinfo', ['-h', '-N', '-o', '%T %E'], { env, timeoutMs: 10_000 })
     node = r.stdout.trim() || r.stderr.trim()
@@ -300,7 +304,7 @@ export function clusterProcesses(conf: string): number[] {
 async function stopCluster(dir: string, conf: string, env: NodeJS.ProcessEnv, daemons: ChildProcess[]): Promise<string[]> {
   const problems: string[] = []
   // Jobs first: slurmstepd and the tasks outlive slurmd. Ask the controller while it runs.
-  if (daemons.length === 3 && daemons.every((d) => d.exitCode === null && d.signalCode === null)) {
+  if (daemons.length === 3 && !daemons.some(ended)) {
     await run('scancel', ['--user=root'], { env, timeoutMs: 10_000 })
     for (let i = 0; i < 50 && (await run('squeue', ['-h'], { env, timeoutMs: 5_000 })).stdout.trim() !== ''; i++) await sleep(POLL_MS)
   }
@@ -318,7 +322,7 @@ async function stopCluster(dir: string, conf: string, env: NodeJS.ProcessEnv, da
 
 /** SIGTERM, up to 5 s, then SIGKILL. */
 async function endChild(child: ChildProcess, problems: string[]): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null || child.pid === undefined) return
+  if (ended(child)) return
   const exited = new Promise((r) => child.once('exit', r))
   child.kill('SIGTERM')
   const timer = new Promise((r) => setTimeout(r, 5_000, 'timeout'))
@@ -330,7 +334,7 @@ async function endChild(child: ChildProcess, problems: string[]): Promise<void> 
 }
 
 function killClusterSync(conf: string, daemons: ChildProcess[], dir: string): void {
-  for (const d of daemons) if (d.exitCode === null && d.signalCode === null) d.kill('SIGKILL')
+  for (const d of daemons) if (!ended(d)) d.kill('SIGKILL')
   for (const pid of clusterProcesses(conf)) killQuietly(pid, 'SIGKILL')
   try {
     rmSync(dir, { recursive: true, force: true })
