@@ -325,8 +325,11 @@ async function endChild(child: ChildProcess, problems: string[]): Promise<void> 
   if (ended(child)) return
   const exited = new Promise((r) => child.once('exit', r))
   child.kill('SIGTERM')
-  const timer = new Promise((r) => setTimeout(r, 5_000, 'timeout'))
-  if ((await Promise.race([exited, timer])) === 'timeout') {
+  let timer: NodeJS.Timeout | undefined
+  const late = new Promise((r) => (timer = setTimeout(r, 5_000, 'timeout')))
+  const first = await Promise.race([exited, late])
+  clearTimeout(timer) // else it holds the test process 5 s
+  if (first === 'timeout') {
     problems.push(`${child.spawnfile} ${child.pid} ignored SIGTERM for 5 s; killed`)
     child.kill('SIGKILL')
     await exited
