@@ -4,7 +4,8 @@ import { createHash } from 'node:crypto'
 import { promises as fsp } from 'node:fs'
 import { RunResult, runOk, runPipeline } from './exec'
 
-const TAR_META = ['--xattrs', '--xattrs-include=*', '--acls', '--numeric-owner']
+/** What GNU tar needs to keep every kind of metadata the view serves (the pax format follows from --xattrs). */
+export const TAR_META = ['--xattrs', '--xattrs-include=*', '--acls', '--numeric-owner']
 
 /**
  * `tar -c | tar -x` from src into destDir (created if missing). Rejects if either side fails.

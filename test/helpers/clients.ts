@@ -5,6 +5,7 @@
 import { promises as fsp } from 'node:fs'
 import * as path from 'node:path'
 import { RunResult, runOk, runPipeline } from './exec'
+import { TAR_META } from './backup-tools'
 
 const LONG = { timeoutMs: 600_000 }
 
@@ -156,9 +157,6 @@ async function newestCtime(root: string): Promise<string[]> {
   return names
 }
 
-/** What GNU tar needs to keep every kind of metadata the view serves (the pax format follows from --xattrs). */
-const GNU_TAR_META = ['--xattrs', '--xattrs-include=*', '--acls', '--numeric-owner']
-
 /**
  * GNU tar, a level 0 the first night and a level 1 against it each night after (a copy of the level 0
  * snapshot file). tar remembers each directory's device and inode number; the view's device number is
@@ -176,7 +174,7 @@ export function gnuTar(scratch: string): NightlyClient {
       const snar = n === 0 ? level0 : path.join(dir, `level1-${n}.snar`)
       if (n > 0) await fsp.copyFile(level0, snar)
       const archive = path.join(dir, `night-${n}.tar`)
-      await ok('tar', [...GNU_TAR_META, '--no-check-device', `--listed-incremental=${snar}`, '-C', view, '-cpf', archive, '.'])
+      await ok('tar', [...TAR_META, '--no-check-device', `--listed-incremental=${snar}`, '-C', view, '-cpf', archive, '.'])
       archives.push(archive)
       // A level 1 lists every directory (with its dumpdir); anything else in it is a member tar dumped.
       const members = (await ok('tar', ['-tf', archive])).stdout.split('\n').filter((l) => l !== '' && !l.endsWith('/'))
@@ -186,7 +184,7 @@ export function gnuTar(scratch: string): NightlyClient {
       await fsp.mkdir(dest, { recursive: true })
       // The level 0, then the latest level 1; --listed-incremental also deletes what the level 1 lacks.
       for (const archive of new Set([archives[0]!, archives[archives.length - 1]!])) {
-        await ok('tar', [...GNU_TAR_META, '--listed-incremental=/dev/null', '-C', dest, '-xpf', archive])
+        await ok('tar', [...TAR_META, '--listed-incremental=/dev/null', '-C', dest, '-xpf', archive])
       }
       return dest
     },

@@ -226,3 +226,22 @@ async function setTimes(root: string): Promise<string[]> {
   }
   return [...files, ...dirs].map((rel) => rel || '.')
 }
+
+/** Sizes the mixed files cycle through: empty, around a 4 KiB block, tens of KiB. */
+const MIXED_SIZES = [0, 1, 100, 4095, 4096, 4097, 20_000, 65_543]
+
+/**
+ * `count` regular files of mixed sizes (seeded content) spread over ten directories under `root/mixed`,
+ * the eighth of 1.5 MiB; their paths relative to root.
+ */
+export async function populateMixedSizes(root: string, count: number): Promise<string[]> {
+  const files: string[] = []
+  for (let i = 0; i < count; i++) {
+    const rel = `mixed/d${i % 10}/f${i}`
+    const size = i === 7 ? 1.5 * MiB : MIXED_SIZES[i % MIXED_SIZES.length]
+    await fsp.mkdir(path.join(root, path.dirname(rel)), { recursive: true })
+    await fsp.writeFile(path.join(root, rel), seededBytes(50_000 + i, size))
+    files.push(rel)
+  }
+  return files
+}
