@@ -285,6 +285,9 @@ t.test('two hosts: serve in one network namespace, the mover in another', async 
         await put('keep/held', seededBytes(1, 64 * KiB))
         await put('first/one', seededBytes(2, 32 * KiB))
         for (let i = 0; i < 8; i++) await put(`lease/l${i}`, seededBytes(10 + i, 24 * KiB + i))
+        // Held open across the lease's end and read only then: larger than prefetch takes (1 MiB), so
+        // no page of it can be cached ahead of that read (the small files beside it may be).
+        await put('lease/held', seededBytes(20, 2 * 1024 * KiB + 3))
         await runOk('sync', ['-f', data])
 
         /** Exports `dir` as a clone set; `at`: the (sub)test the export's assertion belongs to. */
@@ -484,7 +487,7 @@ t.test('two hosts: serve in one network namespace, the mover in another', async 
           const file = (i: number) => path.join(mnt, `lease/l${i}`)
           const bytes = (i: number) => own.get(`lease/l${i}`)!
           t.equal(await readOutcome(file(0), bytes(0)), 'ok', 'served while serve runs')
-          const held = await fsp.open(file(1), 'r') // opened now, read only after the lease expired
+          const held = await fsp.open(path.join(mnt, 'lease/held'), 'r') // opened now, read only after the lease expired
 
           served.child.kill('SIGSTOP')
           try {
