@@ -89,7 +89,7 @@ export class ImageRegistry {
   row(img: Image): { configId: string; state: ConfigAnswerState; reason?: string } {
     const row = this.state.image(img.name)!
     if (row.state === 'released' || img.doubt === undefined) return { configId: row.configId, state: row.state }
-    return { configId: row.configId, state: 'unknown', reason: `${img.doubt}; serve cannot prove the image current` }
+    return { configId: row.configId, state: 'unknown', reason: img.doubt }
   }
 
   /** Published delta `seq` of `img`: its file, or its bytes kept in the state. */

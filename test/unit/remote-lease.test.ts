@@ -133,7 +133,7 @@ t.test('an "unknown" answer (record unreadable): the lease ends at once, opens a
   fs.writeFileSync(recordFile, 'garbage, not a record')
   for (let i = 0; i < 100 && s.leases.at(-1) !== 0; i++) await sleep(50)
   t.equal(s.leases.at(-1), 0, 'the engine\'s lease is set to 0 by the long poll\'s unknown answer')
-  t.match(await s.client.config(), { state: 'unknown', reason: /not valid JSON.*cannot prove/ }, 'serve answers unknown, saying why')
+  t.match(await s.client.config(), { state: 'unknown', reason: /config-ID record .* is not valid JSON$/ }, 'serve answers unknown, saying why')
   const calls = s.inner.calls()
   const v = await s.check.check()
   t.match(v, { ok: false, reason: /cannot prove frozen image minimal-0001 current \(config-ID record .* is not valid JSON/ }, 'an open is refused with the reason')
