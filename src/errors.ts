@@ -37,6 +37,11 @@ export enum ExitCode {
    * mountpoint fails with ENOTCONN until `extfs umount`) or it did not answer within the timeout.
    */
   ViewDown = 12,
+  /**
+   * `extfs serve`: its state database is damaged (garbage pages, truncated, unreadable, its
+   * write-ahead log lost): serve refuses to start on it, or stops, rather than answer from it.
+   */
+  StateDamaged = 13,
 }
 
 /** An error meant for the user: one line, no stack trace, a documented exit code. */

@@ -463,8 +463,8 @@ const isConfigId = (v: unknown) => typeof v === 'string' && CONFIG_ID.test(v)
 
 /** A config answer as protocol.ts documents it (ConfigAnswer), written apart from parseConfigAnswer. */
 function configAnswerModel(v: Record<string, unknown>): boolean {
-  return isConfigId(v.image) && isConfigId(v.configId) && (v.state === 'current' || v.state === 'released') &&
-    Array.isArray(v.deltas) && v.deltas.length <= MAX_DELTAS && v.deltas.every((s, i) => s === i + 1) && isCount(v.leaseMs) && isCount(v.heldMs)
+  return isConfigId(v.image) && isConfigId(v.configId) && (v.state === 'current' || v.state === 'released' || v.state === 'unknown') &&
+    (v.reason === undefined || (typeof v.reason === 'string' && v.reason.length <= 4096)) && Array.isArray(v.deltas) && v.deltas.length <= MAX_DELTAS && v.deltas.every((s, i) => s === i + 1) && isCount(v.leaseMs) && isCount(v.heldMs)
 }
 
 /** A remap answer as protocol.ts documents it (RemapAnswer). */
@@ -499,7 +499,8 @@ const answers: Target = {
     if (c.kind === 'config') {
       const a = parseConfigAnswer(o)
       if ((a !== undefined) !== configAnswerModel(o)) throw new Finding(`parseConfigAnswer ${a ? 'accepts' : 'refuses'} an answer the model ${a ? 'refuses' : 'accepts'}`)
-      if (a === undefined) return
+      // An unknown answer is not mirrored: the mover only ends its lease (src/mover/remote.ts).
+      if (a === undefined || a.state === 'unknown') return
       // The mover mirrors it as a record (src/mover/remote.ts), which its readers must accept.
       const file = scratchFile('mirror-record.json', '')
       writeRecord(file, a.configId, a.state, { deltas: a.deltas.map((seq) => `delta-${seq}`) })

@@ -13,7 +13,7 @@ import type { Logger } from 'pino'
 import { ConfigClient, type ConfigState } from '../service/client'
 import { writeRecord, type ConfigCheck, type Verdict } from '../configid/record'
 import { writeFileAtomic } from '../manifest/io'
-import { StaleError } from '../errors'
+import { oneLine, StaleError } from '../errors'
 
 /** Where mirrors live: one directory per serving process, removed when it stops. */
 const MIRROR_ROOT = '/run/extfs/remote'
@@ -69,6 +69,11 @@ export class RemoteImage {
   /** Answers are mirrored one after the other. */
   private taking: Promise<void> = Promise.resolve()
   private failure?: { at: number; reason: string }
+  /**
+   * Why the initiator's last answer was "unknown" (it cannot prove the image current), and when it was
+   * true: until a later current answer, no lease and no opens.
+   */
+  private doubt?: { reason: string; answeredAt: number }
   private stopped = false
   private unreachableSince?: number
 
@@ -85,6 +90,7 @@ export class RemoteImage {
     try {
       const state = await remote.client.config()
       if (state.state === 'released') throw new StaleError(`frozen image ${state.image} at ${opts.url} was released`)
+      if (state.state === 'unknown') throw new StaleError(remote.doubtOf(state))
       writeFileAtomic(remote.manifestPath, await remote.client.manifest())
       await remote.take(state)
       return remote
@@ -158,6 +164,12 @@ export class RemoteImage {
         const known = this.state! // open() took the first answer
         const wait = Math.min(MAX_WAIT_MS, Math.floor(this.leaseMs(known) / 2))
         await this.take(await this.client.config(known.configId, wait))
+        if (this.doubt !== undefined) {
+          // serve holds such polls only while its config ID is the one asked after: do not ask in a tight loop
+          await new Promise((r) => setTimeout(r, retry))
+          retry = Math.min(RETRY_MAX_MS, retry * 2)
+          continue
+        }
         retry = RETRY_MIN_MS
         // A lease too short to hold a poll for is renewed by opens instead: do not ask in a tight loop.
         if (wait < MIN_POLL_MS) await new Promise((r) => setTimeout(r, MIN_POLL_MS - wait))
@@ -181,19 +193,29 @@ export class RemoteImage {
       })
       try {
         await this.take(await Promise.race([this.client.config(undefined, 0, RENEW_TIMEOUT_MS), deadline]))
-        this.failure = undefined
       } catch (err) {
         const expired = Math.round(performance.now() - this.leaseUntil)
-        const reason = `initiator ${this.opts.url} not reachable (${(err as Error).message}); the lease expired ${expired} ms ago`
-        this.failure = { at: performance.now(), reason }
         this.unreachable(err as Error)
-        throw new Error(reason)
+        throw this.failed(`initiator ${this.opts.url} not reachable (${(err as Error).message}); the lease expired ${expired} ms ago`)
       } finally {
         clearTimeout(timer)
         this.renewing = undefined
       }
+      if (this.doubt !== undefined) throw this.failed(this.doubt.reason)
+      this.failure = undefined
     })()
     return this.renewing
+  }
+
+  /** A renewal that failed with `reason`: held as the answer for FAILURE_HOLD_MS. */
+  private failed(reason: string): Error {
+    this.failure = { at: performance.now(), reason }
+    return new Error(reason)
+  }
+
+  /** The one line an "unknown" answer gives. */
+  private doubtOf(s: ConfigState): string {
+    return `initiator ${this.opts.url} cannot prove frozen image ${s.image} current (${oneLine(s.reason ?? 'no reason given')}): not served`
   }
 
   /**
@@ -211,7 +233,19 @@ export class RemoteImage {
   private async takeNow(s: ConfigState): Promise<void> {
     const known = this.state
     if (known && s.image !== known.image) throw new Error(`the initiator now answers for image ${s.image}, not ${known.image}`)
-    if (this.released || (known && s.deltas.length < known.deltas.length)) return
+    if (this.released) return
+    if (s.state === 'unknown') {
+      // Not current: the lease ends now and is not renewed until an answer says current again.
+      if (this.doubt === undefined) this.opts.log.error({ url: this.opts.url, reason: s.reason }, 'initiator cannot prove the image current: opens refused')
+      this.doubt = { reason: this.doubtOf(s), answeredAt: s.answeredAt }
+      this.leaseUntil = 0
+      this.target?.setLease(0)
+      return
+    }
+    // An answer made before the "unknown" one (a long poll and a renewal overtaking each other) proves nothing now.
+    if (this.doubt !== undefined && s.answeredAt < this.doubt.answeredAt) return
+    this.doubt = undefined
+    if (known && s.deltas.length < known.deltas.length) return
     const mirrored = known?.deltas.length ?? 0 // delta-1 .. delta-n are in the directory
     for (let seq = mirrored + 1; seq <= s.deltas.length; seq++) {
       writeFileAtomic(path.join(this.dir, `delta-${seq}`), await this.client.delta(seq))

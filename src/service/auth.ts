@@ -51,6 +51,12 @@ export function signRequest(key: Buffer, method: string, path: string, body: Buf
 export interface NonceStore {
   /** Records `nonce` until `expiresAt` (unix ms); false when it is already recorded (a replay). */
   claim(nonce: string, expiresAt: number, now: number): boolean
+  /**
+   * Unix ms from which the store has seen every nonce claimed (serve's SQLite store: when it was
+   * opened, since it may be a fresh start or an old copy); requests signed before it are refused, as
+   * their nonces cannot be checked. Absent: the store remembers everything still inside the skew.
+   */
+  readonly since?: number
 }
 
 /** A nonce store in memory (tests, and a fallback); serve uses the SQLite one so a restart keeps it. */
@@ -101,6 +107,9 @@ export class RequestVerifier {
     const expected = Buffer.from(requestMac(this.key, method, path, time, nonce, sha256Hex(body)), 'hex')
     if (!crypto.timingSafeEqual(expected, Buffer.from(mac, 'hex'))) {
       return { ok: false, reason: 'bad_signature', error: 'request signature does not match: altered, or signed with another key', nonce }
+    }
+    if (this.nonces.since !== undefined && Number(time) < this.nonces.since) {
+      return { ok: false, reason: 'replay', error: 'request signed before this serve started: it may be a replay (its nonce is not known from before the start); sign it again', nonce }
     }
     // A request older than now - skew is refused above, so the nonce need not be kept past time + skew.
     if (!this.nonces.claim(nonce, Number(time) + this.skewMs, now)) return { ok: false, reason: 'replay', error: 'nonce already used: replayed request', nonce }

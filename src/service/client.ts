@@ -93,7 +93,7 @@ export class ConfigClient {
     // The answer was true when it was made: at least heldMs after sending, never later than now.
     const held = Math.min(v.heldMs, elapsed)
     return {
-      image: v.image, configId: v.configId, state: v.state, deltas: v.deltas, leaseMs: v.leaseMs,
+      image: v.image, configId: v.configId, state: v.state, reason: v.reason, deltas: v.deltas, leaseMs: v.leaseMs,
       leaseUntil: sentAt + held + v.leaseMs, answeredAt: sentMono + held,
     }
   }

@@ -18,12 +18,24 @@ export const IMAGE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/
 /** The longest a config request may be held open, ms. */
 export const MAX_WAIT_MS = 60_000
 
+export type ConfigAnswerState = 'current' | 'released' | 'unknown'
+
+/** Longest `reason` of an unknown answer, characters. */
+const MAX_REASON_CHARS = 4096
+
 /** A config answer: what the mover needs to follow the chain and how long it may trust it. */
 export interface ConfigAnswer {
   /** c0: the manifest's config ID. */
   image: string
   configId: string
-  state: 'current' | 'released'
+  /**
+   * released: final. current: the config-ID record proves configId current (and serve does not
+   * remember the image released). unknown: neither serve's state nor the record can prove it current
+   * (the record is unreadable or invalid): not current, movers refuse opens; `reason` says why.
+   */
+  state: ConfigAnswerState
+  /** Why the state is unknown (one line); only with unknown. */
+  reason?: string
   /** Sequence numbers of every delta of the chain, 1..k. */
   deltas: number[]
   leaseMs: number
@@ -71,7 +83,8 @@ export function parseConfigQuery(p: URLSearchParams): ConfigQuery | { error: str
  * image is a config ID and the chain no longer than a record may hold.
  */
 export function parseConfigAnswer(v: Record<string, unknown>): ConfigAnswer | undefined {
-  const ok = isConfigId(v.image) && isConfigId(v.configId) && (v.state === 'current' || v.state === 'released') && Array.isArray(v.deltas) &&
+  const ok = isConfigId(v.image) && isConfigId(v.configId) && (v.state === 'current' || v.state === 'released' || v.state === 'unknown') &&
+    (v.reason === undefined || (typeof v.reason === 'string' && v.reason.length <= MAX_REASON_CHARS)) && Array.isArray(v.deltas) &&
     v.deltas.length <= MAX_DELTAS && v.deltas.every((s: unknown, i: number) => s === i + 1) && isCount(v.leaseMs) && isCount(v.heldMs)
   return ok ? (v as unknown as ConfigAnswer) : undefined
 }

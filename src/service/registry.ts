@@ -1,6 +1,11 @@
 // The images `extfs serve` answers for, kept in step with the files that `extfs export`, `remap` and
 // `release` write (manifest, config-ID record, delta files): the record is the truth, the SQLite state
 // (state.ts) remembers what was published from it, and long polls wait here for a change.
+//
+// What an image is answered as (docs/remap.md, "serve's state"): released when the record says so or
+// the state remembers it released (released is final: no restored state or record brings an image
+// back); current only when the record is readable, valid and says current and the state does not
+// remember it released; otherwise unknown, which movers treat as not current.
 import fs from 'node:fs'
 import path from 'node:path'
 import type { Logger } from 'pino'
@@ -11,7 +16,7 @@ import { CONFIG_ID } from '../manifest/validate'
 import { DEFAULT_MAX_DELTA_BYTES } from '../delta/io'
 import { ExitCode, ExtfsError, ManifestError } from '../errors'
 import type { ServeMetrics } from './metrics'
-import { imageNameOf, type ConfigAnswer } from './protocol'
+import { imageNameOf, type ConfigAnswer, type ConfigAnswerState } from './protocol'
 import type { DeltaRow, ServeState } from './state'
 
 /** How often records are checked by stat in case fs.watch missed an event (NFS, overlay), ms. */
@@ -25,6 +30,10 @@ export interface Image {
   /** stat identity of the manifest and record when last read: a change means read again. */
   manifestStamp: string
   recordStamp: string
+  /** Why the record, when last read, could not prove the image current (unreadable, invalid); undefined when it could. */
+  doubt?: string
+  /** The record's stamp when it last said current for an image released (logged once per record). */
+  refusedStamp?: string
   /** Long polls waiting for this image's config to change. */
   waiters: Set<() => void>
 }
@@ -69,16 +78,18 @@ export class ImageRegistry {
 
   /** The current config of `img` as a ConfigAnswer, with `heldMs` counted from `started` (performance.now()). */
   answer(img: Image, leaseMs: number, started: number): ConfigAnswer {
-    const row = this.state.image(img.name)!
+    const row = this.row(img)
     return {
-      image: img.c0, configId: row.configId, state: row.state, deltas: this.state.deltas(img.name).map((d) => d.seq),
+      image: img.c0, configId: row.configId, state: row.state, reason: row.reason, deltas: this.state.deltas(img.name).map((d) => d.seq),
       leaseMs, heldMs: Math.floor(performance.now() - started),
     }
   }
 
-  /** The state's view of `img`: its config ID and whether it is released. */
-  row(img: Image): { configId: string; state: 'current' | 'released' } {
-    return this.state.image(img.name)!
+  /** What `img` is answered as: its config ID, and current, released or unknown (with why). */
+  row(img: Image): { configId: string; state: ConfigAnswerState; reason?: string } {
+    const row = this.state.image(img.name)!
+    if (row.state === 'released' || img.doubt === undefined) return { configId: row.configId, state: row.state }
+    return { configId: row.configId, state: 'unknown', reason: img.doubt }
   }
 
   /** Published delta `seq` of `img`: its file, or its bytes kept in the state. */
@@ -105,6 +116,15 @@ export class ImageRegistry {
     this.metrics.published(img.name, { configIdChanged: after.configId !== before, deltas: this.state.deltas(img.name).length, added, released: after.state === 'released' })
   }
 
+  /** Records whether the record proved `img` current; a change is logged once and wakes the long polls. */
+  private setDoubt(img: Image, doubt: string | undefined): void {
+    if (doubt === img.doubt) return
+    img.doubt = doubt
+    if (doubt !== undefined) this.log.error({ image: img.name, err: doubt }, 'record does not prove the image current: answering unknown (released if the state remembers it released)')
+    else this.log.info({ image: img.name }, 'record readable again')
+    this.wake(img)
+  }
+
   /** sync without the metrics; returns how many deltas it published. */
   private syncNow(img: Image): number {
     this.syncManifest(img)
@@ -113,10 +133,16 @@ export class ImageRegistry {
     try {
       record = readRecord(img.recordFile)
     } catch (err) {
-      this.log.warn({ image: img.name, err: (err as Error).message }, 'record unreadable: config unchanged')
+      this.setDoubt(img, (err as Error).message)
       return 0
     }
+    this.setDoubt(img, undefined)
     const row = this.state.image(img.name)!
+    if (row.state === 'released' && record.state !== 'released') {
+      if (img.recordStamp !== img.refusedStamp) this.log.error({ image: img.name, configId: record.configId }, 'record says current but this image was released: released is final, answering released')
+      img.refusedStamp = img.recordStamp
+      return 0
+    }
     const known = this.state.deltas(img.name)
     const names = record.deltas ?? []
     let keep = 0
@@ -127,7 +153,7 @@ export class ImageRegistry {
     if (record.state === 'current' && end !== record.configId) {
       this.log.error({ image: img.name, chainEnd: end, configId: record.configId }, 'delta chain does not reach the record\'s config ID: movers will refuse opens until it does')
     }
-    this.state.publish(img.name, record.configId, record.state, added, dropped > 0 ? keep + 1 : undefined)
+    this.state.publish(img.name, record.configId, record.state, added, dropped > 0 ? keep + 1 : undefined) // row is not released: see above
     this.log.info({ image: img.name, from: row.configId, configId: record.configId, state: record.state, deltas: keep + added.length }, 'config changed')
     this.wake(img)
     return added.length

@@ -110,6 +110,8 @@ export class RemapScheduler {
     this.registry.sync(img)
     const row = this.registry.row(img)
     if (row.state === 'released') return { state: 'released', configId: row.configId, manifestBytes: fs.statSync(img.manifestPath).size }
+    // Remap writes the record: not over one that cannot be read, which may have said released.
+    if (row.state === 'unknown') throw new Error(row.reason)
     try {
       return await this.remapper.remap(img.manifestPath, { key: this.key, warn: (m) => this.log.warn({ image: img.name }, m) })
     } finally {

@@ -68,15 +68,20 @@ export async function runServe(manifests: string[], o: ServeCliOptions): Promise
     state.close()
     throw err
   }
-  const signal = await new Promise<NodeJS.Signals>((resolve) => {
+  // A state found damaged while serving stops serve (exit StateDamaged) rather than leave it answering
+  // every request with 500 while the movers' leases run out.
+  const stop = await new Promise<NodeJS.Signals | ExtfsError>((resolve) => {
     process.once('SIGTERM', () => resolve('SIGTERM'))
     process.once('SIGINT', () => resolve('SIGINT'))
+    state.onDamage = resolve
   })
-  log.info({ signal }, 'stopping')
+  if (stop instanceof ExtfsError) log.error({ err: stop.message }, 'stopping: state database damaged')
+  else log.info({ signal: stop }, 'stopping')
   await server.close()
   await endpoint?.close()
   state.close()
   log.info('stopped')
+  if (stop instanceof ExtfsError) throw stop
 }
 
 function shown(addr: AddressInfo): string {

@@ -2,6 +2,11 @@
 // config ID and state, the delta history that leads there, and the nonces seen recently (replay
 // protection that survives a restart). WAL journal, one writer: the database is opened with an
 // exclusive lock, so a second `serve` on the same file is refused instead of racing the first.
+//
+// A damaged state is refused, never papered over (docs/remap.md, "serve's state"): a file that exists
+// is opened only when it is a database that passes `PRAGMA quick_check`; an empty one (truncated) is
+// not silently replaced, since the nonces it held are what keeps a captured request from being
+// replayed; a database left open by a process that died is opened only with its write-ahead log.
 import fs from 'node:fs'
 import path from 'node:path'
 import Database from 'better-sqlite3'
@@ -63,6 +68,10 @@ CREATE TABLE IF NOT EXISTS nonces (
   expires_at INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS nonces_expiry ON nonces (expires_at);
+CREATE TABLE IF NOT EXISTS meta (
+  key TEXT PRIMARY KEY,
+  value INTEGER NOT NULL
+);
 `
 
 interface RawImage { name: string; manifest_path: string; c0: string; config_id: string; state: ImageState; updated_at: number }
@@ -73,14 +82,25 @@ export class ServeState implements NonceStore {
   private readonly stmts: ReturnType<ServeState['prepare']>
   private lastPurge = 0
 
-  /** Opens (creating if needed) the database at `file`; ':memory:' for tests. */
+  /**
+   * Requests signed before this time (unix ms, the opening) are refused (auth.ts): the nonces of
+   * before are only as complete as the database, which may be an old copy or a fresh start.
+   */
+  readonly since = Date.now()
+  /** Called once when SQLite finds the database damaged at run time (serve then stops: run.ts). */
+  onDamage?: (err: ExtfsError) => void
+
+  /** Opens the database at `file`, creating it only where no file is; ':memory:' for tests. */
   constructor(readonly file: string) {
-    if (file !== ':memory:') fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true, mode: 0o700 })
+    const found = file === ':memory:' ? { exists: false, wal: false } : inspectStateFile(file)
+    let opened: Database.Database | undefined
     try {
-      this.db = new Database(file, { timeout: 0 })
+      this.db = opened = new Database(file, { timeout: 0 })
       // Exclusive before WAL: the WAL index then lives in this process's memory and no other process
       // can open the database while we hold it (one writer).
       this.db.pragma('locking_mode = EXCLUSIVE')
+      // Checked before anything is written to it (journal_mode may write the header).
+      if (found.exists) checkIntegrity(this.db, file)
       this.db.pragma('journal_mode = WAL')
       this.db.pragma('synchronous = FULL')
       this.db.pragma('foreign_keys = ON')
@@ -91,13 +111,48 @@ export class ServeState implements NonceStore {
       // The first write takes the exclusive lock and keeps it until close.
       this.db.exec(SCHEMA)
       this.db.pragma(`user_version = ${SCHEMA_VERSION}`)
+      if (found.exists && !found.wal && this.openMark() === 1) {
+        throw damaged(file, `the serve that had it open did not close it, and its write-ahead log ${file}-wal is gone: its last changes (nonces, releases, deltas) are lost`)
+      }
+      this.setOpenMark(1)
     } catch (err) {
+      opened?.close()
       if (err instanceof ExtfsError) throw err
       const e = err as Error & { code?: string }
       if (e.code === 'SQLITE_BUSY') throw new ExtfsError(ExitCode.Usage, `state database ${file} is in use (another extfs serve?)`)
+      if (isDamage(e)) throw damaged(file, e.message)
       throw new ExtfsError(ExitCode.Usage, `cannot open state database ${file}: ${e.code ?? ''} ${e.message}`.replace(/\s+/g, ' ').trim())
     }
     this.stmts = this.prepare()
+  }
+
+  /** 1 while a serve has the database open (in the main file, not only in the WAL): see setOpenMark. */
+  private openMark(): number | undefined {
+    return (this.db.prepare('SELECT value FROM meta WHERE key = ?').get('open') as { value: number } | undefined)?.value
+  }
+
+  /**
+   * The open mark, checkpointed into the main file: a database whose mark says open while its WAL
+   * is missing lost the WAL of a serve that died (SQLite keeps the WAL while the database is open and
+   * removes it at a clean close, so the WAL of a live or killed serve is always there).
+   */
+  private setOpenMark(value: number): void {
+    this.db.prepare('INSERT INTO meta (key, value) VALUES (\'open\', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value').run(value)
+    this.db.pragma('wal_checkpoint(TRUNCATE)')
+  }
+
+  /** Runs a statement; a damaged database is reported once (onDamage) and thrown as one line naming the file. */
+  private sql<T>(fn: () => T): T {
+    try {
+      return fn()
+    } catch (err) {
+      if (!isDamage(err as Error & { code?: string })) throw err
+      const e = damaged(this.file, (err as Error).message)
+      const report = this.onDamage
+      this.onDamage = undefined
+      report?.(e)
+      throw e
+    }
   }
 
   private prepare() {
@@ -121,55 +176,67 @@ export class ServeState implements NonceStore {
   }
 
   images(): ImageRow[] {
-    return this.stmts.images.all().map(imageRow)
+    return this.sql(() => this.stmts.images.all().map(imageRow))
   }
 
   image(name: string): ImageRow | undefined {
-    const r = this.stmts.image.get(name)
+    const r = this.sql(() => this.stmts.image.get(name))
     return r ? imageRow(r) : undefined
   }
 
   /**
-   * Registers `name` for `manifestPath` with chain start `c0`. Kept as it is when the same manifest and
-   * c0 are registered again (a restart); a different manifest or c0 (a new export under the same name)
-   * starts over: config c0, current, no deltas.
+   * Registers `name` for `manifestPath` with chain start `c0`. Kept as it is when the same c0 is
+   * registered again (a restart, or the manifest moved); a different c0 (a new export under the same
+   * name) starts over: config c0, current, no deltas.
    */
   registerImage(name: string, manifestPath: string, c0: string, now = Date.now()): ImageRow {
-    const had = this.image(name)
-    if (had && had.manifestPath === manifestPath && had.c0 === c0) return had
-    const row: ImageRow = { name, manifestPath, c0, configId: c0, state: 'current', updatedAt: now }
-    this.db.transaction(() => {
-      this.stmts.dropDeltas.run(name)
-      this.stmts.upsertImage.run(row)
-    })()
-    return row
+    return this.sql(() => {
+      const had = this.image(name)
+      if (had && had.c0 === c0) {
+        if (had.manifestPath !== manifestPath) this.stmts.upsertImage.run({ ...had, manifestPath })
+        return { ...had, manifestPath }
+      }
+      const row: ImageRow = { name, manifestPath, c0, configId: c0, state: 'current', updatedAt: now }
+      this.db.transaction(() => {
+        this.stmts.dropDeltas.run(name)
+        this.stmts.upsertImage.run(row)
+      })()
+      return row
+    })
   }
 
   /**
    * Moves `name` to `configId`/`state`, first dropping deltas from `keepBelow` on (a chain that was
    * rewritten) and then adding `deltas`, in one transaction: a reader never sees a config ID without
-   * the deltas that lead to it.
+   * the deltas that lead to it. Released is final: an image released stays released (false, and
+   * nothing changed, when asked to make it current again).
    */
-  publish(name: string, configId: string, state: ImageState, deltas: Omit<DeltaRow, 'image' | 'createdAt'>[], keepBelow?: number, now = Date.now()): void {
-    this.db.transaction(() => {
+  publish(name: string, configId: string, state: ImageState, deltas: Omit<DeltaRow, 'image' | 'createdAt'>[], keepBelow?: number, now = Date.now()): boolean {
+    return this.sql(() => this.db.transaction(() => {
+      if (state === 'current' && this.stmts.image.get(name)?.state === 'released') return false
       if (keepBelow !== undefined) this.stmts.dropDeltasFrom.run(name, keepBelow)
       for (const d of deltas) this.stmts.addDelta.run(name, d.seq, d.from, d.to, d.path ?? null, d.blob ?? null, now)
       const r = this.stmts.setConfig.run(configId, state, now, name)
       if (r.changes !== 1) throw new Error(`state: no image ${name}`)
-    })()
+      return true
+    })())
   }
 
   deltas(name: string): DeltaRow[] {
-    return this.stmts.deltas.all(name).map(deltaRow)
+    return this.sql(() => this.stmts.deltas.all(name).map(deltaRow))
   }
 
   delta(name: string, seq: number): DeltaRow | undefined {
-    const r = this.stmts.delta.get(name, seq)
+    const r = this.sql(() => this.stmts.delta.get(name, seq))
     return r ? deltaRow(r) : undefined
   }
 
   /** NonceStore: one insert per request; expired nonces are purged at most once a minute. */
   claim(nonce: string, expiresAt: number, now: number): boolean {
+    return this.sql(() => this.claimNow(nonce, expiresAt, now))
+  }
+
+  private claimNow(nonce: string, expiresAt: number, now: number): boolean {
     if (now - this.lastPurge > 60_000) {
       this.stmts.purgeNonces.run(now)
       this.lastPurge = now
@@ -184,9 +251,61 @@ export class ServeState implements NonceStore {
     return false
   }
 
+  /** Clears the open mark (a clean close: SQLite checkpoints and removes the WAL). */
   close(): void {
-    if (this.db.open) this.db.close()
+    if (!this.db.open) return
+    try {
+      this.setOpenMark(0)
+    } catch {
+      // damaged: the next start finds out and says so
+    }
+    this.db.close()
   }
+}
+
+/** Whether a database is at `file` (and its WAL beside it); one that cannot be a database is refused. */
+function inspectStateFile(file: string): { exists: boolean; wal: boolean } {
+  fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true, mode: 0o700 })
+  const wal = fs.existsSync(`${file}-wal`)
+  let st: fs.Stats
+  try {
+    st = fs.statSync(file)
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code
+    if (code !== 'ENOENT') throw damaged(file, `unreadable: ${code}`)
+    if (wal) throw damaged(file, `it is missing but its write-ahead log ${file}-wal is there`)
+    return { exists: false, wal }
+  }
+  if (!st.isFile()) throw damaged(file, 'not a regular file')
+  if (st.size === 0) throw damaged(file, 'it is empty (0 bytes): truncated')
+  try {
+    fs.accessSync(file, fs.constants.R_OK | fs.constants.W_OK)
+  } catch (err) {
+    throw damaged(file, `unreadable: ${(err as NodeJS.ErrnoException).code}`)
+  }
+  return { exists: true, wal }
+}
+
+/** `PRAGMA quick_check` (every page and record well-formed; linear in the file's size, which is small). */
+function checkIntegrity(db: Database.Database, file: string): void {
+  const rows = db.pragma('quick_check(3)') as { quick_check: string }[]
+  if (rows.length !== 1 || rows[0]!.quick_check !== 'ok') throw damaged(file, rows.map((r) => r.quick_check).join('; '))
+}
+
+/** SQLite's words for a file that is not a sound database (SQLITE_CORRUPT, SQLITE_NOTADB and their extended codes). */
+function isDamage(e: { code?: string }): boolean {
+  return /^SQLITE_(CORRUPT|NOTADB)/.test(e.code ?? '')
+}
+
+/**
+ * The one line a damaged state gives, with what to do. Moving the file aside loses what only the state
+ * held: the nonces (serve then refuses requests signed before it started, so none can be replayed)
+ * and its released marks (an image whose record is unreadable too is then answered "unknown").
+ */
+export function damaged(file: string, what: string): ExtfsError {
+  return new ExtfsError(ExitCode.StateDamaged, `state database ${file} is damaged (${what.replace(/\s+/g, ' ').trim()}): ` +
+    'move it aside (with any -wal beside it) and start serve again; it then starts a fresh state from the config-ID records, ' +
+    'refuses requests signed before it started, and answers "unknown" for an image whose record does not prove it current')
 }
 
 function imageRow(r: RawImage): ImageRow {

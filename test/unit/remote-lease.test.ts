@@ -124,3 +124,26 @@ t.test('a released image cannot be mounted', async (t) => {
   await t.rejects(RemoteImage.open({ url: s.url, key: KEY, log: pino({ level: 'silent' }) }), /was released/)
   t.equal(fs.readdirSync('/run/extfs/remote').length, before, 'and leaves no mirror behind')
 })
+
+t.test('an "unknown" answer (record unreadable): the lease ends at once, opens are refused with the reason until the record proves the image current again', async (t) => {
+  const s = await setup(t)
+  t.teardown(() => s.client.close())
+  const recordFile = `${s.manifest}.config-id`
+  const good = fs.readFileSync(recordFile)
+  fs.writeFileSync(recordFile, 'garbage, not a record')
+  for (let i = 0; i < 100 && s.leases.at(-1) !== 0; i++) await sleep(50)
+  t.equal(s.leases.at(-1), 0, 'the engine\'s lease is set to 0 by the long poll\'s unknown answer')
+  t.match(await s.client.config(), { state: 'unknown', reason: /config-ID record .* is not valid JSON$/ }, 'serve answers unknown, saying why')
+  const calls = s.inner.calls()
+  const v = await s.check.check()
+  t.match(v, { ok: false, reason: /cannot prove frozen image minimal-0001 current \(config-ID record .* is not valid JSON/ }, 'an open is refused with the reason')
+  t.equal(s.inner.calls(), calls, 'without consulting the mirrored record')
+  t.equal(s.remote.leaseLeft(), 0, 'and the unknown answer renewed no lease')
+  t.match(readRecord(s.remote.recordFile), { state: 'current' }, 'the mirror is left as it was (an unknown answer is not mirrored)')
+  await t.rejects(RemoteImage.open({ url: s.url, key: KEY, log: pino({ level: 'silent' }) }), /cannot prove frozen image .* current/, 'a new mount is refused')
+  fs.writeFileSync(recordFile, good)
+  for (let i = 0; i < 100 && !(s.leases.at(-1)! > 0); i++) await sleep(50)
+  await sleep(1_100) // past the hold of the last failed renewal
+  t.same(await s.check.check(), { ok: true }, 'the record readable again: opens are served')
+  t.ok(s.remote.leaseLeft() > 0, 'on a renewed lease')
+})

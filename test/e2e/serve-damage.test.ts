@@ -1,0 +1,177 @@
+// `extfs serve` with its state damaged or lost (docs/remap.md, "serve's state: damage and loss"): the
+// real binary on a fake image (test/helpers/serve-image.ts; no filesystem is needed, as nothing here
+// reads a file's bytes). Garbage pages, a file truncated to 0 bytes and a lost write-ahead log are
+// refused at start with one line naming the file and exit 13; an old copy of the state restored after
+// a release, a garbage config-ID record and both at once never give "current" for the released image
+// (released, or unknown and `extfs mount` refused with 7); a request captured before a restart is
+// refused after it, whatever became of the nonces.
+import t, { type Test } from 'tap'
+import crypto from 'node:crypto'
+import fs from 'node:fs'
+import http from 'node:http'
+import os from 'node:os'
+import path from 'node:path'
+import { extfs, ensureUnmounted, startServe, withoutProgress } from '../helpers/extfs'
+import { KEY, signedImage } from '../helpers/serve-image'
+import { ConfigClient } from '../../src/service/client'
+import { signRequest } from '../../src/service/auth'
+import { writeRecord } from '../../src/configid/record'
+import { ExitCode } from '../../src/errors'
+
+const PAGE = 4096 // SQLite's default page size, which serve keeps
+
+/** A signed request as captured on the wire: sent once, it can be sent again byte for byte. */
+function send(url: string, method: string, target: string, headers: Record<string, string>): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const { hostname, port } = new URL(url)
+    const req = http.request({ hostname, port, path: target, method, headers: { ...headers, 'content-length': '0' }, agent: false }, (res) => {
+      let body = ''
+      res.on('data', (c) => (body += c))
+      res.on('end', () => resolve({ status: res.statusCode!, body }))
+    })
+    req.on('error', reject)
+    req.end()
+  })
+}
+
+t.test('extfs serve: damaged or lost state', async (t) => {
+  const { dir, manifest, configId } = signedImage('extfs-serve-damage-')
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
+  const keyFile = path.join(dir, 'key')
+  fs.writeFileSync(keyFile, KEY)
+  const recordFile = `${manifest}.config-id`
+  const db = path.join(dir, 'state', 'serve.db')
+  const serveArgs = (state: string) => [manifest, '--key', keyFile, '--state', state, '--interval', '0', '--skew', '600']
+
+  /** serve started on `state`, its answer for the image, and a client (closed at `t`'s end). */
+  const serve = async (t: Test, state: string) => {
+    const served = await startServe(t, serveArgs(state))
+    const client = new ConfigClient(`${served.url}/nightly`, KEY)
+    t.teardown(() => client.close())
+    return { served, client, answer: await client.config() }
+  }
+  const stopped = async (t: Test, served: { stop(): Promise<{ code: number | null }> }) => t.equal((await served.stop()).code, 0, 'serve stopped cleanly')
+
+  /** serve on `state` must refuse to start: exit 13, one line naming the file and the damage. */
+  const refused = async (t: Test, state: string, what: RegExp) => {
+    const r = await extfs(['serve', '--listen', '127.0.0.1:0', ...serveArgs(state)], { timeoutMs: 20_000 })
+    t.equal(r.code, ExitCode.StateDamaged, `exit ${ExitCode.StateDamaged} (StateDamaged): ${r.stderr}`)
+    const lines = withoutProgress(r.stderr).trim().split('\n')
+    t.equal(lines.length, 1, 'one line')
+    t.match(lines[0], `extfs: state database ${state} is damaged (`, 'naming the file')
+    t.match(lines[0], what, 'and the damage')
+    t.match(lines[0], /move it aside .* start serve again/, 'and what to do')
+  }
+
+  /** `extfs mount` from serve: must be refused with 7 and one line; never mounted. */
+  const mountRefused = async (t: Test, url: string) => {
+    const mp = fs.mkdtempSync(path.join(os.tmpdir(), 'damage-mnt-'))
+    t.teardown(async () => {
+      await ensureUnmounted(mp)
+      fs.rmSync(mp, { recursive: true, force: true })
+    })
+    const r = await extfs(['mount', `${url}/nightly`, mp, '--key', keyFile], { timeoutMs: 30_000 })
+    t.equal(r.code, ExitCode.Stale, `extfs mount refused with 7: ${r.stderr}`)
+    t.match(withoutProgress(r.stderr).trim(), /^extfs: initiator .* cannot prove frozen image minimal-0001 current \(.*\): not served$/, 'one line saying why')
+  }
+
+  // The state as a clean stop leaves it; copies of it are damaged below.
+  await t.test('a fresh state is created where no file is; it starts "current"', async (t) => {
+    const s = await serve(t, db)
+    t.equal(s.answer.state, 'current')
+    await stopped(t, s.served)
+    t.notOk(fs.existsSync(`${db}-wal`), 'a clean stop leaves no write-ahead log')
+  })
+  const pages = fs.statSync(db).size / PAGE
+  const copy = (name: string) => {
+    const f = path.join(dir, 'state', name)
+    fs.copyFileSync(db, f)
+    return f
+  }
+
+  await t.test('garbage pages: refused at start', async (t) => {
+    const f = copy('garbage.db')
+    t.ok(pages >= 4, `the database has ${pages} pages`)
+    const fd = fs.openSync(f, 'r+')
+    for (let p = 1; p < pages; p++) fs.writeSync(fd, crypto.randomBytes(PAGE), 0, PAGE, p * PAGE) // every page but the header's
+    fs.closeSync(fd)
+    await refused(t, f, /malformed|not a database|quick_check|page|tree/i)
+  })
+
+  await t.test('truncated to 0 bytes: refused at start, not replaced by a fresh database', async (t) => {
+    const f = copy('truncated.db')
+    fs.truncateSync(f, 0)
+    await refused(t, f, /empty \(0 bytes\)/)
+    t.equal(fs.statSync(f).size, 0, 'the file is left as it was')
+  })
+
+  await t.test('write-ahead log lost after a crash: refused; with its log, the same database starts', async (t) => {
+    const f = copy('crashed.db')
+    const s = await serve(t, f)
+    s.served.child.kill('SIGKILL')
+    await s.served.exited
+    t.ok(fs.existsSync(`${f}-wal`), 'a killed serve leaves its write-ahead log')
+    const lost = path.join(dir, 'state', 'wal-lost.db')
+    fs.copyFileSync(f, lost) // without its -wal
+    await refused(t, lost, /did not close it, and its write-ahead log .*wal-lost\.db-wal is gone/)
+    const again = await serve(t, f)
+    t.equal(again.answer.state, 'current', 'with its log: starts')
+    await stopped(t, again.served)
+  })
+
+  // An old copy of the state, taken while the image was current.
+  const old = copy('old-copy.db')
+  const remap = '/images/nightly/remap'
+  let captured: Record<string, string> = {}
+
+  await t.test('a request is captured; the image is released', async (t) => {
+    const s = await serve(t, db)
+    captured = signRequest(KEY, 'POST', remap) as unknown as Record<string, string>
+    const first = await send(s.served.url, 'POST', remap, captured)
+    t.not(first.status, 401, `the captured request was accepted when sent (${first.status})`)
+    const replay = await send(s.served.url, 'POST', remap, captured)
+    t.equal(replay.status, 401, 'replayed to the same serve: refused')
+    writeRecord(recordFile, configId, 'released')
+    t.equal((await s.client.config(configId, 10_000)).state, 'released', 'serve saw the release')
+    await stopped(t, s.served)
+  })
+
+  await t.test('an old copy of the state restored after the release: released, and the captured request is refused', async (t) => {
+    fs.copyFileSync(old, db)
+    const s = await serve(t, db)
+    t.equal(s.answer.state, 'released', 'the record says released: released')
+    const replay = await send(s.served.url, 'POST', remap, captured)
+    t.equal(replay.status, 401, 'the replay is refused (the old copy never saw its nonce)')
+    t.match(replay.body, /signed before this serve started/)
+    await stopped(t, s.served)
+  })
+
+  await t.test('garbage record, state remembers the release: still released', async (t) => {
+    fs.writeFileSync(recordFile, '\u0000\u0001 not a record {')
+    const s = await serve(t, db)
+    t.equal(s.answer.state, 'released', 'released is final')
+    await stopped(t, s.served)
+  })
+
+  await t.test('old copy (which says current) and garbage record: unknown, never current; mount refused', async (t) => {
+    fs.copyFileSync(old, db)
+    const s = await serve(t, db)
+    t.equal(s.answer.state, 'unknown', 'unknown')
+    t.match(s.answer.reason, /^config-ID record .* is not valid JSON$/, 'with the reason')
+    await mountRefused(t, s.served.url)
+    t.equal((await send(s.served.url, 'POST', remap, captured)).status, 401, 'the captured request is refused')
+    await stopped(t, s.served)
+  })
+
+  await t.test('state lost (removed) and garbage record: a fresh state, unknown, mount refused, replay refused', async (t) => {
+    fs.rmSync(db)
+    const s = await serve(t, db)
+    t.ok(fs.existsSync(db), 'where no file is, a fresh state is created')
+    t.equal(s.answer.state, 'unknown', 'unknown, not current')
+    await mountRefused(t, s.served.url)
+    const replay = await send(s.served.url, 'POST', remap, captured)
+    t.equal(replay.status, 401, 'the captured request is refused by the fresh state')
+    t.match(replay.body, /signed before this serve started/)
+    await stopped(t, s.served)
+  })
+})
