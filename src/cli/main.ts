@@ -12,7 +12,8 @@ import { DEFAULT_CARRY_MAX, exportImage } from '../export/export'
 import { DEFAULT_LOG_FILE } from '../mover/daemon'
 import { DEFAULT_REMAP_CACHE_BYTES } from '../service/remap-worker'
 import { DEFAULT_STATE_PATH } from '../service/state'
-import { caOption, deviceOption, JSON_PROGRESS, jsonOption, keyOption, leaseOption, logLevelOption, parseCarryMax, prefetchWindowOption, parseMiB, parseSeconds, quietOption } from './options'
+import { DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_CLIENT } from '../service/connections'
+import { caOption, deviceOption, JSON_PROGRESS, jsonOption, keyOption, leaseOption, logLevelOption, parseCarryMax, prefetchWindowOption, parseConnections, parseMiB, parseSeconds, quietOption } from './options'
 import { exportResult, exportSentence, inspectResult, printResult, releaseResult, releaseSentence, remapResult, remapSentence, verifyResult, verifySentence } from './results'
 import { progressMode, startProgress } from './progress'
 import { parseShardCount, shardOption, shardsOption } from './shard'
@@ -185,6 +186,8 @@ export function buildProgram(): Command {
     .option('--cert <file>', 'TLS certificate (PEM); with --tls-key, serve HTTPS')
     .option('--tls-key <file>', 'TLS private key (PEM)')
     .option('--metrics-listen <host:port>', 'serve Prometheus metrics at http://<host:port>/metrics, plain HTTP without a key: give loopback or a management network (default: none)')
+    .option('--max-connections <n>', `connections held at once, at most half the descriptor limit (default ${DEFAULT_MAX_CONNECTIONS})`, parseConnections('--max-connections'))
+    .option('--max-connections-per-client <n>', `connections held at once from one client address: a mover holds one per view (default ${DEFAULT_MAX_CONNECTIONS_PER_CLIENT})`, parseConnections('--max-connections-per-client'))
     .addOption(logLevelOption())
     .action(async (manifests: string[], o) => (await import('../service/run')).runServe(manifests, o))
 

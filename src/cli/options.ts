@@ -63,3 +63,12 @@ export function parseMiB(name: string): (value: string) => number {
     return n
   }
 }
+
+/** A number of connections for option `name`: a whole number from 1 to 1,000,000. */
+export function parseConnections(name: string): (value: string) => number {
+  return (value) => {
+    const n = Number(value)
+    if (!/^[0-9]{1,7}$/.test(value) || n < 1 || n > 1_000_000) throw new ExtfsError(ExitCode.Usage, `${name} takes a number of connections from 1 to 1000000, got ${value}`)
+    return n
+  }
+}

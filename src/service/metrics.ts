@@ -16,7 +16,7 @@ export const REFUSAL_REASONS = [
   'bad_signature',
   /** The nonce was seen before. */
   'replay',
-  /** A body over the limit (requests have none). */
+  /** A request announcing a body (requests have none): answered 413 unread, its connection closed. */
   'too_large',
   /** No such resource, or an image name that is not one. */
   'bad_path',
@@ -32,6 +32,8 @@ export const REFUSAL_REASONS = [
   'unreadable',
   /** A remap asked for failed (counted in the remaps too). */
   'remap_failed',
+  /** A connection over --max-connections-per-client or --max-connections: closed at once, unanswered. */
+  'too_many_connections',
 ] as const
 export type RefusalReason = (typeof REFUSAL_REASONS)[number]
 

@@ -13,10 +13,11 @@ import { RequestVerifier, responseMac, sha256Hex } from './auth'
 import type { RefusalReason, ServeMetrics } from './metrics'
 import { IMAGE_NAME, parseConfigQuery, type ConfigQuery, type RemapAnswer } from './protocol'
 import type { Image, ImageRegistry } from './registry'
+import { shown, type RefusalLog } from './refusal-log'
 import type { RemapScheduler } from './remap-schedule'
 
-/** Requests carry no real bodies (POST remap has none): anything bigger is refused unread. */
-const MAX_BODY_BYTES = 64 * 1024
+/** The body of every request: no route takes one (handle()). */
+const NO_BODY = Buffer.alloc(0)
 
 /** SHA-256 of the files served, by file identity: a big manifest is hashed once, not per mover. */
 type HashCache = LRUCache<string, string>
@@ -32,6 +33,7 @@ export class Routes {
     private readonly key: Buffer,
     private readonly leaseMs: number,
     private readonly log: Logger,
+    private readonly refusals: RefusalLog,
     private readonly metrics: ServeMetrics,
   ) {}
 
@@ -40,23 +42,34 @@ export class Routes {
     this.closing = true
   }
 
+  /**
+   * Authenticates from the headers alone, before a byte of any body is read (this runs synchronously
+   * from Node's headers-complete callback up to route()). No route takes a body (POST remap has none:
+   * protocol.ts), so a request that announces one — a Content-Length other than 0, or any
+   * Transfer-Encoding — is answered 413 and its connection destroyed, its body unread. Every other
+   * request has the empty body, and its signature covers that body's hash: so method, target, time,
+   * nonce and MAC are verified in full here, and nothing a sender without the key sends is buffered
+   * beyond its headers (at most Node's 16 KiB header limit, for at most the headers timeout:
+   * connections.ts).
+   */
   async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const started = performance.now()
     const method = req.method ?? ''
     const target = req.url ?? ''
-    const body = await readBody(req)
-    if (body === undefined) {
+    if (announcesBody(req.headers)) {
       this.metrics.refused('too_large')
-      res.writeHead(413, { 'content-type': 'application/json', connection: 'close' }).end(JSON.stringify({ error: `request body over ${MAX_BODY_BYTES} bytes` }) + '\n')
+      this.refusals.refused('too_large', { remote: req.socket.remoteAddress, method, url: target, err: 'request with a body' })
+      res.once('finish', () => req.socket.destroy())
+      res.writeHead(413, { 'content-type': 'application/json', connection: 'close' }).end(JSON.stringify({ error: 'requests take no body' }) + '\n')
       return
     }
-    const v = this.verifier.verify(method, target, req.headers, body)
+    const v = this.verifier.verify(method, target, req.headers, NO_BODY)
     const reply = new Reply(res, this.key, v.nonce, this.metrics)
     if (!v.ok) {
-      this.log.warn({ remote: req.socket.remoteAddress, method, url: target, err: v.error }, 'refused')
+      this.refusals.refused(v.reason, { remote: req.socket.remoteAddress, method, url: target, err: v.error })
       return reply.refuse(401, v.reason, v.error)
     }
-    this.log.debug({ remote: req.socket.remoteAddress, method, url: target }, 'request')
+    this.log.debug({ remote: req.socket.remoteAddress, method, url: shown(target) }, 'request')
     return this.route(method, target, req, reply, started)
   }
 
@@ -199,14 +212,7 @@ class Reply {
   }
 }
 
-/** The body, or undefined when it is over MAX_BODY_BYTES. */
-async function readBody(req: http.IncomingMessage): Promise<Buffer | undefined> {
-  const chunks: Buffer[] = []
-  let got = 0
-  for await (const chunk of req) {
-    got += (chunk as Buffer).length
-    if (got > MAX_BODY_BYTES) return undefined
-    chunks.push(chunk as Buffer)
-  }
-  return Buffer.concat(chunks)
+/** True when the request says a body follows (RFC 9112, 6.3): a Transfer-Encoding, or a Content-Length not 0. */
+function announcesBody(h: http.IncomingHttpHeaders): boolean {
+  return h['transfer-encoding'] !== undefined || (h['content-length'] !== undefined && h['content-length'] !== '0')
 }

@@ -23,6 +23,8 @@ export interface ServeCliOptions {
   tlsKey?: string
   /** host:port of the Prometheus endpoint; absent: no metrics. */
   metricsListen?: string
+  maxConnections?: number
+  maxConnectionsPerClient?: number
   logLevel: string
 }
 
@@ -53,7 +55,7 @@ export async function runServe(manifests: string[], o: ServeCliOptions): Promise
       endpoint = new prom.MetricsEndpoint(metrics)
     }
     server = new ConfigServer({
-      manifests, key, state, log, tls, metrics,
+      manifests, key, state, log, tls, metrics, maxConnections: o.maxConnections, maxConnectionsPerClient: o.maxConnectionsPerClient,
       intervalMs: Math.round(o.interval * 1000), remapCacheBytes: Math.round(o.remapCache * 2 ** 20), leaseMs: Math.round(o.lease * 1000), skewMs: Math.round(o.skew * 1000),
     })
     // The metrics address first: it is the one to give up if the other cannot be had.
@@ -62,6 +64,7 @@ export async function runServe(manifests: string[], o: ServeCliOptions): Promise
     log.info({
       url: `${tls ? 'https' : 'http'}://${shown(addr)}`, metrics: metricsAddr && `http://${shown(metricsAddr)}/metrics`,
       images: manifests.length, state: o.state, intervalS: o.interval, leaseS: o.lease,
+      maxConnections: server.caps.total, maxConnectionsPerClient: server.caps.perClient,
     }, 'serving')
   } catch (err) {
     await endpoint?.close()

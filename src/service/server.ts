@@ -5,12 +5,15 @@
 //   registry.ts        the images, kept in step with their records; long polls wait there
 //   remap-schedule.ts  when to remap, one at a time; remap-worker.ts runs them off the event loop
 //   routes.ts          authentication and the requests (protocol.ts: what crosses the wire)
+//   connections.ts     how many connections, for how long; refusal-log.ts what is logged of refusals
 import http from 'node:http'
 import https from 'node:https'
 import type { AddressInfo, Server as NetServer } from 'node:net'
 import type { Logger } from 'pino'
 import { ExitCode, ExtfsError } from '../errors'
 import { DEFAULT_SKEW_MS, RequestVerifier } from './auth'
+import { connectionCaps, limitConnections, SERVER_TIMEOUTS, type ConnectionCaps } from './connections'
+import { RefusalLog, shown } from './refusal-log'
 import { NO_METRICS, type ServeMetrics } from './metrics'
 import { ImageRegistry } from './registry'
 import { DEFAULT_INTERVAL_MS, RemapScheduler } from './remap-schedule'
@@ -38,6 +41,9 @@ export interface ServiceOptions {
   tls?: { cert: Buffer; key: Buffer }
   /** Where serve reports what it does (--metrics-listen: prometheus.ts); default: nowhere. */
   metrics?: ServeMetrics
+  /** --max-connections, --max-connections-per-client (connections.ts: defaults, and the descriptor limit). */
+  maxConnections?: number
+  maxConnectionsPerClient?: number
 }
 
 export class ConfigServer {
@@ -45,6 +51,9 @@ export class ConfigServer {
   private readonly scheduler: RemapScheduler
   private readonly routes: Routes
   private readonly server: http.Server
+  private readonly refusals: RefusalLog
+  /** The connection caps in force (after the descriptor limit). */
+  readonly caps: ConnectionCaps
 
   constructor(opts: ServiceOptions) {
     const metrics = opts.metrics ?? NO_METRICS
@@ -52,15 +61,24 @@ export class ConfigServer {
     const remapper = opts.remapper ?? new WorkerRemapper(opts.remapCacheBytes)
     this.scheduler = new RemapScheduler(this.registry, remapper, opts.key, opts.log, opts.intervalMs ?? DEFAULT_INTERVAL_MS, metrics)
     const verifier = new RequestVerifier(opts.key, opts.state, opts.skewMs ?? DEFAULT_SKEW_MS)
-    this.routes = new Routes(this.registry, this.scheduler, verifier, opts.key, opts.leaseMs ?? DEFAULT_LEASE_MS, opts.log, metrics)
+    this.refusals = new RefusalLog(opts.log)
+    this.routes = new Routes(this.registry, this.scheduler, verifier, opts.key, opts.leaseMs ?? DEFAULT_LEASE_MS, opts.log, this.refusals, metrics)
     const handler = (req: http.IncomingMessage, res: http.ServerResponse) => {
       this.routes.handle(req, res).catch((err) => {
-        opts.log.error({ url: req.url, err: (err as Error).message }, 'request failed')
+        opts.log.error({ url: shown(req.url ?? ''), err: (err as Error).message }, 'request failed')
         if (!res.headersSent) res.writeHead(500).end()
         else res.destroy()
       })
     }
-    this.server = opts.tls ? https.createServer({ cert: opts.tls.cert, key: opts.tls.key }, handler) : http.createServer(handler)
+    this.server = opts.tls ? https.createServer({ ...SERVER_TIMEOUTS, cert: opts.tls.cert, key: opts.tls.key }, handler) : http.createServer(SERVER_TIMEOUTS, handler)
+    // Expect: 100-continue is not answered "continue": the request goes to the handler as it is (and
+    // is refused there, as every request announcing a body is).
+    this.server.on('checkContinue', handler)
+    this.caps = connectionCaps(opts.maxConnections, opts.maxConnectionsPerClient)
+    limitConnections(this.server, this.caps, (remote) => {
+      metrics.refused('too_many_connections')
+      this.refusals.refused('too_many_connections', { remote, err: `over ${this.caps.perClient} connections from one address or ${this.caps.total} in all` })
+    })
   }
 
   /** Binds, starts watching and the remap schedule; resolves with the bound address. */
@@ -83,6 +101,7 @@ export class ConfigServer {
     })
     await this.scheduler.close()
     await closed
+    this.refusals.close()
   }
 }
 
