@@ -13,7 +13,7 @@ import { runView, type RemoteSource } from '../mover/run-view'
 import { DEFAULT_LOG_FILE, READY_FD_ENV, readyPipeProgress, reportReady, startBackground } from '../mover/daemon'
 import { progressMode, startProgress, type Progress } from './progress'
 import type { Counts, ProgressSink } from '../progress'
-import { unmountView } from '../mover/umount'
+import { extfsMountAt, unmountView } from '../mover/umount'
 import { loadState, takeReport, type ViewReport } from '../mover/state'
 import { finalRemap } from '../mover/final-remap'
 import { queryView } from '../mover/control'
@@ -188,7 +188,8 @@ export async function backupCommand(source: string, command: string[], given: Mo
       }
       if (unchecked === undefined) await checkRecordOnce(mountpoint)
     } finally {
-      await unmountView(mountpoint)
+      // A view that went away by itself (a scheduler's SIGTERM reaches it too) left its report: read it.
+      if (extfsMountAt(mountpoint)) await unmountView(mountpoint)
     }
     const report = viewPid === undefined ? undefined : takeReport(mountpoint, viewPid)
     return verdict(status, report, unchecked, logFile)

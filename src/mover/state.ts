@@ -53,9 +53,12 @@ export function loadState(mountpoint: string): ViewState | undefined {
   }
 }
 
+/** The view's state file and status socket, when they are process `pid`'s (a view killed with -9 leaves both). */
 export function clearState(mountpoint: string, pid: number): void {
   const state = loadState(mountpoint)
-  if (state && state.pid === pid) fs.rmSync(stateFile(mountpoint), { force: true })
+  if (!state || state.pid !== pid) return
+  fs.rmSync(controlSocket(mountpoint), { force: true })
+  fs.rmSync(stateFile(mountpoint), { force: true })
 }
 
 /** What a view leaves behind when it stops, for `extfs backup`: the files read under a superseded map. */

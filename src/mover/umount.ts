@@ -15,7 +15,8 @@ function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms))
 }
 
-function extfsMountAt(mountpoint: string): boolean {
+/** Whether an extfs view (live or dead) is mounted at `mountpoint`. */
+export function extfsMountAt(mountpoint: string): boolean {
   return readMountTable().some((m) => m.mountpoint === mountpoint && m.source.startsWith('extfs:'))
 }
 

@@ -3,7 +3,7 @@
 // from serve whose initiator stopped answering (lease expired, exit 7, and back), and every view after
 // the release (released, exit 7); the JSON and Prometheus forms of the same answers.
 import t from 'tap'
-import { promises as fsp, readFileSync } from 'node:fs'
+import { existsSync, promises as fsp, readFileSync } from 'node:fs'
 import * as path from 'node:path'
 import { extfs, ensureUnmounted, release, scratchDir, startServe } from '../helpers/extfs'
 import { remountReadOnly, withLoopFs } from '../helpers/loopfs'
@@ -141,6 +141,7 @@ t.test('extfs status', async (t) => {
       }
       await ensureUnmounted(doomed)
       mounted.splice(mounted.indexOf(doomed), 1)
+      t.notOk(existsSync(controlSocket(doomed)), 'extfs umount of the dead view removed its socket too')
     })
 
     await t.test('after the release', async (t) => {
