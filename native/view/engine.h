@@ -285,13 +285,14 @@ static inline int xt_visible(const struct engine *e, uint32_t index) {
 napi_value xt_js_shard_plan(napi_env env, napi_callback_info info);    // for tests and inspect, no mount
 napi_value xt_js_shard_visible(napi_env env, napi_callback_info info); // for tests, no mount
 
-// delta.c
-// What the view served (stats.c).
+// stats.c: what the view served.
 int xt_stats_init(struct engine *e); // at mount: 0 or ENOMEM
 void xt_stats_destroy(struct engine *e);
 void xt_stats_open(struct engine *e, uint32_t index);
 void xt_stats_read(struct engine *e, uint64_t len);
 void xt_stats_pushed(struct engine *e, uint64_t len);
+
+// delta.c
 int xt_delta_init(struct engine *e); // at mount: served[] and the first device set; 0 or ENOMEM
 void xt_delta_destroy(struct engine *e);
 // The map a read resolves through: NULL for the tables' extents. One load per level, no lock.

@@ -12,7 +12,7 @@ import { checkMountpoint, requireFuse, requireRoot } from '../mover/checks'
 import { runView, type RemoteSource } from '../mover/run-view'
 import { DEFAULT_LOG_FILE, READY_FD_ENV, readyPipeProgress, reportReady, startBackground } from '../mover/daemon'
 import { progressMode, startProgress, type Progress } from './progress'
-import type { Counts, ProgressSink } from '../progress'
+import type { ProgressSink } from '../progress'
 import { extfsMountAt, unmountView } from '../mover/umount'
 import { loadState, takeReport, type ViewReport } from '../mover/state'
 import { finalRemap } from '../mover/final-remap'
@@ -118,27 +118,16 @@ function backgroundPreflight(source: string, o: MountCliOptions, mountpoint?: st
 function loadProgress(o: MountCliOptions): { sink?: ProgressSink; finish(): void } {
   const pipe = readyPipeProgress()
   if (pipe) return { sink: pipe, finish() {} }
-  return remembering(startProgress({ command: 'mount', mode: progressMode(o) }))
-}
-
-/** A reporter that remembers the counts last reported, for its final line. */
-function remembering(progress: Progress): { sink: ProgressSink; finish(): void } {
-  let last: Counts = { files: 0, bytes: 0 }
-  return {
-    sink: {
-      setPhase: (phase, total) => ((last = { files: 0, bytes: 0 }), progress.setPhase(phase, total)),
-      update: (done, total) => ((last = { ...done }), progress.update(done, total)),
-    },
-    finish: () => progress.finish(last),
-  }
+  const progress = startProgress({ command: 'mount', mode: progressMode(o) })
+  return { sink: progress, finish: () => progress.finish() }
 }
 
 export async function mountCommand(source: string, mountpoint: string, given: MountCliOptions): Promise<void> {
   const o = resolved(given)
   if (!o.foreground) {
     backgroundPreflight(source, o, mountpoint)
-    const progress = remembering(startProgress({ command: 'mount', mode: progressMode(o) }))
-    await startBackground(childArgs(source, path.resolve(mountpoint), o), o.logFile ?? DEFAULT_LOG_FILE, progress.sink)
+    const progress = startProgress({ command: 'mount', mode: progressMode(o) })
+    await startBackground(childArgs(source, path.resolve(mountpoint), o), o.logFile ?? DEFAULT_LOG_FILE, progress)
     progress.finish()
     return
   }
@@ -209,7 +198,6 @@ const BACKUP_PROGRESS_MS = 1000
  * total. Returns what ends it: a last look, then the final line.
  */
 function followCommand(mountpoint: string, progress: Progress): () => Promise<void> {
-  let last: Counts = { files: 0, bytes: 0 }
   let started = false
   let asking: Promise<void> | undefined // one question at a time: answers arrive in order
   const ask = async () => {
@@ -217,10 +205,9 @@ function followCommand(mountpoint: string, progress: Progress): () => Promise<vo
     if (!v?.served || !v.image) return // the fuse-native engine counts nothing
     const total = { files: v.image.files, bytes: v.image.bytes }
     const s = v.served
-    last = { files: s.filesOpened, bytes: Math.min(total.bytes, s.readBytes + s.pushedBytes + s.prefetchedBytes) }
     if (!started) progress.setPhase('read', total)
     started = true
-    progress.update(last, total)
+    progress.update({ files: s.filesOpened, bytes: Math.min(total.bytes, s.readBytes + s.pushedBytes + s.prefetchedBytes) }, total)
   }
   const look = () => (asking ??= ask().finally(() => (asking = undefined)))
   const timer = setInterval(() => void look(), BACKUP_PROGRESS_MS)
@@ -229,7 +216,7 @@ function followCommand(mountpoint: string, progress: Progress): () => Promise<vo
     clearInterval(timer)
     await asking
     await look()
-    progress.finish(last)
+    progress.finish(started ? undefined : { files: 0, bytes: 0 }) // no read phase: the load's counts are not the command's
   }
 }
 

@@ -28,8 +28,11 @@ export type ProgressCounts = Counts
  * its counts start again, as may its total, and the rate's window starts afresh; written at once.
  */
 export interface Progress extends ProgressSink {
-  /** Final line/object (always written in line/json mode, even if no update came), then stops. */
-  finish(done: ProgressCounts): void
+  /**
+   * Final line/object (on a terminal always; JSON lines once any were written), then stops; `done`
+   * absent: the counts last given to update() in this phase.
+   */
+  finish(done?: ProgressCounts): void
 }
 
 export interface ProgressOptions {
@@ -142,7 +145,7 @@ class Reporter implements Progress {
     this.emit(t)
   }
 
-  finish(done: ProgressCounts): void {
+  finish(done: ProgressCounts = { files: this.files, bytes: this.bytes }): void {
     if (this.done) return
     this.done = true
     this.files = done.files
