@@ -2,6 +2,7 @@
 // opens, failed reads) and must not be lost when a view exits.
 import pino, { Logger } from 'pino'
 import { printable } from './manifest/names'
+import { takeUnfinishedLine } from './stderr-line'
 
 export interface LogOptions {
   level?: string
@@ -9,8 +10,14 @@ export interface LogOptions {
 }
 
 export function createLogger(opts: LogOptions): Logger {
-  const dest = opts.file ? pino.destination({ dest: opts.file, sync: true, mkdir: true, append: true }) : pino.destination({ fd: 2, sync: true })
+  const dest = opts.file ? pino.destination({ dest: opts.file, sync: true, mkdir: true, append: true }) : onStderr()
   return pino({ level: opts.level ?? 'info', base: { pid: process.pid }, hooks: { logMethod }, formatters: { log: printableFields } }, dest)
+}
+
+/** stderr, where a log line first clears progress's unfinished status line (src/stderr-line.ts). */
+function onStderr(): pino.DestinationStream {
+  const stderr = pino.destination({ fd: 2, sync: true })
+  return { write: (line: string) => stderr.write(takeUnfinishedLine() + line) }
 }
 
 // pino writes a lone surrogate (a byte of a name that is not UTF-8: src/manifest/names.ts) as U+FFFD;

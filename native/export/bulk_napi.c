@@ -1,5 +1,6 @@
 // See bulk_napi.h.
 #include "bulk_napi.h"
+#include "../js_progress.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -109,22 +110,8 @@ napi_value bulk_samples(napi_env env, const struct bulk_sampler *samplers, uint3
 
 static void js_report(void *ctx, enum bulk_phase phase, uint64_t done, uint64_t bytes, uint64_t total) {
   struct bulk_js_progress *jp = ctx;
-  napi_env env = jp->env;
-  napi_handle_scope scope;
-  if (jp->fn == NULL || napi_open_handle_scope(env, &scope) != napi_ok) return;
-  napi_value argv[4], recv, ignored;
-  bool ok = napi_create_string_utf8(env, phase == BULK_PHASE_DIRS ? "dirs" : "inodes", NAPI_AUTO_LENGTH, &argv[0]) == napi_ok &&
-            napi_create_double(env, (double)done, &argv[1]) == napi_ok && napi_create_double(env, (double)bytes, &argv[2]) == napi_ok &&
-            napi_create_double(env, (double)total, &argv[3]) == napi_ok && napi_get_undefined(env, &recv) == napi_ok &&
-            napi_call_function(env, recv, jp->fn, 4, argv, &ignored) == napi_ok;
-  if (!ok) {
-    // A callback that threw: progress is not worth failing an export for; it stops, the mapping goes on.
-    bool pending = false;
-    napi_value err;
-    if (napi_is_exception_pending(env, &pending) == napi_ok && pending) napi_get_and_clear_last_exception(env, &err);
-    jp->fn = NULL;
-  }
-  napi_close_handle_scope(env, scope);
+  const double values[] = {(double)done, (double)bytes, (double)total};
+  js_progress_call(jp->env, &jp->fn, phase == BULK_PHASE_DIRS ? "dirs" : "inodes", values, 3);
 }
 
 bool bulk_parse_progress(napi_env env, napi_value opts, struct bulk_js_progress *jp) {

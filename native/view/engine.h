@@ -82,6 +82,7 @@ struct xt_stats {
   _Atomic uint64_t pushed_bytes; // bytes push-ahead stored ahead of the reader (push.c)
   _Atomic uint8_t *opened;       // one byte per inode: opened at least once
   uint64_t files_total, bytes_total; // regular files of the image and their sizes, summed at mount
+  uint64_t shown_inodes, shown_blocks512; // inodes the view shows (of every kind) and their st_blocks
 };
 
 struct engine {

@@ -290,10 +290,17 @@ static void op_ioctl(fuse_req_t req, fuse_ino_t nodeid, unsigned int cmd, void *
 
 static void op_statfs(fuse_req_t req, fuse_ino_t nodeid) {
   (void)nodeid;
-  const struct xt_header *h = eng(req)->t.h;
+  const struct engine *e = eng(req);
+  const struct xt_header *h = e->t.h;
   struct statvfs s = {.f_bsize = h->sf_bsize, .f_frsize = h->sf_frsize, .f_blocks = h->sf_blocks, .f_bfree = h->sf_bfree,
                       .f_bavail = h->sf_bavail, .f_files = h->sf_files, .f_ffree = h->sf_ffree, .f_favail = h->sf_favail,
                       .f_namemax = h->sf_namemax};
+  // A shard view counts what it shows, as a whole view counts the image (the header's figures): df
+  // and a backup tool's estimate then speak of the shard the job copies.
+  if (e->visible != NULL && h->sf_frsize > 0) {
+    s.f_blocks = (e->stats.shown_blocks512 * 512 + h->sf_frsize - 1) / h->sf_frsize;
+    s.f_files = e->stats.shown_inodes;
+  }
   fuse_reply_statfs(req, &s);
 }
 

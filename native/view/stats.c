@@ -14,12 +14,15 @@ int xt_stats_init(struct engine *e) {
   uint32_t n = e->t.h->n_inodes;
   s->opened = calloc(n > 0 ? n : 1, 1);
   if (s->opened == NULL) return ENOMEM;
-  // The image's totals, once: what a reader that reads every file reads (hard links are one inode);
-  // of a shard view, the shard's.
+  // The image's totals, once: what a reader that reads every file reads (hard links are one inode),
+  // and what statfs counts; of a shard view, the shard's.
   // Mapped tables drop their pages as the check did (engine.c), so the pass leaves them not resident.
   for (uint32_t i = 0; i < n; i++) {
     if (e->mapped != NULL && (i & 0xffff) == 0xffff) xt_mapped_drop_pages(e->mapped);
-    if (!S_ISREG(e->t.inodes[i].mode) || !xt_visible(e, i)) continue;
+    if (!xt_visible(e, i)) continue;
+    s->shown_inodes++;
+    s->shown_blocks512 += e->t.inodes[i].blocks;
+    if (!S_ISREG(e->t.inodes[i].mode)) continue;
     s->files_total++;
     s->bytes_total += e->t.inodes[i].size;
   }

@@ -11,6 +11,7 @@
 #include "engine.h"
 #include "load2.h"
 #include "../csum.h"
+#include "../js_progress.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -120,17 +121,8 @@ struct js_progress {
 
 static void report_load(void *ctx, uint64_t done, uint64_t total, uint32_t inodes) {
   struct js_progress *p = ctx;
-  napi_handle_scope scope;
-  if (p->fn == NULL || napi_open_handle_scope(p->env, &scope) != napi_ok) return;
-  napi_value argv[3], recv, ignored, err;
-  bool pending = false;
-  if (napi_create_double(p->env, (double)done, &argv[0]) != napi_ok || napi_create_double(p->env, (double)total, &argv[1]) != napi_ok ||
-      napi_create_uint32(p->env, inodes, &argv[2]) != napi_ok || napi_get_undefined(p->env, &recv) != napi_ok ||
-      napi_call_function(p->env, recv, p->fn, 3, argv, &ignored) != napi_ok) {
-    if (napi_is_exception_pending(p->env, &pending) == napi_ok && pending) napi_get_and_clear_last_exception(p->env, &err);
-    p->fn = NULL;
-  }
-  napi_close_handle_scope(p->env, scope);
+  const double values[] = {(double)done, (double)total, (double)inodes};
+  js_progress_call(p->env, &p->fn, NULL, values, 3);
 }
 
 // loadV2(manifestFd, {start, end}, {inodes, dirs, entries}, facts, tablesFd[, onProgress]): synchronous

@@ -41,7 +41,7 @@ export function buildProgram(): Command {
     .option('--assume-stable', 'with --frozen-image none on a read-write mount: you guarantee nothing writes')
     .option('--pre-freeze <command>', 'run with /bin/sh -c before the image is taken; failing aborts the export')
     .option('--post-thaw <command>', 'run with /bin/sh -c right after the image is taken, or taking it failed')
-    .option('--carry-max <bytes>', `carry inline files up to this size in the manifest (default ${DEFAULT_CARRY_MAX})`, parseCarryMax, DEFAULT_CARRY_MAX)
+    .option('--carry-max <bytes>', 'carry inline files up to this size in the manifest', parseCarryMax, DEFAULT_CARRY_MAX)
     .option('--through-loop', 'map files on a loop device through its backing file to the disk underneath')
     .addOption(new Option('--mapper <mapper>', 'bulk: read a frozen ext4\'s metadata from its device, a frozen XFS\'s with bulkstat and its reverse map, or a btrfs snapshot\'s from its tree (manifest format 2); vfs: walk the tree; auto: bulk where it applies').choices(['auto', 'bulk', 'vfs']).default('auto'))
     .addOption(new Option('--format <version>', 'manifest format version (default: 1 from the VFS walker, 2 from the bulk mapper)').choices(['1', '2']))

@@ -10,6 +10,7 @@
 // gets no timer callbacks, so progress is driven by update() calls only, never by a timer.
 
 import type { Counts, ProgressSink } from '../progress'
+import { markUnfinishedLine } from '../stderr-line'
 
 export type ProgressMode = 'line' | 'json' | 'quiet'
 
@@ -153,7 +154,10 @@ class Reporter implements Progress {
     const elapsed = (this.now() - this.started) / 1000
     if (this.opts.mode === 'json') {
       if (this.wrote) this.write(JSON.stringify(summaryMessage(this.opts.command, done, elapsed)) + '\n')
-    } else this.write('\r' + fit(finalLine(this.opts.command, done, elapsed), this.columns()) + CLEAR_TO_END + '\n')
+    } else {
+      this.write('\r' + fit(finalLine(this.opts.command, done, elapsed), this.columns()) + CLEAR_TO_END + '\n')
+      this.unfinished(false)
+    }
   }
 
   private emit(t: number): void {
@@ -163,7 +167,15 @@ class Reporter implements Progress {
     this.wrote = true
     const status = statusOf({ phase: this.phase, files: this.files, bytes: this.bytes, total: this.total, t, started: this.started, pace: this.opts.pace, window: this.window(t) })
     if (this.opts.mode === 'json') this.write(JSON.stringify(statusMessage(this.opts.command, status)) + '\n')
-    else this.write('\r' + fit(statusLine(this.opts.command, status), this.columns()) + CLEAR_TO_END)
+    else {
+      this.write('\r' + fit(statusLine(this.opts.command, status), this.columns()) + CLEAR_TO_END)
+      this.unfinished(true)
+    }
+  }
+
+  /** A status line left on stderr is taken away by the next log line written there (src/stderr-line.ts). */
+  private unfinished(on: boolean): void {
+    if (this.out === process.stderr) markUnfinishedLine(on)
   }
 
   /** The oldest sample still in the window; takes a sample every SAMPLE_MS. */

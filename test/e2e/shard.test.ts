@@ -5,7 +5,7 @@
 // mounted alone hides what is not its own; a release ends it as it ends a whole view, and fails the
 // tasks still to come with 7. Every refusal of --shard is one line and exit 2.
 import t from 'tap'
-import { promises as fsp } from 'node:fs'
+import { promises as fsp, statfsSync } from 'node:fs'
 import * as path from 'node:path'
 import { withLoopFs } from '../helpers/loopfs'
 import { populateEveryKind } from '../helpers/populate'
@@ -30,6 +30,18 @@ function envWith(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
 async function nonDirs(archive: string): Promise<string[]> {
   const r = await runOk('tar', ['--quoting-style=literal', '-tvf', archive])
   return r.stdout.split('\n').filter((l) => l && !l.startsWith('d')).map((l) => l.slice(l.indexOf(' ./') + 1).replace(/ (->|link to) .*$/, '')).sort()
+}
+
+/** What statfs of a view of the tree at `root` counts: its inodes (each once, the root too) and their st_blocks. */
+async function usageOf(root: string): Promise<{ inodes: number; blocks512: bigint }> {
+  const blocks = new Map<bigint, bigint>()
+  const walk = async (p: Buffer): Promise<void> => {
+    const st = await fsp.lstat(p, { bigint: true })
+    blocks.set(st.ino, st.blocks)
+    if (st.isDirectory()) for (const name of await fsp.readdir(p, { encoding: 'buffer' })) await walk(Buffer.concat([p, Buffer.from('/'), name]))
+  }
+  await walk(Buffer.from(root))
+  return { inodes: blocks.size, blocks512: [...blocks.values()].reduce((a, b) => a + b, 0n) }
 }
 
 t.test('four shards of one image: disjoint, their union the image; a shard view alone; release; refusals', async (t) => {
@@ -100,6 +112,10 @@ t.test('four shards of one image: disjoint, their union the image; a shard view 
           if (seen.has(dir)) t.notOk((await fsp.readdir(path.join(v, dir))).includes(path.basename(hidden)), 'and not listed')
           const status = JSON.parse((await extfs(['status', v, '--json'])).stdout)
           t.same(status.views[0].image, { files: plan.shards[shard].files, bytes: plan.shards[shard].bytes }, 'extfs status speaks of the shard')
+          const usage = await usageOf(v)
+          const sf = statfsSync(v)
+          t.match(sf, { files: usage.inodes, blocks: Number((usage.blocks512 * 512n + BigInt(sf.bsize) - 1n) / BigInt(sf.bsize)) },
+            `statfs counts the shard's ${usage.inodes} inodes and their blocks, not the image's`)
 
           // A release while the shard view serves: opens are refused as on a whole view.
           const some = [...seen].find(([, e]) => e.kind === 'file')![0]

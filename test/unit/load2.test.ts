@@ -13,7 +13,9 @@ import { readLayout, verifyMac } from '../../src/manifest/v2/read'
 import { writeManifestV2 } from '../../src/manifest/v2/write'
 import { encodeTrailer, PREAMBLE } from '../../src/manifest/v2/format'
 import { putVarint, zigzag } from '../../src/manifest/v2/varint'
-import { loadMappedManifest, mappedTablesOf } from '../../src/native-engine/mapped-tables'
+import { loadMappedManifest, mappedTablesOf, openTablesFile, packTablesFile } from '../../src/native-engine/mapped-tables'
+import { withBodyOf } from '../../src/native-engine/v1-manifest'
+import type { Counts, ProgressSink } from '../../src/progress'
 import { TableReader } from '../../src/native-engine/tables'
 import { viewAddon } from '../../src/native-engine/addon'
 import { encodeName } from '../../src/manifest/names'
@@ -160,6 +162,39 @@ t.test('random trees: C packs the tree the JS packer packs', async (t) => {
       t.same(Object.keys(servedTree(image)), Object.keys(jsTree(m)), `seed ${seed}: listed in the same order`)
     if (!ok) break
   }
+})
+
+t.test('load progress: C calls back as it goes; a callback that throws is dropped and the load goes on', async (t) => {
+  const m = randomManifest(11)
+  /** The tables packed with a sink that records each update (and throws at each when `throws`). */
+  const load = (throws: boolean) => {
+    const updates: Counts[] = []
+    const sink: ProgressSink = {
+      setPhase: () => undefined,
+      update: (done) => {
+        updates.push({ ...done })
+        if (throws) throw new Error('progress sink down')
+      },
+    }
+    const tables = withBodyOf(m, (body) => {
+      const fd = openTablesFile()
+      try {
+        packTablesFile('(test)', body, fd, sink)
+        const image = Buffer.alloc(fs.fstatSync(fd).size)
+        fs.readSync(fd, image, 0, image.length, 0)
+        return image
+      } finally {
+        fs.closeSync(fd)
+      }
+    })
+    return { updates, tables }
+  }
+  const calm = load(false)
+  t.ok(calm.updates.length >= 2, `${calm.updates.length} updates`)
+  t.equal(calm.updates.at(-1)!.files, m.inodes.length, 'the last update counts every inode')
+  const throwing = load(true)
+  t.equal(throwing.updates.length, 1, 'a callback that threw is not called again')
+  t.ok(throwing.tables.equals(calm.tables), 'and the load went on: the same tables')
 })
 
 t.test('mapped: paths, inode numbers and sizes come from the file; signatures as version 1', async (t) => {

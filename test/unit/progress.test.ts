@@ -3,6 +3,8 @@
 // the terminal's width, the final line and summary always written, nothing when quiet.
 import t from 'tap'
 import { PassThrough } from 'node:stream'
+import { spawnSync } from 'node:child_process'
+import path from 'node:path'
 import { bytesOf, clock, fit, progressMode, startProgress, type ProgressMode } from '../../src/cli/progress'
 
 /** A stream that records what is written, with a terminal width. */
@@ -124,4 +126,27 @@ t.test('formatting', async (t) => {
   t.equal(clock(3725), '1:02:05')
   t.equal(fit('abcdef', 4), 'abc')
   t.equal(fit('abcdef', undefined), 'abcdef')
+})
+
+t.test('a log line on stderr first clears the status line left unfinished there, not glued to its end', async (t) => {
+  // A child process: stderr is the process's own, as the CLI's logger and progress share it.
+  const dist = path.resolve(__dirname, '..', '..', 'dist')
+  const script = `
+    const { startProgress } = require(${JSON.stringify(path.join(dist, 'cli', 'progress.js'))})
+    const { createLogger } = require(${JSON.stringify(path.join(dist, 'log.js'))})
+    const log = createLogger({})
+    const p = startProgress({ command: 'export', phase: 'map', mode: 'line', stream: process.stderr, intervalMs: 1 })
+    p.setPhase('map')
+    log.warn('first')
+    log.warn('second')
+    p.setPhase('write')
+    p.finish({ files: 1, bytes: 1 })
+    log.warn('third')`
+  const r = spawnSync(process.execPath, ['-e', script], { encoding: 'latin1' })
+  t.equal(r.status, 0, r.stderr)
+  const lines = r.stderr.split('\n')
+  t.match(lines[0], /^\r.*map.*\x1b\[K\r\x1b\[K\{.*"msg":"first"/, 'the status line, cleared, then the first log line')
+  t.match(lines[1], /^\{.*"msg":"second"/, 'a second log line: nothing more to clear')
+  t.match(lines[2], /write/, 'the status line drawn again')
+  t.match(lines[3], /^\{.*"msg":"third"/, 'after the final line, a log line as it is')
 })
