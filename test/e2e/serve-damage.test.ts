@@ -1,7 +1,9 @@
 // `extfs serve` with its state damaged or lost (docs/remap.md, "serve's state: damage and loss"): the
 // real binary on a fake image (test/helpers/serve-image.ts; no filesystem is needed, as nothing here
 // reads a file's bytes). Garbage pages, a file truncated to 0 bytes and a lost write-ahead log are
-// refused at start with one line naming the file and exit 13; an old copy of the state restored after
+// refused at start with one line naming the file and exit 13; damage found while serving (a busy state,
+// larger than SQLite's page cache) stops serve with 13 and the same line, answering nothing more (the
+// mover's long poll sees its connection end); an old copy of the state restored after
 // a release, a garbage config-ID record and both at once never give "current" for the released image
 // (released, or unknown and `extfs mount` refused with 7); a request captured before a restart is
 // refused after it, whatever became of the nonces.
