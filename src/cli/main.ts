@@ -91,7 +91,7 @@ export function buildProgram(): Command {
     .action(async (mountpoint: string) => (await import('../mover/umount')).unmountView(mountpoint))
 
   program.command('status')
-    .description('every view on this host (or the one at <mountpoint>) as it reports itself: source, config ID, lease, what it served; exit 0 when all serve, 7 when one serves nothing (released, not current, lease run out), 12 when one does not answer')
+    .description('every view on this host (or the one at <mountpoint>) as it reports itself: source, config ID, lease, what it served; exit 0 when all serve, 7 when one serves nothing (released, not current, unknown to serve, lease run out), 12 when one does not answer')
     .argument('[mountpoint]')
     .addOption(jsonOption().conflicts('prometheus'))
     .option('--prometheus', 'Prometheus text format, for node_exporter\'s textfile collector')

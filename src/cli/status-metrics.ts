@@ -5,7 +5,7 @@ import { Counter, Gauge, Registry } from 'prom-client'
 import type { StatusReport, ViewEntry } from './status'
 import type { ViewState } from '../mover/control'
 
-const STATES: (ViewState | 'dead' | 'not-answering')[] = ['serving', 'released', 'not-current', 'lease-expired', 'dead', 'not-answering']
+const STATES: (ViewState | 'dead' | 'not-answering')[] = ['serving', 'released', 'not-current', 'unknown', 'lease-expired', 'dead', 'not-answering']
 
 export async function statusMetrics(r: StatusReport): Promise<string> {
   const registry = new Registry()

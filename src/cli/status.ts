@@ -1,7 +1,8 @@
 // `extfs status [<mountpoint>] [--json | --prometheus]`: every view on this host, as each view says
 // it is (src/mover/control.ts). Views are found in the mount table (their source is extfs:<config id>),
 // so a view whose process died still shows, as dead. The exit code is for monitoring checks:
-// 0 all serving, 7 one is released / not current / out of lease, 12 one does not answer.
+// 0 all serving, 7 one is released / not current / unknown to its initiator / out of lease, 12 one
+// does not answer.
 import path from 'node:path'
 import { ExitCode, MountpointError } from '../errors'
 import { readMountTable } from '../mapping/mountinfo'

@@ -12,10 +12,12 @@ export const VIEW_STATUS_SCHEMA = 'extfs.view/1'
 
 /**
  * serving: opens are served. released: the initiator ended the frozen image. not-current: the record
- * names a config ID the view cannot follow (refused opens). lease-expired: from serve, the initiator
- * has not answered for longer than the lease, so opens and reads wait for it and are refused.
+ * names a config ID the view cannot follow (refused opens). unknown: from serve, the initiator answered
+ * that it cannot prove the image current (its state and record lost or damaged), so opens and reads
+ * are refused until it answers current again. lease-expired: from serve, the initiator has not
+ * answered for longer than the lease, so opens and reads wait for it and are refused.
  */
-export type ViewState = 'serving' | 'released' | 'not-current' | 'lease-expired'
+export type ViewState = 'serving' | 'released' | 'not-current' | 'unknown' | 'lease-expired'
 
 export interface ViewStatus {
   schema: typeof VIEW_STATUS_SCHEMA

@@ -100,11 +100,16 @@ export class RemoteImage {
     }
   }
 
-  /** For `extfs status`: released, the lease left, and since when the initiator has been unreachable (ms). */
-  leaseStatus(): { released: boolean; leftMs: number; lastAnswerMsAgo?: number; unreachableMs?: number } {
+  /**
+   * For `extfs status`: released, why the initiator cannot prove the image current (its last answer was
+   * "unknown": the line opens are refused with, serve's reason in it), the lease left, and since when
+   * the initiator has been unreachable (ms).
+   */
+  leaseStatus(): { released: boolean; unknown?: string; leftMs: number; lastAnswerMsAgo?: number; unreachableMs?: number } {
     const now = performance.now()
     return {
       released: this.released,
+      unknown: this.doubt?.reason,
       leftMs: Math.round(this.leaseLeft()),
       lastAnswerMsAgo: this.state ? Math.round(now - this.state.answeredAt) : undefined,
       unreachableMs: this.unreachableSince === undefined ? undefined : Math.round(now - this.unreachableSince),

@@ -23,7 +23,7 @@ export interface ViewParts {
 export function describeView(v: ViewParts): ViewStatus {
   const refusals = v.engine.refusedRequests()
   const lease = v.remote?.leaseStatus()
-  const { state, reason } = judge(v, lease)
+  const { state, reason } = judge(v.health, lease)
   const status: ViewStatus = {
     schema: VIEW_STATUS_SCHEMA,
     pid: process.pid,
@@ -72,10 +72,15 @@ export function recordHealth(config: ConfigCheck): ViewParts['health'] {
   return { refused: verdict.reason }
 }
 
-/** Released is final and said first; then a record the view cannot follow; then, from serve, a lapsed lease. */
-function judge(v: ViewParts, lease?: ReturnType<RemoteImage['leaseStatus']>): { state: ViewState; reason?: string } {
-  if (v.health.released || lease?.released) return { state: 'released', reason: 'the initiator released the frozen image' }
-  if (v.health.refused) return { state: 'not-current', reason: v.health.refused }
+/**
+ * Released is final and said first; then a record the view cannot follow; then, from serve, an
+ * initiator that cannot prove the image current (it answered "unknown": its lease ended then), and a
+ * lapsed lease.
+ */
+export function judge(health: ViewParts['health'], lease?: ReturnType<RemoteImage['leaseStatus']>): { state: ViewState; reason?: string } {
+  if (health.released || lease?.released) return { state: 'released', reason: 'the initiator released the frozen image' }
+  if (health.refused) return { state: 'not-current', reason: health.refused }
+  if (lease?.unknown !== undefined) return { state: 'unknown', reason: lease.unknown }
   if (lease && lease.leftMs === 0) {
     const since = lease.unreachableMs === undefined ? '' : ` (unreachable for ${Math.round(lease.unreachableMs / 1000)} s)`
     return { state: 'lease-expired', reason: `the initiator has not answered within the lease${since}: opens and reads are refused until it does` }

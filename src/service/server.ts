@@ -65,6 +65,8 @@ export class ConfigServer {
     this.routes = new Routes(this.registry, this.scheduler, verifier, opts.key, opts.leaseMs ?? DEFAULT_LEASE_MS, opts.log, this.refusals, metrics)
     const handler = (req: http.IncomingMessage, res: http.ServerResponse) => {
       this.routes.handle(req, res).catch((err) => {
+        // A damaged state stops serve (run.ts logs it once): no answer at all, not a 500 without a MAC.
+        if (err instanceof ExtfsError && err.exitCode === ExitCode.StateDamaged) return req.socket.destroy()
         opts.log.error({ url: shown(req.url ?? ''), err: (err as Error).message }, 'request failed')
         if (!res.headersSent) res.writeHead(500).end()
         else res.destroy()

@@ -89,6 +89,12 @@ export class ServeState implements NonceStore {
   readonly since = Date.now()
   /** Called once when SQLite finds the database damaged at run time (serve then stops: run.ts). */
   onDamage?: (err: ExtfsError) => void
+  /**
+   * The damage SQLite found at run time. From then on every call throws it without asking SQLite:
+   * pages still in its cache would otherwise go on answering (a long poll woken as serve stops
+   * answered "current" from them).
+   */
+  private damage?: ExtfsError
 
   /** Opens the database at `file`, creating it only where no file is; ':memory:' for tests. */
   constructor(readonly file: string) {
@@ -141,17 +147,16 @@ export class ServeState implements NonceStore {
     this.db.pragma('wal_checkpoint(TRUNCATE)')
   }
 
-  /** Runs a statement; a damaged database is reported once (onDamage) and thrown as one line naming the file. */
+  /** Runs a statement; a damaged database is reported once (onDamage) and thrown as one line naming the file, then and ever after. */
   private sql<T>(fn: () => T): T {
+    if (this.damage) throw this.damage
     try {
       return fn()
     } catch (err) {
       if (!isDamage(err as Error & { code?: string })) throw err
-      const e = damaged(this.file, (err as Error).message)
-      const report = this.onDamage
-      this.onDamage = undefined
-      report?.(e)
-      throw e
+      this.damage = damaged(this.file, (err as Error).message)
+      this.onDamage?.(this.damage)
+      throw this.damage
     }
   }
 

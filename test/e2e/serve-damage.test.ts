@@ -1,7 +1,9 @@
 // `extfs serve` with its state damaged or lost (docs/remap.md, "serve's state: damage and loss"): the
 // real binary on a fake image (test/helpers/serve-image.ts; no filesystem is needed, as nothing here
 // reads a file's bytes). Garbage pages, a file truncated to 0 bytes and a lost write-ahead log are
-// refused at start with one line naming the file and exit 13; an old copy of the state restored after
+// refused at start with one line naming the file and exit 13; damage found while serving (a busy state,
+// larger than SQLite's page cache) stops serve with 13 and the same line, answering nothing more (the
+// mover's long poll sees its connection end); an old copy of the state restored after
 // a release, a garbage config-ID record and both at once never give "current" for the released image
 // (released, or unknown and `extfs mount` refused with 7); a request captured before a restart is
 // refused after it, whatever became of the nonces.
@@ -11,6 +13,7 @@ import fs from 'node:fs'
 import http from 'node:http'
 import os from 'node:os'
 import path from 'node:path'
+import Database from 'better-sqlite3'
 import { extfs, ensureUnmounted, startServe, withoutProgress } from '../helpers/extfs'
 import { KEY, signedImage } from '../helpers/serve-image'
 import { ConfigClient } from '../../src/service/client'
@@ -117,6 +120,59 @@ t.test('extfs serve: damaged or lost state', async (t) => {
     const again = await serve(t, f)
     t.equal(again.answer.state, 'current', 'with its log: starts')
     await stopped(t, again.served)
+  })
+
+  // A running serve reads its state through SQLite's page cache (better-sqlite3 builds it with
+  // SQLITE_DEFAULT_CACHE_SIZE=-16000: 16,000 KiB) and writes it through its write-ahead log; with the
+  // exclusive lock nothing tells it the file changed. Pages it holds are never read again, so damage
+  // underneath a small state goes unseen until the next start's quick_check. It finds damage while
+  // running when it reads a page it does not hold: a busy state larger than the cache. Here 450,000
+  // nonces of recent requests make the nonces' index (the autoindex on the nonce) ~21 MB. quick_check at
+  // start reads every page, each b-tree from its right end leftwards, so a leaf near that index's right
+  // end is read early and followed by more than 16 MB of others: it is no longer held. The mover's
+  // random nonces go to the index's last leaf (every nonce of the fixture starts 00000000), so a request
+  // whose nonce sorts into a leaf ~1% from the right end is certain to make serve read garbage.
+  await t.test('damage found while serving: serve stops with 13 and one line; the mover\'s long poll ends unanswered', async (t) => {
+    const f = copy('busy.db')
+    const nonces = 450_000
+    const nonceAt = (i: number) => `00000000${i.toString(16).padStart(24, '0')}`
+    const sql = new Database(f)
+    const add = sql.prepare('INSERT INTO nonces (nonce, expires_at) VALUES (?, ?)')
+    const expiry = Date.now() + 300_000
+    sql.transaction(() => {
+      for (let i = 0; i < nonces; i++) add.run(nonceAt(2 * i), expiry)
+    })()
+    sql.close()
+    t.ok(fs.statSync(f).size > 40e6, `a busy state of ${(fs.statSync(f).size / 1e6).toFixed(0)} MB (beyond SQLite's 16 MB page cache)`)
+
+    const served = await startServe(t, [...serveArgs(f), '--log-level', 'debug'])
+    const client = new ConfigClient(`${served.url}/nightly`, KEY)
+    t.teardown(() => client.close())
+    const before = await client.config()
+    t.equal(before.state, 'current', 'serve started on the busy state: current')
+    const poll = client.config(before.configId, 30_000).then((a) => a, (err: Error) => err)
+    // The poll is held once serve logged it as authenticated (routing is synchronous from there).
+    const requests = () => served.stderr().split('\n').filter((l) => l.includes('"msg":"request"')).length
+    while (requests() < 2) await new Promise((r) => setTimeout(r, 20))
+
+    const fd = fs.openSync(f, 'r+')
+    const ff = Buffer.alloc(PAGE, 0xff) // page type 0xff: no b-tree page, whatever page SQLite reads
+    for (let p = 1; p < fs.fstatSync(fd).size / PAGE; p++) fs.writeSync(fd, ff, 0, PAGE, p * PAGE)
+    fs.closeSync(fd)
+
+    const target = '/images/nightly/config'
+    const nonce = nonceAt(2 * (nonces - nonces / 100) + 1) // new: between two of the fixture's
+    const touched = await send(served.url, 'GET', target, signRequest(KEY, 'GET', target, '', Date.now(), nonce) as unknown as Record<string, string>)
+      .then((r) => r, (err: Error) => err)
+    const exited = await Promise.race([served.exited, new Promise<{ code: null }>((r) => setTimeout(() => r({ code: null }), 20_000))])
+    t.equal(exited.code, ExitCode.StateDamaged, `serve exited ${ExitCode.StateDamaged} (StateDamaged)`)
+    t.ok(touched instanceof Error, `the request that found the damage got no answer: ${touched instanceof Error ? touched.message : touched.status}`)
+    const answer = await poll
+    t.ok(answer instanceof Error, `the held long poll got no answer, its connection ended: ${answer instanceof Error ? answer.message : answer.state}`)
+    const lines = served.stderr().trim().split('\n').filter((l) => !l.startsWith('{'))
+    t.equal(lines.length, 1, `one line besides the log: ${lines.join(' | ')}`)
+    t.match(lines[0], `extfs: state database ${f} is damaged (database disk image is malformed): move it aside`, 'naming the file, the damage and what to do')
+    t.notMatch(served.stderr(), /"msg":"request failed"|\n\s+at /, 'no request failure logged, no stack')
   })
 
   // An old copy of the state, taken while the image was current.

@@ -1,6 +1,7 @@
 // `extfs status` against real views of one exported ext4 image: a live view before and after a reader
 // (the counters come from the view itself), a view whose process was killed (dead, exit 12), a view
-// from serve whose initiator stopped answering (lease expired, exit 7, and back), and every view after
+// from serve whose initiator stopped answering (lease expired, exit 7, and back), one whose serve
+// answers "unknown" (its record unreadable: unknown with serve's reason, exit 7, ESTALE, and back), and every view after
 // the release (released, exit 7); the JSON and Prometheus forms of the same answers.
 import t from 'tap'
 import { existsSync, promises as fsp, readFileSync } from 'node:fs'
@@ -114,6 +115,27 @@ t.test('extfs status', async (t) => {
       }
       const back = await untilState(remote, 'serving')
       t.equal(back.code, 0, 'serving again once the initiator answers')
+    })
+
+    await t.test('a view from serve, whose initiator answers "unknown"', async (t) => {
+      // serve cannot prove the image current when its record is unreadable (docs/remap.md, "serve's
+      // state: damage and loss"); the view then refuses opens, and says why, until serve says current.
+      const record = path.join(dir, JSON.parse(readFileSync(manifest, 'utf8')).configRecord as string)
+      const good = readFileSync(record)
+      await fsp.writeFile(record, '\u0000\u0001 not a record {')
+      try {
+        const unknown = await untilState(remote, 'unknown')
+        t.equal(unknown.code, 7, 'exit 7: the view serves nothing')
+        t.match(unknown.view, { state: 'unknown', lease: { leftMs: 0 } })
+        t.match(unknown.view.reason, /^initiator http:.* cannot prove frozen image .* current \(config-ID record .* is not valid JSON\): not served$/, 'with serve\'s reason')
+        const open = await fsp.readFile(path.join(remote, 'a')).then(() => undefined, (err: NodeJS.ErrnoException) => err.errno)
+        t.equal(open, -116, 'opens are refused: ESTALE (Node has no name for it)')
+      } finally {
+        await fsp.writeFile(`${record}.tmp`, good)
+        await fsp.rename(`${record}.tmp`, record)
+      }
+      const back = await untilState(remote, 'serving')
+      t.equal(back.code, 0, 'serving again once serve can prove it current')
     })
 
     await t.test('a view whose process was killed', async (t) => {

@@ -4,6 +4,7 @@ import t from 'tap'
 import { parseStatus, VIEW_STATUS_SCHEMA, type ViewStatus } from '../../src/mover/control'
 import { formatStatus, statusExitCode, STATUS_SCHEMA, type StatusReport, type ViewEntry } from '../../src/cli/status'
 import { statusMetrics } from '../../src/cli/status-metrics'
+import { judge } from '../../src/mover/view-status'
 import { ExitCode } from '../../src/errors'
 
 const view = (over: Partial<ViewStatus> = {}): ViewStatus => ({
@@ -29,9 +30,20 @@ t.test('the exit code is the worst view\'s: 12 over 7 over 0', async (t) => {
   const dead: ViewEntry = { mountpoint: '/mnt/d', state: 'dead', reason: 'gone' }
   t.equal(statusExitCode(report([])), ExitCode.Ok, 'no views: 0')
   t.equal(statusExitCode(report([view()])), ExitCode.Ok)
-  for (const state of ['released', 'not-current', 'lease-expired'] as const) t.equal(statusExitCode(report([view(), view({ state })])), ExitCode.Stale, state)
+  for (const state of ['released', 'not-current', 'unknown', 'lease-expired'] as const) t.equal(statusExitCode(report([view(), view({ state })])), ExitCode.Stale, state)
   t.equal(statusExitCode(report([view({ state: 'released' }), dead])), ExitCode.ViewDown, 'dead wins')
   t.equal(statusExitCode(report([{ mountpoint: '/mnt/q', state: 'not-answering', reason: 'slow' }])), ExitCode.ViewDown)
+})
+
+t.test('a view\'s state: released first, then a record it cannot follow, then serve\'s "unknown", then a lapsed lease', async (t) => {
+  const lease = { released: false, leftMs: 0, lastAnswerMsAgo: 300 }
+  const unknown = 'initiator http://i:7070/n cannot prove frozen image c0 current (config-ID record /x is not valid JSON): not served'
+  t.same(judge({}, { ...lease, leftMs: 900 }), { state: 'serving' })
+  t.same(judge({}, { ...lease, unknown }), { state: 'unknown', reason: unknown }, 'serve said unknown: its reason, not a lapsed lease')
+  t.match(judge({}, lease), { state: 'lease-expired', reason: /not answered within the lease/ })
+  t.match(judge({ refused: 'chain broken' }, { ...lease, unknown }), { state: 'not-current', reason: 'chain broken' })
+  t.match(judge({}, { ...lease, unknown, released: true }), { state: 'released' })
+  t.same(judge({}), { state: 'serving' }, 'not from serve: no lease')
 })
 
 t.test('text: one block per view, names as printable text', async (t) => {
@@ -50,6 +62,7 @@ t.test('Prometheus: every view, a state per line, counters as counters', async (
   t.match(text, 'extfs_view_up{mountpoint="/mnt/d"} 0')
   t.match(text, 'extfs_view_state{mountpoint="/mnt/d",state="dead"} 1')
   t.match(text, 'extfs_view_state{mountpoint="/mnt/d",state="serving"} 0')
+  t.match(text, 'extfs_view_state{mountpoint="/mnt/a",state="unknown"} 0', 'every state has its line')
   t.match(text, 'extfs_view_read_bytes_total{mountpoint="/mnt/a"} 1048576')
   t.match(text, 'extfs_view_chain_position{mountpoint="/mnt/a"} 2')
   t.match(text, '# TYPE extfs_view_opens_total counter')
