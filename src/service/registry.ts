@@ -17,10 +17,10 @@ import { DEFAULT_MAX_DELTA_BYTES } from '../delta/io'
 import { ExitCode, ExtfsError, ManifestError } from '../errors'
 import type { ServeMetrics } from './metrics'
 import { imageNameOf, type ConfigAnswer, type ConfigAnswerState } from './protocol'
-import type { DeltaRow, ServeState } from './state'
+import { isStateDamaged, type DeltaRow, type ServeState } from './state'
 
 /** How often records are checked by stat in case fs.watch missed an event (NFS, overlay), ms. */
-const RECORD_POLL_MS = 2_000
+export const RECORD_POLL_MS = 2_000
 
 export interface Image {
   name: string
@@ -249,13 +249,25 @@ export class ImageRegistry {
     if (this.closing || this.pendingSync.has(img.name)) return
     this.pendingSync.set(img.name, setTimeout(() => {
       this.pendingSync.delete(img.name)
-      this.sync(img)
+      this.syncFromTimer(img)
     }, 20))
   }
 
   private pollRecords(): void {
     for (const img of this.images.values()) {
-      if (fileStamp(img.recordFile) !== img.recordStamp || fileStamp(img.manifestPath) !== img.manifestStamp) this.sync(img)
+      if (fileStamp(img.recordFile) !== img.recordStamp || fileStamp(img.manifestPath) !== img.manifestStamp) this.syncFromTimer(img)
+    }
+  }
+
+  /**
+   * sync from a timer, where a throw would end the process with a stack trace: a damaged state stops
+   * serve with its one line and exit 13 instead (state.onDamage: run.ts). Anything else is a bug, and thrown.
+   */
+  private syncFromTimer(img: Image): void {
+    try {
+      this.sync(img)
+    } catch (err) {
+      if (!isStateDamaged(err)) throw err
     }
   }
 }

@@ -19,7 +19,7 @@ import { ImageRegistry } from './registry'
 import { DEFAULT_INTERVAL_MS, RemapScheduler } from './remap-schedule'
 import { WorkerRemapper, type Remapper } from './remap-worker'
 import { Routes } from './routes'
-import type { ServeState } from './state'
+import { isStateDamaged, type ServeState } from './state'
 
 export const DEFAULT_LEASE_MS = 30_000
 
@@ -66,7 +66,7 @@ export class ConfigServer {
     const handler = (req: http.IncomingMessage, res: http.ServerResponse) => {
       this.routes.handle(req, res).catch((err) => {
         // A damaged state stops serve (run.ts logs it once): no answer at all, not a 500 without a MAC.
-        if (err instanceof ExtfsError && err.exitCode === ExitCode.StateDamaged) return req.socket.destroy()
+        if (isStateDamaged(err)) return req.socket.destroy()
         opts.log.error({ url: shown(req.url ?? ''), err: (err as Error).message }, 'request failed')
         if (!res.headersSent) res.writeHead(500).end()
         else res.destroy()

@@ -297,6 +297,11 @@ function checkIntegrity(db: Database.Database, file: string): void {
   if (rows.length !== 1 || rows[0]!.quick_check !== 'ok') throw damaged(file, rows.map((r) => r.quick_check).join('; '))
 }
 
+/** Whether `err` is the one line of a damaged state (damaged()): serve stops on it (run.ts), once. */
+export function isStateDamaged(err: unknown): boolean {
+  return err instanceof ExtfsError && err.exitCode === ExitCode.StateDamaged
+}
+
 /** SQLite's words for a file that is not a sound database (SQLITE_CORRUPT, SQLITE_NOTADB and their extended codes). */
 function isDamage(e: { code?: string }): boolean {
   return /^SQLITE_(CORRUPT|NOTADB)/.test(e.code ?? '')

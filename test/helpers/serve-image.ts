@@ -59,7 +59,7 @@ export async function serveFakeImage(t: { teardown(fn: () => unknown): void }, r
     await close()
     fs.rmSync(dir, { recursive: true, force: true })
   })
-  return { dir, manifest, url, client, lines, close }
+  return { dir, manifest, url, client, lines, close, state }
 }
 
 /** Writes delta seq+1 (from the record's config ID to `nextId`) and the record, as remap does. */

@@ -7,6 +7,9 @@ import fs from 'node:fs'
 import { imageNameOf } from '../../src/service/protocol'
 import { REMAP_COST_FACTOR } from '../../src/service/remap-schedule'
 import { fakeRemapper, serveFakeImage, slowRemapper, type TimedCall } from '../helpers/serve-image'
+import { damaged } from '../../src/service/state'
+import { RECORD_POLL_MS } from '../../src/service/registry'
+import { writeRecord } from '../../src/configid/record'
 
 t.test('image names', async (t) => {
   t.equal(imageNameOf('/shared/nightly.json'), 'nightly')
@@ -98,4 +101,17 @@ t.test('with several images, scheduled remaps together stay within the same shar
     const least = REMAP_COST_FACTOR * 2 * calls[0]!.ms
     t.ok(gaps(calls)[0]! >= least, `${name}: ${Math.round(gaps(calls)[0]!)} ms apart, at least ${REMAP_COST_FACTOR} x 2 images x ${calls[0]!.ms.toFixed(1)} ms`)
   }
+})
+
+t.test('a damaged state met by the record watch or poll (timers) is left to stop serve: no uncaught throw', async (t) => {
+  const { manifest, state } = await serveFakeImage(t, fakeRemapper([]))
+  // The state as it is once SQLite found it damaged (state.ts: every call then throws the one line).
+  Object.assign(state, { damage: damaged(state.file, 'database disk image is malformed') })
+  const uncaught: Error[] = []
+  const onUncaught = (err: Error) => uncaught.push(err)
+  process.prependListener('uncaughtException', onUncaught)
+  t.teardown(() => process.removeListener('uncaughtException', onUncaught))
+  writeRecord(`${manifest}.config-id`, 'c1-dddddddddddd', 'current')
+  await new Promise((r) => setTimeout(r, RECORD_POLL_MS + 500)) // the watch's sync, then the poll's
+  t.same(uncaught.map((e) => e.message), [], 'nothing thrown from the timers')
 })
