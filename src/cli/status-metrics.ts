@@ -15,7 +15,7 @@ export async function statusMetrics(r: StatusReport): Promise<string> {
     views: gauge('extfs_views', 'extfs views mounted on this host', []),
     up: gauge('extfs_view_up', '1 when the view answered for itself, 0 when its process is gone or silent'),
     state: gauge('extfs_view_state', '1 for the state the view is in', ['mountpoint', 'state']),
-    info: gauge('extfs_view_info', 'the view\'s source, image and current config ID', ['mountpoint', 'source', 'config_id', 'current_config_id', 'engine']),
+    info: gauge('extfs_view_info', 'the view\'s source, image, current config ID and shard (index/count; empty: the whole image)', ['mountpoint', 'source', 'config_id', 'current_config_id', 'engine', 'shard']),
     seq: gauge('extfs_view_chain_position', 'deltas of the config-ID chain the view has applied'),
     started: gauge('extfs_view_start_time_seconds', 'when the view started, Unix time'),
     lease: gauge('extfs_view_lease_seconds_left', 'from serve: how long opens are still served without asking the initiator'),
@@ -46,7 +46,7 @@ function setView(m: Metrics, v: ViewEntry): void {
   for (const s of STATES) g('state', s === v.state ? 1 : 0, { state: s })
   if (!('schema' in v)) return g('up', 0)
   g('up', 1)
-  g('info', 1, { source: v.source, config_id: v.configId, current_config_id: v.position.configId, engine: v.engine })
+  g('info', 1, { source: v.source, config_id: v.configId, current_config_id: v.position.configId, engine: v.engine, shard: v.shard ? `${v.shard.index}/${v.shard.count}` : '' })
   g('seq', v.position.seq)
   g('started', Date.parse(v.startedAt) / 1000)
   if (v.lease) g('lease', v.lease.leftMs / 1000)

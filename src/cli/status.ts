@@ -76,7 +76,7 @@ function formatView(v: ViewEntry): string {
   if (!('schema' in v)) return `${head}: ${printable(v.reason)}`
   const lines = [`${head}${v.reason ? `: ${printable(v.reason)}` : ''}`]
   lines.push(`  source ${printable(v.source)}, pid ${v.pid}, ${v.engine} engine, up ${duration(Date.now() - Date.parse(v.startedAt))}`)
-  lines.push(`  config ID ${v.position.configId} (${v.position.seq} delta(s) after ${v.configId})`)
+  lines.push(`  config ID ${v.position.configId} (${v.position.seq} delta(s) after ${v.configId})${v.shard ? `, shard ${v.shard.index}/${v.shard.count}` : ''}`)
   if (v.lease) {
     const last = v.lease.lastAnswerMsAgo === undefined ? '' : `, initiator last answered ${duration(v.lease.lastAnswerMsAgo)} ago`
     lines.push(`  lease ${duration(v.lease.leftMs)} left${last}`)

@@ -30,6 +30,8 @@ export interface ViewStatus {
   /** The manifest's config ID, and where the view is in its chain (seq: deltas applied). */
   configId: string
   position: { configId: string; seq: number }
+  /** A shard view's place in its split (docs/shards.md; index 0-based); absent for a whole view. */
+  shard?: { index: number; count: number }
   state: ViewState
   /** Why, when not serving. */
   reason?: string

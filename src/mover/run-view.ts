@@ -195,7 +195,7 @@ export async function runView(opts: ViewRunOptions): Promise<void> {
   const following = startFollowing(served!, opts, state, remote)
   const stopStatus = serveStatus(mountpoint, () => describeView({ engine: engine!, follower: served!.follower, remote,
     health: served!.follower ? following.health : recordHealth(image.config),
-    manifest: image.manifest, source: opts.manifestPath, mountpoint, startedAt }), (err) => log.warn({ mountpoint, err: err.message }, 'view status socket failed; extfs status will call this view dead'))
+    manifest: image.manifest, source: opts.manifestPath, mountpoint, startedAt, shard: opts.shard }), (err) => log.warn({ mountpoint, err: err.message }, 'view status socket failed; extfs status will call this view dead'))
   log.info({
     mountpoint, manifest: opts.manifestPath, configId: image.manifest.configId, devices: image.devices.map((d) => `${d.id}=${d.path}`),
     ...(opts.shard ? { shard: `${opts.shard.index}/${opts.shard.count}` } : {}),

@@ -1,7 +1,7 @@
 // What a serving view says about itself (`extfs status`, src/mover/control.ts): gathered from the
 // engine's counters, the chain follower and, from serve, the lease, at the moment it is asked.
 import type { Manifest } from '../manifest/types'
-import type { ViewEngine } from '../view/engine'
+import type { Shard, ViewEngine } from '../view/engine'
 import { NativeEngine } from '../native-engine/native-engine'
 import type { ChainFollower } from './follow'
 import type { RemoteImage } from './remote'
@@ -18,6 +18,7 @@ export interface ViewParts {
   source: string
   mountpoint: string
   startedAt: Date
+  shard?: Shard
 }
 
 export function describeView(v: ViewParts): ViewStatus {
@@ -33,6 +34,7 @@ export function describeView(v: ViewParts): ViewStatus {
     startedAt: v.startedAt.toISOString(),
     configId: v.manifest.configId,
     position: { configId: v.follower?.current ?? v.manifest.configId, seq: v.follower?.applied ?? 0 },
+    ...(v.shard ? { shard: { index: v.shard.index, count: v.shard.count } } : {}),
     state,
     ...(reason ? { reason } : {}),
     ...(lease ? { lease: { leftMs: lease.leftMs, lastAnswerMsAgo: lease.lastAnswerMsAgo, unreachableMs: lease.unreachableMs } } : {}),

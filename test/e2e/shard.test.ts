@@ -112,6 +112,7 @@ t.test('four shards of one image: disjoint, their union the image; a shard view 
           if (seen.has(dir)) t.notOk((await fsp.readdir(path.join(v, dir))).includes(path.basename(hidden)), 'and not listed')
           const status = JSON.parse((await extfs(['status', v, '--json'])).stdout)
           t.same(status.views[0].image, { files: plan.shards[shard].files, bytes: plan.shards[shard].bytes }, 'extfs status speaks of the shard')
+          t.same(status.views[0].shard, { index: shard, count: COUNT }, 'and names it')
           const usage = await usageOf(v)
           const sf = statfsSync(v)
           t.match(sf, { files: usage.inodes, blocks: Number((usage.blocks512 * 512n + BigInt(sf.bsize) - 1n) / BigInt(sf.bsize)) },

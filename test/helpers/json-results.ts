@@ -65,7 +65,7 @@ export const SCHEMAS: Record<string, { [key: string]: Shape }> = {
   'extfs.status/1': { schema: ['extfs.status/1'], healthy: 'boolean', views: { arrayOf: 'viewEntry' } },
   'extfs.view/1': {
     schema: ['extfs.view/1'], pid: 'count', mountpoint: 'path', source: 'string', engine: ['native', 'fuse-native'], startedAt: 'string',
-    configId: 'configId', position: { configId: 'configId', seq: 'count' }, state: ['serving', 'released', 'not-current', 'unknown', 'lease-expired'],
+    configId: 'configId', position: { configId: 'configId', seq: 'count' }, 'shard?': { index: 'count', count: 'count' }, state: ['serving', 'released', 'not-current', 'unknown', 'lease-expired'],
     'reason?': 'string', 'lease?': { leftMs: 'count', 'lastAnswerMsAgo?': 'count', 'unreachableMs?': 'count' },
     'image?': { files: 'count', bytes: 'count' },
     'served?': { opens: 'count', filesOpened: 'count', reads: 'count', readBytes: 'count', pushedBytes: 'count', prefetchedFiles: 'count', prefetchedBytes: 'count' },
