@@ -7,7 +7,7 @@ import type { Logger } from 'pino'
 import type { Extent, Manifest } from '../manifest/types'
 import type { RawDevice } from '../device/reader'
 import type { ConfigCheck } from '../configid/record'
-import type { MountOptions, ViewEngine } from '../view/engine'
+import type { MountOptions, Shard, ViewEngine } from '../view/engine'
 import { splitDev } from '../mapping/blockdev'
 import { mappedTablesOf, type IndexPaths, type MappedTables } from './mapped-tables'
 import { tablesOfManifest } from './v1-manifest'
@@ -80,7 +80,7 @@ export class NativeEngine implements ViewEngine {
       throw err
     }
     // Mapped tables are checked whole by mount() only: their ACLs are looked at once it has.
-    const largeAcls = this.filesWithLargeAcls(tables)
+    const largeAcls = this.filesWithLargeAcls(tables, opts.shard)
     if (largeAcls.files.length > 0) {
       const { files, limit } = largeAcls
       this.log.warn({ mountpoint, count: files.length, files: files.slice(0, NAMED_AT_MOUNT), limit },
@@ -88,10 +88,11 @@ export class NativeEngine implements ViewEngine {
     }
   }
 
-  /** Paths of the files holding a POSIX ACL no reader of the view can have, and the kernel's limit. */
-  private filesWithLargeAcls(tables: TablesHandle): { files: string[]; limit: number } {
+  /** Paths of the files the view shows holding a POSIX ACL no reader of it can have, and the kernel's limit. */
+  private filesWithLargeAcls(tables: TablesHandle, shard: Shard | undefined): { files: string[]; limit: number } {
     const { limit, acls } = viewAddon().largeAcls(tables)
-    const indexes = [...new Set(acls.map((a) => a.index))]
+    const shown = shard && acls.length > 0 ? viewAddon().shardVisible(tables, shard.index, shard.count) : undefined
+    const indexes = [...new Set(acls.map((a) => a.index))].filter((index) => shown === undefined || shown[index] === 1)
     return { files: indexes.map((index) => this.paths.path(index)), limit }
   }
 

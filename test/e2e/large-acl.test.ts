@@ -81,6 +81,20 @@ t.test('XFS: ACLs over one page are named at mount and fail extfs backup; others
         })
       })
 
+      await t.test('a shard view names only the files with large ACLs it shows', async (t) => {
+        const named: string[] = []
+        for (const shard of ['0/2', '1/2']) {
+          await withView(manifest, async (mnt, logFile) => {
+            const files = (logLines(logFile).find((l) => /ACL/.test(l.msg) && l.level === 40)?.files ?? []) as string[]
+            const shown = []
+            for (const f of ['/large/big-acl-file', '/large/big-default-dir']) if (await fsp.lstat(path.join(mnt, f)).then(() => true, () => false)) shown.push(f)
+            t.same(files, shown, `shard ${shard}: names ${files.length}, shows ${shown.length}`)
+            named.push(...files)
+          }, ['--shard', shard])
+        }
+        t.same(named.sort(), ['/large/big-acl-file', '/large/big-default-dir'], 'the two shards name each once')
+      })
+
       await t.test('a backup whose command asked for them fails naming them, though tar exits 0', async (t) => {
         const log = path.join(dir, 'backup-large.log')
         const out = path.join(dir, 'large.tar')
