@@ -42,6 +42,11 @@ export enum ExitCode {
    * write-ahead log lost): serve refuses to start on it, or stops, rather than answer from it.
    */
   StateDamaged = 13,
+  /**
+   * stdout's reader stopped reading (`extfs inspect … | head`): extfs ends quietly, with the status a
+   * C tool killed by SIGPIPE gives (128 + 13).
+   */
+  ReaderGone = 141,
 }
 
 /** An error meant for the user: one line, no stack trace, a documented exit code. */

@@ -4,6 +4,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { Command, CommanderError, Option } from 'commander'
 import { ExitCode, ExtfsError, StaleError } from '../errors'
+import { takeUnfinishedLine } from '../stderr-line'
 import { printable } from '../manifest/names'
 import { readKeyFile } from '../manifest/sign'
 import { createLogger } from '../log'
@@ -213,7 +214,14 @@ export function buildProgram(): Command {
   return program
 }
 
+/** stdout's reader went away (`extfs inspect … | head`): end now, quietly, as a C tool ends on SIGPIPE. */
+function onStdoutError(err: NodeJS.ErrnoException): void {
+  if (err.code !== 'EPIPE') throw err
+  process.exit(ExitCode.ReaderGone)
+}
+
 export async function main(argv: string[]): Promise<void> {
+  process.stdout.on('error', onStdoutError)
   try {
     await buildProgram().parseAsync(argv)
   } catch (err) {
@@ -222,7 +230,7 @@ export async function main(argv: string[]): Promise<void> {
       return
     }
     // A status line of progress (src/cli/progress.ts) may stand unfinished on a terminal: cleared first.
-    const clear = process.stderr.isTTY ? '\r\x1b[K' : ''
+    const clear = takeUnfinishedLine()
     if (err instanceof ExtfsError) {
       process.stderr.write(`${clear}extfs: ${printable(err.message)}\n`)
       process.exitCode = err.exitCode
