@@ -82,7 +82,7 @@ export interface Served {
 /**
  * Starts `extfs serve` on 127.0.0.1 with a free port; resolves once it logged `serving`. Killed at `t`'s
  * teardown. `opts.nofile`: its descriptor limit (RLIMIT_NOFILE, soft and hard), set by prlimit, which
- * then runs serve in its own process (child.pid is serve's).
+ * then execs serve in its own place (child.pid is serve's).
  */
 export async function startServe(t: { teardown(fn: () => unknown): void }, args: string[], opts: { nofile?: number } = {}): Promise<Served> {
   const serve = [EXTFS, 'serve', '--listen', '127.0.0.1:0', ...args]
