@@ -79,9 +79,15 @@ export interface Served {
   stop: () => Promise<{ code: number | null; signal: NodeJS.Signals | null }>
 }
 
-/** Starts `extfs serve` on 127.0.0.1 with a free port; resolves once it logged `serving`. Killed at `t`'s teardown. */
-export async function startServe(t: { teardown(fn: () => unknown): void }, args: string[]): Promise<Served> {
-  const child = spawn(EXTFS, ['serve', '--listen', '127.0.0.1:0', ...args], { stdio: ['ignore', 'ignore', 'pipe'] })
+/**
+ * Starts `extfs serve` on 127.0.0.1 with a free port; resolves once it logged `serving`. Killed at `t`'s
+ * teardown. `opts.nofile`: its descriptor limit (RLIMIT_NOFILE, soft and hard), set by prlimit, which
+ * then execs serve in its own place (child.pid is serve's).
+ */
+export async function startServe(t: { teardown(fn: () => unknown): void }, args: string[], opts: { nofile?: number } = {}): Promise<Served> {
+  const serve = [EXTFS, 'serve', '--listen', '127.0.0.1:0', ...args]
+  const [cmd, ...argv] = opts.nofile === undefined ? serve : ['prlimit', `--nofile=${opts.nofile}:${opts.nofile}`, '--', ...serve]
+  const child = spawn(cmd!, argv, { stdio: ['ignore', 'ignore', 'pipe'] })
   let err = ''
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })))
   t.teardown(async () => {
