@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <linux/fiemap.h>
 #include <linux/fs.h>
+#include <malloc.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -422,6 +423,18 @@ static napi_value pread_direct(napi_env env, napi_callback_info info) {
   return out;
 }
 
+// ------------------------------------------------------------------------------- memory
+
+// mallocTrim(): glibc's malloc_trim(0), which gives the free pages of every malloc arena back to the
+// kernel (freed memory otherwise stays in the process for reuse). Node offers no way to ask for it;
+// serve asks after a burst of connections ends (src/service/reclaim.ts). true when pages went back.
+static napi_value malloc_trim_js(napi_env env, napi_callback_info info) {
+  (void)info;
+  napi_value out;
+  if (napi_get_boolean(env, malloc_trim(0) == 1, &out) != napi_ok) return napi_fail(env);
+  return out;
+}
+
 // ------------------------------------------------------------------------------- module
 
 static napi_value init(napi_env env, napi_value exports) {
@@ -449,6 +462,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"btrfsCsums", NULL, btrfs_csums, NULL, NULL, NULL, napi_enumerable, NULL},
     {"btrfsFileExtents", NULL, btrfs_file_extents, NULL, NULL, NULL, napi_enumerable, NULL},
     {"csumVerify", NULL, csum_verify, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"mallocTrim", NULL, malloc_trim_js, NULL, NULL, NULL, napi_enumerable, NULL},
     {"ext4BulkMap", NULL, ext4_bulk_map, NULL, NULL, NULL, napi_enumerable, NULL},
     {"btrfsBulkMap", NULL, btrfs_bulk_map, NULL, NULL, NULL, napi_enumerable, NULL},
     {"xfsBulkMap", NULL, xfs_bulk_map, NULL, NULL, NULL, napi_enumerable, NULL},

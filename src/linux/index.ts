@@ -226,6 +226,8 @@ export interface NativeAddon {
   btrfsFileExtents(fd: number): BtrfsFileExtent[]
   /** Index of the first sector of `data` whose checksum in `csums` differs, or -1. `alg`: 1 crc32c (native/csum.h). */
   csumVerify(alg: number, data: Buffer, csums: Buffer, sectorSize: number): number
+  /** glibc's malloc_trim(0): free pages of the malloc arenas given back to the kernel; whether any were. */
+  mallocTrim(): boolean
   /**
    * The ext4 bulk mapper (native/export/ext4.c): reads the frozen ext4 on `device` with libext2fs and
    * writes the manifest v2 body (DIR then INODE records) of the tree under inode `root` to `fd`, entries

@@ -6,6 +6,7 @@
 //   remap-schedule.ts  when to remap, one at a time; remap-worker.ts runs them off the event loop
 //   routes.ts          authentication and the requests (protocol.ts: what crosses the wire)
 //   connections.ts     how many connections, for how long; refusal-log.ts what is logged of refusals
+//   reclaim.ts         memory a burst of connections took, given back when it ends
 import http from 'node:http'
 import https from 'node:https'
 import type { AddressInfo, Server as NetServer } from 'node:net'
@@ -18,6 +19,7 @@ import { NO_METRICS, type ServeMetrics } from './metrics'
 import { ImageRegistry } from './registry'
 import { DEFAULT_INTERVAL_MS, RemapScheduler } from './remap-schedule'
 import { WorkerRemapper, type Remapper } from './remap-worker'
+import { Reclaimer } from './reclaim'
 import { Routes } from './routes'
 import { isStateDamaged, type ServeState } from './state'
 
@@ -52,6 +54,7 @@ export class ConfigServer {
   private readonly routes: Routes
   private readonly server: http.Server
   private readonly refusals: RefusalLog
+  private readonly reclaimer: Reclaimer
   /** The connection caps in force (after the descriptor limit). */
   readonly caps: ConnectionCaps
 
@@ -81,6 +84,9 @@ export class ConfigServer {
       metrics.refused('too_many_connections')
       this.refusals.refused('too_many_connections', { remote, err: `over ${this.caps.perClient} connections from one address or ${this.caps.total} in all` })
     })
+    this.reclaimer = new Reclaimer(opts.log)
+    this.server.on('connection', () => this.reclaimer.connected())
+    this.server.on('drop', () => this.reclaimer.connected())
   }
 
   /** Binds, starts watching and the remap schedule; resolves with the bound address. */
@@ -104,6 +110,7 @@ export class ConfigServer {
     await this.scheduler.close()
     await closed
     this.refusals.close()
+    this.reclaimer.stop()
   }
 }
 
