@@ -20,7 +20,7 @@ export enum ExitCode {
   Stale = 7,
   /** Export could not stabilize or map the data. */
   Export = 8,
-  /** Root privileges are needed. */
+  /** Root privileges are needed, or the system refused a permission no check foresaw (EACCES, EPERM). */
   Permission = 9,
   /**
    * `extfs serve` could not be asked (unreachable, timed out, TLS refused) or its answer could not be

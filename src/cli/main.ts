@@ -214,6 +214,22 @@ export function buildProgram(): Command {
   return program
 }
 
+/**
+ * A permission the system refused where no layer expected it (root without CAP_DAC_READ_SEARCH, in a
+ * unit that drops it or a container, meets a file only its owner may read): not a bug but the
+ * Permission exit code, in one line naming the call and the path.
+ */
+function isDenied(err: unknown): err is NodeJS.ErrnoException {
+  const code = (err as NodeJS.ErrnoException | undefined)?.code
+  return code === 'EACCES' || code === 'EPERM'
+}
+
+function denied(err: NodeJS.ErrnoException): ExtfsError {
+  const what = [err.syscall, err.path].filter(Boolean).join(' ')
+  return new ExtfsError(ExitCode.Permission, `${what || err.message}: ${err.code}, permission denied: extfs needs root with its capabilities ` +
+    '(CAP_DAC_READ_SEARCH and CAP_DAC_OVERRIDE to read every file of an image, CAP_SYS_ADMIN to freeze and mount)')
+}
+
 /** stdout's reader went away (`extfs inspect … | head`): end now, quietly, as a C tool ends on SIGPIPE. */
 function onStdoutError(err: NodeJS.ErrnoException): void {
   if (err.code !== 'EPIPE') throw err
@@ -231,6 +247,7 @@ export async function main(argv: string[]): Promise<void> {
     }
     // A status line of progress (src/cli/progress.ts) may stand unfinished on a terminal: cleared first.
     const clear = takeUnfinishedLine()
+    if (!(err instanceof ExtfsError) && isDenied(err)) err = denied(err)
     if (err instanceof ExtfsError) {
       process.stderr.write(`${clear}extfs: ${printable(err.message)}\n`)
       process.exitCode = err.exitCode
