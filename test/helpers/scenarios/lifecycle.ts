@@ -5,7 +5,6 @@
 import type { Test } from 'tap'
 import { ChildProcess, spawn } from 'node:child_process'
 import { promises as fsp, readdirSync } from 'node:fs'
-import * as os from 'node:os'
 import * as path from 'node:path'
 import { run, runOk } from '../exec'
 import { EXTFS, ensureUnmounted, release, scratchDir, withView } from '../extfs'
@@ -289,11 +288,16 @@ async function lifecycle(t: Test, engine: Engine): Promise<void> {
       })
 
       await t.test('extfs backup: runs the command in the view, returns its status, leaves nothing', async (t) => {
-        const backupDirs = () => new Set(readdirSync(os.tmpdir()).filter((d) => d.startsWith('extfs-backup-')))
+        // backup makes its mountpoint in $TMPDIR: a directory of this test's own, since other test
+        // files running beside this one (scripts/run-tests) make theirs in /tmp.
+        const tmp = path.join(state, 'tmp')
+        await fsp.mkdir(tmp)
+        const env = { ...process.env, TMPDIR: tmp }
+        const backupDirs = () => new Set(readdirSync(tmp).filter((d) => d.startsWith('extfs-backup-')))
         const dirsBefore = backupDirs()
         const tar = path.join(state, 'backup.tar')
         const log = path.join(state, 'backup.log')
-        const r = await cli(['backup', manifest, '--log-file', log, '--', 'sh', '-c', `tar -cf '${tar}' . && exit 3`])
+        const r = await cli(['backup', manifest, '--log-file', log, '--', 'sh', '-c', `tar -cf '${tar}' . && exit 3`], { env })
         t.equal(r.code, 3, `the command's status comes back (stderr: ${r.stderr})`)
         const listing = (await runOk('tar', ['-tf', tar])).stdout.split('\n').filter(Boolean).map((p) => p.replace(/^\.\//, '').replace(/\/$/, ''))
         for (const rel of Object.keys(FILES)) t.ok(listing.includes(rel), `the tar holds ${rel}`)
@@ -304,9 +308,9 @@ async function lifecycle(t: Test, engine: Engine): Promise<void> {
         t.same(extfsMounts(m.configId), [], 'no view of this image is left mounted')
         t.same([...backupDirs()].filter((d) => !dirsBefore.has(d)), [], 'no extfs-backup-* directory left behind')
 
-        const ok = await cli(['backup', manifest, '--log-file', log, '--', 'true'])
+        const ok = await cli(['backup', manifest, '--log-file', log, '--', 'true'], { env })
         t.equal(ok.code, 0, `backup -- true exits 0 (${ok.stderr})`)
-        const bad = await cli(['backup', manifest, '--log-file', log, '--', 'sh', '-c', 'kill -TERM $$'])
+        const bad = await cli(['backup', manifest, '--log-file', log, '--', 'sh', '-c', 'kill -TERM $$'], { env })
         t.equal(bad.code, 128 + 15, 'a command killed by SIGTERM gives 143')
         t.same(extfsMounts(m.configId), [], 'still nothing mounted')
         t.same([...backupDirs()].filter((d) => !dirsBefore.has(d)), [], 'still no extfs-backup-* directory left')
