@@ -5,7 +5,7 @@
 import { Option } from 'commander'
 import { ExitCode, ExtfsError } from '../errors'
 import type { Shard } from '../view/engine'
-import { fuseNativeSelected } from '../view/engine'
+import { fuseNativeSelected, shardName } from '../view/engine'
 
 /** The most shards a plan has (XT_SHARDS_MAX, native/view/engine.h). */
 export const SHARDS_MAX = 65536
@@ -59,7 +59,7 @@ export function resolveShard(o: { shard?: ShardArg; shards?: number }, env: Node
   }
   if (fuseNativeSelected()) throw usage('--shard needs the native engine (unset EXTFS_ENGINE)')
   if (o.shard !== 'auto') {
-    if (o.shards !== undefined && o.shards !== o.shard.count) throw usage(`--shards ${o.shards} disagrees with --shard ${o.shard.index}/${o.shard.count}`)
+    if (o.shards !== undefined && o.shards !== o.shard.count) throw usage(`--shards ${o.shards} disagrees with --shard ${shardName(o.shard)}`)
     return o.shard
   }
   const slurm = env.SLURM_ARRAY_TASK_ID !== undefined
@@ -92,5 +92,5 @@ function slurmShard(env: NodeJS.ProcessEnv, shards: number | undefined): Shard {
 
 /** `--shard i/n` as a child process is given it. */
 export function shardArgs(shard: Shard | undefined): string[] {
-  return shard ? ['--shard', `${shard.index}/${shard.count}`] : []
+  return shard ? ['--shard', shardName(shard)] : []
 }

@@ -4,6 +4,7 @@
 import { Counter, Gauge, Registry } from 'prom-client'
 import type { StatusReport, ViewEntry } from './status'
 import type { ViewState } from '../mover/control'
+import { shardName } from '../view/engine'
 
 const STATES: (ViewState | 'dead' | 'not-answering')[] = ['serving', 'released', 'not-current', 'unknown', 'lease-expired', 'dead', 'not-answering']
 
@@ -46,7 +47,7 @@ function setView(m: Metrics, v: ViewEntry): void {
   for (const s of STATES) g('state', s === v.state ? 1 : 0, { state: s })
   if (!('schema' in v)) return g('up', 0)
   g('up', 1)
-  g('info', 1, { source: v.source, config_id: v.configId, current_config_id: v.position.configId, engine: v.engine, shard: v.shard ? `${v.shard.index}/${v.shard.count}` : '' })
+  g('info', 1, { source: v.source, config_id: v.configId, current_config_id: v.position.configId, engine: v.engine, shard: v.shard ? shardName(v.shard) : '' })
   g('seq', v.position.seq)
   g('started', Date.parse(v.startedAt) / 1000)
   if (v.lease) g('lease', v.lease.leftMs / 1000)

@@ -5,6 +5,7 @@
 // does not answer.
 import path from 'node:path'
 import { ExitCode, MountpointError } from '../errors'
+import { shardName } from '../view/engine'
 import { readMountTable } from '../mapping/mountinfo'
 import { NoAnswer, queryView, type ViewStatus } from '../mover/control'
 import { loadState } from '../mover/state'
@@ -76,7 +77,7 @@ function formatView(v: ViewEntry): string {
   if (!('schema' in v)) return `${head}: ${printable(v.reason)}`
   const lines = [`${head}${v.reason ? `: ${printable(v.reason)}` : ''}`]
   lines.push(`  source ${printable(v.source)}, pid ${v.pid}, ${v.engine} engine, up ${duration(Date.now() - Date.parse(v.startedAt))}`)
-  lines.push(`  config ID ${v.position.configId} (${v.position.seq} delta(s) after ${v.configId})${v.shard ? `, shard ${v.shard.index}/${v.shard.count}` : ''}`)
+  lines.push(`  config ID ${v.position.configId} (${v.position.seq} delta(s) after ${v.configId})${v.shard ? `, shard ${shardName(v.shard)}` : ''}`)
   if (v.lease) {
     const last = v.lease.lastAnswerMsAgo === undefined ? '' : `, initiator last answered ${duration(v.lease.lastAnswerMsAgo)} ago`
     lines.push(`  lease ${duration(v.lease.leftMs)} left${last}`)

@@ -6,6 +6,7 @@
 import fs from 'node:fs'
 import net from 'node:net'
 import { controlSocket } from './state'
+import type { Shard } from '../view/engine'
 
 /** The version of ViewStatus; fields are only added within it (docs/json.md). */
 export const VIEW_STATUS_SCHEMA = 'extfs.view/1'
@@ -31,7 +32,7 @@ export interface ViewStatus {
   configId: string
   position: { configId: string; seq: number }
   /** A shard view's place in its split (docs/shards.md; index 0-based); absent for a whole view. */
-  shard?: { index: number; count: number }
+  shard?: Shard
   state: ViewState
   /** Why, when not serving. */
   reason?: string

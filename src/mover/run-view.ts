@@ -3,7 +3,7 @@ import fs from 'node:fs'
 import type { Logger } from 'pino'
 import { loadImage, LoadOptions } from './load'
 import { checkMountpoint, requireFuse, requireRoot } from './checks'
-import { fuseNativeSelected, type Shard, type ViewEngine } from '../view/engine'
+import { fuseNativeSelected, shardName, type Shard, type ViewEngine } from '../view/engine'
 import { NativeEngine } from '../native-engine/native-engine'
 import type { LoadedImage } from './load'
 import { isMountpoint } from '../mapping/mountinfo'
@@ -198,7 +198,7 @@ export async function runView(opts: ViewRunOptions): Promise<void> {
     manifest: image.manifest, source: opts.manifestPath, mountpoint, startedAt, shard: opts.shard }), (err) => log.warn({ mountpoint, err: err.message }, 'view status socket failed; extfs status will call this view dead'))
   log.info({
     mountpoint, manifest: opts.manifestPath, configId: image.manifest.configId, devices: image.devices.map((d) => `${d.id}=${d.path}`),
-    ...(opts.shard ? { shard: `${opts.shard.index}/${opts.shard.count}` } : {}),
+    ...(opts.shard ? { shard: shardName(opts.shard) } : {}),
     ...(remote ? { leaseMs: Math.round(remote.leaseLeft()) } : {}),
   }, 'serving frozen view')
   opts.onReady()

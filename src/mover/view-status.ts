@@ -34,7 +34,7 @@ export function describeView(v: ViewParts): ViewStatus {
     startedAt: v.startedAt.toISOString(),
     configId: v.manifest.configId,
     position: { configId: v.follower?.current ?? v.manifest.configId, seq: v.follower?.applied ?? 0 },
-    ...(v.shard ? { shard: { index: v.shard.index, count: v.shard.count } } : {}),
+    ...(v.shard ? { shard: v.shard } : {}),
     state,
     ...(reason ? { reason } : {}),
     ...(lease ? { lease: { leftMs: lease.leftMs, lastAnswerMsAgo: lease.lastAnswerMsAgo, unreachableMs: lease.unreachableMs } } : {}),

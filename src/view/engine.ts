@@ -27,6 +27,11 @@ export interface Shard {
   count: number
 }
 
+/** A shard as `--shard` takes it and logs and status name it: `i/n`. */
+export function shardName(shard: Shard): string {
+  return `${shard.index}/${shard.count}`
+}
+
 export interface ViewEngine {
   /** Inode number the kernel reports for the view's root (serve() checks it to prove the mount). */
   readonly rootIno: number

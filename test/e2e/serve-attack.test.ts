@@ -18,6 +18,7 @@ import { ensureUnmounted, EXTFS, extfs, startServe, type Served } from '../helpe
 import { createLoopFs, destroyLoopFs, remountReadOnly, sleep } from '../helpers/loopfs'
 import { seededBytes } from '../helpers/populate'
 import { KEY, signedImage } from '../helpers/serve-image'
+import { sample, scrapeMetrics } from '../helpers/prometheus'
 import { ConfigClient } from '../../src/service/client'
 import { descriptorLimit, HANDSHAKE_TIMEOUT_MS, HEADERS_TIMEOUT_MS, TIMEOUT_CHECK_MS } from '../../src/service/connections'
 
@@ -38,14 +39,7 @@ const cutWithin = (ms: number) => ms + 2 * TIMEOUT_CHECK_MS + 1000
 
 /** serve's JS heap in use, bytes, from its --metrics-listen (prom-client's default metrics). */
 async function heapUsed(metricsUrl: string): Promise<number> {
-  const text = await new Promise<string>((resolve, reject) => {
-    http.get(metricsUrl, (res) => {
-      let body = ''
-      res.on('data', (c) => (body += c))
-      res.on('end', () => resolve(body))
-    }).on('error', reject)
-  })
-  return Number(/^nodejs_heap_size_used_bytes ([0-9.e+]+)$/m.exec(text)![1])
+  return sample(await scrapeMetrics(metricsUrl), 'nodejs_heap_size_used_bytes')
 }
 
 /** serve's resident memory, bytes. */

@@ -5,6 +5,7 @@
 // back from it (linear: tests only).
 import fs from 'node:fs'
 import type { Manifest } from '../../src/manifest/types'
+import type { ProgressSink } from '../../src/progress'
 import { decodeName } from '../../src/manifest/names'
 import { openManifest } from '../../src/manifest/file'
 import { readLayout, verifyMac } from '../../src/manifest/v2/read'
@@ -17,10 +18,10 @@ export interface TestTables {
   paths: { index(ino: number): number; ino(index: number): number; path(index: number): string }
 }
 
-/** A manifest held as objects packed; `deviceFds` (indexed like manifest.devices) written in. */
-export function packedTables(manifest: Manifest, deviceFds: readonly number[]): TestTables {
+/** A manifest held as objects packed; `deviceFds` (indexed like manifest.devices) written in; the loader's progress to `progress`. */
+export function packedTables(manifest: Manifest, deviceFds: readonly number[], progress?: ProgressSink): TestTables {
   if (deviceFds.length !== manifest.devices.length) throw new RangeError(`view tables: ${deviceFds.length} device fds for ${manifest.devices.length} devices`)
-  return withPaths(withBodyOf(manifest, (body) => imageOf(body, deviceFds)))
+  return withPaths(withBodyOf(manifest, (body) => imageOf(body, deviceFds, undefined, progress)))
 }
 
 /** The v1 manifest file `file` streamed, checked (signature with `key`) and packed as a mount packs it. */
@@ -48,10 +49,10 @@ export function packedV2File(file: string, key: Buffer | undefined, deviceFds: (
   }
 }
 
-function imageOf(body: BodyToLoad, deviceFds: readonly number[], path = '(in memory)'): Buffer {
+function imageOf(body: BodyToLoad, deviceFds: readonly number[], path = '(in memory)', progress?: ProgressSink): Buffer {
   const tablesFd = openTablesFile()
   try {
-    const { tablesBytes } = packTablesFile(path, body, tablesFd)
+    const { tablesBytes } = packTablesFile(path, body, tablesFd, progress)
     const image = Buffer.alloc(fs.fstatSync(tablesFd).size)
     if (image.length !== tablesBytes) throw new Error(`the tables file is ${image.length} bytes, the image ${tablesBytes}`)
     fs.readSync(tablesFd, image, 0, image.length, 0)

@@ -13,8 +13,7 @@ import { readLayout, verifyMac } from '../../src/manifest/v2/read'
 import { writeManifestV2 } from '../../src/manifest/v2/write'
 import { encodeTrailer, PREAMBLE } from '../../src/manifest/v2/format'
 import { putVarint, zigzag } from '../../src/manifest/v2/varint'
-import { loadMappedManifest, mappedTablesOf, openTablesFile, packTablesFile } from '../../src/native-engine/mapped-tables'
-import { withBodyOf } from '../../src/native-engine/v1-manifest'
+import { loadMappedManifest, mappedTablesOf } from '../../src/native-engine/mapped-tables'
 import type { Counts, ProgressSink } from '../../src/progress'
 import { TableReader } from '../../src/native-engine/tables'
 import { viewAddon } from '../../src/native-engine/addon'
@@ -176,18 +175,7 @@ t.test('load progress: C calls back as it goes; a callback that throws is droppe
         if (throws) throw new Error('progress sink down')
       },
     }
-    const tables = withBodyOf(m, (body) => {
-      const fd = openTablesFile()
-      try {
-        packTablesFile('(test)', body, fd, sink)
-        const image = Buffer.alloc(fs.fstatSync(fd).size)
-        fs.readSync(fd, image, 0, image.length, 0)
-        return image
-      } finally {
-        fs.closeSync(fd)
-      }
-    })
-    return { updates, tables }
+    return { updates, tables: packedTables(m, m.devices.map(() => -1), sink).image }
   }
   const calm = load(false)
   t.ok(calm.updates.length >= 2, `${calm.updates.length} updates`)
